@@ -1,0 +1,737 @@
+/**
+ * Backends: the device-facing handle, split from the graph as QEMU splits BlockBackend from
+ * BlockDriverState. A consumer (device model, export, CLI) holds a Backend and never a node,
+ * so the whole tree under it can be swapped (media change, mirror pivot) safely.
+ *
+ * @module
+ */
+
+import { Child, type ChildParent, ChildRole } from "./child.ts";
+import { syncEdgeQuiesce } from "./drain.ts";
+import { type BlockStatus, type PreallocMode, ReqFlags } from "./driver.ts";
+import { BlockError, strerror } from "./errors.ts";
+import type { Graph } from "./graph.ts";
+import { linkChild, unlinkChild } from "./graph_change.ts";
+import { IoVector } from "./io_vector.ts";
+import type { Node } from "./node.ts";
+import { isWritePerm, Perm, refreshPermissions } from "./permissions.ts";
+import { Transaction } from "./transaction.ts";
+
+/** Options of a new Backend. */
+export interface BackendOptions {
+  /** A monitor-visible name (QEMU's `-drive id=`); it shares the namespace with nodes. */
+  name?: string;
+  /** Permissions the Backend takes on its root (default: consistent read). */
+  perm?: number;
+  /** Permissions it lets others take (default: all). */
+  shared?: number;
+}
+
+/** What a device model tells its Backend about itself, and the callbacks it receives. */
+export interface DeviceOps {
+  /** Whether the device's medium can be removed (CD-ROM: yes; disk: no). */
+  readonly removable?: boolean;
+  /** Whether the device has a tray that can be opened. */
+  readonly hasTray?: boolean;
+  /** The medium was loaded (`true`) or unloaded / the tray opened (`false`). */
+  changeMedia?(loaded: boolean): void;
+  /** The user asked to eject while the guest holds the medium locked. */
+  ejectRequest?(force: boolean): void;
+  /** The medium changed size. */
+  resize?(): void;
+  /** The Backend entered a drained section: the device should stop submitting. */
+  drainedBegin?(): void;
+  /** The drained section ended. */
+  drainedEnd?(): void;
+}
+
+/** A read or write error policy (`rerror`/`werror`). */
+export type ErrorPolicy = "report" | "ignore" | "stop" | "enospc";
+/** What was done about one error. */
+export type ErrorAction = "report" | "ignore" | "stop";
+/** The I/O status QMP reports. */
+export type IoStatus = "ok" | "failed" | "nospace";
+
+const enum Op {
+  Read,
+  Write,
+  Zeroes,
+  Discard,
+  Flush,
+}
+const OP_NAMES = ["read", "write", "write", "write", "write"] as const;
+
+/** A function called when a Backend's root is removed or inserted. */
+export type RootListener = (backend: Backend) => void;
+
+/**
+ * The device-facing handle on a graph. It owns the `root` child (or none: an empty drive),
+ * checks every request (medium present, tray closed, range inside the disk), applies the
+ * error policy, keeps the I/O status, and tells its device about media events. With no
+ * medium every request fails with ENOMEDIUM; it never touches a node it no longer holds.
+ */
+export class Backend implements ChildParent {
+  /** The graph this Backend belongs to. */
+  readonly graph: Graph;
+  /** The monitor-visible name, or "" for an anonymous Backend. */
+  readonly name: string;
+  /** The root edge, or `null` when the drive is empty. */
+  root: Child | null = null;
+  /** Permissions taken on the root. */
+  perm: number;
+  /** Permissions shared with other users of the root. */
+  shared: number;
+  /** Requests inside the Backend (not counting those queued by a drained section). */
+  inFlight = 0;
+  /** How many drained sections cover this Backend. */
+  quiesceCounter = 0;
+  /** When false, every write gets FUA (the guest turned its write cache off). */
+  enableWriteCache = true;
+  /** Let writes go past the end (image creation writes headers beyond a zero size). */
+  allowWriteBeyondEof = false;
+  /** Don't queue requests during drained sections (jobs and exports that drain themselves). */
+  disableRequestQueuing = false;
+  /** The I/O status after errors with the `stop` action. */
+  iostatus: IoStatus = "ok";
+  #readPolicy: ErrorPolicy = "report";
+  #writePolicy: ErrorPolicy = "report";
+  #policySet = false;
+  #device: { id: string; ops: DeviceOps } | null = null;
+  #trayOpen = false;
+  #locked = false;
+  #stopped = false;
+  #parked: (() => void)[] = [];
+  #queued: (() => void)[] = [];
+  #refcount = 1;
+  #removeListeners = new Set<RootListener>();
+  #insertListeners = new Set<RootListener>();
+  readonly #done: () => void;
+  readonly #fail: (e: unknown) => never;
+
+  /** Created by `Graph.createBackend` only. */
+  constructor(graph: Graph, options: BackendOptions) {
+    this.graph = graph;
+    this.name = options.name ?? "";
+    this.perm = options.perm ?? Perm.CONSISTENT_READ;
+    this.shared = options.shared ?? Perm.ALL;
+    this.#done = () => {
+      if (--this.inFlight === 0) this.graph.notifyIdle();
+    };
+    this.#fail = (e: unknown): never => {
+      if (--this.inFlight === 0) this.graph.notifyIdle();
+      throw BlockError.from(e, { node: this.name });
+    };
+  }
+
+  // ---------------------------------------------------------------- lifetime and device
+
+  /** Takes a reference on the Backend. */
+  ref(): void {
+    this.#refcount++;
+  }
+
+  /** Drops a reference; at zero the root is removed and the Backend forgotten. */
+  async unref(): Promise<void> {
+    if (--this.#refcount > 0) return;
+    await this.removeRoot();
+    this.graph.forgetBackend(this);
+  }
+
+  /**
+   * Attaches the device model. Exactly one device may be attached (EBUSY otherwise); it
+   * holds a reference. A device's default error policy is QEMU's: rerror=report,
+   * werror=enospc, unless a policy was set already.
+   */
+  attachDevice(id: string, ops: DeviceOps): void {
+    if (this.#device) {
+      throw new BlockError(
+        "EBUSY",
+        `Block device '${this.describeName()}' already has a device attached`,
+      );
+    }
+    this.#device = { id, ops };
+    this.ref();
+    if (!this.#policySet) this.#writePolicy = "enospc";
+  }
+
+  /** Detaches the device model and drops its reference. */
+  async detachDevice(): Promise<void> {
+    if (!this.#device) return;
+    this.#device = null;
+    this.#trayOpen = false;
+    this.#locked = false;
+    await this.unref();
+  }
+
+  /** The attached device's id, or "" when none is attached. */
+  get deviceId(): string {
+    return this.#device?.id ?? "";
+  }
+
+  /** Names the Backend in messages: its name, else its device's id. */
+  describeName(): string {
+    return this.name || this.#device?.id || "";
+  }
+
+  // ---------------------------------------------------------------- the root
+
+  /** The root node, or null when empty. */
+  get node(): Node | null {
+    return this.root?.node ?? null;
+  }
+
+  /** Whether a medium is inserted (a root exists), whatever the tray says. */
+  get isInserted(): boolean {
+    return this.root !== null;
+  }
+
+  /** Whether requests can be served: a root exists and the tray is closed. */
+  get isAvailable(): boolean {
+    return this.root !== null && !this.#trayOpen;
+  }
+
+  /** Calls `fn` when the root is about to be removed (exports and jobs react). */
+  onRemove(fn: RootListener): () => void {
+    this.#removeListeners.add(fn);
+    return () => this.#removeListeners.delete(fn);
+  }
+
+  /** Calls `fn` after a root was inserted. */
+  onInsert(fn: RootListener): () => void {
+    this.#insertListeners.add(fn);
+    return () => this.#insertListeners.delete(fn);
+  }
+
+  /**
+   * Makes `node` the root (QEMU's blk_insert_bs): takes a reference and attaches the `root`
+   * edge with the Backend's permissions. A permission conflict throws (EPERM) and leaves
+   * everything as it was.
+   */
+  insertRoot(node: Node): Promise<void> {
+    try {
+      this.#insertRoot(node);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  #insertRoot(node: Node): void {
+    if (this.root) {
+      throw new BlockError("EBUSY", `There already is a medium in device '${this.describeName()}'`);
+    }
+    if (!node.isOpen) throw new BlockError("ENOMEDIUM", `Node '${node.name}' is closed`);
+    const edge = new Child(
+      "root",
+      ChildRole.FILTERED | ChildRole.PRIMARY,
+      this,
+      this.perm,
+      this.shared,
+    );
+    const tran = new Transaction();
+    linkChild(edge, null, node);
+    syncEdgeQuiesce(edge);
+    tran.add({
+      abort: () => {
+        unlinkChild(edge);
+        syncEdgeQuiesce(edge);
+      },
+    });
+    try {
+      refreshPermissions([node], tran);
+      tran.commit();
+    } catch (e) {
+      tran.abort();
+      throw e;
+    }
+    node.ref(edge.describe());
+    this.root = edge;
+    for (const l of [...this.#insertListeners]) l(this);
+  }
+
+  /**
+   * Removes the root (QEMU's blk_remove_bs): tells the listeners, waits for requests in
+   * flight, detaches and drops the reference. Later requests answer ENOMEDIUM.
+   */
+  async removeRoot(): Promise<void> {
+    const edge = this.root;
+    if (!edge?.node) return;
+    for (const l of [...this.#removeListeners]) l(this);
+    const node = edge.node;
+    let release: Promise<void> = Promise.resolve();
+    await this.graph.drained([node], () => {
+      if (this.root !== edge) return;
+      this.root = null;
+      release = this.graph.releaseChild(edge);
+    });
+    await release;
+  }
+
+  /** Changes the permissions taken on the root; a conflict throws and changes nothing. */
+  setPerm(perm: number, shared: number): void {
+    const edge = this.root;
+    if (!edge?.node) {
+      this.perm = perm;
+      this.shared = shared;
+      return;
+    }
+    const tran = new Transaction();
+    const [op, os] = [edge.perm, edge.shared];
+    edge.perm = perm;
+    edge.shared = shared;
+    tran.add({
+      abort: () => {
+        edge.perm = op;
+        edge.shared = os;
+      },
+    });
+    try {
+      refreshPermissions([edge.node], tran);
+      tran.commit();
+      this.perm = perm;
+      this.shared = shared;
+    } catch (e) {
+      tran.abort();
+      throw e;
+    }
+  }
+
+  // ---------------------------------------------------------------- media and tray
+
+  /** Whether the tray is open. */
+  get trayOpen(): boolean {
+    return this.#trayOpen;
+  }
+
+  /** Whether the guest has locked the medium. */
+  get locked(): boolean {
+    return this.#locked;
+  }
+
+  /** Whether the device's medium is removable (no device: the drive is freely changeable). */
+  get removable(): boolean {
+    return this.#device ? this.#device.ops.removable === true : true;
+  }
+
+  /** Whether the device has a tray. */
+  get hasTray(): boolean {
+    return this.#device?.ops.hasTray === true;
+  }
+
+  /** The guest locks or unlocks the medium (ATAPI PREVENT ALLOW MEDIUM REMOVAL). */
+  lockMedium(locked: boolean): void {
+    this.#locked = locked;
+  }
+
+  /** The guest opened or closed the tray itself (ATAPI START STOP UNIT). */
+  guestMoveTray(open: boolean): void {
+    this.#setTray(open);
+  }
+
+  #setTray(open: boolean): void {
+    if (this.#trayOpen === open) return;
+    this.#trayOpen = open;
+    if (open) this.#locked = false;
+    this.graph.events.emit("DEVICE_TRAY_MOVED", {
+      device: this.name,
+      id: this.#device?.id ?? "",
+      "tray-open": open,
+    });
+  }
+
+  #mediaChanged(loaded: boolean): void {
+    this.#device?.ops.changeMedia?.(loaded);
+  }
+
+  /**
+   * blockdev-open-tray: opens the tray. A locked medium is asked to eject and the call fails
+   * (EINPROGRESS) unless `force`.
+   */
+  openTray(force = false): void {
+    const name = this.describeName();
+    if (!this.removable) throw new BlockError("ENOTSUP", `Device '${name}' is not removable`);
+    if (!this.hasTray) throw new BlockError("ENOSYS", `Device '${name}' does not have a tray`);
+    if (this.#trayOpen) return;
+    const locked = this.#locked;
+    if (locked) this.#device?.ops.ejectRequest?.(force);
+    if (!locked || force) {
+      this.#setTray(true);
+      this.#mediaChanged(false);
+    }
+    if (locked && !force) {
+      throw new BlockError(
+        "EINPROGRESS",
+        `Device '${name}' is locked and force was not specified, wait for tray to open and try again`,
+      );
+    }
+  }
+
+  /** blockdev-close-tray: closes the tray. */
+  closeTray(): void {
+    const name = this.describeName();
+    if (!this.removable) throw new BlockError("ENOTSUP", `Device '${name}' is not removable`);
+    if (!this.hasTray) throw new BlockError("ENOSYS", `Device '${name}' does not have a tray`);
+    if (!this.#trayOpen) return;
+    this.#setTray(false);
+    this.#mediaChanged(true);
+  }
+
+  /** blockdev-remove-medium: the tray must be open (for devices with one). */
+  async removeMedium(): Promise<void> {
+    const name = this.describeName();
+    if (this.#device && !this.removable) {
+      throw new BlockError("ENOTSUP", `Device '${name}' is not removable`);
+    }
+    if (this.#device && this.hasTray && !this.#trayOpen) {
+      throw new BlockError("EINVAL", `Tray of device '${name}' is not open`);
+    }
+    if (!this.root) return;
+    await this.removeRoot();
+    if (!this.hasTray) this.#mediaChanged(false);
+  }
+
+  /** blockdev-insert-medium: the tray must be open and the drive empty. */
+  async insertMedium(node: Node): Promise<void> {
+    const name = this.describeName();
+    if (node.parents.some((c) => c.parent.parentKind === "backend")) {
+      throw new BlockError("EBUSY", `Node '${node.name}' is already in use`);
+    }
+    if (this.#device && !this.removable) {
+      throw new BlockError("ENOTSUP", `Device '${name}' is not removable`);
+    }
+    if (this.#device && this.hasTray && !this.#trayOpen) {
+      throw new BlockError("EINVAL", `Tray of device '${name}' is not open`);
+    }
+    if (this.root) throw new BlockError("EBUSY", `There already is a medium in device '${name}'`);
+    await this.insertRoot(node);
+    if (!this.hasTray) this.#mediaChanged(true);
+  }
+
+  /** eject: open the tray (forcing past a lock if asked) and remove the medium. */
+  async eject(force = false): Promise<void> {
+    try {
+      this.openTray(force);
+    } catch (e) {
+      if (!(e instanceof BlockError) || e.code !== "ENOSYS") throw e;
+    }
+    await this.removeMedium();
+  }
+
+  /**
+   * blockdev-change-medium with an already opened node: open the tray, swap the medium,
+   * close the tray. The device sees only its media callbacks.
+   */
+  async changeMedium(node: Node, force = false): Promise<void> {
+    try {
+      this.openTray(force);
+    } catch (e) {
+      if (!(e instanceof BlockError) || e.code !== "ENOSYS") throw e;
+    }
+    await this.removeMedium();
+    await this.insertMedium(node);
+    try {
+      this.closeTray();
+    } catch (e) {
+      if (!(e instanceof BlockError) || e.code !== "ENOSYS") throw e;
+    }
+  }
+
+  // ---------------------------------------------------------------- error policy
+
+  /** Sets the error policies (`rerror`, `werror`). */
+  setErrorPolicy(read: ErrorPolicy, write: ErrorPolicy): void {
+    this.#readPolicy = read;
+    this.#writePolicy = write;
+    this.#policySet = true;
+  }
+
+  /** The read and write error policies. */
+  get errorPolicy(): { read: ErrorPolicy; write: ErrorPolicy } {
+    return { read: this.#readPolicy, write: this.#writePolicy };
+  }
+
+  /** Whether requests are held after an error with the `stop` action. */
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  /** Resumes after a `stop` (QMP `cont`): resets the I/O status and retries held requests. */
+  resume(): void {
+    this.iostatus = "ok";
+    if (!this.#stopped) return;
+    this.#stopped = false;
+    const parked = this.#parked;
+    this.#parked = [];
+    for (const p of parked) p();
+  }
+
+  /** Resets the I/O status to `ok`. */
+  resetIoStatus(): void {
+    this.iostatus = "ok";
+  }
+
+  #action(op: Op, err: BlockError): ErrorAction {
+    const policy = op === Op.Read ? this.#readPolicy : this.#writePolicy;
+    switch (policy) {
+      case "report":
+        return "report";
+      case "ignore":
+        return "ignore";
+      case "stop":
+        return "stop";
+      case "enospc":
+        return err.code === "ENOSPC" ? "stop" : "report";
+    }
+  }
+
+  async #onError(
+    e: unknown,
+    op: Op,
+    offset: number,
+    bytes: number,
+    qiov: IoVector | null,
+    qiovOffset: number,
+    flags: number,
+  ): Promise<void> {
+    if (--this.inFlight === 0) this.graph.notifyIdle();
+    const err = BlockError.from(e, { node: this.name, op: OP_NAMES[op], offset });
+    if (err.code === "ENOMEDIUM" && !this.root) throw err;
+    const action = this.#action(op, err);
+    const data: Record<string, unknown> = {
+      device: this.name,
+      "qom-path": this.#device?.id ?? "",
+      operation: OP_NAMES[op],
+      action,
+      reason: strerror(err.code),
+    };
+    if (this.node) data["node-name"] = this.node.name;
+    if (err.code === "ENOSPC") data["nospace"] = true;
+    if (action === "stop") {
+      if (this.iostatus === "ok") this.iostatus = err.code === "ENOSPC" ? "nospace" : "failed";
+      this.#stopped = true;
+    }
+    this.graph.events.emit("BLOCK_IO_ERROR", data);
+    if (action === "report") throw err;
+    if (action === "ignore") return;
+    await new Promise<void>((r) => this.#parked.push(r));
+    return this.#request(op, offset, bytes, qiov, qiovOffset, flags);
+  }
+
+  // ---------------------------------------------------------------- requests
+
+  #check(offset: number, bytes: number, op: Op): BlockError | null {
+    if (!Number.isSafeInteger(bytes) || bytes < 0) {
+      return new BlockError("EIO", `Invalid request length ${bytes}`, { op: OP_NAMES[op], offset });
+    }
+    const root = this.root;
+    if (root === null || this.#trayOpen) {
+      return new BlockError("ENOMEDIUM", "No medium found", { node: this.name, op: OP_NAMES[op] });
+    }
+    if (!Number.isSafeInteger(offset) || offset < 0) {
+      return new BlockError("EIO", `Invalid request offset ${offset}`, {
+        op: OP_NAMES[op],
+        offset,
+      });
+    }
+    if (op !== Op.Read && op !== Op.Flush && !isWritePerm(root.perm)) {
+      return new BlockError(
+        "EPERM",
+        `Block device '${this.describeName()}' did not take the 'write' permission`,
+        { op: OP_NAMES[op], offset },
+      );
+    }
+    if (op !== Op.Flush && !(this.allowWriteBeyondEof && op !== Op.Read)) {
+      const len = root.node!.getLength();
+      if (offset > len || len - offset < bytes) {
+        return new BlockError(
+          "EIO",
+          `Request of ${bytes} bytes at offset ${offset} is beyond the end of the device (${len} bytes)`,
+          { node: this.name, op: OP_NAMES[op], offset },
+        );
+      }
+    }
+    return null;
+  }
+
+  #request(
+    op: Op,
+    offset: number,
+    bytes: number,
+    qiov: IoVector | null,
+    qiovOffset: number,
+    flags: number,
+  ): Promise<void> {
+    if (this.quiesceCounter > 0 && !this.disableRequestQueuing || this.#stopped) {
+      return this.#waitThenRequest(op, offset, bytes, qiov, qiovOffset, flags);
+    }
+    const err = this.#check(offset, bytes, op);
+    if (err !== null) return Promise.reject(err);
+    const node = this.root!.node!;
+    let p: Promise<void>;
+    this.inFlight++;
+    try {
+      switch (op) {
+        case Op.Read:
+          p = node.preadv(offset, bytes, qiov!, qiovOffset, flags);
+          break;
+        case Op.Write:
+          p = node.pwritev(
+            offset,
+            bytes,
+            qiov!,
+            qiovOffset,
+            this.enableWriteCache ? flags : flags | ReqFlags.FUA,
+          );
+          break;
+        case Op.Zeroes:
+          p = node.pwriteZeroes(
+            offset,
+            bytes,
+            this.enableWriteCache ? flags : flags | ReqFlags.FUA,
+          );
+          break;
+        case Op.Discard:
+          p = node.pdiscard(offset, bytes);
+          break;
+        default:
+          p = node.flush();
+      }
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    const policy = op === Op.Read ? this.#readPolicy : this.#writePolicy;
+    if (policy === "report") return p.then(this.#done, this.#fail);
+    return p.then(
+      this.#done,
+      (e) => this.#onError(e, op, offset, bytes, qiov, qiovOffset, flags),
+    );
+  }
+
+  async #waitThenRequest(
+    op: Op,
+    offset: number,
+    bytes: number,
+    qiov: IoVector | null,
+    qiovOffset: number,
+    flags: number,
+  ): Promise<void> {
+    while (this.#stopped || (this.quiesceCounter > 0 && !this.disableRequestQueuing)) {
+      if (this.#stopped) await new Promise<void>((r) => this.#parked.push(r));
+      else await new Promise<void>((r) => this.#queued.push(r));
+    }
+    return this.#request(op, offset, bytes, qiov, qiovOffset, flags);
+  }
+
+  /** Reads `bytes` bytes at `offset` into `qiov` at `qiovOffset`. */
+  preadv(offset: number, bytes: number, qiov: IoVector, qiovOffset = 0, flags = 0): Promise<void> {
+    return this.#request(Op.Read, offset, bytes, qiov, qiovOffset, flags);
+  }
+
+  /** Writes `bytes` bytes at `offset` from `qiov` at `qiovOffset`. */
+  pwritev(offset: number, bytes: number, qiov: IoVector, qiovOffset = 0, flags = 0): Promise<void> {
+    return this.#request(Op.Write, offset, bytes, qiov, qiovOffset, flags);
+  }
+
+  /** Reads into `buf` from `offset`. */
+  read(offset: number, buf: Uint8Array, flags = 0): Promise<void> {
+    return this.#request(Op.Read, offset, buf.length, IoVector.of(buf), 0, flags);
+  }
+
+  /** Writes `buf` at `offset`. */
+  write(offset: number, buf: Uint8Array, flags = 0): Promise<void> {
+    return this.#request(Op.Write, offset, buf.length, IoVector.of(buf), 0, flags);
+  }
+
+  /** Makes the range read as zeros ({@link ReqFlags}: MAY_UNMAP, FUA, NO_FALLBACK). */
+  pwriteZeroes(offset: number, bytes: number, flags = 0): Promise<void> {
+    return this.#request(Op.Zeroes, offset, bytes, null, 0, flags);
+  }
+
+  /** Discards the range. */
+  pdiscard(offset: number, bytes: number): Promise<void> {
+    return this.#request(Op.Discard, offset, bytes, null, 0, 0);
+  }
+
+  /** Flushes everything written so far to stable storage. */
+  flush(): Promise<void> {
+    return this.#request(Op.Flush, 0, 0, null, 0, 0);
+  }
+
+  /** The size of the medium in bytes; ENOMEDIUM when there is none. */
+  getLength(): number {
+    if (!this.isAvailable) {
+      throw new BlockError("ENOMEDIUM", "No medium found", { node: this.name });
+    }
+    return this.root!.node!.getLength();
+  }
+
+  /** Allocation status at `offset` of the root node. */
+  blockStatus(offset: number, bytes: number, wantZero = true): Promise<BlockStatus> {
+    const err = this.#check(offset, bytes, Op.Read);
+    if (err) return Promise.reject(err);
+    return this.root!.node!.blockStatus(offset, bytes, wantZero);
+  }
+
+  /** Resizes the medium; needs the RESIZE permission. */
+  async truncate(size: number, exact = true, prealloc: PreallocMode = "off"): Promise<void> {
+    if (!this.isAvailable) {
+      throw new BlockError("ENOMEDIUM", "No medium inserted", { node: this.name });
+    }
+    if (!(this.root!.perm & Perm.RESIZE)) {
+      throw new BlockError(
+        "EPERM",
+        `Block device '${this.describeName()}' did not take the 'resize' permission`,
+      );
+    }
+    this.inFlight++;
+    try {
+      await this.root!.node!.truncate(size, exact, prealloc);
+    } finally {
+      if (--this.inFlight === 0) this.graph.notifyIdle();
+    }
+  }
+
+  // ---------------------------------------------------------------- ChildParent
+
+  /** @inheritdoc */
+  readonly parentKind = "backend" as const;
+
+  /** @inheritdoc */
+  parentDescription(): string {
+    if (this.name) return `block device '${this.name}'`;
+    if (this.#device) return `device '${this.#device.id}'`;
+    return "a block device";
+  }
+
+  /** @inheritdoc */
+  releaseHint(): string {
+    const who = this.name || this.#device?.id;
+    return who
+      ? `remove the medium from '${who}' (blockdev-remove-medium) or detach its device`
+      : "close the program or export using it";
+  }
+
+  /** @inheritdoc */
+  childDrainedBegin(_child: Child): void {
+    if (this.quiesceCounter++ === 0) this.#device?.ops.drainedBegin?.();
+  }
+
+  /** @inheritdoc */
+  childDrainedEnd(_child: Child): void {
+    if (--this.quiesceCounter > 0) return;
+    this.#device?.ops.drainedEnd?.();
+    const queued = this.#queued;
+    this.#queued = [];
+    for (const q of queued) q();
+  }
+
+  /** @inheritdoc */
+  childDrainedPoll(_child: Child): boolean {
+    return this.inFlight > 0;
+  }
+
+  /** @inheritdoc */
+  childResized(_child: Child): void {
+    this.#device?.ops.resize?.();
+  }
+}

@@ -1,0 +1,422 @@
+/**
+ * Graph changes: attach and detach children, set backing, replace a node, append a node
+ * above another, insert and drop filters, reopen. Each runs inside a drained section and a
+ * transaction: the structural change and the permission refresh apply whole or not at all.
+ *
+ * @module
+ */
+
+import { Child, ChildRole } from "./child.ts";
+import { syncEdgeQuiesce } from "./drain.ts";
+import { BlockError } from "./errors.ts";
+import type { Graph } from "./graph.ts";
+import type { Node, NodeFlags } from "./node.ts";
+import { openNode, parseFlags, refreshLimits } from "./open.ts";
+import { type OptionValues, validateOptions } from "./options.ts";
+import { childPerm, refreshPermissions } from "./permissions.ts";
+import { Transaction } from "./transaction.ts";
+
+/** Links `edge` between `parent` (a node, or null for Backend/job edges) and `node`. */
+export function linkChild(edge: Child, parent: Node | null, node: Node): void {
+  edge.node = node;
+  node.parents.push(edge);
+  if (parent) parent.children.push(edge);
+}
+
+/** Unlinks `edge` from both ends (its reference is the caller's to drop). */
+export function unlinkChild(edge: Child): void {
+  const node = edge.node;
+  if (node) {
+    const i = node.parents.indexOf(edge);
+    if (i >= 0) node.parents.splice(i, 1);
+  }
+  if (edge.parent.parentKind === "node") {
+    const parent = edge.parent as Node;
+    const j = parent.children.indexOf(edge);
+    if (j >= 0) parent.children.splice(j, 1);
+  }
+  edge.node = null;
+}
+
+/** Whether making `child` a child of `parent` would create a cycle. */
+export function wouldCycle(parent: Node, child: Node): boolean {
+  const seen = new Set<Node>();
+  const stack = [child];
+  while (stack.length) {
+    const n = stack.pop()!;
+    if (n === parent) return true;
+    if (seen.has(n)) continue;
+    seen.add(n);
+    for (const c of n.children) if (c.node) stack.push(c.node);
+  }
+  return false;
+}
+
+/** Moves `edge` to point at `to` inside `tran`; the old node's reference drops on commit. */
+function moveEdge(edge: Child, to: Node, tran: Transaction): void {
+  const from = edge.node!;
+  const i = from.parents.indexOf(edge);
+  from.parents.splice(i, 1);
+  edge.node = to;
+  to.parents.push(edge);
+  to.ref(edge.describe());
+  syncEdgeQuiesce(edge);
+  tran.add({
+    commit: () => void from.unref(edge.describe()),
+    abort: () => {
+      const j = to.parents.indexOf(edge);
+      to.parents.splice(j, 1);
+      edge.node = from;
+      from.parents.push(edge);
+      syncEdgeQuiesce(edge);
+      void to.unref(edge.describe());
+    },
+  });
+}
+
+/** Adds a new edge inside `tran`; aborting removes it and drops its reference. */
+function addEdge(
+  parent: Node,
+  node: Node,
+  name: string,
+  role: number,
+  tran: Transaction,
+): Child {
+  if (wouldCycle(parent, node)) {
+    throw new BlockError(
+      "EINVAL",
+      `Making '${node.name}' a ${name} child of '${parent.name}' would create a cycle`,
+    );
+  }
+  const edge = new Child(name, role, parent, 0, 0xf);
+  [edge.perm, edge.shared] = childPerm(parent, edge, parent.perm, parent.shared);
+  linkChild(edge, parent, node);
+  node.ref(edge.describe());
+  syncEdgeQuiesce(edge);
+  tran.add({
+    abort: () => {
+      unlinkChild(edge);
+      syncEdgeQuiesce(edge);
+      void node.unref(edge.describe());
+    },
+  });
+  return edge;
+}
+
+/** Removes an edge inside `tran`; its reference drops on commit. */
+function removeEdge(edge: Child, tran: Transaction): void {
+  if (edge.frozen) {
+    throw new BlockError(
+      "EPERM",
+      `Cannot change frozen '${edge.name}' link from ${edge.parent.parentDescription()}`,
+    );
+  }
+  const node = edge.node!;
+  const parent = edge.parent.parentKind === "node" ? edge.parent as Node : null;
+  unlinkChild(edge);
+  syncEdgeQuiesce(edge);
+  tran.add({
+    commit: () => void node.unref(edge.describe()),
+    abort: () => {
+      linkChild(edge, parent, node);
+      syncEdgeQuiesce(edge);
+    },
+  });
+}
+
+/** Runs a structural change with `nodes` drained, then refreshes permissions from `roots`. */
+async function transact<T>(
+  graph: Graph,
+  drained: Node[],
+  change: (tran: Transaction) => { result: T; roots: Node[] },
+): Promise<T> {
+  return await graph.drained(drained, () => {
+    const tran = new Transaction();
+    try {
+      const { result, roots } = change(tran);
+      refreshPermissions(roots, tran);
+      tran.commit();
+      for (const n of roots) if (n.instance) refreshLimits(n);
+      return result;
+    } catch (e) {
+      tran.abort();
+      throw e;
+    }
+  });
+}
+
+/** See `Graph.attachChild`. */
+export function attachChild(
+  graph: Graph,
+  parent: Node,
+  node: Node,
+  name: string,
+  role: number,
+): Promise<Child> {
+  if (parent.children.some((c) => c.name === name)) {
+    return Promise.reject(
+      new BlockError("EEXIST", `Node '${parent.name}' already has a child named '${name}'`),
+    );
+  }
+  return transact(graph, [parent, node], (tran) => {
+    const edge = addEdge(parent, node, name, role, tran);
+    return { result: edge, roots: [parent] };
+  });
+}
+
+/** See `Graph.detachChild`. */
+export function detachChild(graph: Graph, child: Child): Promise<void> {
+  const node = child.node;
+  if (!node) return Promise.resolve();
+  const roots = child.parent.parentKind === "node" ? [child.parent as Node, node] : [node];
+  return transact(graph, [node], (tran) => {
+    removeEdge(child, tran);
+    return { result: undefined, roots };
+  });
+}
+
+/** See `Graph.setBacking`. */
+export function setBacking(graph: Graph, node: Node, backing: Node | null): Promise<void> {
+  const isFilter = node.driver.kind === "filter";
+  if (!isFilter && !node.driver.supportsBacking) {
+    return Promise.reject(
+      new BlockError(
+        "EINVAL",
+        `Driver '${node.driver.name}' of node '${node.name}' does not support backing files`,
+      ),
+    );
+  }
+  const old = node.backing;
+  if (old?.frozen) {
+    return Promise.reject(
+      new BlockError(
+        "EPERM",
+        `Cannot change frozen 'backing' link from '${node.name}' to '${old.node?.name}'`,
+      ),
+    );
+  }
+  const drained = [node, ...(old?.node ? [old.node] : []), ...(backing ? [backing] : [])];
+  return transact(graph, drained, (tran) => {
+    const roots = [node];
+    if (old) {
+      roots.push(old.node!);
+      removeEdge(old, tran);
+    }
+    if (backing) {
+      const role = isFilter ? ChildRole.FILTERED | ChildRole.PRIMARY : ChildRole.COW;
+      addEdge(node, backing, "backing", role, tran);
+    }
+    return { result: undefined, roots };
+  });
+}
+
+/** Moves the parent edges of `from` to `to` inside `tran`; returns the nodes to refresh. */
+function replaceNodeNoPerm(from: Node, to: Node, tran: Transaction): Node[] {
+  for (const edge of [...from.parents]) {
+    if (edge.stayAtNode) continue;
+    // An edge from `to`'s own subtree would make a loop (the appended node's child edge).
+    if (edge.parent.parentKind === "node" && wouldCycle(edge.parent as Node, to)) continue;
+    if (edge.frozen) {
+      throw new BlockError("EPERM", `Cannot change '${edge.name}' link to '${from.name}'`);
+    }
+    moveEdge(edge, to, tran);
+  }
+  return [to, from];
+}
+
+/** See `Graph.replaceNode`. */
+export function replaceNode(graph: Graph, from: Node, to: Node): Promise<void> {
+  if (from === to) return Promise.resolve();
+  return transact(graph, [from, to], (tran) => ({
+    result: undefined,
+    roots: replaceNodeNoPerm(from, to, tran),
+  }));
+}
+
+/** See `Graph.append`. */
+export function append(graph: Graph, newTop: Node, top: Node): Promise<void> {
+  const isFilter = newTop.driver.kind === "filter";
+  if (!isFilter && !newTop.driver.supportsBacking) {
+    return Promise.reject(
+      new BlockError(
+        "EINVAL",
+        `Driver '${newTop.driver.name}' of node '${newTop.name}' does not support backing files`,
+      ),
+    );
+  }
+  const name = isFilter && !newTop.driver.filteredChildIsBacking ? "file" : "backing";
+  if (newTop.children.some((c) => c.name === name)) {
+    return Promise.reject(
+      new BlockError("EEXIST", `Node '${newTop.name}' already has a '${name}' child`),
+    );
+  }
+  return transact(graph, [newTop, top], (tran) => {
+    const role = isFilter ? ChildRole.FILTERED | ChildRole.PRIMARY : ChildRole.COW;
+    addEdge(newTop, top, name, role, tran);
+    replaceNodeNoPerm(top, newTop, tran);
+    return { result: undefined, roots: [newTop] };
+  });
+}
+
+/** See `Graph.insertFilter`. */
+export async function insertFilter(
+  graph: Graph,
+  node: Node,
+  filterOptions: OptionValues,
+  holder: string,
+): Promise<Node> {
+  const driver = graph.registry.get(String(filterOptions["driver"]));
+  if (driver.kind !== "filter") {
+    throw new BlockError("EINVAL", `Driver '${driver.name}' is not a filter`);
+  }
+  const childName = driver.filteredChildIsBacking ? "backing" : "file";
+  const filter = await openNode(graph, { ...filterOptions, [childName]: node.name }, holder, null);
+  try {
+    await replaceNode(graph, node, filter);
+  } catch (e) {
+    await filter.unref(holder);
+    throw e;
+  }
+  return filter;
+}
+
+/** See `Graph.dropFilter`. */
+export function dropFilter(graph: Graph, filter: Node): Promise<void> {
+  const child = filter.filteredChild;
+  if (!child?.node) {
+    return Promise.reject(new BlockError("EINVAL", `Node '${filter.name}' is not a filter`));
+  }
+  const below = child.node;
+  return transact(graph, [filter, below], (tran) => {
+    replaceNodeNoPerm(filter, below, tran);
+    removeEdge(child, tran);
+    return { result: undefined, roots: [below, filter] };
+  });
+}
+
+const REOPEN_COMMON = ["read-only", "auto-read-only", "detect-zeroes", "discard", "force-share"];
+
+/**
+ * See `Graph.reopen`. Options left out return to their defaults; only the driver's mutable
+ * options, the common runtime options, and the `file`/`backing` links may change.
+ */
+export async function reopen(graph: Graph, node: Node, options: OptionValues): Promise<void> {
+  if (!node.instance) throw new BlockError("ENOMEDIUM", `Node '${node.name}' is closed`);
+  const given = options["node-name"];
+  if (given !== undefined && given !== node.name) {
+    throw new BlockError("EINVAL", "Cannot change the option 'node-name'");
+  }
+  if (options["driver"] !== undefined && options["driver"] !== node.driver.name) {
+    throw new BlockError("EINVAL", "Cannot change the option 'driver'");
+  }
+  const links = new Map<string, Node | null>();
+  const own: OptionValues = {};
+  const common: OptionValues = {};
+  for (const [k, v] of Object.entries(options)) {
+    if (k === "node-name" || k === "driver") continue;
+    if (k === "file" || k === "backing") {
+      if (v === null) links.set(k, null);
+      else if (typeof v === "string") {
+        const target = graph.findNode(v);
+        if (!target) throw new BlockError("ENOENT", `Cannot find device='' nor node-name='${v}'`);
+        links.set(k, target);
+      } else {
+        throw new BlockError("EINVAL", `Cannot change the option '${k}'`);
+      }
+    } else if (REOPEN_COMMON.includes(k) || k.startsWith("cache")) {
+      common[k] = v;
+    } else {
+      own[k] = v;
+    }
+  }
+  if (node.backing && !options["backing"] && options["backing"] !== null) {
+    throw new BlockError("EINVAL", `backing is missing for '${node.name}'`);
+  }
+  const mutable = node.driver.mutableOptions ?? [];
+  const validated = validateOptions(node.driver.options, own, `Block format '${node.driver.name}'`);
+  for (const [k, v] of Object.entries(validated)) {
+    if (node.options[k] !== v && !mutable.includes(k)) {
+      throw new BlockError(
+        "EINVAL",
+        own[k] === undefined
+          ? `Option '${k}' cannot be reset to its default value`
+          : `Cannot change the option '${k}'`,
+      );
+    }
+  }
+  const newFlags: NodeFlags = parseFlags(common, null);
+  for (const k of ["cache.direct", "cache.no-flush"] as const) {
+    const was = k === "cache.direct" ? node.flags.cacheDirect : node.flags.cacheNoFlush;
+    const now = k === "cache.direct" ? newFlags.cacheDirect : newFlags.cacheNoFlush;
+    if (was !== now && common[k] !== undefined) {
+      throw new BlockError("EINVAL", `Cannot change the option '${k}'`);
+    }
+    if (k === "cache.direct") newFlags.cacheDirect = node.flags.cacheDirect;
+    else newFlags.cacheNoFlush = node.flags.cacheNoFlush;
+  }
+  const affected = [node, ...[...links.values()].filter((n): n is Node => n !== null)];
+  for (const name of links.keys()) {
+    const old = node.children.find((c) => c.name === name);
+    if (old?.node) affected.push(old.node);
+  }
+  await graph.drained(affected, async () => {
+    if (node.writable) await node.flush();
+    const handle = node.instance?.reopenPrepare
+      ? await node.instance.reopenPrepare(validated, newFlags.readOnly)
+      : null;
+    const tran = new Transaction();
+    try {
+      const oldFlags = node.flags;
+      const oldOptions = node.options;
+      node.flags = newFlags;
+      node.options = { ...node.options, ...validated };
+      tran.add({
+        abort: () => {
+          node.flags = oldFlags;
+          node.options = oldOptions;
+        },
+      });
+      const roots: Node[] = [node];
+      for (const [name, target] of links) {
+        const old = node.children.find((c) => c.name === name);
+        if (old?.node === target) continue;
+        if (old?.node && target && old.frozen) {
+          throw new BlockError(
+            "EPERM",
+            `Cannot change frozen '${name}' link from '${node.name}' to '${old.node.name}'`,
+          );
+        }
+        if (old && !target && name === "file") {
+          throw new BlockError("EINVAL", `Cannot remove the 'file' child of '${node.name}'`);
+        }
+        if (old) {
+          roots.push(old.node!);
+          if (target) {
+            if (wouldCycle(node, target)) {
+              throw new BlockError(
+                "EINVAL",
+                `Making '${target.name}' a ${name} child of '${node.name}' would create a cycle`,
+              );
+            }
+            moveEdge(old, target, tran);
+          } else removeEdge(old, tran);
+        } else if (target) {
+          const role = name === "backing"
+            ? (node.driver.kind === "filter"
+              ? ChildRole.FILTERED | ChildRole.PRIMARY
+              : ChildRole.COW)
+            : ChildRole.FILTERED | ChildRole.PRIMARY;
+          addEdge(node, target, name, role, tran);
+        }
+      }
+      refreshPermissions(roots, tran);
+      tran.commit();
+      handle?.commit();
+      refreshLimits(node);
+    } catch (e) {
+      tran.abort();
+      handle?.abort();
+      throw e;
+    }
+  });
+}

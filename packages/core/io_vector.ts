@@ -1,0 +1,166 @@
+/**
+ * Scatter-gather buffers for requests, like QEMU's QEMUIOVector.
+ *
+ * A request names its data as a byte range of an {@link IoVector}: `(qiov, qiovOffset)`, so a
+ * layer that splits or forwards a request passes the same vector on with another offset and
+ * allocates nothing.
+ *
+ * @module
+ */
+
+const ZERO_CHUNK = new Uint8Array(64 * 1024);
+
+/** An ordered list of buffers that together hold a request's data. */
+export class IoVector {
+  /** The segments, in order. */
+  readonly iov: Uint8Array[];
+  /** The sum of the segments' lengths. */
+  size: number;
+
+  /** Creates a vector over `buffers` (the buffers are shared, not copied). */
+  constructor(buffers: Uint8Array[] = []) {
+    this.iov = buffers;
+    let size = 0;
+    for (const b of buffers) size += b.length;
+    this.size = size;
+  }
+
+  /** A vector with one segment. */
+  static of(buffer: Uint8Array): IoVector {
+    return new IoVector([buffer]);
+  }
+
+  /** Appends a segment. */
+  add(buffer: Uint8Array): void {
+    this.iov.push(buffer);
+    this.size += buffer.length;
+  }
+
+  /** Empties the vector so it can be reused without allocating. */
+  reset(): void {
+    this.iov.length = 0;
+    this.size = 0;
+  }
+
+  /**
+   * Returns the range as one buffer when it lies inside a single segment (a view, no copy),
+   * or `null` when it spans segments.
+   */
+  contiguous(offset: number, length: number): Uint8Array | null {
+    const iov = this.iov;
+    for (let i = 0; i < iov.length; i++) {
+      const seg = iov[i]!;
+      if (offset < seg.length) {
+        if (offset + length > seg.length) return null;
+        return offset === 0 && length === seg.length ? seg : seg.subarray(offset, offset + length);
+      }
+      offset -= seg.length;
+    }
+    return length === 0 ? new Uint8Array(0) : null;
+  }
+
+  /** Copies `length` bytes at `offset` of the vector into `dst` at `dstOffset`. */
+  copyTo(offset: number, dst: Uint8Array, dstOffset: number, length: number): void {
+    const iov = this.iov;
+    let i = 0;
+    for (; i < iov.length && offset >= iov[i]!.length; i++) offset -= iov[i]!.length;
+    while (length > 0 && i < iov.length) {
+      const seg = iov[i++]!;
+      const n = Math.min(seg.length - offset, length);
+      dst.set(seg.subarray(offset, offset + n), dstOffset);
+      dstOffset += n;
+      length -= n;
+      offset = 0;
+    }
+    if (length > 0) throw new RangeError("IoVector.copyTo past the end of the vector");
+  }
+
+  /** Copies `length` bytes of `src` at `srcOffset` into the vector at `offset`. */
+  copyFrom(offset: number, src: Uint8Array, srcOffset: number, length: number): void {
+    const iov = this.iov;
+    let i = 0;
+    for (; i < iov.length && offset >= iov[i]!.length; i++) offset -= iov[i]!.length;
+    while (length > 0 && i < iov.length) {
+      const seg = iov[i++]!;
+      const n = Math.min(seg.length - offset, length);
+      seg.set(src.subarray(srcOffset, srcOffset + n), offset);
+      srcOffset += n;
+      length -= n;
+      offset = 0;
+    }
+    if (length > 0) throw new RangeError("IoVector.copyFrom past the end of the vector");
+  }
+
+  /** Fills `length` bytes at `offset` with `value`. */
+  fill(offset: number, length: number, value = 0): void {
+    const iov = this.iov;
+    let i = 0;
+    for (; i < iov.length && offset >= iov[i]!.length; i++) offset -= iov[i]!.length;
+    while (length > 0 && i < iov.length) {
+      const seg = iov[i++]!;
+      const n = Math.min(seg.length - offset, length);
+      seg.fill(value, offset, offset + n);
+      length -= n;
+      offset = 0;
+    }
+  }
+
+  /** Whether every byte of the range is zero. */
+  isZero(offset: number, length: number): boolean {
+    const iov = this.iov;
+    let i = 0;
+    for (; i < iov.length && offset >= iov[i]!.length; i++) offset -= iov[i]!.length;
+    while (length > 0 && i < iov.length) {
+      const seg = iov[i++]!;
+      const n = Math.min(seg.length - offset, length);
+      if (!isZeroBuffer(seg, offset, n)) return false;
+      length -= n;
+      offset = 0;
+    }
+    return true;
+  }
+
+  /** The segments covering the range, as views (allocates; for engines that need iovecs). */
+  slices(offset: number, length: number, out: Uint8Array[] = []): Uint8Array[] {
+    const iov = this.iov;
+    let i = 0;
+    for (; i < iov.length && offset >= iov[i]!.length; i++) offset -= iov[i]!.length;
+    while (length > 0 && i < iov.length) {
+      const seg = iov[i++]!;
+      const n = Math.min(seg.length - offset, length);
+      out.push(offset === 0 && n === seg.length ? seg : seg.subarray(offset, offset + n));
+      length -= n;
+      offset = 0;
+    }
+    return out;
+  }
+
+  /** Copies the range into a new buffer. */
+  toBuffer(offset = 0, length = this.size - offset): Uint8Array {
+    const out = new Uint8Array(length);
+    this.copyTo(offset, out, 0, length);
+    return out;
+  }
+}
+
+/** Whether `length` bytes of `buf` at `offset` are all zero, four bytes at a time. */
+export function isZeroBuffer(buf: Uint8Array, offset = 0, length = buf.length - offset): boolean {
+  let i = offset;
+  const end = offset + length;
+  while (i < end && ((buf.byteOffset + i) & 3) !== 0) {
+    if (buf[i++] !== 0) return false;
+  }
+  const words = (end - i) >>> 2;
+  if (words > 0) {
+    const w = new Uint32Array(buf.buffer, buf.byteOffset + i, words);
+    for (let k = 0; k < words; k++) if (w[k] !== 0) return false;
+    i += words << 2;
+  }
+  while (i < end) if (buf[i++] !== 0) return false;
+  return true;
+}
+
+/** A shared read-only block of zeros, for writing zeros without allocating. */
+export function zeroChunk(): Uint8Array {
+  return ZERO_CHUNK;
+}

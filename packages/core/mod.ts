@@ -1,0 +1,54 @@
+/**
+ * `@blockgraph/core`: the block graph. Nodes (format, protocol and filter instances) joined
+ * by typed child edges; Backends, the device-facing handles with media, tray and error
+ * policy; reference counting with a private delete; permissions; drained sections; graph
+ * changes as transactions; `closeAll`; events.
+ *
+ * @module
+ */
+
+export { Backend } from "./backend.ts";
+export type {
+  BackendOptions,
+  DeviceOps,
+  ErrorAction,
+  ErrorPolicy,
+  IoStatus,
+  RootListener,
+} from "./backend.ts";
+export { Child, ChildRole, roleNames } from "./child.ts";
+export type { ChildParent, ParentKind } from "./child.ts";
+export { BlockStatusFlags, DEFAULT_LIMITS, DriverRegistry, ReqFlags } from "./driver.ts";
+export type {
+  BlockDriver,
+  BlockLimits,
+  BlockStatus,
+  DriverInstance,
+  DriverKind,
+  FormatSpecificInfo,
+  OpenContext,
+  PreallocMode,
+  ReopenHandle,
+} from "./driver.ts";
+export { BlockError, ERRNO, errnoCode, strerror } from "./errors.ts";
+export type { ErrorCode, ErrorContext } from "./errors.ts";
+export { EventBus } from "./events.ts";
+export type { BlockEvent, EventListener } from "./events.ts";
+export { Graph, isWellFormedName } from "./graph.ts";
+export type { GraphJob, GraphOptions } from "./graph.ts";
+export { IoVector, isZeroBuffer } from "./io_vector.ts";
+export { DEFAULT_FLAGS, Node } from "./node.ts";
+export type { NodeFlags } from "./node.ts";
+export {
+  flatten,
+  parseBool,
+  parseKeyValue,
+  parseSize,
+  unflatten,
+  validateOptions,
+} from "./options.ts";
+export type { OptionSchema, OptionSpec, OptionType, OptionValues } from "./options.ts";
+export { defaultChildPerm, Perm, PERM_PASSTHROUGH, permNames } from "./permissions.ts";
+export { isAllocatedAbove } from "./request.ts";
+export { Transaction } from "./transaction.ts";
+export type { TransactionAction } from "./transaction.ts";

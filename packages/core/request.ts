@@ -1,0 +1,636 @@
+/**
+ * The request layer between a node's users and its driver: range checks, alignment with
+ * read-modify-write, max-transfer splitting, tracked and serialising requests, in-flight
+ * counting for drain, zero detection and FUA emulation.
+ *
+ * The fast path (an aligned request within limits, no serialising request in flight) calls
+ * the driver directly and hands its promise on with two pre-bound callbacks: no `async`
+ * frame, no closure, no allocation beyond the driver's own promise.
+ *
+ * @module
+ */
+
+import { type BlockStatus, BlockStatusFlags, type PreallocMode, ReqFlags } from "./driver.ts";
+import { BlockError } from "./errors.ts";
+import { IoVector } from "./io_vector.ts";
+import type { Node } from "./node.ts";
+import { Perm } from "./permissions.ts";
+
+const RESOLVED: Promise<void> = Promise.resolve();
+const WRITE_PERMS = Perm.WRITE | Perm.WRITE_UNCHANGED;
+/** Largest byte offset a request may reach (QEMU's BDRV_MAX_LENGTH is about 2^63; JS: 2^53). */
+const MAX_LENGTH = Number.MAX_SAFE_INTEGER;
+const ZERO_BUFFER_SIZE = 1024 * 1024;
+let zeroBuffer: Uint8Array | null = null;
+
+function zeros(): Uint8Array {
+  return zeroBuffer ??= new Uint8Array(ZERO_BUFFER_SIZE);
+}
+
+function closed(node: Node, op: string): Promise<never> {
+  return Promise.reject(
+    new BlockError("ENOMEDIUM", `Node '${node.name}' is closed`, { node: node.name, op }),
+  );
+}
+
+/** Validates offset and length; returns an error for the caller to reject with, or null. */
+function checkRange(node: Node, offset: number, bytes: number, op: string): BlockError | null {
+  if (
+    !Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0 ||
+    offset > MAX_LENGTH - bytes
+  ) {
+    return new BlockError(
+      "EIO",
+      `Invalid request on node '${node.name}': offset ${offset}, ${bytes} bytes`,
+      { node: node.name, op, offset },
+    );
+  }
+  return null;
+}
+
+function isAligned(value: number, align: number): boolean {
+  return align === 1 || value % align === 0;
+}
+
+function alignDown(value: number, align: number): number {
+  return align === 1 ? value : value - (value % align);
+}
+
+function alignUp(value: number, align: number): number {
+  return align === 1 ? value : Math.ceil(value / align) * align;
+}
+
+// ---------------------------------------------------------------- read
+
+/** Reads `bytes` bytes at `offset` of `node` into `qiov` at `qiovOffset`. */
+export function preadv(
+  node: Node,
+  offset: number,
+  bytes: number,
+  qiov: IoVector,
+  qiovOffset: number,
+  flags: number,
+): Promise<void> {
+  const inst = node.instance;
+  if (inst === null) return closed(node, "read");
+  const err = checkRange(node, offset, bytes, "read");
+  if (err) return Promise.reject(err);
+  if (bytes === 0) return RESOLVED;
+  const { requestAlignment: align, maxTransfer: max } = node.limits;
+  if (
+    isAligned(offset, align) && isAligned(bytes, align) && (max === 0 || bytes <= max) &&
+    offset + bytes <= inst.getLength()
+  ) {
+    node.inFlight++;
+    try {
+      return inst.preadv(offset, bytes, qiov, qiovOffset, flags).then(node.ioDone, node.ioFail);
+    } catch (e) {
+      return Promise.reject(node.ioFail(e));
+    }
+  }
+  return slowRead(node, offset, bytes, qiov, qiovOffset, flags);
+}
+
+async function slowRead(
+  node: Node,
+  offset: number,
+  bytes: number,
+  qiov: IoVector,
+  qiovOffset: number,
+  flags: number,
+): Promise<void> {
+  node.inFlight++;
+  try {
+    const align = node.limits.requestAlignment;
+    const start = alignDown(offset, align);
+    const end = alignUp(offset + bytes, align);
+    if (start === offset && end === offset + bytes) {
+      await alignedRead(node, start, bytes, qiov, qiovOffset, flags);
+    } else {
+      const bounce = new Uint8Array(end - start);
+      const bq = IoVector.of(bounce);
+      await alignedRead(node, start, end - start, bq, 0, flags);
+      qiov.copyFrom(qiovOffset, bounce, offset - start, bytes);
+    }
+  } catch (e) {
+    throw BlockError.from(e, { node: node.name, op: "read", offset });
+  } finally {
+    if (--node.inFlight === 0) node.graph.notifyIdle();
+  }
+}
+
+/** An aligned read, split at max transfer, zero-filled beyond the end of the node. */
+async function alignedRead(
+  node: Node,
+  offset: number,
+  bytes: number,
+  qiov: IoVector,
+  qiovOffset: number,
+  flags: number,
+): Promise<void> {
+  const inst = node.instance;
+  if (!inst) throw new BlockError("ENOMEDIUM", `Node '${node.name}' is closed`);
+  const align = node.limits.requestAlignment;
+  const max = maxChunk(node.limits.maxTransfer, align);
+  // The driver sees reads up to the aligned end of the node; past it the layer fills zeros.
+  const readable = Math.max(0, Math.min(bytes, alignUp(inst.getLength(), align) - offset));
+  for (let done = 0; done < readable;) {
+    const n = Math.min(readable - done, max);
+    await inst.preadv(offset + done, n, qiov, qiovOffset + done, flags);
+    done += n;
+  }
+  if (readable < bytes) qiov.fill(qiovOffset + readable, bytes - readable, 0);
+}
+
+function maxChunk(maxTransfer: number, align: number): number {
+  if (maxTransfer === 0) return 1 << 30;
+  return Math.max(alignDown(maxTransfer, align), align);
+}
+
+// ---------------------------------------------------------------- write
+
+/** Writes `bytes` bytes at `offset` of `node` from `qiov` at `qiovOffset`. */
+export function pwritev(
+  node: Node,
+  offset: number,
+  bytes: number,
+  qiov: IoVector,
+  qiovOffset: number,
+  flags: number,
+): Promise<void> {
+  const inst = node.instance;
+  if (inst === null) return closed(node, "write");
+  const err = checkRange(node, offset, bytes, "write") ?? checkWritable(node, offset);
+  if (err) return Promise.reject(err);
+  if (bytes === 0) return RESOLVED;
+  const { requestAlignment: align, maxTransfer: max } = node.limits;
+  if (
+    isAligned(offset, align) && isAligned(bytes, align) && (max === 0 || bytes <= max) &&
+    !node.tracked.hasSerialising && node.flags.detectZeroes === "off" &&
+    ((flags & ReqFlags.FUA) === 0 || ((inst.supportedWriteFlags ?? 0) & ReqFlags.FUA) !== 0)
+  ) {
+    node.inFlight++;
+    node.fastWrites++;
+    node.writeGen++;
+    try {
+      return inst.pwritev(offset, bytes, qiov, qiovOffset, flags).then(
+        node.writeDone,
+        node.writeFail,
+      );
+    } catch (e) {
+      return Promise.reject(node.writeFail(e));
+    }
+  }
+  return slowWrite(node, offset, bytes, qiov, qiovOffset, flags);
+}
+
+function checkWritable(node: Node, offset: number): BlockError | null {
+  if (node.flags.readOnly) {
+    return new BlockError("EPERM", `Block node '${node.name}' is read-only`, {
+      node: node.name,
+      op: "write",
+      offset,
+    });
+  }
+  return null;
+}
+
+async function slowWrite(
+  node: Node,
+  offset: number,
+  bytes: number,
+  qiov: IoVector,
+  qiovOffset: number,
+  flags: number,
+): Promise<void> {
+  node.inFlight++;
+  node.writeGen++;
+  const align = node.limits.requestAlignment;
+  const start = alignDown(offset, align);
+  const end = alignUp(offset + bytes, align);
+  const rmw = start !== offset || end !== offset + bytes;
+  const t = node.tracked.begin(start, end, rmw);
+  try {
+    await waitForOverlaps(node, t, rmw);
+    if (
+      node.flags.detectZeroes !== "off" && (flags & ReqFlags.ZERO_WRITE) === 0 &&
+      qiov.isZero(qiovOffset, bytes)
+    ) {
+      let zflags = flags & ~ReqFlags.MAY_UNMAP;
+      if (node.flags.detectZeroes === "unmap") zflags |= ReqFlags.MAY_UNMAP;
+      await zeroesLocked(node, offset, bytes, zflags);
+    } else if (!rmw) {
+      await alignedWrite(node, offset, bytes, qiov, qiovOffset, flags);
+    } else {
+      await rmwWrite(node, offset, bytes, start, end, qiov, qiovOffset, flags);
+    }
+  } catch (e) {
+    throw BlockError.from(e, { node: node.name, op: "write", offset });
+  } finally {
+    node.tracked.end(t);
+    if (--node.inFlight === 0) node.graph.notifyIdle();
+  }
+}
+
+/**
+ * A serialising request waits for every write started before it; other tracked writes wait
+ * for earlier overlapping serialising ones. Untracked fast-path writes are in `inFlight`.
+ */
+async function waitForOverlaps(
+  node: Node,
+  t: ReturnType<Node["tracked"]["begin"]>,
+  serialising: boolean,
+): Promise<void> {
+  if (serialising) {
+    const fast = node.waitFastWrites();
+    if (fast) await fast;
+  }
+  const w = node.tracked.waitSerialising(t);
+  if (w) await w;
+}
+
+async function rmwWrite(
+  node: Node,
+  offset: number,
+  bytes: number,
+  start: number,
+  end: number,
+  qiov: IoVector,
+  qiovOffset: number,
+  flags: number,
+): Promise<void> {
+  const align = node.limits.requestAlignment;
+  if (end - start === align) {
+    // One block: read it, patch it, write it back.
+    const block = new Uint8Array(align);
+    const bq = IoVector.of(block);
+    await alignedRead(node, start, align, bq, 0, 0);
+    qiov.copyTo(qiovOffset, block, offset - start, bytes);
+    await alignedWrite(node, start, align, bq, 0, flags);
+    return;
+  }
+  const parts = new IoVector();
+  if (start < offset) {
+    const head = new Uint8Array(align);
+    await alignedRead(node, start, align, IoVector.of(head), 0, 0);
+    parts.add(head.subarray(0, offset - start));
+  }
+  qiov.slices(qiovOffset, bytes, parts.iov);
+  parts.size += bytes;
+  if (end > offset + bytes) {
+    const tail = new Uint8Array(align);
+    const tailStart = end - align;
+    await alignedRead(node, tailStart, align, IoVector.of(tail), 0, 0);
+    parts.add(tail.subarray(offset + bytes - tailStart));
+  }
+  await alignedWrite(node, start, end - start, parts, 0, flags);
+}
+
+/** An aligned write, split at max transfer, with FUA emulated by a flush when needed. */
+async function alignedWrite(
+  node: Node,
+  offset: number,
+  bytes: number,
+  qiov: IoVector,
+  qiovOffset: number,
+  flags: number,
+): Promise<void> {
+  const inst = node.instance;
+  if (!inst) throw new BlockError("ENOMEDIUM", `Node '${node.name}' is closed`);
+  const emulateFua = (flags & ReqFlags.FUA) !== 0 &&
+    ((inst.supportedWriteFlags ?? 0) & ReqFlags.FUA) === 0;
+  const dflags = emulateFua ? flags & ~ReqFlags.FUA : flags;
+  const max = maxChunk(node.limits.maxTransfer, node.limits.requestAlignment);
+  for (let done = 0; done < bytes;) {
+    const n = Math.min(bytes - done, max);
+    await inst.pwritev(offset + done, n, qiov, qiovOffset + done, dflags);
+    done += n;
+  }
+  if (emulateFua) await flushLocked(node);
+}
+
+// ---------------------------------------------------------------- write zeroes
+
+/** Makes `bytes` bytes at `offset` read as zeros. */
+export async function pwriteZeroes(
+  node: Node,
+  offset: number,
+  bytes: number,
+  flags: number,
+): Promise<void> {
+  if (!node.instance) return closed(node, "write-zeroes");
+  const err = checkRange(node, offset, bytes, "write-zeroes") ?? checkWritable(node, offset);
+  if (err) throw err;
+  if (bytes === 0) return;
+  node.inFlight++;
+  node.writeGen++;
+  const align = node.limits.requestAlignment;
+  const start = alignDown(offset, align);
+  const end = alignUp(offset + bytes, align);
+  const rmw = start !== offset || end !== offset + bytes;
+  const t = node.tracked.begin(start, end, rmw);
+  try {
+    await waitForOverlaps(node, t, rmw);
+    await zeroesLocked(node, offset, bytes, flags);
+  } catch (e) {
+    throw BlockError.from(e, { node: node.name, op: "write-zeroes", offset });
+  } finally {
+    node.tracked.end(t);
+    if (--node.inFlight === 0) node.graph.notifyIdle();
+  }
+}
+
+/** Write-zeroes with the caller already tracked: unaligned edges go through RMW. */
+async function zeroesLocked(
+  node: Node,
+  offset: number,
+  bytes: number,
+  flags: number,
+): Promise<void> {
+  if (node.flags.discard !== "unmap") flags &= ~ReqFlags.MAY_UNMAP;
+  const l = node.limits;
+  const zalign = Math.max(l.pwriteZeroesAlignment || l.requestAlignment, l.requestAlignment);
+  const end = offset + bytes;
+  const alignedStart = Math.min(alignUp(offset, zalign), end);
+  const alignedEnd = Math.max(alignDown(end, zalign), alignedStart);
+  if (alignedStart > offset) await zeroRange(node, offset, alignedStart - offset, flags);
+  if (alignedEnd > alignedStart) {
+    await zeroAligned(node, alignedStart, alignedEnd - alignedStart, flags);
+  }
+  if (end > alignedEnd) await zeroRange(node, alignedEnd, end - alignedEnd, flags);
+}
+
+/** Zeroes an edge piece: through the driver when request-aligned, else by RMW with zeros. */
+function zeroRange(node: Node, offset: number, bytes: number, flags: number): Promise<void> {
+  const ra = node.limits.requestAlignment;
+  if (isAligned(offset, ra) && isAligned(bytes, ra)) return zeroAligned(node, offset, bytes, flags);
+  return writeZeroBuffer(node, offset, bytes, flags);
+}
+
+async function zeroAligned(
+  node: Node,
+  offset: number,
+  bytes: number,
+  flags: number,
+): Promise<void> {
+  const inst = node.instance!;
+  if (inst.pwriteZeroes) {
+    const l = node.limits;
+    const max = l.maxPwriteZeroes > 0 ? maxChunk(l.maxPwriteZeroes, l.requestAlignment) : 1 << 30;
+    const supported = inst.supportedZeroFlags ?? 0;
+    const emulateFua = (flags & ReqFlags.FUA) !== 0 && (supported & ReqFlags.FUA) === 0;
+    const dflags = flags & ~(emulateFua ? ReqFlags.FUA : 0) & ~ReqFlags.NO_FALLBACK &
+      (supported | ~(ReqFlags.MAY_UNMAP | ReqFlags.FUA));
+    try {
+      for (let done = 0; done < bytes;) {
+        const n = Math.min(bytes - done, max);
+        await inst.pwriteZeroes(offset + done, n, dflags);
+        done += n;
+      }
+      if (emulateFua) await flushLocked(node);
+      return;
+    } catch (e) {
+      if (!(e instanceof BlockError) || e.code !== "ENOTSUP") throw e;
+    }
+  }
+  if (flags & ReqFlags.NO_FALLBACK) {
+    throw new BlockError("ENOTSUP", `Node '${node.name}' cannot write zeroes efficiently`);
+  }
+  await writeZeroBuffer(node, offset, bytes, flags);
+}
+
+/** Writes real zero bytes (the fallback), with RMW at unaligned edges. */
+async function writeZeroBuffer(
+  node: Node,
+  offset: number,
+  bytes: number,
+  flags: number,
+): Promise<void> {
+  const align = node.limits.requestAlignment;
+  const wflags = flags & ~(ReqFlags.MAY_UNMAP | ReqFlags.NO_FALLBACK | ReqFlags.ZERO_WRITE);
+  const z = zeros();
+  for (let done = 0; done < bytes;) {
+    const n = Math.min(bytes - done, ZERO_BUFFER_SIZE);
+    const o = offset + done;
+    const q = IoVector.of(z.subarray(0, n));
+    const s = alignDown(o, align);
+    const e = alignUp(o + n, align);
+    if (s !== o || e !== o + n) await rmwWrite(node, o, n, s, e, q, 0, wflags);
+    else await alignedWrite(node, o, n, q, 0, wflags);
+    done += n;
+  }
+}
+
+// ---------------------------------------------------------------- discard
+
+/** Discards `bytes` bytes at `offset`, when the node passes discards down (`discard=unmap`). */
+export async function pdiscard(node: Node, offset: number, bytes: number): Promise<void> {
+  const inst = node.instance;
+  if (!inst) return closed(node, "discard");
+  const err = checkRange(node, offset, bytes, "discard") ?? checkWritable(node, offset);
+  if (err) throw err;
+  if (bytes === 0 || node.flags.discard !== "unmap" || !inst.pdiscard) return;
+  const l = node.limits;
+  const align = Math.max(l.pdiscardAlignment || l.requestAlignment, l.requestAlignment);
+  // Discard is advisory: the unaligned head and tail are left alone.
+  const start = alignUp(offset, align);
+  const end = alignDown(offset + bytes, align);
+  if (end <= start) return;
+  const max = l.maxPdiscard > 0 ? maxChunk(l.maxPdiscard, align) : 1 << 30;
+  node.inFlight++;
+  node.writeGen++;
+  const t = node.tracked.begin(start, end, false);
+  try {
+    await waitForOverlaps(node, t, false);
+    for (let o = start; o < end;) {
+      const n = Math.min(end - o, max);
+      try {
+        await inst.pdiscard(o, n);
+      } catch (e) {
+        if (!(e instanceof BlockError) || e.code !== "ENOTSUP") throw e;
+      }
+      o += n;
+    }
+  } catch (e) {
+    throw BlockError.from(e, { node: node.name, op: "discard", offset });
+  } finally {
+    node.tracked.end(t);
+    if (--node.inFlight === 0) node.graph.notifyIdle();
+  }
+}
+
+// ---------------------------------------------------------------- flush
+
+/** Flushes `node` (unless nothing was written since the last flush) and its written children. */
+export async function flush(node: Node): Promise<void> {
+  if (!node.instance) return closed(node, "flush");
+  node.inFlight++;
+  try {
+    await flushLocked(node);
+  } catch (e) {
+    throw BlockError.from(e, { node: node.name, op: "flush" });
+  } finally {
+    if (--node.inFlight === 0) node.graph.notifyIdle();
+  }
+}
+
+async function flushLocked(node: Node): Promise<void> {
+  const inst = node.instance;
+  if (!inst) throw new BlockError("ENOMEDIUM", `Node '${node.name}' is closed`);
+  const gen = node.writeGen;
+  if (gen !== node.flushedGen) {
+    const skip = node.flags.cacheNoFlush && node.driver.kind === "protocol";
+    if (inst.flush && !skip) await inst.flush();
+    node.flushedGen = gen;
+  }
+  for (const c of node.children) {
+    if ((c.perm & WRITE_PERMS) !== 0 && c.node) await flush(c.node);
+  }
+}
+
+// ---------------------------------------------------------------- block status
+
+/**
+ * Allocation status of `node` at `offset` for this layer, with the generic bits (ALLOCATED,
+ * EOF) added and RAW answers resolved through the child they name.
+ */
+export async function blockStatus(
+  node: Node,
+  offset: number,
+  bytes: number,
+  wantZero: boolean,
+): Promise<BlockStatus> {
+  const inst = node.instance;
+  if (!inst) return closed(node, "block-status");
+  const err = checkRange(node, offset, bytes, "block-status");
+  if (err) throw err;
+  const length = inst.getLength();
+  if (offset >= length || bytes === 0) return { status: BlockStatusFlags.EOF, pnum: 0 };
+  bytes = Math.min(bytes, length - offset);
+  let st: BlockStatus;
+  if (inst.blockStatus) {
+    st = await inst.blockStatus(wantZero, offset, bytes);
+  } else if (node.children.length === 0) {
+    st = {
+      status: BlockStatusFlags.DATA | BlockStatusFlags.OFFSET_VALID,
+      pnum: bytes,
+      map: offset,
+      file: node,
+    };
+  } else {
+    const child = node.primaryChild?.node;
+    st = child
+      ? {
+        status: BlockStatusFlags.RAW | BlockStatusFlags.OFFSET_VALID,
+        pnum: bytes,
+        map: offset,
+        file: child,
+      }
+      : { status: BlockStatusFlags.DATA, pnum: bytes };
+  }
+  if (st.pnum <= 0 || st.pnum > bytes) {
+    throw new BlockError(
+      "EIO",
+      `Driver of node '${node.name}' answered block status with ${st.pnum} bytes`,
+    );
+  }
+  if (st.status & BlockStatusFlags.RAW) {
+    if (!st.file || st.map === undefined) {
+      throw new BlockError("EIO", `Driver of node '${node.name}' answered RAW without a file`);
+    }
+    const inner = await blockStatus(st.file, st.map, st.pnum, wantZero);
+    if (inner.status & BlockStatusFlags.EOF && inner.pnum === 0) {
+      // Past the end of the file: reads there return zeros.
+      st = { status: BlockStatusFlags.ZERO, pnum: st.pnum };
+    } else {
+      st = { ...inner, status: inner.status & ~BlockStatusFlags.EOF };
+    }
+  }
+  if (
+    wantZero && !(st.status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO)) &&
+    node.driver.supportsBacking
+  ) {
+    const backing = node.cowChild?.node;
+    if (!backing || offset >= backing.getLength()) st.status |= BlockStatusFlags.ZERO;
+  }
+  if (st.status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO)) {
+    st.status |= BlockStatusFlags.ALLOCATED;
+  }
+  if (offset + st.pnum === length) st.status |= BlockStatusFlags.EOF;
+  return st;
+}
+
+/**
+ * Whether `[offset, offset+bytes)` is allocated in `top` or any backing layer above `base`
+ * (exclusive; `null`: the whole chain). Returns the answer for the first `pnum` bytes.
+ */
+export async function isAllocatedAbove(
+  top: Node,
+  base: Node | null,
+  offset: number,
+  bytes: number,
+): Promise<{ allocated: boolean; pnum: number; depth: number }> {
+  let pnum = bytes;
+  let depth = 0;
+  for (let n: Node | null = top; n && n !== base; n = n.cowChild?.node ?? filteredNext(n)) {
+    const len = n.getLength();
+    if (offset >= len) {
+      // Past this layer's end: nothing below can be reached through it.
+      if (n === top) return { allocated: false, pnum: bytes, depth: 0 };
+      break;
+    }
+    const st = await blockStatus(n, offset, Math.min(pnum, len - offset), false);
+    if (st.status & BlockStatusFlags.ALLOCATED) {
+      return { allocated: true, pnum: st.pnum, depth: depth + 1 };
+    }
+    pnum = Math.min(pnum, st.pnum);
+    depth++;
+  }
+  return { allocated: false, pnum, depth: 0 };
+}
+
+function filteredNext(n: Node): Node | null {
+  return n.filteredChild?.node ?? null;
+}
+
+// ---------------------------------------------------------------- truncate
+
+/** Resizes `node` to `size` bytes. */
+export async function truncate(
+  node: Node,
+  size: number,
+  exact: boolean,
+  prealloc: PreallocMode,
+): Promise<void> {
+  const inst = node.instance;
+  if (!inst) return closed(node, "truncate");
+  if (!Number.isSafeInteger(size) || size < 0) {
+    throw new BlockError("EINVAL", "Image size cannot be negative", {
+      node: node.name,
+      op: "truncate",
+    });
+  }
+  if (node.flags.readOnly) {
+    throw new BlockError("EACCES", "Image is read-only", { node: node.name, op: "truncate" });
+  }
+  if (!inst.truncate) {
+    throw new BlockError("ENOTSUP", "Image format driver does not support resize", {
+      node: node.name,
+      op: "truncate",
+    });
+  }
+  node.inFlight++;
+  node.writeGen++;
+  const old = inst.getLength();
+  const t = node.tracked.begin(Math.min(old, size), MAX_LENGTH, true);
+  try {
+    await waitForOverlaps(node, t, true);
+    await inst.truncate(size, exact, prealloc);
+  } catch (e) {
+    throw BlockError.from(e, { node: node.name, op: "truncate" });
+  } finally {
+    node.tracked.end(t);
+    if (--node.inFlight === 0) node.graph.notifyIdle();
+  }
+  for (const p of [...node.parents]) p.parent.childResized?.(p);
+}
