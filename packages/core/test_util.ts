@@ -202,6 +202,9 @@ const overlay: BlockDriver = {
   },
 };
 
+/** The test drivers, for tests elsewhere that mix them with real ones. */
+export const testDrivers: readonly BlockDriver[] = [ram, pass, overlay];
+
 /** A registry with the test drivers. */
 export function testRegistry(): DriverRegistry {
   return new DriverRegistry([ram, pass, overlay]);
