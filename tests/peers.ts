@@ -15,7 +15,11 @@ const PACKAGES: Record<string, string> = {
 };
 
 async function has(command: string): Promise<boolean> {
-  const r = await new Deno.Command("sh", { args: ["-c", `command -v ${command}`], stdout: "null", stderr: "null" }).output();
+  const r = await new Deno.Command("sh", {
+    args: ["-c", `command -v ${command}`],
+    stdout: "null",
+    stderr: "null",
+  }).output();
   return r.success;
 }
 

@@ -11,7 +11,8 @@ await ensurePeers(["qemu-img", "qemu-io"]);
 
 const report = await Deno.makeTempFile({ prefix: "blockgraph-junit-", suffix: ".xml" });
 const args = ["test", "-A", "--quiet", `--junit-path=${report}`, ...Deno.args];
-const child = new Deno.Command(Deno.execPath(), { args, stdout: "inherit", stderr: "inherit" }).spawn();
+const child = new Deno.Command(Deno.execPath(), { args, stdout: "inherit", stderr: "inherit" })
+  .spawn();
 const status = await child.status;
 
 let passed = 0;
