@@ -7,8 +7,8 @@
  */
 
 import {
-  BlockError,
   type BlockDriver,
+  BlockError,
   type BlockStatus,
   BlockStatusFlags,
   type Child,

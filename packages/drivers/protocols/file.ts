@@ -9,8 +9,8 @@
 
 import fs from "node:fs";
 import {
-  BlockError,
   type BlockDriver,
+  BlockError,
   type DriverInstance,
   type DriverRegistry,
   type IoVector,
@@ -18,15 +18,15 @@ import {
   type OptionValues,
   type PreallocMode,
   strerror,
-  zeroChunk,
 } from "@blockgraph/core";
 
 /** The I/O engines the driver accepts. Only `threads` exists so far. */
 export const FILE_AIO_ENGINES = ["threads"] as const;
 /** The `locking` option's values. */
 export const FILE_LOCKING_MODES = ["auto", "on", "off"] as const;
-/** How many copies of the shared zero chunk one zero-filling `writev` carries. */
-const ZERO_SEGMENTS = 16;
+/** The size of the zero buffer preallocation writes from. */
+const ZERO_BUFFER_SIZE = 1024 * 1024;
+let zeroBuffer: Uint8Array | null = null;
 
 function readvAt(fd: number, bufs: Uint8Array[], position: number): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -67,23 +67,19 @@ export function stripFilePrefix(filename: string): string {
 }
 
 /**
- * Writes zeros over `[from, to)` of `fd` with the shared zero chunk, several copies per
- * `writev`. This is also how `preallocation=falloc` is done: `posix_fallocate` is not reachable
- * from `node:fs`, so it gets the `full` treatment until the FFI engines bring `fallocate`.
+ * Writes zeros over `[from, to)` of `fd`, a megabyte at a time from one shared zero buffer.
+ * This is also how `preallocation=falloc` is done: `posix_fallocate` is not reachable from
+ * `node:fs`, so it gets the `full` treatment until the FFI engines bring `fallocate`.
  */
 async function writeZeros(fd: number, from: number, to: number): Promise<void> {
-  const chunk = zeroChunk();
-  const full: Uint8Array[] = new Array<Uint8Array>(ZERO_SEGMENTS).fill(chunk);
-  const span = chunk.length * ZERO_SEGMENTS;
+  const zeros = zeroBuffer ??= new Uint8Array(ZERO_BUFFER_SIZE);
   for (let pos = from; pos < to;) {
-    const want = Math.min(to - pos, span);
-    let bufs = full;
-    if (want < span) {
-      bufs = new Array<Uint8Array>(Math.floor(want / chunk.length)).fill(chunk);
-      const rest = want % chunk.length;
-      if (rest > 0) bufs.push(chunk.subarray(0, rest));
-    }
-    const n = await writevAt(fd, bufs, pos);
+    const want = Math.min(to - pos, ZERO_BUFFER_SIZE);
+    const n = await writevAt(
+      fd,
+      [want === ZERO_BUFFER_SIZE ? zeros : zeros.subarray(0, want)],
+      pos,
+    );
     if (n <= 0) throw new BlockError("EIO", "Could not write zeros for preallocation");
     pos += n;
   }

@@ -8,8 +8,8 @@
  */
 
 import {
-  BlockError,
   type BlockDriver,
+  BlockError,
   type BlockStatus,
   BlockStatusFlags,
   type DriverInstance,

@@ -1,0 +1,37 @@
+/**
+ * The first drivers of blockgraph: the `null-co`, `memory` and `file` protocols and the `raw`
+ * format, and {@link defaultRegistry} holding them all. The conformance suite every driver
+ * runs is at `@blockgraph/drivers/conformance`.
+ *
+ * @module
+ */
+
+import { DriverRegistry } from "@blockgraph/core";
+import { rawDriver } from "./formats/raw.ts";
+import { fileDriver } from "./protocols/file.ts";
+import { memoryDriver } from "./protocols/memory.ts";
+import { nullDriver } from "./protocols/null.ts";
+
+export { rawDriver, RawInstance } from "./formats/raw.ts";
+export {
+  FILE_AIO_ENGINES,
+  FILE_LOCKING_MODES,
+  fileDriver,
+  FileInstance,
+  stripFilePrefix,
+} from "./protocols/file.ts";
+export { MEMORY_CHUNK_SIZE, memoryDriver, MemoryInstance } from "./protocols/memory.ts";
+export { nullDriver, NullInstance } from "./protocols/null.ts";
+
+/**
+ * A new registry holding every driver of this package.
+ *
+ * @example
+ * ```ts
+ * import { defaultRegistry } from "@blockgraph/drivers";
+ * console.assert(defaultRegistry().find("raw") !== undefined);
+ * ```
+ */
+export function defaultRegistry(): DriverRegistry {
+  return new DriverRegistry([nullDriver, memoryDriver, fileDriver, rawDriver]);
+}

@@ -1,0 +1,207 @@
+import { DriverRegistry, Graph, IoVector } from "@blockgraph/core";
+import {
+  assert,
+  assertBytesEqual,
+  assertEquals,
+  assertRejectsWith,
+  CONFORMANCE_HOLDER,
+  pattern,
+  runConformance,
+} from "../conformance/mod.ts";
+import { fileDriver, type FileInstance, stripFilePrefix } from "./file.ts";
+
+const registry = new DriverRegistry([fileDriver]);
+const SIZE = 4 * 1024 * 1024;
+
+/** Temporary directories made by the conformance target, removed after each case. */
+const tempDirs: string[] = [];
+
+runConformance("file", {
+  registry,
+  capabilities: { persistent: true, resize: true, growsOnWrite: true },
+  async open(graph, { readOnly }) {
+    const dir = await Deno.makeTempDir({ prefix: "blockgraph-file-" });
+    tempDirs.push(dir);
+    await fileDriver.create!({ filename: `${dir}/disk.img`, size: SIZE }, registry);
+    return graph.open(
+      { driver: "file", filename: `${dir}/disk.img`, discard: "unmap", "read-only": readOnly },
+      CONFORMANCE_HOLDER,
+    );
+  },
+  async cleanup() {
+    for (const dir of tempDirs.splice(0)) await Deno.remove(dir, { recursive: true });
+  },
+});
+
+async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "blockgraph-file-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function openFile(
+  graph: Graph,
+  path: string,
+  extra: Record<string, unknown> = {},
+): Promise<Awaited<ReturnType<Graph["open"]>>> {
+  return await graph.open({ driver: "file", filename: path, ...extra }, "test");
+}
+
+Deno.test("file open of a missing file fails with ENOENT in QEMU's words", async () => {
+  await withTempDir(async (dir) => {
+    const graph = new Graph({ registry });
+    const e = await assertRejectsWith(openFile(graph, `${dir}/nope.img`), "ENOENT", "open");
+    assertEquals(
+      e.message,
+      `Could not open '${dir}/nope.img': No such file or directory`,
+      "message",
+    );
+    await graph.closeAll();
+  });
+});
+
+Deno.test("file refuses a directory", async () => {
+  await withTempDir(async (dir) => {
+    const graph = new Graph({ registry });
+    await assertRejectsWith(openFile(graph, dir, { "read-only": true }), "EINVAL", "open dir");
+    await graph.closeAll();
+  });
+});
+
+Deno.test("file refuses cache.direct with the threads engine, naming O_DIRECT", async () => {
+  await withTempDir(async (dir) => {
+    await fileDriver.create!({ filename: `${dir}/d.img`, size: 4096 }, registry);
+    const graph = new Graph({ registry });
+    const e = await assertRejectsWith(
+      openFile(graph, `${dir}/d.img`, { cache: { direct: true } }),
+      "EINVAL",
+      "cache.direct=on",
+    );
+    assert(e.message.includes("O_DIRECT"), `message names O_DIRECT: ${e.message}`);
+    assert(e.message.includes("io_uring"), `message points at io_uring: ${e.message}`);
+    await graph.closeAll();
+  });
+});
+
+Deno.test("file accepts aio=threads and the locking modes, and refuses other engines", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/d.img`;
+    await fileDriver.create!({ filename: path, size: 4096 }, registry);
+    const graph = new Graph({ registry });
+    const node = await openFile(graph, path, { aio: "threads", locking: "off" });
+    const inst = node.instance as FileInstance;
+    assertEquals(inst.aio, "threads", "aio");
+    assertEquals(inst.locking, "off", "locking");
+    await node.unref("test");
+    const dflt = await openFile(graph, path);
+    assertEquals((dflt.instance as FileInstance).locking, "auto", "default locking");
+    await dflt.unref("test");
+    await assertRejectsWith(openFile(graph, path, { aio: "io_uring" }), "EINVAL", "aio=io_uring");
+    await graph.closeAll();
+  });
+});
+
+Deno.test("file opens read-only nodes without write access to the file", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/ro.img`;
+    await Deno.writeFile(path, pattern(1000, 1));
+    await Deno.chmod(path, 0o444);
+    const graph = new Graph({ registry });
+    const node = await openFile(graph, path, { "read-only": true });
+    assert((node.instance as FileInstance).readOnly, "opened read-only");
+    const buf = new Uint8Array(1000);
+    await node.read(0, buf);
+    assertBytesEqual(buf, pattern(1000, 1), "content");
+    await node.unref("test");
+    if (Deno.uid() !== 0) {
+      // Root may write anything, so only an unprivileged user sees the refusal.
+      await assertRejectsWith(openFile(graph, path), "EACCES", "read-write open");
+    }
+    await graph.closeAll();
+  });
+});
+
+Deno.test("file writes reach the host file and open by a file: filename", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/w.img`;
+    await fileDriver.create!({ filename: `file:${path}`, size: 8192 }, registry);
+    const graph = new Graph({ registry });
+    const node = await graph.open({ filename: `file:${path}` }, "test");
+    assertEquals(node.driver.name, "file", "driver chosen by the filename");
+    assertEquals(node.filename, path, "the prefix is stripped");
+    await node.write(4097, pattern(3000, 2));
+    await node.flush();
+    const onDisk = await Deno.readFile(path);
+    assertEquals(onDisk.length, 8192, "file size");
+    assertBytesEqual(onDisk.subarray(4097, 7097), pattern(3000, 2), "bytes in the file");
+    await node.unref("test");
+    await graph.closeAll();
+  });
+});
+
+Deno.test("file driver fills a read across the end of the file with zeros", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/s.img`;
+    await Deno.writeFile(path, pattern(100, 3));
+    const graph = new Graph({ registry });
+    const node = await openFile(graph, path);
+    const buf = new Uint8Array(300).fill(0xff);
+    // Straight to the driver: the request layer would stop at the end on its own.
+    await (node.instance as FileInstance).preadv(50, 300, IoVector.of(buf), 0);
+    assertBytesEqual(buf.subarray(0, 50), pattern(100, 3).subarray(50), "data before the end");
+    assertBytesEqual(buf.subarray(50), new Uint8Array(250), "zeros after the end");
+    await node.unref("test");
+    await graph.closeAll();
+  });
+});
+
+Deno.test("file create truncates an existing file and preallocates on request", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/c.img`;
+    await Deno.writeFile(path, pattern(5000, 4));
+    await fileDriver.create!({ filename: path, size: 1 << 20 }, registry);
+    const sparse = await Deno.readFile(path);
+    assertEquals(sparse.length, 1 << 20, "size after create");
+    assertBytesEqual(sparse.subarray(0, 5000), new Uint8Array(5000), "old data is gone");
+    await fileDriver.create!({ filename: path, size: 1 << 20, preallocation: "full" }, registry);
+    const graph = new Graph({ registry });
+    const node = await openFile(graph, path);
+    const inst = node.instance as FileInstance;
+    assert(await inst.allocatedSize() >= 1 << 20, "full preallocation allocates the file");
+    await node.truncate(3 << 20, true, "falloc");
+    assertEquals(node.getLength(), 3 << 20, "length after a falloc grow");
+    assert(await inst.allocatedSize() >= 3 << 20, "falloc allocates the grown part");
+    await assertRejectsWith(node.truncate(1 << 20, true, "full"), "ENOTSUP", "shrink + full");
+    await assertRejectsWith(
+      node.truncate(4 << 20, true, "metadata"),
+      "ENOTSUP",
+      "metadata preallocation",
+    );
+    await node.unref("test");
+    await graph.closeAll();
+  });
+});
+
+Deno.test("file create fails with the errno when the directory is missing", async () => {
+  await withTempDir(async (dir) => {
+    const e = await assertRejectsWith(
+      fileDriver.create!({ filename: `${dir}/no/such/x.img`, size: 512 }, registry),
+      "ENOENT",
+      "create",
+    );
+    assertEquals(
+      e.message,
+      `Could not create '${dir}/no/such/x.img': No such file or directory`,
+      "message",
+    );
+  });
+});
+
+Deno.test("stripFilePrefix removes only a leading file:", () => {
+  assertEquals(stripFilePrefix("file:/a/b"), "/a/b", "prefixed");
+  assertEquals(stripFilePrefix("/a/file:b"), "/a/file:b", "not prefixed");
+  assertEquals(fileDriver.parseFilename!("file:x.img").filename, "x.img", "parseFilename");
+});
