@@ -16,6 +16,8 @@ import { IoVector } from "./io_vector.ts";
 import type { Node } from "./node.ts";
 import { isWritePerm, Perm, refreshPermissions } from "./permissions.ts";
 import { Transaction } from "./transaction.ts";
+import type { DeviceOps } from "./device_ops.ts";
+import { errorAction, type ErrorPolicy, type IoStatus } from "./error_policy.ts";
 
 /** Options of a new Backend. */
 export interface BackendOptions {
@@ -26,31 +28,6 @@ export interface BackendOptions {
   /** Permissions it lets others take (default: all). */
   shared?: number;
 }
-
-/** What a device model tells its Backend about itself, and the callbacks it receives. */
-export interface DeviceOps {
-  /** Whether the device's medium can be removed (CD-ROM: yes; disk: no). */
-  readonly removable?: boolean;
-  /** Whether the device has a tray that can be opened. */
-  readonly hasTray?: boolean;
-  /** The medium was loaded (`true`) or unloaded / the tray opened (`false`). */
-  changeMedia?(loaded: boolean): void;
-  /** The user asked to eject while the guest holds the medium locked. */
-  ejectRequest?(force: boolean): void;
-  /** The medium changed size. */
-  resize?(): void;
-  /** The Backend entered a drained section: the device should stop submitting. */
-  drainedBegin?(): void;
-  /** The drained section ended. */
-  drainedEnd?(): void;
-}
-
-/** A read or write error policy (`rerror`/`werror`). */
-export type ErrorPolicy = "report" | "ignore" | "stop" | "enospc";
-/** What was done about one error. */
-export type ErrorAction = "report" | "ignore" | "stop";
-/** The I/O status QMP reports. */
-export type IoStatus = "ok" | "failed" | "nospace";
 
 const enum Op {
   Read,
@@ -470,20 +447,6 @@ export class Backend implements ChildParent {
     this.iostatus = "ok";
   }
 
-  #action(op: Op, err: BlockError): ErrorAction {
-    const policy = op === Op.Read ? this.#readPolicy : this.#writePolicy;
-    switch (policy) {
-      case "report":
-        return "report";
-      case "ignore":
-        return "ignore";
-      case "stop":
-        return "stop";
-      case "enospc":
-        return err.code === "ENOSPC" ? "stop" : "report";
-    }
-  }
-
   async #onError(
     e: unknown,
     op: Op,
@@ -496,7 +459,7 @@ export class Backend implements ChildParent {
     if (--this.inFlight === 0) this.graph.notifyIdle();
     const err = BlockError.from(e, { node: this.name, op: OP_NAMES[op], offset });
     if (err.code === "ENOMEDIUM" && !this.root) throw err;
-    const action = this.#action(op, err);
+    const action = errorAction(op === Op.Read ? this.#readPolicy : this.#writePolicy, err);
     const data: Record<string, unknown> = {
       device: this.name,
       "qom-path": this.#device?.id ?? "",

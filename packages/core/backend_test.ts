@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
-import type { DeviceOps } from "./backend.ts";
+import type { DeviceOps } from "./device_ops.ts";
 import { BlockError } from "./errors.ts";
 import type { BlockEvent } from "./events.ts";
 import { Perm } from "./permissions.ts";

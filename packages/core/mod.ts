@@ -8,14 +8,10 @@
  */
 
 export { Backend } from "./backend.ts";
-export type {
-  BackendOptions,
-  DeviceOps,
-  ErrorAction,
-  ErrorPolicy,
-  IoStatus,
-  RootListener,
-} from "./backend.ts";
+export type { BackendOptions, RootListener } from "./backend.ts";
+export type { DeviceOps } from "./device_ops.ts";
+export { errorAction } from "./error_policy.ts";
+export type { ErrorAction, ErrorPolicy, IoStatus } from "./error_policy.ts";
 export { Child, ChildRole, roleNames } from "./child.ts";
 export type { ChildParent, ParentKind } from "./child.ts";
 export { BlockStatusFlags, DEFAULT_LIMITS, DriverRegistry, ReqFlags } from "./driver.ts";
@@ -49,6 +45,6 @@ export {
 } from "./options.ts";
 export type { OptionSchema, OptionSpec, OptionType, OptionValues } from "./options.ts";
 export { defaultChildPerm, Perm, PERM_PASSTHROUGH, permNames } from "./permissions.ts";
-export { isAllocatedAbove } from "./request.ts";
+export { isAllocatedAbove } from "./block_status.ts";
 export { Transaction } from "./transaction.ts";
 export type { TransactionAction } from "./transaction.ts";

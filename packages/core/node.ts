@@ -18,6 +18,7 @@ import { BlockError } from "./errors.ts";
 import type { Graph } from "./graph.ts";
 import { IoVector } from "./io_vector.ts";
 import type { OptionValues } from "./options.ts";
+import { blockStatus } from "./block_status.ts";
 import * as req from "./request.ts";
 import { TrackedRequests } from "./tracked_requests.ts";
 
@@ -262,7 +263,7 @@ export class Node implements ChildParent {
 
   /** Allocation status of this layer at `offset` (see {@link BlockStatus}). */
   blockStatus(offset: number, bytes: number, wantZero = true): Promise<BlockStatus> {
-    return req.blockStatus(this, offset, bytes, wantZero);
+    return blockStatus(this, offset, bytes, wantZero);
   }
 
   /** Resizes the node to `size` bytes. */

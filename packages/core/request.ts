@@ -10,7 +10,7 @@
  * @module
  */
 
-import { type BlockStatus, BlockStatusFlags, type PreallocMode, ReqFlags } from "./driver.ts";
+import { type PreallocMode, ReqFlags } from "./driver.ts";
 import { BlockError } from "./errors.ts";
 import { IoVector } from "./io_vector.ts";
 import type { Node } from "./node.ts";
@@ -27,14 +27,19 @@ function zeros(): Uint8Array {
   return zeroBuffer ??= new Uint8Array(ZERO_BUFFER_SIZE);
 }
 
-function closed(node: Node, op: string): Promise<never> {
+export function closed(node: Node, op: string): Promise<never> {
   return Promise.reject(
     new BlockError("ENOMEDIUM", `Node '${node.name}' is closed`, { node: node.name, op }),
   );
 }
 
 /** Validates offset and length; returns an error for the caller to reject with, or null. */
-function checkRange(node: Node, offset: number, bytes: number, op: string): BlockError | null {
+export function checkRange(
+  node: Node,
+  offset: number,
+  bytes: number,
+  op: string,
+): BlockError | null {
   if (
     !Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0 ||
     offset > MAX_LENGTH - bytes
@@ -486,111 +491,6 @@ async function flushLocked(node: Node): Promise<void> {
   for (const c of node.children) {
     if ((c.perm & WRITE_PERMS) !== 0 && c.node) await flush(c.node);
   }
-}
-
-// ---------------------------------------------------------------- block status
-
-/**
- * Allocation status of `node` at `offset` for this layer, with the generic bits (ALLOCATED,
- * EOF) added and RAW answers resolved through the child they name.
- */
-export async function blockStatus(
-  node: Node,
-  offset: number,
-  bytes: number,
-  wantZero: boolean,
-): Promise<BlockStatus> {
-  const inst = node.instance;
-  if (!inst) return closed(node, "block-status");
-  const err = checkRange(node, offset, bytes, "block-status");
-  if (err) throw err;
-  const length = inst.getLength();
-  if (offset >= length || bytes === 0) return { status: BlockStatusFlags.EOF, pnum: 0 };
-  bytes = Math.min(bytes, length - offset);
-  let st: BlockStatus;
-  if (inst.blockStatus) {
-    st = await inst.blockStatus(wantZero, offset, bytes);
-  } else if (node.children.length === 0) {
-    st = {
-      status: BlockStatusFlags.DATA | BlockStatusFlags.OFFSET_VALID,
-      pnum: bytes,
-      map: offset,
-      file: node,
-    };
-  } else {
-    const child = node.primaryChild?.node;
-    st = child
-      ? {
-        status: BlockStatusFlags.RAW | BlockStatusFlags.OFFSET_VALID,
-        pnum: bytes,
-        map: offset,
-        file: child,
-      }
-      : { status: BlockStatusFlags.DATA, pnum: bytes };
-  }
-  if (st.pnum <= 0 || st.pnum > bytes) {
-    throw new BlockError(
-      "EIO",
-      `Driver of node '${node.name}' answered block status with ${st.pnum} bytes`,
-    );
-  }
-  if (st.status & BlockStatusFlags.RAW) {
-    if (!st.file || st.map === undefined) {
-      throw new BlockError("EIO", `Driver of node '${node.name}' answered RAW without a file`);
-    }
-    const inner = await blockStatus(st.file, st.map, st.pnum, wantZero);
-    if (inner.status & BlockStatusFlags.EOF && inner.pnum === 0) {
-      // Past the end of the file: reads there return zeros.
-      st = { status: BlockStatusFlags.ZERO, pnum: st.pnum };
-    } else {
-      st = { ...inner, status: inner.status & ~BlockStatusFlags.EOF };
-    }
-  }
-  if (
-    wantZero && !(st.status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO)) &&
-    node.driver.supportsBacking
-  ) {
-    const backing = node.cowChild?.node;
-    if (!backing || offset >= backing.getLength()) st.status |= BlockStatusFlags.ZERO;
-  }
-  if (st.status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO)) {
-    st.status |= BlockStatusFlags.ALLOCATED;
-  }
-  if (offset + st.pnum === length) st.status |= BlockStatusFlags.EOF;
-  return st;
-}
-
-/**
- * Whether `[offset, offset+bytes)` is allocated in `top` or any backing layer above `base`
- * (exclusive; `null`: the whole chain). Returns the answer for the first `pnum` bytes.
- */
-export async function isAllocatedAbove(
-  top: Node,
-  base: Node | null,
-  offset: number,
-  bytes: number,
-): Promise<{ allocated: boolean; pnum: number; depth: number }> {
-  let pnum = bytes;
-  let depth = 0;
-  for (let n: Node | null = top; n && n !== base; n = n.cowChild?.node ?? filteredNext(n)) {
-    const len = n.getLength();
-    if (offset >= len) {
-      // Past this layer's end: nothing below can be reached through it.
-      if (n === top) return { allocated: false, pnum: bytes, depth: 0 };
-      break;
-    }
-    const st = await blockStatus(n, offset, Math.min(pnum, len - offset), false);
-    if (st.status & BlockStatusFlags.ALLOCATED) {
-      return { allocated: true, pnum: st.pnum, depth: depth + 1 };
-    }
-    pnum = Math.min(pnum, st.pnum);
-    depth++;
-  }
-  return { allocated: false, pnum, depth: 0 };
-}
-
-function filteredNext(n: Node): Node | null {
-  return n.filteredChild?.node ?? null;
 }
 
 // ---------------------------------------------------------------- truncate

@@ -1,0 +1,23 @@
+/**
+ * The contract between a Backend and the one device model attached to it.
+ *
+ * @module
+ */
+
+/** What a device model tells its Backend about itself, and the callbacks it receives. */
+export interface DeviceOps {
+  /** Whether the device's medium can be removed (CD-ROM: yes; disk: no). */
+  readonly removable?: boolean;
+  /** Whether the device has a tray that can be opened. */
+  readonly hasTray?: boolean;
+  /** The medium was loaded (`true`) or unloaded / the tray opened (`false`). */
+  changeMedia?(loaded: boolean): void;
+  /** The user asked to eject while the guest holds the medium locked. */
+  ejectRequest?(force: boolean): void;
+  /** The medium changed size. */
+  resize?(): void;
+  /** The Backend entered a drained section: the device should stop submitting. */
+  drainedBegin?(): void;
+  /** The drained section ended. */
+  drainedEnd?(): void;
+}
