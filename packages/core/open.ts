@@ -130,7 +130,11 @@ export async function openNode(
   if (driverName === undefined && typeof options["filename"] === "string") {
     const proto = graph.registry.protocolFor(options["filename"]);
     driverName = proto.name;
-    if (proto.parseFilename) Object.assign(options, proto.parseFilename(options["filename"]));
+    if (proto.parseFilename) {
+      const parsed = proto.parseFilename(options["filename"]);
+      if (!("filename" in proto.options)) delete options["filename"];
+      Object.assign(options, parsed);
+    }
   }
   if (typeof driverName !== "string") {
     throw new BlockError("EINVAL", "Parameter 'driver' is missing");
