@@ -201,6 +201,12 @@ export interface OpenContext {
   openChild(name: string, role: number, required: boolean): Promise<Child | null>;
   /** Attaches an existing node as a child. */
   attachChild(node: Node, name: string, role: number): Child;
+  /**
+   * With `auto-read-only=on`, turns the node read-only when read-write access cannot be had
+   * (a read-only file, a read-only export). Returns false, changing nothing, when the user
+   * did not allow it.
+   */
+  fallBackToReadOnly(): boolean;
 }
 
 /** What kind of node a driver makes. */

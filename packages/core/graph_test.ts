@@ -116,3 +116,16 @@ Deno.test("Graph.blockdevDel applies QEMU's checks in order", async () => {
   await other.unref("t");
   await g.closeAll();
 });
+
+Deno.test("auto-read-only lets a protocol that cannot write open read-only", async () => {
+  const g = testGraph();
+  const err = await assertRejects(() => g.open({ driver: "ram", "deny-write": true }), BlockError);
+  assertEquals(err.code, "EACCES");
+  const n = await g.open({ driver: "ram", "deny-write": true, "auto-read-only": true }, "t");
+  assert(n.flags.readOnly);
+  const ro = await g.open({ driver: "ram", "deny-write": true, "read-only": true }, "t");
+  assert(ro.flags.readOnly);
+  await n.unref("t");
+  await ro.unref("t");
+  await g.closeAll();
+});

@@ -179,7 +179,14 @@ export async function openNode(
 
   const ctx: OpenContext = {
     node,
-    readOnly: flags.readOnly,
+    get readOnly() {
+      return flags.readOnly;
+    },
+    fallBackToReadOnly: () => {
+      if (!flags.autoReadOnly || flags.readOnly) return false;
+      flags.readOnly = true;
+      return true;
+    },
     attachChild: (child: Node, childName: string, role: number) =>
       attachDuringOpen(graph, node, child, childName, role),
     openChild: async (childName: string, role: number, required: boolean) => {

@@ -45,8 +45,12 @@ const ram: BlockDriver = {
     fua: { type: "bool", description: "native FUA", default: false },
     zeroes: { type: "bool", description: "native write-zeroes", default: true },
     "fail-writes": { type: "string", description: "errno code for every write", default: "" },
+    "deny-write": { type: "bool", description: "refuse read-write opens", default: false },
   },
   open(ctx, o) {
+    if (o["deny-write"] && !ctx.readOnly && !ctx.fallBackToReadOnly()) {
+      return Promise.reject(new BlockError("EACCES", "Could not open 'ram': Permission denied"));
+    }
     let data = new Uint8Array(o["size"] as number);
     const log: RamLog = { ops: [] };
     ramLogs.set(ctx.node.name, log);

@@ -323,10 +323,18 @@ export const fileDriver: BlockDriver = {
         ),
       );
     }
-    const readOnly = ctx.readOnly;
     let fd = -1;
     try {
-      fd = openFd(path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR, "open");
+      try {
+        fd = openFd(path, ctx.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR, "open");
+      } catch (e) {
+        // auto-read-only: a file we may not write is opened read-only instead.
+        const denied = e instanceof BlockError &&
+          (e.code === "EACCES" || e.code === "EROFS" || e.code === "EPERM");
+        if (!denied || !ctx.fallBackToReadOnly()) throw e;
+        fd = openFd(path, fs.constants.O_RDONLY, "open");
+      }
+      const readOnly = ctx.readOnly;
       let st: fs.Stats;
       try {
         st = fs.fstatSync(fd);
