@@ -1,0 +1,253 @@
+/**
+ * Opening an image the way QEMU's tools do: a filename with an optional format (probed when
+ * absent, with QEMU's warning when probing guesses raw for a writable image), or a full set
+ * of options (`--image-opts`); cache, discard and AIO modes from their command-line names;
+ * the result held by an anonymous Backend.
+ *
+ * @module
+ */
+
+import {
+  type Backend,
+  BlockError,
+  type BlockDriver,
+  type Graph,
+  type Node,
+  type OptionValues,
+  Perm,
+} from "@blockgraph/core";
+
+/** A cache mode's meaning (QEMU's `bdrv_parse_cache_mode`). */
+export interface CacheMode {
+  /** Bypass the host page cache (`cache.direct`). */
+  readonly direct: boolean;
+  /** Ignore flushes (`cache.no-flush`). */
+  readonly noFlush: boolean;
+  /** The guest-visible write cache is off: every write is FUA. */
+  readonly writethrough: boolean;
+}
+
+/** qemu-io's default: writethrough, through the host cache. */
+export const DEFAULT_CACHE: CacheMode = { direct: false, noFlush: false, writethrough: true };
+
+/** Parses `none|off|directsync|writeback|unsafe|writethrough`; `null` for anything else. */
+export function parseCacheMode(mode: string): CacheMode | null {
+  switch (mode) {
+    case "off":
+    case "none":
+      return { direct: true, noFlush: false, writethrough: false };
+    case "directsync":
+      return { direct: true, noFlush: false, writethrough: true };
+    case "writeback":
+      return { direct: false, noFlush: false, writethrough: false };
+    case "unsafe":
+      return { direct: false, noFlush: true, writethrough: false };
+    case "writethrough":
+      return { direct: false, noFlush: false, writethrough: true };
+  }
+  return null;
+}
+
+/** Parses a discard mode (`ignore|off|unmap|on`); `null` for anything else. */
+export function parseDiscardMode(mode: string): "ignore" | "unmap" | null {
+  if (mode === "ignore" || mode === "off") return "ignore";
+  if (mode === "unmap" || mode === "on") return "unmap";
+  return null;
+}
+
+/** Parses an AIO mode (`threads|native|io_uring`); `null` for anything else. */
+export function parseAioMode(mode: string): string | null {
+  return mode === "threads" || mode === "native" || mode === "io_uring" ? mode : null;
+}
+
+/** What to open and how. */
+export interface OpenRequest {
+  /** The image filename, or `null` when `options` say everything (`--image-opts`). */
+  readonly filename: string | null;
+  /** The format (`-f`); probed when absent. */
+  readonly format?: string | undefined;
+  /** Further options, nested (`file: {filename: ...}`). */
+  readonly options?: OptionValues;
+  /** Open read-only. */
+  readonly readOnly: boolean;
+  /** The cache mode. */
+  readonly cache: CacheMode;
+  /** The discard mode of the top node. */
+  readonly discard: "ignore" | "unmap";
+  /** The AIO engine for the protocol node, when chosen. */
+  readonly aio?: string | undefined;
+  /** Share every permission with other users (needs `readOnly`). */
+  readonly forceShare?: boolean;
+}
+
+/** An opened image. */
+export interface OpenedImage {
+  /** The Backend holding the image. */
+  readonly backend: Backend;
+  /** The top node. */
+  readonly node: Node;
+  /** Whether the format was probed and found to be raw. */
+  readonly probedRaw: boolean;
+}
+
+/** How many bytes of an image format probes look at. */
+export const PROBE_BUFFER_SIZE = 2048;
+
+/** QEMU's warning when probing guessed raw for an image opened read-write. */
+export function probedRawWarning(filename: string): string {
+  return `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+    "         Automatically detecting the format is dangerous for raw images, " +
+    "write operations on block 0 will be restricted.\n" +
+    "         Specify the 'raw' format explicitly to remove the restrictions.\n";
+}
+
+/** Chooses the format for `header` from the registry's probes (the highest score wins). */
+export function probeFormat(graph: Graph, header: Uint8Array, filename: string): BlockDriver {
+  let best: BlockDriver | null = null;
+  let bestScore = 0;
+  for (const d of graph.registry.all()) {
+    if (d.kind !== "format" || !d.probe) continue;
+    const score = d.probe(header, filename);
+    if (score > bestScore) {
+      best = d;
+      bestScore = score;
+    }
+  }
+  if (!best) throw new BlockError("EINVAL", "Could not determine image format");
+  return best;
+}
+
+/** The options of the protocol node `filename` names (`nbd://...`, a path). */
+export function protocolOptions(graph: Graph, filename: string): OptionValues {
+  const proto = graph.registry.protocolFor(filename);
+  return { driver: proto.name, ...(proto.parseFilename?.(filename) ?? { filename }) };
+}
+
+function flagOptions(req: OpenRequest): OptionValues {
+  const flags: OptionValues = {
+    "read-only": req.readOnly,
+    cache: { direct: req.cache.direct, "no-flush": req.cache.noFlush },
+    discard: req.discard,
+  };
+  if (req.forceShare) flags["force-share"] = true;
+  return flags;
+}
+
+function mergeDefaults(target: OptionValues, defaults: OptionValues): OptionValues {
+  const out: OptionValues = { ...defaults, ...target };
+  for (const [k, v] of Object.entries(defaults)) {
+    const t = target[k];
+    if (
+      typeof v === "object" && v !== null && typeof t === "object" && t !== null &&
+      !Array.isArray(t)
+    ) {
+      out[k] = { ...(v as OptionValues), ...(t as OptionValues) };
+    }
+  }
+  return out;
+}
+
+/** Completes an inline `file` child: its driver from its filename, and the AIO engine. */
+function completeFile(graph: Graph, file: OptionValues, aio: string | undefined): OptionValues {
+  let out = { ...file };
+  if (out.driver === undefined && typeof out.filename === "string") {
+    out = { ...protocolOptions(graph, out.filename), ...out };
+    out.driver = graph.registry.protocolFor(file.filename as string).name;
+  }
+  if (aio !== undefined && out.aio === undefined) out.aio = aio;
+  return out;
+}
+
+/**
+ * Opens an image and puts it in a new anonymous Backend that takes consistent-read (and
+ * write, unless read-only) permission and shares everything. `warn` receives QEMU's probing
+ * warning.
+ */
+export async function openImage(
+  graph: Graph,
+  req: OpenRequest,
+  warn: (text: string) => void,
+): Promise<OpenedImage> {
+  const given: OptionValues = { ...(req.options ?? {}) };
+  const filename = req.filename ?? (typeof given.filename === "string" ? given.filename : null);
+  if (req.filename !== null && given.filename === undefined) given.filename = req.filename;
+  let driverName = req.format ?? (given.driver as string | undefined);
+  if (req.format !== undefined) given.driver = req.format;
+  const flags = flagOptions(req);
+  let probedRaw = false;
+  let top: OptionValues;
+  let probeNode: Node | null = null;
+  if (driverName === undefined) {
+    const fileOpt = given.file;
+    let protoOpts: OptionValues;
+    if (typeof fileOpt === "object" && fileOpt !== null) {
+      protoOpts = completeFile(graph, fileOpt as OptionValues, req.aio);
+    } else if (req.filename !== null) {
+      protoOpts = completeFile(graph, protocolOptions(graph, req.filename), req.aio);
+    } else {
+      throw new BlockError("EINVAL", "Must specify either driver or file");
+    }
+    probeNode = await graph.open(
+      mergeDefaults(protoOpts, { ...flags, discard: "unmap" }),
+      "probe",
+    );
+    try {
+      const len = Math.min(PROBE_BUFFER_SIZE, probeNode.getLength());
+      const header = new Uint8Array(len);
+      if (len > 0) await probeNode.read(0, header);
+      const fmt = probeFormat(graph, header, probeNode.filename);
+      driverName = fmt.name;
+      probedRaw = fmt.name === "raw";
+      if (probedRaw && !req.readOnly) warn(probedRawWarning(probeNode.filename || filename || ""));
+    } catch (e) {
+      await probeNode.unref("probe");
+      throw e;
+    }
+    const rest = { ...given };
+    delete rest.file;
+    delete rest.filename;
+    top = mergeDefaults({ ...rest, driver: driverName, file: probeNode.name }, flags);
+  } else {
+    const driver = graph.registry.get(driverName);
+    const rest = { ...given };
+    if (driver.kind === "protocol") {
+      delete rest.filename;
+      const parsed = filename !== null && driver.parseFilename
+        ? driver.parseFilename(filename)
+        : filename !== null
+        ? { filename }
+        : {};
+      top = mergeDefaults({ ...parsed, ...rest }, flags);
+      if (req.aio !== undefined && top.aio === undefined) top.aio = req.aio;
+    } else {
+      delete rest.filename;
+      if (typeof rest.file === "object" && rest.file !== null) {
+        rest.file = completeFile(graph, rest.file as OptionValues, req.aio);
+      } else if (rest.file === undefined && filename !== null) {
+        rest.file = completeFile(graph, protocolOptions(graph, filename), req.aio);
+      }
+      top = mergeDefaults(rest, flags);
+    }
+  }
+  let node: Node;
+  try {
+    node = await graph.open(top, "open");
+  } finally {
+    if (probeNode) await probeNode.unref("probe");
+  }
+  const backend = graph.createBackend({
+    perm: Perm.CONSISTENT_READ | (req.readOnly ? 0 : Perm.WRITE),
+    shared: Perm.ALL,
+  });
+  try {
+    await backend.insertRoot(node);
+  } catch (e) {
+    await node.unref("open");
+    await backend.unref();
+    throw e;
+  } finally {
+    if (backend.node === node) await node.unref("open");
+  }
+  backend.enableWriteCache = !req.cache.writethrough;
+  return { backend, node, probedRaw };
+}
