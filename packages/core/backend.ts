@@ -221,7 +221,7 @@ export class Backend implements ChildParent {
       tran.abort();
       throw e;
     }
-    node.ref(edge.describe());
+    node.ref(edge);
     this.root = edge;
     for (const l of [...this.#insertListeners]) l(this);
   }
@@ -233,7 +233,14 @@ export class Backend implements ChildParent {
   async removeRoot(): Promise<void> {
     const edge = this.root;
     if (!edge?.node) return;
-    for (const l of [...this.#removeListeners]) l(this);
+    for (const l of [...this.#removeListeners]) {
+      try {
+        l(this);
+      } catch (e) {
+        // A listener's failure must not keep the medium in: removal goes on.
+        console.error(`remove listener of ${this.parentDescription()} failed:`, e);
+      }
+    }
     const node = edge.node;
     let release: Promise<void> = Promise.resolve();
     await this.graph.drained([node], () => {
@@ -242,6 +249,15 @@ export class Backend implements ChildParent {
       release = this.graph.releaseChild(edge);
     });
     await release;
+    // Requests held by a stop or a drain must not wait for a medium that is gone.
+    this.#wakeAll();
+  }
+
+  #wakeAll(): void {
+    const waiting = [...this.#parked, ...this.#queued];
+    this.#parked = [];
+    this.#queued = [];
+    for (const w of waiting) w();
   }
 
   /** Changes the permissions taken on the root; a conflict throws and changes nothing. */
@@ -524,7 +540,10 @@ export class Backend implements ChildParent {
     qiovOffset: number,
     flags: number,
   ): Promise<void> {
-    if (this.quiesceCounter > 0 && !this.disableRequestQueuing || this.#stopped) {
+    if (
+      this.root !== null &&
+      (this.quiesceCounter > 0 && !this.disableRequestQueuing || this.#stopped)
+    ) {
       return this.#waitThenRequest(op, offset, bytes, qiov, qiovOffset, flags);
     }
     const err = this.#check(offset, bytes, op);
@@ -578,7 +597,10 @@ export class Backend implements ChildParent {
     qiovOffset: number,
     flags: number,
   ): Promise<void> {
-    while (this.#stopped || (this.quiesceCounter > 0 && !this.disableRequestQueuing)) {
+    while (
+      this.root !== null &&
+      (this.#stopped || (this.quiesceCounter > 0 && !this.disableRequestQueuing))
+    ) {
       if (this.#stopped) await new Promise<void>((r) => this.#parked.push(r));
       else await new Promise<void>((r) => this.#queued.push(r));
     }
@@ -632,7 +654,8 @@ export class Backend implements ChildParent {
   blockStatus(offset: number, bytes: number, wantZero = true): Promise<BlockStatus> {
     const err = this.#check(offset, bytes, Op.Read);
     if (err) return Promise.reject(err);
-    return this.root!.node!.blockStatus(offset, bytes, wantZero);
+    this.inFlight++;
+    return this.root!.node!.blockStatus(offset, bytes, wantZero).finally(this.#done);
   }
 
   /** Resizes the medium; needs the RESIZE permission. */

@@ -186,3 +186,37 @@ Deno.test("Backend.truncate needs the resize permission and tells the device", a
   assertEquals(dev.calls, ["resize"]);
   await g.closeAll();
 });
+
+Deno.test("Backend: requests held by a stop answer ENOMEDIUM once the medium is gone", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram", "node-name": "stopper" }, "t");
+  const blk = g.createBackend({ name: "vdc", perm: RW });
+  blk.setErrorPolicy("report", "stop");
+  await blk.insertRoot(n);
+  await n.unref("t");
+  ramFaults.set("stopper", "EIO");
+  const held = blk.write(0, pattern(512, 1));
+  await new Promise((r) => setTimeout(r, 5));
+  assert(blk.stopped);
+  const later = blk.read(0, new Uint8Array(512));
+  await g.closeAll();
+  ramFaults.delete("stopper");
+  assertEquals((await assertRejects(() => held, BlockError)).code, "ENOMEDIUM");
+  assertEquals((await assertRejects(() => later, BlockError)).code, "ENOMEDIUM");
+  assertEquals(
+    (await assertRejects(() => blk.read(0, new Uint8Array(1)), BlockError)).code,
+    "ENOMEDIUM",
+  );
+});
+
+Deno.test("Backend: the ledger keeps the holder of a root edge whose Backend later got a device", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram", "node-name": "led" }, "blockdev-add");
+  const blk = g.createBackend({ perm: Perm.CONSISTENT_READ });
+  await blk.insertRoot(n);
+  blk.attachDevice("virtio0", {});
+  await blk.removeRoot();
+  assertEquals(g.holders(n), [{ holder: "blockdev-add", count: 1 }]);
+  await n.unref("blockdev-add");
+  await g.closeAll();
+});

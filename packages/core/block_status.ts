@@ -20,10 +20,30 @@ export async function blockStatus(
   bytes: number,
   wantZero: boolean,
 ): Promise<BlockStatus> {
-  const inst = node.instance;
-  if (!inst) return closed(node, "block-status");
+  if (!node.instance) return closed(node, "block-status");
   const err = checkRange(node, offset, bytes, "block-status");
   if (err) throw err;
+  // Counted in flight like any request: drain and close wait for it.
+  node.inFlight++;
+  try {
+    return await statusOf(node, offset, bytes, wantZero, 0);
+  } finally {
+    if (--node.inFlight === 0) node.graph.notifyIdle();
+  }
+}
+
+/** RAW answers may name another node; a chain this deep is a driver bug (a loop). */
+const MAX_RAW_DEPTH = 64;
+
+async function statusOf(
+  node: Node,
+  offset: number,
+  bytes: number,
+  wantZero: boolean,
+  depth: number,
+): Promise<BlockStatus> {
+  const inst = node.instance;
+  if (!inst) return closed(node, "block-status");
   const length = inst.getLength();
   if (offset >= length || bytes === 0) return { status: BlockStatusFlags.EOF, pnum: 0 };
   bytes = Math.min(bytes, length - offset);
@@ -58,7 +78,10 @@ export async function blockStatus(
     if (!st.file || st.map === undefined) {
       throw new BlockError("EIO", `Driver of node '${node.name}' answered RAW without a file`);
     }
-    const inner = await blockStatus(st.file, st.map, st.pnum, wantZero);
+    if (st.file === node || depth >= MAX_RAW_DEPTH) {
+      throw new BlockError("EIO", `Block status of node '${node.name}' loops through RAW answers`);
+    }
+    const inner = await statusOf(st.file, st.map, st.pnum, wantZero, depth + 1);
     if (inner.status & BlockStatusFlags.EOF && inner.pnum === 0) {
       // Past the end of the file: reads there return zeros.
       st = { status: BlockStatusFlags.ZERO, pnum: st.pnum };
@@ -66,15 +89,14 @@ export async function blockStatus(
       st = { ...inner, status: inner.status & ~BlockStatusFlags.EOF };
     }
   }
-  if (
-    wantZero && !(st.status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO)) &&
-    node.driver.supportsBacking
-  ) {
-    const backing = node.cowChild?.node;
-    if (!backing || offset >= backing.getLength()) st.status |= BlockStatusFlags.ZERO;
-  }
   if (st.status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO)) {
+    // Allocated means: this layer answered for the range.
     st.status |= BlockStatusFlags.ALLOCATED;
+  } else if (node.driver.supportsBacking) {
+    // Unallocated: reads go to the backing file, or are zeros without one or past its end.
+    const backing = node.cowChild?.node;
+    if (!backing) st.status |= BlockStatusFlags.ZERO;
+    else if (wantZero && offset >= backing.getLength()) st.status |= BlockStatusFlags.ZERO;
   }
   if (offset + st.pnum === length) st.status |= BlockStatusFlags.EOF;
   return st;
@@ -95,9 +117,10 @@ export async function isAllocatedAbove(
   for (let n: Node | null = top; n && n !== base; n = n.cowChild?.node ?? filteredNext(n)) {
     const len = n.getLength();
     if (offset >= len) {
-      // Past this layer's end: nothing below can be reached through it.
+      // Past the end of the top there is nothing; past a lower layer's end the zeros it reads
+      // are that layer's answer, and nothing below shows through it.
       if (n === top) return { allocated: false, pnum: bytes, depth: 0 };
-      break;
+      return { allocated: true, pnum, depth: depth + 1 };
     }
     const st = await blockStatus(n, offset, Math.min(pnum, len - offset), false);
     if (st.status & BlockStatusFlags.ALLOCATED) {

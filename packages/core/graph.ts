@@ -12,7 +12,7 @@ import type { DriverRegistry } from "./driver.ts";
 import { BlockError } from "./errors.ts";
 import { EventBus } from "./events.ts";
 import * as change from "./graph_change.ts";
-import type { Node } from "./node.ts";
+import { holderLabel, type Node } from "./node.ts";
 import { openNode } from "./open.ts";
 import type { OptionValues } from "./options.ts";
 import { refreshPermissions } from "./permissions.ts";
@@ -63,10 +63,11 @@ export class Graph {
   readonly #monitorOwned = new Set<Node>();
   readonly #jobs = new Set<GraphJob>();
   readonly #closing = new Set<Promise<void>>();
-  readonly #ledger = new Map<Node, Map<string, number>>();
+  readonly #ledger = new Map<Node, Map<string | Child, number>>();
   #idleWaiters: (() => void)[] = [];
   #autoName = 0;
   #closedAll = false;
+  #closingAll = false;
 
   /** Creates an empty graph. */
   constructor(options: GraphOptions) {
@@ -80,7 +81,7 @@ export class Graph {
    * holds the one reference of the result, recorded under `holder`.
    */
   open(options: OptionValues, holder = "caller"): Promise<Node> {
-    if (this.#closedAll) {
+    if (this.#closingAll || this.#closedAll) {
       return Promise.reject(new BlockError("ESHUTDOWN", "The block graph has been closed"));
     }
     return openNode(this, options, holder, null);
@@ -143,32 +144,26 @@ export class Graph {
   // ---------------------------------------------------------------- lifetime
 
   /** Records that `holder` took a reference on `node`. */
-  ledgerAdd(node: Node, holder: string): void {
+  ledgerAdd(node: Node, holder: string | Child): void {
     let m = this.#ledger.get(node);
     if (!m) this.#ledger.set(node, m = new Map());
     m.set(holder, (m.get(holder) ?? 0) + 1);
   }
 
   /** Records that `holder` dropped a reference on `node`. */
-  ledgerRemove(node: Node, holder: string): void {
+  ledgerRemove(node: Node, holder: string | Child): void {
     const m = this.#ledger.get(node);
-    if (!m) return;
-    const n = (m.get(holder) ?? 0) - 1;
+    const n = (m?.get(holder) ?? 0) - 1;
+    if (!m || n < 0) return;
     if (n > 0) m.set(holder, n);
-    else if (n === 0) m.delete(holder);
-    else {
-      // Dropped under another name than it was taken: take it from the anonymous pool.
-      const other = m.keys().next().value;
-      if (other !== undefined) this.ledgerRemove(node, other);
-    }
+    else m.delete(holder);
   }
 
   /** Who holds references on `node`, for "why is this node still alive?". */
   holders(node: Node): { holder: string; count: number }[] {
-    return [...(this.#ledger.get(node) ?? new Map<string, number>())].map(([holder, count]) => ({
-      holder,
-      count,
-    }));
+    return [...(this.#ledger.get(node) ?? new Map<string | Child, number>())].map((
+      [holder, count],
+    ) => ({ holder: holderLabel(holder), count }));
   }
 
   /**
@@ -237,7 +232,7 @@ export class Graph {
     } catch {
       tran.abort();
     }
-    return node.unref(child.describe());
+    return node.unref(child);
   }
 
   // ---------------------------------------------------------------- drain
@@ -285,6 +280,9 @@ export class Graph {
 
   /** Creates a Backend, empty until a root is inserted; the caller holds one reference. */
   createBackend(options: BackendOptions = {}): Backend {
+    if (this.#closingAll) {
+      throw new BlockError("ESHUTDOWN", "The block graph is closing");
+    }
     if (options.name !== undefined) this.#checkBackendName(options.name);
     const b = new Backend(this, options);
     this.#backends.add(b);
@@ -337,9 +335,11 @@ export class Graph {
     }
     const job = node.parents.find((c) => c.parent.parentKind === "job");
     if (job) {
+      const holder = job.parent;
+      const type = "jobType" in holder ? String(holder.jobType) : holder.parentDescription();
       throw new BlockError(
         "EBUSY",
-        `Node '${name}' is busy: block device is in use by block job: ${job.parent.parentDescription()}`,
+        `Node '${name}' is busy: block device is in use by block job: ${type}`,
       );
     }
     if (!this.#monitorOwned.has(node)) {
@@ -418,6 +418,7 @@ export class Graph {
    * stay usable afterwards and answer ENOMEDIUM.
    */
   async closeAll(): Promise<void> {
+    this.#closingAll = true;
     for (const job of [...this.#jobs]) {
       await job.cancelAndWait();
       this.#jobs.delete(job);

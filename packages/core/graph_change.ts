@@ -59,17 +59,17 @@ function moveEdge(edge: Child, to: Node, tran: Transaction): void {
   from.parents.splice(i, 1);
   edge.node = to;
   to.parents.push(edge);
-  to.ref(edge.describe());
+  to.ref(edge);
   syncEdgeQuiesce(edge);
   tran.add({
-    commit: () => void from.unref(edge.describe()),
+    commit: () => void from.unref(edge),
     abort: () => {
       const j = to.parents.indexOf(edge);
       to.parents.splice(j, 1);
       edge.node = from;
-      from.parents.push(edge);
+      from.parents.splice(i, 0, edge);
       syncEdgeQuiesce(edge);
-      void to.unref(edge.describe());
+      void to.unref(edge);
     },
   });
 }
@@ -91,13 +91,13 @@ function addEdge(
   const edge = new Child(name, role, parent, 0, 0xf);
   [edge.perm, edge.shared] = childPerm(parent, edge, parent.perm, parent.shared);
   linkChild(edge, parent, node);
-  node.ref(edge.describe());
+  node.ref(edge);
   syncEdgeQuiesce(edge);
   tran.add({
     abort: () => {
       unlinkChild(edge);
       syncEdgeQuiesce(edge);
-      void node.unref(edge.describe());
+      void node.unref(edge);
     },
   });
   return edge;
@@ -113,12 +113,17 @@ function removeEdge(edge: Child, tran: Transaction): void {
   }
   const node = edge.node!;
   const parent = edge.parent.parentKind === "node" ? edge.parent as Node : null;
+  const parentIndex = node.parents.indexOf(edge);
+  const childIndex = parent ? parent.children.indexOf(edge) : -1;
   unlinkChild(edge);
   syncEdgeQuiesce(edge);
   tran.add({
-    commit: () => void node.unref(edge.describe()),
+    commit: () => void node.unref(edge),
     abort: () => {
-      linkChild(edge, parent, node);
+      // Back where it was: the order of children decides `children.N` and the primary child.
+      edge.node = node;
+      node.parents.splice(parentIndex, 0, edge);
+      if (parent) parent.children.splice(childIndex, 0, edge);
       syncEdgeQuiesce(edge);
     },
   });
@@ -153,12 +158,10 @@ export function attachChild(
   name: string,
   role: number,
 ): Promise<Child> {
-  if (parent.children.some((c) => c.name === name)) {
-    return Promise.reject(
-      new BlockError("EEXIST", `Node '${parent.name}' already has a child named '${name}'`),
-    );
-  }
   return transact(graph, [parent, node], (tran) => {
+    if (parent.children.some((c) => c.name === name)) {
+      throw new BlockError("EEXIST", `Node '${parent.name}' already has a child named '${name}'`);
+    }
     const edge = addEdge(parent, node, name, role, tran);
     return { result: edge, roots: [parent] };
   });
@@ -168,6 +171,16 @@ export function attachChild(
 export function detachChild(graph: Graph, child: Child): Promise<void> {
   const node = child.node;
   if (!node) return Promise.resolve();
+  if (child.parent.parentKind !== "node") {
+    // A Backend or job lets go of its node itself (Backend.removeRoot, the job's end).
+    return Promise.reject(
+      new BlockError(
+        "EINVAL",
+        `Cannot detach the '${child.name}' edge of ${child.parent.parentDescription()}: ` +
+          "only edges between nodes can be detached",
+      ),
+    );
+  }
   const roots = child.parent.parentKind === "node" ? [child.parent as Node, node] : [node];
   return transact(graph, [node], (tran) => {
     removeEdge(child, tran);
@@ -186,17 +199,17 @@ export function setBacking(graph: Graph, node: Node, backing: Node | null): Prom
       ),
     );
   }
-  const old = node.backing;
-  if (old?.frozen) {
-    return Promise.reject(
-      new BlockError(
+  const current = node.backing?.node;
+  const drained = [node, ...(current ? [current] : []), ...(backing ? [backing] : [])];
+  return transact(graph, drained, (tran) => {
+    // Looked up inside the drained section: a concurrent change may have moved it.
+    const old = node.backing;
+    if (old?.frozen) {
+      throw new BlockError(
         "EPERM",
         `Cannot change frozen 'backing' link from '${node.name}' to '${old.node?.name}'`,
-      ),
-    );
-  }
-  const drained = [node, ...(old?.node ? [old.node] : []), ...(backing ? [backing] : [])];
-  return transact(graph, drained, (tran) => {
+      );
+    }
     const roots = [node];
     if (old) {
       roots.push(old.node!);
@@ -245,12 +258,10 @@ export function append(graph: Graph, newTop: Node, top: Node): Promise<void> {
     );
   }
   const name = isFilter && !newTop.driver.filteredChildIsBacking ? "file" : "backing";
-  if (newTop.children.some((c) => c.name === name)) {
-    return Promise.reject(
-      new BlockError("EEXIST", `Node '${newTop.name}' already has a '${name}' child`),
-    );
-  }
   return transact(graph, [newTop, top], (tran) => {
+    if (newTop.children.some((c) => c.name === name)) {
+      throw new BlockError("EEXIST", `Node '${newTop.name}' already has a '${name}' child`);
+    }
     const role = isFilter ? ChildRole.FILTERED | ChildRole.PRIMARY : ChildRole.COW;
     addEdge(newTop, top, name, role, tran);
     replaceNodeNoPerm(top, newTop, tran);

@@ -169,3 +169,36 @@ Deno.test("Graph.reopen changes mutable options, swaps file links and refuses th
   for (const n of [r1, r2, f]) await n.unref("t");
   await g.closeAll();
 });
+
+Deno.test("concurrent graph changes are checked inside the drained section", async () => {
+  const g = testGraph();
+  const p = await g.open({ driver: "overlay", "node-name": "p", file: { driver: "ram" } }, "t");
+  const a = await g.open({ driver: "ram", "node-name": "a1" }, "t");
+  const b = await g.open({ driver: "ram", "node-name": "b1" }, "t");
+  const r = await Promise.allSettled([
+    g.attachChild(p, a, "extra", ChildRole.DATA),
+    g.attachChild(p, b, "extra", ChildRole.DATA),
+  ]);
+  assertEquals(r.map((x) => x.status).sort(), ["fulfilled", "rejected"]);
+  assertEquals(p.children.filter((c) => c.name === "extra").length, 1);
+  await Promise.allSettled([g.setBacking(p, a), g.setBacking(p, b)]);
+  assertEquals(p.children.filter((c) => c.name === "backing").length, 1);
+  for (const n of [p, a, b]) await n.unref("t");
+  await g.closeAll();
+});
+
+Deno.test("Graph.detachChild refuses a Backend's root edge", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram" }, "t");
+  const blk = g.createBackend({ name: "vdz", perm: Perm.CONSISTENT_READ });
+  await blk.insertRoot(n);
+  await assertRejects(
+    () => g.detachChild(blk.root!),
+    BlockError,
+    "only edges between nodes can be detached",
+  );
+  assert(blk.isInserted);
+  await blk.read(0, new Uint8Array(1));
+  await n.unref("t");
+  await g.closeAll();
+});

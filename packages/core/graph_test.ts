@@ -129,3 +129,28 @@ Deno.test("auto-read-only lets a protocol that cannot write open read-only", asy
   await ro.unref("t");
   await g.closeAll();
 });
+
+Deno.test("Node.unref refuses a reference its parents hold, changing nothing", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram", "node-name": "held" }, "t");
+  const blk = g.createBackend({ perm: Perm.CONSISTENT_READ });
+  await blk.insertRoot(n);
+  await n.unref("t");
+  await assertRejects(() => n.unref("t"), BlockError, "has no reference to drop");
+  assert(n.isOpen);
+  assertEquals(g.findNode("held"), n);
+  await g.closeAll();
+  assert(!n.isOpen);
+});
+
+Deno.test("Graph.open closes the driver instance when opening fails after the driver opened", async () => {
+  const g = testGraph();
+  await assertRejects(
+    () => g.open({ driver: "ram", "node-name": "odd", align: 3 }),
+    BlockError,
+    "request alignment 3",
+  );
+  assertEquals(ramLogs.get("odd")!.ops.at(-1)?.op, "close");
+  assertEquals(g.nodes().length, 0);
+  await g.closeAll();
+});

@@ -22,6 +22,11 @@ import { blockStatus } from "./block_status.ts";
 import * as req from "./request.ts";
 import { TrackedRequests } from "./tracked_requests.ts";
 
+/** Names a reference holder for messages and the ledger. */
+export function holderLabel(holder: string | Child): string {
+  return typeof holder === "string" ? holder : holder.describe();
+}
+
 /** Options every node has, whatever its driver. */
 export interface NodeFlags {
   /** Opened read-only. */
@@ -91,10 +96,12 @@ export class Node implements ChildParent {
   quiesceCounter = 0;
   /** Writes that must not overlap (read-modify-write, copy-on-write). */
   readonly tracked: TrackedRequests = new TrackedRequests();
-  /** Incremented by every write; flush compares it to skip needless flushes. */
+  /** Incremented as every write completes; flush compares it to skip needless flushes. */
   writeGen = 0;
   /** The write generation at the last completed flush. */
   flushedGen = 0;
+  /** The flush running on this node, if any (flushes are serialised per node). */
+  activeFlush: Promise<void> | null = null;
   /** Fast-path writes in flight (untracked: a serialising request waits for all of them). */
   fastWrites = 0;
   #fastWaiters: (() => void)[] | null = null;
@@ -132,6 +139,7 @@ export class Node implements ChildParent {
       throw BlockError.from(err, { node: this.name });
     };
     this.writeDone = () => {
+      this.writeGen++;
       if (--this.fastWrites === 0 && this.#fastWaiters) this.#wakeFastWaiters();
       if (--this.inFlight === 0) this.graph.notifyIdle();
     };
@@ -194,8 +202,11 @@ export class Node implements ChildParent {
     return this.children.find((c) => c.role & ChildRole.COW) ?? null;
   }
 
-  /** Takes a reference. `holder` names who holds it, for the debug ledger. */
-  ref(holder = "anonymous"): void {
+  /**
+   * Takes a reference. `holder` says who holds it, for the ledger: a name, or the child edge
+   * that holds it.
+   */
+  ref(holder: string | Child = "anonymous"): void {
     if (this.#refcount <= 0) {
       throw new BlockError("EINVAL", `Node '${this.name}' is already closed`);
     }
@@ -208,9 +219,19 @@ export class Node implements ChildParent {
    * closed (flushed, driver closed, children released); the returned promise settles when
    * that is done.
    */
-  unref(holder = "anonymous"): Promise<void> {
+  unref(holder: string | Child = "anonymous"): Promise<void> {
     if (this.#refcount <= 0) {
       return Promise.reject(new BlockError("EINVAL", `Node '${this.name}' is already closed`));
+    }
+    if (this.#refcount - 1 < this.parents.length) {
+      // Every parent edge holds a reference: this one was never taken. Change nothing.
+      return Promise.reject(
+        new BlockError(
+          "EINVAL",
+          `Node '${this.name}' has no reference to drop for ${holderLabel(holder)}: its ` +
+            `${this.parents.length} parent edge(s) hold all ${this.#refcount}`,
+        ),
+      );
     }
     this.graph.ledgerRemove(this, holder);
     if (--this.#refcount > 0) return Promise.resolve();

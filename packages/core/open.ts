@@ -249,7 +249,9 @@ export async function openNode(
     }
     return node;
   } catch (e) {
+    const inst = node.instance;
     node.instance = null;
+    if (inst) await inst.close().catch(() => {});
     for (const c of [...node.children]) await graph.releaseChild(c).catch(() => {});
     graph.unregisterNode(node);
     throw BlockError.from(e, { node: name, op: "open" });
@@ -293,7 +295,7 @@ function attachDuringOpen(
     tran.abort();
     throw e;
   }
-  child.ref(edge.describe());
+  child.ref(edge);
   void graph;
   return edge;
 }

@@ -54,12 +54,13 @@ export function parseSize(text: string, defaultSuffix = ""): number | undefined 
   if (mult === undefined) return undefined;
   if (num.startsWith("0x")) {
     if (m[2]) return undefined;
-    return Number.parseInt(num, 16);
+    const hex = Number.parseInt(num, 16);
+    return Number.isSafeInteger(hex) ? hex : undefined;
   }
-  const value = Number(num) * mult;
-  if (num.includes(".") && suffix === "b") return undefined;
-  if (!Number.isFinite(value) || value >= 2 ** 64) return undefined;
-  return Math.floor(value);
+  // A fraction needs a unit it is a fraction of (QEMU refuses "1.5" but takes "1.5G").
+  if (num.includes(".") && mult === 1) return undefined;
+  const value = Math.floor(Number(num) * mult);
+  return Number.isSafeInteger(value) ? value : undefined;
 }
 
 /** Parses an on/off style boolean; returns `undefined` for anything else. */
@@ -188,7 +189,9 @@ export function parseKeyValue(text: string, implied?: string): Record<string, st
       value += text[i++];
     }
     if (key === "") throw new BlockError("EINVAL", "Invalid parameter ''");
-    if (key in out) throw new BlockError("EINVAL", `Parameter '${key}' is duplicated`);
+    if (Object.hasOwn(out, key)) {
+      throw new BlockError("EINVAL", `Parameter '${key}' is duplicated`);
+    }
     out[key] = value;
     first = false;
   }

@@ -53,6 +53,35 @@ export function checkRange(
   return null;
 }
 
+/** Checks that `[qiovOffset, qiovOffset+bytes)` lies inside `qiov` (QEMU's qiov request check). */
+function checkVector(
+  node: Node,
+  qiov: IoVector,
+  qiovOffset: number,
+  bytes: number,
+  op: string,
+  offset: number,
+): BlockError | null {
+  if (!Number.isSafeInteger(qiovOffset) || qiovOffset < 0 || qiovOffset > qiov.size - bytes) {
+    return new BlockError(
+      "EINVAL",
+      `Invalid I/O vector for ${op} on node '${node.name}': ${bytes} bytes at vector offset ` +
+        `${qiovOffset}, vector of ${qiov.size} bytes`,
+      { node: node.name, op, offset },
+    );
+  }
+  return null;
+}
+
+/** Calls a failure callback that rethrows, returning its error as a rejected promise. */
+function rejectWith(fail: (e: unknown) => never, e: unknown): Promise<never> {
+  try {
+    fail(e);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
 function isAligned(value: number, align: number): boolean {
   return align === 1 || value % align === 0;
 }
@@ -78,7 +107,8 @@ export function preadv(
 ): Promise<void> {
   const inst = node.instance;
   if (inst === null) return closed(node, "read");
-  const err = checkRange(node, offset, bytes, "read");
+  const err = checkRange(node, offset, bytes, "read") ??
+    checkVector(node, qiov, qiovOffset, bytes, "read", offset);
   if (err) return Promise.reject(err);
   if (bytes === 0) return RESOLVED;
   const { requestAlignment: align, maxTransfer: max } = node.limits;
@@ -90,7 +120,7 @@ export function preadv(
     try {
       return inst.preadv(offset, bytes, qiov, qiovOffset, flags).then(node.ioDone, node.ioFail);
     } catch (e) {
-      return Promise.reject(node.ioFail(e));
+      return rejectWith(node.ioFail, e);
     }
   }
   return slowRead(node, offset, bytes, qiov, qiovOffset, flags);
@@ -165,7 +195,8 @@ export function pwritev(
 ): Promise<void> {
   const inst = node.instance;
   if (inst === null) return closed(node, "write");
-  const err = checkRange(node, offset, bytes, "write") ?? checkWritable(node, offset);
+  const err = checkRange(node, offset, bytes, "write") ??
+    checkVector(node, qiov, qiovOffset, bytes, "write", offset) ?? checkWritable(node, offset);
   if (err) return Promise.reject(err);
   if (bytes === 0) return RESOLVED;
   const { requestAlignment: align, maxTransfer: max } = node.limits;
@@ -176,14 +207,13 @@ export function pwritev(
   ) {
     node.inFlight++;
     node.fastWrites++;
-    node.writeGen++;
     try {
       return inst.pwritev(offset, bytes, qiov, qiovOffset, flags).then(
         node.writeDone,
         node.writeFail,
       );
     } catch (e) {
-      return Promise.reject(node.writeFail(e));
+      return rejectWith(node.writeFail, e);
     }
   }
   return slowWrite(node, offset, bytes, qiov, qiovOffset, flags);
@@ -209,7 +239,6 @@ async function slowWrite(
   flags: number,
 ): Promise<void> {
   node.inFlight++;
-  node.writeGen++;
   const align = node.limits.requestAlignment;
   const start = alignDown(offset, align);
   const end = alignUp(offset + bytes, align);
@@ -308,7 +337,12 @@ async function alignedWrite(
   const max = maxChunk(node.limits.maxTransfer, node.limits.requestAlignment);
   for (let done = 0; done < bytes;) {
     const n = Math.min(bytes - done, max);
-    await inst.pwritev(offset + done, n, qiov, qiovOffset + done, dflags);
+    try {
+      await inst.pwritev(offset + done, n, qiov, qiovOffset + done, dflags);
+    } finally {
+      // Counted when it completes: a flush only covers writes that finished before it.
+      node.writeGen++;
+    }
     done += n;
   }
   if (emulateFua) await flushLocked(node);
@@ -328,7 +362,6 @@ export async function pwriteZeroes(
   if (err) throw err;
   if (bytes === 0) return;
   node.inFlight++;
-  node.writeGen++;
   const align = node.limits.requestAlignment;
   const start = alignDown(offset, align);
   const end = alignUp(offset + bytes, align);
@@ -389,7 +422,11 @@ async function zeroAligned(
     try {
       for (let done = 0; done < bytes;) {
         const n = Math.min(bytes - done, max);
-        await inst.pwriteZeroes(offset + done, n, dflags);
+        try {
+          await inst.pwriteZeroes(offset + done, n, dflags);
+        } finally {
+          node.writeGen++;
+        }
         done += n;
       }
       if (emulateFua) await flushLocked(node);
@@ -443,7 +480,6 @@ export async function pdiscard(node: Node, offset: number, bytes: number): Promi
   if (end <= start) return;
   const max = l.maxPdiscard > 0 ? maxChunk(l.maxPdiscard, align) : 1 << 30;
   node.inFlight++;
-  node.writeGen++;
   const t = node.tracked.begin(start, end, false);
   try {
     await waitForOverlaps(node, t, false);
@@ -453,6 +489,8 @@ export async function pdiscard(node: Node, offset: number, bytes: number): Promi
         await inst.pdiscard(o, n);
       } catch (e) {
         if (!(e instanceof BlockError) || e.code !== "ENOTSUP") throw e;
+      } finally {
+        node.writeGen++;
       }
       o += n;
     }
@@ -482,14 +520,23 @@ export async function flush(node: Node): Promise<void> {
 async function flushLocked(node: Node): Promise<void> {
   const inst = node.instance;
   if (!inst) throw new BlockError("ENOMEDIUM", `Node '${node.name}' is closed`);
+  // One flush at a time per node, so the flushed generation only moves forward.
+  while (node.activeFlush) await node.activeFlush.catch(() => {});
   const gen = node.writeGen;
-  if (gen !== node.flushedGen) {
+  if (gen === node.flushedGen) return;
+  const body = (async () => {
     const skip = node.flags.cacheNoFlush && node.driver.kind === "protocol";
     if (inst.flush && !skip) await inst.flush();
+    for (const c of node.children) {
+      if ((c.perm & WRITE_PERMS) !== 0 && c.node) await flush(c.node);
+    }
+  })();
+  node.activeFlush = body;
+  try {
+    await body;
     node.flushedGen = gen;
-  }
-  for (const c of node.children) {
-    if ((c.perm & WRITE_PERMS) !== 0 && c.node) await flush(c.node);
+  } finally {
+    if (node.activeFlush === body) node.activeFlush = null;
   }
 }
 
@@ -520,12 +567,15 @@ export async function truncate(
     });
   }
   node.inFlight++;
-  node.writeGen++;
   const old = inst.getLength();
   const t = node.tracked.begin(Math.min(old, size), MAX_LENGTH, true);
   try {
     await waitForOverlaps(node, t, true);
-    await inst.truncate(size, exact, prealloc);
+    try {
+      await inst.truncate(size, exact, prealloc);
+    } finally {
+      node.writeGen++;
+    }
   } catch (e) {
     throw BlockError.from(e, { node: node.name, op: "truncate" });
   } finally {

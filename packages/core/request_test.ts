@@ -206,3 +206,122 @@ Deno.test("block status: protocols report data; formats without allocation defer
   await base.unref("t");
   await g.closeAll();
 });
+
+Deno.test("flush covers only writes that completed before it: a later flush is never skipped", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram", "node-name": "slowflush", "delay-ms": 30 }, "t");
+  const log = ramLogs.get("slowflush")!.ops;
+  const w = n.write(0, pattern(512, 1));
+  // ram's flush also waits 30 ms; start it while the write is still in the driver.
+  await n.flush();
+  await w;
+  const mark = log.length;
+  await n.flush();
+  assert(
+    log.slice(mark).some((o) => o.op === "flush"),
+    "the write completed after the first flush, so the second must reach the driver",
+  );
+  await n.unref("t");
+  await g.closeAll();
+});
+
+Deno.test("emulated FUA flushes even when another flush ran while the write was in flight", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram", "node-name": "fuarace", "delay-ms": 20 }, "t");
+  const log = ramLogs.get("fuarace")!.ops;
+  const w = n.write(0, pattern(512, 1), ReqFlags.FUA);
+  await n.flush();
+  await w;
+  const afterWrite = log.findIndex((o) => o.op === "write");
+  assert(log.slice(afterWrite + 1).some((o) => o.op === "flush"), JSON.stringify(log));
+  await n.unref("t");
+  await g.closeAll();
+});
+
+Deno.test("request layer: the I/O vector range is checked before any I/O", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram", "node-name": "qv" }, "t");
+  const q = IoVector.of(pattern(512, 1));
+  for (const [qo, len] of [[-5, 512], [Number.NaN, 512], [0, 4096], [1, 512]]) {
+    const e = await assertRejects(
+      () => n.pwritev(0, len!, q, qo!),
+      BlockError,
+      "Invalid I/O vector",
+    );
+    assertEquals(e.code, "EINVAL");
+    await assertRejects(() => n.preadv(0, len!, q, qo!), BlockError, "Invalid I/O vector");
+  }
+  assertEquals(ramLogs.get("qv")!.ops.length, 0, "nothing reached the driver");
+  await n.unref("t");
+  await g.closeAll();
+});
+
+Deno.test("request layer: a driver that throws synchronously still yields a rejected promise", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram" }, "t");
+  const inst = n.instance!;
+  const orig = inst.preadv;
+  inst.preadv = () => {
+    throw new BlockError("EIO", "boom");
+  };
+  const p = n.read(0, new Uint8Array(512));
+  assert(p instanceof Promise);
+  await assertRejects(() => p, BlockError, "boom");
+  assertEquals(n.inFlight, 0);
+  inst.preadv = orig;
+  await n.unref("t");
+  await g.closeAll();
+});
+
+Deno.test("block status: unallocated ranges are ZERO without ALLOCATED; short layers stop the chain", async () => {
+  const g = testGraph();
+  const solo = await g.open({ driver: "overlay", file: { driver: "ram" } }, "t");
+  for (const wantZero of [true, false]) {
+    const st = await solo.blockStatus(0, 4096, wantZero);
+    assertEquals(
+      st.status & (BlockStatusFlags.ZERO | BlockStatusFlags.ALLOCATED),
+      BlockStatusFlags.ZERO,
+    );
+  }
+  const base = await g.open({ driver: "ram", "node-name": "bigbase", size: 1 << 20 }, "t");
+  await base.write(65536, pattern(4096, 7));
+  const mid = await g.open({
+    driver: "overlay",
+    "node-name": "mid",
+    size: 65536,
+    file: { driver: "ram" },
+    backing: "bigbase",
+  }, "t");
+  const top = await g.open({
+    driver: "overlay",
+    "node-name": "top2",
+    file: { driver: "ram" },
+    backing: "mid",
+  }, "t");
+  const back = new Uint8Array(1);
+  await top.read(65536, back);
+  assertEquals(back[0], 0, "the guest sees zeros past the short middle layer");
+  const a = await isAllocatedAbove(top, base, 65536, 4096);
+  assert(a.allocated, "the zeros past mid's end belong to mid, not to base");
+  assertEquals(a.depth, 2);
+  for (const x of [solo, top, mid, base]) await x.unref("t");
+  await g.closeAll();
+});
+
+Deno.test("block status is in flight: a drained section waits for it", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram" }, "t");
+  const inst = n.instance!;
+  let running = false;
+  inst.blockStatus = async (_w, offset, bytes) => {
+    running = true;
+    await new Promise((r) => setTimeout(r, 20));
+    running = false;
+    return { status: BlockStatusFlags.DATA, pnum: bytes, map: offset };
+  };
+  const p = n.blockStatus(0, 512);
+  await g.drained([n], () => assert(!running, "drain began while block status ran"));
+  await p;
+  await n.unref("t");
+  await g.closeAll();
+});

@@ -47,8 +47,9 @@ export class Transaction {
     if (this.#done) return;
     this.#done = true;
     const actions = this.#actions;
+    // Both directions run newest first, as QEMU's transactions do.
     if (ok) {
-      for (const a of actions) a.commit?.();
+      for (let i = actions.length - 1; i >= 0; i--) actions[i]!.commit?.();
     } else {
       for (let i = actions.length - 1; i >= 0; i--) actions[i]!.abort?.();
     }
