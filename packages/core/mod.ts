@@ -46,5 +46,24 @@ export {
 export type { OptionSchema, OptionSpec, OptionType, OptionValues } from "./options.ts";
 export { defaultChildPerm, Perm, PERM_PASSTHROUGH, permNames } from "./permissions.ts";
 export { isAllocatedAbove } from "./block_status.ts";
+export { findJob, Job, queryJobs } from "./job.ts";
+export { JobState } from "./job_state.ts";
+export type { JobInfo, JobOptions } from "./job_state.ts";
+export {
+  canTransition,
+  isCompletedStatus,
+  isReadyStatus,
+  JOB_STATUSES,
+  JOB_VERBS,
+  verbAllowed,
+} from "./job_status.ts";
+export type { JobStatus, JobVerb } from "./job_status.ts";
+export { JobTxn } from "./job_txn.ts";
+export type { TxnMember } from "./job_txn.ts";
+export { JobCoroutine } from "./job_coroutine.ts";
+export { JOB_SLICE_NS, RateLimit } from "./job_ratelimit.ts";
+export type { NsClock } from "./job_ratelimit.ts";
+export { BlockJob, defaultBlockJobId, queryBlockJobs } from "./block_job.ts";
+export type { BlockJobInfo, BlockJobOptions } from "./block_job.ts";
 export { Transaction } from "./transaction.ts";
 export type { TransactionAction } from "./transaction.ts";
