@@ -136,7 +136,7 @@ export class IoVector {
   }
 
   /** Copies the range into a new buffer. */
-  toBuffer(offset = 0, length = this.size - offset): Uint8Array {
+  toBuffer(offset: number = 0, length: number = this.size - offset): Uint8Array {
     const out = new Uint8Array(length);
     this.copyTo(offset, out, 0, length);
     return out;
@@ -144,7 +144,11 @@ export class IoVector {
 }
 
 /** Whether `length` bytes of `buf` at `offset` are all zero, four bytes at a time. */
-export function isZeroBuffer(buf: Uint8Array, offset = 0, length = buf.length - offset): boolean {
+export function isZeroBuffer(
+  buf: Uint8Array,
+  offset: number = 0,
+  length: number = buf.length - offset,
+): boolean {
   let i = offset;
   const end = offset + length;
   while (i < end && ((buf.byteOffset + i) & 3) !== 0) {
