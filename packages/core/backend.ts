@@ -16,6 +16,7 @@ import { IoVector } from "./io_vector.ts";
 import type { Node } from "./node.ts";
 import { isWritePerm, Perm, refreshPermissions } from "./permissions.ts";
 import { Transaction } from "./transaction.ts";
+import { changeMedium, eject, insertMedium, removeMedium, Tray } from "./tray.ts";
 import type { DeviceOps } from "./device_ops.ts";
 import { errorAction, type ErrorPolicy, type IoStatus } from "./error_policy.ts";
 
@@ -74,8 +75,8 @@ export class Backend implements ChildParent {
   #writePolicy: ErrorPolicy = "report";
   #policySet = false;
   #device: { id: string; ops: DeviceOps } | null = null;
-  #trayOpen = false;
-  #locked = false;
+  /** The drive's tray and lock. */
+  readonly tray: Tray;
   #stopped = false;
   #parked: (() => void)[] = [];
   #queued: (() => void)[] = [];
@@ -91,6 +92,12 @@ export class Backend implements ChildParent {
     this.name = options.name ?? "";
     this.perm = options.perm ?? Perm.CONSISTENT_READ;
     this.shared = options.shared ?? Perm.ALL;
+    this.tray = new Tray({
+      name: this.name,
+      device: () => this.#device,
+      describeName: () => this.describeName(),
+      emit: (event, data) => this.graph.events.emit(event, data),
+    });
     this.#done = () => {
       if (--this.inFlight === 0) this.graph.notifyIdle();
     };
@@ -135,8 +142,7 @@ export class Backend implements ChildParent {
   async detachDevice(): Promise<void> {
     if (!this.#device) return;
     this.#device = null;
-    this.#trayOpen = false;
-    this.#locked = false;
+    this.tray.reset();
     await this.unref();
   }
 
@@ -164,7 +170,7 @@ export class Backend implements ChildParent {
 
   /** Whether requests can be served: a root exists and the tray is closed. */
   get isAvailable(): boolean {
-    return this.root !== null && !this.#trayOpen;
+    return this.root !== null && !this.tray.isOpen;
   }
 
   /** Calls `fn` when the root is about to be removed (exports and jobs react). */
@@ -293,47 +299,32 @@ export class Backend implements ChildParent {
 
   /** Whether the tray is open. */
   get trayOpen(): boolean {
-    return this.#trayOpen;
+    return this.tray.isOpen;
   }
 
   /** Whether the guest has locked the medium. */
   get locked(): boolean {
-    return this.#locked;
+    return this.tray.locked;
   }
 
   /** Whether the device's medium is removable (no device: the drive is freely changeable). */
   get removable(): boolean {
-    return this.#device ? this.#device.ops.removable === true : true;
+    return this.tray.removable;
   }
 
   /** Whether the device has a tray. */
   get hasTray(): boolean {
-    return this.#device?.ops.hasTray === true;
+    return this.tray.hasTray;
   }
 
   /** The guest locks or unlocks the medium (ATAPI PREVENT ALLOW MEDIUM REMOVAL). */
   lockMedium(locked: boolean): void {
-    this.#locked = locked;
+    this.tray.lock(locked);
   }
 
   /** The guest opened or closed the tray itself (ATAPI START STOP UNIT). */
   guestMoveTray(open: boolean): void {
-    this.#setTray(open);
-  }
-
-  #setTray(open: boolean): void {
-    if (this.#trayOpen === open) return;
-    this.#trayOpen = open;
-    if (open) this.#locked = false;
-    this.graph.events.emit("DEVICE_TRAY_MOVED", {
-      device: this.name,
-      id: this.#device?.id ?? "",
-      "tray-open": open,
-    });
-  }
-
-  #mediaChanged(loaded: boolean): void {
-    this.#device?.ops.changeMedia?.(loaded);
+    this.tray.move(open);
   }
 
   /**
@@ -341,92 +332,35 @@ export class Backend implements ChildParent {
    * (EINPROGRESS) unless `force`.
    */
   openTray(force = false): void {
-    const name = this.describeName();
-    if (!this.removable) throw new BlockError("ENOTSUP", `Device '${name}' is not removable`);
-    if (!this.hasTray) throw new BlockError("ENOSYS", `Device '${name}' does not have a tray`);
-    if (this.#trayOpen) return;
-    const locked = this.#locked;
-    if (locked) this.#device?.ops.ejectRequest?.(force);
-    if (!locked || force) {
-      this.#setTray(true);
-      this.#mediaChanged(false);
-    }
-    if (locked && !force) {
-      throw new BlockError(
-        "EINPROGRESS",
-        `Device '${name}' is locked and force was not specified, wait for tray to open and try again`,
-      );
-    }
+    this.tray.open(force);
   }
 
   /** blockdev-close-tray: closes the tray. */
   closeTray(): void {
-    const name = this.describeName();
-    if (!this.removable) throw new BlockError("ENOTSUP", `Device '${name}' is not removable`);
-    if (!this.hasTray) throw new BlockError("ENOSYS", `Device '${name}' does not have a tray`);
-    if (!this.#trayOpen) return;
-    this.#setTray(false);
-    this.#mediaChanged(true);
+    this.tray.close();
   }
 
   /** blockdev-remove-medium: the tray must be open (for devices with one). */
-  async removeMedium(): Promise<void> {
-    const name = this.describeName();
-    if (this.#device && !this.removable) {
-      throw new BlockError("ENOTSUP", `Device '${name}' is not removable`);
-    }
-    if (this.#device && this.hasTray && !this.#trayOpen) {
-      throw new BlockError("EINVAL", `Tray of device '${name}' is not open`);
-    }
-    if (!this.root) return;
-    await this.removeRoot();
-    if (!this.hasTray) this.#mediaChanged(false);
+  removeMedium(): Promise<void> {
+    return removeMedium(this);
   }
 
   /** blockdev-insert-medium: the tray must be open and the drive empty. */
-  async insertMedium(node: Node): Promise<void> {
-    const name = this.describeName();
-    if (node.parents.some((c) => c.parent.parentKind === "backend")) {
-      throw new BlockError("EBUSY", `Node '${node.name}' is already in use`);
-    }
-    if (this.#device && !this.removable) {
-      throw new BlockError("ENOTSUP", `Device '${name}' is not removable`);
-    }
-    if (this.#device && this.hasTray && !this.#trayOpen) {
-      throw new BlockError("EINVAL", `Tray of device '${name}' is not open`);
-    }
-    if (this.root) throw new BlockError("EBUSY", `There already is a medium in device '${name}'`);
-    await this.insertRoot(node);
-    if (!this.hasTray) this.#mediaChanged(true);
+  insertMedium(node: Node): Promise<void> {
+    return insertMedium(this, node);
   }
 
   /** eject: open the tray (forcing past a lock if asked) and remove the medium. */
-  async eject(force = false): Promise<void> {
-    try {
-      this.openTray(force);
-    } catch (e) {
-      if (!(e instanceof BlockError) || e.code !== "ENOSYS") throw e;
-    }
-    await this.removeMedium();
+  eject(force = false): Promise<void> {
+    return eject(this, force);
   }
 
   /**
    * blockdev-change-medium with an already opened node: open the tray, swap the medium,
    * close the tray. The device sees only its media callbacks.
    */
-  async changeMedium(node: Node, force = false): Promise<void> {
-    try {
-      this.openTray(force);
-    } catch (e) {
-      if (!(e instanceof BlockError) || e.code !== "ENOSYS") throw e;
-    }
-    await this.removeMedium();
-    await this.insertMedium(node);
-    try {
-      this.closeTray();
-    } catch (e) {
-      if (!(e instanceof BlockError) || e.code !== "ENOSYS") throw e;
-    }
+  changeMedium(node: Node, force = false): Promise<void> {
+    return changeMedium(this, node, force);
   }
 
   // ---------------------------------------------------------------- error policy
@@ -503,7 +437,7 @@ export class Backend implements ChildParent {
       return new BlockError("EIO", `Invalid request length ${bytes}`, { op: OP_NAMES[op], offset });
     }
     const root = this.root;
-    if (root === null || this.#trayOpen) {
+    if (root === null || this.tray.isOpen) {
       return new BlockError("ENOMEDIUM", "No medium found", { node: this.name, op: OP_NAMES[op] });
     }
     if (!Number.isSafeInteger(offset) || offset < 0) {
@@ -679,17 +613,17 @@ export class Backend implements ChildParent {
 
   // ---------------------------------------------------------------- ChildParent
 
-  /** @inheritdoc */
+  /** Backends are parents of kind "backend". */
   readonly parentKind = "backend" as const;
 
-  /** @inheritdoc */
+  /** Describes the Backend as a parent: `block device 'drive0'`, or by its device. */
   parentDescription(): string {
     if (this.name) return `block device '${this.name}'`;
     if (this.#device) return `device '${this.#device.id}'`;
     return "a block device";
   }
 
-  /** @inheritdoc */
+  /** How a user makes this Backend let go of its root. */
   releaseHint(): string {
     const who = this.name || this.#device?.id;
     return who
@@ -697,12 +631,12 @@ export class Backend implements ChildParent {
       : "close the program or export using it";
   }
 
-  /** @inheritdoc */
+  /** The root was drained: new requests queue until the drained section ends. */
   childDrainedBegin(_child: Child): void {
     if (this.quiesceCounter++ === 0) this.#device?.ops.drainedBegin?.();
   }
 
-  /** @inheritdoc */
+  /** The drained section ended: queued requests run. */
   childDrainedEnd(_child: Child): void {
     if (--this.quiesceCounter > 0) return;
     this.#device?.ops.drainedEnd?.();
@@ -711,12 +645,12 @@ export class Backend implements ChildParent {
     for (const q of queued) q();
   }
 
-  /** @inheritdoc */
+  /** Whether requests of this Backend are still in flight. */
   childDrainedPoll(_child: Child): boolean {
     return this.inFlight > 0;
   }
 
-  /** @inheritdoc */
+  /** The root changed size: tell the device. */
   childResized(_child: Child): void {
     this.#device?.ops.resize?.();
   }

@@ -65,5 +65,8 @@ export { JOB_SLICE_NS, RateLimit } from "./job_ratelimit.ts";
 export type { NsClock } from "./job_ratelimit.ts";
 export { BlockJob, defaultBlockJobId, queryBlockJobs } from "./block_job.ts";
 export type { BlockJobInfo, BlockJobOptions } from "./block_job.ts";
+export { TrackedRequest, TrackedRequests } from "./tracked_requests.ts";
 export { Transaction } from "./transaction.ts";
+export { Tray } from "./tray.ts";
+export type { TrayHost } from "./tray.ts";
 export type { TransactionAction } from "./transaction.ts";

@@ -294,35 +294,35 @@ export class Node implements ChildParent {
 
   // ---- ChildParent: this node as the parent of its children ----
 
-  /** @inheritdoc */
+  /** Nodes are parents of kind "node". */
   readonly parentKind = "node" as const;
 
-  /** @inheritdoc */
+  /** Describes the node as a parent: `node 'qcow0'`. */
   parentDescription(): string {
     return `node '${this.name}'`;
   }
 
-  /** @inheritdoc */
+  /** How a user makes this node let go of a child. */
   releaseHint(): string {
     return `reopen or delete node '${this.name}'`;
   }
 
-  /** @inheritdoc */
+  /** A child was drained: this node and everything above it quiesce too. */
   childDrainedBegin(_child: Child): void {
     this.graph.drainBeginNoPoll(this);
   }
 
-  /** @inheritdoc */
+  /** A child's drained section ended. */
   childDrainedEnd(_child: Child): void {
     this.graph.drainEnd(this);
   }
 
-  /** @inheritdoc */
+  /** Whether this node or anything above it still has requests in flight. */
   childDrainedPoll(_child: Child): boolean {
     return this.graph.drainPoll(this);
   }
 
-  /** @inheritdoc */
+  /** A child changed size: filters pass it up (a format's size does not follow its file). */
   childResized(_child: Child): void {
     // A format node's size does not follow its file's; filters follow their child.
     if (this.filteredChild) { for (const p of this.parents) p.parent.childResized?.(p); }

@@ -11,15 +11,15 @@
 /** One tracked request. Owned by {@link TrackedRequests}; do not keep it after `end`. */
 export class TrackedRequest {
   /** First byte covered (aligned to what the request serialises on). */
-  start = 0;
+  start: number = 0;
   /** One past the last byte covered. */
-  end = 0;
+  end: number = 0;
   /** Whether overlapping requests must be ordered against this one. */
-  serialising = false;
+  serialising: boolean = false;
   /** Start order: a request only ever waits for requests that started before it. */
-  seq = 0;
+  seq: number = 0;
   /** Index in the active list, for O(1) removal. */
-  index = -1;
+  index: number = -1;
   /** Callbacks of requests waiting for this one to end. */
   waiters: (() => void)[] | null = null;
 }
