@@ -7,11 +7,10 @@
  */
 
 import { Child, type ChildParent, ChildRole } from "./child.ts";
-import { syncEdgeQuiesce } from "./drain.ts";
 import { type BlockStatus, type PreallocMode, ReqFlags } from "./driver.ts";
 import { BlockError, strerror } from "./errors.ts";
 import type { Graph } from "./graph.ts";
-import { linkChild, unlinkChild } from "./graph_change.ts";
+import { attachEdge } from "./graph_change.ts";
 import { IoVector } from "./io_vector.ts";
 import type { Node } from "./node.ts";
 import { isWritePerm, Perm, refreshPermissions } from "./permissions.ts";
@@ -211,23 +210,7 @@ export class Backend implements ChildParent {
       this.perm,
       this.shared,
     );
-    const tran = new Transaction();
-    linkChild(edge, null, node);
-    syncEdgeQuiesce(edge);
-    tran.add({
-      abort: () => {
-        unlinkChild(edge);
-        syncEdgeQuiesce(edge);
-      },
-    });
-    try {
-      refreshPermissions([node], tran);
-      tran.commit();
-    } catch (e) {
-      tran.abort();
-      throw e;
-    }
-    node.ref(edge);
+    attachEdge(edge, null, node);
     this.root = edge;
     for (const l of [...this.#insertListeners]) l(this);
   }

@@ -9,18 +9,16 @@
 
 import { Backend } from "./backend.ts";
 import { Child, type ChildParent } from "./child.ts";
-import { syncEdgeQuiesce } from "./drain.ts";
 import { type ErrorAction, errorAction, type ErrorPolicy, type IoStatus } from "./error_policy.ts";
 import { BlockError } from "./errors.ts";
 import type { Graph } from "./graph.ts";
-import { linkChild, unlinkChild } from "./graph_change.ts";
+import { attachEdge } from "./graph_change.ts";
 import { Job } from "./job.ts";
 import type { JobOptions } from "./job_state.ts";
 import { JOB_SLICE_NS, RateLimit } from "./job_ratelimit.ts";
 import type { JobStatus } from "./job_status.ts";
 import type { Node } from "./node.ts";
-import { Perm, refreshPermissions } from "./permissions.ts";
-import { Transaction } from "./transaction.ts";
+import { Perm } from "./permissions.ts";
 
 /** Options of a block job. */
 export interface BlockJobOptions extends JobOptions {
@@ -134,23 +132,7 @@ export abstract class BlockJob extends Job implements ChildParent {
     if (!node.isOpen) throw new BlockError("ENOMEDIUM", `Node '${node.name}' is closed`);
     const edge = new Child(name, 0, this, perm, shared);
     edge.stayAtNode = true;
-    const tran = new Transaction();
-    linkChild(edge, null, node);
-    syncEdgeQuiesce(edge);
-    tran.add({
-      abort: () => {
-        unlinkChild(edge);
-        syncEdgeQuiesce(edge);
-      },
-    });
-    try {
-      refreshPermissions([node], tran);
-      tran.commit();
-    } catch (e) {
-      tran.abort();
-      throw e;
-    }
-    node.ref(edge);
+    attachEdge(edge, null, node);
     this.#edges.push(edge);
     return edge;
   }

@@ -38,6 +38,31 @@ export function unlinkChild(edge: Child): void {
   edge.node = null;
 }
 
+/**
+ * Attaches a new `edge` from `parent` (a node, or null for a Backend's or a job's edge) to
+ * `node` and refreshes permissions below it. A conflict throws and leaves the graph as it
+ * was; on success the edge holds a reference on `node`.
+ */
+export function attachEdge(edge: Child, parent: Node | null, node: Node): void {
+  const tran = new Transaction();
+  linkChild(edge, parent, node);
+  syncEdgeQuiesce(edge);
+  tran.add({
+    abort: () => {
+      unlinkChild(edge);
+      syncEdgeQuiesce(edge);
+    },
+  });
+  try {
+    refreshPermissions([node], tran);
+    tran.commit();
+  } catch (e) {
+    tran.abort();
+    throw e;
+  }
+  node.ref(edge);
+}
+
 /** Whether making `child` a child of `parent` would create a cycle. */
 export function wouldCycle(parent: Node, child: Node): boolean {
   const seen = new Set<Node>();

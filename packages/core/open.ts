@@ -6,11 +6,10 @@
  */
 
 import { Child, ChildRole } from "./child.ts";
-import { syncEdgeQuiesce } from "./drain.ts";
 import { type BlockDriver, DEFAULT_LIMITS, type OpenContext } from "./driver.ts";
 import { BlockError } from "./errors.ts";
 import type { Graph } from "./graph.ts";
-import { linkChild, unlinkChild, wouldCycle } from "./graph_change.ts";
+import { attachEdge, wouldCycle } from "./graph_change.ts";
 import { DEFAULT_FLAGS, Node, type NodeFlags } from "./node.ts";
 import { type OptionValues, parseBool, validateOptions } from "./options.ts";
 import { childPerm, refreshPermissions } from "./permissions.ts";
@@ -188,7 +187,7 @@ export async function openNode(
       return true;
     },
     attachChild: (child: Node, childName: string, role: number) =>
-      attachDuringOpen(graph, node, child, childName, role),
+      attachDuringOpen(node, child, childName, role),
     openChild: async (childName: string, role: number, required: boolean) => {
       const spec = childSpecs.get(childName);
       childSpecs.delete(childName);
@@ -217,7 +216,7 @@ export async function openNode(
         throw new BlockError("EINVAL", `Parameter '${childName}' expects a node name or an object`);
       }
       try {
-        return attachDuringOpen(graph, node, target, childName, role);
+        return attachDuringOpen(node, target, childName, role);
       } finally {
         await target.unref(refHolder);
       }
@@ -260,7 +259,6 @@ export async function openNode(
 
 /** Attaches `child` under a node being opened; refused if it would create a cycle. */
 function attachDuringOpen(
-  graph: Graph,
   parent: Node,
   child: Node,
   name: string,
@@ -279,24 +277,7 @@ function attachDuringOpen(
   const [perm, shared] = childPerm(parent, edge, parent.perm, parent.shared);
   edge.perm = perm;
   edge.shared = shared;
-  const tran = new Transaction();
-  linkChild(edge, parent, child);
-  tran.add({
-    abort: () => {
-      unlinkChild(edge);
-      syncEdgeQuiesce(edge);
-    },
-  });
-  syncEdgeQuiesce(edge);
-  try {
-    refreshPermissions([child], tran);
-    tran.commit();
-  } catch (e) {
-    tran.abort();
-    throw e;
-  }
-  child.ref(edge);
-  void graph;
+  attachEdge(edge, parent, child);
   return edge;
 }
 

@@ -230,7 +230,34 @@ function checkWritable(node: Node, offset: number): BlockError | null {
   return null;
 }
 
-async function slowWrite(
+/**
+ * Runs `body` as a tracked request over `[start, end)`: counted in flight, ordered against
+ * overlapping serialising requests (or, when `serialising`, against every earlier write),
+ * with errors named by node, operation and offset.
+ */
+async function tracked(
+  node: Node,
+  start: number,
+  end: number,
+  serialising: boolean,
+  op: string,
+  offset: number,
+  body: () => Promise<void>,
+): Promise<void> {
+  node.inFlight++;
+  const t = node.tracked.begin(start, end, serialising);
+  try {
+    await waitForOverlaps(node, t, serialising);
+    await body();
+  } catch (e) {
+    throw BlockError.from(e, { node: node.name, op, offset });
+  } finally {
+    node.tracked.end(t);
+    if (--node.inFlight === 0) node.graph.notifyIdle();
+  }
+}
+
+function slowWrite(
   node: Node,
   offset: number,
   bytes: number,
@@ -238,32 +265,22 @@ async function slowWrite(
   qiovOffset: number,
   flags: number,
 ): Promise<void> {
-  node.inFlight++;
   const align = node.limits.requestAlignment;
   const start = alignDown(offset, align);
   const end = alignUp(offset + bytes, align);
   const rmw = start !== offset || end !== offset + bytes;
-  const t = node.tracked.begin(start, end, rmw);
-  try {
-    await waitForOverlaps(node, t, rmw);
+  return tracked(node, start, end, rmw, "write", offset, () => {
     if (
       node.flags.detectZeroes !== "off" && (flags & ReqFlags.ZERO_WRITE) === 0 &&
       qiov.isZero(qiovOffset, bytes)
     ) {
       let zflags = flags & ~ReqFlags.MAY_UNMAP;
       if (node.flags.detectZeroes === "unmap") zflags |= ReqFlags.MAY_UNMAP;
-      await zeroesLocked(node, offset, bytes, zflags);
-    } else if (!rmw) {
-      await alignedWrite(node, offset, bytes, qiov, qiovOffset, flags);
-    } else {
-      await rmwWrite(node, offset, bytes, start, end, qiov, qiovOffset, flags);
+      return zeroesLocked(node, offset, bytes, zflags);
     }
-  } catch (e) {
-    throw BlockError.from(e, { node: node.name, op: "write", offset });
-  } finally {
-    node.tracked.end(t);
-    if (--node.inFlight === 0) node.graph.notifyIdle();
-  }
+    if (!rmw) return alignedWrite(node, offset, bytes, qiov, qiovOffset, flags);
+    return rmwWrite(node, offset, bytes, start, end, qiov, qiovOffset, flags);
+  });
 }
 
 /**
@@ -351,7 +368,7 @@ async function alignedWrite(
 // ---------------------------------------------------------------- write zeroes
 
 /** Makes `bytes` bytes at `offset` read as zeros. */
-export async function pwriteZeroes(
+export function pwriteZeroes(
   node: Node,
   offset: number,
   bytes: number,
@@ -359,23 +376,21 @@ export async function pwriteZeroes(
 ): Promise<void> {
   if (!node.instance) return closed(node, "write-zeroes");
   const err = checkRange(node, offset, bytes, "write-zeroes") ?? checkWritable(node, offset);
-  if (err) throw err;
-  if (bytes === 0) return;
-  node.inFlight++;
+  if (err) return Promise.reject(err);
+  if (bytes === 0) return Promise.resolve();
   const align = node.limits.requestAlignment;
   const start = alignDown(offset, align);
   const end = alignUp(offset + bytes, align);
   const rmw = start !== offset || end !== offset + bytes;
-  const t = node.tracked.begin(start, end, rmw);
-  try {
-    await waitForOverlaps(node, t, rmw);
-    await zeroesLocked(node, offset, bytes, flags);
-  } catch (e) {
-    throw BlockError.from(e, { node: node.name, op: "write-zeroes", offset });
-  } finally {
-    node.tracked.end(t);
-    if (--node.inFlight === 0) node.graph.notifyIdle();
-  }
+  return tracked(
+    node,
+    start,
+    end,
+    rmw,
+    "write-zeroes",
+    offset,
+    () => zeroesLocked(node, offset, bytes, flags),
+  );
 }
 
 /** Write-zeroes with the caller already tracked: unaligned edges go through RMW. */
@@ -479,14 +494,11 @@ export async function pdiscard(node: Node, offset: number, bytes: number): Promi
   const end = alignDown(offset + bytes, align);
   if (end <= start) return;
   const max = l.maxPdiscard > 0 ? maxChunk(l.maxPdiscard, align) : 1 << 30;
-  node.inFlight++;
-  const t = node.tracked.begin(start, end, false);
-  try {
-    await waitForOverlaps(node, t, false);
+  await tracked(node, start, end, false, "discard", offset, async () => {
     for (let o = start; o < end;) {
       const n = Math.min(end - o, max);
       try {
-        await inst.pdiscard(o, n);
+        await inst.pdiscard!(o, n);
       } catch (e) {
         if (!(e instanceof BlockError) || e.code !== "ENOTSUP") throw e;
       } finally {
@@ -494,12 +506,7 @@ export async function pdiscard(node: Node, offset: number, bytes: number): Promi
       }
       o += n;
     }
-  } catch (e) {
-    throw BlockError.from(e, { node: node.name, op: "discard", offset });
-  } finally {
-    node.tracked.end(t);
-    if (--node.inFlight === 0) node.graph.notifyIdle();
-  }
+  });
 }
 
 // ---------------------------------------------------------------- flush
@@ -566,21 +573,13 @@ export async function truncate(
       op: "truncate",
     });
   }
-  node.inFlight++;
   const old = inst.getLength();
-  const t = node.tracked.begin(Math.min(old, size), MAX_LENGTH, true);
-  try {
-    await waitForOverlaps(node, t, true);
+  await tracked(node, Math.min(old, size), MAX_LENGTH, true, "truncate", size, async () => {
     try {
-      await inst.truncate(size, exact, prealloc);
+      await inst.truncate!(size, exact, prealloc);
     } finally {
       node.writeGen++;
     }
-  } catch (e) {
-    throw BlockError.from(e, { node: node.name, op: "truncate" });
-  } finally {
-    node.tracked.end(t);
-    if (--node.inFlight === 0) node.graph.notifyIdle();
-  }
+  });
   for (const p of [...node.parents]) p.parent.childResized?.(p);
 }
