@@ -8,10 +8,11 @@
 
 import { Child, ChildRole } from "./child.ts";
 import { syncEdgeQuiesce } from "./drain.ts";
+import type { ReopenHandle } from "./driver.ts";
 import { BlockError } from "./errors.ts";
 import type { Graph } from "./graph.ts";
 import type { Node, NodeFlags } from "./node.ts";
-import { openNode, parseFlags, refreshLimits } from "./open.ts";
+import { inheritedFrom, openNode, parseFlags, refreshLimits } from "./open.ts";
 import { type OptionValues, validateOptions } from "./options.ts";
 import { childPerm, refreshPermissions } from "./permissions.ts";
 import { Transaction } from "./transaction.ts";
@@ -380,79 +381,123 @@ export async function reopen(graph: Graph, node: Node, options: OptionValues): P
       );
     }
   }
-  const newFlags: NodeFlags = parseFlags(common, null);
+  const newFlags: NodeFlags = parseFlags(common, inheritedFrom(node));
   for (const k of ["cache.direct", "cache.no-flush"] as const) {
     const was = k === "cache.direct" ? node.flags.cacheDirect : node.flags.cacheNoFlush;
     const now = k === "cache.direct" ? newFlags.cacheDirect : newFlags.cacheNoFlush;
     if (was !== now && common[k] !== undefined) {
       throw new BlockError("EINVAL", `Cannot change the option '${k}'`);
     }
-    if (k === "cache.direct") newFlags.cacheDirect = node.flags.cacheDirect;
-    else newFlags.cacheNoFlush = node.flags.cacheNoFlush;
   }
-  const affected = [node, ...[...links.values()].filter((n): n is Node => n !== null)];
+  const queue = reopenQueue(node, newFlags, common);
+  const affected = [
+    ...queue.map((q) => q.node),
+    ...[...links.values()].filter((n): n is Node => n !== null),
+  ];
   for (const name of links.keys()) {
     const old = node.children.find((c) => c.name === name);
     if (old?.node) affected.push(old.node);
   }
   await graph.drained(affected, async () => {
-    if (node.writable) await node.flush();
-    const handle = node.instance?.reopenPrepare
-      ? await node.instance.reopenPrepare(validated, newFlags.readOnly)
-      : null;
+    for (const q of queue) if (q.node.writable) await q.node.flush();
+    const handles: ReopenHandle[] = [];
     const tran = new Transaction();
     try {
-      const oldFlags = node.flags;
-      const oldOptions = node.options;
-      node.flags = newFlags;
-      node.options = { ...node.options, ...validated };
-      tran.add({
-        abort: () => {
-          node.flags = oldFlags;
-          node.options = oldOptions;
-        },
-      });
-      const roots: Node[] = [node];
-      for (const [name, target] of links) {
-        const old = node.children.find((c) => c.name === name);
-        if (old?.node === target) continue;
-        if (old?.node && target && old.frozen) {
-          throw new BlockError(
-            "EPERM",
-            `Cannot change frozen '${name}' link from '${node.name}' to '${old.node.name}'`,
-          );
-        }
-        if (old && !target && name === "file") {
-          throw new BlockError("EINVAL", `Cannot remove the 'file' child of '${node.name}'`);
-        }
-        if (old) {
-          roots.push(old.node!);
-          if (target) {
-            if (wouldCycle(node, target)) {
-              throw new BlockError(
-                "EINVAL",
-                `Making '${target.name}' a ${name} child of '${node.name}' would create a cycle`,
-              );
-            }
-            moveEdge(old, target, tran);
-          } else removeEdge(old, tran);
-        } else if (target) {
-          const role = name === "backing"
-            ? (node.driver.kind === "filter"
-              ? ChildRole.FILTERED | ChildRole.PRIMARY
-              : ChildRole.COW)
-            : ChildRole.FILTERED | ChildRole.PRIMARY;
-          addEdge(node, target, name, role, tran);
-        }
+      for (const q of queue) {
+        const inst = q.node.instance;
+        const opts = q.node === node ? validated : q.node.options;
+        if (inst?.reopenPrepare) handles.push(await inst.reopenPrepare(opts, q.flags.readOnly));
       }
+      for (const q of queue) {
+        const n = q.node;
+        const old = { flags: n.flags, options: n.options, explicit: n.explicitCommon };
+        n.flags = q.flags;
+        n.explicitCommon = q.explicit;
+        if (n === node) n.options = { ...n.options, ...validated };
+        tran.add({
+          abort: () => {
+            n.flags = old.flags;
+            n.options = old.options;
+            n.explicitCommon = old.explicit;
+          },
+        });
+      }
+      const roots: Node[] = [node];
+      for (const [name, target] of links) relink(node, name, target, tran, roots);
       refreshPermissions(roots, tran);
-      tran.commit();
-      handle?.commit();
-      refreshLimits(node);
     } catch (e) {
       tran.abort();
-      handle?.abort();
+      for (const h of handles) h.abort();
       throw e;
     }
+    tran.commit();
+    for (const h of handles) h.commit();
+    for (const q of queue) refreshLimits(q.node);
   });
+}
+
+/** One node of a reopen: its new flags and explicit common options. */
+interface Reopening {
+  node: Node;
+  flags: NodeFlags;
+  explicit: OptionValues;
+}
+
+/**
+ * The nodes a reopen covers: the node, and every child opened inline under it (recursively),
+ * whose inherited options (read-only) follow the parent's new ones unless set explicitly.
+ */
+function reopenQueue(node: Node, flags: NodeFlags, common: OptionValues): Reopening[] {
+  const queue: Reopening[] = [{ node, flags, explicit: { ...common } }];
+  for (let i = 0; i < queue.length; i++) {
+    const q = queue[i]!;
+    for (const c of q.node.children) {
+      const child = c.node;
+      if (!child || child.inheritsFrom?.parent !== q.node) continue;
+      if (queue.some((x) => x.node === child)) continue;
+      const childFlags = parseFlags({ ...child.explicitCommon }, inheritedFrom(child, q.flags));
+      childFlags.cacheDirect = child.flags.cacheDirect;
+      childFlags.cacheNoFlush = child.flags.cacheNoFlush;
+      queue.push({ node: child, flags: childFlags, explicit: child.explicitCommon });
+    }
+  }
+  return queue;
+}
+
+/** Points `node`'s child `name` at `target` (or removes it), inside `tran`. */
+function relink(
+  node: Node,
+  name: string,
+  target: Node | null,
+  tran: Transaction,
+  roots: Node[],
+): void {
+  const old = node.children.find((c) => c.name === name);
+  if (old?.node === target) return;
+  if (old?.node && target && old.frozen) {
+    throw new BlockError(
+      "EPERM",
+      `Cannot change frozen '${name}' link from '${node.name}' to '${old.node.name}'`,
+    );
+  }
+  if (old && !target && name === "file") {
+    throw new BlockError("EINVAL", `Cannot remove the 'file' child of '${node.name}'`);
+  }
+  if (old) {
+    roots.push(old.node!);
+    if (target) {
+      if (wouldCycle(node, target)) {
+        throw new BlockError(
+          "EINVAL",
+          `Making '${target.name}' a ${name} child of '${node.name}' would create a cycle`,
+        );
+      }
+      moveEdge(old, target, tran);
+    } else removeEdge(old, tran);
+  } else if (target) {
+    const role = name === "backing" && node.driver.kind !== "filter"
+      ? ChildRole.COW
+      : ChildRole.FILTERED | ChildRole.PRIMARY;
+    addEdge(node, target, name, role, tran);
+  }
 }

@@ -88,6 +88,13 @@ export class Node implements ChildParent {
   perm = 0;
   /** Cumulative permissions shared by the parents. */
   shared = 0xf;
+  /**
+   * The parent this node was opened under as an inline child, and with what role: a reopen
+   * of the parent passes inherited options (read-only) down to it.
+   */
+  inheritsFrom: { parent: Node; role: number } | null = null;
+  /** The common options (read-only, discard, ...) given explicitly when it was opened. */
+  explicitCommon: OptionValues = {};
   /** A filename describing the node, for `info` and messages. */
   filename = "";
   /** The requests in flight in this node's request layer. */

@@ -36,6 +36,20 @@ export interface Inherited {
   role: number;
   /** The parent's driver kind. */
   parentKind: BlockDriver["kind"];
+  /** The parent node. */
+  parent: Node;
+}
+
+/** The inheritance a node gets from the parent it was opened under, with the parent's flags now. */
+export function inheritedFrom(node: Node, parentFlags?: NodeFlags): Inherited | null {
+  const from = node.inheritsFrom;
+  if (!from) return null;
+  return {
+    flags: parentFlags ?? from.parent.flags,
+    role: from.role,
+    parentKind: from.parent.driver.kind,
+    parent: from.parent,
+  };
 }
 
 /** Parses the common options into node flags, applying inheritance from a parent. */
@@ -173,6 +187,12 @@ export async function openNode(
   );
 
   const node = new Node(graph, name, autoNamed, driver, validated, flags);
+  if (inherited) node.inheritsFrom = { parent: inherited.parent, role: inherited.role };
+  for (const k of COMMON_KEYS) {
+    if (k !== "driver" && k !== "node-name" && k !== "cache" && options[k] !== undefined) {
+      node.explicitCommon[k] = options[k];
+    }
+  }
   node.filename = typeof validated["filename"] === "string" ? validated["filename"] : "";
   graph.registerNode(node, holder);
 
@@ -211,6 +231,7 @@ export async function openNode(
           flags,
           role,
           parentKind: driver.kind,
+          parent: node,
         });
       } else {
         throw new BlockError("EINVAL", `Parameter '${childName}' expects a node name or an object`);

@@ -17,6 +17,7 @@ import {
   type OpenContext,
   type OptionValues,
   type PreallocMode,
+  type ReopenHandle,
   strerror,
 } from "@blockgraph/core";
 
@@ -135,8 +136,8 @@ export class FileInstance implements DriverInstance {
   readonly aio: (typeof FILE_AIO_ENGINES)[number];
   /** The `locking` option as given (image locking needs the FFI engines to take OFD locks). */
   readonly locking: (typeof FILE_LOCKING_MODES)[number];
-  /** Whether the file was opened read-only. */
-  readonly readOnly: boolean;
+  /** Whether the file is open read-only (a reopen may change it). */
+  readOnly: boolean;
   #fd: number;
   /**
    * The file size, read at open and kept by this instance's writes and truncates. Growth by
@@ -160,6 +161,29 @@ export class FileInstance implements DriverInstance {
     this.readOnly = readOnly;
     this.aio = aio;
     this.locking = locking;
+  }
+
+  /**
+   * Reopen: switching between read-only and read-write opens the file again with the new
+   * mode; the new descriptor replaces the old one on commit, or is closed on abort.
+   */
+  reopenPrepare(_options: OptionValues, readOnly: boolean): Promise<ReopenHandle> {
+    if (readOnly === this.readOnly) return Promise.resolve({ commit() {}, abort() {} });
+    let fd: number;
+    try {
+      fd = openFd(this.path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR, "open");
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return Promise.resolve({
+      commit: () => {
+        const old = this.#fd;
+        this.#fd = fd;
+        this.readOnly = readOnly;
+        fs.closeSync(old);
+      },
+      abort: () => fs.closeSync(fd),
+    });
   }
 
   /** The file size as this instance knows it. */

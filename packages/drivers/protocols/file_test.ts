@@ -205,3 +205,47 @@ Deno.test("stripFilePrefix removes only a leading file:", () => {
   assertEquals(stripFilePrefix("/a/file:b"), "/a/file:b", "not prefixed");
   assertEquals(fileDriver.parseFilename!("file:x.img").filename, "x.img", "parseFilename");
 });
+
+Deno.test("file: reopening a read-only tree read-write reopens the inherited file descriptor", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "blockgraph-file-" });
+  try {
+    const path = `${dir}/disk.img`;
+    await Deno.writeFile(path, new Uint8Array(65536));
+    const { rawDriver } = await import("../formats/raw.ts");
+    const { Perm } = await import("@blockgraph/core");
+    const graph = new Graph({ registry: new DriverRegistry([fileDriver, rawDriver]) });
+    const top = await graph.open(
+      {
+        driver: "raw",
+        "node-name": "top",
+        "read-only": true,
+        file: { driver: "file", "node-name": "f", filename: path },
+      },
+      "t",
+    );
+    const file = graph.findNode("f")!;
+    assert(file.flags.readOnly && (file.instance as FileInstance).readOnly, "opened read-only");
+    await graph.reopen(top, { "read-only": false, file: "f" });
+    assert(!top.flags.readOnly && !file.flags.readOnly, "the inherited read-only followed");
+    assert(!(file.instance as FileInstance).readOnly, "the descriptor was reopened read-write");
+    const blk = graph.createBackend({ perm: Perm.CONSISTENT_READ | Perm.WRITE, shared: Perm.ALL });
+    await blk.insertRoot(top);
+    await blk.write(4096, new Uint8Array(512).fill(0x5a));
+    await blk.flush();
+    assertEquals((await Deno.readFile(path))[4096], 0x5a);
+    // Going read-only again is refused while a writer holds the node, and changes nothing.
+    await assertRejectsWith(
+      graph.reopen(top, { "read-only": true, file: "f" }),
+      "EPERM",
+      "read-only",
+    );
+    assert(!(file.instance as FileInstance).readOnly, "the refused reopen changed nothing");
+    await blk.removeRoot();
+    await graph.reopen(top, { "read-only": true, file: "f" });
+    assert((file.instance as FileInstance).readOnly && file.flags.readOnly, "read-only again");
+    await top.unref("t");
+    await graph.closeAll();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
