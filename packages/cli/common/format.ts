@@ -102,8 +102,9 @@ export function dumpBuffer(buf: Uint8Array, offset: number): string {
 
 /** qemu-io's elapsed-time text: `00.12 sec`, or `H:MM:SS.CC` (always so with `-C`). */
 export function timestr(seconds: number, verbose: boolean): string {
-  const whole = Math.floor(seconds);
-  const centis = Math.floor((seconds - whole) * 100);
+  const usec = Math.round(seconds * 1e6);
+  const whole = Math.floor(usec / 1e6);
+  const centis = Math.floor((usec % 1e6) / 1e4);
   const cc = String(centis).padStart(2, "0");
   if (!verbose && whole === 0) return `00.${cc} sec`;
   const h = Math.floor(whole / 3600);

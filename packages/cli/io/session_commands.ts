@@ -5,7 +5,14 @@
  * @module
  */
 
-import { BlockError, type OptionValues, Perm, strerror, unflatten } from "@blockgraph/core";
+import {
+  BlockError,
+  type Node,
+  type OptionValues,
+  Perm,
+  strerror,
+  unflatten,
+} from "@blockgraph/core";
 import {
   type CacheMode,
   DEFAULT_CACHE,
@@ -200,7 +207,12 @@ export const reopenCommand: IoCommand = {
       blk.setPerm(blk.root!.perm & ~(Perm.WRITE | Perm.WRITE_UNCHANGED), blk.root!.shared);
     }
     try {
+      // Children opened inline follow their parent's read-only flag, as QEMU's reopen queue
+      // does: writable from the bottom up, read-only from the top down.
+      const files = node.children.filter((c) => c.name === "file" && c.node?.autoNamed);
+      if (!readOnly) for (const c of files) await reopenReadOnly(s, c.node!, false);
       await s.graph.reopen(node, options);
+      if (readOnly) for (const c of files) await reopenReadOnly(s, c.node!, true);
     } catch (e) {
       s.report(BlockError.from(e).message);
       return FAILED;
@@ -209,6 +221,21 @@ export const reopenCommand: IoCommand = {
     return 0;
   },
 };
+
+/** Reopens `node` (keeping its options) with `readOnly`, if that changes it. */
+async function reopenReadOnly(s: IoSession, node: Node, readOnly: boolean): Promise<void> {
+  if (node.flags.readOnly === readOnly) return;
+  const options: OptionValues = {
+    ...node.options,
+    "read-only": readOnly,
+    discard: node.flags.discard,
+    "detect-zeroes": node.flags.detectZeroes,
+  };
+  for (const c of node.children) {
+    if ((c.name === "file" || c.name === "backing") && c.node) options[c.name] = c.node.name;
+  }
+  await s.graph.reopen(node, options);
+}
 
 /** `sleep ms`: waits. */
 export const sleepCommand: IoCommand = {
