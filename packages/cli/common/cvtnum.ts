@@ -133,7 +133,9 @@ export function strtosz(s: string): SizeResult {
 /** qemu-io's `cvtnum`: {@link strtosz}, refusing values above INT64_MAX with ERANGE. */
 export function cvtnum(s: string): SizeResult {
   const r = strtosz(s);
-  if (r.value !== undefined && r.value > INT64_MAX) return { error: "ERANGE", hexSuffix: r.hexSuffix };
+  if (r.value !== undefined && r.value > INT64_MAX) {
+    return { error: "ERANGE", hexSuffix: r.hexSuffix };
+  }
   return r;
 }
 

@@ -23,7 +23,9 @@ Deno.test("cvtnum rounds fractional bytes half up", () => {
 });
 
 Deno.test("cvtnum refuses what qemu-io refuses", () => {
-  for (const s of ["1.5", "1.5b", "x", "1x", "0x", "0x1.5k", "1.e3", "1.5e3k", "-1", ".5k", "1e3"]) {
+  for (
+    const s of ["1.5", "1.5b", "x", "1x", "0x", "0x1.5k", "1.e3", "1.5e3k", "-1", ".5k", "1e3"]
+  ) {
     assertEquals(error(s), "EINVAL", s);
   }
   for (const s of ["8E", "16E", "9223372036854775808", "99999999999999999999"]) {

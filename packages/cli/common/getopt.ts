@@ -109,7 +109,9 @@ export function getopt(
       }
       const opt = matches[0]!;
       if (opt.arg === "none") {
-        if (inline !== undefined) return fail({ kind: "long-no-arg", option: `--${opt.name}`, word: arg });
+        if (inline !== undefined) {
+          return fail({ kind: "long-no-arg", option: `--${opt.name}`, word: arg });
+        }
         options.push({ key: opt.key, value: undefined });
         continue;
       }

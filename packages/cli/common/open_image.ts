@@ -9,8 +9,8 @@
 
 import {
   type Backend,
-  BlockError,
   type BlockDriver,
+  BlockError,
   type Graph,
   type Node,
   type OptionValues,

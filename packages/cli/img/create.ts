@@ -6,8 +6,8 @@
  */
 
 import {
-  BlockError,
   type BlockDriver,
+  BlockError,
   type Graph,
   type OptionSchema,
   type OptionValues,

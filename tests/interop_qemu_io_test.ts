@@ -1,0 +1,196 @@
+/**
+ * `blockgraph io` against the real qemu-io: each reads what the other wrote, and the same
+ * command lists give the same output (timing masked), exit status and image bytes.
+ */
+import { deepStrictEqual as assertEquals } from "node:assert";
+import { captureIo, runIo } from "@blockgraph/cli";
+import { ensurePeers } from "./peers.ts";
+
+const STATS = /^\S+ \S*, \d+ ops; .*$/gm;
+const MACHINE_STATS = /^\d+,\d+,[\d:.]+,[\d.]+,[\d.]+$/gm;
+
+function mask(text: string, path: string): string {
+  return text.replaceAll(path, "IMG").replace(STATS, "STATS").replace(MACHINE_STATS, "CSTATS");
+}
+
+async function qemuIo(args: string[]): Promise<{ status: number; out: string; err: string }> {
+  const r = await new Deno.Command("qemu-io", { args, stdout: "piped", stderr: "piped" }).output();
+  const d = new TextDecoder();
+  // glibc names the program by argv[0], which is the full path when spawned from here.
+  const err = d.decode(r.stderr).replace(/^\/\S*\/qemu-io: /gm, "qemu-io: ");
+  return { status: r.code, out: d.decode(r.stdout), err };
+}
+
+async function ours(args: string[]): Promise<{ status: number; out: string; err: string }> {
+  const cap = captureIo();
+  const status = await runIo(args, cap);
+  return { status, out: cap.stdout, err: cap.stderr };
+}
+
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  await ensurePeers(["qemu-io", "qemu-img"]);
+  const dir = await Deno.makeTempDir();
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function image(path: string, size: number): Promise<void> {
+  const r = await new Deno.Command("qemu-img", {
+    args: ["create", "-q", "-f", "raw", path, String(size)],
+  }).output();
+  if (!r.success) throw new Error(`qemu-img create ${path} failed`);
+}
+
+const cmds = (...c: string[]) => c.flatMap((x) => ["-c", x]);
+
+Deno.test("qemu-io reads back what blockgraph io wrote", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/a.img`;
+    await image(path, 1 << 20);
+    const w = await ours([
+      "-f",
+      "raw",
+      ...cmds(
+        "write -P 0x11 1 4095",
+        "writev -P 0x22 8191 512 100 7",
+        "write -z 4096 1000",
+        "aio_write -P 0x33 65537 3000",
+        "aio_flush",
+      ),
+      path,
+    ]);
+    assertEquals([w.status, w.err], [0, ""]);
+    const r = await qemuIo([
+      "-f",
+      "raw",
+      ...cmds(
+        "read -q -P 0x11 1 4095",
+        "read -q -P 0 4096 1000",
+        "read -q -P 0x22 8191 619",
+        "read -q -P 0x33 65537 3000",
+        "read -q -P 0 68537 1000",
+      ),
+      path,
+    ]);
+    assertEquals(r, { status: 0, out: "", err: "" });
+  });
+});
+
+Deno.test("blockgraph io reads back what qemu-io wrote", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/a.img`;
+    await image(path, 1 << 20);
+    const w = await qemuIo([
+      "-f",
+      "raw",
+      ...cmds("write -P 0x44 3 5000", "writev -P 0x55 10000 512 333", "write -z 5003 100"),
+      path,
+    ]);
+    assertEquals(w.status, 0);
+    const r = await ours([
+      "-f",
+      "raw",
+      ...cmds(
+        "read -q -P 0x44 3 5000",
+        "read -q -P 0x55 10000 845",
+        "readv -q -P 0 5003 50 50",
+        "read -q -P 0xcd 0 3",
+      ),
+      path,
+    ]);
+    assertEquals(r.out, "Pattern verification failed at offset 0, 3 bytes\n");
+    assertEquals(r.status, 1);
+  });
+});
+
+/** Command lists run through both tools on copies of one image. */
+const SCENARIOS: { name: string; args: string[]; size?: number }[] = [
+  {
+    name: "data commands and reports",
+    args: [
+      "-f",
+      "raw",
+      ...cmds(
+        "write -P 0xab 1 1000",
+        "read -P 0xab 1 1000",
+        "read -v 0 40",
+        "read -C 0 512",
+        "readv -P 0 2048 512 100",
+        "writev -q -P 7 100000 512 511",
+        "write -zu 4096 4096",
+        "write -f 0 10",
+        "write -s IMG 200000 5000",
+        "discard 8192 4096",
+        "flush",
+        "map",
+        "alloc 0 4k",
+        "alloc 1M",
+        "length",
+        "info",
+        "truncate 2M",
+        "length",
+      ),
+      "IMG",
+    ],
+  },
+  {
+    name: "failing commands",
+    args: [
+      "-f",
+      "raw",
+      ...cmds(
+        "read 1048000 1000",
+        "read -P 0xcd 0 512",
+        "read -x 0 1",
+        "read",
+        "read 0 1x",
+        "read 0 3G",
+        "read -P 256 0 1",
+        "read -P 1 -s 10 0 1",
+        "read -b 1 512",
+        "write -u 0 512",
+        "write -z -P 1 0 512",
+        "write -n 0 1",
+        "write -c 0 512",
+        "write 0x1k 1",
+        "readv 0 3G",
+        "aio_write -z 0 512 512",
+        "discard 0 5G",
+        "truncate -m foo 1M",
+        "sleep x",
+        "help nothing",
+        "bogus",
+        "length x",
+      ),
+      "IMG",
+    ],
+  },
+  { name: "read-only image", args: ["-r", "-f", "raw", ...cmds("write 0 1", "read 0 1"), "IMG"] },
+  {
+    name: "open and close",
+    args: cmds("open -o driver=raw IMG", "length", "close", "length", "open -r IMG", "open IMG"),
+  },
+  { name: "bad main option", args: ["-f", "raw", "--bogus", "IMG"] },
+  { name: "help", args: cmds("help", "help read", "help w", "help map") },
+];
+
+for (const sc of SCENARIOS) {
+  Deno.test(`blockgraph io matches qemu-io: ${sc.name}`, async () => {
+    await withDir(async (dir) => {
+      const q = `${dir}/q.img`;
+      const b = `${dir}/b.img`;
+      await image(q, sc.size ?? 1 << 20);
+      await Deno.copyFile(q, b);
+      const theirs = await qemuIo(sc.args.map((a) => a.replaceAll("IMG", q)));
+      const mine = await ours(sc.args.map((a) => a.replaceAll("IMG", b)));
+      assertEquals(
+        { status: mine.status, out: mask(mine.out, b), err: mask(mine.err, b) },
+        { status: theirs.status, out: mask(theirs.out, q), err: mask(theirs.err, q) },
+      );
+      assertEquals(await Deno.readFile(b), await Deno.readFile(q));
+    });
+  });
+}
