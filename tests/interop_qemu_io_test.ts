@@ -173,6 +173,15 @@ const SCENARIOS: { name: string; args: string[]; size?: number }[] = [
     name: "open and close",
     args: cmds("open -o driver=raw IMG", "length", "close", "length", "open -r IMG", "open IMG"),
   },
+  {
+    name: "reopen",
+    args: [
+      "-f",
+      "raw",
+      ...cmds("reopen -r", "write 0 1", "reopen -w", "write 0 1", "reopen x"),
+      "IMG",
+    ],
+  },
   { name: "bad main option", args: ["-f", "raw", "--bogus", "IMG"] },
   { name: "help", args: cmds("help", "help read", "help w", "help map") },
 ];

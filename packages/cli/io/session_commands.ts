@@ -5,14 +5,7 @@
  * @module
  */
 
-import {
-  BlockError,
-  type Node,
-  type OptionValues,
-  Perm,
-  strerror,
-  unflatten,
-} from "@blockgraph/core";
+import { BlockError, type OptionValues, Perm, strerror, unflatten } from "@blockgraph/core";
 import {
   type CacheMode,
   DEFAULT_CACHE,
@@ -221,21 +214,6 @@ export const reopenCommand: IoCommand = {
     return 0;
   },
 };
-
-/** Reopens `node` (keeping its options) with `readOnly`, if that changes it. */
-async function reopenReadOnly(s: IoSession, node: Node, readOnly: boolean): Promise<void> {
-  if (node.flags.readOnly === readOnly) return;
-  const options: OptionValues = {
-    ...node.options,
-    "read-only": readOnly,
-    discard: node.flags.discard,
-    "detect-zeroes": node.flags.detectZeroes,
-  };
-  for (const c of node.children) {
-    if ((c.name === "file" || c.name === "backing") && c.node) options[c.name] = c.node.name;
-  }
-  await s.graph.reopen(node, options);
-}
 
 /** `sleep ms`: waits. */
 export const sleepCommand: IoCommand = {
