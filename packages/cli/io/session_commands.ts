@@ -200,12 +200,7 @@ export const reopenCommand: IoCommand = {
       blk.setPerm(blk.root!.perm & ~(Perm.WRITE | Perm.WRITE_UNCHANGED), blk.root!.shared);
     }
     try {
-      // Children opened inline follow their parent's read-only flag, as QEMU's reopen queue
-      // does: writable from the bottom up, read-only from the top down.
-      const files = node.children.filter((c) => c.name === "file" && c.node?.autoNamed);
-      if (!readOnly) { for (const c of files) await reopenReadOnly(s, c.node!, false); }
       await s.graph.reopen(node, options);
-      if (readOnly) { for (const c of files) await reopenReadOnly(s, c.node!, true); }
     } catch (e) {
       s.report(BlockError.from(e).message);
       return FAILED;
