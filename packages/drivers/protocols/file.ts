@@ -328,7 +328,8 @@ export const fileDriver: BlockDriver = {
     preallocation: {
       type: "enum",
       description: "Preallocation mode (allowed values: off, falloc, full)",
-      values: ["off", "falloc", "full"],
+      // `metadata` is listed so that create can refuse it with QEMU's own message.
+      values: ["off", "metadata", "falloc", "full"],
       default: "off",
     },
   },
@@ -386,7 +387,8 @@ export const fileDriver: BlockDriver = {
   },
   async create(options: OptionValues, _registry: DriverRegistry): Promise<void> {
     const path = stripFilePrefix(options.filename as string);
-    const size = options.size as number;
+    // Images are whole sectors, as QEMU rounds them (`create x 513` makes 1024 bytes).
+    const size = Math.ceil((options.size as number) / 512) * 512;
     const prealloc = (options.preallocation ?? "off") as PreallocMode;
     if (prealloc !== "off" && prealloc !== "falloc" && prealloc !== "full") {
       throw new BlockError("ENOTSUP", `Unsupported preallocation mode: ${prealloc}`);

@@ -72,8 +72,9 @@ export class NullInstance implements DriverInstance {
    */
   blockStatus(_wantZero: boolean, offset: number, bytes: number): BlockStatus {
     return {
-      status: BlockStatusFlags.OFFSET_VALID |
-        (this.#readZeroes ? BlockStatusFlags.ZERO : BlockStatusFlags.DATA),
+      // As QEMU's null driver: with read-zeroes the range reads as zeros; without, reads
+      // return whatever the buffer held, so the range is neither data nor zeros.
+      status: BlockStatusFlags.OFFSET_VALID | (this.#readZeroes ? BlockStatusFlags.ZERO : 0),
       pnum: bytes,
       map: offset,
       file: this.#node,
