@@ -8,5 +8,9 @@ import { denoIo } from "./common/cli_io.ts";
 import { runMain } from "./run_main.ts";
 
 if (import.meta.main) {
+  // `deno task` runs in the workspace root; file names are the user's, relative to where
+  // they typed the command.
+  const cwd = Deno.env.get("INIT_CWD");
+  if (cwd) Deno.chdir(cwd);
   Deno.exit(await runMain(Deno.args, denoIo()));
 }
