@@ -8,16 +8,17 @@
 
 import { Child, type ChildParent, ChildRole } from "./child.ts";
 import { type BlockStatus, type PreallocMode, ReqFlags } from "./driver.ts";
-import { BlockError, strerror } from "./errors.ts";
+import { BlockError } from "./errors.ts";
 import type { Graph } from "./graph.ts";
 import { attachEdge } from "./graph_change.ts";
 import { IoVector } from "./io_vector.ts";
 import type { Node } from "./node.ts";
-import { isWritePerm, Perm, refreshPermissions } from "./permissions.ts";
+import { Perm, refreshPermissions } from "./permissions.ts";
 import { Transaction } from "./transaction.ts";
 import { changeMedium, eject, insertMedium, removeMedium, Tray } from "./tray.ts";
 import type { DeviceOps } from "./device_ops.ts";
-import { errorAction, type ErrorPolicy, type IoStatus } from "./error_policy.ts";
+import { errorAction, type ErrorPolicy, ioErrorEventData, type IoStatus } from "./error_policy.ts";
+import { checkRequest } from "./backend_check.ts";
 
 /** Options of a new Backend. */
 export interface BackendOptions {
@@ -393,15 +394,7 @@ export class Backend implements ChildParent {
     const err = BlockError.from(e, { node: this.name, op: OP_NAMES[op], offset });
     if (err.code === "ENOMEDIUM" && !this.root) throw err;
     const action = errorAction(op === Op.Read ? this.#readPolicy : this.#writePolicy, err);
-    const data: Record<string, unknown> = {
-      device: this.name,
-      "qom-path": this.#device?.id ?? "",
-      operation: OP_NAMES[op],
-      action,
-      reason: strerror(err.code),
-    };
-    if (this.node) data["node-name"] = this.node.name;
-    if (err.code === "ENOSPC") data["nospace"] = true;
+    const data = ioErrorEventData(this, OP_NAMES[op], action, err);
     if (action === "stop") {
       if (this.iostatus === "ok") this.iostatus = err.code === "ENOSPC" ? "nospace" : "failed";
       this.#stopped = true;
@@ -414,40 +407,6 @@ export class Backend implements ChildParent {
   }
 
   // ---------------------------------------------------------------- requests
-
-  #check(offset: number, bytes: number, op: Op): BlockError | null {
-    if (!Number.isSafeInteger(bytes) || bytes < 0) {
-      return new BlockError("EIO", `Invalid request length ${bytes}`, { op: OP_NAMES[op], offset });
-    }
-    const root = this.root;
-    if (root === null || this.tray.isOpen) {
-      return new BlockError("ENOMEDIUM", "No medium found", { node: this.name, op: OP_NAMES[op] });
-    }
-    if (!Number.isSafeInteger(offset) || offset < 0) {
-      return new BlockError("EIO", `Invalid request offset ${offset}`, {
-        op: OP_NAMES[op],
-        offset,
-      });
-    }
-    if (op !== Op.Read && op !== Op.Flush && !isWritePerm(root.perm)) {
-      return new BlockError(
-        "EPERM",
-        `Block device '${this.describeName()}' did not take the 'write' permission`,
-        { op: OP_NAMES[op], offset },
-      );
-    }
-    if (op !== Op.Flush && !(this.allowWriteBeyondEof && op !== Op.Read)) {
-      const len = root.node!.getLength();
-      if (offset > len || len - offset < bytes) {
-        return new BlockError(
-          "EIO",
-          `Request of ${bytes} bytes at offset ${offset} is beyond the end of the device (${len} bytes)`,
-          { node: this.name, op: OP_NAMES[op], offset },
-        );
-      }
-    }
-    return null;
-  }
 
   #request(
     op: Op,
@@ -463,7 +422,13 @@ export class Backend implements ChildParent {
     ) {
       return this.#waitThenRequest(op, offset, bytes, qiov, qiovOffset, flags);
     }
-    const err = this.#check(offset, bytes, op);
+    const err = checkRequest(
+      this,
+      offset,
+      bytes,
+      OP_NAMES[op],
+      op === Op.Read ? "read" : op === Op.Flush ? "flush" : "write",
+    );
     if (err !== null) return Promise.reject(err);
     const node = this.root!.node!;
     let p: Promise<void>;
@@ -569,7 +534,7 @@ export class Backend implements ChildParent {
 
   /** Allocation status at `offset` of the root node. */
   blockStatus(offset: number, bytes: number, wantZero = true): Promise<BlockStatus> {
-    const err = this.#check(offset, bytes, Op.Read);
+    const err = checkRequest(this, offset, bytes, "block-status", "read");
     if (err) return Promise.reject(err);
     this.inFlight++;
     return this.root!.node!.blockStatus(offset, bytes, wantZero).finally(this.#done);

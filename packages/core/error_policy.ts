@@ -4,7 +4,8 @@
  * @module
  */
 
-import type { BlockError } from "./errors.ts";
+import type { Backend } from "./backend.ts";
+import { type BlockError, strerror } from "./errors.ts";
 
 /** A read or write error policy (`rerror`/`werror`). */
 export type ErrorPolicy = "report" | "ignore" | "stop" | "enospc";
@@ -25,4 +26,23 @@ export function errorAction(policy: ErrorPolicy, err: BlockError): ErrorAction {
     case "enospc":
       return err.code === "ENOSPC" ? "stop" : "report";
   }
+}
+
+/** The data of a `BLOCK_IO_ERROR` event, with QEMU's fields. */
+export function ioErrorEventData(
+  b: Backend,
+  operation: string,
+  action: ErrorAction,
+  err: BlockError,
+): Record<string, unknown> {
+  const data: Record<string, unknown> = {
+    device: b.name,
+    "qom-path": b.deviceId,
+    operation,
+    action,
+    reason: strerror(err.code),
+  };
+  if (b.node) data["node-name"] = b.node.name;
+  if (err.code === "ENOSPC") data["nospace"] = true;
+  return data;
 }
