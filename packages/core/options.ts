@@ -93,7 +93,7 @@ export function validateOptions(
     `${owner} does not support the option '${key}'`,
 ): OptionValues {
   const out: OptionValues = {};
-  for (const [key, value] of Object.entries(raw)) {
+  for (const [key, value] of expandDotted(schema, raw)) {
     if (passThrough.includes(key)) {
       out[key] = value;
       continue;
@@ -108,6 +108,21 @@ export function validateOptions(
     if (key in out) continue;
     if (spec.required) throw new BlockError("EINVAL", `Parameter '${key}' is missing`);
     if (spec.default !== undefined) out[key] = spec.default;
+  }
+  return out;
+}
+
+/**
+ * The entries of `raw`, with nested objects spelled out as dotted keys when the schema
+ * declares dotted options under them (`server: {type: "unix"}` for `server.type`).
+ */
+function expandDotted(schema: OptionSchema, raw: OptionValues): [string, unknown][] {
+  const out: [string, unknown][] = [];
+  for (const [key, value] of Object.entries(raw)) {
+    const nested = typeof value === "object" && value !== null && !Array.isArray(value) &&
+      !schema[key] && Object.keys(schema).some((k) => k.startsWith(`${key}.`));
+    if (nested) out.push(...Object.entries(flatten(value as OptionValues, `${key}.`)));
+    else out.push([key, value]);
   }
   return out;
 }

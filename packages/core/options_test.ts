@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { flatten, parseKeyValue, parseSize, unflatten } from "./options.ts";
+import { flatten, parseKeyValue, parseSize, unflatten, validateOptions } from "./options.ts";
 import { BlockError } from "./errors.ts";
 import { assertThrows } from "./test_util.ts";
 
@@ -28,4 +28,18 @@ Deno.test("parseKeyValue splits key=value lists with ,, escapes; unflatten nests
     "file.filename": "x",
     driver: "raw",
   });
+});
+
+Deno.test("validateOptions spells nested objects as the dotted options a schema declares", () => {
+  const schema = {
+    "server.type": { type: "enum", values: ["inet", "unix"], description: "t" },
+    "server.port": { type: "string", description: "p" },
+  } as const;
+  const got = validateOptions(schema, { server: { type: "unix", port: 10809 } }, "x");
+  assertEquals(got, { "server.type": "unix", "server.port": "10809" });
+  assertThrows(
+    () => validateOptions(schema, { server: { bogus: 1 } }, "x"),
+    BlockError,
+    "server.bogus",
+  );
 });

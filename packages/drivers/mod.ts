@@ -1,6 +1,6 @@
 /**
- * The first drivers of blockgraph: the `null-co`, `memory` and `file` protocols and the `raw`
- * format, and {@link defaultRegistry} holding them all. The conformance suite every driver
+ * The first drivers of blockgraph: the `null-co`, `memory`, `file` and `nbd` protocols and the
+ * `raw` format, and {@link defaultRegistry} holding them all. The conformance suite every driver
  * runs is at `@blockgraph/drivers/conformance`.
  *
  * @module
@@ -10,6 +10,7 @@ import { DriverRegistry } from "@blockgraph/core";
 import { rawDriver } from "./formats/raw.ts";
 import { fileDriver } from "./protocols/file.ts";
 import { memoryDriver } from "./protocols/memory.ts";
+import { nbdDriver } from "./protocols/nbd/driver.ts";
 import { nullDriver } from "./protocols/null.ts";
 
 export { rawDriver, RawInstance } from "./formats/raw.ts";
@@ -22,6 +23,8 @@ export {
 } from "./protocols/file.ts";
 export { MEMORY_CHUNK_SIZE, memoryDriver, MemoryInstance } from "./protocols/memory.ts";
 export { nullDriver, NullInstance } from "./protocols/null.ts";
+export { nbdDriver, NbdInstance } from "./protocols/nbd/driver.ts";
+export { parseNbdFilename } from "./protocols/nbd/filename.ts";
 
 /**
  * A new registry holding every driver of this package.
@@ -33,5 +36,5 @@ export { nullDriver, NullInstance } from "./protocols/null.ts";
  * ```
  */
 export function defaultRegistry(): DriverRegistry {
-  return new DriverRegistry([nullDriver, memoryDriver, fileDriver, rawDriver]);
+  return new DriverRegistry([nullDriver, memoryDriver, fileDriver, nbdDriver, rawDriver]);
 }

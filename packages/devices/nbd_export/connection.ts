@@ -1,0 +1,432 @@
+/**
+ * One client connection of the NBD server: the handshake, then the transmission phase.
+ * Requests are read one after another and processed concurrently (up to
+ * {@link MAX_REQUESTS} at once); their replies are queued on one writer, which sends the
+ * replies that are ready together in one socket write.
+ *
+ * @module
+ */
+
+import { BlockError, IoVector, ReqFlags } from "@blockgraph/core";
+import {
+  Cmd,
+  CmdFlags,
+  decodeRequest,
+  encodeChunkHeader,
+  encodeErrorPayload,
+  encodeSimpleReply,
+  NBD_MAX_BUFFER_SIZE,
+  NbdErrno,
+  newRequestHeader,
+  REPLY_FLAG_DONE,
+  ReplyType,
+  REQUEST_SIZE,
+  type RequestHeader,
+  setU64,
+  SIMPLE_REPLY_SIZE,
+  STRUCTURED_REPLY_SIZE,
+  toNbdErrno,
+  WireReader,
+  WireWriter,
+} from "@blockgraph/drivers/nbd";
+import type { ExportClient, NbdExport } from "./export.ts";
+import { type ExportLookup, type Negotiated, serverHandshake } from "./handshake.ts";
+import { ALLOCATION_DEPTH_ID, type MetaContext } from "./meta_context.ts";
+import { allocationFlags, collectExtents, statusAbove } from "./extents.ts";
+
+/** Requests one connection processes at once; further requests wait in the socket. */
+export const MAX_REQUESTS = 64;
+/** Block status replies carry at most this many extents per context. */
+const MAX_EXTENTS = 1024;
+/** Slot buffers larger than this are dropped after use rather than kept. */
+const KEEP_BUFFER = 1024 * 1024;
+/** Pieces NBD_CMD_CACHE reads in. */
+const CACHE_PIECE = 1024 * 1024;
+
+/** A request in progress: its header, its payload buffer and a vector over it. */
+class Slot {
+  readonly header: RequestHeader = newRequestHeader();
+  buf: Uint8Array = new Uint8Array(0);
+  readonly qiov: IoVector = new IoVector();
+
+  /** A vector over the first `n` bytes of the slot's buffer, grown as needed. */
+  vector(n: number): IoVector {
+    if (this.buf.length < n) this.buf = new Uint8Array(Math.max(n, 64 * 1024));
+    this.qiov.reset();
+    this.qiov.add(this.buf.subarray(0, n));
+    return this.qiov;
+  }
+
+  /** Forgets a large buffer so an idle connection does not keep it. */
+  trim(): void {
+    if (this.buf.length > KEEP_BUFFER) this.buf = new Uint8Array(0);
+    this.qiov.reset();
+  }
+}
+
+/** An error the server answers a request with: an NBD error value and a message. */
+class RequestError extends Error {
+  readonly errno: number;
+  constructor(errno: number, message: string) {
+    super(message);
+    this.errno = errno;
+  }
+}
+
+/** The socket a connection runs on. */
+export interface ServerConn {
+  /** Reads into `p`. */
+  read(p: Uint8Array): Promise<number | null>;
+  /** Writes from `p`. */
+  write(p: Uint8Array): Promise<number>;
+  /** Closes the socket. */
+  close(): void;
+}
+
+/** A client connection, from the greeting to the close. */
+export class ServerConnection implements ExportClient {
+  readonly #conn: ServerConn;
+  readonly #reader: WireReader;
+  readonly #writer: WireWriter;
+  readonly #lookup: ExportLookup;
+  #exp: NbdExport | null = null;
+  #structured = false;
+  #contexts: MetaContext[] = [];
+  #closing = false;
+  #socketClosed = false;
+  readonly #free: Slot[] = [];
+  #inFlight = 0;
+  #slotWaiter: (() => void) | null = null;
+  #idleWaiter: (() => void) | null = null;
+  readonly closed: Promise<void>;
+  #resolveClosed!: () => void;
+
+  /** Wraps an accepted socket; {@link ServerConnection.run} serves it. */
+  constructor(conn: ServerConn, lookup: ExportLookup) {
+    this.#conn = conn;
+    this.#lookup = lookup;
+    this.#reader = new WireReader(conn);
+    this.#writer = new WireWriter(conn, () => this.#closeSocket());
+    this.closed = new Promise((r) => (this.#resolveClosed = r));
+  }
+
+  /** The export the client chose, once it chose one. */
+  get export(): NbdExport | null {
+    return this.#exp;
+  }
+
+  /** Serves the connection until the client leaves or the server ends it; never throws. */
+  async run(): Promise<void> {
+    try {
+      const n = await serverHandshake(this.#reader, this.#writer, this.#lookup);
+      if (n && !this.#closing) await this.#transmission(n);
+    } catch {
+      // A broken or vanished client ends only its own connection.
+    }
+    await this.#drain();
+    await this.#writer.idle();
+    this.#closeSocket();
+    this.#exp?.removeClient(this);
+    this.#resolveClosed();
+  }
+
+  /**
+   * Ends the connection: no further requests are read, those in flight finish and are
+   * answered, then the socket closes.
+   */
+  close(): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    if (this.#inFlight === 0) {
+      // Nothing to wait for: closing the socket wakes a read that is waiting.
+      void this.#writer.idle().then(() => this.#closeSocket());
+    } else {
+      void this.#drain().then(() => this.#writer.idle()).then(() => this.#closeSocket());
+    }
+  }
+
+  #closeSocket(): void {
+    if (this.#socketClosed) return;
+    this.#socketClosed = true;
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed by the peer.
+    }
+  }
+
+  #drain(): Promise<void> {
+    if (this.#inFlight === 0) return Promise.resolve();
+    return new Promise((r) => (this.#idleWaiter = r));
+  }
+
+  async #transmission(n: Negotiated): Promise<void> {
+    if (!n.exp.addClient(this)) return;
+    this.#exp = n.exp;
+    this.#structured = n.structured;
+    this.#contexts = n.contexts;
+    const reader = this.#reader;
+    for (;;) {
+      if (this.#inFlight >= MAX_REQUESTS) {
+        await new Promise<void>((r) => (this.#slotWaiter = r));
+      }
+      if (this.#closing) return;
+      if (reader.available < REQUEST_SIZE && !(await reader.need(REQUEST_SIZE))) return;
+      if (this.#closing) return;
+      const slot = this.#free.pop() ?? new Slot();
+      const h = slot.header;
+      // A bad magic means the stream is out of step: nothing after it can be trusted.
+      if (!decodeRequest(reader.view, reader.pos, h)) return;
+      reader.consume(REQUEST_SIZE);
+      if (h.type === Cmd.DISC) return;
+      if (h.type === Cmd.WRITE) {
+        // A payload this large cannot be skipped safely: end the connection.
+        if (h.length > NBD_MAX_BUFFER_SIZE) return;
+        const q = slot.vector(h.length);
+        if (reader.available >= h.length) {
+          slot.buf.set(reader.buf.subarray(reader.pos, reader.pos + h.length));
+          reader.consume(h.length);
+        } else {
+          await reader.readInto(q.iov[0]!);
+        }
+      }
+      this.#inFlight++;
+      void this.#handle(slot);
+    }
+  }
+
+  async #handle(slot: Slot): Promise<void> {
+    const h = slot.header;
+    try {
+      await this.#execute(slot);
+    } catch (e) {
+      const err = e instanceof RequestError ? e : (() => {
+        const be = BlockError.from(e);
+        return new RequestError(toNbdErrno(be.code), be.message);
+      })();
+      this.#replyError(h, err);
+    }
+    slot.trim();
+    this.#free.push(slot);
+    this.#inFlight--;
+    const w = this.#slotWaiter;
+    if (w) {
+      this.#slotWaiter = null;
+      w();
+    }
+    if (this.#inFlight === 0 && this.#idleWaiter) {
+      const i = this.#idleWaiter;
+      this.#idleWaiter = null;
+      i();
+    }
+  }
+
+  async #execute(slot: Slot): Promise<void> {
+    const h = slot.header;
+    const exp = this.#exp!;
+    const backend = exp.backend;
+    const { type, flags, offset, length } = h;
+    let valid = CmdFlags.FUA;
+    if (type === Cmd.READ && this.#structured) valid |= CmdFlags.DF;
+    if (type === Cmd.WRITE_ZEROES) valid |= CmdFlags.NO_HOLE | CmdFlags.FAST_ZERO;
+    if (type === Cmd.BLOCK_STATUS) valid |= CmdFlags.REQ_ONE;
+    if (flags & ~valid) {
+      throw new RequestError(NbdErrno.EINVAL, `Unsupported flags 0x${flags.toString(16)}`);
+    }
+    const writes = type === Cmd.WRITE || type === Cmd.TRIM || type === Cmd.WRITE_ZEROES;
+    if (writes && !exp.writable) {
+      throw new RequestError(NbdErrno.EPERM, `Export '${exp.name}' is read-only`);
+    }
+    if (type > Cmd.BLOCK_STATUS || type === Cmd.DISC) {
+      throw new RequestError(NbdErrno.EINVAL, `Unknown command ${type}`);
+    }
+    if (type !== Cmd.FLUSH) {
+      const size = backend.getLength();
+      if (offset > size || length > size - offset) {
+        const grow = type === Cmd.WRITE || type === Cmd.WRITE_ZEROES;
+        throw new RequestError(
+          grow ? NbdErrno.ENOSPC : NbdErrno.EINVAL,
+          `Request of ${length} bytes at ${offset} is beyond the end of the export (${size})`,
+        );
+      }
+    }
+    const fua = flags & CmdFlags.FUA ? ReqFlags.FUA : 0;
+    switch (type) {
+      case Cmd.READ:
+        if (length > NBD_MAX_BUFFER_SIZE) {
+          throw new RequestError(NbdErrno.EINVAL, `Read of ${length} bytes is over the limit`);
+        }
+        return this.#read(slot, (flags & CmdFlags.DF) !== 0);
+      case Cmd.WRITE:
+        await backend.pwritev(offset, length, slot.qiov, 0, fua);
+        return this.#replyOk(h);
+      case Cmd.FLUSH:
+        await backend.flush();
+        return this.#replyOk(h);
+      case Cmd.TRIM:
+        if (length > 0) await backend.pdiscard(offset, length);
+        if (fua) await backend.flush();
+        return this.#replyOk(h);
+      case Cmd.WRITE_ZEROES: {
+        let zf = fua;
+        if (!(flags & CmdFlags.NO_HOLE)) zf |= ReqFlags.MAY_UNMAP;
+        if (flags & CmdFlags.FAST_ZERO) zf |= ReqFlags.NO_FALLBACK;
+        if (length > 0) await backend.pwriteZeroes(offset, length, zf);
+        return this.#replyOk(h);
+      }
+      case Cmd.CACHE:
+        for (let done = 0; done < length;) {
+          const n = Math.min(CACHE_PIECE, length - done);
+          await backend.preadv(offset + done, n, slot.vector(n), 0, ReqFlags.PREFETCH);
+          done += n;
+        }
+        return this.#replyOk(h);
+      case Cmd.BLOCK_STATUS:
+        return this.#blockStatus(h);
+    }
+  }
+
+  async #read(slot: Slot, df: boolean): Promise<void> {
+    const h = slot.header;
+    const backend = this.#exp!.backend;
+    const { offset, length } = h;
+    if (!this.#structured) {
+      if (length > 0) await backend.preadv(offset, length, slot.vector(length), 0, 0);
+      const w = this.#writer;
+      encodeSimpleReply(w.view, w.claim(SIMPLE_REPLY_SIZE), 0, h.cookieHi, h.cookieLo);
+      if (length > 0) await w.send(slot.buf.subarray(0, length));
+      return;
+    }
+    if (length === 0) return this.#replyOk(h);
+    // Sparse reads: ranges that read as zeros go as holes, unless the client wants one chunk.
+    const st = df ? null : await statusAbove(backend, offset, length);
+    if (st && st.pnum >= length) {
+      if (allocationFlags(st.status) & 2) return this.#sendHole(h, offset, length, true);
+      return this.#sendData(slot, offset, length, true);
+    }
+    if (!st) return this.#sendData(slot, offset, length, true);
+    const extents = await collectExtents(backend, false, offset, length, MAX_EXTENTS);
+    let at = offset;
+    const end = offset + length;
+    for (let i = 0; i < extents.length && at < end; i++) {
+      const e = extents[i]!;
+      const n = Math.min(e.length, end - at);
+      const last = at + n === end;
+      if (e.flags & 2) this.#sendHole(h, at, n, last);
+      else await this.#sendData(slot, at, n, last);
+      at += n;
+    }
+    if (at < end) await this.#sendData(slot, at, end - at, true);
+  }
+
+  async #sendData(slot: Slot, offset: number, n: number, last: boolean): Promise<void> {
+    const h = slot.header;
+    await this.#exp!.backend.preadv(offset, n, slot.vector(n), 0, 0);
+    const w = this.#writer;
+    const at = w.claim(STRUCTURED_REPLY_SIZE + 8);
+    encodeChunkHeader(
+      w.view,
+      at,
+      last ? REPLY_FLAG_DONE : 0,
+      ReplyType.OFFSET_DATA,
+      h.cookieHi,
+      h.cookieLo,
+      n + 8,
+    );
+    setU64(w.view, at + STRUCTURED_REPLY_SIZE, offset);
+    await w.send(slot.buf.subarray(0, n));
+  }
+
+  #sendHole(h: RequestHeader, offset: number, n: number, last: boolean): void {
+    const w = this.#writer;
+    const at = w.claim(STRUCTURED_REPLY_SIZE + 12);
+    encodeChunkHeader(
+      w.view,
+      at,
+      last ? REPLY_FLAG_DONE : 0,
+      ReplyType.OFFSET_HOLE,
+      h.cookieHi,
+      h.cookieLo,
+      12,
+    );
+    setU64(w.view, at + STRUCTURED_REPLY_SIZE, offset);
+    w.view.setUint32(at + STRUCTURED_REPLY_SIZE + 8, n);
+  }
+
+  async #blockStatus(h: RequestHeader): Promise<void> {
+    if (!this.#structured || this.#contexts.length === 0) {
+      throw new RequestError(NbdErrno.EINVAL, "No metadata context was negotiated");
+    }
+    if (h.length === 0) throw new RequestError(NbdErrno.EINVAL, "Block status of 0 bytes");
+    const backend = this.#exp!.backend;
+    const max = h.flags & CmdFlags.REQ_ONE ? 1 : MAX_EXTENTS;
+    const replies: { id: number; extents: { length: number; flags: number }[] }[] = [];
+    for (const c of this.#contexts) {
+      const depth = c.id === ALLOCATION_DEPTH_ID;
+      replies.push({
+        id: c.id,
+        extents: await collectExtents(backend, depth, h.offset, h.length, max),
+      });
+    }
+    const w = this.#writer;
+    replies.forEach((r, i) => {
+      const len = 4 + 8 * r.extents.length;
+      const at = w.claim(STRUCTURED_REPLY_SIZE + len);
+      const last = i === replies.length - 1;
+      encodeChunkHeader(
+        w.view,
+        at,
+        last ? REPLY_FLAG_DONE : 0,
+        ReplyType.BLOCK_STATUS,
+        h.cookieHi,
+        h.cookieLo,
+        len,
+      );
+      let p = at + STRUCTURED_REPLY_SIZE;
+      w.view.setUint32(p, r.id);
+      p += 4;
+      for (const e of r.extents) {
+        w.view.setUint32(p, e.length);
+        w.view.setUint32(p + 4, e.flags);
+        p += 8;
+      }
+    });
+  }
+
+  #replyOk(h: RequestHeader): void {
+    const w = this.#writer;
+    if (this.#structured) {
+      encodeChunkHeader(
+        w.view,
+        w.claim(STRUCTURED_REPLY_SIZE),
+        REPLY_FLAG_DONE,
+        ReplyType.NONE,
+        h.cookieHi,
+        h.cookieLo,
+        0,
+      );
+    } else {
+      encodeSimpleReply(w.view, w.claim(SIMPLE_REPLY_SIZE), 0, h.cookieHi, h.cookieLo);
+    }
+  }
+
+  #replyError(h: RequestHeader, err: RequestError): void {
+    const w = this.#writer;
+    if (!this.#structured) {
+      encodeSimpleReply(w.view, w.claim(SIMPLE_REPLY_SIZE), err.errno, h.cookieHi, h.cookieLo);
+      return;
+    }
+    const payload = encodeErrorPayload(err.errno, err.message.slice(0, 256));
+    const at = w.claim(STRUCTURED_REPLY_SIZE + payload.length);
+    encodeChunkHeader(
+      w.view,
+      at,
+      REPLY_FLAG_DONE,
+      ReplyType.ERROR,
+      h.cookieHi,
+      h.cookieLo,
+      payload.length,
+    );
+    w.buf.set(payload, at + STRUCTURED_REPLY_SIZE);
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * What block status an export reports: `base:allocation` extents (HOLE and ZERO) from the
+ * Backend's block status resolved down the backing chain, as QEMU's block status "above"
+ * does, and `qemu:allocation-depth` extents from isAllocatedAbove.
+ *
+ * @module
+ */
+
+import { type Backend, BlockStatusFlags, isAllocatedAbove, type Node } from "@blockgraph/core";
+import { StateFlags } from "@blockgraph/drivers/nbd";
+
+/** One run of bytes sharing a status. */
+export interface Extent {
+  /** The length in bytes. */
+  length: number;
+  /** The context's flags (`base:allocation`) or value (`qemu:allocation-depth`). */
+  flags: number;
+}
+
+const DATA_OR_ZERO = BlockStatusFlags.DATA | BlockStatusFlags.ZERO;
+
+/** The layer below `n` whose data shows through where `n` has none. */
+function below(n: Node): Node | null {
+  return n.cowChild?.node ?? n.filteredChild?.node ?? null;
+}
+
+/**
+ * Block status of the whole chain under `backend` at `offset`: the first layer that has data
+ * or zeros there answers. Returns BlockStatusFlags bits and how many bytes they cover.
+ */
+export async function statusAbove(
+  backend: Backend,
+  offset: number,
+  bytes: number,
+): Promise<{ status: number; pnum: number }> {
+  const top = await backend.blockStatus(offset, bytes, true);
+  if (top.status & DATA_OR_ZERO) return top;
+  let pnum = top.pnum;
+  let n = backend.node ? below(backend.node) : null;
+  while (n) {
+    const len = n.getLength();
+    // Past a lower layer's end the chain reads zeros.
+    if (offset >= len) return { status: BlockStatusFlags.ZERO, pnum };
+    const st = await n.blockStatus(offset, Math.min(pnum, len - offset), true);
+    if (st.status & DATA_OR_ZERO) return { status: st.status, pnum: st.pnum };
+    pnum = st.pnum;
+    n = below(n);
+  }
+  return { status: 0, pnum };
+}
+
+/** `base:allocation` flags for BlockStatusFlags bits. */
+export function allocationFlags(status: number): number {
+  return (status & BlockStatusFlags.DATA ? 0 : StateFlags.HOLE) |
+    (status & BlockStatusFlags.ZERO ? StateFlags.ZERO : 0);
+}
+
+/**
+ * Extents of `[offset, offset+bytes)` for one context, at most `maxExtents` of them;
+ * neighbouring runs with the same flags are merged.
+ */
+export async function collectExtents(
+  backend: Backend,
+  depth: boolean,
+  offset: number,
+  bytes: number,
+  maxExtents: number,
+): Promise<Extent[]> {
+  const out: Extent[] = [];
+  const end = offset + bytes;
+  while (offset < end) {
+    let flags: number;
+    let pnum: number;
+    if (depth) {
+      const node = backend.node;
+      if (!node) break;
+      const a = await isAllocatedAbove(node, null, offset, end - offset);
+      flags = a.allocated ? a.depth : 0;
+      pnum = a.pnum;
+    } else {
+      const st = await statusAbove(backend, offset, end - offset);
+      flags = allocationFlags(st.status);
+      pnum = st.pnum;
+    }
+    if (pnum <= 0) break;
+    pnum = Math.min(pnum, end - offset);
+    const last = out[out.length - 1];
+    if (last && last.flags === flags && last.length + pnum <= 0xffffffff) {
+      last.length += pnum;
+    } else {
+      if (out.length === maxExtents) break;
+      out.push({ length: pnum, flags });
+    }
+    offset += pnum;
+  }
+  return out;
+}

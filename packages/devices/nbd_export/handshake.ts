@@ -1,0 +1,200 @@
+/**
+ * The server's side of the fixed newstyle handshake: the greeting, the client flags, and
+ * option haggling (EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY, LIST_META_CONTEXT,
+ * SET_META_CONTEXT; STARTTLS is refused by policy until TLS is supported; anything else is
+ * NBD_REP_ERR_UNSUP).
+ *
+ * @module
+ */
+
+import {
+  ClientFlags,
+  decodeInfoRequest,
+  decodeMetaContextRequest,
+  decodeOptionHeader,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeMetaContextReply,
+  encodeOptionReply,
+  encodeServerReply,
+  fromUtf8,
+  Info,
+  NBD_MAX_OPTION_SIZE,
+  Opt,
+  OPTION_REQUEST_SIZE,
+  Rep,
+  utf8,
+  type WireReader,
+  type WireWriter,
+} from "@blockgraph/drivers/nbd";
+import type { NbdExport } from "./export.ts";
+import { type MetaContext, selectContexts } from "./meta_context.ts";
+
+/** What the handshake settled. */
+export interface Negotiated {
+  /** The export the client chose. */
+  exp: NbdExport;
+  /** Whether structured replies were negotiated. */
+  structured: boolean;
+  /** The metadata contexts selected for block status. */
+  contexts: MetaContext[];
+}
+
+/** What the handshake needs of the server. */
+export interface ExportLookup {
+  /** The export called `name`, if it is being served. */
+  findExport(name: string): NbdExport | undefined;
+  /** Every export being served, for NBD_OPT_LIST. */
+  exports(): NbdExport[];
+}
+
+const ALL_CLIENT_FLAGS = ClientFlags.FIXED_NEWSTYLE | ClientFlags.NO_ZEROES;
+
+/**
+ * Runs the handshake. Resolves to what was settled when the client entered transmission, or
+ * null when the client aborted, broke the protocol or asked for an export that does not
+ * exist with NBD_OPT_EXPORT_NAME (all of which end the connection).
+ */
+export async function serverHandshake(
+  reader: WireReader,
+  writer: WireWriter,
+  lookup: ExportLookup,
+): Promise<Negotiated | null> {
+  writer.copy(encodeGreeting());
+  if (!(await reader.need(4))) return null;
+  const clientFlags = reader.view.getUint32(reader.pos);
+  reader.consume(4);
+  if (clientFlags & ~ALL_CLIENT_FLAGS) return null;
+  const fixed = (clientFlags & ClientFlags.FIXED_NEWSTYLE) !== 0;
+  const noZeroes = (clientFlags & ClientFlags.NO_ZEROES) !== 0;
+  let structured = false;
+  let contexts: MetaContext[] = [];
+  let contextsFor = "";
+
+  const reply = (option: number, type: number, data?: Uint8Array) =>
+    writer.copy(encodeOptionReply(option, type, data));
+  const fail = (option: number, type: number, message: string) =>
+    reply(option, type, utf8(message));
+
+  for (;;) {
+    if (!(await reader.need(OPTION_REQUEST_SIZE))) return null;
+    const header = decodeOptionHeader(reader.buf.subarray(reader.pos, reader.pos + 16));
+    reader.consume(OPTION_REQUEST_SIZE);
+    if (!header || header.length > NBD_MAX_OPTION_SIZE) return null;
+    const { option, length } = header;
+    const data = await reader.readBytes(length);
+    if (option === Opt.EXPORT_NAME) {
+      let name: string;
+      try {
+        name = fromUtf8(data);
+      } catch {
+        return null;
+      }
+      const exp = lookup.findExport(name);
+      if (!exp || exp.shuttingDown) return null;
+      if (contextsFor !== name) contexts = [];
+      writer.copy(encodeExportNameReply(exp.size(), exp.transmissionFlags(structured), noZeroes));
+      return { exp, structured, contexts };
+    }
+    // Old newstyle clients may only send NBD_OPT_EXPORT_NAME.
+    if (!fixed) return null;
+    switch (option) {
+      case Opt.ABORT:
+        reply(option, Rep.ACK);
+        await writer.idle();
+        return null;
+      case Opt.LIST:
+        if (length !== 0) {
+          fail(option, Rep.ERR_INVALID, "NBD_OPT_LIST takes no data");
+          break;
+        }
+        for (const exp of lookup.exports()) {
+          if (!exp.shuttingDown) {
+            reply(option, Rep.SERVER, encodeServerReply(exp.name, exp.description));
+          }
+        }
+        reply(option, Rep.ACK);
+        break;
+      case Opt.STARTTLS:
+        fail(option, Rep.ERR_POLICY, "TLS is not configured on this server");
+        break;
+      case Opt.STRUCTURED_REPLY:
+        if (length !== 0) fail(option, Rep.ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+        else if (structured) fail(option, Rep.ERR_INVALID, "Structured replies are already on");
+        else {
+          structured = true;
+          reply(option, Rep.ACK);
+        }
+        break;
+      case Opt.INFO:
+      case Opt.GO: {
+        const req = decodeInfoRequest(data);
+        if (!req) {
+          fail(option, Rep.ERR_INVALID, "Malformed NBD_OPT_INFO/GO data");
+          break;
+        }
+        const exp = lookup.findExport(req.name);
+        if (!exp || exp.shuttingDown) {
+          fail(option, Rep.ERR_UNKNOWN, `Export '${req.name}' not present`);
+          break;
+        }
+        const sizes = exp.blockSizes();
+        if (option === Opt.GO && sizes.minimum > 1 && !req.infos.includes(Info.BLOCK_SIZE)) {
+          fail(
+            option,
+            Rep.ERR_BLOCK_SIZE_REQD,
+            `Export '${req.name}' needs requests aligned to ${sizes.minimum} bytes`,
+          );
+          break;
+        }
+        if (req.infos.includes(Info.NAME)) {
+          reply(option, Rep.INFO, encodeInfoString(Info.NAME, exp.name));
+        }
+        if (req.infos.includes(Info.DESCRIPTION) && exp.description) {
+          reply(option, Rep.INFO, encodeInfoString(Info.DESCRIPTION, exp.description));
+        }
+        reply(option, Rep.INFO, encodeInfoBlockSize(sizes));
+        reply(option, Rep.INFO, encodeInfoExport(exp.size(), exp.transmissionFlags(structured)));
+        reply(option, Rep.ACK);
+        if (option === Opt.GO) {
+          if (contextsFor !== req.name) contexts = [];
+          return { exp, structured, contexts };
+        }
+        break;
+      }
+      case Opt.LIST_META_CONTEXT:
+      case Opt.SET_META_CONTEXT: {
+        if (!structured) {
+          fail(option, Rep.ERR_INVALID, "Metadata contexts need structured replies first");
+          break;
+        }
+        const req = decodeMetaContextRequest(data);
+        if (!req) {
+          fail(option, Rep.ERR_INVALID, "Malformed metadata context request");
+          break;
+        }
+        const exp = lookup.findExport(req.name);
+        if (!exp || exp.shuttingDown) {
+          fail(option, Rep.ERR_UNKNOWN, `Export '${req.name}' not present`);
+          break;
+        }
+        const list = option === Opt.LIST_META_CONTEXT;
+        const chosen = selectContexts(req.queries, list);
+        if (!list) {
+          contexts = chosen;
+          contextsFor = req.name;
+        }
+        for (const c of chosen) {
+          reply(option, Rep.META_CONTEXT, encodeMetaContextReply(c.id, c.name));
+        }
+        reply(option, Rep.ACK);
+        break;
+      }
+      default:
+        fail(option, Rep.ERR_UNSUP, `Option ${option} is not supported`);
+    }
+  }
+}

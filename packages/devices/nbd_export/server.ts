@@ -1,0 +1,221 @@
+/**
+ * The NBD server: listens on TCP or a unix socket, serves its exports to clients through the
+ * fixed newstyle handshake, and limits how many clients it serves at once. Shaped for the
+ * QMP monitor: `nbd-server-start` is {@link NbdServer.start}, `nbd-server-stop` is
+ * {@link NbdServer.stop}, `block-export-add`/`-del` are {@link NbdServer.addExport} and
+ * {@link NbdServer.deleteExport}, `query-block-exports` is {@link NbdServer.queryExports}.
+ *
+ * @module
+ */
+
+import { BlockError, type Graph } from "@blockgraph/core";
+import { ServerConnection } from "./connection.ts";
+import { type BlockExportAddArgs, type BlockExportInfo, NbdExport } from "./export.ts";
+import type { ExportLookup } from "./handshake.ts";
+
+/** Where the server listens (QEMU's SocketAddress, flattened). */
+export type NbdServerAddress =
+  | { type: "inet"; host: string; port: number | string }
+  | { type: "unix"; path: string };
+
+/** Options of {@link NbdServer}. */
+export interface NbdServerOptions {
+  /** Where to listen. Port 0 picks a free port; {@link NbdServer.address} tells which. */
+  addr: NbdServerAddress;
+  /** The most clients served at once (0: no limit). Further clients wait to be accepted. */
+  maxConnections?: number;
+}
+
+/** An NBD server and the exports it serves. */
+export class NbdServer implements ExportLookup {
+  readonly #options: NbdServerOptions;
+  #listener: Deno.Listener | null = null;
+  readonly #exports = new Map<string, NbdExport>();
+  readonly #connections = new Set<ServerConnection>();
+  #acceptLoop: Promise<void> | null = null;
+  #slotWaiter: (() => void) | null = null;
+  #stopping = false;
+
+  /** Creates a server; {@link NbdServer.start} starts listening. */
+  constructor(options: NbdServerOptions) {
+    this.#options = options;
+  }
+
+  /**
+   * Starts listening and serving (nbd-server-start).
+   *
+   * @example
+   * ```ts
+   * import { Graph } from "@blockgraph/core";
+   * import { defaultRegistry } from "@blockgraph/drivers";
+   * import { NbdServer } from "@blockgraph/devices";
+   * const graph = new Graph({ registry: defaultRegistry() });
+   * const node = await graph.open({ driver: "memory", size: 65536, "node-name": "disk0" }, "doc");
+   * const server = new NbdServer({ addr: { type: "inet", host: "127.0.0.1", port: 0 } });
+   * server.start();
+   * await server.addExport(graph, { id: "e0", "node-name": "disk0", writable: true });
+   * console.assert(server.queryExports()[0]!.id === "e0");
+   * await server.stop();
+   * await node.unref("doc");
+   * await graph.closeAll();
+   * ```
+   */
+  start(): void {
+    if (this.#listener) throw new BlockError("EBUSY", "NBD server already running");
+    const a = this.#options.addr;
+    if (a.type === "inet") {
+      const port = typeof a.port === "string" ? Number(a.port) : a.port;
+      if (!Number.isInteger(port) || port < 0 || port > 65535) {
+        throw new BlockError("EINVAL", `Invalid port '${a.port}'`);
+      }
+      this.#listener = Deno.listen({ hostname: a.host, port, transport: "tcp" });
+    } else {
+      this.#listener = Deno.listen({ path: a.path, transport: "unix" });
+    }
+    this.#stopping = false;
+    this.#acceptLoop = this.#accept(this.#listener);
+  }
+
+  /** Whether the server is listening. */
+  get running(): boolean {
+    return this.#listener !== null;
+  }
+
+  /** The bound address: the real port for TCP (useful after port 0), or the socket path. */
+  get address(): NbdServerAddress {
+    const l = this.#listener;
+    if (!l) throw new BlockError("EINVAL", "NBD server not running");
+    const a = l.addr;
+    if (a.transport === "tcp") return { type: "inet", host: a.hostname, port: a.port };
+    if (a.transport === "unix") return { type: "unix", path: a.path };
+    throw new BlockError("EINVAL", `Unexpected listener transport '${a.transport}'`);
+  }
+
+  /** How many clients are connected. */
+  get connectionCount(): number {
+    return this.#connections.size;
+  }
+
+  async #accept(listener: Deno.Listener): Promise<void> {
+    const max = this.#options.maxConnections ?? 0;
+    for (;;) {
+      if (max > 0 && this.#connections.size >= max) {
+        await new Promise<void>((r) => (this.#slotWaiter = r));
+        if (this.#stopping) return;
+      }
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        return;
+      }
+      if (this.#stopping) {
+        conn.close();
+        return;
+      }
+      if (conn.localAddr.transport === "tcp") {
+        try {
+          (conn as Deno.TcpConn).setNoDelay(true);
+        } catch {
+          // A connection reset before we got to it: its handshake will fail.
+        }
+      }
+      const c = new ServerConnection(conn, this);
+      this.#connections.add(c);
+      void c.run().then(() => {
+        this.#connections.delete(c);
+        const w = this.#slotWaiter;
+        this.#slotWaiter = null;
+        w?.();
+      });
+    }
+  }
+
+  /**
+   * Stops listening and ends every connection once its requests in flight are answered
+   * (nbd-server-stop). Exports are deleted too, as QEMU deletes NBD exports with the server.
+   */
+  async stop(): Promise<void> {
+    const listener = this.#listener;
+    if (!listener) return;
+    this.#stopping = true;
+    this.#listener = null;
+    listener.close();
+    const w = this.#slotWaiter;
+    this.#slotWaiter = null;
+    w?.();
+    await this.#acceptLoop;
+    await Promise.all([...this.#exports.values()].map((e) => e.delete()));
+    const conns = [...this.#connections];
+    for (const c of conns) c.close();
+    await Promise.all(conns.map((c) => c.closed));
+    const a = this.#options.addr;
+    if (a.type === "unix") await Deno.remove(a.path).catch(() => {});
+  }
+
+  /** Serves `exp`; refuses a second export with the same id or name. */
+  serveExport(exp: NbdExport): void {
+    for (const e of this.#exports.values()) {
+      if (e.id === exp.id) {
+        throw new BlockError("EEXIST", `Block export id '${exp.id}' is already in use`);
+      }
+      if (e.name === exp.name) {
+        throw new BlockError("EEXIST", `NBD server already has export named '${exp.name}'`);
+      }
+    }
+    this.#exports.set(exp.id, exp);
+    exp.onDeleted(() => {
+      if (this.#exports.get(exp.id) === exp) this.#exports.delete(exp.id);
+    });
+  }
+
+  /** block-export-add: exports node `node-name` under its own Backend. */
+  async addExport(graph: Graph, args: BlockExportAddArgs): Promise<NbdExport> {
+    if (!this.#listener) throw new BlockError("EINVAL", "NBD server not running");
+    if (this.#exports.has(args.id)) {
+      throw new BlockError("EEXIST", `Block export id '${args.id}' is already in use`);
+    }
+    const exp = await NbdExport.fromNode(graph, args);
+    try {
+      this.serveExport(exp);
+    } catch (e) {
+      await exp.delete();
+      throw e;
+    }
+    return exp;
+  }
+
+  /**
+   * block-export-del: deletes the export with `id`. Without `force` an export with clients
+   * is refused (QEMU's mode=safe); with it the clients are disconnected (mode=hard).
+   */
+  async deleteExport(id: string, force = false): Promise<void> {
+    const exp = this.#exports.get(id);
+    if (!exp) throw new BlockError("ENOENT", `Export '${id}' is not found`);
+    if (!force && exp.clientCount > 0) {
+      throw new BlockError("EBUSY", `export '${id}' still in use`);
+    }
+    await exp.delete();
+  }
+
+  /** The export called `name`, if served. */
+  findExport(name: string): NbdExport | undefined {
+    for (const e of this.#exports.values()) if (e.name === name) return e;
+    return undefined;
+  }
+
+  /** The export with `id`, if served. */
+  exportById(id: string): NbdExport | undefined {
+    return this.#exports.get(id);
+  }
+
+  /** Every export served. */
+  exports(): NbdExport[] {
+    return [...this.#exports.values()];
+  }
+
+  /** query-block-exports. */
+  queryExports(): BlockExportInfo[] {
+    return this.exports().map((e) => e.info());
+  }
+}

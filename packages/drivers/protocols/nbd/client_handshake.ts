@@ -1,0 +1,169 @@
+/**
+ * The client's side of the fixed newstyle handshake: structured replies, the
+ * `base:allocation` metadata context, and NBD_OPT_GO with block size information, falling
+ * back to NBD_OPT_EXPORT_NAME for servers that know no GO.
+ *
+ * @module
+ */
+
+import { BlockError } from "@blockgraph/core";
+import {
+  decodeGreeting,
+  decodeMetaContextReply,
+  decodeOptionReplyHeader,
+  encodeInfoRequest,
+  encodeMetaContextRequest,
+  encodeOption,
+  fromUtf8,
+  getU64,
+  OPTION_REPLY_SIZE,
+  viewOf,
+} from "./codec.ts";
+import {
+  ClientFlags,
+  HandshakeFlags,
+  Info,
+  META_BASE_ALLOCATION,
+  NBD_MAX_BUFFER_SIZE,
+  Opt,
+  Rep,
+  REP_ERR,
+} from "./constants.ts";
+import type { WireReader, WireWriter } from "./wire_io.ts";
+
+/** What the client learned about the export. */
+export interface ExportInfo {
+  /** The size in bytes. */
+  size: number;
+  /** The transmission flags. */
+  flags: number;
+  /** Whether structured replies are on. */
+  structured: boolean;
+  /** The id of `base:allocation`, or null when the server offers none. */
+  baseAllocationId: number | null;
+  /** The minimum block size (request alignment). */
+  minBlock: number;
+  /** The preferred block size. */
+  preferredBlock: number;
+  /** The largest request payload. */
+  maxBlock: number;
+}
+
+const MAX_REPLY = 64 * 1024;
+
+async function readReply(
+  reader: WireReader,
+  option: number,
+): Promise<{ type: number; data: Uint8Array }> {
+  const head = await reader.readBytes(OPTION_REPLY_SIZE);
+  const h = decodeOptionReplyHeader(head);
+  if (h.option !== option) {
+    throw new BlockError("EIO", `The NBD server answered option ${h.option} to option ${option}`);
+  }
+  if (h.length > MAX_REPLY) throw new BlockError("EIO", "The NBD server sent an oversized reply");
+  return { type: h.type, data: await reader.readBytes(h.length) };
+}
+
+function replyError(what: string, type: number, data: Uint8Array): BlockError {
+  let text = "";
+  try {
+    text = fromUtf8(data);
+  } catch {
+    text = "";
+  }
+  const code = type === Rep.ERR_UNKNOWN ? "ENOENT" : type === Rep.ERR_UNSUP ? "ENOTSUP" : "EIO";
+  const why = type === Rep.ERR_UNKNOWN ? "Requested export not available" : `${what} failed`;
+  return new BlockError(code, text ? `${why}: ${text}` : why);
+}
+
+/** Runs the handshake for export `name`; throws a BlockError the user can act on. */
+export async function clientHandshake(
+  reader: WireReader,
+  writer: WireWriter,
+  name: string,
+): Promise<ExportInfo> {
+  const serverFlags = decodeGreeting(await reader.readBytes(18));
+  const fixed = (serverFlags & HandshakeFlags.FIXED_NEWSTYLE) !== 0;
+  const noZeroes = (serverFlags & HandshakeFlags.NO_ZEROES) !== 0;
+  const clientFlags = new Uint8Array(4);
+  viewOf(clientFlags).setUint32(
+    0,
+    (fixed ? ClientFlags.FIXED_NEWSTYLE : 0) | (noZeroes ? ClientFlags.NO_ZEROES : 0),
+  );
+  writer.copy(clientFlags);
+  const info: ExportInfo = {
+    size: 0,
+    flags: 0,
+    structured: false,
+    baseAllocationId: null,
+    minBlock: 1,
+    preferredBlock: 4096,
+    maxBlock: NBD_MAX_BUFFER_SIZE,
+  };
+  if (fixed) {
+    writer.copy(encodeOption(Opt.STRUCTURED_REPLY));
+    const sr = await readReply(reader, Opt.STRUCTURED_REPLY);
+    info.structured = sr.type === Rep.ACK;
+    if (info.structured) {
+      writer.copy(
+        encodeOption(Opt.SET_META_CONTEXT, encodeMetaContextRequest(name, [META_BASE_ALLOCATION])),
+      );
+      for (;;) {
+        const r = await readReply(reader, Opt.SET_META_CONTEXT);
+        if (r.type === Rep.META_CONTEXT) {
+          const c = decodeMetaContextReply(r.data);
+          if (c.name === META_BASE_ALLOCATION) info.baseAllocationId = c.id;
+          continue;
+        }
+        if (r.type === Rep.ERR_UNKNOWN) {
+          throw replyError("NBD_OPT_SET_META_CONTEXT", r.type, r.data);
+        }
+        break;
+      }
+    }
+    writer.copy(encodeOption(Opt.GO, encodeInfoRequest(name, [Info.BLOCK_SIZE])));
+    for (;;) {
+      const r = await readReply(reader, Opt.GO);
+      if (r.type === Rep.INFO && r.data.length >= 2) {
+        const v = viewOf(r.data);
+        const type = v.getUint16(0);
+        if (type === Info.EXPORT && r.data.length >= 12) {
+          info.size = getU64(v, 2);
+          info.flags = v.getUint16(10);
+        } else if (type === Info.BLOCK_SIZE && r.data.length >= 14) {
+          info.minBlock = v.getUint32(2);
+          info.preferredBlock = v.getUint32(6);
+          info.maxBlock = v.getUint32(10);
+        }
+        continue;
+      }
+      if (r.type === Rep.ACK) return checked(info);
+      if (r.type === Rep.ERR_UNSUP) break;
+      if (r.type & REP_ERR) throw replyError("NBD_OPT_GO", r.type, r.data);
+    }
+  }
+  // Servers without NBD_OPT_GO: the old way, which ends the connection on an unknown name.
+  writer.copy(encodeOption(Opt.EXPORT_NAME, new TextEncoder().encode(name)));
+  let reply: Uint8Array;
+  try {
+    reply = await reader.readBytes(noZeroes ? 10 : 134);
+  } catch {
+    throw new BlockError("ENOENT", "Requested export not available");
+  }
+  const v = viewOf(reply);
+  info.size = getU64(v, 0);
+  info.flags = v.getUint16(8);
+  return checked(info);
+}
+
+function checked(info: ExportInfo): ExportInfo {
+  if (!Number.isSafeInteger(info.size)) {
+    throw new BlockError("EIO", "The NBD export is too large for this client");
+  }
+  const pow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
+  if (!pow2(info.minBlock) || info.minBlock > 65536 || info.maxBlock < info.minBlock) {
+    throw new BlockError("EIO", `The NBD server sent invalid block sizes (min ${info.minBlock})`);
+  }
+  info.maxBlock = Math.min(info.maxBlock, NBD_MAX_BUFFER_SIZE);
+  return info;
+}

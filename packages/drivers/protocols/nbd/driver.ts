@@ -1,0 +1,220 @@
+/**
+ * The `nbd` protocol driver: a node whose data lives in an NBD export. Filenames
+ * `nbd://host:port/name` and `nbd+unix:///name?socket=PATH`; options `server.type`,
+ * `server.host`, `server.port`, `server.path`, `export` and `reconnect-delay`, as QEMU's.
+ *
+ * @module
+ */
+
+import {
+  type BlockDriver,
+  BlockError,
+  type BlockLimits,
+  type BlockStatus,
+  BlockStatusFlags,
+  type DriverInstance,
+  type IoVector,
+  type Node,
+  type OpenContext,
+  type OptionValues,
+  ReqFlags,
+} from "@blockgraph/core";
+import { NbdClient } from "./client.ts";
+import { Cmd, CmdFlags, StateFlags, TransmissionFlags } from "./constants.ts";
+import { nbdFilename, parseNbdFilename } from "./filename.ts";
+
+/** Requests for more than this are split; lengths on the wire are 32-bit. */
+const MAX_U32_REQUEST = 2 ** 31;
+
+/** An open `nbd` node: a client connection to one export. */
+export class NbdInstance implements DriverInstance {
+  /** Alignment and transfer size from the server's block size information. */
+  readonly limits: Partial<BlockLimits>;
+  /** FUA when the server takes it. */
+  readonly supportedWriteFlags: number;
+  /** FUA when the server takes it; MAY_UNMAP decides NBD_CMD_FLAG_NO_HOLE. */
+  readonly supportedZeroFlags: number;
+  /** The connection. */
+  readonly client: NbdClient;
+  readonly #node: Node;
+
+  /** Wraps a connected client for `node`. */
+  constructor(node: Node, client: NbdClient) {
+    this.#node = node;
+    this.client = client;
+    const info = client.info;
+    const align = info.minBlock;
+    const big = Math.floor(MAX_U32_REQUEST / align) * align;
+    this.limits = {
+      requestAlignment: align,
+      maxTransfer: Math.floor(info.maxBlock / align) * align,
+      optTransfer: info.preferredBlock,
+      maxPwriteZeroes: big,
+      maxPdiscard: big,
+    };
+    const fua = info.flags & TransmissionFlags.SEND_FUA ? ReqFlags.FUA : 0;
+    this.supportedWriteFlags = fua;
+    this.supportedZeroFlags = fua | ReqFlags.MAY_UNMAP;
+  }
+
+  #has(flag: number): boolean {
+    return (this.client.info.flags & flag) !== 0;
+  }
+
+  /** The export's size. */
+  getLength(): number {
+    return this.client.info.size;
+  }
+
+  /** NBD_CMD_READ. */
+  async preadv(offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
+    await this.client.request(Cmd.READ, 0, offset, bytes, qiov, qiovOffset);
+  }
+
+  /** NBD_CMD_WRITE, with NBD_CMD_FLAG_FUA for FUA writes. */
+  async pwritev(
+    offset: number,
+    bytes: number,
+    qiov: IoVector,
+    qiovOffset: number,
+    flags: number,
+  ): Promise<void> {
+    const f = flags & ReqFlags.FUA ? CmdFlags.FUA : 0;
+    await this.client.request(Cmd.WRITE, f, offset, bytes, qiov, qiovOffset);
+  }
+
+  /** NBD_CMD_WRITE_ZEROES (NO_HOLE unless MAY_UNMAP); ENOTSUP when the server has none. */
+  async pwriteZeroes(offset: number, bytes: number, flags: number): Promise<void> {
+    if (!this.#has(TransmissionFlags.SEND_WRITE_ZEROES)) {
+      throw new BlockError("ENOTSUP", "The NBD server does not support write zeroes");
+    }
+    let f = flags & ReqFlags.FUA ? CmdFlags.FUA : 0;
+    if (!(flags & ReqFlags.MAY_UNMAP)) f |= CmdFlags.NO_HOLE;
+    await this.client.request(Cmd.WRITE_ZEROES, f, offset, bytes, null, 0);
+  }
+
+  /** NBD_CMD_TRIM when the server takes it; otherwise nothing (discard is a hint). */
+  async pdiscard(offset: number, bytes: number): Promise<void> {
+    if (!this.#has(TransmissionFlags.SEND_TRIM)) return;
+    await this.client.request(Cmd.TRIM, 0, offset, bytes, null, 0);
+  }
+
+  /** NBD_CMD_FLUSH when the server takes it. */
+  async flush(): Promise<void> {
+    if (!this.#has(TransmissionFlags.SEND_FLUSH)) return;
+    await this.client.request(Cmd.FLUSH, 0, 0, 0, null, 0);
+  }
+
+  /**
+   * `base:allocation` status of the range (one extent, NBD_CMD_FLAG_REQ_ONE): HOLE clears
+   * DATA, ZERO sets ZERO. Without the context everything is data.
+   */
+  async blockStatus(_wantZero: boolean, offset: number, bytes: number): Promise<BlockStatus> {
+    const map = { map: offset, file: this.#node };
+    if (this.client.info.baseAllocationId === null) {
+      return { status: BlockStatusFlags.DATA | BlockStatusFlags.OFFSET_VALID, pnum: bytes, ...map };
+    }
+    const len = Math.min(bytes, MAX_U32_REQUEST);
+    const e = await this.client.request(Cmd.BLOCK_STATUS, CmdFlags.REQ_ONE, offset, len, null, 0);
+    if (!e || e.length === 0) {
+      throw new BlockError("EIO", "The NBD server answered block status with an empty extent");
+    }
+    let pnum = Math.min(e.length, len);
+    const align = this.client.info.minBlock;
+    if (pnum >= align) pnum -= pnum % align;
+    const status = (e.flags & StateFlags.HOLE ? 0 : BlockStatusFlags.DATA) |
+      (e.flags & StateFlags.ZERO ? BlockStatusFlags.ZERO : 0) | BlockStatusFlags.OFFSET_VALID;
+    return { status, pnum, ...map };
+  }
+
+  /** Disconnects (NBD_CMD_DISC). */
+  close(): Promise<void> {
+    return this.client.close();
+  }
+}
+
+function dialer(
+  options: OptionValues,
+): { dial: () => Promise<Deno.Conn>; server: Parameters<typeof nbdFilename>[0] } {
+  const type = options["server.type"] as string | undefined;
+  if (type === "unix") {
+    const path = options["server.path"];
+    if (typeof path !== "string") {
+      throw new BlockError("EINVAL", "Parameter 'server.path' is missing");
+    }
+    return {
+      dial: () => Deno.connect({ transport: "unix", path }),
+      server: { type: "unix", path },
+    };
+  }
+  if (type !== "inet") throw new BlockError("EINVAL", "Parameter 'server.type' is missing");
+  const host = options["server.host"];
+  if (typeof host !== "string") {
+    throw new BlockError("EINVAL", "Parameter 'server.host' is missing");
+  }
+  const port = (options["server.port"] as string | undefined) ?? "10809";
+  const p = Number(port);
+  if (!Number.isInteger(p) || p <= 0 || p > 65535) {
+    throw new BlockError("EINVAL", `Invalid port '${port}'`);
+  }
+  return {
+    dial: async () => {
+      const c = await Deno.connect({ hostname: host, port: p, transport: "tcp" });
+      c.setNoDelay(true);
+      return c;
+    },
+    server: { type: "inet", host, port },
+  };
+}
+
+/**
+ * The `nbd` driver.
+ *
+ * @example
+ * ```ts
+ * import { nbdDriver } from "@blockgraph/drivers";
+ * const o = nbdDriver.parseFilename!("nbd://127.0.0.1:10809/disk");
+ * console.assert(o["server.host"] === "127.0.0.1" && o.export === "disk");
+ * ```
+ */
+export const nbdDriver: BlockDriver = {
+  name: "nbd",
+  kind: "protocol",
+  protocolPrefix: "nbd",
+  options: {
+    "server.type": { type: "enum", description: "address type", values: ["inet", "unix"] },
+    "server.host": { type: "string", description: "host name or address (inet)" },
+    "server.port": { type: "string", description: "port (inet, default 10809)" },
+    "server.path": { type: "string", description: "socket path (unix)" },
+    export: { type: "string", description: "name of the NBD export to open", default: "" },
+    "reconnect-delay": {
+      type: "int",
+      description: "seconds to keep reconnecting after the connection is lost",
+      default: 0,
+    },
+  },
+  parseFilename: parseNbdFilename,
+  async open(ctx: OpenContext, options: OptionValues): Promise<DriverInstance> {
+    const { dial, server } = dialer(options);
+    const name = options.export as string;
+    const delay = options["reconnect-delay"] as number;
+    if (delay < 0) {
+      throw new BlockError("EINVAL", "Parameter 'reconnect-delay' must not be negative");
+    }
+    const describe = nbdFilename(server, name);
+    const client = await NbdClient.connect({
+      dial,
+      exportName: name,
+      reconnectDelay: delay,
+      describe,
+    });
+    if (client.info.flags & TransmissionFlags.READ_ONLY && !ctx.readOnly) {
+      if (!ctx.fallBackToReadOnly()) {
+        await client.close();
+        throw new BlockError("EACCES", "NBD export does not accept writes");
+      }
+    }
+    ctx.node.filename = describe;
+    return new NbdInstance(ctx.node, client);
+  },
+};

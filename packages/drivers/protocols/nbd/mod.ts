@@ -1,0 +1,21 @@
+/**
+ * NBD: the wire codec and socket I/O shared by the `nbd` protocol driver (the client, here)
+ * and the NBD export (the server, in `@blockgraph/devices`).
+ *
+ * @module
+ */
+
+export * from "./constants.ts";
+export * from "./codec.ts";
+export { fromNbdErrno, NbdErrno, toNbdErrno } from "./errno.ts";
+export {
+  type ReadableConn,
+  UnexpectedEof,
+  WireReader,
+  WireWriter,
+  type WritableConn,
+} from "./wire_io.ts";
+export { type ClientConn, NbdClient, type NbdClientOptions, type StatusExtent } from "./client.ts";
+export { clientHandshake, type ExportInfo } from "./client_handshake.ts";
+export { nbdDriver, NbdInstance } from "./driver.ts";
+export { nbdFilename, parseNbdFilename } from "./filename.ts";

@@ -1,0 +1,255 @@
+/**
+ * Buffered socket I/O for NBD, shared by the server and the client: a reader that parses
+ * headers straight out of one receive buffer and reads large payloads directly into their
+ * destination, and a writer that coalesces every message queued while a write is in flight
+ * into the next single socket write.
+ *
+ * @module
+ */
+
+/** What the reader needs of a connection. */
+export interface ReadableConn {
+  /** Reads into `p`; resolves to the byte count, or null at end of stream. */
+  read(p: Uint8Array): Promise<number | null>;
+}
+
+/** What the writer needs of a connection. */
+export interface WritableConn {
+  /** Writes some of `p`; resolves to the byte count written. */
+  write(p: Uint8Array): Promise<number>;
+}
+
+/** The peer closed the stream in the middle of a message. */
+export class UnexpectedEof extends Error {
+  /** Creates the error. */
+  constructor() {
+    super("The connection was closed in the middle of a message");
+    this.name = "UnexpectedEof";
+  }
+}
+
+/**
+ * A receive buffer over a connection. Callers look at `buf[pos..pos+available)` after
+ * {@link WireReader.need} and advance with {@link WireReader.consume}.
+ */
+export class WireReader {
+  /** The receive buffer. */
+  readonly buf: Uint8Array;
+  /** A DataView over the receive buffer. */
+  readonly view: DataView;
+  /** Where unread data begins. */
+  pos = 0;
+  #end = 0;
+  readonly #conn: ReadableConn;
+
+  /** Creates a reader with a receive buffer of `size` bytes. */
+  constructor(conn: ReadableConn, size = 256 * 1024) {
+    this.#conn = conn;
+    this.buf = new Uint8Array(size);
+    this.view = new DataView(this.buf.buffer);
+  }
+
+  /** How many unread bytes are buffered. */
+  get available(): number {
+    return this.#end - this.pos;
+  }
+
+  /**
+   * Makes at least `n` bytes (at most the buffer size) available. Resolves false at a clean
+   * end of stream before any of them arrived; throws {@link UnexpectedEof} when the stream
+   * ends part way.
+   */
+  async need(n: number): Promise<boolean> {
+    if (this.#end - this.pos >= n) return true;
+    if (this.buf.length - this.pos < n) {
+      this.buf.copyWithin(0, this.pos, this.#end);
+      this.#end -= this.pos;
+      this.pos = 0;
+    }
+    while (this.#end - this.pos < n) {
+      const got = await this.#conn.read(this.buf.subarray(this.#end));
+      if (got === null || got === 0) {
+        if (this.#end === this.pos) return false;
+        throw new UnexpectedEof();
+      }
+      this.#end += got;
+    }
+    return true;
+  }
+
+  /** Skips `n` buffered bytes. */
+  consume(n: number): void {
+    this.pos += n;
+    if (this.pos === this.#end) this.pos = this.#end = 0;
+  }
+
+  /** Reads exactly `dst.length` bytes: the buffered ones first, then straight from the socket. */
+  async readInto(dst: Uint8Array): Promise<void> {
+    const have = Math.min(this.available, dst.length);
+    dst.set(this.buf.subarray(this.pos, this.pos + have));
+    this.consume(have);
+    let at = have;
+    while (at < dst.length) {
+      const got = await this.#conn.read(dst.subarray(at));
+      if (got === null || got === 0) throw new UnexpectedEof();
+      at += got;
+    }
+  }
+
+  /** Reads exactly `n` bytes into a new buffer (for the handshake, not the hot path). */
+  async readBytes(n: number): Promise<Uint8Array> {
+    const out = new Uint8Array(n);
+    await this.readInto(out);
+    return out;
+  }
+
+  /** Reads and drops `n` bytes. */
+  async skip(n: number): Promise<void> {
+    while (n > 0) {
+      if (!(await this.need(1))) throw new UnexpectedEof();
+      const k = Math.min(n, this.available);
+      this.consume(k);
+      n -= k;
+    }
+  }
+}
+
+/** Messages at least this long are written from the caller's buffer instead of copied. */
+const LARGE = 64 * 1024;
+
+interface Pending {
+  data: Uint8Array;
+  done: (() => void) | null;
+}
+
+/**
+ * A send queue over a connection. Small messages are built in (or copied into) a staging
+ * buffer, so the caller's buffers are free at once; large ones are written from the caller's
+ * buffer, which it gets back when the returned promise settles. Everything queued while a
+ * write is in flight goes out together in the next write, in order.
+ */
+export class WireWriter {
+  readonly #conn: WritableConn;
+  readonly #stageSize: number;
+  /** The staging buffer messages are built in; valid until the caller's task ends. */
+  buf: Uint8Array;
+  /** A DataView over {@link WireWriter.buf}. */
+  view: DataView;
+  #used = 0;
+  readonly #spares: Uint8Array[] = [];
+  readonly #queue: Pending[] = [];
+  #running = false;
+  #failed: Error | null = null;
+  readonly #onError: (e: Error) => void;
+  #idleWaiters: (() => void)[] = [];
+
+  /** Creates a writer; `onError` hears about the first failed write (the peer went away). */
+  constructor(conn: WritableConn, onError: (e: Error) => void = () => {}, stageSize = 256 * 1024) {
+    this.#conn = conn;
+    this.#onError = onError;
+    this.#stageSize = stageSize;
+    this.buf = new Uint8Array(stageSize);
+    this.view = new DataView(this.buf.buffer);
+  }
+
+  /** The error that stopped the writer, if any. */
+  get failed(): Error | null {
+    return this.#failed;
+  }
+
+  /**
+   * Reserves `n` bytes (at most the staging size) of {@link WireWriter.buf} and returns their
+   * offset; the caller fills them before it next awaits, and they go out with the next write.
+   */
+  claim(n: number): number {
+    if (this.#used + n > this.buf.length) this.#sealStage();
+    const at = this.#used;
+    this.#used += n;
+    this.#kick();
+    return at;
+  }
+
+  /** Queues a copy of `data`. */
+  copy(data: Uint8Array): void {
+    if (data.length >= LARGE) {
+      this.#sealStage();
+      this.#queue.push({ data: data.slice(), done: null });
+      this.#kick();
+      return;
+    }
+    const at = this.claim(data.length);
+    this.buf.set(data, at);
+  }
+
+  /**
+   * Queues `data`, without copying when it is large; resolves when the caller may reuse it
+   * (at once for small data, after the write for large data, or when the writer failed).
+   */
+  send(data: Uint8Array): Promise<void> | null {
+    if (data.length < LARGE) {
+      const at = this.claim(data.length);
+      this.buf.set(data, at);
+      return null;
+    }
+    if (this.#failed) return null;
+    this.#sealStage();
+    return new Promise((resolve) => {
+      this.#queue.push({ data, done: resolve });
+      this.#kick();
+    });
+  }
+
+  /** Resolves once everything queued so far has been written (or the writer failed). */
+  idle(): Promise<void> {
+    if (!this.#running && this.#used === 0 && this.#queue.length === 0) {
+      return Promise.resolve();
+    }
+    return new Promise((r) => this.#idleWaiters.push(r));
+  }
+
+  #sealStage(): void {
+    if (this.#used === 0) return;
+    this.#queue.push({ data: this.buf.subarray(0, this.#used), done: null });
+    this.buf = this.#spares.pop() ?? new Uint8Array(this.#stageSize);
+    this.view = new DataView(this.buf.buffer);
+    this.#used = 0;
+  }
+
+  #kick(): void {
+    if (this.#running) return;
+    this.#running = true;
+    // Start after the current task, so replies completed together share one write.
+    queueMicrotask(() => void this.#run());
+  }
+
+  async #run(): Promise<void> {
+    for (;;) {
+      if (this.#queue.length === 0) this.#sealStage();
+      const item = this.#queue.shift();
+      if (!item) break;
+      if (!this.#failed) {
+        try {
+          await this.#writeAll(item.data);
+        } catch (e) {
+          this.#failed = e instanceof Error ? e : new Error(String(e));
+          this.#onError(this.#failed);
+        }
+      }
+      if (item.done) item.done();
+      else if (item.data.buffer.byteLength === this.#stageSize && this.#spares.length < 2) {
+        this.#spares.push(new Uint8Array(item.data.buffer));
+      }
+    }
+    this.#running = false;
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  async #writeAll(data: Uint8Array): Promise<void> {
+    let at = 0;
+    while (at < data.length) {
+      at += await this.#conn.write(at === 0 ? data : data.subarray(at));
+    }
+  }
+}
