@@ -1,0 +1,384 @@
+/**
+ * The NBD server under abuse and lifecycle changes: malformed requests, read-only exports,
+ * clients that vanish, 64 clients at once, export deletion and medium removal, the
+ * connection limit, and the client's reconnection.
+ */
+import { type Backend, BlockError, Graph, type Node, Perm } from "@blockgraph/core";
+import { defaultRegistry, type NbdInstance } from "@blockgraph/drivers";
+import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/drivers/conformance";
+import {
+  clientHandshake,
+  Cmd,
+  CmdFlags,
+  decodeOptionReplyHeader,
+  encodeInfoRequest,
+  encodeOption,
+  encodeRequest,
+  type ExportInfo,
+  newRequestHeader,
+  Opt,
+  Rep,
+  ReplyType,
+  WireReader,
+  WireWriter,
+} from "@blockgraph/drivers/nbd";
+import { NbdExport } from "./export.ts";
+import { NbdServer } from "./server.ts";
+
+const SIZE = 8 << 20;
+
+interface Fixture {
+  graph: Graph;
+  node: Node;
+  server: NbdServer;
+  sock: string;
+}
+
+async function withServer(
+  fn: (f: Fixture) => Promise<void>,
+  opts: { writable?: boolean; maxConnections?: number } = {},
+): Promise<void> {
+  const graph = new Graph({ registry: defaultRegistry() });
+  const node = await graph.open(
+    { driver: "memory", size: SIZE, discard: "unmap", "node-name": "disk" },
+    "test",
+  );
+  const dir = await Deno.makeTempDir({ prefix: "nbd-server-" });
+  const sock = `${dir}/nbd.sock`;
+  const server = new NbdServer({
+    addr: { type: "unix", path: sock },
+    maxConnections: opts.maxConnections ?? 0,
+  });
+  server.start();
+  await server.addExport(graph, {
+    id: "e0",
+    "node-name": "disk",
+    name: "disk",
+    writable: opts.writable ?? true,
+  });
+  try {
+    await fn({ graph, node, server, sock });
+  } finally {
+    await server.stop();
+    await node.unref("test");
+    await graph.closeAll();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+interface Raw {
+  conn: Deno.Conn;
+  reader: WireReader;
+  writer: WireWriter;
+  info: ExportInfo;
+}
+
+async function raw(sock: string, name = "disk"): Promise<Raw> {
+  const conn = await Deno.connect({ transport: "unix", path: sock });
+  const reader = new WireReader(conn);
+  const writer = new WireWriter(conn);
+  const info = await clientHandshake(reader, writer, name);
+  return { conn, reader, writer, info };
+}
+
+let cookie = 1;
+function send(
+  r: Raw,
+  type: number,
+  flags: number,
+  offset: number,
+  length: number,
+  data?: Uint8Array,
+) {
+  const h = newRequestHeader();
+  Object.assign(h, { type, flags, offset, length, cookieHi: 7, cookieLo: cookie++ });
+  encodeRequest(r.writer.view, r.writer.claim(28), h);
+  if (data) r.writer.copy(data);
+  return h.cookieLo;
+}
+
+/** Reads one structured chunk: its cookie, type, flags and payload. */
+async function chunk(
+  r: Raw,
+): Promise<{ cookie: number; type: number; flags: number; data: Uint8Array }> {
+  const head = await r.reader.readBytes(20);
+  const v = new DataView(head.buffer);
+  assertEquals(v.getUint32(0), 0x668e33ef, "structured reply magic");
+  assertEquals(v.getUint32(8), 7, "cookie high half echoed");
+  return {
+    cookie: v.getUint32(12),
+    type: v.getUint16(6),
+    flags: v.getUint16(4),
+    data: await r.reader.readBytes(v.getUint32(16)),
+  };
+}
+
+async function expectError(r: Raw, errno: number, what: string): Promise<void> {
+  const c = await chunk(r);
+  assertEquals(c.type, ReplyType.ERROR, `${what}: chunk type`);
+  assertEquals(new DataView(c.data.buffer).getUint32(0), errno, `${what}: error value`);
+}
+
+/** Whether the server closed the connection (a read sees the end of the stream). */
+async function closedByServer(r: Raw): Promise<boolean> {
+  try {
+    return !(await r.reader.need(1));
+  } catch {
+    return true;
+  }
+}
+
+Deno.test("NbdServer answers bad requests with the protocol's errors and keeps serving", async () => {
+  await withServer(async ({ sock }) => {
+    const r = await raw(sock);
+    send(r, 42, 0, 0, 0);
+    await expectError(r, 22, "unknown command");
+    send(r, Cmd.READ, 0, SIZE - 10, 11);
+    await expectError(r, 22, "read past the end");
+    send(r, Cmd.WRITE, 0, SIZE - 1, 2, new Uint8Array(2));
+    await expectError(r, 28, "write past the end");
+    send(r, Cmd.WRITE_ZEROES, 0, SIZE, 1);
+    await expectError(r, 28, "write zeroes past the end");
+    send(r, Cmd.READ, 0, 0, 33 << 20);
+    await expectError(r, 22, "read over the 32 MiB limit");
+    send(r, Cmd.READ, CmdFlags.REQ_ONE, 0, 512);
+    await expectError(r, 22, "a flag the command does not take");
+    send(r, Cmd.BLOCK_STATUS, 0, 0, 0);
+    await expectError(r, 22, "block status of nothing");
+    send(r, Cmd.WRITE, CmdFlags.FUA, 4096, 3, new Uint8Array([1, 2, 3]));
+    assertEquals((await chunk(r)).type, ReplyType.NONE, "a good write after the errors");
+    send(r, Cmd.READ, CmdFlags.DF, 4095, 5);
+    const c = await chunk(r);
+    assertEquals(c.type, ReplyType.OFFSET_DATA, "read with DF: one data chunk");
+    assertBytesEqual(c.data.subarray(8), new Uint8Array([0, 1, 2, 3, 0]), "data read back");
+    r.conn.close();
+  });
+});
+
+Deno.test("NbdServer sparse reads send holes and block status reports both contexts", async () => {
+  await withServer(async ({ sock, node }) => {
+    await node.write(65536, pattern(65536, 1));
+    const r = await raw(sock);
+    const id = send(r, Cmd.READ, 0, 0, 3 * 65536);
+    const types: number[] = [];
+    for (;;) {
+      const c = await chunk(r);
+      assertEquals(c.cookie, id, "cookie");
+      types.push(c.type);
+      if (c.flags & 1) break;
+    }
+    assertEquals(types.join(), "2,1,2", "hole, data, hole");
+    send(r, Cmd.BLOCK_STATUS, 0, 0, 3 * 65536);
+    const st = await chunk(r);
+    const v = new DataView(st.data.buffer);
+    assertEquals(st.type, ReplyType.BLOCK_STATUS, "block status chunk");
+    assertEquals(
+      [v.getUint32(4), v.getUint32(8), v.getUint32(12), v.getUint32(16)].join(),
+      "65536,3,65536,0",
+      "hole+zero then data",
+    );
+    r.conn.close();
+  });
+});
+
+Deno.test("NbdServer read-only exports refuse writes, trims and zeroes with EPERM", async () => {
+  await withServer(async ({ sock }) => {
+    const r = await raw(sock);
+    assert(r.info.flags & 2, "READ_ONLY advertised");
+    send(r, Cmd.WRITE, 0, 0, 4, new Uint8Array(4));
+    await expectError(r, 1, "write");
+    send(r, Cmd.TRIM, 0, 0, 4096);
+    await expectError(r, 1, "trim");
+    send(r, Cmd.WRITE_ZEROES, 0, 0, 4096);
+    await expectError(r, 1, "write zeroes");
+    send(r, Cmd.READ, 0, 0, 4096);
+    assertEquals((await chunk(r)).type, ReplyType.OFFSET_HOLE, "reads still work");
+    r.conn.close();
+  }, { writable: false });
+});
+
+Deno.test("NbdServer ends a connection on bad magic or an oversized write, serving others", async () => {
+  await withServer(async ({ sock }) => {
+    const good = await raw(sock);
+    const bad = await raw(sock);
+    bad.writer.copy(new Uint8Array(28).fill(0x41));
+    assert(await closedByServer(bad), "bad magic closes the connection");
+    const big = await raw(sock);
+    send(big, Cmd.WRITE, 0, 0, (32 << 20) + 1);
+    assert(await closedByServer(big), "a write over 32 MiB closes the connection");
+    send(good, Cmd.FLUSH, 0, 0, 0);
+    assertEquals((await chunk(good)).type, ReplyType.NONE, "the other client is served");
+    for (const r of [good, bad, big]) r.conn.close();
+  });
+});
+
+Deno.test("NbdServer loses no acknowledged write when a client vanishes mid-write", async () => {
+  await withServer(async ({ sock, node }) => {
+    const a = await raw(sock);
+    send(a, Cmd.WRITE, 0, 0, 4096, pattern(4096, 3));
+    assertEquals((await chunk(a)).type, ReplyType.NONE, "first write acknowledged");
+    send(a, Cmd.WRITE, 0, 8192, 65536);
+    a.writer.copy(pattern(1000, 4));
+    await a.writer.idle();
+    a.conn.close();
+    const b = await raw(sock);
+    send(b, Cmd.READ, 0, 0, 4096);
+    const c = await chunk(b);
+    assertBytesEqual(c.data.subarray(8), pattern(4096, 3), "acknowledged write kept");
+    const half = new Uint8Array(1000);
+    await node.read(8192, half);
+    assertBytesEqual(half, new Uint8Array(1000), "the half-sent write was not applied");
+    b.conn.close();
+  });
+});
+
+Deno.test("NbdServer serves 64 concurrent clients, each verifying its own region", async () => {
+  await withServer(async ({ sock }) => {
+    const graph = new Graph({ registry: defaultRegistry() });
+    const nodes = await Promise.all(
+      Array.from(
+        { length: 64 },
+        () =>
+          graph.open({ driver: "nbd", server: { type: "unix", path: sock }, export: "disk" }, "t"),
+      ),
+    );
+    const region = SIZE / 64;
+    await Promise.all(nodes.map(async (n, i) => {
+      for (let k = 0; k < 4; k++) await n.write(i * region + k * 4096, pattern(4096, i + k));
+      const got = new Uint8Array(4 * 4096);
+      await n.read(i * region, got);
+      for (let k = 0; k < 4; k++) {
+        assertBytesEqual(
+          got.subarray(k * 4096, (k + 1) * 4096),
+          pattern(4096, i + k),
+          `client ${i}`,
+        );
+      }
+    }));
+    for (const n of nodes) await n.unref("t");
+    await graph.closeAll();
+  });
+});
+
+Deno.test("NbdServer block-export-del ends connections and emits BLOCK_EXPORT_DELETED", async () => {
+  await withServer(async ({ graph, server, sock }) => {
+    const events: unknown[] = [];
+    graph.events.on("BLOCK_EXPORT_DELETED", (e) => events.push(e.data));
+    const r = await raw(sock);
+    let refused = "";
+    await server.deleteExport("e0").catch((e: BlockError) => (refused = e.code));
+    assertEquals(refused, "EBUSY", "safe delete of an export in use");
+    await server.deleteExport("e0", true);
+    assert(await closedByServer(r), "the client was disconnected");
+    assertEquals(JSON.stringify(events), JSON.stringify([{ id: "e0" }]), "event");
+    assertEquals(server.queryExports().length, 0, "export gone");
+    let code = "";
+    await raw(sock).catch((e: BlockError) => (code = e.code));
+    assertEquals(code, "ENOENT", "the export name is unknown now");
+    r.conn.close();
+  });
+});
+
+Deno.test("NbdExport goes away when the medium under it is removed (iotest 140)", async () => {
+  await withServer(async ({ graph, server, sock, node }) => {
+    const blk: Backend = graph.createBackend({ name: "drv", perm: Perm.CONSISTENT_READ });
+    await blk.insertRoot(node);
+    server.serveExport(new NbdExport({ id: "e1", name: "drv", backend: blk }));
+    const events: string[] = [];
+    graph.events.on("BLOCK_EXPORT_DELETED", (e) => events.push(String(e.data.id)));
+    const r = await raw(sock, "drv");
+    await blk.eject(true);
+    assert(await closedByServer(r), "client disconnected");
+    assertEquals(events.join(), "e1", "BLOCK_EXPORT_DELETED");
+    assertEquals(server.exportById("e1"), undefined, "export removed from the server");
+    r.conn.close();
+    await blk.unref();
+  });
+});
+
+Deno.test("NbdServer handshake: LIST, unknown exports, options out of order", async () => {
+  await withServer(async ({ sock }) => {
+    const conn = await Deno.connect({ transport: "unix", path: sock });
+    const reader = new WireReader(conn);
+    const writer = new WireWriter(conn);
+    await reader.readBytes(18);
+    writer.copy(new Uint8Array([0, 0, 0, 3]));
+    const reply = async () => {
+      const h = decodeOptionReplyHeader(await reader.readBytes(20));
+      await reader.readBytes(h.length);
+      return h.type;
+    };
+    writer.copy(encodeOption(Opt.LIST));
+    assertEquals([await reply(), await reply()].join(), `${Rep.SERVER},${Rep.ACK}`, "LIST");
+    writer.copy(encodeOption(Opt.SET_META_CONTEXT, new Uint8Array(8)));
+    assertEquals(await reply(), Rep.ERR_INVALID, "meta context before structured replies");
+    writer.copy(encodeOption(Opt.STRUCTURED_REPLY));
+    assertEquals(await reply(), Rep.ACK, "structured replies");
+    writer.copy(encodeOption(Opt.STRUCTURED_REPLY));
+    assertEquals(await reply(), Rep.ERR_INVALID, "structured replies twice");
+    writer.copy(encodeOption(Opt.INFO, encodeInfoRequest("nope", [])));
+    assertEquals(await reply(), Rep.ERR_UNKNOWN, "INFO of an unknown export");
+    writer.copy(encodeOption(Opt.STARTTLS));
+    assertEquals(await reply(), Rep.ERR_POLICY, "STARTTLS without TLS");
+    writer.copy(encodeOption(99, new Uint8Array(5)));
+    assertEquals(await reply(), Rep.ERR_UNSUP, "unknown option");
+    writer.copy(encodeOption(Opt.ABORT));
+    assertEquals(await reply(), Rep.ACK, "ABORT");
+    assertEquals(await reader.need(1).catch(() => false), false, "closed after ABORT");
+    conn.close();
+  });
+});
+
+Deno.test("NbdServer maxConnections holds further clients until one leaves", async () => {
+  await withServer(async ({ sock, server }) => {
+    const first = await raw(sock);
+    const second = raw(sock);
+    const early = await Promise.race([
+      second.then(() => "served"),
+      new Promise((r) => setTimeout(() => r("waiting"), 200)),
+    ]);
+    assertEquals(early, "waiting", "the second client waits");
+    first.conn.close();
+    const s = await second;
+    assertEquals(server.connectionCount, 1, "one connection");
+    s.conn.close();
+  }, { maxConnections: 1 });
+});
+
+Deno.test("nbd client reconnects within reconnect-delay and requests go through", async () => {
+  await withServer(async ({ sock }) => {
+    const graph = new Graph({ registry: defaultRegistry() });
+    const n = await graph.open(
+      { driver: "nbd", server: { type: "unix", path: sock }, export: "disk", "reconnect-delay": 5 },
+      "t",
+    );
+    const client = (n.instance as NbdInstance).client;
+    await n.write(0, pattern(4096, 9));
+    client.breakConnection();
+    const got = new Uint8Array(4096);
+    await n.read(0, got);
+    assertBytesEqual(got, pattern(4096, 9), "read after the reconnect");
+    assert(client.connected, "connected again");
+    await n.unref("t");
+    await graph.closeAll();
+  });
+});
+
+Deno.test("nbd client fails requests with EIO once the server is gone", async () => {
+  let node: Node | null = null;
+  const graph = new Graph({ registry: defaultRegistry() });
+  await withServer(async ({ sock, server }) => {
+    node = await graph.open(
+      { driver: "nbd", server: { type: "unix", path: sock }, export: "disk", "reconnect-delay": 1 },
+      "t",
+    );
+    await server.stop();
+  });
+  const started = Date.now();
+  let code = "";
+  await node!.read(0, new Uint8Array(512)).catch((e: BlockError) => (code = e.code));
+  assertEquals(code, "EIO", "read without a server");
+  assert(Date.now() - started < 3000, "failed within the reconnect delay");
+  await node!.unref("t");
+  await graph.closeAll();
+});
