@@ -3,7 +3,7 @@
  * clients that vanish, 64 clients at once, export deletion and medium removal, the
  * connection limit, and the client's reconnection.
  */
-import { type Backend, BlockError, Graph, type Node, Perm } from "@blockgraph/core";
+import { type Backend, type BlockError, Graph, type Node, Perm } from "@blockgraph/core";
 import { defaultRegistry, type NbdInstance } from "@blockgraph/drivers";
 import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/drivers/conformance";
 import {

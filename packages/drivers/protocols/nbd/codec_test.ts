@@ -1,4 +1,4 @@
-import { BlockError, DriverRegistry, Graph } from "@blockgraph/core";
+import { type BlockError, DriverRegistry, Graph } from "@blockgraph/core";
 import { assertEquals } from "../../conformance/mod.ts";
 import {
   Cmd,

@@ -1,0 +1,187 @@
+/**
+ * NBD interop: our server with qemu-io, qemu-img (info, convert), nbdinfo --map and nbdcopy;
+ * our client against qemu-nbd serving a raw file. Loopback TCP and unix sockets in temporary
+ * directories only; every peer process has a timeout.
+ */
+import { Graph, type Node } from "@blockgraph/core";
+import { defaultRegistry } from "@blockgraph/drivers";
+import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/drivers/conformance";
+import { NbdServer } from "@blockgraph/devices";
+import { ensurePeers } from "./peers.ts";
+
+const SIZE = 16 << 20;
+const PEER_TIMEOUT_MS = 30_000;
+
+async function peer(
+  cmd: string,
+  args: string[],
+): Promise<{ code: number; out: string; err: string }> {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), PEER_TIMEOUT_MS);
+  try {
+    const r = await new Deno.Command(cmd, {
+      args,
+      stdout: "piped",
+      stderr: "piped",
+      signal: ac.signal,
+    }).output();
+    const d = new TextDecoder();
+    return { code: r.code, out: d.decode(r.stdout), err: d.decode(r.stderr) };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function ok(cmd: string, args: string[]): Promise<string> {
+  const r = await peer(cmd, args);
+  assertEquals(r.code, 0, `${cmd} ${args.join(" ")} failed: ${r.err}`);
+  return r.out;
+}
+
+async function withExport(
+  fn: (uri: string, node: Node, dir: string) => Promise<void>,
+): Promise<void> {
+  await ensurePeers(["qemu-io", "qemu-img", "qemu-nbd", "nbdinfo", "nbdcopy"]);
+  const graph = new Graph({ registry: defaultRegistry() });
+  const node = await graph.open(
+    { driver: "memory", size: SIZE, discard: "unmap", "node-name": "disk" },
+    "test",
+  );
+  const dir = await Deno.makeTempDir({ prefix: "nbd-interop-" });
+  const server = new NbdServer({ addr: { type: "inet", host: "127.0.0.1", port: 0 } });
+  server.start();
+  await server.addExport(graph, { id: "e0", "node-name": "disk", name: "disk", writable: true });
+  const addr = server.address;
+  const port = addr.type === "inet" ? Number(addr.port) : 0;
+  assert(port > 0, "bound to a port");
+  try {
+    await fn(`nbd://127.0.0.1:${port}/disk`, node, dir);
+  } finally {
+    await server.stop();
+    await node.unref("test");
+    await graph.closeAll();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const c = (...cmds: string[]) => cmds.flatMap((x) => ["-c", x]);
+
+Deno.test("qemu-io reads, writes, zeroes and discards through our NBD server", async () => {
+  await withExport(async (uri, node) => {
+    await ok("qemu-io", [
+      "-f",
+      "raw",
+      ...c(
+        "write -P 0x5a 4096 65536",
+        "write -f -P 0x11 1048576 4096",
+        "write -z 2097152 1048576",
+        "aio_write -P 0x22 5000 3",
+        "aio_flush",
+        "discard 8388608 1048576",
+      ),
+      uri,
+    ]);
+    const got = new Uint8Array(65536);
+    await node.read(4096, got);
+    assertBytesEqual(got.subarray(0, 904), new Uint8Array(904).fill(0x5a), "written by qemu-io");
+    assertBytesEqual(got.subarray(904, 907), new Uint8Array(3).fill(0x22), "aio write");
+    await node.write(3 << 20, pattern(4096, 1));
+    await ok("qemu-io", [
+      "-f",
+      "raw",
+      ...c("read -P 0x11 1048576 4096", "read -P 0 2097152 1048576", "read -P 0 0 4096"),
+      uri,
+    ]);
+    const r = await peer("qemu-io", ["-f", "raw", ...c("read -P 0x33 1048576 4096"), uri]);
+    assert(r.out.includes("Pattern verification failed"), `a wrong pattern is caught: ${r.out}`);
+  });
+});
+
+Deno.test("qemu-img info and convert of our NBD export", async () => {
+  await withExport(async (uri, node, dir) => {
+    await node.write(5 << 20, pattern(100000, 2));
+    const info = JSON.parse(await ok("qemu-img", ["info", "--output=json", uri]));
+    assertEquals(info["virtual-size"], SIZE, "virtual size");
+    await ok("qemu-img", ["convert", "-f", "raw", "-O", "raw", uri, `${dir}/copy.raw`]);
+    const copy = await Deno.readFile(`${dir}/copy.raw`);
+    assertEquals(copy.length, SIZE, "copy size");
+    assertBytesEqual(copy.subarray(5 << 20, (5 << 20) + 100000), pattern(100000, 2), "copied data");
+    assertBytesEqual(copy.subarray(0, 4096), new Uint8Array(4096), "copied zeros");
+    await ok("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", `${dir}/copy.raw`, uri]);
+  });
+});
+
+Deno.test("nbdinfo --map agrees with what was written; nbdcopy copies the export", async () => {
+  await withExport(async (uri, node, dir) => {
+    await node.write(1 << 20, pattern(2 << 20, 3));
+    const map = JSON.parse(await ok("nbdinfo", ["--json", "--map", uri]));
+    const data = map.filter((e: { type: number }) => (e.type & 1) === 0);
+    assertEquals(
+      JSON.stringify(data.map((e: { offset: number; length: number }) => [e.offset, e.length])),
+      JSON.stringify([[1 << 20, 2 << 20]]),
+      "the one data extent",
+    );
+    const total = map.reduce((n: number, e: { length: number }) => n + e.length, 0);
+    assertEquals(total, SIZE, "extents cover the export");
+    const depth = await ok("nbdinfo", ["--map=qemu:allocation-depth", uri]);
+    assert(depth.includes("local"), `allocation depth: ${depth}`);
+    await ok("nbdcopy", [uri, `${dir}/out.raw`]);
+    const out = await Deno.readFile(`${dir}/out.raw`);
+    assertBytesEqual(out.subarray(1 << 20, 3 << 20), pattern(2 << 20, 3), "nbdcopy data");
+    await Deno.writeFile(`${dir}/in.raw`, pattern(SIZE, 4));
+    await ok("nbdcopy", [`${dir}/in.raw`, uri]);
+    const back = new Uint8Array(65536);
+    await node.read(SIZE - 65536, back);
+    assertBytesEqual(back, pattern(SIZE, 4).subarray(SIZE - 65536), "nbdcopy into the export");
+  });
+});
+
+Deno.test("our nbd client against qemu-nbd: read, write, zeroes, trim, block status", async () => {
+  await ensurePeers(["qemu-nbd", "qemu-img"]);
+  const dir = await Deno.makeTempDir({ prefix: "nbd-client-" });
+  const img = `${dir}/disk.raw`;
+  const sock = `${dir}/nbd.sock`;
+  await ok("qemu-img", ["create", "-q", "-f", "raw", img, String(SIZE)]);
+  const qemuNbd = new Deno.Command("qemu-nbd", {
+    args: ["-f", "raw", "-k", sock, "-x", "disk", "-t", "--discard=unmap", img],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const graph = new Graph({ registry: defaultRegistry() });
+  try {
+    const deadline = Date.now() + PEER_TIMEOUT_MS;
+    while (!(await Deno.stat(sock).then(() => true, () => false))) {
+      assert(Date.now() < deadline, "qemu-nbd did not start");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const n = await graph.open({ filename: `nbd+unix:///disk?socket=${sock}` }, "t");
+    assertEquals(n.getLength(), SIZE, "size from the handshake");
+    await n.write(4097, pattern(70000, 5));
+    await n.write(1 << 20, pattern(4096, 6), 0x10);
+    const got = new Uint8Array(70002);
+    await n.read(4096, got);
+    assertBytesEqual(got.subarray(1, 70001), pattern(70000, 5), "read back");
+    await n.pwriteZeroes(8192, 4096);
+    await n.read(8192, got.subarray(0, 4096));
+    assertBytesEqual(got.subarray(0, 4096), new Uint8Array(4096), "zeroed");
+    await n.pdiscard(4 << 20, 1 << 20);
+    await n.flush();
+    const hole = await n.blockStatus(8 << 20, 1 << 20);
+    assert(hole.status & 2, `unwritten range reads as zero (status ${hole.status})`);
+    const data = await n.blockStatus(1 << 20, 4096);
+    assert(data.status & 1, `written range is data (status ${data.status})`);
+    await n.unref("t");
+    await graph.closeAll();
+    const file = await Deno.readFile(img);
+    assertBytesEqual(file.subarray(4097, 8192), pattern(70000, 5).subarray(0, 4095), "in the file");
+    assertBytesEqual(file.subarray(1 << 20, (1 << 20) + 4096), pattern(4096, 6), "FUA write");
+  } finally {
+    try {
+      qemuNbd.kill("SIGTERM");
+    } catch {
+      // It already exited.
+    }
+    await qemuNbd.output();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
