@@ -1,8 +1,10 @@
 /**
  * The `file` protocol driver: an image in a regular host file, read and written with
- * positional, concurrent requests through `node:fs` (the `threads` I/O engine: libuv's thread
- * pool does the system calls). The io_uring and native engines come later; this file keeps
- * the threads engine as their fallback.
+ * positional, concurrent requests through an I/O engine (`packages/drivers/io`): io_uring,
+ * native libaio, or the `threads` fallback, chosen by `aio=` (default: the fastest that works
+ * here). `cache.direct=on` opens with O_DIRECT and declares the alignment it needs; FUA is
+ * native (RWF_DSYNC), write-zeroes and discard use `fallocate`, and block status reports
+ * holes as zeros.
  *
  * @module
  */
@@ -11,133 +13,77 @@ import fs from "node:fs";
 import {
   type BlockDriver,
   BlockError,
+  type BlockLimits,
+  type BlockStatus,
   type DriverInstance,
   type DriverRegistry,
   type IoVector,
+  type Node,
   type OpenContext,
   type OptionValues,
   type PreallocMode,
   type ReopenHandle,
-  strerror,
+  ReqFlags,
 } from "@blockgraph/core";
+import { type EngineName, FALLOC, type IoEngine } from "../io/engine.ts";
+import { acquireEngine, reportSkipped } from "../io/select.ts";
+import { createThreadsEngine } from "../io/threads.ts";
+import {
+  fileBlockStatus,
+  fstat,
+  probeDirectAlignment,
+  resizeFile,
+  sysError,
+} from "./file_posix.ts";
 
-/** The I/O engines the driver accepts. Only `threads` exists so far. */
-export const FILE_AIO_ENGINES = ["threads"] as const;
+/** The I/O engines the driver accepts (`aio=`); absent means the fastest that works. */
+export const FILE_AIO_ENGINES = ["threads", "native", "io_uring"] as const;
 /** The `locking` option's values. */
 export const FILE_LOCKING_MODES = ["auto", "on", "off"] as const;
-/** The size of the zero buffer preallocation writes from. */
-const ZERO_BUFFER_SIZE = 1024 * 1024;
-let zeroBuffer: Uint8Array | null = null;
-
-function readvAt(fd: number, bufs: Uint8Array[], position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    fs.readv(fd, bufs, position, (err, n) => err ? reject(err) : resolve(n));
-  });
-}
-
-function writevAt(fd: number, bufs: Uint8Array[], position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    fs.writev(fd, bufs, position, (err, n) => err ? reject(err) : resolve(n));
-  });
-}
-
-function callback(fn: (cb: (err: Error | null) => void) => void): Promise<void> {
-  return new Promise((resolve, reject) => fn((err) => err ? reject(err) : resolve()));
-}
-
-function fstatAsync(fd: number): Promise<fs.Stats> {
-  return new Promise((resolve, reject) => {
-    fs.fstat(fd, (err, st) => err ? reject(err) : resolve(st));
-  });
-}
-
-/** A BlockError in QEMU's `what: strerror` shape, keeping the system error as its cause. */
-function sysError(err: unknown, what: string, offset?: number): BlockError {
-  if (err instanceof BlockError) return err;
-  const code = BlockError.from(err).code;
-  return new BlockError(
-    code,
-    `${what}: ${strerror(code)}`,
-    offset === undefined ? { cause: err } : { cause: err, offset },
-  );
-}
 
 /** Removes a `file:` prefix, as the `file` protocol's filenames may carry one. */
 export function stripFilePrefix(filename: string): string {
   return filename.startsWith("file:") ? filename.slice("file:".length) : filename;
 }
 
-/**
- * Writes zeros over `[from, to)` of `fd`, a megabyte at a time from one shared zero buffer.
- * This is also how `preallocation=falloc` is done: `posix_fallocate` is not reachable from
- * `node:fs`, so it gets the `full` treatment until the FFI engines bring `fallocate`.
- */
-async function writeZeros(fd: number, from: number, to: number): Promise<void> {
-  const zeros = zeroBuffer ??= new Uint8Array(ZERO_BUFFER_SIZE);
-  for (let pos = from; pos < to;) {
-    const want = Math.min(to - pos, ZERO_BUFFER_SIZE);
-    const n = await writevAt(
-      fd,
-      [want === ZERO_BUFFER_SIZE ? zeros : zeros.subarray(0, want)],
-      pos,
-    );
-    if (n <= 0) throw new BlockError("EIO", "Could not write zeros for preallocation");
-    pos += n;
-  }
-}
-
-/**
- * Resizes the open file `fd` from `current` to `size` bytes, filling the grown part as
- * `prealloc` says. Shared by truncate and create.
- */
-async function resizeFile(
-  fd: number,
-  current: number,
-  size: number,
-  prealloc: PreallocMode,
-): Promise<void> {
-  if (prealloc !== "off" && size < current) {
-    throw new BlockError("ENOTSUP", "Cannot use preallocation for shrinking files");
-  }
-  switch (prealloc) {
-    case "off":
-      try {
-        await callback((cb) => fs.ftruncate(fd, size, cb));
-      } catch (e) {
-        throw sysError(e, "Could not resize file");
-      }
-      return;
-    case "falloc":
-    case "full":
-      try {
-        await callback((cb) => fs.ftruncate(fd, size, cb));
-      } catch (e) {
-        throw sysError(e, "Could not resize file");
-      }
-      try {
-        await writeZeros(fd, current, size);
-        await callback((cb) => fs.fdatasync(fd, cb));
-      } catch (e) {
-        // Leave the file as it was, as QEMU does when preallocation fails.
-        await callback((cb) => fs.ftruncate(fd, current, cb)).catch(() => {});
-        throw sysError(e, "Could not write zeros for preallocation");
-      }
-      return;
-    default:
-      throw new BlockError("ENOTSUP", `Unsupported preallocation mode: ${prealloc}`);
-  }
+/** How a file node was opened: everything {@link FileInstance} needs besides the descriptor. */
+export interface FileSetup {
+  /** The host path. */
+  path: string;
+  /** The node, for block status answers. */
+  node: Node;
+  /** The file size at open. */
+  length: number;
+  /** Opened read-only. */
+  readOnly: boolean;
+  /** Opened with O_DIRECT. */
+  direct: boolean;
+  /** The O_DIRECT alignment (the logical block size), 1 without O_DIRECT. */
+  alignment: number;
+  /** The engine serving the node. */
+  engine: IoEngine;
+  /** The `locking` option. */
+  locking: (typeof FILE_LOCKING_MODES)[number];
 }
 
 /** An open `file` node. */
 export class FileInstance implements DriverInstance {
   /** The host path. */
   readonly path: string;
-  /** The I/O engine in use. */
-  readonly aio: (typeof FILE_AIO_ENGINES)[number];
   /** The `locking` option as given (image locking needs the FFI engines to take OFD locks). */
   readonly locking: (typeof FILE_LOCKING_MODES)[number];
   /** Whether the file is open read-only (a reopen may change it). */
   readOnly: boolean;
+  /** Whether the file is open with O_DIRECT (`cache.direct=on`). */
+  readonly direct: boolean;
+  /** Request limits: O_DIRECT needs block-aligned requests and page-aligned memory. */
+  readonly limits: Partial<BlockLimits>;
+  /** FUA is native (RWF_DSYNC on io_uring and libaio; a datasync after the write on threads). */
+  readonly supportedWriteFlags: number = ReqFlags.FUA;
+  /** Write-zeroes may punch holes. */
+  readonly supportedZeroFlags: number = ReqFlags.MAY_UNMAP;
+  readonly #node: Node;
+  readonly #engine: IoEngine;
   #fd: number;
   /**
    * The file size, read at open and kept by this instance's writes and truncates. Growth by
@@ -147,20 +93,21 @@ export class FileInstance implements DriverInstance {
   #length: number;
 
   /** Wraps an open descriptor; use the driver's `open` rather than this. */
-  constructor(
-    fd: number,
-    path: string,
-    length: number,
-    readOnly: boolean,
-    aio: (typeof FILE_AIO_ENGINES)[number],
-    locking: (typeof FILE_LOCKING_MODES)[number],
-  ) {
+  constructor(fd: number, setup: FileSetup) {
     this.#fd = fd;
-    this.path = path;
-    this.#length = length;
-    this.readOnly = readOnly;
-    this.aio = aio;
-    this.locking = locking;
+    this.path = setup.path;
+    this.#node = setup.node;
+    this.#length = setup.length;
+    this.readOnly = setup.readOnly;
+    this.direct = setup.direct;
+    this.#engine = setup.engine;
+    this.locking = setup.locking;
+    this.limits = setup.direct ? { requestAlignment: setup.alignment, memAlignment: 4096 } : {};
+  }
+
+  /** The I/O engine this node uses (`info` shows it). */
+  get aio(): EngineName {
+    return this.#engine.name;
   }
 
   /**
@@ -171,7 +118,7 @@ export class FileInstance implements DriverInstance {
     if (readOnly === this.readOnly) return Promise.resolve({ commit() {}, abort() {} });
     let fd: number;
     try {
-      fd = openFd(this.path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR, "open");
+      fd = openFd(this.path, openFlags(readOnly, this.direct), "open");
     } catch (e) {
       return Promise.reject(e);
     }
@@ -191,31 +138,52 @@ export class FileInstance implements DriverInstance {
     return this.#length;
   }
 
-  /** Reads with `readv` at `offset`; what lies past the end of the file reads as zeros. */
+  /** Reads at `offset`; what lies past the end of the file reads as zeros. */
   async preadv(offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
     let done = 0;
     while (done < bytes) {
       let n: number;
       try {
-        n = await readvAt(this.#fd, qiov.slices(qiovOffset + done, bytes - done), offset + done);
+        n = await this.#engine.preadv(
+          this.#fd,
+          offset + done,
+          qiov,
+          qiovOffset + done,
+          bytes - done,
+        );
       } catch (e) {
         throw sysError(e, `Could not read '${this.path}'`, offset + done);
       }
-      if (n === 0) {
-        qiov.fill(qiovOffset + done, bytes - done, 0);
+      if (n === 0 || (this.direct && n % this.limits.requestAlignment! !== 0)) {
+        // End of file (O_DIRECT stops at the last whole block it can read).
+        qiov.fill(qiovOffset + done + n, bytes - done - n, 0);
         return;
       }
       done += n;
     }
   }
 
-  /** Writes with `writev` at `offset`, retrying short writes; writing past the end grows. */
-  async pwritev(offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
+  /** Writes at `offset`, retrying short writes; writing past the end grows the file. */
+  async pwritev(
+    offset: number,
+    bytes: number,
+    qiov: IoVector,
+    qiovOffset: number,
+    flags: number,
+  ): Promise<void> {
+    const fua = (flags & ReqFlags.FUA) !== 0;
     let done = 0;
     while (done < bytes) {
       let n: number;
       try {
-        n = await writevAt(this.#fd, qiov.slices(qiovOffset + done, bytes - done), offset + done);
+        n = await this.#engine.pwritev(
+          this.#fd,
+          offset + done,
+          qiov,
+          qiovOffset + done,
+          bytes - done,
+          fua,
+        );
       } catch (e) {
         throw sysError(e, `Could not write '${this.path}'`, offset + done);
       }
@@ -229,50 +197,110 @@ export class FileInstance implements DriverInstance {
     if (offset + bytes > this.#length) this.#length = offset + bytes;
   }
 
+  /**
+   * Write-zeroes with `fallocate`: with MAY_UNMAP inside the file, a punched hole (it reads
+   * back zeros); otherwise ZERO_RANGE, which grows the file when the range ends past it.
+   * ENOTSUP (threads, or a file system without it) makes the request layer write zeros.
+   */
+  async pwriteZeroes(offset: number, bytes: number, flags: number): Promise<void> {
+    const end = offset + bytes;
+    const fd = this.#fd;
+    try {
+      if ((flags & ReqFlags.MAY_UNMAP) !== 0 && end <= this.#length) {
+        try {
+          await this.#engine.fallocate(fd, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, offset, bytes);
+          return;
+        } catch (e) {
+          if (!(e instanceof BlockError) || e.code !== "ENOTSUP") throw e;
+        }
+      }
+      await this.#engine.fallocate(fd, FALLOC.ZERO_RANGE, offset, bytes);
+    } catch (e) {
+      if (e instanceof BlockError && e.code === "ENOTSUP") throw e;
+      throw sysError(e, `Could not write zeroes to '${this.path}'`, offset);
+    }
+    if (end > this.#length) this.#length = end;
+  }
+
+  /** Discard punches a hole (keeping the size); ENOTSUP is ignored by the request layer. */
+  async pdiscard(offset: number, bytes: number): Promise<void> {
+    const bytesInFile = Math.min(bytes, this.#length - offset);
+    if (bytesInFile <= 0) return;
+    try {
+      await this.#engine.fallocate(
+        this.#fd,
+        FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE,
+        offset,
+        bytesInFile,
+      );
+    } catch (e) {
+      if (e instanceof BlockError && e.code === "ENOTSUP") throw e;
+      throw sysError(e, `Could not discard in '${this.path}'`, offset);
+    }
+  }
+
+  /** Holes read as zeros, the rest is data (`lseek` SEEK_DATA/SEEK_HOLE). */
+  blockStatus(wantZero: boolean, offset: number, bytes: number): BlockStatus {
+    return fileBlockStatus(this.#node, this.#fd, wantZero, offset, bytes);
+  }
+
   /** `fdatasync`: the data written so far is on stable storage. */
   async flush(): Promise<void> {
     try {
-      await callback((cb) => fs.fdatasync(this.#fd, cb));
+      await this.#engine.fsync(this.#fd, true);
     } catch (e) {
       throw sysError(e, `Could not flush '${this.path}'`);
     }
   }
 
   /**
-   * `ftruncate` to `size`; growing with `full` (or `falloc`, done the same way for now)
-   * writes zeros over the new part. Shrinking with preallocation is refused.
+   * `ftruncate` to `size`; growing with `falloc` allocates the new part, with `full` writes
+   * zeros over it. Shrinking with preallocation is refused.
    */
   async truncate(size: number, _exact: boolean, prealloc: PreallocMode): Promise<void> {
     let current: number;
     try {
-      current = (await fstatAsync(this.#fd)).size;
+      current = (await fstat(this.#fd)).size;
     } catch (e) {
       throw sysError(e, "Could not stat file");
     }
-    await resizeFile(this.#fd, current, size, prealloc);
+    await resizeFile(this.#engine, this.#fd, current, size, prealloc);
     this.#length = size;
   }
 
   /** The bytes the file occupies on its file system (`st_blocks` × 512). */
   async allocatedSize(): Promise<number> {
     try {
-      return (await fstatAsync(this.#fd)).blocks * 512;
+      return (await fstat(this.#fd)).blocks * 512;
     } catch (e) {
       throw sysError(e, "Could not stat file");
     }
   }
 
-  /** Closes the descriptor. */
+  /**
+   * Completes or cancels what is in flight on the descriptor, closes it, and releases the
+   * engine.
+   */
   async close(): Promise<void> {
     const fd = this.#fd;
     if (fd < 0) return;
     this.#fd = -1;
     try {
-      await callback((cb) => fs.close(fd, cb));
+      await this.#engine.drainFd(fd);
+      await new Promise<void>((resolve, reject) => {
+        fs.close(fd, (err) => err ? reject(err) : resolve());
+      });
     } catch (e) {
       throw sysError(e, `Could not close '${this.path}'`);
+    } finally {
+      await this.#engine.release();
     }
   }
+}
+
+function openFlags(readOnly: boolean, direct: boolean): number {
+  return (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) |
+    (direct ? fs.constants.O_DIRECT : 0);
 }
 
 function openFd(path: string, flags: number, verb: string, mode?: number): number {
@@ -284,9 +312,10 @@ function openFd(path: string, flags: number, verb: string, mode?: number): numbe
 }
 
 /**
- * The `file` driver. Options: `filename` (required), `aio` (`threads`), `locking`
- * (`auto`, `on`, `off`; accepted and kept). `cache.direct=on` is refused: O_DIRECT needs
- * aligned buffers the threads engine cannot promise.
+ * The `file` driver. Options: `filename` (required), `aio` (`io_uring`, `native`, `threads`;
+ * absent: the fastest that starts here, and an engine that cannot start falls back to the
+ * next with one line on stderr saying why), `locking` (`auto`, `on`, `off`; accepted and
+ * kept). `cache.direct=on` opens with O_DIRECT.
  *
  * @example
  * ```ts
@@ -311,9 +340,8 @@ export const fileDriver: BlockDriver = {
     filename: { type: "string", description: "File name of the image", required: true },
     aio: {
       type: "enum",
-      description: "host AIO implementation (threads; io_uring and native are not there yet)",
+      description: "host AIO implementation (threads, native, io_uring; default: the fastest)",
       values: FILE_AIO_ENGINES,
-      default: "threads",
     },
     locking: {
       type: "enum",
@@ -336,30 +364,21 @@ export const fileDriver: BlockDriver = {
   parseFilename(filename: string): OptionValues {
     return { filename: stripFilePrefix(filename) };
   },
-  open(ctx: OpenContext, options: OptionValues): Promise<DriverInstance> {
+  async open(ctx: OpenContext, options: OptionValues): Promise<DriverInstance> {
     const path = options.filename as string;
-    const aio = options.aio as (typeof FILE_AIO_ENGINES)[number];
-    if (ctx.node.flags.cacheDirect) {
-      return Promise.reject(
-        new BlockError(
-          "EINVAL",
-          `Could not open '${path}': the '${aio}' I/O engine cannot do O_DIRECT ` +
-            "(cache.direct=on); the io_uring and native engines will",
-        ),
-      );
-    }
+    const direct = ctx.node.flags.cacheDirect;
     let fd = -1;
+    let engine: IoEngine | null = null;
     try {
       try {
-        fd = openFd(path, ctx.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR, "open");
+        fd = openFd(path, openFlags(ctx.readOnly, direct), "open");
       } catch (e) {
         // auto-read-only: a file we may not write is opened read-only instead.
         const denied = e instanceof BlockError &&
           (e.code === "EACCES" || e.code === "EROFS" || e.code === "EPERM");
         if (!denied || !ctx.fallBackToReadOnly()) throw e;
-        fd = openFd(path, fs.constants.O_RDONLY, "open");
+        fd = openFd(path, openFlags(true, direct), "open");
       }
-      const readOnly = ctx.readOnly;
       let st: fs.Stats;
       try {
         st = fs.fstatSync(fd);
@@ -369,20 +388,27 @@ export const fileDriver: BlockDriver = {
       if (!st.isFile()) {
         throw new BlockError("EINVAL", `'file' driver requires '${path}' to be a regular file`);
       }
-      ctx.node.filename = path;
-      return Promise.resolve(
-        new FileInstance(
-          fd,
-          path,
-          st.size,
-          readOnly,
-          aio,
-          options.locking as (typeof FILE_LOCKING_MODES)[number],
-        ),
+      const choice = acquireEngine(
+        (options.aio as EngineName | undefined) ?? "auto",
+        { direct },
       );
+      engine = choice.engine;
+      reportSkipped(choice);
+      ctx.node.filename = path;
+      return new FileInstance(fd, {
+        path,
+        node: ctx.node,
+        length: st.size,
+        readOnly: ctx.readOnly,
+        direct,
+        alignment: direct ? probeDirectAlignment(fd) : 1,
+        engine,
+        locking: options.locking as (typeof FILE_LOCKING_MODES)[number],
+      });
     } catch (e) {
       if (fd >= 0) fs.closeSync(fd);
-      return Promise.reject(e);
+      if (engine) await engine.release();
+      throw e;
     }
   },
   async create(options: OptionValues, _registry: DriverRegistry): Promise<void> {
@@ -394,12 +420,14 @@ export const fileDriver: BlockDriver = {
       throw new BlockError("ENOTSUP", `Unsupported preallocation mode: ${prealloc}`);
     }
     const fd = openFd(path, fs.constants.O_RDWR | fs.constants.O_CREAT, "create", 0o644);
+    const engine = createThreadsEngine({ direct: false });
     try {
       // Clear whatever the file held, then grow it the way the caller asked.
-      await resizeFile(fd, 0, 0, "off");
-      await resizeFile(fd, 0, size, prealloc);
+      await resizeFile(engine, fd, 0, 0, "off");
+      await resizeFile(engine, fd, 0, size, prealloc);
     } finally {
       fs.closeSync(fd);
+      await engine.release();
     }
   },
 };

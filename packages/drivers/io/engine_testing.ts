@@ -1,0 +1,264 @@
+/**
+ * Checks every I/O engine's tests share: random concurrent vectored I/O verified against a
+ * model, kernel errors, and draining with requests in flight. Test support only; not part
+ * of the package's public surface.
+ *
+ * @module
+ */
+
+import fs from "node:fs";
+import { BlockError, IoVector } from "@blockgraph/core";
+import { assert, assertBytesEqual, assertEquals } from "../conformance/mod.ts";
+import { BufferPool } from "./buffer_pool.ts";
+import type { EngineOptions, IoEngine } from "./engine.ts";
+
+/** A factory under test. */
+export type CreateEngine = (options: EngineOptions) => IoEngine;
+
+/** A small deterministic PRNG (xorshift32), so failures reproduce. */
+export function rng(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x / 0x1_0000_0000;
+  };
+}
+
+/** Runs `fn` with a temporary directory, removed afterwards. */
+export async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "blockgraph-io-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Opens `path` read-write through node:fs (so every engine accepts the descriptor). */
+export function openRw(path: string, direct: boolean): number {
+  return fs.openSync(path, fs.constants.O_RDWR | (direct ? fs.constants.O_DIRECT : 0));
+}
+
+/**
+ * Splits `len` bytes into a vector of odd-sized segments; with `aligned` set, some segments
+ * are page-aligned views of `pool` memory (which O_DIRECT takes without bouncing).
+ */
+function oddVector(len: number, next: () => number, pool: BufferPool | null): IoVector {
+  const q = new IoVector();
+  let left = len;
+  while (left > 0) {
+    if (pool && next() < 0.3 && left >= 4096) {
+      const n = Math.min(left, 4096 * (1 + Math.floor(next() * 4))) & ~4095;
+      q.add(pool.get(n).bytes.subarray(0, n));
+      left -= n;
+      continue;
+    }
+    const n = Math.min(left, 1 + Math.floor(next() * 5000));
+    q.add(new Uint8Array(n));
+    left -= n;
+  }
+  return q;
+}
+
+/**
+ * Random concurrent reads and writes in disjoint chunks, in rounds of 16, checked against a
+ * model; the last chunk runs past the end of the file so reads come back short.
+ */
+export async function randomIo(create: CreateEngine, direct: boolean, seed: number) {
+  await withDir(async (dir) => {
+    const chunk = 64 * 1024;
+    const chunks = 24;
+    const size = chunks * chunk - 3 * 4096 + (direct ? 0 : 1000);
+    const model = new Uint8Array(size);
+    const next = rng(seed);
+    for (let i = 0; i < size; i++) model[i] = (i * 7 + 3) & 0xff;
+    const path = `${dir}/e.img`;
+    await Deno.writeFile(path, model);
+    const fd = openRw(path, direct);
+    const engine = create({ direct });
+    const pool = direct ? new BufferPool() : null;
+    try {
+      for (let round = 0; round < 12; round++) {
+        const order = [...Array(chunks).keys()].sort(() => next() - 0.5).slice(0, 16);
+        const ops: Promise<void>[] = [];
+        const writes: [number, Uint8Array][] = [];
+        for (const c of order) {
+          const unit = direct ? 4096 : 1;
+          const off = c * chunk + Math.floor(next() * (chunk / 2 / unit)) * unit;
+          const len = Math.max(unit, Math.floor(next() * (chunk / 2 / unit)) * unit);
+          const q = oddVector(len, next, pool);
+          if (next() < 0.5 && off + len <= size) {
+            const data = new Uint8Array(len).map(() => Math.floor(next() * 256));
+            q.copyFrom(0, data, 0, len);
+            writes.push([off, data]);
+            ops.push(
+              engine.pwritev(fd, off, q, 0, len, next() < 0.2).then((n) => {
+                assertEquals(n, len, `write of ${len} at ${off}`);
+              }),
+            );
+          } else {
+            const want = Math.max(0, Math.min(len, size - off));
+            const expect = model.slice(off, off + want);
+            ops.push(
+              engine.preadv(fd, off, q, 0, len).then((n) => {
+                assertEquals(n, want, `read of ${len} at ${off} (file of ${size})`);
+                assertBytesEqual(q.toBuffer(0, n), expect, `data at ${off}`);
+              }),
+            );
+          }
+        }
+        await Promise.all(ops);
+        for (const [off, data] of writes) model.set(data, off);
+      }
+      await engine.fsync(fd, true);
+      assertBytesEqual(await Deno.readFile(path), model, "the file matches the model");
+    } finally {
+      await engine.drainFd(fd);
+      fs.closeSync(fd);
+      await engine.release();
+      pool?.destroy();
+    }
+  });
+}
+
+/** Asserts that `p` rejects with a BlockError of `code` at `offset`. */
+export async function rejectsAt(p: Promise<unknown>, code: string, offset: number) {
+  try {
+    await p;
+  } catch (e) {
+    assert(e instanceof BlockError, `a BlockError, not ${e}`);
+    assertEquals(e.code, code, `code (${e.message})`);
+    assertEquals(e.offset, offset, `offset (${e.message})`);
+    return;
+  }
+  throw new Error(`expected ${code}, the request succeeded`);
+}
+
+/**
+ * EBADF on a descriptor that is not open and EINVAL for a misaligned O_DIRECT offset, each
+ * followed by a request that works.
+ */
+export async function kernelErrors(create: CreateEngine): Promise<void> {
+  await withDir(async (dir) => {
+    const path = `${dir}/k.img`;
+    await Deno.writeFile(path, new Uint8Array(65536).fill(0x11));
+    const fd = openRw(path, true);
+    const engine = create({ direct: true });
+    try {
+      const buf = new Uint8Array(4096);
+      await rejectsAt(engine.preadv(1 << 20, 8192, IoVector.of(buf), 0, 4096), "EBADF", 8192);
+      assertEquals(await engine.preadv(fd, 0, IoVector.of(buf), 0, 4096), 4096, "after EBADF");
+      await rejectsAt(engine.preadv(fd, 100, IoVector.of(buf), 0, 4096), "EINVAL", 100);
+      await rejectsAt(
+        engine.pwritev(fd, 4196, IoVector.of(buf), 0, 4096, false),
+        "EINVAL",
+        4196,
+      );
+      assertEquals(await engine.preadv(fd, 4096, IoVector.of(buf), 0, 4096), 4096, "after EINVAL");
+      assertEquals(buf[0], 0x11, "data after EINVAL");
+    } finally {
+      await engine.drainFd(fd);
+      fs.closeSync(fd);
+      await engine.release();
+    }
+  });
+}
+
+/**
+ * ENOSPC on a 1 MiB tmpfs, then a request that works. Returns false (after logging why) when
+ * no tmpfs can be mounted here.
+ */
+export async function enospc(create: CreateEngine): Promise<boolean> {
+  const dir = await Deno.makeTempDir({ prefix: "blockgraph-enospc-" });
+  const mount = await new Deno.Command("mount", {
+    args: ["-t", "tmpfs", "-o", "size=1M", "tmpfs", dir],
+    stderr: "piped",
+  }).output().catch((e) => ({ success: false, stderr: new TextEncoder().encode(String(e)) }));
+  if (!mount.success) {
+    console.log(`skipping ENOSPC: cannot mount a tmpfs: ${new TextDecoder().decode(mount.stderr)}`);
+    await Deno.remove(dir);
+    return false;
+  }
+  try {
+    const path = `${dir}/full.img`;
+    await Deno.writeFile(path, new Uint8Array(0));
+    const fd = openRw(path, false);
+    const engine = create({ direct: false });
+    try {
+      const big = new Uint8Array(256 * 1024).fill(0x5a);
+      let failedAt = -1;
+      for (let off = 0; off < 4 << 20; off += big.length) {
+        try {
+          const n = await engine.pwritev(fd, off, IoVector.of(big), 0, big.length, false);
+          if (n < big.length) {
+            await rejectsAt(
+              engine.pwritev(fd, off + n, IoVector.of(big), n, big.length - n, false),
+              "ENOSPC",
+              off + n,
+            );
+            failedAt = off + n;
+            break;
+          }
+        } catch (e) {
+          assert(e instanceof BlockError && e.code === "ENOSPC", `ENOSPC, not ${e}`);
+          assertEquals(e.offset, off, "offset of the failed write");
+          failedAt = off;
+          break;
+        }
+      }
+      assert(failedAt >= 0, "a 1 MiB tmpfs filled up");
+      const back = new Uint8Array(4096);
+      assertEquals(await engine.preadv(fd, 0, IoVector.of(back), 0, 4096), 4096, "read after");
+      assertEquals(back[4095], 0x5a, "data after ENOSPC");
+      await engine.drainFd(fd);
+      fs.closeSync(fd);
+      await engine.release();
+    } catch (e) {
+      await engine.drainFd(fd);
+      fs.closeSync(fd);
+      await engine.release();
+      throw e;
+    }
+  } finally {
+    await new Deno.Command("umount", { args: [dir] }).output();
+    await Deno.remove(dir, { recursive: true });
+  }
+  return true;
+}
+
+/**
+ * Queues many reads and writes, then drains the descriptor at once: every request settles,
+ * each either done or ECANCELED, and the engine is released cleanly.
+ */
+export async function drainInFlight(create: CreateEngine, direct: boolean): Promise<void> {
+  await withDir(async (dir) => {
+    const path = `${dir}/d.img`;
+    await Deno.writeFile(path, new Uint8Array(4 << 20));
+    const fd = openRw(path, direct);
+    const engine = create({ direct });
+    const settled: string[] = [];
+    const reqs: Promise<void>[] = [];
+    for (let i = 0; i < 300; i++) {
+      const q = IoVector.of(new Uint8Array(8192).fill(i & 0xff));
+      const off = (i * 8192) % (4 << 20);
+      const p = i % 2
+        ? engine.pwritev(fd, off, q, 0, 8192, false)
+        : engine.preadv(fd, off, q, 0, 8192);
+      reqs.push(p.then(
+        (n) => void settled.push(n === 8192 ? "done" : `short ${n}`),
+        (e) => void settled.push(e instanceof BlockError ? e.code : String(e)),
+      ));
+    }
+    await engine.drainFd(fd);
+    await Promise.all(reqs);
+    fs.closeSync(fd);
+    await engine.release();
+    assertEquals(settled.length, 300, "every request settled");
+    const bad = settled.filter((s) => s !== "done" && s !== "ECANCELED");
+    assertEquals(bad.join(","), "", "each request completed or was cancelled");
+  });
+}

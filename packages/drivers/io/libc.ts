@@ -1,0 +1,166 @@
+/**
+ * The C library symbols the FFI engines use, opened once per process from `libc.so.6`.
+ *
+ * Declarations follow the measured rules in `io-uring-from-deno.md`: every symbol has its exact
+ * arity (Deno silently drops extra arguments), kernel `unsigned int` parameters are `u32` and
+ * results `i32` so calls stay on V8's fast path, and 64-bit values are avoided on the hot path.
+ *
+ * errno is thread-local. Calls made on the JS thread read it with {@link lastErrno} right after
+ * the failing call. Calls made with `nonblocking: true` run on a pool thread where errno is
+ * lost, so only symbols whose result carries the error are declared nonblocking:
+ * `posix_fallocate` returns the error number, and the io_uring wait, which can only fail
+ * transiently, is replayed without waiting on the JS thread to learn its errno (see
+ * `uring.ts`).
+ *
+ * @module
+ */
+
+/** `io_uring_setup(2)`, `io_uring_enter(2)` and `io_uring_register(2)` on x86-64 and arm64. */
+export const SYS = {
+  /** io_uring_setup */
+  IO_URING_SETUP: 425,
+  /** io_uring_enter */
+  IO_URING_ENTER: 426,
+  /** io_uring_register */
+  IO_URING_REGISTER: 427,
+} as const;
+
+/** mmap(2) protection and flag bits, and its failure value. */
+export const MMAP = {
+  /** PROT_READ */
+  PROT_READ: 0x1,
+  /** PROT_WRITE */
+  PROT_WRITE: 0x2,
+  /** MAP_SHARED */
+  MAP_SHARED: 0x01,
+  /** MAP_PRIVATE */
+  MAP_PRIVATE: 0x02,
+  /** MAP_ANONYMOUS */
+  MAP_ANONYMOUS: 0x20,
+  /** MAP_POPULATE */
+  MAP_POPULATE: 0x8000,
+} as const;
+
+/** lseek(2) whence values. */
+export const SEEK = {
+  /** Next data at or after the offset. */
+  DATA: 3,
+  /** Next hole at or after the offset. */
+  HOLE: 4,
+} as const;
+
+const SYMBOLS = {
+  setup: { name: "syscall", parameters: ["i64", "u32", "buffer"], result: "i32" },
+  /** io_uring_enter without waiting arguments: nr, fd, to_submit, min_complete, flags, sig. */
+  enter: {
+    name: "syscall",
+    parameters: ["u32", "u32", "u32", "u32", "u32", "pointer"],
+    result: "i32",
+  },
+  /** The same call run on a pool thread, for waiting without blocking the event loop. */
+  enterWait: {
+    name: "syscall",
+    parameters: ["u32", "u32", "u32", "u32", "u32", "pointer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  register: {
+    name: "syscall",
+    parameters: ["i64", "u32", "u32", "buffer", "u32"],
+    result: "i32",
+  },
+  mmap: {
+    parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"],
+    result: "pointer",
+  },
+  munmap: { parameters: ["pointer", "usize"], result: "i32" },
+  posix_memalign: { parameters: ["buffer", "usize", "usize"], result: "i32" },
+  free: { parameters: ["pointer"], result: "void" },
+  posix_fallocate: {
+    parameters: ["i32", "i64", "i64"],
+    result: "i32",
+    nonblocking: true,
+  },
+  close: { parameters: ["i32"], result: "i32" },
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
+  pread: { parameters: ["i32", "pointer", "usize", "i64"], result: "isize" },
+  __errno_location: { parameters: [], result: "pointer" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The loaded symbols. */
+export type LibcSymbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
+let loadError: string | null = null;
+let errnoView: Deno.UnsafePointerView | null = null;
+
+/**
+ * The C library's symbols, loaded at first use. Throws an Error whose message says why when
+ * FFI or `libc.so.6` is unavailable (no `--allow-ffi`, not glibc); the reason is kept, so
+ * later calls fail the same way without retrying.
+ */
+export function libc(): LibcSymbols {
+  if (lib) return lib.symbols;
+  if (loadError !== null) throw new Error(loadError);
+  try {
+    lib = Deno.dlopen("libc.so.6", SYMBOLS);
+  } catch (e) {
+    loadError = `cannot load libc.so.6: ${e instanceof Error ? e.message : String(e)}`;
+    throw new Error(loadError);
+  }
+  return lib.symbols;
+}
+
+/**
+ * errno of the last failed call made on the JS thread. Read it immediately after the call:
+ * anything in between may change it.
+ */
+export function lastErrno(): number {
+  if (!errnoView) {
+    const p = libc().__errno_location();
+    if (p === null) return 5;
+    errnoView = new Deno.UnsafePointerView(p);
+  }
+  return errnoView.getInt32();
+}
+
+/** The numeric address of a pointer (addresses fit in 2^53 on every 64-bit Linux). */
+export function addressOf(p: Deno.PointerValue): number {
+  return p === null ? 0 : Number(Deno.UnsafePointer.value(p));
+}
+
+const bufferBase = new WeakMap<ArrayBufferLike, number>();
+
+/**
+ * The address of byte 0 of `view`, as a number. The base address of each ArrayBuffer is
+ * computed once (a BigInt conversion) and cached, so repeated calls on the same buffers cost
+ * a WeakMap lookup. V8 does not move an ArrayBuffer's backing store once `.buffer` has been
+ * asked for, so the cached address stays valid for the buffer's life.
+ */
+export function viewAddress(view: Uint8Array): number {
+  const buffer = view.buffer;
+  let base = bufferBase.get(buffer);
+  if (base === undefined) {
+    base = addressOf(Deno.UnsafePointer.of(buffer));
+    bufferBase.set(buffer, base);
+  }
+  return base + view.byteOffset;
+}
+
+/**
+ * Allocates `size` bytes aligned to `align` with `posix_memalign`; returns the pointer.
+ * Throws an Error naming the errno on failure.
+ */
+export function alignedAlloc(size: number, align: number): Deno.PointerObject {
+  const out = new BigUint64Array(1);
+  const rc = libc().posix_memalign(new Uint8Array(out.buffer), BigInt(align), BigInt(size));
+  if (rc !== 0 || out[0] === 0n) {
+    throw new Error(`posix_memalign(${align}, ${size}) failed with errno ${rc}`);
+  }
+  return Deno.UnsafePointer.create(out[0]!)!;
+}
+
+/** Frees memory from {@link alignedAlloc}. Views over it must not be touched afterwards. */
+export function alignedFree(p: Deno.PointerObject): void {
+  libc().free(p);
+}

@@ -1,0 +1,197 @@
+/**
+ * The `threads` engine: `node:fs` positional vectored I/O, which Deno runs on its blocking
+ * thread pool. The fallback where neither io_uring nor libaio can start. It needs no FFI for
+ * buffered files; for O_DIRECT it copies every request through an aligned bounce buffer
+ * (V8's buffers are not aligned), which needs FFI for the memory.
+ *
+ * Descriptors must come from `node:fs` (`fs.openSync`): Deno's `node:fs` only accepts
+ * descriptors it opened.
+ *
+ * @module
+ */
+
+import fs from "node:fs";
+import { BlockError, type IoVector } from "@blockgraph/core";
+import { BufferPool } from "./buffer_pool.ts";
+import type { EngineOptions, IoEngine } from "./engine.ts";
+
+function readvAt(fd: number, bufs: Uint8Array[], position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.readv(fd, bufs, position, (err, n) => err ? reject(err) : resolve(n));
+  });
+}
+
+function writevAt(fd: number, bufs: Uint8Array[], position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.writev(fd, bufs, position, (err, n) => err ? reject(err) : resolve(n));
+  });
+}
+
+/** One buffer with `read(2)`: Deno's `readv` does not pass external memory through as is. */
+function readAt(fd: number, buf: Uint8Array, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.read(fd, buf, 0, buf.length, position, (err, n) => err ? reject(err) : resolve(n));
+  });
+}
+
+function writeAt(fd: number, buf: Uint8Array, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.write(fd, buf, 0, buf.length, position, (err, n) => err ? reject(err) : resolve(n));
+  });
+}
+
+function syncFd(fd: number, datasync: boolean): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const cb = (err: Error | null) => err ? reject(err) : resolve();
+    if (datasync) fs.fdatasync(fd, cb);
+    else fs.fsync(fd, cb);
+  });
+}
+
+function ioError(err: unknown, op: string, offset: number): BlockError {
+  const e = BlockError.from(err);
+  return new BlockError(e.code, `${op} at offset ${offset}: ${e.message}`, {
+    cause: err,
+    offset,
+    op,
+  });
+}
+
+/** The thread-pool engine for one file node. */
+class ThreadsEngine implements IoEngine {
+  readonly name = "threads" as const;
+  readonly #direct: boolean;
+  #pool: BufferPool | null;
+  /** Requests in flight per descriptor, for drainFd. */
+  readonly #inflight = new Map<number, number>();
+  readonly #drains: { fd: number; resolve: () => void }[] = [];
+
+  constructor(direct: boolean) {
+    this.#direct = direct;
+    this.#pool = direct ? new BufferPool() : null;
+    // Allocate once now, so a missing FFI shows at set-up rather than at the first request.
+    this.#pool?.put(this.#pool.get(4096));
+  }
+
+  #begin(fd: number): void {
+    this.#inflight.set(fd, (this.#inflight.get(fd) ?? 0) + 1);
+  }
+
+  #end(fd: number): void {
+    const n = (this.#inflight.get(fd) ?? 1) - 1;
+    if (n > 0) {
+      this.#inflight.set(fd, n);
+      return;
+    }
+    this.#inflight.delete(fd);
+    for (let i = this.#drains.length - 1; i >= 0; i--) {
+      const d = this.#drains[i]!;
+      if (d.fd === fd) {
+        this.#drains.splice(i, 1);
+        d.resolve();
+      }
+    }
+  }
+
+  async preadv(
+    fd: number,
+    offset: number,
+    qiov: IoVector,
+    qiovOffset: number,
+    bytes: number,
+  ): Promise<number> {
+    this.#begin(fd);
+    const pool = this.#pool;
+    const bounce = pool ? pool.get(bytes) : null;
+    try {
+      if (!bounce) return await readvAt(fd, qiov.slices(qiovOffset, bytes), offset);
+      const n = await readAt(fd, bounce.bytes.subarray(0, bytes), offset);
+      qiov.copyFrom(qiovOffset, bounce.bytes, 0, n);
+      return n;
+    } catch (e) {
+      throw ioError(e, "read", offset);
+    } finally {
+      if (bounce) pool!.put(bounce);
+      this.#end(fd);
+    }
+  }
+
+  async pwritev(
+    fd: number,
+    offset: number,
+    qiov: IoVector,
+    qiovOffset: number,
+    bytes: number,
+    fua: boolean,
+  ): Promise<number> {
+    this.#begin(fd);
+    const pool = this.#pool;
+    const bounce = pool ? pool.get(bytes) : null;
+    try {
+      let n: number;
+      if (bounce) {
+        qiov.copyTo(qiovOffset, bounce.bytes, 0, bytes);
+        n = await writeAt(fd, bounce.bytes.subarray(0, bytes), offset);
+      } else {
+        n = await writevAt(fd, qiov.slices(qiovOffset, bytes), offset);
+      }
+      // FUA without RWF_DSYNC: make the write stable before completing it.
+      if (fua) await syncFd(fd, true);
+      return n;
+    } catch (e) {
+      throw ioError(e, "write", offset);
+    } finally {
+      if (bounce) pool!.put(bounce);
+      this.#end(fd);
+    }
+  }
+
+  async fsync(fd: number, datasync: boolean): Promise<void> {
+    this.#begin(fd);
+    try {
+      await syncFd(fd, datasync);
+    } catch (e) {
+      throw ioError(e, "flush", 0);
+    } finally {
+      this.#end(fd);
+    }
+  }
+
+  fallocate(_fd: number, _mode: number, offset: number, _length: number): Promise<void> {
+    return Promise.reject(
+      new BlockError("ENOTSUP", "The threads I/O engine cannot fallocate", {
+        offset,
+        op: "fallocate",
+      }),
+    );
+  }
+
+  /** Thread-pool requests cannot be cancelled: waits for those in flight on `fd`. */
+  drainFd(fd: number): Promise<void> {
+    if (!this.#inflight.has(fd)) return Promise.resolve();
+    return new Promise((resolve) => this.#drains.push({ fd, resolve }));
+  }
+
+  /** Waits for every request (their bounce buffers are in the pool), then frees the pool. */
+  async release(): Promise<void> {
+    for (const fd of [...this.#inflight.keys()]) await this.drainFd(fd);
+    this.#pool?.destroy();
+    this.#pool = null;
+  }
+}
+
+/**
+ * Creates a `threads` engine for one file node. With `direct`, requests bounce through an
+ * aligned pool; this throws a BlockError naming the reason when that memory cannot be had
+ * (no FFI).
+ */
+export function createThreadsEngine(options: EngineOptions): IoEngine {
+  try {
+    return new ThreadsEngine(options.direct);
+  } catch (e) {
+    throw new BlockError(
+      "ENOTSUP",
+      `threads: O_DIRECT needs aligned memory: ${e instanceof Error ? e.message : String(e)}`,
+    );
+  }
+}

@@ -1,0 +1,81 @@
+import fs from "node:fs";
+import { IoVector } from "@blockgraph/core";
+import { assert, assertBytesEqual, assertEquals } from "../conformance/mod.ts";
+import { FALLOC } from "./engine.ts";
+import {
+  drainInFlight,
+  enospc,
+  kernelErrors,
+  openRw,
+  randomIo,
+  rejectsAt,
+  withDir,
+} from "./engine_testing.ts";
+import { createUringEngine } from "./uring.ts";
+
+Deno.test("io_uring engine: random concurrent vectored I/O agrees with the model", async () => {
+  await randomIo(createUringEngine, false, 1);
+});
+
+Deno.test("io_uring engine: random concurrent O_DIRECT I/O bounces only unaligned segments", async () => {
+  await randomIo(createUringEngine, true, 2);
+});
+
+Deno.test("io_uring engine: EBADF and EINVAL carry errno and offset, and the engine goes on", async () => {
+  await kernelErrors(createUringEngine);
+});
+
+Deno.test("io_uring engine: ENOSPC on a full file system, and the engine goes on", async () => {
+  await enospc(createUringEngine);
+});
+
+Deno.test("io_uring engine: drainFd with 300 requests in flight settles every one", async () => {
+  await drainInFlight(createUringEngine, false);
+  await drainInFlight(createUringEngine, true);
+});
+
+Deno.test("io_uring engine: fallocate punches holes and zeroes ranges; fsync both kinds", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/f.img`;
+    await Deno.writeFile(path, new Uint8Array(1 << 20).fill(0xaa));
+    const fd = openRw(path, false);
+    const engine = createUringEngine({ direct: false });
+    try {
+      await engine.fallocate(fd, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, 65536, 65536);
+      await engine.fallocate(fd, FALLOC.ZERO_RANGE, 1 << 20, 8192);
+      await engine.fsync(fd, true);
+      await engine.fsync(fd, false);
+      const data = await Deno.readFile(path);
+      assertEquals(data.length, (1 << 20) + 8192, "ZERO_RANGE past the end grows the file");
+      assertBytesEqual(data.subarray(65536, 131072), new Uint8Array(65536), "the hole");
+      assertEquals(data[65535], 0xaa, "before the hole");
+      assertEquals(data[131072], 0xaa, "after the hole");
+      // An unknown mode is the kernel's EOPNOTSUPP, which is ENOTSUP on Linux.
+      await rejectsAt(engine.fallocate(fd, 0x80, 4096, 4096), "ENOTSUP", 4096);
+      assertEquals(await engine.preadv(fd, 0, IoVector.of(new Uint8Array(16)), 0, 16), 16, "after");
+    } finally {
+      fs.closeSync(fd);
+      await engine.release();
+    }
+  });
+});
+
+Deno.test("io_uring engine: one ring is shared and freed by the last user", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/s.img`;
+    await Deno.writeFile(path, new Uint8Array(8192).fill(3));
+    const fd = openRw(path, false);
+    const a = createUringEngine({ direct: false });
+    const b = createUringEngine({ direct: false });
+    await a.release();
+    await a.release();
+    const buf = new Uint8Array(8192);
+    assertEquals(await b.preadv(fd, 0, IoVector.of(buf), 0, 8192), 8192, "b still works");
+    assert(buf.every((x) => x === 3), "data");
+    await b.release();
+    const c = createUringEngine({ direct: false });
+    assertEquals(await c.preadv(fd, 4096, IoVector.of(buf), 0, 8192), 4096, "a new ring, short");
+    await c.release();
+    fs.closeSync(fd);
+  });
+});

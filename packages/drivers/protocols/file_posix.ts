@@ -1,0 +1,164 @@
+/**
+ * Host-file helpers of the `file` protocol that are not I/O engine requests: the O_DIRECT
+ * alignment probe, block status from `lseek(SEEK_DATA/SEEK_HOLE)`, and resizing with
+ * preallocation.
+ *
+ * @module
+ */
+
+import fs from "node:fs";
+import {
+  BlockError,
+  type BlockStatus,
+  BlockStatusFlags,
+  errnoCode,
+  type Node,
+  type PreallocMode,
+  strerror,
+} from "@blockgraph/core";
+import { BufferPool } from "../io/buffer_pool.ts";
+import type { IoEngine } from "../io/engine.ts";
+import { lastErrno, libc, SEEK } from "../io/libc.ts";
+import { IoVector } from "@blockgraph/core";
+
+const ENXIO = 6;
+const EINVAL = 22;
+/** The size of the zero buffer preallocation writes from. */
+const ZERO_BUFFER_SIZE = 1024 * 1024;
+
+/** A BlockError in QEMU's `what: strerror` shape, keeping the system error as its cause. */
+export function sysError(err: unknown, what: string, offset?: number): BlockError {
+  if (err instanceof BlockError && err.cause === undefined && err.offset === undefined) {
+    return err;
+  }
+  const e = BlockError.from(err);
+  const at = offset ?? e.offset;
+  return new BlockError(
+    e.code,
+    `${what}: ${strerror(e.code)}`,
+    at === undefined ? { cause: err } : { cause: err, offset: at },
+  );
+}
+
+/**
+ * The logical block size O_DIRECT needs on `fd`: 512 when an aligned 512-byte read at offset
+ * 0 works, else 4096 (QEMU's probe, shortened to the two sizes that exist).
+ */
+export function probeDirectAlignment(fd: number): number {
+  const pool = new BufferPool(4096);
+  try {
+    const buf = pool.get(4096);
+    const n = libc().pread(fd, buf.ptr, 512n, 0n);
+    if (n >= 0n) return 512;
+    return lastErrno() === EINVAL ? 4096 : 512;
+  } catch {
+    return 4096;
+  } finally {
+    pool.destroy();
+  }
+}
+
+function seek(fd: number, offset: number, whence: number): number {
+  const r = Number(libc().lseek(fd, BigInt(offset), whence));
+  return r < 0 ? -lastErrno() : r;
+}
+
+/**
+ * Block status of `[offset, offset+bytes)` of a host file, as QEMU's file-posix answers it:
+ * holes read as zeros (ZERO), everything else is DATA; both with the offset valid in `node`.
+ */
+export function fileBlockStatus(
+  node: Node,
+  fd: number,
+  wantZero: boolean,
+  offset: number,
+  bytes: number,
+): BlockStatus {
+  const data = BlockStatusFlags.DATA | BlockStatusFlags.OFFSET_VALID;
+  const zero = BlockStatusFlags.ZERO | BlockStatusFlags.OFFSET_VALID;
+  if (!wantZero) return { status: data, pnum: bytes, map: offset, file: node };
+  let d: number;
+  try {
+    d = seek(fd, offset, SEEK.DATA);
+  } catch {
+    return { status: data, pnum: bytes, map: offset, file: node };
+  }
+  if (d === -ENXIO) return { status: zero, pnum: bytes, map: offset, file: node };
+  if (d < 0) return { status: data, pnum: bytes, map: offset, file: node };
+  if (d > offset) {
+    return { status: zero, pnum: Math.min(bytes, d - offset), map: offset, file: node };
+  }
+  const h = seek(fd, offset, SEEK.HOLE);
+  const pnum = h > offset ? Math.min(bytes, h - offset) : bytes;
+  return { status: data, pnum, map: offset, file: node };
+}
+
+function ftruncate(fd: number, size: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    fs.ftruncate(fd, size, (err) => err ? reject(err) : resolve());
+  });
+}
+
+/** `fstat` of `fd`, asynchronously. */
+export function fstat(fd: number): Promise<fs.Stats> {
+  return new Promise((resolve, reject) => {
+    fs.fstat(fd, (err, st) => err ? reject(err) : resolve(st));
+  });
+}
+
+let zeroBuffer: Uint8Array | null = null;
+
+/** Writes zeros over `[from, to)` of `fd` through `engine`, a megabyte at a time. */
+async function writeZeros(engine: IoEngine, fd: number, from: number, to: number): Promise<void> {
+  const zeros = zeroBuffer ??= new Uint8Array(ZERO_BUFFER_SIZE);
+  const qiov = IoVector.of(zeros);
+  for (let pos = from; pos < to;) {
+    const want = Math.min(to - pos, ZERO_BUFFER_SIZE);
+    const n = await engine.pwritev(fd, pos, qiov, 0, want, false);
+    if (n <= 0) throw new BlockError("EIO", "Could not write zeros for preallocation");
+    pos += n;
+  }
+}
+
+/**
+ * Resizes the open file `fd` from `current` to `size` bytes, filling the grown part as
+ * `prealloc` says: `falloc` with `posix_fallocate` (run on a pool thread; it returns its
+ * error), `full` by writing zeros through `engine`. Shared by truncate and create.
+ */
+export async function resizeFile(
+  engine: IoEngine,
+  fd: number,
+  current: number,
+  size: number,
+  prealloc: PreallocMode,
+): Promise<void> {
+  if (prealloc !== "off" && size < current) {
+    throw new BlockError("ENOTSUP", "Cannot use preallocation for shrinking files");
+  }
+  if (prealloc !== "off" && prealloc !== "falloc" && prealloc !== "full") {
+    throw new BlockError("ENOTSUP", `Unsupported preallocation mode: ${prealloc}`);
+  }
+  try {
+    await ftruncate(fd, size);
+  } catch (e) {
+    throw sysError(e, "Could not resize file");
+  }
+  if (prealloc === "off" || size === current) return;
+  try {
+    if (prealloc === "falloc") {
+      const rc = await libc().posix_fallocate(fd, BigInt(current), BigInt(size - current));
+      if (rc !== 0) {
+        const code = errnoCode(rc);
+        throw new BlockError(code, `Could not preallocate new data: ${strerror(code)}`);
+      }
+    } else {
+      await writeZeros(engine, fd, current, size);
+      await engine.fsync(fd, true);
+    }
+  } catch (e) {
+    // Leave the file as it was, as QEMU does when preallocation fails.
+    await ftruncate(fd, current).catch(() => {});
+    if (e instanceof BlockError && e.message.startsWith("Could not")) throw e;
+    throw sysError(e, "Could not write zeros for preallocation");
+  }
+}
