@@ -12,6 +12,8 @@ export { NbdExport, NbdServer } from "./nbd_export/mod.ts";
 export type {
   BlockExportAddArgs,
   BlockExportInfo,
+  ExportClient,
+  ExportLookup,
   NbdExportOptions,
   NbdServerAddress,
   NbdServerOptions,

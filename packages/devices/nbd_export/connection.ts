@@ -40,6 +40,8 @@ export const MAX_REQUESTS = 64;
 const MAX_EXTENTS = 1024;
 /** Slot buffers larger than this are dropped after use rather than kept. */
 const KEEP_BUFFER = 1024 * 1024;
+/** Reads at least this long are sent sparse (holes as NBD_REPLY_TYPE_OFFSET_HOLE). */
+const SPARSE_READ_MIN = 64 * 1024;
 /** Pieces NBD_CMD_CACHE reads in. */
 const CACHE_PIECE = 1024 * 1024;
 
@@ -299,7 +301,8 @@ export class ServerConnection implements ExportClient {
     }
     if (length === 0) return this.#replyOk(h);
     // Sparse reads: ranges that read as zeros go as holes, unless the client wants one chunk.
-    const st = df ? null : await statusAbove(backend, offset, length);
+    // Small reads skip the status query: it costs more than the zeros it would save.
+    const st = df || length < SPARSE_READ_MIN ? null : await statusAbove(backend, offset, length);
     if (st && st.pnum >= length) {
       if (allocationFlags(st.status) & 2) return this.#sendHole(h, offset, length, true);
       return this.#sendData(slot, offset, length, true);
