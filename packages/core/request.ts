@@ -432,8 +432,11 @@ async function zeroAligned(
     const max = l.maxPwriteZeroes > 0 ? maxChunk(l.maxPwriteZeroes, l.requestAlignment) : 1 << 30;
     const supported = inst.supportedZeroFlags ?? 0;
     const emulateFua = (flags & ReqFlags.FUA) !== 0 && (supported & ReqFlags.FUA) === 0;
-    const dflags = flags & ~(emulateFua ? ReqFlags.FUA : 0) & ~ReqFlags.NO_FALLBACK &
-      (supported | ~(ReqFlags.MAY_UNMAP | ReqFlags.FUA));
+    // Flags the driver does not declare are handled here: FUA by a flush, NO_FALLBACK by
+    // refusing the fallback below; a driver that declares NO_FALLBACK (NBD's FAST_ZERO)
+    // gets it passed down.
+    const dflags = flags & ~(emulateFua ? ReqFlags.FUA : 0) &
+      (supported | ~(ReqFlags.MAY_UNMAP | ReqFlags.FUA | ReqFlags.NO_FALLBACK));
     try {
       for (let done = 0; done < bytes;) {
         const n = Math.min(bytes - done, max);
