@@ -1,4 +1,4 @@
-import { DriverRegistry, Graph, IoVector } from "@blockgraph/core";
+import { BlockStatusFlags, DriverRegistry, Graph, IoVector, ReqFlags } from "@blockgraph/core";
 import {
   assert,
   assertBytesEqual,
@@ -294,4 +294,80 @@ Deno.test("file: reopening a read-only tree read-write reopens the inherited fil
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("file block status reports holes of a sparse file as zeros, data as data", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/sparse.img`;
+    await fileDriver.create!({ filename: path, size: 4 << 20 }, registry);
+    const graph = new Graph({ registry });
+    for (const aio of ["io_uring", "threads"]) {
+      const node = await openFile(graph, path, { aio });
+      await node.write(1 << 20, pattern(65536, 5));
+      await node.flush();
+      const hole = await node.blockStatus(0, 4 << 20);
+      assert(hole.status & BlockStatusFlags.ZERO, `${aio}: a hole is ZERO`);
+      assertEquals(hole.pnum, 1 << 20, `${aio}: up to the data`);
+      const data = await node.blockStatus(1 << 20, 3 << 20);
+      assert(data.status & BlockStatusFlags.DATA, `${aio}: written data is DATA`);
+      assert(!(data.status & BlockStatusFlags.ZERO), `${aio}: not ZERO`);
+      assertEquals(data.pnum, 65536, `${aio}: up to the next hole`);
+      const tail = await node.blockStatus((1 << 20) + 65536, 4 << 20);
+      assert(tail.status & BlockStatusFlags.ZERO, `${aio}: the trailing hole is ZERO`);
+      await node.unref("test");
+    }
+    await graph.closeAll();
+  });
+});
+
+Deno.test("file write-zeroes punches holes with MAY_UNMAP and zeroes ranges past the end", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/z.img`;
+    await Deno.writeFile(path, pattern(1 << 20, 6));
+    const graph = new Graph({ registry });
+    const node = await openFile(graph, path, { aio: "io_uring", discard: "unmap" });
+    const inst = node.instance as FileInstance;
+    const before = await inst.allocatedSize();
+    await node.pwriteZeroes(65536, 256 * 1024, ReqFlags.MAY_UNMAP);
+    assert(await inst.allocatedSize() <= before - 256 * 1024, "the range was deallocated");
+    await node.pwriteZeroes((1 << 20) - 4096, 8192, 0);
+    assertEquals(node.getLength(), (1 << 20) + 4096, "ZERO_RANGE grew the file");
+    await node.pdiscard(4096, 4096);
+    const data = await Deno.readFile(path);
+    assertBytesEqual(data.subarray(65536, 65536 + 256 * 1024), new Uint8Array(256 * 1024), "hole");
+    assertBytesEqual(data.subarray((1 << 20) - 4096), new Uint8Array(8192), "zeroed tail");
+    assertBytesEqual(data.subarray(4096, 8192), new Uint8Array(4096), "discarded");
+    assertBytesEqual(data.subarray(0, 4096), pattern(1 << 20, 6).subarray(0, 4096), "kept");
+    await node.unref("test");
+    await graph.closeAll();
+  });
+});
+
+Deno.test("file close with requests in flight completes every one and nothing hangs", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/c.img`;
+    await fileDriver.create!({ filename: path, size: 8 << 20 }, registry);
+    const graph = new Graph({ registry });
+    for (
+      const extra of [
+        { aio: "io_uring" },
+        { aio: "io_uring", cache: { direct: true } },
+        { aio: "threads" },
+      ]
+    ) {
+      const node = await openFile(graph, path, extra);
+      const results: string[] = [];
+      const reqs: Promise<void>[] = [];
+      for (let i = 0; i < 200; i++) {
+        const buf = new Uint8Array(16384).fill(i);
+        const p = i % 3 ? node.write(i * 16384, buf) : node.read(i * 16384, buf);
+        reqs.push(p.then(() => void results.push("ok"), (e) => void results.push(e.code)));
+      }
+      await node.unref("test");
+      await Promise.all(reqs);
+      assertEquals(results.length, 200, "every request settled");
+      assert(results.every((r) => r === "ok" || r === "ECANCELED"), results.join(","));
+    }
+    await graph.closeAll();
+  });
 });
