@@ -1,6 +1,6 @@
 /**
  * `blockgraph img`: qemu-img's command line for the subcommands blockgraph has so far
- * (`create`, `info`), with qemu-img's global options, messages and exit statuses.
+ * (`bench`, `create`, `info`), with qemu-img's global options, messages and exit statuses.
  *
  * @module
  */
@@ -9,6 +9,7 @@ import { Graph } from "@blockgraph/core";
 import { defaultRegistry } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
+import { imgBench } from "./bench.ts";
 import { imgCreate } from "./create.ts";
 import { imgErrorExit, imgOptionError } from "./img_common.ts";
 import { imgInfo } from "./info.ts";
@@ -25,6 +26,9 @@ export function imgUsage(graph: Graph): string {
     "    '-h', '--help'       display this help and exit\n" +
     "    '-V', '--version'    output version information and exit\n\n" +
     "Command syntax:\n" +
+    "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] " +
+    "[-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] " +
+    "[-t cache] [-w] [-U] [--image-opts] [--output=ofmt] filename\n" +
     "  create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] " +
     "[-o options] filename [size]\n" +
     "  info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] " +
@@ -36,6 +40,7 @@ const SUBCOMMANDS: Record<
   string,
   (graph: Graph, args: readonly string[], io: CliIo) => Promise<number>
 > = {
+  bench: imgBench,
   create: imgCreate,
   info: imgInfo,
 };
