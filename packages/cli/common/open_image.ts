@@ -154,7 +154,7 @@ function completeFile(graph: Graph, file: OptionValues, aio: string | undefined)
     out = { ...protocolOptions(graph, out.filename), ...out };
     out.driver = graph.registry.protocolFor(file.filename as string).name;
   }
-  if (aio !== undefined && out.aio === undefined) out.aio = aio;
+  if (aio !== undefined && out.aio === undefined && out.driver === "file") out.aio = aio;
   return out;
 }
 

@@ -217,7 +217,7 @@ export async function runIo(
         readOnly,
         cache,
         discard,
-        aio: aio === "threads" ? undefined : aio,
+        aio,
         forceShare,
       }, { snapshot, copyOnRead });
       if (rc !== 0) return 1;
