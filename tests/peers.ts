@@ -1,5 +1,5 @@
 /**
- * Interop peers (qemu-img, qemu-io, ...) come from Debian packages. Tests call
+ * Interop and benchmark peers (qemu-img, qemu-io, fio, ...) come from Debian packages. Tests call
  * {@link ensurePeers} and the packages are installed once, when missing.
  *
  * @module
@@ -12,6 +12,7 @@ const PACKAGES: Record<string, string> = {
   "qemu-nbd": "qemu-utils",
   nbdinfo: "libnbd-bin",
   nbdcopy: "libnbd-bin",
+  fio: "fio",
 };
 
 async function has(command: string): Promise<boolean> {
