@@ -1,6 +1,7 @@
 /**
  * `@blockgraph/cli`: the `blockgraph` command. `img` speaks qemu-img's command line
- * (`create`, `info`), `io` speaks qemu-io's. Each runs in-process with injectable standard
+ * (`create`, `info`), `io` speaks qemu-io's, `daemon` speaks qemu-storage-daemon's (a QMP
+ * monitor and NBD exports). Each runs in-process with injectable standard
  * streams, so tests capture output without spawning.
  *
  * @module
@@ -11,4 +12,11 @@ export type { CapturedIo, CliIo } from "./common/cli_io.ts";
 export { runIo } from "./io/run_io.ts";
 export type { RunIoOptions } from "./io/run_io.ts";
 export { runImg } from "./img/run_img.ts";
+export { createDaemon, runDaemon } from "./daemon/run_daemon.ts";
+export type { RunDaemonOptions } from "./daemon/run_daemon.ts";
+export { Daemon } from "./daemon/daemon.ts";
+export type { QmpCommand, QmpCommandContext } from "./daemon/daemon.ts";
+export { QmpMonitor } from "./daemon/monitor.ts";
+export { QmpError } from "./daemon/qmp_error.ts";
+export type { QmpErrorClass } from "./daemon/qmp_error.ts";
 export { MAIN_USAGE, runMain } from "./run_main.ts";

@@ -1,10 +1,11 @@
 /**
- * The `blockgraph` command's dispatch: `img ...`, `io ...`, `--help`.
+ * The `blockgraph` command's dispatch: `img ...`, `io ...`, `daemon ...`, `--help`.
  *
  * @module
  */
 
 import type { CliIo } from "./common/cli_io.ts";
+import { runDaemon } from "./daemon/run_daemon.ts";
 import { runImg } from "./img/run_img.ts";
 import { runIo } from "./io/run_io.ts";
 
@@ -15,8 +16,9 @@ A storage block layer.
 Commands:
   img    disk image utility (speaks qemu-img: create, info)
   io     disk exerciser (speaks qemu-io)
+  daemon storage daemon: QMP monitor and NBD exports (speaks qemu-storage-daemon)
 
-Run 'blockgraph img --help' or 'blockgraph io --help' for a command's options.
+Run 'blockgraph COMMAND --help' for a command's options.
 `;
 
 /**
@@ -37,6 +39,8 @@ export async function runMain(args: readonly string[], io: CliIo): Promise<numbe
       return await runImg(rest, io);
     case "io":
       return await runIo(rest, io);
+    case "daemon":
+      return await runDaemon(rest, io);
     case "-h":
     case "--help":
     case "help":

@@ -1,0 +1,215 @@
+/**
+ * NBD and export commands: `nbd-server-start`, `nbd-server-stop`, `block-export-add`,
+ * `block-export-del`, `query-block-exports`. The same functions serve `--nbd-server` and
+ * `--export` on the command line, where values are key=value strings.
+ *
+ * @module
+ */
+
+import { BlockError } from "@blockgraph/core";
+import { NbdServer, type NbdServerAddress } from "@blockgraph/devices";
+import type { Daemon, QmpCommand } from "./daemon.ts";
+import { type ArgsSchema, checkArgs, type CheckOptions } from "./qmp_args.ts";
+import { genericError } from "./qmp_error.ts";
+
+const INET_DATA: ArgsSchema = {
+  host: "str",
+  port: "any",
+  "*numeric": "bool",
+  "*to": "int",
+  "*ipv4": "bool",
+  "*ipv6": "bool",
+  "*keep-alive": "bool",
+};
+const UNIX_DATA: ArgsSchema = { path: "str", "*abstract": "bool", "*tight": "bool" };
+const ADDRESS_TYPES = ["inet", "unix", "vsock", "fd"];
+
+/**
+ * Reads a SocketAddress: QEMU's legacy form `{type, data: {...}}` (what nbd-server-start
+ * takes) or the flat form `{type, host, port}` / `{type, path}` (what `--nbd-server addr.*`
+ * takes). Only inet and unix sockets are served.
+ */
+export function parseSocketAddress(
+  addr: Record<string, unknown>,
+  opts: CheckOptions & { legacy: boolean },
+): NbdServerAddress {
+  const prefix = opts.prefix ?? "addr.";
+  const type = addr.type;
+  if (type === undefined) throw genericError(`Parameter '${prefix}type' is missing`);
+  if (typeof type !== "string") {
+    throw genericError(`Invalid parameter type for '${prefix}type', expected: string`);
+  }
+  if (!ADDRESS_TYPES.includes(type)) {
+    throw genericError(`Parameter '${prefix}type' does not accept value '${type}'`);
+  }
+  let members: Record<string, unknown>;
+  let at = prefix;
+  if (opts.legacy) {
+    const a = checkArgs(addr, { type: "str", data: "object" }, { ...opts, prefix });
+    members = a.data as Record<string, unknown>;
+    at = `${prefix}data.`;
+  } else {
+    members = { ...addr };
+    delete members.type;
+  }
+  if (type !== "inet" && type !== "unix") {
+    throw genericError(`Socket address type '${type}' is not supported by the NBD server`);
+  }
+  const checked = checkArgs(members, type === "inet" ? INET_DATA : UNIX_DATA, {
+    ...opts,
+    prefix: at,
+  });
+  if (type === "unix") return { type, path: checked.path as string };
+  const port = checked.port;
+  if (typeof port !== "string" && typeof port !== "number") {
+    throw genericError(`Invalid parameter type for '${at}port', expected: string`);
+  }
+  return { type, host: checked.host as string, port };
+}
+
+async function removeStaleSocket(path: string): Promise<void> {
+  try {
+    const st = await Deno.lstat(path);
+    if (st.isSocket) await Deno.remove(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+}
+
+/** nbd-server-start: starts the daemon's NBD server at `addr`. */
+export async function nbdServerStart(
+  daemon: Daemon,
+  addr: NbdServerAddress,
+  maxConnections = 0,
+): Promise<NbdServer> {
+  if (daemon.nbd) throw genericError("NBD server already running");
+  if (addr.type === "unix") await removeStaleSocket(addr.path);
+  const server = new NbdServer({ addr, maxConnections });
+  try {
+    server.start();
+  } catch (e) {
+    const err = BlockError.from(e);
+    if (e instanceof BlockError) throw e;
+    const where = addr.type === "unix" ? ` to ${addr.path}` : "";
+    throw genericError(
+      `Failed to bind socket${where}: ${err.message.replace(/ \(os error.*$/, "")}`,
+    );
+  }
+  daemon.nbd = server;
+  return server;
+}
+
+const SERVER_ARGS: ArgsSchema = {
+  addr: "object",
+  "*tls-creds": "str",
+  "*tls-authz": "str",
+  "*max-connections": "int",
+};
+
+/** Starts the NBD server from nbd-server-start (`legacy`) or `--nbd-server` arguments. */
+export function nbdServerStartArgs(
+  daemon: Daemon,
+  args: Record<string, unknown>,
+  opts: CheckOptions & { legacy: boolean },
+): Promise<NbdServer> {
+  const a = checkArgs(args, SERVER_ARGS, opts);
+  const addr = parseSocketAddress(a.addr as Record<string, unknown>, { ...opts, prefix: "addr." });
+  if (a["tls-creds"] !== undefined) {
+    throw genericError(`No TLS credentials with id '${a["tls-creds"]}'`);
+  }
+  if (a["tls-authz"] !== undefined) {
+    throw genericError("tls-authz is not supported without tls-creds");
+  }
+  return nbdServerStart(daemon, addr, (a["max-connections"] as number | undefined) ?? 0);
+}
+
+const EXPORT_ARGS: ArgsSchema = {
+  type: ["nbd", "vhost-user-blk", "fuse", "vduse-blk"],
+  id: "str",
+  "*fixed-iothread": "bool",
+  "*iothread": "str",
+  "node-name": "str",
+  "*writable": "bool",
+  "*writethrough": "bool",
+  "*name": "str",
+  "*description": "str",
+  "*bitmaps": { list: "any" },
+  "*allocation-depth": "bool",
+};
+
+/** block-export-add (and `--export`): an NBD export of a node on the running server. */
+export async function blockExportAdd(
+  daemon: Daemon,
+  args: Record<string, unknown>,
+  opts: CheckOptions = {},
+): Promise<void> {
+  if (args.type !== undefined && args.type !== "nbd" && typeof args.type === "string") {
+    checkArgs({ type: args.type }, { type: EXPORT_ARGS.type! });
+    throw genericError("No driver found for the requested export type");
+  }
+  const a = checkArgs(args, EXPORT_ARGS, opts);
+  if (a.iothread !== undefined) throw genericError(`Cannot find iothread ${a.iothread}`);
+  const bitmaps = (a.bitmaps as unknown[] | undefined) ?? [];
+  if (bitmaps.length > 0) {
+    const b = bitmaps[0];
+    const name = typeof b === "string" ? b : String((b as { name?: unknown })?.name);
+    throw genericError(`Bitmap '${name}' is not found`);
+  }
+  const server = daemon.nbd;
+  if (!server) throw genericError("NBD server not running");
+  const exp = await server.addExport(daemon.graph, {
+    id: a.id as string,
+    "node-name": a["node-name"] as string,
+    ...(a.name === undefined ? {} : { name: a.name as string }),
+    ...(a.writable === undefined ? {} : { writable: a.writable as boolean }),
+    ...(a.description === undefined ? {} : { description: a.description as string }),
+  });
+  if (a.writethrough === true) exp.backend.enableWriteCache = false;
+}
+
+/** The NBD and export commands. */
+export const nbdCommands: readonly QmpCommand[] = [
+  {
+    name: "nbd-server-start",
+    args: null,
+    async run(args, { daemon }) {
+      await nbdServerStartArgs(daemon, args, { legacy: true });
+      return {};
+    },
+  },
+  {
+    name: "nbd-server-stop",
+    args: {},
+    async run(_args, { daemon }) {
+      const server = daemon.nbd;
+      if (!server) throw genericError("NBD server not running");
+      daemon.nbd = null;
+      await server.stop();
+      return {};
+    },
+  },
+  {
+    name: "block-export-add",
+    args: null,
+    async run(args, { daemon }) {
+      await blockExportAdd(daemon, args);
+      return {};
+    },
+  },
+  {
+    name: "block-export-del",
+    args: { id: "str", "*mode": ["safe", "hard"] },
+    async run(args, { daemon }) {
+      const id = args.id as string;
+      const server = daemon.nbd;
+      if (!server?.exportById(id)) throw genericError(`Export '${id}' is not found`);
+      await server.deleteExport(id, args.mode === "hard");
+      return {};
+    },
+  },
+  {
+    name: "query-block-exports",
+    args: {},
+    run: (_args, { daemon }) => daemon.nbd?.queryExports() ?? [],
+  },
+];
