@@ -113,7 +113,11 @@ export function nbdServerStartArgs(
   opts: CheckOptions & { legacy: boolean },
 ): Promise<NbdServer> {
   const a = checkArgs(args, SERVER_ARGS, opts);
-  const addr = parseSocketAddress(a.addr as Record<string, unknown>, { ...opts, prefix: "addr." });
+  const raw = a.addr as Record<string, unknown>;
+  // nbd-server-start takes the legacy form; a flat address (members beside `type` and no
+  // `data`) is accepted too, as `--nbd-server` spells it.
+  const legacy = opts.legacy && ("data" in raw || Object.keys(raw).length === 1);
+  const addr = parseSocketAddress(raw, { ...opts, legacy, prefix: "addr." });
   if (a["tls-creds"] !== undefined) {
     throw genericError(`No TLS credentials with id '${a["tls-creds"]}'`);
   }

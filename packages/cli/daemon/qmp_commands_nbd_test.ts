@@ -1,0 +1,146 @@
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
+import { Graph } from "@blockgraph/core";
+import { defaultRegistry } from "@blockgraph/drivers";
+import { addMonitor, createDaemon } from "./run_daemon.ts";
+import { TestQmpClient } from "./testing_qmp_client.ts";
+
+async function setup() {
+  const dir = await Deno.makeTempDir({ prefix: "bg-nbd-" });
+  const daemon = createDaemon();
+  addMonitor(daemon, `${dir}/qmp.sock`);
+  const q = await TestQmpClient.connect(`${dir}/qmp.sock`);
+  await q.ok("blockdev-add", { driver: "memory", "node-name": "m0", size: 1 << 20 });
+  return {
+    dir,
+    daemon,
+    q,
+    async [Symbol.asyncDispose]() {
+      await q.close();
+      await daemon.shutdown();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+Deno.test("nbd-server-start/-stop: legacy and flat addresses, QEMU's refusals", async () => {
+  await using s = await setup();
+  const q = s.q;
+  assertEquals((await q.fails("nbd-server-stop")).desc, "NBD server not running");
+  assertEquals(
+    (await q.fails("block-export-add", { type: "nbd", id: "e0", "node-name": "m0" })).desc,
+    "NBD server not running",
+  );
+  assertEquals((await q.fails("nbd-server-start", {})).desc, "Parameter 'addr' is missing");
+  assertEquals(
+    (await q.fails("nbd-server-start", { addr: { type: "unix" } })).desc,
+    "Parameter 'addr.data' is missing",
+  );
+  assertEquals(
+    (await q.fails("nbd-server-start", { addr: { type: "tcp", data: {} } })).desc,
+    "Parameter 'addr.type' does not accept value 'tcp'",
+  );
+  assertEquals(
+    (await q.fails("nbd-server-start", { addr: { type: "inet", data: { host: "127.0.0.1" } } }))
+      .desc,
+    "Parameter 'addr.data.port' is missing",
+  );
+  assertEquals(
+    (await q.fails("nbd-server-start", {
+      addr: { type: "unix", data: { path: `${s.dir}/n.sock` } },
+      "tls-creds": "tls0",
+    })).desc,
+    "No TLS credentials with id 'tls0'",
+  );
+  await q.ok("nbd-server-start", { addr: { type: "unix", data: { path: `${s.dir}/n.sock` } } });
+  assert((await Deno.lstat(`${s.dir}/n.sock`)).isSocket);
+  assertEquals(
+    (await q.fails("nbd-server-start", {
+      addr: { type: "inet", data: { host: "127.0.0.1", port: "0" } },
+    })).desc,
+    "NBD server already running",
+  );
+  await q.ok("nbd-server-stop");
+  // The flat SocketAddress form (as --nbd-server takes it) is accepted too.
+  await q.ok("nbd-server-start", { addr: { type: "inet", host: "127.0.0.1", port: "0" } });
+  assertEquals(s.daemon.nbd!.address.type, "inet");
+  await q.ok("nbd-server-stop");
+});
+
+Deno.test("block-export-add/-del: serving a node, BLOCK_EXPORT_DELETED, safe and hard modes", async () => {
+  await using s = await setup();
+  const q = s.q;
+  const path = `${s.dir}/n.sock`;
+  await q.ok("nbd-server-start", { addr: { type: "unix", data: { path } } });
+  assertEquals(
+    (await q.fails("block-export-add", { type: "nbd", id: "e9", "node-name": "zz" })).desc,
+    "Cannot find device='' nor node-name='zz'",
+  );
+  assertEquals(
+    (await q.fails("block-export-add", { type: "nbd", id: "e9" })).desc,
+    "Parameter 'node-name' is missing",
+  );
+  assertEquals(
+    (await q.fails("block-export-add", { type: "bogus", id: "e9", "node-name": "m0" })).desc,
+    "Parameter 'type' does not accept value 'bogus'",
+  );
+  assertEquals(
+    (await q.fails("block-export-add", { type: "fuse", id: "e9", "node-name": "m0" })).desc,
+    "No driver found for the requested export type",
+  );
+  await q.ok("block-export-add", { type: "nbd", id: "e0", "node-name": "m0", writable: true });
+  assertEquals(
+    (await q.fails("block-export-add", { type: "nbd", id: "e0", "node-name": "m0" })).desc,
+    "Block export id 'e0' is already in use",
+  );
+  assertEquals(
+    (await q.fails("block-export-add", { type: "nbd", id: "e1", "node-name": "m0", name: "m0" }))
+      .desc,
+    "NBD server already has export named 'm0'",
+  );
+  assertEquals(await q.ok("query-block-exports"), [
+    { type: "nbd", id: "e0", "node-name": "m0", "shutting-down": false },
+  ]);
+  assertEquals((await q.fails("blockdev-del", { "node-name": "m0" })).desc, "Node m0 is in use");
+  // query-block skips the export's anonymous Backend, as QEMU does.
+  assertEquals(await q.ok("query-block"), []);
+
+  // A real NBD client (our nbd driver) writes through the export.
+  const client = new Graph({ registry: defaultRegistry() });
+  const node = await client.open({
+    driver: "nbd",
+    server: { type: "unix", path },
+    export: "m0",
+  }, "test");
+  await node.write(0, new Uint8Array(4096).fill(0x5a));
+  const check = new Uint8Array(4096);
+  await s.daemon.graph.findNode("m0")!.read(0, check);
+  assertEquals(check[4095], 0x5a);
+
+  const desc = (await q.fails("block-export-del", { id: "e0" })).desc;
+  assert(desc.startsWith("export 'e0' still in use"), desc);
+  assertEquals(
+    (await q.fails("block-export-del", { id: "e0", mode: "bogus" })).desc,
+    "Parameter 'mode' does not accept value 'bogus'",
+  );
+  const before = q.events.length;
+  await q.ok("block-export-del", { id: "e0", mode: "hard" });
+  assertEquals((await q.waitEvent("BLOCK_EXPORT_DELETED", before)).data, { id: "e0" });
+  assertEquals((await q.fails("block-export-del", { id: "e0" })).desc, "Export 'e0' is not found");
+  assertEquals(await q.ok("query-block-exports"), []);
+  await node.unref("test").catch(() => {});
+  await client.closeAll().catch(() => {});
+  await q.ok("blockdev-del", { "node-name": "m0" });
+});
+
+Deno.test("nbd-server-stop deletes the exports (BLOCK_EXPORT_DELETED) and frees the node", async () => {
+  await using s = await setup();
+  const q = s.q;
+  await q.ok("nbd-server-start", {
+    addr: { type: "inet", data: { host: "127.0.0.1", port: "0" } },
+  });
+  await q.ok("block-export-add", { type: "nbd", id: "e0", "node-name": "m0" });
+  const before = q.events.length;
+  await q.ok("nbd-server-stop");
+  assertEquals((await q.waitEvent("BLOCK_EXPORT_DELETED", before)).data, { id: "e0" });
+  await q.ok("blockdev-del", { "node-name": "m0" });
+});
