@@ -9,6 +9,7 @@
 
 import { BlockError } from "@blockgraph/core";
 import type { EngineChoice, EngineName, EngineOptions, IoEngine } from "./engine.ts";
+import { createAioEngine } from "./aio.ts";
 import { createThreadsEngine } from "./threads.ts";
 import { createUringEngine } from "./uring.ts";
 
@@ -18,6 +19,7 @@ export type EngineFactory = (options: EngineOptions) => IoEngine;
 /** The engines from fastest to the fallback, with their factories. */
 export const ENGINE_CHAIN: readonly { name: EngineName; create: EngineFactory }[] = [
   { name: "io_uring", create: createUringEngine },
+  { name: "native", create: createAioEngine },
   { name: "threads", create: createThreadsEngine },
 ];
 

@@ -47,7 +47,12 @@ function conformanceTarget(extra: Record<string, unknown>): ConformanceTarget {
 
 runConformance("file", conformanceTarget({}));
 runConformance("file aio=io_uring", conformanceTarget({ aio: "io_uring" }));
+runConformance("file aio=native", conformanceTarget({ aio: "native" }));
 runConformance("file aio=threads", conformanceTarget({ aio: "threads" }));
+runConformance(
+  "file aio=native cache.direct=on",
+  conformanceTarget({ aio: "native", cache: { direct: true } }),
+);
 runConformance(
   "file aio=io_uring cache.direct=on",
   conformanceTarget({ aio: "io_uring", cache: { direct: true } }),
@@ -99,7 +104,7 @@ Deno.test("file cache.direct=on opens with O_DIRECT and declares its alignment",
   await withTempDir(async (dir) => {
     await fileDriver.create!({ filename: `${dir}/d.img`, size: 65536 }, registry);
     const graph = new Graph({ registry });
-    for (const aio of ["io_uring", "threads"]) {
+    for (const aio of ["io_uring", "native", "threads"]) {
       const node = await openFile(graph, `${dir}/d.img`, { aio, cache: { direct: true } });
       const inst = node.instance as FileInstance;
       assert(inst.direct, "direct");
@@ -301,7 +306,7 @@ Deno.test("file block status reports holes of a sparse file as zeros, data as da
     const path = `${dir}/sparse.img`;
     await fileDriver.create!({ filename: path, size: 4 << 20 }, registry);
     const graph = new Graph({ registry });
-    for (const aio of ["io_uring", "threads"]) {
+    for (const aio of ["io_uring", "native", "threads"]) {
       const node = await openFile(graph, path, { aio });
       await node.write(1 << 20, pattern(65536, 5));
       await node.flush();
@@ -352,6 +357,7 @@ Deno.test("file close with requests in flight completes every one and nothing ha
       const extra of [
         { aio: "io_uring" },
         { aio: "io_uring", cache: { direct: true } },
+        { aio: "native", cache: { direct: true } },
         { aio: "threads" },
       ]
     ) {
