@@ -93,6 +93,27 @@ export class JsonStreamer {
     return out;
   }
 
+  /** Ends the input: whatever was collected is parsed now (it is incomplete: an error). */
+  flush(): (JsonValue | JsonParseError)[] {
+    const out = this.feed(" ");
+    if (this.#inString) {
+      this.#inString = null;
+      this.#partial = "";
+      this.#reset();
+      out.push(new JsonParseError("premature EOI"));
+    } else if (this.#tokens.length > 0) {
+      const tokens = this.#tokens;
+      this.#reset();
+      try {
+        out.push(parseTokens(tokens));
+      } catch (err) {
+        if (!(err instanceof JsonParseError)) throw err;
+        out.push(err);
+      }
+    }
+    return out;
+  }
+
   #endWord(emit: (e: Emitted) => void): void {
     const word = this.#partial;
     this.#partial = "";
@@ -133,7 +154,7 @@ export class JsonStreamer {
  */
 export function parseQmpJson(text: string): JsonValue {
   const s = new JsonStreamer();
-  const values = s.feed(text + "\n");
+  const values = [...s.feed(text), ...s.flush()];
   if (values.length === 0) throw new JsonParseError("premature EOI");
   const first = values[0]!;
   if (first instanceof JsonParseError) throw first;
