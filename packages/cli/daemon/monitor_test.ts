@@ -1,5 +1,14 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
-import { BlockJob, type Graph, type Node, Perm } from "@blockgraph/core";
+import {
+  type BlockDriver,
+  BlockError,
+  BlockJob,
+  DriverRegistry,
+  Graph,
+  type Node,
+  Perm,
+} from "@blockgraph/core";
+import { defaultRegistry } from "@blockgraph/drivers";
 import type { Daemon } from "./daemon.ts";
 import { applyAction, createDaemon } from "./run_daemon.ts";
 import { addMonitor } from "./run_daemon.ts";
@@ -357,3 +366,69 @@ async function assertRejectsNotFound(path: string): Promise<void> {
   }
   throw new Error(`${path} still exists`);
 }
+
+/** A protocol whose writes fail with EIO (reads return zeros). */
+const failingDriver: BlockDriver = {
+  name: "failing",
+  kind: "protocol",
+  options: { size: { type: "size", description: "size" } },
+  open: (_ctx, o) =>
+    Promise.resolve({
+      getLength: () => o.size as number,
+      preadv: () => Promise.resolve(),
+      pwritev: () => Promise.reject(new BlockError("EIO", "Input/output error")),
+      close: () => Promise.resolve(),
+    }),
+};
+
+Deno.test("block layer events reach QMP clients: BLOCK_IO_ERROR, BLOCK_IMAGE_CORRUPTED", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "bg-qmp-" });
+  const registry = new DriverRegistry([...defaultRegistry().all(), failingDriver]);
+  const daemon = createDaemon(new Graph({ registry }));
+  addMonitor(daemon, `${dir}/qmp.sock`);
+  const q = await TestQmpClient.connect(`${dir}/qmp.sock`);
+  try {
+    await q.ok("blockdev-add", { driver: "failing", "node-name": "bad0", size: 65536 });
+    await applyAction(daemon, {
+      kind: "drive",
+      text: "",
+      options: {
+        id: "hd0",
+        name: "drv0",
+        "node-name": "bad0",
+        removable: "off",
+        "read-only": "off",
+      },
+    });
+    const b = daemon.drives.get("hd0")!.backend;
+    await b.write(0, new Uint8Array(512)).then(
+      () => assert(false, "write should fail"),
+      (e) => assertEquals((e as BlockError).code, "EIO"),
+    );
+    const e = await q.waitEvent("BLOCK_IO_ERROR");
+    assertEquals(e.data, {
+      device: "drv0",
+      "qom-path": "hd0",
+      operation: "write",
+      action: "report",
+      reason: "Input/output error",
+      "node-name": "bad0",
+    });
+    daemon.graph.events.emit("BLOCK_IMAGE_CORRUPTED", {
+      device: "",
+      "node-name": "bad0",
+      msg: "Preventing invalid write on metadata",
+      fatal: true,
+    });
+    assertEquals((await q.waitEvent("BLOCK_IMAGE_CORRUPTED")).data, {
+      device: "",
+      "node-name": "bad0",
+      msg: "Preventing invalid write on metadata",
+      fatal: true,
+    });
+  } finally {
+    await q.close();
+    await daemon.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
