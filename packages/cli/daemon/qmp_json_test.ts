@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, throws } from "node:assert";
-import { formatQmpJson, JsonParseError, JsonStreamer, parseQmpJson } from "./qmp_json.ts";
+import { formatQmpJson, type JsonParseError, JsonStreamer, parseQmpJson } from "./qmp_json.ts";
 
 Deno.test("formatQmpJson prints as QEMU does: spaces after ':' and ',', nested", () => {
   assertEquals(

@@ -124,7 +124,7 @@ export interface RunDaemonOptions {
   /** Stop on SIGINT and SIGTERM (default true). */
   signals?: boolean;
   /** Called once the daemon is serving. */
-  onReady?: (daemon: Daemon) => void;
+  onReady?: () => void;
 }
 
 /** Runs `blockgraph daemon` with `args` (after `daemon`); returns the exit status. */
@@ -176,7 +176,7 @@ export async function runDaemon(
   const signals: Deno.Signal[] = options.signals === false ? [] : ["SIGINT", "SIGTERM"];
   for (const s of signals) Deno.addSignalListener(s, stop);
   if (banner) io.out(banner);
-  options.onReady?.(daemon);
+  options.onReady?.();
   try {
     await daemon.quitRequested;
     await daemon.shutdown();
