@@ -7,12 +7,20 @@
  */
 
 import { DriverRegistry } from "@blockgraph/core";
+import { qcow2Driver } from "./formats/qcow2/mod.ts";
 import { rawDriver } from "./formats/raw.ts";
 import { fileDriver } from "./protocols/file.ts";
 import { memoryDriver } from "./protocols/memory.ts";
 import { nbdDriver } from "./protocols/nbd/driver.ts";
 import { nullDriver } from "./protocols/null.ts";
 
+export {
+  createParams,
+  formatQcow2,
+  type Qcow2CreateParams,
+  qcow2Driver,
+  Qcow2Instance,
+} from "./formats/qcow2/mod.ts";
 export { rawDriver, RawInstance } from "./formats/raw.ts";
 export {
   FILE_AIO_ENGINES,
@@ -36,5 +44,12 @@ export { parseNbdFilename } from "./protocols/nbd/filename.ts";
  * ```
  */
 export function defaultRegistry(): DriverRegistry {
-  return new DriverRegistry([nullDriver, memoryDriver, fileDriver, nbdDriver, rawDriver]);
+  return new DriverRegistry([
+    nullDriver,
+    memoryDriver,
+    fileDriver,
+    nbdDriver,
+    rawDriver,
+    qcow2Driver,
+  ]);
 }

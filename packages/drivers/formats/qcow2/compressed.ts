@@ -1,0 +1,63 @@
+/**
+ * Compressed clusters: the compressed cluster descriptor (offset and sector count packed by
+ * cluster size) and decompression (raw deflate for zlib, zstd) through `node:zlib`.
+ *
+ * @module
+ */
+
+import { BlockError } from "@blockgraph/core";
+import { constants, inflateRawSync, zstdDecompressSync } from "node:zlib";
+
+/** Where a compressed cluster's data lies in the image file. */
+export interface CompressedPlace {
+  /** The byte offset of the compressed data (not aligned). */
+  offset: number;
+  /** How many bytes may hold it: to the end of its last 512-byte sector. */
+  bytes: number;
+  /** Where the sectors it occupies start (the offset rounded down to 512). */
+  sectorStart: number;
+}
+
+/** Decodes the compressed cluster descriptor of an L2 entry (`hi`:`lo`, flags included). */
+export function compressedPlace(hi: number, lo: number, clusterBits: number): CompressedPlace {
+  const v = (BigInt(hi & 0x3fffffff) << 32n) | BigInt(lo >>> 0);
+  const x = BigInt(62 - (clusterBits - 8));
+  const offset = Number(v & ((1n << x) - 1n));
+  const sectors = Number((v >> x) & ((1n << BigInt(clusterBits - 8)) - 1n)) + 1;
+  const sectorStart = offset - (offset % 512);
+  return { offset, bytes: sectors * 512 - (offset % 512), sectorStart };
+}
+
+/** Encodes a compressed cluster descriptor: the entry's high and low words, flag included. */
+export function compressedEntry(
+  offset: number,
+  bytes: number,
+  clusterBits: number,
+): [number, number] {
+  const sectors = Math.ceil((offset % 512 + bytes) / 512);
+  const x = BigInt(62 - (clusterBits - 8));
+  const v = (1n << 62n) | (BigInt(sectors - 1) << x) | BigInt(offset);
+  return [Number(v >> 32n), Number(v & 0xffffffffn)];
+}
+
+/**
+ * Decompresses one cluster of `clusterSize` bytes from `data` (which may run past the end of
+ * the stream). `type` is the header's compression type: 0 zlib (raw deflate), 1 zstd.
+ */
+export function decompressCluster(data: Uint8Array, clusterSize: number, type: number): Uint8Array {
+  let out: Uint8Array;
+  try {
+    out = type === 0
+      ? inflateRawSync(data, { finishFlush: constants.Z_SYNC_FLUSH })
+      : zstdDecompressSync(data);
+  } catch (e) {
+    throw new BlockError("EIO", `Could not decompress cluster: ${(e as Error).message}`);
+  }
+  if (out.length < clusterSize) {
+    throw new BlockError(
+      "EIO",
+      `Compressed cluster decompressed to ${out.length} bytes, not ${clusterSize}`,
+    );
+  }
+  return out.length === clusterSize ? out : out.subarray(0, clusterSize);
+}

@@ -1,0 +1,431 @@
+/**
+ * The state of an open qcow2 image: header, L1 table, L2 cache, refcounts, overlap map,
+ * locks, and the corrupt state. It answers "where is guest cluster N" (`lookup`), makes L2
+ * tables writable (`l2ForWrite`), frees clusters in a crash-safe order (`freeLater`,
+ * `commitFrees`) and flushes its caches.
+ *
+ * Metadata order on allocation (crash leaves at most leaked clusters):
+ * 1. refcounts are raised in the refcount cache when clusters are allocated;
+ * 2. guest data (with its COW head and tail) is written to the new clusters;
+ * 3. the L2 entry is set in the L2 cache; before any L2 table is written back, the refcount
+ *    blocks are written and the file flushed (which also makes step 2 stable);
+ * 4. a new L2 table is written and flushed before the L1 entry naming it (L1 is written
+ *    through).
+ * Frees go the other way: the L2 and L1 changes are written and flushed before refcounts drop.
+ * Lazy refcounts (compat 1.1 `lazy_refcounts`) are not used by this driver yet: it always
+ * keeps refcounts in order, so it never sets the dirty bit.
+ *
+ * @module
+ */
+
+import { BlockError, type IoVector, type Node } from "@blockgraph/core";
+import { compressedPlace } from "./compressed.ts";
+import {
+  COMPRESSED_HI,
+  COPIED_HI,
+  entryOffset,
+  hex,
+  Incompat,
+  setU64,
+  viewOf,
+  ZERO_LO,
+} from "./format.ts";
+import type { Qcow2Header } from "./header.ts";
+import { L2Cache } from "./l2_cache.ts";
+import { ClusterClaims, Mutex } from "./locks.ts";
+import type { MetaIo } from "./meta_io.ts";
+import { MetadataMap, type WriteKind } from "./overlap.ts";
+import { Refcounts } from "./refcount.ts";
+
+/** What a guest cluster holds. */
+export type ClusterKind = "unallocated" | "zero" | "zero-alloc" | "normal" | "compressed";
+
+/** A run of guest bytes of one kind, from one L2 table. */
+export interface Extent {
+  /** The kind of every cluster in the run. */
+  kind: ClusterKind;
+  /** Bytes from the queried offset. */
+  bytes: number;
+  /** For normal and zero-alloc: the host offset of the queried byte. */
+  host: number;
+  /** Whether every cluster's refcount is one (COPIED). */
+  copied: boolean;
+  /** The first cluster's L2 entry, high and low words. */
+  hi: number;
+  /** See `hi`. */
+  lo: number;
+}
+
+/** Where an image's corruption is reported. */
+export interface CorruptionSink {
+  /** The graph's event bus emitter. */
+  emit(name: string, data: Record<string, unknown>): void;
+  /** The node's name, for the event. */
+  nodeName: string;
+}
+
+/** Classifies an L2 entry. */
+export function classify(hi: number, lo: number): ClusterKind {
+  if (hi & COMPRESSED_HI) return "compressed";
+  const off = entryOffset(hi, lo);
+  if (lo & ZERO_LO) return off !== 0 ? "zero-alloc" : "zero";
+  return off !== 0 ? "normal" : "unallocated";
+}
+
+/** An open qcow2 image's state. */
+export class Qcow2Image implements MetaIo {
+  /** The image file. */
+  readonly file: Node;
+  /** The header as it is on disk. */
+  readonly header: Qcow2Header;
+  /** The cluster size. */
+  readonly cs: number;
+  /** Entries per L2 table. */
+  readonly l2Entries: number;
+  /** L1 entries: L2 table offsets (0: none). */
+  readonly l1: number[];
+  /** L1 COPIED flags. */
+  readonly l1Copied: boolean[];
+  /** The overlap map. */
+  readonly map: MetadataMap;
+  /** The refcount structures. */
+  readonly refcounts: Refcounts;
+  /** The L2 cache. */
+  readonly l2: L2Cache;
+  /** Held around metadata work. */
+  readonly lock: Mutex = new Mutex();
+  /** Guest clusters being allocated. */
+  readonly claims: ClusterClaims = new ClusterClaims();
+  /** Whether the image may be written. */
+  readonly writable: boolean;
+  /** Set once corruption was found in a writable image: all I/O fails from then on. */
+  broken = false;
+  #warned = false;
+  #marking: Promise<void> | null = null;
+  readonly #sink: CorruptionSink;
+  #pendingFrees: { first: number; count: number; discard: boolean }[] = [];
+
+  /** Builds the state; `l1Raw` and `refTable` are the tables read at open. */
+  constructor(
+    file: Node,
+    header: Qcow2Header,
+    l1Raw: Uint8Array,
+    refTable: number[],
+    writable: boolean,
+    l2CacheTables: number,
+    sink: CorruptionSink,
+  ) {
+    this.file = file;
+    this.header = header;
+    this.writable = writable;
+    this.#sink = sink;
+    this.cs = 2 ** header.clusterBits;
+    this.l2Entries = this.cs / 8;
+    const view = viewOf(l1Raw);
+    this.l1 = [];
+    this.l1Copied = [];
+    const map = new MetadataMap(header.clusterBits);
+    this.map = map;
+    map.setRange("qcow2_header", 0, this.cs);
+    map.setRange("active L1 table", header.l1TableOffset, header.l1Size * 8);
+    map.setRange(
+      "refcount table",
+      header.refcountTableOffset,
+      header.refcountTableClusters * this.cs,
+    );
+    for (let i = 0; i < header.l1Size; i++) {
+      const hi = view.getUint32(i * 8);
+      const off = entryOffset(hi, view.getUint32(i * 8 + 4));
+      this.l1.push(off);
+      this.l1Copied.push((hi & COPIED_HI) !== 0);
+      if (off !== 0 && off % this.cs === 0) map.setL2(off, true);
+    }
+    this.refcounts = new Refcounts(
+      this,
+      map,
+      header.clusterBits,
+      header.refcountOrder,
+      refTable,
+      { offset: header.refcountTableOffset, clusters: header.refcountTableClusters },
+      file.getLength(),
+    );
+    this.refcounts.onTableMoved = async (place) => {
+      const buf = new Uint8Array(12);
+      setU64(viewOf(buf), 0, place.offset);
+      viewOf(buf).setUint32(8, place.clusters);
+      await this.write("qcow2_header", 48, buf);
+      await this.flush();
+      header.refcountTableOffset = place.offset;
+      header.refcountTableClusters = place.clusters;
+    };
+    this.l2 = new L2Cache(
+      l2CacheTables,
+      (off) => this.#loadL2(off),
+      (off, table) => this.write("active L2 table", off, table),
+      async () => {
+        await this.refcounts.writeback();
+        await this.flush();
+      },
+    );
+  }
+
+  // ------------------------------------------------------------------ MetaIo
+
+  /** Reads from the image file. */
+  read(offset: number, buf: Uint8Array): Promise<void> {
+    return this.file.read(offset, buf);
+  }
+
+  /** Writes metadata or data after the overlap check; a hit marks the image corrupt. */
+  write(kind: WriteKind, offset: number, buf: Uint8Array): Promise<void> {
+    const hit = this.map.check(kind, offset, buf.length);
+    if (hit !== null) {
+      return Promise.reject(
+        this.corrupt(
+          `Preventing invalid write on metadata (overlaps with ${hit})`,
+          offset,
+          buf.length,
+        ),
+      );
+    }
+    return this.file.write(offset, buf);
+  }
+
+  /** Writes guest data to the image file after the overlap check. */
+  writeData(offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
+    const hit = this.map.check("data", offset, bytes);
+    if (hit !== null) {
+      return Promise.reject(
+        this.corrupt(`Preventing invalid write on metadata (overlaps with ${hit})`, offset, bytes),
+      );
+    }
+    return this.file.pwritev(offset, bytes, qiov, qiovOffset);
+  }
+
+  /** Flushes the image file. */
+  flush(): Promise<void> {
+    return this.file.flush();
+  }
+
+  /**
+   * QEMU's `qcow2_signal_corruption`: on a writable image, marks it corrupt (incompatible
+   * bit 1), emits a fatal BLOCK_IMAGE_CORRUPTED and stops all I/O; on a read-only one,
+   * reports once. Returns the EIO error for the request to fail with.
+   */
+  corrupt(message: string, offset?: number, size?: number): Error {
+    const fatal = this.writable;
+    if (fatal && !this.broken) {
+      console.error(
+        `qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`,
+      );
+      this.broken = true;
+      this.header.incompatible |= BigInt(Incompat.CORRUPT);
+      this.#marking = this.#writeFeatureBits().catch(() => {});
+      this.#emit(message, offset, size, true);
+    } else if (!fatal && !this.#warned) {
+      console.error(
+        `qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`,
+      );
+      this.#warned = true;
+      this.#emit(message, offset, size, false);
+    }
+    return new BlockError("EIO", `qcow2: ${message}`, offset === undefined ? {} : { offset });
+  }
+
+  #emit(msg: string, offset: number | undefined, size: number | undefined, fatal: boolean): void {
+    const data: Record<string, unknown> = { device: "", "node-name": this.#sink.nodeName, msg };
+    if (offset !== undefined) data.offset = offset;
+    if (size !== undefined) data.size = size;
+    data.fatal = fatal;
+    this.#sink.emit("BLOCK_IMAGE_CORRUPTED", data);
+  }
+
+  /** Writes the incompatible feature bits (v3) straight to the header and flushes. */
+  async #writeFeatureBits(): Promise<void> {
+    if (this.header.version < 3) return;
+    const buf = new Uint8Array(8);
+    viewOf(buf).setBigUint64(0, this.header.incompatible);
+    await this.file.write(72, buf);
+    await this.file.flush();
+  }
+
+  /** Waits for a corrupt marking in progress (before close). */
+  async settle(): Promise<void> {
+    if (this.#marking) await this.#marking;
+  }
+
+  /** The error every request gets once the image was found corrupt. */
+  brokenError(): BlockError {
+    return new BlockError(
+      "EIO",
+      `Node '${this.#sink.nodeName}' is corrupted: the qcow2 image was marked corrupt and ` +
+        "refuses further I/O",
+    );
+  }
+
+  // ------------------------------------------------------------------ mapping
+
+  async #loadL2(offset: number): Promise<Uint8Array> {
+    if (offset % this.cs !== 0) {
+      throw this.corrupt(`L2 table offset ${hex(offset)} unaligned`, offset, this.cs);
+    }
+    if (offset < this.cs || offset + this.cs > this.file.getLength()) {
+      throw this.corrupt(
+        `L2 table offset ${hex(offset)} ${
+          offset < this.cs ? "overlaps the qcow2 header" : "is beyond the end of the image file"
+        }`,
+        offset,
+        this.cs,
+      );
+    }
+    const buf = new Uint8Array(this.cs);
+    await this.read(offset, buf);
+    return buf;
+  }
+
+  /**
+   * The extent at guest `offset`, at most `bytes` long and within one L2 table: clusters of
+   * the same kind (and contiguous on the host for normal ones). Call with `lock` held.
+   */
+  async lookup(offset: number, bytes: number): Promise<Extent> {
+    const cs = this.cs;
+    const g = Math.floor(offset / cs);
+    const l1i = Math.floor(g / this.l2Entries);
+    let l2i = g % this.l2Entries;
+    const inCluster = offset - g * cs;
+    const maxBytes = Math.min(bytes, (this.l2Entries - l2i) * cs - inCluster);
+    const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
+    if (l2Off === 0) {
+      return { kind: "unallocated", bytes: maxBytes, host: 0, copied: false, hi: 0, lo: 0 };
+    }
+    const table = await this.l2.get(l2Off);
+    const view = viewOf(table);
+    const hi = view.getUint32(l2i * 8);
+    const lo = view.getUint32(l2i * 8 + 4);
+    const kind = classify(hi, lo);
+    const base = entryOffset(hi, lo);
+    if ((kind === "normal" || kind === "zero-alloc") && base % cs !== 0) {
+      throw this.corrupt(
+        `Cluster allocation offset ${hex(base)} unaligned (L2 offset: ${hex(l2Off)}, L2 index: ${
+          hex(l2i)
+        })`,
+      );
+    }
+    const copied = (hi & COPIED_HI) !== 0;
+    let n = cs - inCluster;
+    if (kind !== "compressed" && kind !== "zero-alloc") {
+      let next = base + cs;
+      for (l2i++; n < maxBytes && l2i < this.l2Entries; l2i++) {
+        const h2 = view.getUint32(l2i * 8);
+        const l2 = view.getUint32(l2i * 8 + 4);
+        if (classify(h2, l2) !== kind || ((h2 & COPIED_HI) !== 0) !== copied) break;
+        if (kind === "normal" && entryOffset(h2, l2) !== next) break;
+        next += cs;
+        n += cs;
+      }
+    }
+    return {
+      kind,
+      bytes: Math.min(n, maxBytes),
+      host: kind === "normal" || kind === "zero-alloc" ? base + inCluster : 0,
+      copied,
+      hi,
+      lo,
+    };
+  }
+
+  /** The L2 entry of guest cluster `g` (zeros without an L2 table). Call with `lock` held. */
+  async entryAt(g: number): Promise<[number, number]> {
+    const l1i = Math.floor(g / this.l2Entries);
+    const off = l1i < this.l1.length ? this.l1[l1i]! : 0;
+    if (off === 0) return [0, 0];
+    const view = viewOf(await this.l2.get(off));
+    const i = (g % this.l2Entries) * 8;
+    return [view.getUint32(i), view.getUint32(i + 4)];
+  }
+
+  /**
+   * The offset of a writable (COPIED) L2 table for L1 index `l1i`: allocates a new one, or
+   * copies a shared one, writing it before the L1 entry. Call with `lock` held.
+   */
+  async l2ForWrite(l1i: number): Promise<number> {
+    const cur = this.l1[l1i]!;
+    if (cur !== 0 && this.l1Copied[l1i]) return cur;
+    const table = cur === 0 ? new Uint8Array(this.cs) : (await this.l2.get(cur)).slice();
+    const off = await this.refcounts.alloc(1);
+    await this.refcounts.writeback();
+    await this.flush();
+    await this.write("active L2 table", off, table);
+    await this.flush();
+    const entry = new Uint8Array(8);
+    setU64(viewOf(entry), 0, off);
+    entry[0]! |= 0x80;
+    await this.write("active L1 table", this.header.l1TableOffset + l1i * 8, entry);
+    this.l1[l1i] = off;
+    this.l1Copied[l1i] = true;
+    this.map.setL2(off, true);
+    await this.l2.put(off, table, false);
+    if (cur !== 0) {
+      this.map.setL2(cur, false);
+      this.l2.drop(cur);
+      this.freeLater(cur, 1, false);
+    }
+    return off;
+  }
+
+  /** Sets the L2 entry of guest cluster `g` in its (writable) table. Call with `lock` held. */
+  async setEntry(g: number, hi: number, lo: number): Promise<void> {
+    const l1i = Math.floor(g / this.l2Entries);
+    const off = await this.l2ForWrite(l1i);
+    const table = await this.l2.get(off);
+    const view = viewOf(table);
+    const i = (g % this.l2Entries) * 8;
+    view.setUint32(i, hi);
+    view.setUint32(i + 4, lo);
+    this.l2.markDirty(off);
+  }
+
+  /** Queues the release of what an old L2 entry referenced (after the new entry is stable). */
+  releaseEntry(hi: number, lo: number): void {
+    const kind = classify(hi, lo);
+    if (kind === "normal" || kind === "zero-alloc") {
+      this.freeLater(entryOffset(hi, lo), 1, true);
+    } else if (kind === "compressed") {
+      const p = compressedPlace(hi, lo, this.header.clusterBits);
+      const first = Math.floor(p.sectorStart / this.cs);
+      const last = Math.floor((p.offset + p.bytes - 1) / this.cs);
+      this.freeLater(first * this.cs, last - first + 1, false);
+    }
+  }
+
+  /** Queues a refcount decrement of `count` clusters from host `offset`. */
+  freeLater(offset: number, count: number, discard: boolean): void {
+    this.#pendingFrees.push({ first: offset / this.cs, count, discard });
+  }
+
+  /**
+   * Applies queued frees: writes the L2 cache and flushes (so nothing on disk still names the
+   * clusters), discards freed data clusters in the file, then lowers the refcounts. Call with
+   * `lock` held.
+   */
+  async commitFrees(): Promise<void> {
+    if (this.#pendingFrees.length === 0) return;
+    await this.l2.flush();
+    await this.flush();
+    const frees = this.#pendingFrees;
+    this.#pendingFrees = [];
+    for (const f of frees) {
+      await this.refcounts.update(f.first, f.count, -1);
+      if (f.discard && (await this.refcounts.get(f.first)) === 0) {
+        await this.file.pdiscard(f.first * this.cs, f.count * this.cs).catch(() => {});
+      }
+    }
+  }
+
+  /** Writes back the caches (L2 tables after the refcount blocks). Call with `lock` held. */
+  async flushCaches(): Promise<void> {
+    await this.commitFrees();
+    await this.l2.flush();
+    await this.refcounts.writeback();
+  }
+}

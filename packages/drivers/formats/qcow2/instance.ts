@@ -1,0 +1,416 @@
+/**
+ * An open qcow2 node: the guest I/O paths over a {@link Qcow2Image}. Reads map extents and
+ * read data, zeros, the backing file or decompressed clusters; writes go in place to COPIED
+ * clusters and otherwise allocate, copying the untouched head and tail of the first and last
+ * cluster from wherever they read before (backing file, zeros, a shared or compressed
+ * cluster).
+ *
+ * @module
+ */
+
+import {
+  BlockError,
+  type BlockLimits,
+  type BlockStatus,
+  BlockStatusFlags,
+  type DriverInstance,
+  type FormatSpecificInfo,
+  IoVector,
+  type Node,
+  ReqFlags,
+} from "@blockgraph/core";
+import { compressedPlace, decompressCluster } from "./compressed.ts";
+import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, Incompat, ZERO_LO } from "./format.ts";
+import { classify, type Extent, type Qcow2Image } from "./image.ts";
+
+/** Whether a write to `ext` goes to the clusters it already has. */
+function inPlace(ext: Extent): boolean {
+  return ext.kind === "normal" && ext.copied;
+}
+
+/** An open qcow2 node. */
+export class Qcow2Instance implements DriverInstance {
+  /** The image state. */
+  readonly image: Qcow2Image;
+  /** Byte-granular requests; write-zeroes and discard work on whole clusters. */
+  readonly limits: Partial<BlockLimits>;
+  /** MAY_UNMAP is handled (clusters are freed). */
+  readonly supportedZeroFlags: number = ReqFlags.MAY_UNMAP;
+  readonly #node: Node;
+
+  /** Wraps an opened image for `node`. */
+  constructor(node: Node, image: Qcow2Image) {
+    this.#node = node;
+    this.image = image;
+    this.limits = { pwriteZeroesAlignment: image.cs, pdiscardAlignment: image.cs };
+  }
+
+  #backing(): Node | null {
+    return this.#node.backing?.node ?? null;
+  }
+
+  /** The virtual disk size. */
+  getLength(): number {
+    return this.image.header.size;
+  }
+
+  #check(offset: number, bytes: number, write: boolean): void {
+    if (this.image.broken) throw this.image.brokenError();
+    const size = this.image.header.size;
+    if (offset > size || bytes > size - offset) {
+      throw new BlockError(
+        write ? "ENOSPC" : "EIO",
+        `Request at offset ${offset} (${bytes} bytes) is outside the ${size}-byte qcow2 image`,
+        { offset },
+      );
+    }
+  }
+
+  /** Reads guest data. */
+  async preadv(
+    offset: number,
+    bytes: number,
+    qiov: IoVector,
+    qiovOffset: number,
+  ): Promise<void> {
+    this.#check(offset, bytes, false);
+    const image = this.image;
+    while (bytes > 0) {
+      const ext = await image.lock.run(() => image.lookup(offset, bytes));
+      await this.#readExtent(ext, offset, ext.bytes, qiov, qiovOffset);
+      offset += ext.bytes;
+      qiovOffset += ext.bytes;
+      bytes -= ext.bytes;
+    }
+  }
+
+  /** Reads `bytes` of `ext` (which starts at guest `offset`) into `qiov`. */
+  async #readExtent(
+    ext: Extent,
+    offset: number,
+    bytes: number,
+    qiov: IoVector,
+    qiovOffset: number,
+  ): Promise<void> {
+    switch (ext.kind) {
+      case "normal":
+        await this.image.file.preadv(ext.host, bytes, qiov, qiovOffset);
+        return;
+      case "zero":
+      case "zero-alloc":
+        qiov.fill(qiovOffset, bytes, 0);
+        return;
+      case "compressed": {
+        const data = await this.#decompress(ext);
+        qiov.copyFrom(qiovOffset, data, offset % this.image.cs, bytes);
+        return;
+      }
+      case "unallocated": {
+        const backing = this.#backing();
+        if (!backing) {
+          qiov.fill(qiovOffset, bytes, 0);
+          return;
+        }
+        await backing.preadv(offset, bytes, qiov, qiovOffset);
+      }
+    }
+  }
+
+  async #decompress(ext: Extent): Promise<Uint8Array> {
+    const image = this.image;
+    const p = compressedPlace(ext.hi, ext.lo, image.header.clusterBits);
+    const fileLen = image.file.getLength();
+    if (p.offset >= fileLen) {
+      throw image.corrupt(`Compressed cluster at ${p.offset} is beyond the end of the image file`);
+    }
+    const buf = new Uint8Array(Math.min(p.bytes, fileLen - p.offset));
+    await image.file.read(p.offset, buf);
+    return decompressCluster(buf, image.cs, image.header.compressionType);
+  }
+
+  /** Writes guest data, allocating clusters where needed. */
+  async pwritev(
+    offset: number,
+    bytes: number,
+    qiov: IoVector,
+    qiovOffset: number,
+  ): Promise<void> {
+    this.#check(offset, bytes, true);
+    while (bytes > 0) {
+      const n = await this.#writeStep(offset, bytes, qiov, qiovOffset);
+      offset += n;
+      qiovOffset += n;
+      bytes -= n;
+    }
+  }
+
+  /** Writes the first extent of the range; returns the bytes done (0: waited, retry). */
+  async #writeStep(
+    offset: number,
+    bytes: number,
+    qiov: IoVector,
+    qiovOffset: number,
+  ): Promise<number> {
+    const image = this.image;
+    const cs = image.cs;
+    const step = await image.lock.run(async () => {
+      const ext = await image.lookup(offset, bytes);
+      if (inPlace(ext)) return { ext, release: null, busy: null };
+      const first = Math.floor(offset / cs);
+      const count = Math.ceil((offset + ext.bytes) / cs) - first;
+      const busy = image.claims.busy(first, count);
+      if (busy) return { ext, release: null, busy };
+      return { ext, release: image.claims.claim(first, count), busy: null };
+    });
+    if (step.busy) {
+      await step.busy;
+      return 0;
+    }
+    const ext = step.ext;
+    if (!step.release) {
+      await image.writeData(ext.host, ext.bytes, qiov, qiovOffset);
+      return ext.bytes;
+    }
+    try {
+      await this.#allocatingWrite(ext, offset, qiov, qiovOffset);
+    } finally {
+      step.release();
+    }
+    return ext.bytes;
+  }
+
+  /**
+   * Writes `ext.bytes` at guest `offset` into new clusters (or, for a COPIED zero-alloc
+   * cluster, into the cluster it has), with the head and tail of the touched clusters copied
+   * from what they read before, then points the L2 entries at them.
+   */
+  async #allocatingWrite(
+    ext: Extent,
+    offset: number,
+    qiov: IoVector,
+    qiovOffset: number,
+  ): Promise<void> {
+    const image = this.image;
+    const cs = image.cs;
+    const bytes = ext.bytes;
+    const gStart = Math.floor(offset / cs) * cs;
+    const gEnd = Math.ceil((offset + bytes) / cs) * cs;
+    const count = (gEnd - gStart) / cs;
+    const reuse = ext.kind === "zero-alloc" && ext.copied;
+    const target = reuse
+      ? ext.host - (offset - gStart)
+      : await image.lock.run(() => image.refcounts.alloc(count));
+    try {
+      const parts = new IoVector();
+      if (offset > gStart) {
+        parts.add(await this.#oldContent(ext, gStart, offset - gStart, offset));
+      }
+      qiov.slices(qiovOffset, bytes, parts.iov);
+      parts.size += bytes;
+      if (gEnd > offset + bytes) {
+        parts.add(await this.#oldContent(ext, offset + bytes, gEnd - offset - bytes, offset));
+      }
+      await image.writeData(target, parts.size, parts, 0);
+    } catch (e) {
+      if (!reuse && !image.broken) {
+        await image.lock.run(() => image.refcounts.update(target / cs, count, -1));
+      }
+      throw e;
+    }
+    await image.lock.run(async () => {
+      const g0 = gStart / cs;
+      const oldBase = ext.host - (offset - gStart);
+      for (let k = 0; k < count; k++) {
+        const host = target + k * cs;
+        await image.setEntry(
+          g0 + k,
+          (Math.floor(host / 0x100000000) | COPIED_HI) >>> 0,
+          host >>> 0,
+        );
+        if (reuse) continue;
+        if (ext.kind === "normal") image.freeLater(oldBase + k * cs, 1, true);
+        else if (ext.kind === "compressed" || ext.kind === "zero-alloc") {
+          image.releaseEntry(ext.hi, ext.lo);
+        }
+      }
+      await image.commitFrees();
+    });
+  }
+
+  /**
+   * What `bytes` bytes at guest `at` read as before a write to `ext` (which starts at guest
+   * `extStart`): the COW source.
+   */
+  async #oldContent(ext: Extent, at: number, bytes: number, extStart: number): Promise<Uint8Array> {
+    const buf = new Uint8Array(bytes);
+    if (ext.kind === "normal") {
+      await this.image.file.read(ext.host + (at - extStart), buf);
+    } else if (ext.kind === "compressed") {
+      buf.set(
+        (await this.#decompress(ext)).subarray(at % this.image.cs, at % this.image.cs + bytes),
+      );
+    } else if (ext.kind === "unallocated") {
+      const backing = this.#backing();
+      if (backing) await backing.read(at, buf);
+    }
+    return buf;
+  }
+
+  /**
+   * Makes whole clusters read as zeros: on version 3 with the zero flag (keeping COPIED
+   * clusters as preallocated zero clusters unless MAY_UNMAP frees them); on version 2 only
+   * where the clusters already read as zeros. Partial clusters: ENOTSUP (the generic layer
+   * writes zeros there).
+   */
+  async pwriteZeroes(offset: number, bytes: number, flags: number): Promise<void> {
+    this.#check(offset, bytes, true);
+    const image = this.image;
+    const cs = image.cs;
+    const end = offset + bytes;
+    if (offset % cs !== 0 || (end % cs !== 0 && end !== image.header.size)) {
+      throw new BlockError("ENOTSUP", "qcow2 zeroes whole clusters only");
+    }
+    const v3 = image.header.version >= 3;
+    const backing = this.#backing() !== null;
+    await this.#clusterOp(offset, end, async (g, hi, lo) => {
+      const kind = classify(hi, lo);
+      if (kind === "zero" || (kind === "unallocated" && !backing)) return;
+      if (!v3) throw new BlockError("ENOTSUP", "qcow2 version 2 has no zero clusters");
+      const copied = (hi & COPIED_HI) !== 0;
+      const unmap = (flags & ReqFlags.MAY_UNMAP) !== 0;
+      if (kind === "zero-alloc" && copied && !unmap) return;
+      if (kind === "normal" && copied && !unmap) {
+        await image.setEntry(g, hi, (lo | ZERO_LO) >>> 0);
+        return;
+      }
+      await image.setEntry(g, 0, ZERO_LO);
+      image.releaseEntry(hi, lo);
+    });
+  }
+
+  /**
+   * Discards whole clusters: frees what they hold; they read as zeros afterwards (the zero
+   * flag on version 3 with a backing file, unallocated otherwise; a version 2 image with a
+   * backing file shows the backing data again, as QEMU's does).
+   */
+  async pdiscard(offset: number, bytes: number): Promise<void> {
+    this.#check(offset, bytes, true);
+    const image = this.image;
+    const cs = image.cs;
+    const start = Math.ceil(offset / cs) * cs;
+    const end = offset + bytes === image.header.size
+      ? offset + bytes
+      : Math.floor((offset + bytes) / cs) * cs;
+    if (end <= start) return;
+    const zeroFlag = image.header.version >= 3 && this.#backing() !== null;
+    await this.#clusterOp(start, end, async (g, hi, lo) => {
+      const kind = classify(hi, lo);
+      if (kind === "unallocated" || (kind === "zero" && zeroFlag)) return;
+      await image.setEntry(g, 0, zeroFlag ? ZERO_LO : 0);
+      image.releaseEntry(hi, lo);
+    });
+  }
+
+  /**
+   * Runs `op` on every guest cluster of `[start, end)` under the metadata lock, after any
+   * allocation in flight on those clusters, then commits the frees it queued.
+   */
+  async #clusterOp(
+    start: number,
+    end: number,
+    op: (g: number, hi: number, lo: number) => Promise<void>,
+  ): Promise<void> {
+    const image = this.image;
+    const cs = image.cs;
+    const first = start / cs;
+    const last = Math.ceil(end / cs);
+    for (;;) {
+      const busy = await image.lock.run(async () => {
+        const b = image.claims.busy(first, last - first);
+        if (b) return b;
+        try {
+          for (let g = first; g < last; g++) {
+            const [hi, lo] = await image.entryAt(g);
+            await op(g, hi, lo);
+          }
+        } finally {
+          await image.commitFrees();
+        }
+        return null;
+      });
+      if (!busy) return;
+      await busy;
+    }
+  }
+
+  /** What this layer holds at `offset`: data (mapped into the file), zeros, or nothing. */
+  async blockStatus(_wantZero: boolean, offset: number, bytes: number): Promise<BlockStatus> {
+    if (this.image.broken) throw this.image.brokenError();
+    const image = this.image;
+    const ext = await image.lock.run(() => image.lookup(offset, bytes));
+    const file = image.file;
+    switch (ext.kind) {
+      case "normal":
+        return {
+          status: BlockStatusFlags.DATA | BlockStatusFlags.OFFSET_VALID,
+          pnum: ext.bytes,
+          map: ext.host,
+          file,
+        };
+      case "zero-alloc":
+        return {
+          status: BlockStatusFlags.ZERO | BlockStatusFlags.OFFSET_VALID,
+          pnum: ext.bytes,
+          map: ext.host,
+          file,
+        };
+      case "zero":
+        return { status: BlockStatusFlags.ZERO, pnum: ext.bytes };
+      case "compressed":
+        return { status: BlockStatusFlags.DATA | BlockStatusFlags.COMPRESSED, pnum: ext.bytes };
+      default:
+        return { status: 0, pnum: ext.bytes };
+    }
+  }
+
+  /** Writes back the L2 and refcount caches (the generic layer then flushes `file`). */
+  flush(): Promise<void> {
+    const image = this.image;
+    if (image.broken || !image.writable) return Promise.resolve();
+    return image.lock.run(() => image.flushCaches());
+  }
+
+  /** The bytes the image file takes. */
+  async allocatedSize(): Promise<number> {
+    const file = this.image.file;
+    return await file.instance?.allocatedSize?.() ?? file.getLength();
+  }
+
+  /** `info`'s format-specific facts, with QEMU's field names. */
+  formatInfo(): FormatSpecificInfo {
+    const h = this.image.header;
+    const info: FormatSpecificInfo = {
+      compat: h.version >= 3 ? "1.1" : "0.10",
+      "compression-type": h.compressionType === 1 ? "zstd" : "zlib",
+    };
+    if (h.version >= 3) {
+      info["lazy-refcounts"] = (h.compatible & BigInt(COMPAT_LAZY_REFCOUNTS)) !== 0n;
+    }
+    info["refcount-bits"] = 2 ** h.refcountOrder;
+    if (h.version >= 3) {
+      info.corrupt = (h.incompatible & BigInt(Incompat.CORRUPT)) !== 0n;
+      info["extended-l2"] = (h.incompatible & BigInt(Incompat.EXTL2)) !== 0n;
+    }
+    return info;
+  }
+
+  /** Writes back the caches (unless the image was found corrupt). */
+  async close(): Promise<void> {
+    const image = this.image;
+    if (image.writable && !image.broken) {
+      await image.lock.run(() => image.flushCaches());
+      await image.flush();
+    }
+    await image.settle();
+  }
+}

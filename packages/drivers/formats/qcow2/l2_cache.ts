@@ -1,0 +1,113 @@
+/**
+ * The L2 table cache: whole tables by host offset, least recently used first out, written
+ * back lazily. Before any dirty table is written, `beforeWrite` runs (the refcount blocks
+ * it depends on are written and the file flushed), so a table never reaches the disk
+ * before the refcounts of the clusters it names.
+ *
+ * Callers hold the image's metadata mutex: a table returned by `get` stays valid until the
+ * next call that may evict.
+ *
+ * @module
+ */
+
+/** One cached L2 table. */
+interface Entry {
+  table: Uint8Array;
+  dirty: boolean;
+}
+
+/** An LRU cache of L2 tables. */
+export class L2Cache {
+  /** How many tables the cache holds. */
+  readonly capacity: number;
+  readonly #entries = new Map<number, Entry>();
+  readonly #load: (offset: number) => Promise<Uint8Array>;
+  readonly #store: (offset: number, table: Uint8Array) => Promise<void>;
+  readonly #beforeWrite: () => Promise<void>;
+
+  /** A cache of `capacity` tables (at least 2) over the given table I/O. */
+  constructor(
+    capacity: number,
+    load: (offset: number) => Promise<Uint8Array>,
+    store: (offset: number, table: Uint8Array) => Promise<void>,
+    beforeWrite: () => Promise<void>,
+  ) {
+    this.capacity = Math.max(2, capacity);
+    this.#load = load;
+    this.#store = store;
+    this.#beforeWrite = beforeWrite;
+  }
+
+  /** How many tables are cached. */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** Whether any table waits to be written. */
+  get dirty(): boolean {
+    for (const e of this.#entries.values()) if (e.dirty) return true;
+    return false;
+  }
+
+  /** The table at `offset`, loaded when not cached. */
+  async get(offset: number): Promise<Uint8Array> {
+    const e = this.#entries.get(offset);
+    if (e) {
+      this.#entries.delete(offset);
+      this.#entries.set(offset, e);
+      return e.table;
+    }
+    await this.#makeRoom();
+    const table = await this.#load(offset);
+    const again = this.#entries.get(offset);
+    if (again) return again.table;
+    this.#entries.set(offset, { table, dirty: false });
+    return table;
+  }
+
+  /** Puts a table (a new or copied one) into the cache. */
+  async put(offset: number, table: Uint8Array, dirty: boolean): Promise<void> {
+    if (!this.#entries.has(offset)) await this.#makeRoom();
+    this.#entries.delete(offset);
+    this.#entries.set(offset, { table, dirty });
+  }
+
+  /** Marks the cached table at `offset` as changed. */
+  markDirty(offset: number): void {
+    const e = this.#entries.get(offset);
+    if (e) e.dirty = true;
+  }
+
+  /** Forgets the table at `offset` without writing it (it was freed). */
+  drop(offset: number): void {
+    this.#entries.delete(offset);
+  }
+
+  async #makeRoom(): Promise<void> {
+    while (this.#entries.size >= this.capacity) {
+      const [offset, victim] = this.#entries.entries().next().value!;
+      if (victim.dirty) {
+        await this.#beforeWrite();
+        await this.#store(offset, victim.table);
+        victim.dirty = false;
+      }
+      if (this.#entries.get(offset) === victim) this.#entries.delete(offset);
+    }
+  }
+
+  /** Writes every dirty table (after `beforeWrite`). */
+  async flush(): Promise<void> {
+    if (!this.dirty) return;
+    await this.#beforeWrite();
+    for (const [offset, e] of [...this.#entries]) {
+      if (!e.dirty) continue;
+      e.dirty = false;
+      try {
+        await this.#store(offset, e.table);
+      } catch (err) {
+        e.dirty = true;
+        throw err;
+      }
+    }
+  }
+}

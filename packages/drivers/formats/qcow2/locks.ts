@@ -1,0 +1,68 @@
+/**
+ * The two locks of the qcow2 driver: a mutex for metadata (L1, L2 and refcount structures,
+ * held only around metadata work, never around guest data I/O) and per-guest-cluster
+ * allocation claims, so that two writes to the same unallocated cluster never both allocate
+ * it: the second waits for the first and then finds the cluster allocated.
+ *
+ * @module
+ */
+
+/** A FIFO async mutex. */
+export class Mutex {
+  #tail: Promise<void> = Promise.resolve();
+  #held = false;
+
+  /** Whether the mutex is held. */
+  get held(): boolean {
+    return this.#held;
+  }
+
+  /** Runs `fn` holding the mutex; waiters run in arrival order. */
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    let release!: () => void;
+    const next = new Promise<void>((r) => (release = r));
+    const prev = this.#tail;
+    this.#tail = next;
+    await prev;
+    this.#held = true;
+    try {
+      return await fn();
+    } finally {
+      this.#held = false;
+      release();
+    }
+  }
+}
+
+/** Claims on guest clusters that a write is allocating. */
+export class ClusterClaims {
+  readonly #claims = new Map<number, Promise<void>>();
+
+  /** A promise for the first claimed cluster in `[first, first+count)`, or null. */
+  busy(first: number, count: number): Promise<void> | null {
+    if (this.#claims.size === 0) return null;
+    for (let c = first; c < first + count; c++) {
+      const p = this.#claims.get(c);
+      if (p) return p;
+    }
+    return null;
+  }
+
+  /** Claims `[first, first+count)` (none may be claimed); returns the release function. */
+  claim(first: number, count: number): () => void {
+    let release!: () => void;
+    const p = new Promise<void>((r) => (release = r));
+    for (let c = first; c < first + count; c++) this.#claims.set(c, p);
+    return () => {
+      for (let c = first; c < first + count; c++) {
+        if (this.#claims.get(c) === p) this.#claims.delete(c);
+      }
+      release();
+    };
+  }
+
+  /** How many clusters are claimed. */
+  get size(): number {
+    return this.#claims.size;
+  }
+}

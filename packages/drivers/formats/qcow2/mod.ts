@@ -1,0 +1,54 @@
+/**
+ * The `qcow2` format driver: QEMU's copy-on-write image format, versions 2 and 3.
+ *
+ * @module
+ */
+
+import type { BlockDriver } from "@blockgraph/core";
+import { createQcow2, QCOW2_CREATE_OPTIONS } from "./create.ts";
+import { QCOW2_MAGIC } from "./format.ts";
+import { openQcow2 } from "./open.ts";
+
+export { createParams, formatQcow2, type Qcow2CreateParams } from "./create.ts";
+export { Qcow2Instance } from "./instance.ts";
+
+/**
+ * The `qcow2` driver. Child `file` (required) and `backing` (optional; without it, the
+ * backing file the header names is opened with the format its header extension names).
+ * Option `l2-cache-size` bounds the L2 cache (default: the whole image, up to 1 TiB).
+ *
+ * @example
+ * ```ts
+ * import { DriverRegistry, Graph } from "@blockgraph/core";
+ * import { formatQcow2, memoryDriver, qcow2Driver } from "@blockgraph/drivers";
+ * const graph = new Graph({ registry: new DriverRegistry([memoryDriver, qcow2Driver]) });
+ * const mem = await graph.open({ driver: "memory", "node-name": "mem" }, "doc");
+ * await formatQcow2(mem, {
+ *   size: 1 << 20, version: 3, clusterSize: 65536, refcountBits: 16, lazyRefcounts: false,
+ * });
+ * const disk = await graph.open({ driver: "qcow2", file: "mem" }, "doc");
+ * await disk.write(1000, new Uint8Array([1, 2, 3]));
+ * await disk.unref("doc");
+ * await mem.unref("doc");
+ * await graph.closeAll();
+ * ```
+ */
+export const qcow2Driver: BlockDriver = {
+  name: "qcow2",
+  kind: "format",
+  supportsBacking: true,
+  childOptions: ["file"],
+  options: {
+    "l2-cache-size": { type: "size", description: "Maximum L2 table cache size" },
+  },
+  createOptions: QCOW2_CREATE_OPTIONS,
+  /** QEMU's score for the qcow2 magic with a version it knows. */
+  probe(header: Uint8Array): number {
+    if (header.length < 8) return 0;
+    const view = new DataView(header.buffer, header.byteOffset, header.byteLength);
+    const version = view.getUint32(4);
+    return view.getUint32(0) === QCOW2_MAGIC && version >= 2 ? 100 : 0;
+  },
+  open: openQcow2,
+  create: createQcow2,
+};

@@ -1,0 +1,102 @@
+/**
+ * Overlap checks: where the metadata of an image lies, so that no write (metadata or guest
+ * data) lands on a structure it must not touch. Covers QEMU's "cached" template: the
+ * header, the active L1 table, the refcount table, every refcount block, every active L2
+ * table, the snapshot table and the snapshots' L1 tables.
+ *
+ * @module
+ */
+
+/** What a write to the image file carries. */
+export type WriteKind =
+  | "data"
+  | "qcow2_header"
+  | "active L1 table"
+  | "active L2 table"
+  | "refcount table"
+  | "refcount block";
+
+interface Range {
+  name: string;
+  start: number;
+  end: number;
+}
+
+/** The metadata layout of an open image, kept current as structures move. */
+export class MetadataMap {
+  readonly #cs: number;
+  readonly #clusterBits: number;
+  /** Fixed-position structures: header, L1, refcount table, snapshot table and L1s. */
+  #ranges: Range[] = [];
+  /** Cluster indices of active L2 tables. */
+  readonly #l2 = new Set<number>();
+  /** Cluster indices of refcount blocks. */
+  readonly #refblocks = new Set<number>();
+
+  /** An empty map for clusters of `2^clusterBits` bytes. */
+  constructor(clusterBits: number) {
+    this.#clusterBits = clusterBits;
+    this.#cs = 2 ** clusterBits;
+  }
+
+  /** Replaces the range called `name` (or adds it); a size of 0 removes it. */
+  setRange(name: string, start: number, size: number): void {
+    this.#ranges = this.#ranges.filter((r) => r.name !== name);
+    if (size > 0) this.#ranges.push({ name, start, end: start + size });
+  }
+
+  /** Adds a range without replacing others of the same name (inactive L1 tables). */
+  addRange(name: string, start: number, size: number): void {
+    if (size > 0) this.#ranges.push({ name, start, end: start + size });
+  }
+
+  /** Records an active L2 table at `offset` (or with `present` false forgets it). */
+  setL2(offset: number, present: boolean): void {
+    const c = offset / this.#cs;
+    if (present) this.#l2.add(c);
+    else this.#l2.delete(c);
+  }
+
+  /** Records a refcount block at `offset`. */
+  addRefblock(offset: number): void {
+    this.#refblocks.add(offset / this.#cs);
+  }
+
+  /** Whether `offset` is a known refcount block. */
+  isRefblock(offset: number): boolean {
+    return this.#refblocks.has(offset / this.#cs);
+  }
+
+  /**
+   * The name of the metadata structure a write of `size` bytes at `offset` would hit, or
+   * null. A write of `kind` to its own structure (an L2 table at its own offset) is allowed.
+   */
+  check(kind: WriteKind, offset: number, size: number): string | null {
+    const end = offset + size;
+    for (const r of this.#ranges) {
+      if (r.name === kind) continue;
+      if (offset < r.end && r.start < end) return r.name;
+    }
+    const first = Math.floor(offset / this.#cs);
+    const last = Math.floor((end - 1) / this.#cs);
+    if (last - first > this.#l2.size + this.#refblocks.size) {
+      for (const c of this.#l2) {
+        if (c >= first && c <= last && kind !== "active L2 table") return "active L2 table";
+      }
+      for (const c of this.#refblocks) {
+        if (c >= first && c <= last && kind !== "refcount block") return "refcount block";
+      }
+      return null;
+    }
+    for (let c = first; c <= last; c++) {
+      if (kind !== "active L2 table" && this.#l2.has(c)) return "active L2 table";
+      if (kind !== "refcount block" && this.#refblocks.has(c)) return "refcount block";
+    }
+    return null;
+  }
+
+  /** The cluster size in bits (for callers that build ranges). */
+  get clusterBits(): number {
+    return this.#clusterBits;
+  }
+}

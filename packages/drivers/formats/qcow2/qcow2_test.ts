@@ -1,0 +1,218 @@
+import { DriverRegistry, type Graph, Graph as G, type Node } from "@blockgraph/core";
+import {
+  assert,
+  assertBytesEqual,
+  assertEquals,
+  assertRejectsWith,
+  CONFORMANCE_HOLDER,
+  pattern,
+  runConformance,
+} from "../../conformance/mod.ts";
+import { fileDriver } from "../../protocols/file.ts";
+import { memoryDriver } from "../../protocols/memory.ts";
+import { rawDriver } from "../raw.ts";
+import { formatQcow2, type Qcow2CreateParams } from "./create.ts";
+import type { Qcow2Instance } from "./instance.ts";
+import { qcow2Driver } from "./mod.ts";
+
+const registry = new DriverRegistry([memoryDriver, fileDriver, rawDriver, qcow2Driver]);
+const SIZE = 4 * 1024 * 1024;
+
+function params(over: Partial<Qcow2CreateParams> = {}): Qcow2CreateParams {
+  return {
+    size: SIZE,
+    version: 3,
+    clusterSize: 65536,
+    refcountBits: 16,
+    lazyRefcounts: false,
+    ...over,
+  };
+}
+
+let memCount = 0;
+
+/** A qcow2 node over a fresh memory node formatted with `p`. */
+async function openOnMemory(
+  graph: Graph,
+  p: Qcow2CreateParams,
+  extra: Record<string, unknown> = {},
+  holder = CONFORMANCE_HOLDER,
+): Promise<Node> {
+  const name = `mem${++memCount}`;
+  const mem = await graph.open({ driver: "memory", "node-name": name }, "setup");
+  await formatQcow2(mem, p);
+  try {
+    return await graph.open({ driver: "qcow2", file: name, ...extra }, holder);
+  } finally {
+    await mem.unref("setup");
+  }
+}
+
+for (
+  const [label, p] of [
+    ["v3, 64k clusters", params()],
+    ["v2, 4k clusters", params({ version: 2, clusterSize: 4096 })],
+    ["v3, 512-byte clusters, 1-bit refcounts", params({ clusterSize: 512, refcountBits: 1 })],
+  ] as const
+) {
+  runConformance(`qcow2 over memory (${label})`, {
+    registry,
+    capabilities: { persistent: true, resize: false, growsOnWrite: false },
+    open: (graph, { readOnly }) =>
+      openOnMemory(graph, p, { discard: "unmap", "read-only": readOnly }),
+  });
+}
+
+const tempDirs: string[] = [];
+
+runConformance("qcow2 over file", {
+  registry,
+  capabilities: { persistent: true, resize: false, growsOnWrite: false },
+  async open(graph, { readOnly }) {
+    const dir = await Deno.makeTempDir({ prefix: "blockgraph-qcow2-" });
+    tempDirs.push(dir);
+    await qcow2Driver.create!({ filename: `${dir}/disk.qcow2`, size: SIZE }, registry);
+    return graph.open(
+      {
+        driver: "qcow2",
+        discard: "unmap",
+        "read-only": readOnly,
+        file: { driver: "file", filename: `${dir}/disk.qcow2` },
+      },
+      CONFORMANCE_HOLDER,
+    );
+  },
+  async cleanup() {
+    for (const dir of tempDirs.splice(0)) await Deno.remove(dir, { recursive: true });
+  },
+});
+
+async function withGraph(fn: (graph: Graph) => Promise<void>): Promise<void> {
+  const graph = new G({ registry });
+  let failure: unknown = null;
+  try {
+    await fn(graph);
+  } catch (e) {
+    failure = e;
+  }
+  // The test's own failure wins over nodes it left open because of it.
+  try {
+    await graph.closeAll();
+  } catch (e) {
+    failure ??= e;
+  }
+  if (failure !== null) throw failure;
+}
+
+async function readAll(node: Node, offset: number, bytes: number): Promise<Uint8Array> {
+  const buf = new Uint8Array(bytes);
+  await node.read(offset, buf);
+  return buf;
+}
+
+Deno.test("qcow2 allocating write zeroes the rest of the cluster", () =>
+  withGraph(async (graph) => {
+    const node = await openOnMemory(graph, params({ clusterSize: 4096 }), {}, "t");
+    await node.write(4096 + 100, pattern(10, 1));
+    const got = await readAll(node, 4096, 4096);
+    const want = new Uint8Array(4096);
+    want.set(pattern(10, 1), 100);
+    assertBytesEqual(got, want, "cluster after a partial write");
+    const st = await node.blockStatus(4096, 4096);
+    assertEquals(st.pnum, 4096);
+    assert(st.status & 0x1, "the cluster is data");
+    await node.unref("t");
+  }));
+
+Deno.test("qcow2 partial-cluster write copies the rest from the backing file", () =>
+  withGraph(async (graph) => {
+    const base = await graph.open({ driver: "memory", "node-name": "base", size: SIZE }, "t");
+    await base.write(0, pattern(SIZE, 3));
+    const top = await openOnMemory(graph, params({ clusterSize: 4096 }), { backing: "base" }, "t");
+    await top.write(8192 + 7, pattern(5, 9));
+    const want = pattern(SIZE, 3).slice(0, 16384);
+    want.set(pattern(5, 9), 8192 + 7);
+    assertBytesEqual(await readAll(top, 0, 16384), want, "overlay over backing");
+    // The backing file is unchanged.
+    assertBytesEqual(await readAll(base, 8192, 4096), pattern(SIZE, 3).slice(8192, 12288), "base");
+    await top.unref("t");
+    await base.unref("t");
+  }));
+
+Deno.test("qcow2 reads past the end of a shorter backing file as zeros", () =>
+  withGraph(async (graph) => {
+    const base = await graph.open({ driver: "memory", "node-name": "base", size: 6000 }, "t");
+    await base.write(0, pattern(6000, 4));
+    const top = await openOnMemory(graph, params({ clusterSize: 4096 }), { backing: "base" }, "t");
+    const want = new Uint8Array(12288);
+    want.set(pattern(6000, 4));
+    assertBytesEqual(await readAll(top, 0, 12288), want, "read across the backing end");
+    await top.write(5000, pattern(10, 2));
+    want.set(pattern(10, 2), 5000);
+    assertBytesEqual(await readAll(top, 0, 12288), want, "after a COW across the backing end");
+    await top.unref("t");
+    await base.unref("t");
+  }));
+
+Deno.test("qcow2 concurrent writes to one unallocated cluster both land", () =>
+  withGraph(async (graph) => {
+    const node = await openOnMemory(graph, params({ clusterSize: 65536 }), {}, "t");
+    const img = (node.instance as Qcow2Instance).image;
+    const writes: Promise<void>[] = [];
+    const want = new Uint8Array(65536);
+    for (let i = 0; i < 16; i++) {
+      const data = pattern(1000, i + 1);
+      writes.push(node.write(i * 4000 + 3, data));
+      want.set(data, i * 4000 + 3);
+    }
+    await Promise.all(writes);
+    assertBytesEqual(await readAll(node, 0, 65536), want, "cluster after concurrent writes");
+    // One data cluster: the header, refcount table, refcount block, L1, one L2, one data.
+    assertEquals(img.refcounts.endCluster, 6, "clusters in use");
+    await node.unref("t");
+  }));
+
+Deno.test("qcow2 refcount table grows when the image outgrows it", () =>
+  withGraph(async (graph) => {
+    // 512-byte clusters, 64-bit refcounts: one refcount block covers 64 clusters (32 KiB).
+    const p = params({ clusterSize: 512, refcountBits: 64, size: 8 * 1024 * 1024 });
+    const node = await openOnMemory(graph, p, {}, "t");
+    const img = (node.instance as Qcow2Instance).image;
+    const before = img.refcounts.place.offset;
+    for (let i = 0; i < 100; i++) await node.write(i * 80000 + 3, pattern(65536, i));
+    assert(img.refcounts.place.offset !== before, "the refcount table moved");
+    for (let i = 0; i < 100; i++) {
+      assertBytesEqual(await readAll(node, i * 80000 + 3, 65536), pattern(65536, i), `write ${i}`);
+    }
+    await node.unref("t");
+  }));
+
+Deno.test("qcow2 write-zeroes sets the zero flag and discard frees clusters", () =>
+  withGraph(async (graph) => {
+    const node = await openOnMemory(
+      graph,
+      params({ clusterSize: 4096 }),
+      { discard: "unmap" },
+      "t",
+    );
+    const img = (node.instance as Qcow2Instance).image;
+    await node.write(0, pattern(8 * 4096, 5));
+    const used = img.refcounts.endCluster;
+    await node.pwriteZeroes(4096, 4096);
+    assertBytesEqual(await readAll(node, 4096, 4096), new Uint8Array(4096), "zeroed cluster");
+    await node.pdiscard(3 * 4096, 2 * 4096);
+    assertBytesEqual(await readAll(node, 3 * 4096, 8192), new Uint8Array(8192), "discarded");
+    // The discarded clusters are reused by the next allocation.
+    await node.write(20 * 4096, pattern(2 * 4096, 6));
+    assertEquals(img.refcounts.endCluster, used, "no new clusters at the end");
+    await node.unref("t");
+  }));
+
+Deno.test("qcow2 writes outside the disk fail and leave it usable", () =>
+  withGraph(async (graph) => {
+    const node = await openOnMemory(graph, params(), {}, "t");
+    await assertRejectsWith(node.write(SIZE - 1, new Uint8Array(2)), "ENOSPC", "write past end");
+    await node.write(SIZE - 1, new Uint8Array([7]));
+    assertBytesEqual(await readAll(node, SIZE - 1, 1), new Uint8Array([7]), "last byte");
+    await node.unref("t");
+  }));
