@@ -4,7 +4,7 @@ import { defaultRegistry } from "./mod.ts";
 
 Deno.test("defaultRegistry holds every driver of the package", () => {
   const names = defaultRegistry().all().map((d) => d.name).sort();
-  assertEquals(names.join(","), "file,memory,nbd,null-co,raw", "driver names");
+  assertEquals(names.join(","), "file,memory,nbd,null-co,qcow2,raw", "driver names");
 });
 
 Deno.test("defaultRegistry opens raw over memory as in the examples", async () => {
