@@ -464,7 +464,8 @@ export class Backend implements ChildParent {
       p = Promise.reject(e);
     }
     const policy = op === Op.Read ? this.#readPolicy : this.#writePolicy;
-    if (policy === "report") return p.then(this.#done, this.#fail);
+    // Devices report every error as a BLOCK_IO_ERROR event (QEMU does); exports and tools do not.
+    if (policy === "report" && this.#device === null) return p.then(this.#done, this.#fail);
     return p.then(
       this.#done,
       (e) => this.#onError(e, op, offset, bytes, qiov, qiovOffset, flags),

@@ -220,3 +220,25 @@ Deno.test("Backend: the ledger keeps the holder of a root edge whose Backend lat
   await n.unref("blockdev-add");
   await g.closeAll();
 });
+
+Deno.test("Backend: errors under rerror/werror=report are events for devices, not for device-less users", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram", "node-name": "rep" }, "t");
+  const events: BlockEvent[] = [];
+  g.events.on("BLOCK_IO_ERROR", (e) => events.push(e));
+  const tool = g.createBackend({ perm: RW });
+  await tool.insertRoot(n);
+  ramFaults.set("rep", "EIO");
+  await assertRejects(() => tool.write(0, pattern(512, 1)), BlockError);
+  assertEquals(events.length, 0, "an export or a tool reports the error to its caller only");
+  await tool.removeRoot();
+  const disk = g.createBackend({ name: "vde", perm: RW });
+  disk.attachDevice("virtio-disk4", {});
+  disk.setErrorPolicy("report", "report");
+  await disk.insertRoot(n);
+  await assertRejects(() => disk.write(0, pattern(512, 1)), BlockError);
+  assertEquals(events.map((e) => [e.data["device"], e.data["action"]]), [["vde", "report"]]);
+  ramFaults.delete("rep");
+  await n.unref("t");
+  await g.closeAll();
+});
