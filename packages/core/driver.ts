@@ -202,6 +202,12 @@ export interface OpenContext {
   /** Attaches an existing node as a child. */
   attachChild(node: Node, name: string, role: number): Child;
   /**
+   * How the child option `name` was given, before `openChild` consumes it: `absent` (left
+   * out: a format may open what its image names, such as the header's backing file), `none`
+   * (`null`: explicitly no child, as `"backing": null`), or `given`.
+   */
+  childOption(name: string): "absent" | "none" | "given";
+  /**
    * With `auto-read-only=on`, turns the node read-only when read-write access cannot be had
    * (a read-only file, a read-only export). Returns false, changing nothing, when the user
    * did not allow it.

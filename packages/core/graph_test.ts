@@ -154,3 +154,39 @@ Deno.test("Graph.open closes the driver instance when opening fails after the dr
   assertEquals(g.nodes().length, 0);
   await g.closeAll();
 });
+
+Deno.test("OpenContext.childOption tells a left-out child from an explicit null", async () => {
+  const seen: string[] = [];
+  const { DriverRegistry } = await import("./driver.ts");
+  const { Graph } = await import("./graph.ts");
+  const { testDrivers } = await import("./test_util.ts");
+  const probe = {
+    name: "probe-backing",
+    kind: "format" as const,
+    supportsBacking: true,
+    childOptions: ["file"],
+    options: {},
+    async open(ctx: import("./driver.ts").OpenContext) {
+      seen.push(ctx.childOption("backing"));
+      const file = (await ctx.openChild("file", 0x13, true))!;
+      await ctx.openChild("backing", 0x8, false);
+      return {
+        getLength: () => file.node!.getLength(),
+        preadv: () => Promise.resolve(),
+        pwritev: () => Promise.resolve(),
+        close: () => Promise.resolve(),
+      };
+    },
+  };
+  const g = new Graph({ registry: new DriverRegistry([...testDrivers, probe]) });
+  const a = await g.open({ driver: "probe-backing", file: { driver: "ram" } }, "t");
+  const b = await g.open({ driver: "probe-backing", file: { driver: "ram" }, backing: null }, "t");
+  const c = await g.open({
+    driver: "probe-backing",
+    file: { driver: "ram" },
+    backing: { driver: "ram" },
+  }, "t");
+  assertEquals(seen, ["absent", "none", "given"]);
+  for (const n of [a, b, c]) await n.unref("t");
+  await g.closeAll();
+});

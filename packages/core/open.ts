@@ -208,6 +208,10 @@ export async function openNode(
     },
     attachChild: (child: Node, childName: string, role: number) =>
       attachDuringOpen(node, child, childName, role),
+    childOption: (childName: string) => {
+      if (!childSpecs.has(childName)) return "absent";
+      return childSpecs.get(childName) === null ? "none" : "given";
+    },
     openChild: async (childName: string, role: number, required: boolean) => {
       const spec = childSpecs.get(childName);
       childSpecs.delete(childName);
