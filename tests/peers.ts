@@ -13,6 +13,9 @@ const PACKAGES: Record<string, string> = {
   nbdinfo: "libnbd-bin",
   nbdcopy: "libnbd-bin",
   fio: "fio",
+  nbdkit: "nbdkit",
+  openssl: "openssl",
+  certtool: "gnutls-bin",
 };
 
 async function has(command: string): Promise<boolean> {

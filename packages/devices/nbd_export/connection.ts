@@ -24,10 +24,12 @@ import {
   type RequestHeader,
   setU64,
   SIMPLE_REPLY_SIZE,
+  startTlsServer,
   STRUCTURED_REPLY_SIZE,
   toNbdErrno,
   WireReader,
   WireWriter,
+  type X509Creds,
 } from "@blockgraph/drivers/nbd";
 import type { ExportClient, NbdExport } from "./export.ts";
 import { type ExportLookup, type Negotiated, serverHandshake } from "./handshake.ts";
@@ -87,7 +89,8 @@ export interface ServerConn {
 
 /** A client connection, from the greeting to the close. */
 export class ServerConnection implements ExportClient {
-  readonly #conn: ServerConn;
+  #conn: ServerConn;
+  readonly #tls: X509Creds | null;
   readonly #reader: WireReader;
   readonly #writer: WireWriter;
   readonly #lookup: ExportLookup;
@@ -103,9 +106,13 @@ export class ServerConnection implements ExportClient {
   readonly closed: Promise<void>;
   #resolveClosed!: () => void;
 
-  /** Wraps an accepted socket; {@link ServerConnection.run} serves it. */
-  constructor(conn: ServerConn, lookup: ExportLookup) {
+  /**
+   * Wraps an accepted socket; {@link ServerConnection.run} serves it. With `tls` the client
+   * must upgrade with NBD_OPT_STARTTLS before anything else.
+   */
+  constructor(conn: ServerConn, lookup: ExportLookup, tls: X509Creds | null = null) {
     this.#conn = conn;
+    this.#tls = tls;
     this.#lookup = lookup;
     this.#reader = new WireReader(conn);
     this.#writer = new WireWriter(conn, () => this.#closeSocket());
@@ -120,7 +127,9 @@ export class ServerConnection implements ExportClient {
   /** Serves the connection until the client leaves or the server ends it; never throws. */
   async run(): Promise<void> {
     try {
-      const n = await serverHandshake(this.#reader, this.#writer, this.#lookup);
+      const creds = this.#tls;
+      const tls = creds && { upgrade: () => this.#startTls(creds) };
+      const n = await serverHandshake(this.#reader, this.#writer, this.#lookup, tls);
       if (n && !this.#closing) await this.#transmission(n);
     } catch {
       // A broken or vanished client ends only its own connection.
@@ -130,6 +139,15 @@ export class ServerConnection implements ExportClient {
     this.#closeSocket();
     this.#exp?.removeClient(this);
     this.#resolveClosed();
+  }
+
+  async #startTls(creds: X509Creds): Promise<void> {
+    if (this.#reader.available !== 0) throw new Error("Data arrived before the TLS upgrade");
+    const t = await startTlsServer(this.#conn, creds);
+    this.#conn = t;
+    this.#reader.setConn(t);
+    this.#writer.setConn(t);
+    if (this.#closing) this.#closeSocket();
   }
 
   /**

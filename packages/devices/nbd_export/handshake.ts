@@ -1,8 +1,9 @@
 /**
  * The server's side of the fixed newstyle handshake: the greeting, the client flags, and
  * option haggling (EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY, LIST_META_CONTEXT,
- * SET_META_CONTEXT; STARTTLS is refused by policy until TLS is supported; anything else is
- * NBD_REP_ERR_UNSUP).
+ * SET_META_CONTEXT, STARTTLS; anything else is NBD_REP_ERR_UNSUP). With TLS configured the
+ * server insists on it, as QEMU's does: before STARTTLS every option but ABORT is answered
+ * NBD_REP_ERR_TLS_REQD (NBD_OPT_EXPORT_NAME, which has no error reply, ends the connection).
  *
  * @module
  */
@@ -43,6 +44,15 @@ export interface Negotiated {
   contexts: MetaContext[];
 }
 
+/** TLS for the handshake: the server's credentials, and how to switch the socket over. */
+export interface HandshakeTls {
+  /**
+   * Runs the TLS handshake on the connection once the ACK to NBD_OPT_STARTTLS has been sent;
+   * rejects when it fails (the connection then ends).
+   */
+  upgrade(): Promise<void>;
+}
+
 /** What the handshake needs of the server. */
 export interface ExportLookup {
   /** The export called `name`, if it is being served. */
@@ -62,6 +72,7 @@ export async function serverHandshake(
   reader: WireReader,
   writer: WireWriter,
   lookup: ExportLookup,
+  tls: HandshakeTls | null = null,
 ): Promise<Negotiated | null> {
   writer.copy(encodeGreeting());
   if (!(await reader.need(4))) return null;
@@ -73,6 +84,7 @@ export async function serverHandshake(
   let structured = false;
   let contexts: MetaContext[] = [];
   let contextsFor = "";
+  let tlsDone = tls === null;
 
   const reply = (option: number, type: number, data?: Uint8Array) =>
     writer.copy(encodeOptionReply(option, type, data));
@@ -86,6 +98,12 @@ export async function serverHandshake(
     if (!header || header.length > NBD_MAX_OPTION_SIZE) return null;
     const { option, length } = header;
     const data = await reader.readBytes(length);
+    if (!tlsDone && option !== Opt.STARTTLS && option !== Opt.ABORT) {
+      // NBD_OPT_EXPORT_NAME cannot be refused: the connection ends instead.
+      if (option === Opt.EXPORT_NAME || !fixed) return null;
+      fail(option, Rep.ERR_TLS_REQD, "Option not permitted before TLS");
+      continue;
+    }
     if (option === Opt.EXPORT_NAME) {
       let name: string;
       try {
@@ -119,7 +137,16 @@ export async function serverHandshake(
         reply(option, Rep.ACK);
         break;
       case Opt.STARTTLS:
-        fail(option, Rep.ERR_POLICY, "TLS is not configured on this server");
+        if (tls === null) fail(option, Rep.ERR_POLICY, "TLS is not configured on this server");
+        else if (tlsDone) fail(option, Rep.ERR_INVALID, "TLS is already negotiated");
+        else if (length !== 0) fail(option, Rep.ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+        else {
+          reply(option, Rep.ACK);
+          await writer.idle();
+          // A client that sent more before the ACK is out of step: setConn refuses it.
+          await tls.upgrade();
+          tlsDone = true;
+        }
         break;
       case Opt.STRUCTURED_REPLY:
         if (length !== 0) fail(option, Rep.ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");

@@ -28,6 +28,7 @@ import {
   REQUEST_SIZE,
 } from "./constants.ts";
 import { fromNbdErrno } from "./errno.ts";
+import { startTlsClient, type X509Creds } from "./tls.ts";
 import { WireReader, WireWriter } from "./wire_io.ts";
 
 /** A socket the client runs on. */
@@ -50,6 +51,11 @@ export interface NbdClientOptions {
   reconnectDelay: number;
   /** Names the server in messages (`nbd://127.0.0.1:10809/disk`). */
   describe: string;
+  /**
+   * TLS: client credentials, and the host name the server's certificate must carry (null:
+   * the certificate must chain to the CA, its names are not checked).
+   */
+  tls?: { creds: X509Creds; hostname: string | null } | null;
 }
 
 /** One extent of `base:allocation` status. */
@@ -120,12 +126,21 @@ export class NbdClient {
     const reader = new WireReader(conn);
     const session: Session = { conn, reader, writer: null!, lost: false };
     session.writer = new WireWriter(conn, () => {});
+    const tls = options.tls;
+    const upgrade = tls && {
+      upgrade: async () => {
+        const t = await startTlsClient(session.conn, tls.creds, tls.hostname);
+        session.conn = t;
+        reader.setConn(t);
+        session.writer.setConn(t);
+      },
+    };
     try {
-      const info = await clientHandshake(reader, session.writer, options.exportName);
+      const info = await clientHandshake(reader, session.writer, options.exportName, upgrade);
       return { session, info };
     } catch (e) {
       try {
-        conn.close();
+        session.conn.close();
       } catch {
         // The server hung up first.
       }

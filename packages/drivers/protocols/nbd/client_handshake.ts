@@ -71,16 +71,29 @@ function replyError(what: string, type: number, data: Uint8Array): BlockError {
   } catch {
     text = "";
   }
+  if (type === Rep.ERR_TLS_REQD) {
+    return new BlockError("EACCES", "The NBD server requires TLS: give tls-creds");
+  }
   const code = type === Rep.ERR_UNKNOWN ? "ENOENT" : type === Rep.ERR_UNSUP ? "ENOTSUP" : "EIO";
   const why = type === Rep.ERR_UNKNOWN ? "Requested export not available" : `${what} failed`;
   return new BlockError(code, text ? `${why}: ${text}` : why);
 }
 
-/** Runs the handshake for export `name`; throws a BlockError the user can act on. */
+/** TLS for the client's handshake: how to switch the socket over after STARTTLS. */
+export interface ClientHandshakeTls {
+  /** Runs the TLS handshake once the server acknowledged NBD_OPT_STARTTLS. */
+  upgrade(): Promise<void>;
+}
+
+/**
+ * Runs the handshake for export `name`; throws a BlockError the user can act on. With `tls`
+ * the connection is upgraded first (NBD_OPT_STARTTLS), and a server that cannot is refused.
+ */
 export async function clientHandshake(
   reader: WireReader,
   writer: WireWriter,
   name: string,
+  tls: ClientHandshakeTls | null = null,
 ): Promise<ExportInfo> {
   const serverFlags = decodeGreeting(await reader.readBytes(18));
   const fixed = (serverFlags & HandshakeFlags.FIXED_NEWSTYLE) !== 0;
@@ -91,6 +104,17 @@ export async function clientHandshake(
     (fixed ? ClientFlags.FIXED_NEWSTYLE : 0) | (noZeroes ? ClientFlags.NO_ZEROES : 0),
   );
   writer.copy(clientFlags);
+  if (tls) {
+    if (!fixed) throw new BlockError("ENOTSUP", "The NBD server does not support STARTTLS");
+    writer.copy(encodeOption(Opt.STARTTLS));
+    const r = await readReply(reader, Opt.STARTTLS);
+    if (r.type !== Rep.ACK) {
+      const e = replyError("NBD_OPT_STARTTLS", r.type, r.data);
+      throw new BlockError("ENOTSUP", `The NBD server does not support STARTTLS: ${e.message}`);
+    }
+    await writer.idle();
+    await tls.upgrade();
+  }
   const info: ExportInfo = {
     size: 0,
     flags: 0,

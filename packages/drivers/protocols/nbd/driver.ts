@@ -1,7 +1,10 @@
 /**
  * The `nbd` protocol driver: a node whose data lives in an NBD export. Filenames
  * `nbd://host:port/name` and `nbd+unix:///name?socket=PATH`; options `server.type`,
- * `server.host`, `server.port`, `server.path`, `export` and `reconnect-delay`, as QEMU's.
+ * `server.host`, `server.port`, `server.path`, `export`, `reconnect-delay`, `tls-creds` and
+ * `tls-hostname`, as QEMU's; `tls-creds-dir` names the directory of the client's x509
+ * credentials (QEMU's `tls-creds-x509` object's `dir`), where QEMU names an object: the
+ * daemon fills it in from its `--object`s, and tools take it directly.
  *
  * @module
  */
@@ -22,6 +25,7 @@ import {
 import { NbdClient } from "./client.ts";
 import { Cmd, CmdFlags, StateFlags, TransmissionFlags } from "./constants.ts";
 import { nbdFilename, parseNbdFilename } from "./filename.ts";
+import { loadX509Creds, type X509Creds } from "./tls.ts";
 
 /** Requests for more than this are split; lengths on the wire are 32-bit. */
 const MAX_U32_REQUEST = 2 ** 31;
@@ -167,6 +171,25 @@ function dialer(
   };
 }
 
+/** The client's TLS settings from the options, or null when TLS is off. */
+async function tlsOptions(
+  options: OptionValues,
+  server: Parameters<typeof nbdFilename>[0],
+): Promise<{ creds: X509Creds; hostname: string | null } | null> {
+  const id = options["tls-creds"] as string | undefined;
+  const dir = options["tls-creds-dir"] as string | undefined;
+  const hostname = options["tls-hostname"] as string | undefined;
+  if (dir === undefined) {
+    if (id !== undefined) throw new BlockError("EINVAL", `No TLS credentials with id '${id}'`);
+    if (hostname !== undefined) {
+      throw new BlockError("EINVAL", "Parameter 'tls-hostname' needs 'tls-creds'");
+    }
+    return null;
+  }
+  const creds = await loadX509Creds({ id: id ?? "tls-creds-dir", endpoint: "client", dir });
+  return { creds, hostname: hostname ?? (server.type === "inet" ? server.host : null) };
+}
+
 /**
  * The `nbd` driver.
  *
@@ -192,6 +215,16 @@ export const nbdDriver: BlockDriver = {
       description: "seconds to keep reconnecting after the connection is lost",
       default: 0,
     },
+    "tls-creds": { type: "string", description: "id of the TLS credentials (x509) to use" },
+    "tls-creds-dir": {
+      type: "string",
+      description: "directory of the client's x509 credentials (ca-cert.pem, client-cert.pem, " +
+        "client-key.pem)",
+    },
+    "tls-hostname": {
+      type: "string",
+      description: "host name the server's certificate must name (default: server.host)",
+    },
   },
   parseFilename: parseNbdFilename,
   async open(ctx: OpenContext, options: OptionValues): Promise<DriverInstance> {
@@ -202,11 +235,13 @@ export const nbdDriver: BlockDriver = {
       throw new BlockError("EINVAL", "Parameter 'reconnect-delay' must not be negative");
     }
     const describe = nbdFilename(server, name);
+    const tls = await tlsOptions(options, server);
     const client = await NbdClient.connect({
       dial,
       exportName: name,
       reconnectDelay: delay,
       describe,
+      tls,
     });
     if (client.info.flags & TransmissionFlags.READ_ONLY && !ctx.readOnly) {
       if (!ctx.fallBackToReadOnly()) {

@@ -19,3 +19,12 @@ export { type ClientConn, NbdClient, type NbdClientOptions, type StatusExtent } 
 export { clientHandshake, type ExportInfo } from "./client_handshake.ts";
 export { nbdDriver, NbdInstance } from "./driver.ts";
 export { nbdFilename, parseNbdFilename } from "./filename.ts";
+export {
+  loadX509Creds,
+  startTlsClient,
+  startTlsServer,
+  type TlsConn,
+  type UpgradableConn,
+  type X509Creds,
+  type X509CredsOptions,
+} from "./tls.ts";

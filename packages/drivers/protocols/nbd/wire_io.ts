@@ -40,13 +40,22 @@ export class WireReader {
   /** Where unread data begins. */
   pos = 0;
   #end = 0;
-  readonly #conn: ReadableConn;
+  #conn: ReadableConn;
 
   /** Creates a reader with a receive buffer of `size` bytes. */
   constructor(conn: ReadableConn, size = 256 * 1024) {
     this.#conn = conn;
     this.buf = new Uint8Array(size);
     this.view = new DataView(this.buf.buffer);
+  }
+
+  /**
+   * Reads from `conn` from now on (the TLS layer after STARTTLS). Nothing may be buffered:
+   * bytes sent before the upgrade that were not consumed would be a peer out of step.
+   */
+  setConn(conn: ReadableConn): void {
+    if (this.available !== 0) throw new Error("Data arrived before the TLS upgrade");
+    this.#conn = conn;
   }
 
   /** How many unread bytes are buffered. */
@@ -129,7 +138,7 @@ interface Pending {
  * write is in flight goes out together in the next write, in order.
  */
 export class WireWriter {
-  readonly #conn: WritableConn;
+  #conn: WritableConn;
   readonly #stageSize: number;
   /** The staging buffer messages are built in; valid until the caller's task ends. */
   buf: Uint8Array;
@@ -150,6 +159,14 @@ export class WireWriter {
     this.#stageSize = stageSize;
     this.buf = new Uint8Array(stageSize);
     this.view = new DataView(this.buf.buffer);
+  }
+
+  /** Writes to `conn` from now on (the TLS layer after STARTTLS); call when {@link WireWriter.idle} resolved. */
+  setConn(conn: WritableConn): void {
+    if (this.#running || this.#used > 0 || this.#queue.length > 0) {
+      throw new Error("The writer is busy: wait for idle() before switching connections");
+    }
+    this.#conn = conn;
   }
 
   /** The error that stopped the writer, if any. */
