@@ -9,6 +9,7 @@
 import { type Backend, BlockError, Graph } from "@blockgraph/core";
 import type { NbdServer } from "@blockgraph/devices";
 import { defaultRegistry } from "@blockgraph/drivers";
+import type { X509Creds } from "@blockgraph/drivers/nbd";
 import type { ArgsSchema } from "./qmp_args.ts";
 import type { DaemonDrive } from "./drive.ts";
 import { QmpError } from "./qmp_error.ts";
@@ -44,6 +45,8 @@ export class Daemon {
   readonly graph: Graph;
   /** The NBD server, while started. */
   nbd: NbdServer | null = null;
+  /** TLS credentials (`tls-creds-x509` objects), by id. */
+  readonly tlsCreds: Map<string, X509Creds> = new Map();
   /** Drives made with `--drive` (our extension), by device id. */
   readonly drives: Map<string, DaemonDrive> = new Map();
   /** The QMP commands, by name. */

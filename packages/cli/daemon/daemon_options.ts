@@ -24,7 +24,8 @@ export type DaemonAction =
   | { kind: "monitor-path"; text: string; path: string }
   | { kind: "nbd-server"; text: string; options: Record<string, unknown> }
   | { kind: "export"; text: string; options: Record<string, unknown> }
-  | { kind: "drive"; text: string; options: Record<string, unknown> };
+  | { kind: "drive"; text: string; options: Record<string, unknown> }
+  | { kind: "object"; text: string; options: Record<string, unknown> };
 
 /** What the command line asks for. */
 export interface DaemonCommandLine {
@@ -77,9 +78,16 @@ blockgraph storage daemon (speaks qemu-storage-daemon's command line and QMP)
                          a '/', e.g. ./qmp.sock; blockgraph's shorthand)
 
   --nbd-server addr.type=inet,addr.host=<host>,addr.port=<port>
+               [,tls-creds=<id>][,max-connections=<n>]
+  --nbd-server addr.type=unix,addr.path=<path>[,tls-creds=<id>]
                [,max-connections=<n>]
-  --nbd-server addr.type=unix,addr.path=<path>[,max-connections=<n>]
                          start an NBD server for exporting block nodes
+
+  --object tls-creds-x509,id=<id>,endpoint=server|client,dir=<dir>
+           [,verify-peer=on|off]
+                         x509 credentials (ca-cert.pem, server-cert.pem and
+                         server-key.pem, or client-cert.pem and client-key.pem
+                         in <dir>) for --nbd-server tls-creds and nbd nodes
 
   --pidfile <path>       write process ID to a file after startup
 
@@ -158,7 +166,8 @@ export function parseDaemonArgs(args: readonly string[]): DaemonCommandLine {
       case "daemonize":
         throw new DaemonOptionError("--daemonize is not supported by blockgraph");
       case "object":
-        throw new DaemonOptionError("user-creatable objects are not supported", "object", text);
+        out.actions.push({ kind: "object", text, options: keyval(text, "qom-type", "object") });
+        break;
       case "pidfile":
         out.pidfile = text;
         break;

@@ -8,9 +8,11 @@
 
 import { BlockError } from "@blockgraph/core";
 import { NbdServer, type NbdServerAddress } from "@blockgraph/devices";
+import type { X509Creds } from "@blockgraph/drivers/nbd";
 import type { Daemon, QmpCommand } from "./daemon.ts";
 import { type ArgsSchema, checkArgs, type CheckOptions } from "./qmp_args.ts";
 import { genericError } from "./qmp_error.ts";
+import { findTlsCreds } from "./qmp_commands_objects.ts";
 
 const INET_DATA: ArgsSchema = {
   host: "str",
@@ -81,10 +83,11 @@ export async function nbdServerStart(
   daemon: Daemon,
   addr: NbdServerAddress,
   maxConnections = 0,
+  tlsCreds: X509Creds | null = null,
 ): Promise<NbdServer> {
   if (daemon.nbd) throw genericError("NBD server already running");
   if (addr.type === "unix") await removeStaleSocket(addr.path);
-  const server = new NbdServer({ addr, maxConnections });
+  const server = new NbdServer({ addr, maxConnections, ...(tlsCreds ? { tlsCreds } : {}) });
   try {
     server.start();
   } catch (e) {
@@ -118,13 +121,14 @@ export function nbdServerStartArgs(
   // `data`) is accepted too, as `--nbd-server` spells it.
   const legacy = opts.legacy && ("data" in raw || Object.keys(raw).length === 1);
   const addr = parseSocketAddress(raw, { ...opts, legacy, prefix: "addr." });
-  if (a["tls-creds"] !== undefined) {
-    throw genericError(`No TLS credentials with id '${a["tls-creds"]}'`);
-  }
+  const credsId = a["tls-creds"] as string | undefined;
+  const creds = credsId === undefined ? null : findTlsCreds(daemon, credsId, "server");
   if (a["tls-authz"] !== undefined) {
-    throw genericError("tls-authz is not supported without tls-creds");
+    throw genericError(
+      creds ? "tls-authz is not supported" : "tls-authz is not supported without tls-creds",
+    );
   }
-  return nbdServerStart(daemon, addr, (a["max-connections"] as number | undefined) ?? 0);
+  return nbdServerStart(daemon, addr, (a["max-connections"] as number | undefined) ?? 0, creds);
 }
 
 const EXPORT_ARGS: ArgsSchema = {

@@ -23,6 +23,7 @@ import { QmpMonitor } from "./monitor.ts";
 import { coreCommands, versionInfo } from "./qmp_commands_core.ts";
 import { mediaCommands } from "./qmp_commands_media.ts";
 import { blockExportAdd, nbdCommands, nbdServerStartArgs } from "./qmp_commands_nbd.ts";
+import { objectAdd, objectCommands, resolveTlsCreds } from "./qmp_commands_objects.ts";
 import { blockdevAdd, nodeCommands } from "./qmp_commands_nodes.ts";
 
 /** A daemon with every QMP command registered. */
@@ -32,6 +33,7 @@ export function createDaemon(graph?: Graph): Daemon {
   d.register(nodeCommands);
   d.register(mediaCommands);
   d.register(nbdCommands);
+  d.register(objectCommands);
   return d;
 }
 
@@ -80,7 +82,10 @@ export async function applyAction(
 ): Promise<void> {
   switch (action.kind) {
     case "blockdev":
-      await blockdevAdd(daemon.graph, action.options);
+      await blockdevAdd(daemon.graph, resolveTlsCreds(daemon, action.options));
+      return;
+    case "object":
+      await objectAdd(daemon, action.options, { keyval: true });
       return;
     case "chardev":
       defineChardev(chardevs, action.options);

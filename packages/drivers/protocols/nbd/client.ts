@@ -66,6 +66,17 @@ export interface StatusExtent {
   flags: number;
 }
 
+/** Operation names of commands, for error messages and contexts. */
+const OP_NAMES: Record<number, string> = {
+  [Cmd.READ]: "read",
+  [Cmd.WRITE]: "write",
+  [Cmd.FLUSH]: "flush",
+  [Cmd.TRIM]: "discard",
+  [Cmd.WRITE_ZEROES]: "write-zeroes",
+  [Cmd.BLOCK_STATUS]: "block-status",
+  [Cmd.CACHE]: "cache",
+};
+
 class Pending {
   type = 0;
   flags = 0;
@@ -232,7 +243,7 @@ export class NbdClient {
     const p = h.cookieHi === 0 ? this.#inFlight.get(cookie) : undefined;
     if (!p) throw new Error(`reply to unknown cookie ${cookie}`);
     if (!h.structured) {
-      if (h.error !== 0) p.error = this.#error(h.error, "");
+      if (h.error !== 0) p.error = this.#error(h.error, "", p, p.offset);
       else if (p.type === Cmd.READ) await this.#readData(r, p, 0, p.length);
       this.#complete(cookie, p);
       return;
@@ -259,7 +270,7 @@ export class NbdClient {
     } else if (type & REPLY_TYPE_ERROR_BIT) {
       const e = decodeErrorPayload(await r.readBytes(h.length));
       if (!e) throw new Error("malformed error chunk");
-      p.error ??= this.#error(e.error, e.message);
+      p.error ??= this.#error(e.error, e.message, p, e.offset ?? p.offset);
     } else if (type !== ReplyType.NONE) {
       throw new Error(`unknown chunk type ${type}`);
     } else if (h.length !== 0) {
@@ -284,9 +295,13 @@ export class NbdClient {
     q.copyFrom(p.qiovOffset + at, tmp, 0, n);
   }
 
-  #error(errno: number, message: string): BlockError {
+  /** The error a reply reports, with the request's operation and the failing offset. */
+  #error(errno: number, message: string, p: Pending, offset: number): BlockError {
     const code = fromNbdErrno(errno);
-    return new BlockError(code, message || undefined);
+    const op = OP_NAMES[p.type] ?? `command ${p.type}`;
+    const text = `NBD server '${this.#options.describe}' failed ${op} at offset ${offset}` +
+      (message ? `: ${message}` : `: ${code}`);
+    return new BlockError(code, text, { op, offset });
   }
 
   #complete(cookie: number, p: Pending): void {
