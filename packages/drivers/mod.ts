@@ -17,9 +17,13 @@ import { nullDriver } from "./protocols/null.ts";
 export {
   createParams,
   formatQcow2,
+  QCOW2_AMEND_OPTIONS,
+  type Qcow2CheckResult,
   type Qcow2CreateParams,
   qcow2Driver,
   Qcow2Instance,
+  type Qcow2RepairMode,
+  type Qcow2Snapshot,
 } from "./formats/qcow2/mod.ts";
 export { rawDriver, RawInstance } from "./formats/raw.ts";
 export {

@@ -1,12 +1,19 @@
 /**
  * Compressed clusters: the compressed cluster descriptor (offset and sector count packed by
- * cluster size) and decompression (raw deflate for zlib, zstd) through `node:zlib`.
+ * cluster size), compression and decompression (raw deflate with QEMU's 4 KiB window for
+ * zlib, zstd) through `node:zlib`.
  *
  * @module
  */
 
 import { BlockError } from "@blockgraph/core";
-import { constants, inflateRawSync, zstdDecompressSync } from "node:zlib";
+import {
+  constants,
+  deflateRawSync,
+  inflateRawSync,
+  zstdCompressSync,
+  zstdDecompressSync,
+} from "node:zlib";
 
 /** Where a compressed cluster's data lies in the image file. */
 export interface CompressedPlace {
@@ -60,4 +67,18 @@ export function decompressCluster(data: Uint8Array, clusterSize: number, type: n
     );
   }
   return out.length === clusterSize ? out : out.subarray(0, clusterSize);
+}
+
+/**
+ * Compresses one cluster as QEMU does (raw deflate with a 4 KiB window, or a zstd frame);
+ * returns null when the result would not be smaller than the cluster (QEMU then writes the
+ * cluster uncompressed).
+ */
+export function compressCluster(data: Uint8Array, type: number): Uint8Array | null {
+  const out = type === 0
+    ? deflateRawSync(data, { windowBits: 12, memLevel: 9 })
+    : zstdCompressSync(data);
+  return out.length < data.length - 1
+    ? new Uint8Array(out.buffer, out.byteOffset, out.length)
+    : null;
 }

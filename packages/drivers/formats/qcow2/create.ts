@@ -13,21 +13,22 @@ import {
   type Node,
   type OptionSchema,
   type OptionValues,
+  type PreallocMode,
   validateOptions,
 } from "@blockgraph/core";
 import {
   COMPAT_LAZY_REFCOUNTS,
-  COPIED_HI,
   setU64,
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
   viewOf,
 } from "./format.ts";
-import { Ext, QCOW2_MAGIC } from "./format.ts";
+import { Ext, Incompat, QCOW2_MAGIC } from "./format.ts";
 import { type Qcow2Header, qemuFeatureTable, serializeHeader, setBackingFormat } from "./header.ts";
 import type { Qcow2Image } from "./image.ts";
 import type { Qcow2Instance } from "./instance.ts";
 import { resolveBackingName } from "./open.ts";
+import { preallocateRange } from "./resize.ts";
 
 /** The options `create` takes, as qemu-img names them. */
 export const QCOW2_CREATE_OPTIONS: OptionSchema = {
@@ -39,7 +40,7 @@ export const QCOW2_CREATE_OPTIONS: OptionSchema = {
   cluster_size: { type: "size", description: "qcow2 cluster size", default: 65536 },
   preallocation: {
     type: "enum",
-    description: "Preallocation mode (allowed values: off, metadata)",
+    description: "Preallocation mode (allowed values: off, metadata, falloc, full)",
     values: ["off", "metadata", "falloc", "full"],
   },
   lazy_refcounts: {
@@ -51,6 +52,11 @@ export const QCOW2_CREATE_OPTIONS: OptionSchema = {
     type: "int",
     description: "Width of a reference count entry in bits",
     default: 16,
+  },
+  compression_type: {
+    type: "enum",
+    description: "Compression method used for image cluster compression",
+    values: ["zlib", "zstd"],
   },
 };
 
@@ -66,6 +72,8 @@ export interface Qcow2CreateParams {
   refcountBits: number;
   /** Sets the lazy refcounts compatible bit. */
   lazyRefcounts: boolean;
+  /** 0 zlib (default), 1 zstd (sets the compression type incompatible bit). */
+  compressionType?: number;
   /** Backing file name to record. */
   backingFile?: string;
   /** Backing format to record. */
@@ -122,6 +130,12 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
     refcountBits: rb,
     lazyRefcounts: lazy,
   };
+  if (options.compression_type === "zstd") {
+    if (version < 3) {
+      fail("Compression type can only be specified with compatibility level 1.1 and above");
+    }
+    params.compressionType = 1;
+  }
   if (backingFile !== undefined) params.backingFile = backingFile;
   if (backingFormat !== undefined) params.backingFormat = backingFormat;
   return params;
@@ -171,12 +185,12 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
     refcountTableClusters: rtc,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatible: 0n,
+    incompatible: p.compressionType ? BigInt(Incompat.COMPRESSION) : 0n,
     compatible: p.lazyRefcounts ? BigInt(COMPAT_LAZY_REFCOUNTS) : 0n,
     autoclear: 0n,
     refcountOrder: Math.log2(p.refcountBits),
     headerLength: p.version >= 3 ? V3_HEADER_LENGTH : V2_HEADER_LENGTH,
-    compressionType: 0,
+    compressionType: p.compressionType ?? 0,
     tail: new Uint8Array(V3_HEADER_LENGTH - 105),
     extensions: [],
     backingFile: p.backingFile,
@@ -198,26 +212,18 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
 
 /**
  * Allocates an L2 table and a data cluster for every guest cluster (preallocation=metadata),
- * and grows the file to cover them.
+ * then grows the file to cover them (allocating it with `falloc`, writing it with `full`).
  */
-export async function preallocateMetadata(image: Qcow2Image): Promise<void> {
+export async function preallocateMetadata(
+  image: Qcow2Image,
+  mode: PreallocMode = "metadata",
+): Promise<void> {
   const cs = image.cs;
-  const clusters = Math.ceil(image.header.size / cs);
-  await image.lock.run(async () => {
-    for (let g = 0; g < clusters;) {
-      const n = Math.min(clusters - g, image.l2Entries - (g % image.l2Entries));
-      await image.l2ForWrite(Math.floor(g / image.l2Entries));
-      const host = await image.refcounts.alloc(n);
-      for (let k = 0; k < n; k++) {
-        const off = host + k * cs;
-        await image.setEntry(g + k, (Math.floor(off / 0x100000000) | COPIED_HI) >>> 0, off >>> 0);
-      }
-      g += n;
-    }
-    await image.flushCaches();
-  });
+  await image.lock.run(() => preallocateRange(image, 0, Math.ceil(image.header.size / cs)));
   const end = image.refcounts.endCluster * cs;
-  if (image.file.getLength() < end) await image.file.truncate(end, false, "off");
+  if (image.file.getLength() < end) {
+    await image.file.truncate(end, false, mode === "metadata" ? "off" : mode);
+  }
 }
 
 /** Creates a qcow2 image file through the protocol driver its filename names. */
@@ -227,12 +233,6 @@ export async function createQcow2(given: OptionValues, registry: DriverRegistry)
   const options = validateOptions(QCOW2_CREATE_OPTIONS, defined, "Format driver 'qcow2'");
   const filename = options.filename as string;
   const prealloc = (options.preallocation as string | undefined) ?? "off";
-  if (prealloc !== "off" && prealloc !== "metadata") {
-    throw new BlockError(
-      "ENOTSUP",
-      `Preallocation mode '${prealloc}' is not supported for qcow2 yet (use off or metadata)`,
-    );
-  }
   let backingSize: number | undefined;
   if (options.size === undefined && options.backing_file !== undefined && options.backing_fmt) {
     const g = new Graph({ registry });
@@ -269,10 +269,10 @@ export async function createQcow2(given: OptionValues, registry: DriverRegistry)
     const node = await graph.open({ driver: proto.name, filename }, "create");
     try {
       await formatQcow2(node, params);
-      if (prealloc === "metadata") {
+      if (prealloc !== "off") {
         const q = await graph.open({ driver: "qcow2", file: node.name }, "create");
         try {
-          await preallocateMetadata((q.instance as Qcow2Instance).image);
+          await preallocateMetadata((q.instance as Qcow2Instance).image, prealloc as PreallocMode);
         } finally {
           await q.unref("create");
         }

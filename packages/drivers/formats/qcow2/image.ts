@@ -12,8 +12,10 @@
  * 4. a new L2 table is written and flushed before the L1 entry naming it (L1 is written
  *    through).
  * Frees go the other way: the L2 and L1 changes are written and flushed before refcounts drop.
- * Lazy refcounts (compat 1.1 `lazy_refcounts`) are not used by this driver yet: it always
- * keeps refcounts in order, so it never sets the dirty bit.
+ * With lazy refcounts (compat 1.1 `lazy_refcounts=on`) step 3 and 4 skip the refcount writes
+ * and flushes: the dirty bit is set on disk first, refcount blocks are written on flush, and
+ * a clean close clears the bit. A crash leaves a dirty image that the next read/write open
+ * repairs (QEMU's iotest 039).
  *
  * @module
  */
@@ -30,12 +32,13 @@ import {
   viewOf,
   ZERO_LO,
 } from "./format.ts";
-import type { Qcow2Header } from "./header.ts";
+import { type Qcow2Header, serializeHeader } from "./header.ts";
 import { L2Cache } from "./l2_cache.ts";
 import { ClusterClaims, Mutex } from "./locks.ts";
 import type { MetaIo } from "./meta_io.ts";
 import { MetadataMap, type WriteKind } from "./overlap.ts";
-import { Refcounts } from "./refcount.ts";
+import { Refcounts, type RefcountTablePlace } from "./refcount.ts";
+import type { SnapshotEntry } from "./snapshot_table.ts";
 
 /** What a guest cluster holds. */
 export type ClusterKind = "unallocated" | "zero" | "zero-alloc" | "normal" | "compressed";
@@ -89,7 +92,10 @@ export class Qcow2Image implements MetaIo {
   /** The overlap map. */
   readonly map: MetadataMap;
   /** The refcount structures. */
-  readonly refcounts: Refcounts;
+  refcounts: Refcounts;
+  readonly #refcountCacheBlocks: number;
+  /** Where the next compressed cluster may go (0: start a new cluster). */
+  freeByte = 0;
   /** The L2 cache. */
   readonly l2: L2Cache;
   /** Held around metadata work. */
@@ -98,6 +104,12 @@ export class Qcow2Image implements MetaIo {
   readonly claims: ClusterClaims = new ClusterClaims();
   /** Whether the image may be written. */
   readonly writable: boolean;
+  /** The internal snapshots, in table order. */
+  snapshots: SnapshotEntry[] = [];
+  /** The snapshot table's length in bytes. */
+  snapshotsBytes = 0;
+  /** Refcount updates are deferred behind the dirty bit (compat 1.1 lazy_refcounts). */
+  lazy = false;
   /** Set once corruption was found in a writable image: all I/O fails from then on. */
   broken = false;
   #warned = false;
@@ -114,6 +126,7 @@ export class Qcow2Image implements MetaIo {
     writable: boolean,
     l2CacheTables: number,
     sink: CorruptionSink,
+    refcountCacheBlocks = Number.MAX_SAFE_INTEGER,
   ) {
     this.file = file;
     this.header = header;
@@ -140,33 +153,54 @@ export class Qcow2Image implements MetaIo {
       this.l1Copied.push((hi & COPIED_HI) !== 0);
       if (off !== 0 && off % this.cs === 0) map.setL2(off, true);
     }
-    this.refcounts = new Refcounts(
-      this,
-      map,
-      header.clusterBits,
-      header.refcountOrder,
-      refTable,
-      { offset: header.refcountTableOffset, clusters: header.refcountTableClusters },
-      file.getLength(),
-    );
-    this.refcounts.onTableMoved = async (place) => {
-      const buf = new Uint8Array(12);
-      setU64(viewOf(buf), 0, place.offset);
-      viewOf(buf).setUint32(8, place.clusters);
-      await this.write("qcow2_header", 48, buf);
-      await this.flush();
-      header.refcountTableOffset = place.offset;
-      header.refcountTableClusters = place.clusters;
-    };
+    this.#refcountCacheBlocks = refcountCacheBlocks;
+    this.refcounts = this.makeRefcounts(header.refcountOrder, refTable, {
+      offset: header.refcountTableOffset,
+      clusters: header.refcountTableClusters,
+    });
     this.l2 = new L2Cache(
       l2CacheTables,
       (off) => this.#loadL2(off),
       (off, table) => this.write("active L2 table", off, table),
       async () => {
+        if (this.lazy) return await this.markDirty();
         await this.refcounts.writeback();
         await this.flush();
       },
     );
+  }
+
+  /**
+   * Refcount structures of width `2^order` over `table` at `place`, wired to move the
+   * header's table pointer when the table grows.
+   */
+  makeRefcounts(order: number, table: number[], place: RefcountTablePlace): Refcounts {
+    const rc = new Refcounts(
+      this,
+      this.map,
+      this.header.clusterBits,
+      order,
+      table,
+      place,
+      this.file.getLength(),
+      this.#refcountCacheBlocks,
+    );
+    rc.onTableMoved = async (p) => {
+      const buf = new Uint8Array(12);
+      setU64(viewOf(buf), 0, p.offset);
+      viewOf(buf).setUint32(8, p.clusters);
+      await this.write("qcow2_header", 48, buf);
+      await this.flush();
+      this.header.refcountTableOffset = p.offset;
+      this.header.refcountTableClusters = p.clusters;
+    };
+    return rc;
+  }
+
+  /** Rewrites the whole first cluster from `header` (fields, extensions, backing name). */
+  async writeHeader(): Promise<void> {
+    await this.write("qcow2_header", 0, serializeHeader(this.header));
+    await this.flush();
   }
 
   // ------------------------------------------------------------------ MetaIo
@@ -288,17 +322,36 @@ export class Qcow2Image implements MetaIo {
    * the same kind (and contiguous on the host for normal ones). Call with `lock` held.
    */
   async lookup(offset: number, bytes: number): Promise<Extent> {
+    const g = Math.floor(offset / this.cs);
+    const l1i = Math.floor(g / this.l2Entries);
+    const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
+    if (l2Off === 0) return this.#extentIn(null, 0, offset, bytes);
+    return this.#extentIn(await this.l2.get(l2Off), l2Off, offset, bytes);
+  }
+
+  /**
+   * `lookup` without the metadata lock and without waiting: the extent when its L2 table is
+   * cached (or there is none), else null. Entries change only synchronously under the lock,
+   * so a cached table is never seen half-updated.
+   */
+  lookupCached(offset: number, bytes: number): Extent | null {
+    const g = Math.floor(offset / this.cs);
+    const l1i = Math.floor(g / this.l2Entries);
+    const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
+    if (l2Off === 0) return this.#extentIn(null, 0, offset, bytes);
+    const table = this.l2.peek(l2Off);
+    return table ? this.#extentIn(table, l2Off, offset, bytes) : null;
+  }
+
+  #extentIn(table: Uint8Array | null, l2Off: number, offset: number, bytes: number): Extent {
     const cs = this.cs;
     const g = Math.floor(offset / cs);
-    const l1i = Math.floor(g / this.l2Entries);
     let l2i = g % this.l2Entries;
     const inCluster = offset - g * cs;
     const maxBytes = Math.min(bytes, (this.l2Entries - l2i) * cs - inCluster);
-    const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
-    if (l2Off === 0) {
+    if (table === null) {
       return { kind: "unallocated", bytes: maxBytes, host: 0, copied: false, hi: 0, lo: 0 };
     }
-    const table = await this.l2.get(l2Off);
     const view = viewOf(table);
     const hi = view.getUint32(l2i * 8);
     const lo = view.getUint32(l2i * 8 + 4);
@@ -353,8 +406,11 @@ export class Qcow2Image implements MetaIo {
     if (cur !== 0 && this.l1Copied[l1i]) return cur;
     const table = cur === 0 ? new Uint8Array(this.cs) : (await this.l2.get(cur)).slice();
     const off = await this.refcounts.alloc(1);
-    await this.refcounts.writeback();
-    await this.flush();
+    if (this.lazy) await this.markDirty();
+    else {
+      await this.refcounts.writeback();
+      await this.flush();
+    }
     await this.write("active L2 table", off, table);
     await this.flush();
     const entry = new Uint8Array(8);
@@ -371,6 +427,58 @@ export class Qcow2Image implements MetaIo {
       this.freeLater(cur, 1, false);
     }
     return off;
+  }
+
+  /** Writes L1 entry `i` (offset and COPIED flag) to the active L1 table on disk. */
+  async writeL1Entry(i: number): Promise<void> {
+    const entry = new Uint8Array(8);
+    setU64(viewOf(entry), 0, this.l1[i]!);
+    if (this.l1Copied[i] && this.l1[i] !== 0) entry[0]! |= 0x80;
+    await this.write("active L1 table", this.header.l1TableOffset + i * 8, entry);
+  }
+
+  /**
+   * Sets the dirty bit on disk (once) before tables that may name clusters whose refcounts
+   * are not written yet (lazy refcounts).
+   */
+  async markDirty(): Promise<void> {
+    const h = this.header;
+    if ((h.incompatible & BigInt(Incompat.DIRTY)) !== 0n) return;
+    await this.refcounts.writeback();
+    await this.flush();
+    h.incompatible |= BigInt(Incompat.DIRTY);
+    const buf = new Uint8Array(8);
+    viewOf(buf).setBigUint64(0, h.incompatible);
+    await this.writeHeaderField(72, buf);
+  }
+
+  /** Clears the dirty bit after every cache was written and flushed. Call with `lock` held. */
+  async markClean(): Promise<void> {
+    const h = this.header;
+    if ((h.incompatible & BigInt(Incompat.DIRTY)) === 0n) return;
+    await this.flushCaches();
+    await this.flush();
+    h.incompatible &= ~BigInt(Incompat.DIRTY);
+    const buf = new Uint8Array(8);
+    viewOf(buf).setBigUint64(0, h.incompatible);
+    await this.writeHeaderField(72, buf);
+  }
+
+  /** Writes a header field of `buf.length` bytes at `at`, then flushes. */
+  async writeHeaderField(at: number, buf: Uint8Array): Promise<void> {
+    await this.write("qcow2_header", at, buf);
+    await this.flush();
+  }
+
+  /**
+   * Writes back and forgets every cached L2 table and refcount block, so that code working on
+   * the structures on disk (snapshots, check, resize) sees them as they are. Call with `lock`
+   * held.
+   */
+  async quiesce(): Promise<void> {
+    await this.flushCaches();
+    await this.flush();
+    this.l2.clear();
   }
 
   /** Sets the L2 entry of guest cluster `g` in its (writable) table. Call with `lock` held. */
@@ -414,6 +522,7 @@ export class Qcow2Image implements MetaIo {
     await this.flush();
     const frees = this.#pendingFrees;
     this.#pendingFrees = [];
+    this.freeByte = 0;
     for (const f of frees) {
       await this.refcounts.update(f.first, f.count, -1);
       if (f.discard && (await this.refcounts.get(f.first)) === 0) {

@@ -17,11 +17,19 @@ import {
   type FormatSpecificInfo,
   IoVector,
   type Node,
+  type OptionValues,
+  type PreallocMode,
   ReqFlags,
 } from "@blockgraph/core";
 import { compressedPlace, decompressCluster } from "./compressed.ts";
 import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, Incompat, ZERO_LO } from "./format.ts";
+import { amendImage } from "./amend.ts";
+import { checkImage, type Qcow2CheckResult } from "./check.ts";
+import { writeCompressed } from "./compressed_write.ts";
 import { classify, type Extent, type Qcow2Image } from "./image.ts";
+import { truncateImage } from "./resize.ts";
+import { applySnapshot, createSnapshot, deleteSnapshot } from "./snapshot.ts";
+import { type Qcow2Snapshot, snapshotInfo } from "./snapshot_table.ts";
 
 /** Whether a write to `ext` goes to the clusters it already has. */
 function inPlace(ext: Extent): boolean {
@@ -76,7 +84,8 @@ export class Qcow2Instance implements DriverInstance {
     this.#check(offset, bytes, false);
     const image = this.image;
     while (bytes > 0) {
-      const ext = await image.lock.run(() => image.lookup(offset, bytes));
+      const ext = image.lookupCached(offset, bytes) ??
+        await image.lock.run(() => image.lookup(offset, bytes));
       await this.#readExtent(ext, offset, ext.bytes, qiov, qiovOffset);
       offset += ext.bytes;
       qiovOffset += ext.bytes;
@@ -134,8 +143,19 @@ export class Qcow2Instance implements DriverInstance {
     bytes: number,
     qiov: IoVector,
     qiovOffset: number,
+    flags = 0,
   ): Promise<void> {
     this.#check(offset, bytes, true);
+    if (flags & ReqFlags.WRITE_COMPRESSED) {
+      return writeCompressed(
+        this.image,
+        offset,
+        bytes,
+        qiov,
+        qiovOffset,
+        (o, n, q) => this.pwritev(o, n, qiov, q),
+      );
+    }
     while (bytes > 0) {
       const n = await this.#writeStep(offset, bytes, qiov, qiovOffset);
       offset += n;
@@ -404,12 +424,76 @@ export class Qcow2Instance implements DriverInstance {
     return info;
   }
 
-  /** Writes back the caches (unless the image was found corrupt). */
+  /**
+   * Resizes the virtual disk (QEMU's `qcow2_co_truncate`): growth moves the L1 table as
+   * needed and preallocates with `metadata`, `falloc` or `full`; shrinking frees everything
+   * past the new end (the `--shrink` confirmation is the caller's). Sizes are byte-granular.
+   */
+  truncate(offset: number, _exact: boolean, prealloc: PreallocMode): Promise<void> {
+    const image = this.image;
+    if (image.broken) return Promise.reject(image.brokenError());
+    return this.#idle(() => truncateImage(image, offset, prealloc));
+  }
+
+  /** Runs `fn` under the metadata lock once no allocation is in flight. */
+  async #idle<T>(fn: () => Promise<T>): Promise<T> {
+    const image = this.image;
+    for (;;) {
+      const r = await image.lock.run(async () => {
+        const busy = image.claims.any();
+        return busy ? { busy } : { busy: null, value: await fn() };
+      });
+      if (!r.busy) return r.value as T;
+      await r.busy;
+    }
+  }
+
+  /**
+   * QEMU's refcount check (`qemu-img check`), repairing leaks or everything with `leaks` or
+   * `all` (then checking again). Repairs need the node opened read/write; open with
+   * `check-open: true` to check a corrupt or dirty image without the repair on open.
+   */
+  check(repair: "none" | "leaks" | "all"): Promise<Qcow2CheckResult> {
+    return this.#idle(() => checkImage(this.image, repair));
+  }
+
+  /** The internal snapshots, as `img info` and `img snapshot -l` show them. */
+  snapshotList(): Qcow2Snapshot[] {
+    return snapshotInfo(this.image.snapshots);
+  }
+
+  /** Creates an internal snapshot called `name` (`qemu-img snapshot -c`). */
+  snapshotCreate(name: string): Promise<void> {
+    return this.#idle(() => createSnapshot(this.image, name));
+  }
+
+  /** Reverts the disk to a snapshot, by ID or name (`qemu-img snapshot -a`). */
+  snapshotApply(nameOrId: string): Promise<void> {
+    return this.#idle(() => applySnapshot(this.image, nameOrId));
+  }
+
+  /** Deletes a snapshot, by ID or name (`qemu-img snapshot -d`). */
+  snapshotDelete(nameOrId: string): Promise<void> {
+    return this.#idle(() => deleteSnapshot(this.image, nameOrId));
+  }
+
+  /**
+   * `qemu-img amend -o`: compat, lazy_refcounts, refcount_bits, size, backing_file and
+   * backing_fmt; any other option fails with QEMU's message.
+   */
+  amend(options: OptionValues): Promise<void> {
+    return this.#idle(() => amendImage(this.image, options, this.#backing() !== null));
+  }
+
+  /** Writes back the caches (unless the image was found corrupt); a clean close ends dirt. */
   async close(): Promise<void> {
     const image = this.image;
     if (image.writable && !image.broken) {
-      await image.lock.run(() => image.flushCaches());
-      await image.flush();
+      await image.lock.run(async () => {
+        await image.flushCaches();
+        await image.flush();
+        if (image.lazy) await image.markClean();
+      });
     }
     await image.settle();
   }

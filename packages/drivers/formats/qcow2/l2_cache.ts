@@ -78,6 +78,17 @@ export class L2Cache {
     if (e) e.dirty = true;
   }
 
+  /** Forgets every table; they must all be clean (after `flush`). */
+  clear(): void {
+    if (this.dirty) throw new Error("L2 tables were dirty when the cache was cleared");
+    this.#entries.clear();
+  }
+
+  /** The cached table at `offset` without waiting or reordering, or undefined. */
+  peek(offset: number): Uint8Array | undefined {
+    return this.#entries.get(offset)?.table;
+  }
+
   /** Forgets the table at `offset` without writing it (it was freed). */
   drop(offset: number): void {
     this.#entries.delete(offset);

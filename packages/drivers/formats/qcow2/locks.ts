@@ -48,6 +48,12 @@ export class ClusterClaims {
     return null;
   }
 
+  /** A promise for any claim in flight, or null when there is none. */
+  any(): Promise<void> | null {
+    for (const p of this.#claims.values()) return p;
+    return null;
+  }
+
   /** Claims `[first, first+count)` (none may be claimed); returns the release function. */
   claim(first: number, count: number): () => void {
     let release!: () => void;

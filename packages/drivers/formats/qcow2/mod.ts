@@ -11,11 +11,17 @@ import { openQcow2 } from "./open.ts";
 
 export { createParams, formatQcow2, type Qcow2CreateParams } from "./create.ts";
 export { Qcow2Instance } from "./instance.ts";
+export type { Qcow2CheckResult, Qcow2RepairMode } from "./check.ts";
+export type { Qcow2Snapshot } from "./snapshot_table.ts";
+export { QCOW2_AMEND_OPTIONS } from "./amend.ts";
 
 /**
  * The `qcow2` driver. Child `file` (required) and `backing` (optional; without it, the
  * backing file the header names is opened with the format its header extension names).
- * Option `l2-cache-size` bounds the L2 cache (default: the whole image, up to 1 TiB).
+ * Option `l2-cache-size` bounds the L2 cache (default: the whole image, up to 1 TiB),
+ * `refcount-cache-size` the refcount block cache (default: the file, up to 1 TiB), and
+ * `check-open: true` opens for `check`: a corrupt image opens read/write and a dirty one is
+ * not repaired on open.
  *
  * @example
  * ```ts
@@ -40,6 +46,12 @@ export const qcow2Driver: BlockDriver = {
   childOptions: ["file"],
   options: {
     "l2-cache-size": { type: "size", description: "Maximum L2 table cache size" },
+    "refcount-cache-size": { type: "size", description: "Maximum refcount block cache size" },
+    "check-open": {
+      type: "bool",
+      description: "Open for check: allow a corrupt image read/write and do not repair a " +
+        "dirty one on open",
+    },
   },
   createOptions: QCOW2_CREATE_OPTIONS,
   /** QEMU's score for the qcow2 magic with a version it knows. */

@@ -1,7 +1,8 @@
 /**
  * Opening a qcow2 image: the header and its checks, the tables it points to (inside the
- * file, clear of the header), the snapshot table's layout for the overlap checks, the L2
- * cache size, and the backing file.
+ * file, clear of the header), the snapshot table, the cache sizes, the repair of a dirty
+ * image (lazy refcounts), and the backing file (`backing: null` opens none; a left-out
+ * `backing` opens the one the header names).
  *
  * @module
  */
@@ -13,10 +14,13 @@ import {
   type OpenContext,
   type OptionValues,
 } from "@blockgraph/core";
-import { getU64, hex, Incompat, setU64, viewOf } from "./format.ts";
+import { checkOnce } from "./check.ts";
+import { COMPAT_LAZY_REFCOUNTS, getU64, hex, Incompat, setU64, viewOf } from "./format.ts";
 import { backingFormat, parseHeader, type Qcow2Header } from "./header.ts";
 import { Qcow2Image } from "./image.ts";
 import { Qcow2Instance } from "./instance.ts";
+import { mapSnapshots } from "./snapshot.ts";
+import { readSnapshotTable } from "./snapshot_table.ts";
 
 /** The L2 cache covers at most this much guest data by default (1 TiB). */
 const DEFAULT_L2_COVERAGE = 2 ** 40;
@@ -64,39 +68,6 @@ async function readRefTable(file: Node, h: Qcow2Header): Promise<number[]> {
   return out;
 }
 
-/** Where each snapshot's L1 table lies, and how long the snapshot table is. */
-async function readSnapshotLayout(
-  file: Node,
-  h: Qcow2Header,
-): Promise<{ tableBytes: number; l1s: { offset: number; bytes: number }[] }> {
-  const l1s: { offset: number; bytes: number }[] = [];
-  let pos = h.snapshotsOffset;
-  const fileLen = file.getLength();
-  for (let i = 0; i < h.nbSnapshots; i++) {
-    const fixed = new Uint8Array(40);
-    if (pos + 40 > fileLen) {
-      throw new BlockError(
-        "EINVAL",
-        `Snapshot table entry ${i} is beyond the end of the image file`,
-      );
-    }
-    await file.read(pos, fixed);
-    const view = viewOf(fixed);
-    const l1Offset = getU64(view, 0);
-    const l1Size = view.getUint32(8);
-    const idLen = view.getUint16(12);
-    const nameLen = view.getUint16(14);
-    const extra = view.getUint32(36);
-    if (l1Offset % 2 ** h.clusterBits !== 0) {
-      throw new BlockError("EINVAL", `Snapshot L1 table offset invalid`);
-    }
-    l1s.push({ offset: l1Offset, bytes: l1Size * 8 });
-    pos += 40 + extra + idLen + nameLen;
-    pos = Math.ceil(pos / 8) * 8;
-  }
-  return { tableBytes: pos - h.snapshotsOffset, l1s };
-}
-
 /** The number of L2 tables the cache holds: the option, or the whole image up to 1 TiB. */
 function l2CacheTables(options: OptionValues, h: Qcow2Header): number {
   const cs = 2 ** h.clusterBits;
@@ -104,6 +75,27 @@ function l2CacheTables(options: OptionValues, h: Qcow2Header): number {
   if (given !== undefined) return Math.max(2, Math.ceil(given / cs));
   const perTable = cs * (cs / 8);
   return Math.max(2, Math.min(h.l1Size, Math.ceil(DEFAULT_L2_COVERAGE / perTable)));
+}
+
+/**
+ * The number of refcount blocks the cache holds: the `refcount-cache-size` option, or enough
+ * to cover the file up to 1 TiB.
+ */
+function refcountCacheBlocks(options: OptionValues, h: Qcow2Header, fileLen: number): number {
+  const cs = 2 ** h.clusterBits;
+  const given = options["refcount-cache-size"] as number | undefined;
+  if (given !== undefined) return Math.max(4, Math.ceil(given / cs));
+  const perBlock = cs * ((cs * 8) / 2 ** h.refcountOrder);
+  return Math.max(4, Math.ceil(Math.max(fileLen, DEFAULT_L2_COVERAGE) / perBlock));
+}
+
+/** QEMU's repair of a dirty image on a read/write open (lazy refcounts, iotest 039). */
+async function repairDirty(image: Qcow2Image): Promise<void> {
+  const r = await image.lock.run(() => checkOnce(image, "all", []));
+  for (const m of r.messages) console.error(m);
+  if (r["check-errors"] > 0 || r.corruptions > 0) {
+    throw new BlockError("EIO", "qcow2: Could not repair dirty image");
+  }
 }
 
 /** Resolves a backing file name relative to the image's own file name, as QEMU does. */
@@ -162,15 +154,9 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   if (h.incompatible & BigInt(Incompat.EXTL2)) {
     throw new BlockError("ENOTSUP", "qcow2: images with extended L2 entries are not supported");
   }
-  if (writable && (h.incompatible & BigInt(Incompat.CORRUPT))) {
+  const checkOpen = options["check-open"] === true;
+  if (writable && !checkOpen && (h.incompatible & BigInt(Incompat.CORRUPT))) {
     throw new BlockError("EACCES", "qcow2: Image is corrupt; cannot be opened read/write");
-  }
-  if (writable && (h.incompatible & BigInt(Incompat.DIRTY))) {
-    throw new BlockError(
-      "EACCES",
-      "qcow2: Image is dirty (refcounts may be wrong) and repairing it on open is not " +
-        "supported; open it read-only, or repair it with 'qemu-img check -r all'",
-    );
   }
   const fileLen = file.getLength();
   checkInside("Active L1 table", h.l1TableOffset, h.l1Size * 8, cs, fileLen);
@@ -184,15 +170,32 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   const l1 = new Uint8Array(h.l1Size * 8);
   await file.read(h.l1TableOffset, l1);
   const refTable = await readRefTable(file, h);
-  const snaps = h.nbSnapshots > 0 ? await readSnapshotLayout(file, h) : null;
+  const snaps = await readSnapshotTable(
+    file,
+    h.snapshotsOffset,
+    h.nbSnapshots,
+    cs,
+    h.version,
+    h.size,
+  );
   const node = ctx.node;
-  const image = new Qcow2Image(file, h, l1, refTable, writable, l2CacheTables(options, h), {
-    nodeName: node.name,
-    emit: (name, data) => node.graph.events.emit(name, data),
-  });
-  if (snaps) {
-    image.map.setRange("snapshot table", h.snapshotsOffset, snaps.tableBytes);
-    for (const l1s of snaps.l1s) image.map.addRange("inactive L1 table", l1s.offset, l1s.bytes);
+  const image = new Qcow2Image(
+    file,
+    h,
+    l1,
+    refTable,
+    writable,
+    l2CacheTables(options, h),
+    { nodeName: node.name, emit: (name, data) => node.graph.events.emit(name, data) },
+    refcountCacheBlocks(options, h, fileLen),
+  );
+  image.snapshots = snaps.entries;
+  image.snapshotsBytes = snaps.bytes;
+  mapSnapshots(image);
+  image.lazy = writable && h.version >= 3 &&
+    (h.compatible & BigInt(COMPAT_LAZY_REFCOUNTS)) !== 0n;
+  if (writable && !checkOpen && (h.incompatible & BigInt(Incompat.DIRTY))) {
+    await repairDirty(image);
   }
   if (writable && h.version >= 3 && h.autoclear !== 0n) {
     // Autoclear features this driver does not maintain (bitmaps) must be cleared first.
@@ -202,7 +205,8 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
     await image.write("qcow2_header", 88, buf);
     await image.flush();
   }
-  const backing = await ctx.openChild("backing", ChildRole.COW, false);
-  if (!backing && h.backingFile !== undefined) await openHeaderBacking(ctx, file, h);
+  const given = ctx.childOption("backing");
+  await ctx.openChild("backing", ChildRole.COW, false);
+  if (given === "absent" && h.backingFile !== undefined) await openHeaderBacking(ctx, file, h);
   return new Qcow2Instance(node, image);
 }

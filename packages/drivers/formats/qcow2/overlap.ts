@@ -14,7 +14,9 @@ export type WriteKind =
   | "active L1 table"
   | "active L2 table"
   | "refcount table"
-  | "refcount block";
+  | "refcount block"
+  | "snapshot table"
+  | "inactive L1 table";
 
 interface Range {
   name: string;
@@ -55,6 +57,16 @@ export class MetadataMap {
     const c = offset / this.#cs;
     if (present) this.#l2.add(c);
     else this.#l2.delete(c);
+  }
+
+  /** Removes every range called `name` (inactive L1 tables when snapshots change). */
+  clearRanges(name: string): void {
+    this.#ranges = this.#ranges.filter((r) => r.name !== name);
+  }
+
+  /** Forgets every refcount block (the refcount structure was rebuilt). */
+  clearRefblocks(): void {
+    this.#refblocks.clear();
   }
 
   /** Records a refcount block at `offset`. */

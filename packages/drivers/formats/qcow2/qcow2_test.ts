@@ -57,7 +57,7 @@ for (
 ) {
   runConformance(`qcow2 over memory (${label})`, {
     registry,
-    capabilities: { persistent: true, resize: false, growsOnWrite: false },
+    capabilities: { persistent: true, resize: true, growsOnWrite: false },
     open: (graph, { readOnly }) =>
       openOnMemory(graph, p, { discard: "unmap", "read-only": readOnly }),
   });
@@ -67,7 +67,7 @@ const tempDirs: string[] = [];
 
 runConformance("qcow2 over file", {
   registry,
-  capabilities: { persistent: true, resize: false, growsOnWrite: false },
+  capabilities: { persistent: true, resize: true, growsOnWrite: false },
   async open(graph, { readOnly }) {
     const dir = await Deno.makeTempDir({ prefix: "blockgraph-qcow2-" });
     tempDirs.push(dir);

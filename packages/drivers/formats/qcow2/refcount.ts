@@ -24,6 +24,47 @@ export interface RefcountTablePlace {
   clusters: number;
 }
 
+/** Entry `idx` of a refcount block whose entries are `2^order` bits wide. */
+export function refcountEntry(block: Uint8Array, idx: number, order: number): number {
+  switch (order) {
+    case 3:
+      return block[idx]!;
+    case 4:
+      return (block[idx * 2]! << 8) | block[idx * 2 + 1]!;
+    case 5:
+      return viewOf(block).getUint32(idx * 4);
+    case 6:
+      return getU64(viewOf(block), idx * 8);
+  }
+  const bits = 2 ** order;
+  const bitPos = idx * bits;
+  return (block[bitPos >> 3]! >> (bitPos & 7)) & ((1 << bits) - 1);
+}
+
+/** Sets entry `idx` of a refcount block whose entries are `2^order` bits wide. */
+export function setRefcountEntry(block: Uint8Array, idx: number, order: number, v: number): void {
+  switch (order) {
+    case 3:
+      block[idx] = v;
+      return;
+    case 4:
+      block[idx * 2] = v >> 8;
+      block[idx * 2 + 1] = v & 0xff;
+      return;
+    case 5:
+      viewOf(block).setUint32(idx * 4, v);
+      return;
+    case 6:
+      setU64(viewOf(block), idx * 8, v);
+      return;
+  }
+  const bits = 2 ** order;
+  const bitPos = idx * bits;
+  const mask = ((1 << bits) - 1) << (bitPos & 7);
+  const b = bitPos >> 3;
+  block[b] = (block[b]! & ~mask) | ((v << (bitPos & 7)) & mask);
+}
+
 /** The refcount structures of an open image. */
 export class Refcounts {
   readonly #io: MetaIo;
@@ -37,6 +78,8 @@ export class Refcounts {
   readonly max: number;
   #table: number[];
   #place: RefcountTablePlace;
+  /** How many refcount blocks the cache holds (least recently used go first). */
+  readonly capacity: number;
   readonly #blocks = new Map<number, Uint8Array>();
   readonly #dirty = new Set<number>();
   #freeHint = 0;
@@ -54,7 +97,9 @@ export class Refcounts {
     table: number[],
     place: RefcountTablePlace,
     fileLength: number,
+    capacity = Number.MAX_SAFE_INTEGER,
   ) {
+    this.capacity = Math.max(4, capacity);
     this.#io = io;
     this.#map = map;
     this.#cs = 2 ** clusterBits;
@@ -84,47 +129,21 @@ export class Refcounts {
   }
 
   #entry(block: Uint8Array, idx: number): number {
-    switch (this.#order) {
-      case 3:
-        return block[idx]!;
-      case 4:
-        return (block[idx * 2]! << 8) | block[idx * 2 + 1]!;
-      case 5:
-        return viewOf(block).getUint32(idx * 4);
-      case 6:
-        return getU64(viewOf(block), idx * 8);
-    }
-    const bitPos = idx * this.#bits;
-    return (block[bitPos >> 3]! >> (bitPos & 7)) &
-      (this.#bits === 4 ? 15 : this.#bits === 2 ? 3 : 1);
+    return refcountEntry(block, idx, this.#order);
   }
 
   #setEntry(block: Uint8Array, idx: number, v: number): void {
-    switch (this.#order) {
-      case 3:
-        block[idx] = v;
-        return;
-      case 4:
-        block[idx * 2] = v >> 8;
-        block[idx * 2 + 1] = v & 0xff;
-        return;
-      case 5:
-        viewOf(block).setUint32(idx * 4, v);
-        return;
-      case 6:
-        setU64(viewOf(block), idx * 8, v);
-        return;
-    }
-    const bitPos = idx * this.#bits;
-    const mask = (this.#bits === 4 ? 15 : this.#bits === 2 ? 3 : 1) << (bitPos & 7);
-    const b = bitPos >> 3;
-    block[b] = (block[b]! & ~mask) | ((v << (bitPos & 7)) & mask);
+    setRefcountEntry(block, idx, this.#order, v);
   }
 
   /** The refcount block for table index `i`, or null when it has none. */
   async #block(i: number): Promise<Uint8Array | null> {
     const cached = this.#blocks.get(i);
-    if (cached) return cached;
+    if (cached) {
+      this.#blocks.delete(i);
+      this.#blocks.set(i, cached);
+      return cached;
+    }
     const off = i < this.#table.length ? this.#table[i]! : 0;
     if (off === 0) return null;
     if (off % this.#cs !== 0) {
@@ -142,8 +161,47 @@ export class Refcounts {
     // Another caller may have loaded it meanwhile: keep theirs (it may be dirty).
     const again = this.#blocks.get(i);
     if (again) return again;
-    this.#blocks.set(i, buf);
+    await this.#insert(i, buf);
     return buf;
+  }
+
+  /** Caches block `i`, first evicting the least recently used (written back when dirty). */
+  async #insert(i: number, buf: Uint8Array): Promise<void> {
+    while (this.#blocks.size >= this.capacity && !this.#blocks.has(i)) {
+      const [victim, block] = this.#blocks.entries().next().value!;
+      if (this.#dirty.has(victim)) {
+        this.#dirty.delete(victim);
+        try {
+          await this.#io.write("refcount block", this.#table[victim]!, block);
+        } catch (e) {
+          this.#dirty.add(victim);
+          throw e;
+        }
+      }
+      if (this.#blocks.get(victim) === block) this.#blocks.delete(victim);
+    }
+    this.#blocks.delete(i);
+    this.#blocks.set(i, buf);
+  }
+
+  /** How many refcount blocks are cached. */
+  get cachedBlocks(): number {
+    return this.#blocks.size;
+  }
+
+  /**
+   * Forgets every cached block and takes `table` at `place` as the refcount table (after
+   * check rewrote the structures on disk). Dirty blocks must have been written.
+   */
+  reload(table: number[], place: RefcountTablePlace, fileLength: number): void {
+    if (this.#dirty.size > 0) throw new Error("refcount blocks were dirty on reload");
+    this.#blocks.clear();
+    this.#table = table;
+    this.#place = place;
+    this.#freeHint = 0;
+    this.endCluster = Math.ceil(fileLength / this.#cs);
+    this.#map.clearRefblocks();
+    for (const off of table) if (off !== 0) this.#map.addRefblock(off);
   }
 
   /** The refcount of cluster `c` (0 past the table's reach). */
@@ -256,7 +314,7 @@ export class Refcounts {
       setU64(viewOf(entry), 0, off);
       await this.#io.write("refcount table", this.#place.offset + i * 8, entry);
       this.#table[i] = off;
-      this.#blocks.set(i, fresh.get(i)!);
+      await this.#insert(i, fresh.get(i)!);
       this.#map.addRefblock(off);
     }
     this.endCluster = Math.max(this.endCluster, start + k);
@@ -314,7 +372,7 @@ export class Refcounts {
     await this.onTableMoved(this.#place);
     this.#table = table;
     for (const [i, b] of blocks) {
-      this.#blocks.set(i, b);
+      await this.#insert(i, b);
       this.#map.addRefblock(table[i]!);
     }
     this.endCluster = area + nb + tc;

@@ -1,0 +1,182 @@
+/**
+ * `amend` (QEMU's `qcow2_amend_options`): compat upgrade and downgrade, lazy refcounts,
+ * refcount width (the refcount structure is rewritten in the new width), size, and the
+ * backing file name and format; QEMU's errors for the rest.
+ *
+ * @module
+ */
+
+import { BlockError, type OptionValues } from "@blockgraph/core";
+import { checkOnce } from "./check.ts";
+import {
+  COMPAT_LAZY_REFCOUNTS,
+  COPIED_HI,
+  entryOffset,
+  Ext,
+  Incompat,
+  V2_HEADER_LENGTH,
+  V3_HEADER_LENGTH,
+} from "./format.ts";
+import { qemuFeatureTable, setBackingFormat } from "./header.ts";
+import { classify, type Qcow2Image } from "./image.ts";
+import { Imrt, rebuildRefcounts } from "./rebuild.ts";
+import { truncateImage } from "./resize.ts";
+
+/** The options `amend` changes, as qemu-img names them. */
+export const QCOW2_AMEND_OPTIONS = [
+  "compat",
+  "lazy_refcounts",
+  "refcount_bits",
+  "size",
+  "backing_file",
+  "backing_fmt",
+] as const;
+
+function einval(message: string): never {
+  throw new BlockError("EINVAL", message);
+}
+
+/** Rewrites the refcount structure with entries of `2^order` bits. Call with `lock` held. */
+async function changeRefcountOrder(image: Qcow2Image, order: number): Promise<void> {
+  const rc = image.refcounts;
+  const max = order >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** (2 ** order) - 1;
+  const imrt = new Imrt(rc.endCluster);
+  for (let c = 0; c < rc.endCluster; c++) {
+    const v = await rc.get(c);
+    if (v > max) {
+      einval(
+        `Cannot decrease refcount entry width to ${2 ** order} bits: Cluster at offset ` +
+          `0x${(c * image.cs).toString(16)} has a refcount of ${v}`,
+      );
+    }
+    if (v > 0) imrt.set(c, v);
+  }
+  const old = { place: rc.place, blocks: rc.table.filter((o) => o !== 0) };
+  const h = image.header;
+  const oldOrder = h.refcountOrder;
+  h.refcountOrder = order;
+  image.refcounts = image.makeRefcounts(order, [], old.place);
+  try {
+    await rebuildRefcounts(image, imrt);
+  } catch (e) {
+    h.refcountOrder = oldOrder;
+    throw e;
+  }
+  await image.writeHeader();
+  const cs = image.cs;
+  await image.refcounts.update(old.place.offset / cs, old.place.clusters, -1);
+  for (const b of old.blocks) await image.refcounts.update(b / cs, 1, -1);
+  await image.refcounts.writeback();
+  await image.flush();
+}
+
+/** Turns zero clusters into data or unallocated clusters for version 2. */
+async function expandZeroClusters(image: Qcow2Image, backing: boolean): Promise<void> {
+  const clusters = Math.ceil(image.header.size / image.cs);
+  for (let g = 0; g < clusters; g++) {
+    const [hi, lo] = await image.entryAt(g);
+    const kind = classify(hi, lo);
+    if (kind === "zero") {
+      if (!backing) {
+        await image.setEntry(g, 0, 0);
+        continue;
+      }
+      const off = await image.refcounts.alloc(1);
+      await image.write("data", off, new Uint8Array(image.cs));
+      await image.setEntry(g, (Math.floor(off / 0x100000000) | COPIED_HI) >>> 0, off >>> 0);
+    } else if (kind === "zero-alloc") {
+      await image.write("data", entryOffset(hi, lo), new Uint8Array(image.cs));
+      await image.setEntry(g, hi, (lo & ~1) >>> 0);
+    }
+  }
+  await image.flushCaches();
+  await image.flush();
+}
+
+/**
+ * Applies `options` (qemu-img's names) to the image. `backing` says whether the image has a
+ * backing file (zero clusters of a downgraded image must then hold zeros). Call with `lock`
+ * held.
+ */
+export async function amendImage(
+  image: Qcow2Image,
+  options: OptionValues,
+  backing: boolean,
+): Promise<void> {
+  if (!image.writable) throw new BlockError("EACCES", "Image is read-only");
+  for (const k of Object.keys(options)) {
+    if (options[k] === undefined) continue;
+    if (!(QCOW2_AMEND_OPTIONS as readonly string[]).includes(k)) {
+      einval(`Invalid parameter '${k}'\nThis option is only supported for image creation`);
+    }
+  }
+  const h = image.header;
+  let version = h.version;
+  const compat = options.compat as string | undefined;
+  if (compat !== undefined) {
+    if (compat === "0.10" || compat === "v2") version = 2;
+    else if (compat === "1.1" || compat === "v3") version = 3;
+    else einval(`Unknown compatibility level ${compat}`);
+  }
+  const lazyNow = (h.compatible & BigInt(COMPAT_LAZY_REFCOUNTS)) !== 0n;
+  const lazy = options.lazy_refcounts === undefined ? lazyNow : options.lazy_refcounts === true;
+  let order = h.refcountOrder;
+  if (options.refcount_bits !== undefined) {
+    const rb = Number(options.refcount_bits);
+    if (!(rb >= 1 && rb <= 64 && (rb & (rb - 1)) === 0)) {
+      einval("Refcount width must be a power of two and may not exceed 64 bits");
+    }
+    order = Math.log2(rb);
+  }
+  if (version < 3 && lazy) {
+    einval(
+      "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 " +
+        "or greater)",
+    );
+  }
+  if (version < 3 && order !== 4) einval("compat=0.10 requires refcount_bits=16");
+  if (version < h.version) {
+    if (image.snapshots.length > 0) einval("Internal snapshots prevent downgrade of image");
+    if (h.compressionType !== 0) {
+      einval("Cannot downgrade an image with a compression type other than zlib");
+    }
+  }
+  await image.quiesce();
+  if (version > h.version) {
+    h.version = 3;
+    h.headerLength = V3_HEADER_LENGTH;
+    h.tail = new Uint8Array(V3_HEADER_LENGTH - 105);
+    if (!h.extensions.some((e) => e.type === Ext.FEATURE_TABLE)) {
+      h.extensions.push({ type: Ext.FEATURE_TABLE, data: qemuFeatureTable() });
+    }
+    await image.writeHeader();
+  }
+  if (order !== h.refcountOrder) await changeRefcountOrder(image, order);
+  if (lazy !== lazyNow) {
+    if (!lazy) await image.markClean();
+    if (lazy) h.compatible |= BigInt(COMPAT_LAZY_REFCOUNTS);
+    else h.compatible &= ~BigInt(COMPAT_LAZY_REFCOUNTS);
+    image.lazy = lazy;
+    await image.writeHeader();
+  }
+  if (options.backing_file !== undefined || options.backing_fmt !== undefined) {
+    const file = options.backing_file as string | undefined ?? h.backingFile;
+    if (file === undefined) einval("Backing format cannot be used without backing file");
+    h.backingFile = file;
+    setBackingFormat(h, options.backing_fmt as string | undefined);
+    await image.writeHeader();
+  }
+  if (options.size !== undefined) await truncateImage(image, Number(options.size), "off");
+  if (version < h.version) {
+    if ((h.incompatible & BigInt(Incompat.DIRTY)) !== 0n) await checkOnce(image, "all", []);
+    await expandZeroClusters(image, backing);
+    await image.quiesce();
+    h.version = 2;
+    h.headerLength = V2_HEADER_LENGTH;
+    h.incompatible = 0n;
+    h.compatible = 0n;
+    h.autoclear = 0n;
+    h.extensions = h.extensions.filter((e) => e.type !== Ext.FEATURE_TABLE);
+    await image.writeHeader();
+  }
+}

@@ -1,0 +1,184 @@
+/**
+ * Resizing a qcow2 image (QEMU's `qcow2_co_truncate`): growing moves the L1 table when it
+ * must hold more entries and can preallocate the new area (metadata, falloc, full);
+ * shrinking frees every cluster past the new end and the L2 tables wholly past it, then cuts
+ * the file after the last cluster still in use.
+ *
+ * Ordering: a grown L1 table is written and flushed before the header points to it; the new
+ * size is written last on growth, and after the cut-off clusters are unmapped on shrink.
+ *
+ * @module
+ */
+
+import { BlockError, type PreallocMode } from "@blockgraph/core";
+import { COPIED_HI, MAX_L1_BYTES, setU64, viewOf } from "./format.ts";
+import { classify, type Qcow2Image } from "./image.ts";
+import { serializeL1 } from "./tree.ts";
+
+/**
+ * Moves the active L1 table to new clusters holding `size` entries (QEMU's
+ * `qcow2_grow_l1_table` with an exact size). Call with `lock` held.
+ */
+export async function growL1(image: Qcow2Image, size: number): Promise<void> {
+  const cs = image.cs;
+  const h = image.header;
+  if (size * 8 > MAX_L1_BYTES) throw new BlockError("EFBIG", "Image is too big");
+  const old = { offset: h.l1TableOffset, entries: image.l1.length };
+  const clusters = Math.ceil((size * 8) / cs);
+  const offset = await image.refcounts.alloc(clusters);
+  await image.refcounts.writeback();
+  await image.flush();
+  while (image.l1.length < size) {
+    image.l1.push(0);
+    image.l1Copied.push(false);
+  }
+  const table = new Uint8Array(clusters * cs);
+  table.set(serializeL1({ offsets: image.l1, copied: image.l1Copied }));
+  await image.write("active L1 table", offset, table);
+  await image.flush();
+  const buf = new Uint8Array(12);
+  viewOf(buf).setUint32(0, size);
+  setU64(viewOf(buf), 4, offset);
+  image.map.setRange("active L1 table", offset, size * 8);
+  await image.writeHeaderField(36, buf);
+  h.l1Size = size;
+  h.l1TableOffset = offset;
+  if (old.entries > 0) {
+    await image.refcounts.update(old.offset / cs, Math.ceil((old.entries * 8) / cs), -1);
+    await image.refcounts.writeback();
+  }
+}
+
+/**
+ * Gives every guest cluster in `[from, to)` an L2 table and a data cluster (metadata
+ * preallocation), leaving allocated ones as they are. Call with `lock` held.
+ */
+export async function preallocateRange(image: Qcow2Image, from: number, to: number): Promise<void> {
+  const cs = image.cs;
+  for (let g = from; g < to;) {
+    const n = Math.min(to - g, image.l2Entries - (g % image.l2Entries));
+    await image.l2ForWrite(Math.floor(g / image.l2Entries));
+    let k = 0;
+    while (k < n) {
+      const [hi, lo] = await image.entryAt(g + k);
+      if (classify(hi, lo) !== "unallocated") {
+        k++;
+        continue;
+      }
+      let run = 1;
+      while (k + run < n) {
+        const [h2, l2] = await image.entryAt(g + k + run);
+        if (classify(h2, l2) !== "unallocated") break;
+        run++;
+      }
+      const host = await image.refcounts.alloc(run);
+      for (let j = 0; j < run; j++) {
+        const off = host + j * cs;
+        await image.setEntry(
+          g + k + j,
+          (Math.floor(off / 0x100000000) | COPIED_HI) >>> 0,
+          off >>> 0,
+        );
+      }
+      k += run;
+    }
+    g += n;
+  }
+  await image.flushCaches();
+}
+
+async function writeSize(image: Qcow2Image, size: number): Promise<void> {
+  const buf = new Uint8Array(8);
+  setU64(viewOf(buf), 0, size);
+  await image.writeHeaderField(24, buf);
+  image.header.size = size;
+}
+
+/** Cuts the image file after the last cluster whose refcount is not zero. */
+async function trimFile(image: Qcow2Image): Promise<void> {
+  const rc = image.refcounts;
+  let last = rc.endCluster - 1;
+  while (last > 0 && (await rc.get(last)) === 0) last--;
+  const end = (last + 1) * image.cs;
+  if (end < image.file.getLength()) {
+    await image.file.truncate(end, false, "off").catch(() => {});
+    rc.endCluster = Math.min(rc.endCluster, last + 1);
+  }
+}
+
+/**
+ * Zeroes guest bytes `[from, to)` of one cluster in place when it is a COPIED data cluster:
+ * what a shrink left past the old end must not come back on growth.
+ */
+async function zeroTail(image: Qcow2Image, from: number, to: number): Promise<void> {
+  const ext = await image.lookup(from, to - from);
+  if (ext.kind !== "normal" || !ext.copied) return;
+  await image.write("data", ext.host, new Uint8Array(to - from));
+}
+
+/** Resizes the image to `size` bytes. Call with `lock` held. */
+export async function truncateImage(
+  image: Qcow2Image,
+  size: number,
+  prealloc: PreallocMode,
+): Promise<void> {
+  const cs = image.cs;
+  const old = image.header.size;
+  if (!image.writable) throw new BlockError("EACCES", "Image is read-only");
+  if (size === old) return;
+  if (size < old) {
+    if (prealloc !== "off") {
+      throw new BlockError("ENOTSUP", "Preallocation can only be used for growing images");
+    }
+    await shrink(image, size);
+    return;
+  }
+  const l1Needed = Math.ceil(Math.ceil(size / cs) / image.l2Entries);
+  if (l1Needed > image.l1.length) await growL1(image, l1Needed);
+  if (old % cs !== 0) await zeroTail(image, old, Math.min(size, Math.ceil(old / cs) * cs));
+  if (prealloc !== "off") {
+    await preallocateRange(image, Math.ceil(old / cs), Math.ceil(size / cs));
+    const end = image.refcounts.endCluster * cs;
+    if (end > image.file.getLength()) {
+      await image.file.truncate(end, false, prealloc === "metadata" ? "off" : prealloc);
+    }
+  }
+  await writeSize(image, size);
+}
+
+/** Frees everything past `size` and writes the new size. Call with `lock` held. */
+async function shrink(image: Qcow2Image, size: number): Promise<void> {
+  const cs = image.cs;
+  const first = Math.ceil(size / cs);
+  const last = Math.ceil(image.header.size / cs);
+  const keepL1 = Math.ceil(first / image.l2Entries);
+  for (let g = first; g < Math.min(last, keepL1 * image.l2Entries); g++) {
+    const [hi, lo] = await image.entryAt(g);
+    if (classify(hi, lo) === "unallocated") continue;
+    await image.setEntry(g, 0, 0);
+    image.releaseEntry(hi, lo);
+  }
+  await image.commitFrees();
+  for (let i = keepL1; i < image.l1.length; i++) {
+    const off = image.l1[i]!;
+    if (off === 0) continue;
+    const l2 = await image.l2.get(off);
+    const v = viewOf(l2);
+    for (let j = 0; j < image.l2Entries; j++) {
+      const hi = v.getUint32(j * 8);
+      const lo = v.getUint32(j * 8 + 4);
+      if (classify(hi, lo) !== "unallocated") image.releaseEntry(hi, lo);
+    }
+    image.l1[i] = 0;
+    image.l1Copied[i] = false;
+    await image.writeL1Entry(i);
+    image.map.setL2(off, false);
+    image.l2.drop(off);
+    image.freeLater(off, 1, false);
+  }
+  await image.flush();
+  await image.commitFrees();
+  await image.flushCaches();
+  await writeSize(image, size);
+  await trimFile(image);
+}

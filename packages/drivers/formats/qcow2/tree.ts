@@ -1,0 +1,117 @@
+/**
+ * Walking an L1 table's tree (QEMU's `qcow2_update_snapshot_refcount`): add to the refcount
+ * of every L2 table and every cluster it reaches, then set or clear the COPIED flags of the
+ * L2 entries and of the L1 entries by the refcounts that result. Snapshot create (+1),
+ * delete (-1) and apply (0, flags only) use it, on an image whose caches were emptied with
+ * `quiesce` so that the tables on disk are the truth.
+ *
+ * @module
+ */
+
+import { compressedPlace } from "./compressed.ts";
+import { COPIED_HI, entryOffset, setU64, viewOf } from "./format.ts";
+import { classify, type Qcow2Image } from "./image.ts";
+
+/** An L1 table in memory: L2 offsets and their COPIED flags. */
+export interface L1Table {
+  /** L2 table offsets (0: none). */
+  offsets: number[];
+  /** COPIED flags. */
+  copied: boolean[];
+}
+
+/** Reads an L1 table of `size` entries at `offset`. */
+export async function readL1(image: Qcow2Image, offset: number, size: number): Promise<L1Table> {
+  const buf = new Uint8Array(size * 8);
+  if (size > 0) await image.read(offset, buf);
+  const v = viewOf(buf);
+  const t: L1Table = { offsets: [], copied: [] };
+  for (let i = 0; i < size; i++) {
+    const hi = v.getUint32(i * 8);
+    t.offsets.push(entryOffset(hi, v.getUint32(i * 8 + 4)));
+    t.copied.push((hi & COPIED_HI) !== 0);
+  }
+  return t;
+}
+
+/** Serialises an L1 table (`size` entries, zero-padded). */
+export function serializeL1(t: L1Table, size = t.offsets.length): Uint8Array {
+  const buf = new Uint8Array(size * 8);
+  const v = viewOf(buf);
+  for (let i = 0; i < Math.min(size, t.offsets.length); i++) {
+    const off = t.offsets[i]!;
+    if (off === 0) continue;
+    setU64(v, i * 8, off);
+    if (t.copied[i]) buf[i * 8]! |= 0x80;
+  }
+  return buf;
+}
+
+/** The clusters a compressed L2 entry's data occupies: first cluster index and count. */
+export function compressedClusters(
+  hi: number,
+  lo: number,
+  clusterBits: number,
+): { first: number; count: number } {
+  const p = compressedPlace(hi, lo, clusterBits);
+  const cs = 2 ** clusterBits;
+  const first = Math.floor(p.sectorStart / cs);
+  const last = Math.floor((p.offset + p.bytes - 1) / cs);
+  return { first, count: last - first + 1 };
+}
+
+/**
+ * Adds `addend` to the refcounts of everything `l1` reaches and recomputes the COPIED flags
+ * of its L2 entries (written to disk) and of `l1` itself (in memory; the caller writes it).
+ * Refcount increments reach the disk before the tables whose flags they clear; decrements
+ * after. Call with `lock` held, on a quiesced image.
+ */
+export async function adjustTree(image: Qcow2Image, l1: L1Table, addend: number): Promise<void> {
+  const cs = image.cs;
+  const bits = image.header.clusterBits;
+  const rc = image.refcounts;
+  const seen = new Set<number>();
+  const tables: { off: number; buf: Uint8Array }[] = [];
+  for (let i = 0; i < l1.offsets.length; i++) {
+    const l2Off = l1.offsets[i]!;
+    if (l2Off === 0) continue;
+    const buf = new Uint8Array(cs);
+    await image.read(l2Off, buf);
+    const v = viewOf(buf);
+    let changed = false;
+    for (let j = 0; j < image.l2Entries; j++) {
+      const hi = v.getUint32(j * 8);
+      const lo = v.getUint32(j * 8 + 4);
+      const kind = classify(hi, lo);
+      if (kind === "compressed") {
+        if (addend !== 0) {
+          const c = compressedClusters(hi, lo, bits);
+          await rc.update(c.first, c.count, addend);
+        }
+        continue;
+      }
+      if (kind !== "normal" && kind !== "zero-alloc") continue;
+      const c = entryOffset(hi, lo) / cs;
+      if (addend !== 0) await rc.update(c, 1, addend);
+      const one = (await rc.get(c)) === 1;
+      if (one !== ((hi & COPIED_HI) !== 0)) {
+        v.setUint32(j * 8, (one ? hi | COPIED_HI : hi & ~COPIED_HI) >>> 0);
+        changed = true;
+      }
+    }
+    if (changed && !seen.has(l2Off)) tables.push({ off: l2Off, buf });
+    seen.add(l2Off);
+    if (addend !== 0) await rc.update(l2Off / cs, 1, addend);
+    l1.copied[i] = (await rc.get(l2Off / cs)) === 1;
+  }
+  if (addend > 0) {
+    await rc.writeback();
+    await image.flush();
+  }
+  for (const t of tables) await image.write("active L2 table", t.off, t.buf);
+  await image.flush();
+  if (addend <= 0) {
+    await rc.writeback();
+    await image.flush();
+  }
+}
