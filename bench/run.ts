@@ -16,7 +16,7 @@
 import { Graph } from "@blockgraph/core";
 import { defaultRegistry, FileInstance } from "@blockgraph/drivers";
 import { ensurePeers } from "../tests/peers.ts";
-import { fileCases, nullCoCases } from "./cases.ts";
+import { fileCases, nbdCases, nullCoCases } from "./cases.ts";
 import { type BenchCase, formatTable, type Row, runCase } from "./harness.ts";
 import { createTestFile } from "./test_file.ts";
 
@@ -43,7 +43,7 @@ async function engineInUse(path: string, aio: string, direct: boolean): Promise<
 }
 
 if (!Number.isInteger(ROUNDS) || ROUNDS < 1) throw new RangeError(`BENCH_ROUNDS ${ROUNDS}`);
-await ensurePeers(["qemu-img", "fio"]);
+await ensurePeers(["qemu-img", "fio", "qemu-nbd", "nbdkit", "nbdcopy"]);
 const log = (text: string) => console.error(text);
 log("creating a 1 GiB test file, every byte written ...");
 const file = await createTestFile(FILE_SIZE, Deno.env.get("BENCH_DIR"));
@@ -52,6 +52,7 @@ try {
   const cases: BenchCase[] = [
     ...nullCoCases(SCALE),
     ...fileCases(file.path, file.size, SCALE),
+    ...nbdCases(file.path, file.size, SCALE),
   ].filter((c) => c.name.includes(FILTER));
   const direct = await engineInUse(file.path, "io_uring", true);
   const buffered = await engineInUse(file.path, "io_uring", false);

@@ -1,0 +1,216 @@
+/**
+ * The NBD cases of issue 5: `qemu-img bench` over NBD (4 KiB random read and write at depth
+ * 32, 1 MiB sequential read at depth 8) and `nbdcopy` of the whole 1 GiB export to a local
+ * file, against our daemon and the best peer on the same transport serving the same raw
+ * file: `qemu-nbd` over a unix socket, `nbdkit`'s file plugin over TCP loopback (qemu-nbd
+ * 7.2 stalls on TCP, see the NBD server's TCP_NODELAY comment). Our daemon serves the file
+ * through the file driver (`aio=io_uring`, page cache), qemu-nbd through io_uring too.
+ *
+ * Each run starts its server, runs the client, and stops the server, so cases need no
+ * teardown; the time is the client's (qemu-img's "Run completed in", nbdcopy's wall time) and
+ * the CPU is the server's (`/proc/PID/stat` user+system over the client's run only).
+ *
+ * @module
+ */
+
+import type { BenchCase } from "./harness.ts";
+import { RANDOM_STRIDE } from "./cases.ts";
+import type { Measurement, Runner } from "./runners.ts";
+
+/** Which server a run starts. */
+type ServerKind = "ours" | "qemu-nbd" | "nbdkit";
+/** Where it listens. */
+type Transport = "unix" | "tcp";
+
+const PORT = 10_870;
+const TICK_MICROS = 1e6 / 100;
+const EXPORT = "disk";
+
+interface Where {
+  transport: Transport;
+  sock: string;
+}
+
+function serverArgs(kind: ServerKind, file: string, w: Where): [string, string[]] {
+  const unix = w.transport === "unix";
+  if (kind === "ours") {
+    const addr = unix
+      ? `addr.type=unix,addr.path=${w.sock}`
+      : `addr.type=inet,addr.host=127.0.0.1,addr.port=${PORT}`;
+    const main = new URL("../packages/cli/main.ts", import.meta.url).pathname;
+    return [Deno.execPath(), [
+      "run",
+      "-A",
+      main,
+      "daemon",
+      "--blockdev",
+      `driver=file,node-name=f0,filename=${file},aio=io_uring`,
+      "--nbd-server",
+      addr,
+      "--export",
+      `type=nbd,id=e0,node-name=f0,name=${EXPORT},writable=on`,
+    ]];
+  }
+  if (kind === "qemu-nbd") {
+    const at = unix ? ["-k", w.sock] : ["-b", "127.0.0.1", "-p", String(PORT)];
+    return ["qemu-nbd", ["-f", "raw", "--aio=io_uring", "-t", "-x", EXPORT, ...at, file]];
+  }
+  const at = unix ? ["-U", w.sock] : ["-i", "127.0.0.1", "-p", String(PORT)];
+  return ["nbdkit", ["-f", ...at, "file", file]];
+}
+
+async function up(w: Where): Promise<boolean> {
+  try {
+    const c = w.transport === "unix"
+      ? await Deno.connect({ transport: "unix", path: w.sock })
+      : await Deno.connect({ hostname: "127.0.0.1", port: PORT });
+    c.close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** user+system CPU of `pid` so far, in microseconds. */
+function cpuOf(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) * TICK_MICROS;
+}
+
+/** Runs `client` against a fresh `kind` server; the server's CPU over the client's run. */
+async function withServer(
+  kind: ServerKind,
+  file: string,
+  transport: Transport,
+  client: (uri: string, opts: string) => Promise<{ requests: number; seconds: number }>,
+): Promise<Measurement> {
+  const dir = await Deno.makeTempDir({ prefix: "bench-nbd-" });
+  const w: Where = { transport, sock: `${dir}/nbd.sock` };
+  const [cmd, args] = serverArgs(kind, file, w);
+  const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "piped" })
+    .spawn();
+  const stderr = new Response(child.stderr).text();
+  let exited = false;
+  const status = child.status.then(() => (exited = true));
+  const timer = setTimeout(() => !exited && child.kill("SIGKILL"), 600_000);
+  try {
+    const deadline = Date.now() + 30_000;
+    while (!(await up(w))) {
+      if (exited || Date.now() > deadline) throw new Error(`${cmd} did not start: ${await stderr}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const uri = transport === "unix"
+      ? `nbd+unix:///${EXPORT}?socket=${w.sock}`
+      : `nbd://127.0.0.1:${PORT}/${EXPORT}`;
+    const opts = transport === "unix"
+      ? `driver=nbd,server.type=unix,server.path=${w.sock},export=${EXPORT}`
+      : `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${PORT},export=${EXPORT}`;
+    const cpu0 = cpuOf(child.pid);
+    const r = await client(uri, opts);
+    return { ...r, cpuMicros: cpuOf(child.pid) - cpu0 };
+  } finally {
+    clearTimeout(timer);
+    if (!exited) child.kill("SIGTERM");
+    await status;
+    await stderr;
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function output(cmd: string, args: string[]): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  const d = new TextDecoder();
+  if (!out.success) throw new Error(`${cmd} ${args.join(" ")} failed: ${d.decode(out.stderr)}`);
+  return d.decode(out.stdout);
+}
+
+interface Workload {
+  name: string;
+  count: number;
+  depth: number;
+  bs: number;
+  write: boolean;
+  random: boolean;
+}
+
+function qemuImgBench(kind: ServerKind, file: string, t: Transport, wl: Workload): Runner {
+  return () =>
+    withServer(kind, file, t, async (_uri, opts) => {
+      const text = await output("qemu-img", [
+        "bench",
+        "--image-opts",
+        "-c",
+        String(wl.count),
+        "-d",
+        String(wl.depth),
+        "-s",
+        String(wl.bs),
+        ...(wl.random ? ["-S", String(RANDOM_STRIDE)] : []),
+        ...(wl.write ? ["-w"] : []),
+        opts,
+      ]);
+      const m = /Run completed in ([\d.]+) seconds/.exec(text);
+      if (!m) throw new Error(`qemu-img bench printed no time: ${text}`);
+      return { requests: wl.count, seconds: Number(m[1]) };
+    });
+}
+
+/** nbdcopy of the whole export to a file beside the image; "requests" are MiB copied. */
+function nbdcopy(kind: ServerKind, file: string, t: Transport, size: number): Runner {
+  return () =>
+    withServer(kind, file, t, async (uri) => {
+      const dest = `${file}.copy`;
+      try {
+        const t0 = performance.now();
+        await output("nbdcopy", [uri, dest]);
+        return { requests: size / (1 << 20), seconds: (performance.now() - t0) / 1000 };
+      } finally {
+        await Deno.remove(dest).catch(() => {});
+      }
+    });
+}
+
+/**
+ * The NBD cases on the raw file `path` (`size` bytes): for each transport, the three
+ * `qemu-img bench` workloads and nbdcopy, ours against the transport's best peer, target
+ * 1.0x IOPS (MiB/s for nbdcopy).
+ */
+export function nbdCases(path: string, size: number, scale: number): BenchCase[] {
+  const n = (base: number) => Math.max(1, Math.round(base * scale));
+  const workloads: Workload[] = [
+    {
+      name: "4k randread QD32",
+      count: n(200_000),
+      depth: 32,
+      bs: 4096,
+      write: false,
+      random: true,
+    },
+    {
+      name: "4k randwrite QD32",
+      count: n(100_000),
+      depth: 32,
+      bs: 4096,
+      write: true,
+      random: true,
+    },
+    { name: "1M seqread QD8", count: n(3_000), depth: 8, bs: 1 << 20, write: false, random: false },
+  ];
+  const out: BenchCase[] = [];
+  for (const [t, peer] of [["unix", "qemu-nbd"], ["tcp", "nbdkit"]] as const) {
+    for (const wl of workloads) {
+      out.push({
+        name: `NBD ${t} ${wl.name}`,
+        ours: qemuImgBench("ours", path, t, wl),
+        peers: [{ name: peer, run: qemuImgBench(peer, path, t, wl), target: { iops: 1.0 } }],
+      });
+    }
+    out.push({
+      name: `nbdcopy ${t} 1 GiB (MiB/s)`,
+      ours: nbdcopy("ours", path, t, size),
+      peers: [{ name: peer, run: nbdcopy(peer, path, t, size), target: { iops: 1.0 } }],
+    });
+  }
+  return out;
+}
