@@ -15,6 +15,8 @@ export interface CliIo {
   readLine(): Promise<string | null>;
   /** Whether standard input is a terminal. */
   readonly stdinIsTerminal: boolean;
+  /** Whether standard output is a terminal (progress bars are drawn only there). */
+  readonly stdoutIsTerminal?: boolean;
 }
 
 const encoder = new TextEncoder();
@@ -58,6 +60,7 @@ export function denoIo(): CliIo {
     err: (text) => writeAll(Deno.stderr, text),
     readLine: () => (read ??= lineReader(Deno.stdin.readable))(),
     stdinIsTerminal: Deno.stdin.isTerminal(),
+    stdoutIsTerminal: Deno.stdout.isTerminal(),
   };
 }
 
@@ -69,8 +72,11 @@ export interface CapturedIo extends CliIo {
   readonly stderr: string;
 }
 
-/** Captures output in memory; `input` lines are served to `readLine`. */
-export function captureIo(input: readonly string[] = []): CapturedIo {
+/**
+ * Captures output in memory; `input` lines are served to `readLine`; `stdoutIsTerminal`
+ * makes commands draw what they draw only on a terminal.
+ */
+export function captureIo(input: readonly string[] = [], stdoutIsTerminal = false): CapturedIo {
   let stdout = "";
   let stderr = "";
   const lines = [...input];
@@ -79,6 +85,7 @@ export function captureIo(input: readonly string[] = []): CapturedIo {
     err: (text) => void (stderr += text),
     readLine: () => Promise.resolve(lines.length > 0 ? lines.shift()! : null),
     stdinIsTerminal: false,
+    stdoutIsTerminal,
     get stdout() {
       return stdout;
     },

@@ -78,6 +78,8 @@ export interface OpenRequest {
   readonly aio?: string | undefined;
   /** Share every permission with other users (needs `readOnly`). */
   readonly forceShare?: boolean;
+  /** Open without the backing chain (QEMU's `BDRV_O_NO_BACKING`) when the format has one. */
+  readonly noBacking?: boolean;
 }
 
 /** An opened image. */
@@ -228,6 +230,9 @@ export async function openImage(
       }
       top = mergeDefaults(rest, flags);
     }
+  }
+  if (req.noBacking && graph.registry.find(String(top.driver))?.supportsBacking) {
+    top.backing = null;
   }
   let node: Node;
   try {

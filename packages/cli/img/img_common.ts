@@ -5,8 +5,12 @@
  * @module
  */
 
+import { BlockError, type Graph, type OptionValues, unflatten } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
+import { strtosz } from "../common/cvtnum.ts";
 import type { GetoptError } from "../common/getopt.ts";
+import { type OpenedImage, openImage, parseCacheMode } from "../common/open_image.ts";
+import { parseQemuOpts } from "../common/qemu_opts.ts";
 
 /** qemu-img's `error_report`: prints `qemu-img: message`. */
 export function imgError(io: CliIo, message: string): void {
@@ -25,4 +29,85 @@ export function imgOptionError(io: CliIo, e: GetoptError): number {
     return imgErrorExit(io, `missing argument for option '${e.word}'`);
   }
   return imgErrorExit(io, `unrecognized option '${e.word}'`);
+}
+
+/** qemu-img's `cvtnum_full`: a size within `[min, max]`, or its two-line message and `null`. */
+export function imgCvtnum(
+  io: CliIo,
+  name: string,
+  text: string,
+  min = 0,
+  max = Number.MAX_SAFE_INTEGER,
+): number | null {
+  const r = strtosz(text);
+  if (r.error === "EINVAL" || (r.value === undefined && r.error !== "ERANGE")) {
+    imgError(io, `Invalid ${name} specified. You may use k, M, G, T, P or E suffixes for`);
+    imgError(io, "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+    return null;
+  }
+  const maxText = max === Number.MAX_SAFE_INTEGER ? INT64_MAX_TEXT : String(max);
+  if (r.error === "ERANGE" || r.value! > BigInt(max) || r.value! < BigInt(min)) {
+    imgError(io, `Invalid ${name} specified. Must be between ${min} and ${maxText}.`);
+    return null;
+  }
+  return Number(r.value!);
+}
+
+const INT64_MAX_TEXT = "9223372036854775807";
+
+/** `--output=human|json`: the format, or qemu-img's message and `null`. */
+export function imgOutputFormat(io: CliIo, value: string): "human" | "json" | null {
+  if (value === "human" || value === "json") return value;
+  imgError(io, "--output must be used with human or json as argument.");
+  return null;
+}
+
+/** How a subcommand opens an image. */
+export interface ImgOpen {
+  /** The filename, or with `imageOpts` the option string. */
+  readonly filename: string;
+  /** `-f`. */
+  readonly format?: string | undefined;
+  /** `--image-opts`. */
+  readonly imageOpts?: boolean;
+  /** Open read-only. */
+  readonly readOnly: boolean;
+  /** `-U`. */
+  readonly forceShare?: boolean;
+  /** The cache mode name (default `writeback`). */
+  readonly cache?: string;
+  /** Open without the backing chain (`backing: null`). */
+  readonly noBacking?: boolean;
+}
+
+/**
+ * qemu-img's `img_open`: opens an image in a Backend, or prints "Could not open 'name': why"
+ * (and the probing warning where QEMU gives it) and returns `null`.
+ */
+export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<OpenedImage | null> {
+  if (o.imageOpts && o.format !== undefined) {
+    imgError(io, "--image-opts and --format are mutually exclusive");
+    return null;
+  }
+  const cache = parseCacheMode(o.cache ?? "writeback");
+  if (!cache) {
+    imgError(io, `Invalid cache option: ${o.cache}`);
+    return null;
+  }
+  const options: OptionValues = o.imageOpts ? unflatten(parseQemuOpts(o.filename).values) : {};
+  try {
+    return await openImage(graph, {
+      filename: o.imageOpts ? null : o.filename,
+      format: o.format,
+      options,
+      readOnly: o.readOnly,
+      cache,
+      discard: "ignore",
+      forceShare: o.forceShare ?? false,
+      noBacking: o.noBacking ?? false,
+    }, (text) => io.err(text));
+  } catch (e) {
+    imgError(io, `Could not open '${o.filename}': ${BlockError.from(e).message}`);
+    return null;
+  }
 }

@@ -5,14 +5,15 @@
  * @module
  */
 
-import { BlockError, type Graph, type Node } from "@blockgraph/core";
+import type { Graph, Node } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { sizeToStr } from "../common/format.ts";
 import { getopt } from "../common/getopt.ts";
-import { DEFAULT_CACHE, openImage } from "../common/open_image.ts";
-import { parseQemuOpts } from "../common/qemu_opts.ts";
-import { unflatten } from "@blockgraph/core";
-import { imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
+import type { Qcow2Snapshot } from "@blockgraph/drivers";
+import { qdictJson, qdictKeys } from "../common/qdict_json.ts";
+import { resolveBackingName } from "./create.ts";
+import { imageFacts } from "./image_facts.ts";
+import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
 
 /**
  * The bytes `node` takes on its storage: the driver's answer, or else the sum over its
@@ -46,6 +47,106 @@ export function displayFilename(node: Node): string {
   return "";
 }
 
+/** The fields of QEMU's `ImageInfo` for one image, in insertion order. */
+export async function imageInfo(node: Node): Promise<Record<string, unknown>> {
+  const facts = imageFacts(node);
+  const filename = displayFilename(node);
+  const info: Record<string, unknown> = {
+    "virtual-size": node.getLength(),
+    filename,
+    format: node.driver.name,
+  };
+  const actual = await allocatedSize(node);
+  if (actual !== null) info["actual-size"] = actual;
+  if (facts.clusterSize !== undefined) info["cluster-size"] = facts.clusterSize;
+  if (facts.backingFile !== undefined) {
+    info["backing-filename"] = facts.backingFile;
+    info["full-backing-filename"] = resolveBackingName(facts.backingFile, filename);
+    if (facts.backingFormat !== undefined) info["backing-filename-format"] = facts.backingFormat;
+  }
+  if (facts.snapshots.length > 0) info.snapshots = facts.snapshots.map(snapshotJson);
+  info["dirty-flag"] = facts.dirty;
+  const specific = node.instance?.formatInfo?.();
+  if (specific && Object.keys(specific).length > 0) {
+    info["format-specific"] = { type: node.driver.name, data: specific };
+  }
+  return info;
+}
+
+/** A snapshot as QEMU's `SnapshotInfo`. */
+export function snapshotJson(s: Qcow2Snapshot): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    id: s.id,
+    name: s.name,
+    "vm-state-size": s["vm-state-size"],
+    "date-sec": s["date-sec"],
+    "date-nsec": s["date-nsec"],
+    "vm-clock-sec": Math.floor(s["vm-clock-nsec"] / 1e9),
+    "vm-clock-nsec": s["vm-clock-nsec"] % 1e9,
+  };
+  if (s.icount !== undefined) out.icount = s.icount;
+  return out;
+}
+
+const pad2 = (n: number) => String(n).padStart(2, "0");
+
+/** QEMU's `bdrv_snapshot_dump`: the table header (`null`) or one snapshot's row. */
+export function snapshotRow(s: Qcow2Snapshot | null): string {
+  if (!s) {
+    return "ID".padEnd(10) + "TAG".padEnd(17) + "VM SIZE".padStart(8) + "DATE".padStart(20) +
+      "VM CLOCK".padStart(13) + "ICOUNT".padStart(11);
+  }
+  const d = new Date(s["date-sec"] * 1000);
+  const date = `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ` +
+    `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
+  const ns = s["vm-clock-nsec"];
+  const secs = Math.floor(ns / 1e9);
+  const clock = `${pad2(Math.floor(secs / 3600))}:${pad2(Math.floor(secs / 60) % 60)}:` +
+    `${pad2(secs % 60)}.${String(Math.floor(ns / 1e6) % 1000).padStart(3, "0")}`;
+  return `${s.id.padEnd(9)} ${s.name.padEnd(16)} ${sizeToStr(s["vm-state-size"]).padStart(8)}` +
+    `${date.padStart(20)}${clock.padStart(13)}${String(s.icount ?? "").padStart(11)}`;
+}
+
+/** QEMU's `dump_qdict` of format-specific data: keys with spaces, indented by four. */
+function dumpSpecific(data: Record<string, unknown>, indent: number): string {
+  let out = "";
+  for (const k of qdictKeys(Object.keys(data))) {
+    const v = data[k];
+    const key = k.replaceAll("-", " ");
+    if (v !== null && typeof v === "object") {
+      out += `${" ".repeat(indent)}${key}:\n` +
+        dumpSpecific(v as Record<string, unknown>, indent + 4);
+    } else out += `${" ".repeat(indent)}${key}: ${String(v)}\n`;
+  }
+  return out;
+}
+
+/** QEMU's `bdrv_image_info_dump`: the human text of one image. */
+export function humanInfo(info: Record<string, unknown>, snapshots: Qcow2Snapshot[]): string {
+  const size = info["virtual-size"] as number;
+  const actual = info["actual-size"] as number | undefined;
+  let out = `image: ${info.filename}\nfile format: ${info.format}\n` +
+    `virtual size: ${sizeToStr(size)} (${size} bytes)\n` +
+    `disk size: ${actual === undefined ? "unavailable" : sizeToStr(actual)}\n`;
+  if (info["cluster-size"] !== undefined) out += `cluster_size: ${info["cluster-size"]}\n`;
+  if (info["dirty-flag"] === true) out += "cleanly shut down: no\n";
+  const backing = info["backing-filename"] as string | undefined;
+  if (backing !== undefined) {
+    const full = info["full-backing-filename"] as string;
+    out += `backing file: ${backing}${full !== backing ? ` (actual path: ${full})` : ""}\n`;
+  }
+  if (info["backing-filename-format"] !== undefined) {
+    out += `backing file format: ${info["backing-filename-format"]}\n`;
+  }
+  if (snapshots.length > 0) {
+    out += "Snapshot list:\n" + snapshotRow(null) + "\n";
+    for (const s of snapshots) out += snapshotRow(s) + "\n";
+  }
+  const spec = info["format-specific"] as { data: Record<string, unknown> } | undefined;
+  if (spec) out += "Format specific information:\n" + dumpSpecific(spec.data, 4);
+  return out;
+}
+
 /** Runs `img info` with `args` (after `info`); returns the exit status. */
 export async function imgInfo(graph: Graph, args: readonly string[], io: CliIo): Promise<number> {
   const r = getopt(args, ":f:hU", [
@@ -62,64 +163,49 @@ export async function imgInfo(graph: Graph, args: readonly string[], io: CliIo):
   let output = "human";
   let imageOpts = false;
   let forceShare = false;
+  let chain = false;
   for (const o of r.options) {
     if (o.key === "f") format = o.value!;
     else if (o.key === "output") output = o.value!;
     else if (o.key === "image-opts") imageOpts = true;
     else if (o.key === "U") forceShare = true;
-  }
-  if (output !== "human" && output !== "json") {
-    imgError(io, "--output must be used with human or json as argument.");
-    return 1;
+    else if (o.key === "backing-chain") chain = true;
+    else if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
   }
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
-  const arg = r.operands[0]!;
-  if (imageOpts && format !== undefined) {
-    imgError(io, "--image-opts and --format are mutually exclusive");
-    return 1;
-  }
-  let image;
-  try {
-    image = await openImage(graph, {
-      filename: imageOpts ? null : arg,
-      format,
-      options: imageOpts ? unflatten(parseQemuOpts(arg).values) : {},
-      readOnly: true,
-      cache: { ...DEFAULT_CACHE, writethrough: false },
-      discard: "ignore",
-      forceShare,
-    }, () => {});
-  } catch (e) {
-    imgError(io, `Could not open '${arg}': ${BlockError.from(e).message}`);
-    return 1;
-  }
-  try {
-    const node = image.node;
-    const virtualSize = node.getLength();
-    const actual = await allocatedSize(node);
-    const filename = displayFilename(node);
-    const specific = node.instance?.formatInfo?.() ?? {};
-    const dirty = specific["dirty-flag"] === true;
-    if (output === "json") {
-      const info: Record<string, unknown> = {
-        "virtual-size": virtualSize,
-        filename,
-        format: node.driver.name,
-      };
-      if (actual !== null) info["actual-size"] = actual;
-      info["dirty-flag"] = dirty;
-      io.out(JSON.stringify(info, null, 4) + "\n");
-    } else {
-      io.out(
-        `image: ${filename}\n` +
-          `file format: ${node.driver.name}\n` +
-          `virtual size: ${sizeToStr(virtualSize)} (${virtualSize} bytes)\n` +
-          `disk size: ${actual === null ? "unavailable" : sizeToStr(actual)}\n` +
-          (dirty ? "cleanly shut down: no\n" : ""),
-      );
+  const fmtOut = imgOutputFormat(io, output);
+  if (!fmtOut) return 1;
+  const infos: { info: Record<string, unknown>; snapshots: Qcow2Snapshot[] }[] = [];
+  const seen = new Set<string>();
+  let filename: string | undefined = r.operands[0]!;
+  while (filename !== undefined) {
+    if (seen.has(filename)) {
+      imgError(io, `Backing file '${filename}' creates an infinite loop.`);
+      return 1;
     }
-    return 0;
-  } finally {
-    await image.backend.unref();
+    seen.add(filename);
+    const image = await imgOpen(graph, io, {
+      filename,
+      format,
+      imageOpts: imageOpts && infos.length === 0,
+      readOnly: true,
+      forceShare,
+      noBacking: true,
+    });
+    if (!image) return 1;
+    try {
+      const info = await imageInfo(image.node);
+      infos.push({ info, snapshots: imageFacts(image.node).snapshots });
+      filename = chain ? info["full-backing-filename"] as string | undefined : undefined;
+      format = info["backing-filename-format"] as string | undefined;
+    } finally {
+      await image.backend.unref();
+    }
   }
+  if (fmtOut === "json") {
+    io.out(qdictJson(chain ? infos.map((i) => i.info) : infos[0]!.info));
+  } else {
+    io.out(infos.map((i) => humanInfo(i.info, i.snapshots)).join("\n"));
+  }
+  return 0;
 }

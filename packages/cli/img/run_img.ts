@@ -12,7 +12,10 @@ import { getopt } from "../common/getopt.ts";
 import { imgBench } from "./bench.ts";
 import { imgCreate } from "./create.ts";
 import { imgErrorExit, imgOptionError } from "./img_common.ts";
+import { imgCompare } from "./compare.ts";
+import { imgConvert } from "./convert.ts";
 import { imgInfo } from "./info.ts";
+import { imgMap } from "./map.ts";
 
 /** The version text (`-V`). */
 export const IMG_VERSION = "blockgraph img version 0.1.0 (speaks qemu-img 7.2)\n";
@@ -41,8 +44,11 @@ const SUBCOMMANDS: Record<
   (graph: Graph, args: readonly string[], io: CliIo) => Promise<number>
 > = {
   bench: imgBench,
+  compare: imgCompare,
+  convert: imgConvert,
   create: imgCreate,
   info: imgInfo,
+  map: imgMap,
 };
 
 /**

@@ -1,0 +1,228 @@
+/**
+ * `blockgraph img compare`: qemu-img's `compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q]
+ * [-s] [-U] [--image-opts] filename1 filename2`. Ranges both chains report as zeros are
+ * skipped; exit 0 identical, 1 different, 2 open errors, 3 block-status errors, 4 read
+ * errors.
+ *
+ * @module
+ */
+
+import { BlockError, BlockStatusFlags, type Graph, isZeroBuffer } from "@blockgraph/core";
+import type { CliIo } from "../common/cli_io.ts";
+import { getopt } from "../common/getopt.ts";
+import { parseCacheMode } from "../common/open_image.ts";
+import type { OpenedImage } from "../common/open_image.ts";
+import { chainStatus } from "./chain_status.ts";
+import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { Progress } from "./progress.ts";
+
+const IO_BUF_SIZE = 2 << 20;
+const SECTOR = 512;
+
+/** qemu-img's `find_nonzero`: the first 512-byte sector boundary whose sector is not zero. */
+export function findNonzero(buf: Uint8Array): number {
+  for (let i = 0; i < buf.length; i += SECTOR) {
+    if (!isZeroBuffer(buf.subarray(i, Math.min(i + SECTOR, buf.length)))) return i;
+  }
+  return -1;
+}
+
+function sectorEqual(a: Uint8Array, b: Uint8Array, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/**
+ * qemu-img's `compare_buffers`: whether the first sector differs, and how many bytes from the
+ * start share that answer (in whole sectors).
+ */
+export function compareBuffers(a: Uint8Array, b: Uint8Array): { differ: boolean; pnum: number } {
+  const n = a.length;
+  let i = Math.min(n, SECTOR);
+  const differ = !sectorEqual(a, b, 0, i);
+  while (i < n) {
+    const len = Math.min(n - i, SECTOR);
+    if (!sectorEqual(a, b, i, i + len) !== differ) break;
+    i += len;
+  }
+  return { differ, pnum: i };
+}
+
+interface Side {
+  readonly image: OpenedImage;
+  readonly name: string;
+  readonly size: number;
+}
+
+/** Runs `img compare` with `args` (after `compare`); returns the exit status. */
+export async function imgCompare(
+  graph: Graph,
+  args: readonly string[],
+  io: CliIo,
+): Promise<number> {
+  const r = getopt(args, ":hf:F:T:pqsU", [
+    { name: "help", arg: "none", key: "h" },
+    { name: "object", arg: "required", key: "object" },
+    { name: "image-opts", arg: "none", key: "image-opts" },
+    { name: "force-share", arg: "none", key: "U" },
+  ]);
+  if (r.error) return imgOptionError(io, r.error);
+  let fmt1: string | undefined;
+  let fmt2: string | undefined;
+  let cache = "writeback";
+  let progress = false;
+  let quiet = false;
+  let strict = false;
+  let forceShare = false;
+  let imageOpts = false;
+  for (const o of r.options) {
+    if (o.key === "f") fmt1 = o.value!;
+    else if (o.key === "F") fmt2 = o.value!;
+    else if (o.key === "T") cache = o.value!;
+    else if (o.key === "p") progress = true;
+    else if (o.key === "q") quiet = true;
+    else if (o.key === "s") strict = true;
+    else if (o.key === "U") forceShare = true;
+    else if (o.key === "image-opts") imageOpts = true;
+    else if (o.key === "h") return imgErrorExit(io, "Expecting two image file names");
+  }
+  if (quiet) progress = false;
+  if (r.operands.length !== 2) return imgErrorExit(io, "Expecting two image file names");
+  if (!parseCacheMode(cache)) {
+    imgError(io, `Invalid source cache option: ${cache}`);
+    return 2;
+  }
+  const say = (text: string) => quiet || io.out(text);
+  const [name1, name2] = r.operands as [string, string];
+  const open = (filename: string, format: string | undefined) =>
+    imgOpen(graph, io, { filename, format, imageOpts, readOnly: true, forceShare, cache });
+  const image1 = await open(name1, fmt1);
+  if (!image1) return 2;
+  const image2 = await open(name2, fmt2);
+  if (!image2) {
+    await image1.backend.unref();
+    return 2;
+  }
+  const prog = new Progress(io, progress, 2);
+  try {
+    const a: Side = { image: image1, name: name1, size: image1.node.getLength() };
+    const b: Side = { image: image2, name: name2, size: image2.node.getLength() };
+    if (strict && a.size !== b.size) {
+      say("Strict mode: Image size mismatch!\n");
+      return 1;
+    }
+    prog.print(0, 100);
+    const ret = await compareSides(a, b, strict, say, io, prog);
+    if (ret === 0) say("Images are identical.\n");
+    return ret;
+  } finally {
+    prog.end();
+    await image1.backend.unref();
+    await image2.backend.unref();
+  }
+}
+
+async function readAt(io: CliIo, side: Side, offset: number, buf: Uint8Array): Promise<boolean> {
+  try {
+    await side.image.node.read(offset, buf);
+    return true;
+  } catch (e) {
+    const why = BlockError.from(e).message;
+    imgError(io, `Error while reading offset ${offset} of ${side.name}: ${why}`);
+    return false;
+  }
+}
+
+/** qemu-img's `check_empty_sectors`: 0 when zero, 1 after the mismatch line, 4 on errors. */
+async function checkEmpty(
+  io: CliIo,
+  side: Side,
+  offset: number,
+  bytes: number,
+  buf: Uint8Array,
+  say: (t: string) => void,
+): Promise<number> {
+  const view = buf.subarray(0, bytes);
+  if (!await readAt(io, side, offset, view)) return 4;
+  const idx = findNonzero(view);
+  if (idx >= 0) {
+    say(`Content mismatch at offset ${offset + idx}!\n`);
+    return 1;
+  }
+  return 0;
+}
+
+async function statusOf(io: CliIo, side: Side, offset: number, bytes: number) {
+  try {
+    return await chainStatus(side.image.node, offset, bytes);
+  } catch {
+    imgError(io, `Sector allocation test failed for ${side.name}`);
+    return null;
+  }
+}
+
+async function compareSides(
+  a: Side,
+  b: Side,
+  strict: boolean,
+  say: (t: string) => void,
+  io: CliIo,
+  prog: Progress,
+): Promise<number> {
+  const buf1 = new Uint8Array(IO_BUF_SIZE);
+  const buf2 = new Uint8Array(IO_BUF_SIZE);
+  const total = Math.min(a.size, b.size);
+  const progressBase = Math.max(a.size, b.size);
+  let offset = 0;
+  while (offset < total) {
+    const s1 = await statusOf(io, a, offset, a.size - offset);
+    if (!s1) return 3;
+    const s2 = await statusOf(io, b, offset, b.size - offset);
+    if (!s2) return 3;
+    const alloc1 = (s1.status & BlockStatusFlags.ALLOCATED) !== 0;
+    const alloc2 = (s2.status & BlockStatusFlags.ALLOCATED) !== 0;
+    let chunk = Math.min(s1.pnum, s2.pnum);
+    if (strict && s1.status !== s2.status) {
+      say(`Strict mode: Offset ${offset} block status mismatch!\n`);
+      return 1;
+    }
+    if (s1.status & s2.status & BlockStatusFlags.ZERO) {
+      // Both read as zeros.
+    } else if (alloc1 === alloc2) {
+      if (alloc1) {
+        chunk = Math.min(chunk, IO_BUF_SIZE);
+        const v1 = buf1.subarray(0, chunk);
+        const v2 = buf2.subarray(0, chunk);
+        if (!await readAt(io, a, offset, v1) || !await readAt(io, b, offset, v2)) return 4;
+        const c = compareBuffers(v1, v2);
+        if (c.differ || c.pnum !== chunk) {
+          say(`Content mismatch at offset ${offset + (c.differ ? 0 : c.pnum)}!\n`);
+          return 1;
+        }
+      }
+    } else {
+      chunk = Math.min(chunk, IO_BUF_SIZE);
+      const ret = await checkEmpty(io, alloc1 ? a : b, offset, chunk, buf1, say);
+      if (ret) return ret;
+    }
+    offset += chunk;
+    prog.print(chunk / total * 100, 100);
+  }
+  if (a.size !== b.size) {
+    say("Warning: Image size mismatch!\n");
+    const over = a.size > b.size ? a : b;
+    while (offset < progressBase) {
+      const s = await statusOf(io, over, offset, progressBase - offset);
+      if (!s) return 3;
+      let chunk = s.pnum;
+      if (s.status & BlockStatusFlags.ALLOCATED) {
+        chunk = Math.min(chunk, IO_BUF_SIZE);
+        const ret = await checkEmpty(io, over, offset, chunk, buf1, say);
+        if (ret) return ret;
+      }
+      offset += chunk;
+      prog.print(chunk / progressBase * 100, 100);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,303 @@
+/**
+ * `blockgraph img convert`: qemu-img's `convert [-f fmt] [-O fmt] [-o options] [-c] [-p] [-q]
+ * [-n] [-B backing [-F fmt]] [-S sparse] [-m N] [-W] [-t cache] [-T src_cache] [-U]
+ * [--target-is-zero] [--image-opts] [--target-image-opts] filename [filename2 ...] output`,
+ * with its checks and messages; the copy itself is in `convert_copy.ts`.
+ *
+ * @module
+ */
+
+import { BlockError, type Graph } from "@blockgraph/core";
+import type { CliIo } from "../common/cli_io.ts";
+import { getopt } from "../common/getopt.ts";
+import { type OpenedImage, parseCacheMode } from "../common/open_image.ts";
+import { parseQemuOpts } from "../common/qemu_opts.ts";
+import { runCopy } from "./convert_copy.ts";
+import { createHelp, createImage } from "./create.ts";
+import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imageFacts } from "./image_facts.ts";
+import { Progress } from "./progress.ts";
+
+const MAX_SPARSE = 16 << 20;
+/** Bytes per request: larger than qemu-img's 2 MiB, fewer round trips for the same work. */
+const CHUNK = 4 << 20;
+
+interface ConvertArgs {
+  fmt?: string;
+  outFmt: string;
+  options: Record<string, string>;
+  compress: boolean;
+  progress: boolean;
+  quiet: boolean;
+  skipCreate: boolean;
+  backing?: string;
+  backingFmt?: string;
+  sparse: number;
+  workers: number;
+  outOfOrder: boolean;
+  cache: string;
+  srcCache: string;
+  forceShare: boolean;
+  targetIsZero: boolean;
+  imageOpts: boolean;
+  targetImageOpts: boolean;
+  snapshot?: string;
+}
+
+/** Parses the command line; a number is the exit status of an error already printed. */
+function parseArgs(
+  graph: Graph,
+  args: readonly string[],
+  io: CliIo,
+): { a: ConvertArgs; files: string[] } | number {
+  const r = getopt(args, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", [
+    { name: "help", arg: "none", key: "h" },
+    { name: "object", arg: "required", key: "object" },
+    { name: "image-opts", arg: "none", key: "image-opts" },
+    { name: "target-image-opts", arg: "none", key: "target-image-opts" },
+    { name: "force-share", arg: "none", key: "U" },
+    { name: "target-is-zero", arg: "none", key: "target-is-zero" },
+    { name: "salvage", arg: "none", key: "salvage" },
+    { name: "bitmaps", arg: "none", key: "bitmaps" },
+  ]);
+  if (r.error) return imgOptionError(io, r.error);
+  const a: ConvertArgs = {
+    outFmt: "raw",
+    options: {},
+    compress: false,
+    progress: false,
+    quiet: false,
+    skipCreate: false,
+    sparse: 4096,
+    workers: 8,
+    outOfOrder: false,
+    cache: "unsafe",
+    srcCache: "writeback",
+    forceShare: false,
+    targetIsZero: false,
+    imageOpts: false,
+    targetImageOpts: false,
+  };
+  let outFmtGiven = false;
+  for (const o of r.options) {
+    const v = o.value!;
+    switch (o.key) {
+      case "h":
+        return imgErrorExit(io, "Must specify image file name");
+      case "f":
+        a.fmt = v;
+        break;
+      case "O":
+        a.outFmt = v;
+        outFmtGiven = true;
+        break;
+      case "B":
+        a.backing = v;
+        break;
+      case "F":
+        a.backingFmt = v;
+        break;
+      case "c":
+        a.compress = true;
+        break;
+      case "o":
+        Object.assign(a.options, parseQemuOpts(v).values);
+        break;
+      case "l":
+        a.snapshot = v;
+        break;
+      case "S": {
+        const n = imgCvtnum(io, "buffer size for sparse output", v);
+        if (n === null) return 1;
+        if (n % 512 !== 0 || n > MAX_SPARSE) {
+          imgError(
+            io,
+            "Invalid buffer size for sparse output specified. Valid sizes are multiples of " +
+              `512 up to ${MAX_SPARSE}. Select 0 to disable sparse detection (fully allocates ` +
+              "output).",
+          );
+          return 1;
+        }
+        a.sparse = n;
+        break;
+      }
+      case "p":
+        a.progress = true;
+        break;
+      case "t":
+        a.cache = v;
+        break;
+      case "T":
+        a.srcCache = v;
+        break;
+      case "q":
+        a.quiet = true;
+        break;
+      case "n":
+        a.skipCreate = true;
+        break;
+      case "m": {
+        const n = /^\d+$/.test(v) ? Number(v) : 0;
+        if (n < 1 || n > 16) {
+          imgError(
+            io,
+            "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16",
+          );
+          return 1;
+        }
+        a.workers = n;
+        break;
+      }
+      case "W":
+        a.outOfOrder = true;
+        break;
+      case "U":
+        a.forceShare = true;
+        break;
+      case "target-is-zero":
+        a.targetIsZero = true;
+        break;
+      case "image-opts":
+        a.imageOpts = true;
+        break;
+      case "target-image-opts":
+        a.targetImageOpts = true;
+        break;
+    }
+  }
+  if ("help" in a.options || "?" in a.options) return createHelp(graph, io, a.outFmt);
+  if (!outFmtGiven && a.targetImageOpts) a.outFmt = "";
+  if (a.quiet) a.progress = false;
+  if (r.operands.length < 2) return imgErrorExit(io, "Must specify image file name");
+  if (a.targetIsZero && !a.skipCreate) {
+    imgError(io, "--target-is-zero requires use of -n flag");
+    return 1;
+  }
+  if (a.skipCreate && Object.keys(a.options).length > 0) {
+    imgError(io, "-o has no effect when skipping image creation");
+    return 1;
+  }
+  if (!parseCacheMode(a.cache)) {
+    imgError(io, `Invalid cache option: ${a.cache}`);
+    return 1;
+  }
+  if (!parseCacheMode(a.srcCache)) {
+    imgError(io, `Invalid source cache option: ${a.srcCache}`);
+    return 1;
+  }
+  return { a, files: r.operands };
+}
+
+/** Runs `img convert` with `args` (after `convert`); returns the exit status. */
+export async function imgConvert(
+  graph: Graph,
+  args: readonly string[],
+  io: CliIo,
+): Promise<number> {
+  const parsed = parseArgs(graph, args, io);
+  if (typeof parsed === "number") return parsed;
+  const { a, files } = parsed;
+  const outName = files[files.length - 1]!;
+  const srcNames = files.slice(0, -1);
+  const sources: OpenedImage[] = [];
+  let target: OpenedImage | null = null;
+  try {
+    for (const name of srcNames) {
+      const img = await imgOpen(graph, io, {
+        filename: name,
+        format: a.fmt,
+        imageOpts: a.imageOpts,
+        readOnly: true,
+        forceShare: a.forceShare,
+        cache: a.srcCache,
+      });
+      if (!img) return 1;
+      sources.push(img);
+    }
+    if (a.snapshot !== undefined) {
+      const fmtName = sources[0]!.node.driver.name;
+      imgError(
+        io,
+        `Failed to load snapshot: Block format '${fmtName}' used by device '' does not ` +
+          "support temporarily loading internal snapshots",
+      );
+      return 1;
+    }
+    const fmt = graph.registry.find(a.outFmt);
+    if (!fmt || fmt.kind === "filter") {
+      imgError(io, `Unknown file format '${a.outFmt}'`);
+      return 1;
+    }
+    if (a.compress && fmt.name !== "qcow2") {
+      imgError(io, "Compression not supported for this file format");
+      return 1;
+    }
+    const total = sources.reduce((s, i) => s + i.node.getLength(), 0);
+    if (!a.skipCreate) {
+      if (a.backing !== undefined && !fmt.supportsBacking) {
+        imgError(io, `Backing file not supported for file format '${fmt.name}'`);
+        return 1;
+      }
+      const ret = await createImage(graph, io, {
+        fmt: fmt.name,
+        filename: outName,
+        options: a.options,
+        size: total,
+        backingFile: a.backing,
+        backingFmt: a.backingFmt,
+        unsafe: true,
+        verbose: false,
+      });
+      if (ret !== 0) return ret;
+    }
+    target = await imgOpen(graph, io, {
+      filename: outName,
+      format: a.targetImageOpts ? undefined : a.outFmt,
+      imageOpts: a.targetImageOpts,
+      readOnly: false,
+      cache: a.cache,
+      noBacking: a.backing === undefined,
+    });
+    if (!target) return 1;
+    const hasBacking = a.backing !== undefined || target.node.cowChild?.node != null;
+    if (a.targetIsZero && hasBacking) {
+      imgError(io, "Cannot use --target-is-zero when the destination image has a backing file");
+      return 1;
+    }
+    if (a.skipCreate && target.node.getLength() < total) {
+      imgError(io, "output file is smaller than input file");
+      return 1;
+    }
+    const compressCluster = a.compress ? clusterSizeOf(target) : 0;
+    const progress = new Progress(io, a.progress, 1);
+    progress.print(0, 100);
+    try {
+      await runCopy({
+        sources: sources.map((s) => s.node),
+        target: target.node,
+        sparse: a.sparse,
+        compressCluster,
+        zeroInit: a.targetIsZero || (!a.skipCreate && !hasBacking),
+        targetHasBacking: a.backing !== undefined,
+        workers: a.workers,
+        outOfOrder: a.outOfOrder,
+        chunk: compressCluster ? Math.max(compressCluster, CHUNK) : CHUNK,
+      }, progress);
+      await target.node.flush();
+    } catch (e) {
+      progress.end();
+      imgError(io, `error while writing at byte 0: ${BlockError.from(e).message}`);
+      return 1;
+    }
+    progress.end();
+    return 0;
+  } finally {
+    for (const s of sources) await s.backend.unref();
+    if (target) await target.backend.unref();
+  }
+}
+
+/** The cluster size compressed writes need. */
+function clusterSizeOf(image: OpenedImage): number {
+  return imageFacts(image.node).clusterSize ?? 65536;
+}

@@ -1,0 +1,162 @@
+/**
+ * The copy loop of `img convert`: the sources, one after another, walked by block status in
+ * runs (data, zeros, or left to the target's backing file); data read in large chunks by
+ * several workers, scanned for zero blocks of the sparse size, and written in order (or out
+ * of order with `-W`); zeros skipped on a target known to read as zeros, else written as
+ * write-zeroes.
+ *
+ * @module
+ */
+
+import { BlockStatusFlags, isZeroBuffer, type Node, ReqFlags } from "@blockgraph/core";
+import { chainStatus } from "./chain_status.ts";
+import type { Progress } from "./progress.ts";
+
+/** How to copy. */
+export interface CopyPlan {
+  /** The source nodes, concatenated. */
+  readonly sources: readonly Node[];
+  /** The target node. */
+  readonly target: Node;
+  /** Bytes of the zero blocks that become holes (`-S`; 0: write everything as data). */
+  readonly sparse: number;
+  /** Write compressed clusters (`-c`) of this size; 0 when not compressing. */
+  readonly compressCluster: number;
+  /** The target reads as zeros where nothing is written. */
+  readonly zeroInit: boolean;
+  /** The target has the source's backing file: leave what the top does not hold (`-B`). */
+  readonly targetHasBacking: boolean;
+  /** Requests in flight (`-m`). */
+  readonly workers: number;
+  /** Writes may complete out of order (`-W`). */
+  readonly outOfOrder: boolean;
+  /** Bytes per read and write. */
+  readonly chunk: number;
+}
+
+type Kind = "data" | "zero" | "backing";
+
+interface Piece {
+  readonly src: Node;
+  readonly srcOffset: number;
+  readonly dstOffset: number;
+  readonly bytes: number;
+  readonly kind: Kind;
+}
+
+/** Walks the sources by block status, yielding pieces of at most `plan.chunk` bytes. */
+async function* pieces(plan: CopyPlan): AsyncGenerator<Piece> {
+  let base = 0;
+  const align = plan.compressCluster || Math.max(plan.sparse, 512);
+  for (const src of plan.sources) {
+    const len = src.getLength();
+    let off = 0;
+    while (off < len) {
+      let kind: Kind;
+      let pnum: number;
+      if (plan.sparse === 0 && !plan.targetHasBacking) {
+        kind = "data";
+        pnum = len - off;
+      } else {
+        const st = plan.targetHasBacking
+          ? await src.blockStatus(off, len - off, true)
+          : await chainStatus(src, off, len - off);
+        pnum = st.pnum;
+        if (st.status & BlockStatusFlags.ZERO) kind = plan.sparse === 0 ? "data" : "zero";
+        else if (st.status & BlockStatusFlags.DATA) kind = "data";
+        else kind = plan.targetHasBacking ? "backing" : "data";
+      }
+      let end = off + pnum;
+      while (off < end) {
+        let n = Math.min(end - off, plan.chunk);
+        // Data chunks end on an aligned boundary when they can, so that zero scans and
+        // compressed clusters line up; the rest joins the next piece.
+        if (kind === "data" && off + n < len) {
+          const tail = (base + off + n) % align;
+          if (n > tail) n -= tail;
+          else if (plan.compressCluster) {
+            n = Math.min(len - off, n + align - tail);
+            end = Math.max(end, off + n);
+          }
+        }
+        yield { src, srcOffset: off, dstOffset: base + off, bytes: n, kind };
+        off += n;
+      }
+    }
+    base += len;
+  }
+}
+
+/** Runs a plan; `progress` advances with each piece. */
+export async function runCopy(plan: CopyPlan, progress: Progress): Promise<void> {
+  const total = plan.sources.reduce((s, n) => s + n.getLength(), 0);
+  const iter = pieces(plan);
+  let failed: unknown = null;
+  // In order: each piece's write waits for the write of the piece taken before it.
+  let lastWrite: Promise<void> = Promise.resolve();
+  const worker = async () => {
+    const buf = new Uint8Array(plan.chunk);
+    while (failed === null) {
+      const r = await iter.next();
+      if (r.done) return;
+      const p = r.value;
+      let release: () => void = () => {};
+      const prev = lastWrite;
+      if (!plan.outOfOrder) lastWrite = new Promise<void>((res) => (release = res));
+      try {
+        const view = buf.subarray(0, p.bytes);
+        if (p.kind === "data") await p.src.read(p.srcOffset, view);
+        if (!plan.outOfOrder) await prev;
+        if (failed === null) await writePiece(plan, p, view);
+      } finally {
+        release();
+      }
+      progress.print(p.bytes / total * 100, 100);
+    }
+  };
+  const all = Array.from({ length: plan.workers }, () =>
+    worker().catch((e) => {
+      failed ??= e;
+    }));
+  await Promise.all(all);
+  if (failed !== null) throw failed;
+}
+
+async function writeZeros(plan: CopyPlan, offset: number, bytes: number): Promise<void> {
+  if (plan.zeroInit || bytes === 0) return;
+  await plan.target.pwriteZeroes(offset, bytes, ReqFlags.MAY_UNMAP);
+}
+
+async function writePiece(plan: CopyPlan, p: Piece, buf: Uint8Array): Promise<void> {
+  if (p.kind === "backing") return;
+  if (p.kind === "zero") return await writeZeros(plan, p.dstOffset, p.bytes);
+  if (plan.compressCluster) {
+    const cs = plan.compressCluster;
+    for (let at = 0; at < p.bytes; at += cs) {
+      const part = buf.subarray(at, Math.min(at + cs, p.bytes));
+      if (plan.sparse !== 0 && isZeroBuffer(part)) {
+        await writeZeros(plan, p.dstOffset + at, part.length);
+      } else {
+        await plan.target.write(p.dstOffset + at, part, ReqFlags.WRITE_COMPRESSED);
+      }
+    }
+    return;
+  }
+  if (plan.sparse === 0) return await plan.target.write(p.dstOffset, buf);
+  // Runs of zero blocks (of the sparse size, aligned in the target) become holes.
+  const blk = plan.sparse;
+  let at = 0;
+  while (at < p.bytes) {
+    const first = Math.min(p.bytes, at + blk - ((p.dstOffset + at) % blk));
+    const zero = isZeroBuffer(buf.subarray(at, first));
+    let end = first;
+    while (end < p.bytes) {
+      const next = Math.min(p.bytes, end + blk);
+      if (isZeroBuffer(buf.subarray(end, next)) !== zero) break;
+      end = next;
+    }
+    if (zero) await writeZeros(plan, p.dstOffset + at, end - at);
+    else await plan.target.write(p.dstOffset + at, buf.subarray(at, end));
+    at = end;
+  }
+}
