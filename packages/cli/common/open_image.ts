@@ -80,6 +80,8 @@ export interface OpenRequest {
   readonly forceShare?: boolean;
   /** Open without the backing chain (QEMU's `BDRV_O_NO_BACKING`) when the format has one. */
   readonly noBacking?: boolean;
+  /** Open for a consistency check (`check-open`, where the format takes it). */
+  readonly forCheck?: boolean;
 }
 
 /** An opened image. */
@@ -233,6 +235,9 @@ export async function openImage(
   }
   if (req.noBacking && graph.registry.find(String(top.driver))?.supportsBacking) {
     top.backing = null;
+  }
+  if (req.forCheck && graph.registry.find(String(top.driver))?.options["check-open"]) {
+    top["check-open"] = true;
   }
   let node: Node;
   try {

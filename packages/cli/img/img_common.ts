@@ -78,6 +78,8 @@ export interface ImgOpen {
   readonly cache?: string;
   /** Open without the backing chain (`backing: null`). */
   readonly noBacking?: boolean;
+  /** Open for `check`. */
+  readonly forCheck?: boolean;
 }
 
 /**
@@ -105,6 +107,7 @@ export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<Open
       discard: "ignore",
       forceShare: o.forceShare ?? false,
       noBacking: o.noBacking ?? false,
+      forCheck: o.forCheck ?? false,
     }, (text) => io.err(text));
   } catch (e) {
     imgError(io, `Could not open '${o.filename}': ${BlockError.from(e).message}`);

@@ -14,7 +14,10 @@ import { imgCreate } from "./create.ts";
 import { imgErrorExit, imgOptionError } from "./img_common.ts";
 import { imgCompare } from "./compare.ts";
 import { imgConvert } from "./convert.ts";
+import { imgCheck } from "./check.ts";
 import { imgInfo } from "./info.ts";
+import { imgResize } from "./resize.ts";
+import { imgSnapshot } from "./snapshot.ts";
 import { imgMap } from "./map.ts";
 
 /** The version text (`-V`). */
@@ -44,11 +47,14 @@ const SUBCOMMANDS: Record<
   (graph: Graph, args: readonly string[], io: CliIo) => Promise<number>
 > = {
   bench: imgBench,
+  check: imgCheck,
   compare: imgCompare,
   convert: imgConvert,
   create: imgCreate,
   info: imgInfo,
   map: imgMap,
+  resize: imgResize,
+  snapshot: imgSnapshot,
 };
 
 /**
