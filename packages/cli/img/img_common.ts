@@ -78,6 +78,8 @@ export interface ImgOpen {
   readonly cache?: string;
   /** Open without the backing chain (`backing: null`). */
   readonly noBacking?: boolean;
+  /** Pass discards down (`unmap`) instead of dropping them. */
+  readonly unmap?: boolean;
   /** Open for `check`. */
   readonly forCheck?: boolean;
 }
@@ -104,7 +106,7 @@ export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<Open
       options,
       readOnly: o.readOnly,
       cache,
-      discard: "ignore",
+      discard: o.unmap ? "unmap" : "ignore",
       forceShare: o.forceShare ?? false,
       noBacking: o.noBacking ?? false,
       forCheck: o.forCheck ?? false,

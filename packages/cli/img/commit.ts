@@ -1,0 +1,153 @@
+/**
+ * `blockgraph img commit`: qemu-img's `commit [-f fmt] [-t cache] [-b base] [-d] [-p] [-q]
+ * [-r rate] [--image-opts] filename` — everything allocated above the base is written into
+ * it. QEMU then empties the top unless `-d`; drivers here have no make_empty yet, so the
+ * top keeps its (now redundant) clusters, as qemu-img does for formats without one.
+ *
+ * @module
+ */
+
+import { BlockError, BlockStatusFlags, type Graph, type Node } from "@blockgraph/core";
+import type { CliIo } from "../common/cli_io.ts";
+import { getopt } from "../common/getopt.ts";
+import { belowLayer, chainStatus } from "./chain_status.ts";
+import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { displayFilename } from "./info.ts";
+import { Progress } from "./progress.ts";
+
+const CHUNK = 4 << 20;
+
+/**
+ * Copies what `top` reads where the chain above `base` holds something into `target` (the
+ * base, opened for writing).
+ */
+export async function copyAbove(
+  top: Node,
+  base: Node,
+  target: Node,
+  progress: Progress,
+  rate = 0,
+): Promise<void> {
+  const len = Math.min(top.getLength(), base.getLength());
+  const buf = new Uint8Array(CHUNK);
+  const started = performance.now();
+  let copied = 0;
+  for (let off = 0; off < len;) {
+    const st = await chainStatus(top, off, Math.min(len - off, CHUNK), base, false);
+    const n = st.pnum;
+    if (st.status & BlockStatusFlags.ALLOCATED) {
+      const view = buf.subarray(0, n);
+      await top.read(off, view);
+      await target.write(off, view);
+      copied += n;
+      if (rate > 0) {
+        const due = copied / rate * 1000 - (performance.now() - started);
+        if (due > 0) await new Promise((r) => setTimeout(r, due));
+      }
+    }
+    off += n;
+    progress.print(n / len * 100, 100);
+  }
+}
+
+/** The layer of `top`'s chain whose filename is `name`, or `null`. */
+export function findInChain(top: Node, name: string): Node | null {
+  for (let n = belowLayer(top); n; n = belowLayer(n)) {
+    if (displayFilename(n) === name || n.name === name) return n;
+  }
+  return null;
+}
+
+/** Runs `img commit` with `args` (after `commit`); returns the exit status. */
+export async function imgCommit(
+  graph: Graph,
+  args: readonly string[],
+  io: CliIo,
+): Promise<number> {
+  const r = getopt(args, ":f:ht:b:dpqr:", [
+    { name: "help", arg: "none", key: "h" },
+    { name: "object", arg: "required", key: "object" },
+    { name: "image-opts", arg: "none", key: "image-opts" },
+  ]);
+  if (r.error) return imgOptionError(io, r.error);
+  let format: string | undefined;
+  let cache = "writeback";
+  let baseName: string | undefined;
+  let drop = false;
+  let progress = false;
+  let quiet = false;
+  let rate = 0;
+  let imageOpts = false;
+  for (const o of r.options) {
+    const v = o.value!;
+    if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
+    if (o.key === "f") format = v;
+    else if (o.key === "t") cache = v;
+    else if (o.key === "b") {
+      baseName = v;
+      drop = true;
+    } else if (o.key === "d") drop = true;
+    else if (o.key === "p") progress = true;
+    else if (o.key === "q") quiet = true;
+    else if (o.key === "image-opts") imageOpts = true;
+    else if (o.key === "r") {
+      const n = imgCvtnum(io, "rate limit", v);
+      if (n === null) return 1;
+      rate = n;
+    }
+  }
+  if (quiet) progress = false;
+  if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
+  const filename = r.operands[0]!;
+  const image = await imgOpen(graph, io, {
+    filename,
+    format,
+    imageOpts,
+    readOnly: true,
+    forceShare: true,
+    cache,
+  });
+  if (!image) return 1;
+  const prog = new Progress(io, progress, 1);
+  void drop;
+  try {
+    const top = image.node;
+    let base: Node | null;
+    if (baseName !== undefined) {
+      base = findInChain(top, baseName);
+      if (!base) {
+        imgError(io, `Did not find '${baseName}' in the backing chain of '${filename}'`);
+        return 1;
+      }
+    } else {
+      base = belowLayer(top);
+      if (!base) {
+        imgError(io, "Image does not have a backing file");
+        return 1;
+      }
+    }
+    // The chain is opened read-only; the base is written through an image of its own.
+    const writer = await imgOpen(graph, io, {
+      filename: displayFilename(base),
+      format: base.driver.name,
+      readOnly: false,
+      cache,
+    });
+    if (!writer) return 1;
+    try {
+      prog.print(0, 100);
+      await copyAbove(top, base, writer.node, prog, rate);
+      await writer.node.flush();
+    } catch (e) {
+      imgError(io, BlockError.from(e).message);
+      return 1;
+    } finally {
+      await writer.backend.unref();
+    }
+    prog.end();
+    if (!quiet) io.out("Image committed.\n");
+    return 0;
+  } finally {
+    await image.backend.unref();
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * `blockgraph img measure`: qemu-img's `measure [--output=ofmt] [-O fmt] [-o options]
+ * [--size N | [-f fmt] [-U] [--image-opts] filename]` — the bytes a new image needs
+ * (`required`) and would take fully allocated, with QEMU's formulas for qcow2 and raw.
+ *
+ * @module
+ */
+
+import { BlockStatusFlags, type Graph, type Node } from "@blockgraph/core";
+import type { CliIo } from "../common/cli_io.ts";
+import { getopt } from "../common/getopt.ts";
+import { qdictJson } from "../common/qdict_json.ts";
+import { parseQemuOpts } from "../common/qemu_opts.ts";
+import { chainStatus } from "./chain_status.ts";
+import { imgCvtnum, imgError, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
+
+const up = (n: number, a: number) => Math.ceil(n / a) * a;
+
+/** QEMU's `qcow2_refcount_metadata_size`: refcount table and block bytes for `clusters`. */
+export function refcountMetadataSize(clusters: number, cs: number, order: number): number {
+  const perTable = cs / 8;
+  const perBlock = cs * 8 / 2 ** order;
+  let table = 0;
+  let blocks = 0;
+  let n = 0;
+  let last;
+  do {
+    last = n;
+    blocks = Math.ceil((clusters + table + blocks) / perBlock);
+    table = Math.ceil(blocks / perTable);
+    n = clusters + blocks + table;
+  } while (n !== last);
+  return (blocks + table) * cs;
+}
+
+/** QEMU's `qcow2_calc_prealloc_size`: the file size of a fully allocated qcow2 image. */
+export function qcow2FullSize(size: number, cs: number, order: number): number {
+  const aligned = up(size, cs);
+  let meta = cs;
+  const nl2e = up(aligned / cs, cs / 8);
+  meta += nl2e * 8;
+  const nl1e = up(nl2e * 8 / cs, cs / 8);
+  meta += nl1e * 8;
+  meta += refcountMetadataSize((meta + aligned) / cs, cs, order);
+  return meta + aligned;
+}
+
+/** Bytes of whole `cs` clusters that hold data in `node`'s chain. */
+async function dataBytes(node: Node, cs: number): Promise<number> {
+  const len = node.getLength();
+  let required = 0;
+  for (let off = 0; off < len;) {
+    const st = await chainStatus(node, off, len - off);
+    let pnum = st.pnum;
+    const both = BlockStatusFlags.DATA | BlockStatusFlags.ALLOCATED;
+    if (!(st.status & BlockStatusFlags.ZERO) && (st.status & both) === both) {
+      pnum = up(off + pnum, cs) - off;
+      required += (off % cs) + pnum;
+    }
+    off += pnum;
+  }
+  return required;
+}
+
+/** Runs `img measure` with `args` (after `measure`); returns the exit status. */
+export async function imgMeasure(
+  graph: Graph,
+  args: readonly string[],
+  io: CliIo,
+): Promise<number> {
+  const r = getopt(args, ":hf:O:o:l:U", [
+    { name: "help", arg: "none", key: "h" },
+    { name: "image-opts", arg: "none", key: "image-opts" },
+    { name: "object", arg: "required", key: "object" },
+    { name: "output", arg: "required", key: "output" },
+    { name: "size", arg: "required", key: "size" },
+    { name: "force-share", arg: "none", key: "U" },
+  ]);
+  if (r.error) return imgOptionError(io, r.error);
+  let format: string | undefined;
+  let outFmt = "raw";
+  let output = "human";
+  let size: number | null = null;
+  let forceShare = false;
+  let imageOpts = false;
+  const opts: Record<string, string> = {};
+  for (const o of r.options) {
+    const v = o.value!;
+    if (o.key === "f") format = v;
+    else if (o.key === "O") outFmt = v;
+    else if (o.key === "o") Object.assign(opts, parseQemuOpts(v).values);
+    else if (o.key === "output") output = v;
+    else if (o.key === "U") forceShare = true;
+    else if (o.key === "image-opts") imageOpts = true;
+    else if (o.key === "size") {
+      size = imgCvtnum(io, "image size", v);
+      if (size === null) return 1;
+    }
+  }
+  const fmtOut = imgOutputFormat(io, output);
+  if (!fmtOut) return 1;
+  const filename = r.operands[0];
+  if (filename === undefined && size === null) {
+    imgError(io, "Either --size N or one filename must be specified.");
+    return 1;
+  }
+  if (filename !== undefined && size !== null) {
+    imgError(io, "--size N cannot be used together with a filename.");
+    return 1;
+  }
+  if (outFmt !== "raw" && outFmt !== "qcow2") {
+    imgError(io, `Format driver '${outFmt}' does not support size measurement`);
+    return 1;
+  }
+  const cs = opts.cluster_size ? imgCvtnum(io, "cluster size", opts.cluster_size) : 65536;
+  if (cs === null) return 1;
+  const order = Math.log2(Number(opts.refcount_bits ?? 16));
+  let info: Record<string, number>;
+  if (filename !== undefined) {
+    const image = await imgOpen(graph, io, {
+      filename,
+      format,
+      imageOpts,
+      readOnly: true,
+      forceShare,
+    });
+    if (!image) return 1;
+    try {
+      const len = image.node.getLength();
+      if (outFmt === "raw") info = { required: len, "fully-allocated": len };
+      else {
+        const virt = up(len, cs);
+        const full = qcow2FullSize(virt, cs, order);
+        const required = opts.backing_file ? virt : await dataBytes(image.node, cs);
+        info = { required: full - virt + required, "fully-allocated": full };
+        const v2 = opts.compat === "0.10" || opts.compat === "v2";
+        if (!v2 && image.node.driver.supportsBacking) info.bitmaps = 0;
+      }
+    } finally {
+      await image.backend.unref();
+    }
+  } else if (outFmt === "raw") {
+    const n = up(size!, 512);
+    info = { required: n, "fully-allocated": n };
+  } else {
+    const virt = up(size!, cs);
+    const full = qcow2FullSize(virt, cs, order);
+    const prealloc = opts.preallocation === "full" || opts.preallocation === "falloc";
+    info = { required: full - virt + (prealloc ? virt : 0), "fully-allocated": full };
+  }
+  if (fmtOut === "json") io.out(qdictJson(info));
+  else {
+    io.out(`required size: ${info.required}\nfully allocated size: ${info["fully-allocated"]}\n`);
+    if (info.bitmaps !== undefined) io.out(`bitmaps size: ${info.bitmaps}\n`);
+  }
+  return 0;
+}
