@@ -164,3 +164,5 @@ export function fileCases(path: string, size: number, scale: number): BenchCase[
 
 /** The NBD cases of issue 5 (see `nbd_cases.ts`). */
 export { nbdCases } from "./nbd_cases.ts";
+
+export { convertCases, makeConvertImages } from "./convert.ts";

@@ -107,7 +107,11 @@ export async function runCopy(plan: CopyPlan, progress: Progress): Promise<void>
         const view = buf.subarray(0, p.bytes);
         if (p.kind === "data") await p.src.read(p.srcOffset, view);
         if (!plan.outOfOrder) await prev;
-        if (failed === null) await writePiece(plan, p, view);
+        // Issued in order; the next piece may start once this one is under way, so that
+        // several writes are in flight while they still reach the driver in order.
+        const w = failed === null ? writePiece(plan, p, view) : null;
+        release();
+        await w;
       } finally {
         release();
       }
