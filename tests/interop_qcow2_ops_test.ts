@@ -3,84 +3,19 @@
  * and repair of deliberately corrupted images, resize, compressed writes and amend, each
  * followed by `qemu-img check`.
  */
-import { Graph, type Node, ReqFlags } from "@blockgraph/core";
-import { defaultRegistry, type Qcow2Instance } from "@blockgraph/drivers";
-import { ensurePeers } from "./peers.ts";
-
-const KIB = 1024;
-
-async function run(cmd: string, args: string[]): Promise<{ code: number; out: string }> {
-  const r = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  const d = new TextDecoder();
-  return { code: r.code, out: d.decode(r.stdout) + d.decode(r.stderr) };
-}
-
-async function must(cmd: string, args: string[]): Promise<string> {
-  const r = await run(cmd, args);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.code}):\n${r.out}`);
-  return r.out;
-}
-
-function expect(cond: boolean, message: string): void {
-  if (!cond) throw new Error(message);
-}
-
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  await ensurePeers(["qemu-img", "qemu-io"]);
-  const dir = await Deno.makeTempDir({ prefix: "blockgraph-qcow2-ops-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-async function withImage(
-  path: string,
-  extra: Record<string, unknown>,
-  fn: (node: Node, q: Qcow2Instance) => Promise<void>,
-): Promise<void> {
-  const graph = new Graph({ registry: defaultRegistry() });
-  const node = await graph.open({ driver: "qcow2", file: { filename: path }, ...extra }, "test");
-  try {
-    await fn(node, node.instance as Qcow2Instance);
-  } finally {
-    await node.unref("test");
-    await graph.closeAll();
-  }
-}
-
-interface QemuCheck {
-  corruptions?: number;
-  leaks?: number;
-  "check-errors"?: number;
-}
-
-async function qemuCheck(path: string): Promise<QemuCheck> {
-  const r = await run("qemu-img", ["check", "--output=json", path]);
-  const json = r.out.slice(r.out.indexOf("{"), r.out.lastIndexOf("}") + 1);
-  return JSON.parse(json) as QemuCheck;
-}
-
-async function expectQemuClean(path: string, label: string): Promise<void> {
-  const r = await run("qemu-img", ["check", path]);
-  if (r.code !== 0) throw new Error(`${label}: qemu-img check is not clean:\n${r.out}`);
-}
-
-async function qemuRead(path: string, offset: number, len: number, pat: number): Promise<void> {
-  const out = await must("qemu-io", ["-f", "qcow2", "-c", `read -P ${pat} ${offset} ${len}`, path]);
-  expect(!out.includes("Pattern verification failed"), `${path}: pattern ${pat} at ${offset}`);
-}
-
-async function writeBytes(path: string, offset: number, bytes: number[]): Promise<void> {
-  const f = await Deno.open(path, { write: true });
-  try {
-    await f.seek(offset, Deno.SeekMode.Start);
-    await f.write(new Uint8Array(bytes));
-  } finally {
-    f.close();
-  }
-}
+import { ReqFlags } from "@blockgraph/core";
+import {
+  expect,
+  expectQemuClean,
+  KIB,
+  must,
+  qemuCheck,
+  qemuRead,
+  run,
+  withDir,
+  withImage,
+  writeBytes,
+} from "./interop_qcow2_helpers.ts";
 
 Deno.test("qcow2 interop: our snapshots list, apply and check in qemu-img, and theirs in ours", () =>
   withDir(async (dir) => {

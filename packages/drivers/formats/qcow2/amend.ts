@@ -10,7 +10,7 @@ import { BlockError, type OptionValues } from "@blockgraph/core";
 import { checkOnce } from "./check.ts";
 import {
   COMPAT_LAZY_REFCOUNTS,
-  COPIED_HI,
+  copiedEntry,
   entryOffset,
   Ext,
   Incompat,
@@ -83,7 +83,7 @@ async function expandZeroClusters(image: Qcow2Image, backing: boolean): Promise<
       }
       const off = await image.refcounts.alloc(1);
       await image.write("data", off, new Uint8Array(image.cs));
-      await image.setEntry(g, (Math.floor(off / 0x100000000) | COPIED_HI) >>> 0, off >>> 0);
+      await image.setEntry(g, ...copiedEntry(off));
     } else if (kind === "zero-alloc") {
       await image.write("data", entryOffset(hi, lo), new Uint8Array(image.cs));
       await image.setEntry(g, hi, (lo & ~1) >>> 0);

@@ -287,6 +287,12 @@ class Pass {
     for (let i = 0; i < table.length; i++) {
       const off = table[i]!;
       const c = Math.floor(off / cs);
+      if (image.refcounts.reserved.has(i)) {
+        this.msgs.push(`ERROR refcount table entry ${i} has reserved bits set`);
+        this.res.corruptions++;
+        this.rebuild = true;
+        continue;
+      }
       if (off % cs !== 0) {
         this.msgs.push(
           `ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`,

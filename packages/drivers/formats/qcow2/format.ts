@@ -85,6 +85,11 @@ export function entryOffset(hi: number, lo: number): number {
   return (hi & OFFSET_HI_MASK) * TWO32 + ((lo & OFFSET_LO_MASK) >>> 0);
 }
 
+/** The L2 entry (high and low words) of a COPIED data cluster at host `offset`. */
+export function copiedEntry(offset: number): [number, number] {
+  return [(Math.floor(offset / TWO32) | COPIED_HI) >>> 0, offset % TWO32];
+}
+
 /** A DataView over all of `buf`. */
 export function viewOf(buf: Uint8Array): DataView {
   return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);

@@ -22,7 +22,7 @@ import {
   ReqFlags,
 } from "@blockgraph/core";
 import { compressedPlace, decompressCluster } from "./compressed.ts";
-import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, Incompat, ZERO_LO } from "./format.ts";
+import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, copiedEntry, Incompat, ZERO_LO } from "./format.ts";
 import { amendImage } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
@@ -242,11 +242,7 @@ export class Qcow2Instance implements DriverInstance {
       const oldBase = ext.host - (offset - gStart);
       for (let k = 0; k < count; k++) {
         const host = target + k * cs;
-        await image.setEntry(
-          g0 + k,
-          (Math.floor(host / 0x100000000) | COPIED_HI) >>> 0,
-          host >>> 0,
-        );
+        await image.setEntry(g0 + k, ...copiedEntry(host));
         if (reuse) continue;
         if (ext.kind === "normal") image.freeLater(oldBase + k * cs, 1, true);
         else if (ext.kind === "compressed" || ext.kind === "zero-alloc") {

@@ -24,6 +24,8 @@ import { readSnapshotTable } from "./snapshot_table.ts";
 
 /** The L2 cache covers at most this much guest data by default (1 TiB). */
 const DEFAULT_L2_COVERAGE = 2 ** 40;
+/** Bits 0..8 of a refcount table entry are reserved: offsets are multiples of this. */
+const REFT_OFFSET_ALIGN = 512;
 
 /** Reads the first cluster of `file` (zeros past its end). */
 async function readFirstCluster(file: Node): Promise<Uint8Array> {
@@ -57,15 +59,27 @@ function checkInside(
   }
 }
 
-/** Reads the refcount table's entries. */
-async function readRefTable(file: Node, h: Qcow2Header): Promise<number[]> {
+/**
+ * Reads the refcount table: the refcount block offsets (bits 9..63 of each entry, exact up to
+ * 2^53) and the indices of entries with reserved bits (0..8) set, which check reports.
+ */
+async function readRefTable(
+  file: Node,
+  h: Qcow2Header,
+): Promise<{ table: number[]; reserved: Set<number> }> {
   const cs = 2 ** h.clusterBits;
   const buf = new Uint8Array(h.refcountTableClusters * cs);
   await file.read(h.refcountTableOffset, buf);
   const view = viewOf(buf);
-  const out: number[] = [];
-  for (let i = 0; i < buf.length / 8; i++) out.push(getU64(view, i * 8) & ~0x1ff);
-  return out;
+  const table: number[] = [];
+  const reserved = new Set<number>();
+  for (let i = 0; i < buf.length / 8; i++) {
+    const raw = getU64(view, i * 8);
+    const low = view.getUint32(i * 8 + 4) % REFT_OFFSET_ALIGN;
+    table.push(raw - (raw % REFT_OFFSET_ALIGN));
+    if (low !== 0) reserved.add(i);
+  }
+  return { table, reserved };
 }
 
 /** The number of L2 tables the cache holds: the option, or the whole image up to 1 TiB. */
@@ -183,12 +197,13 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
     file,
     h,
     l1,
-    refTable,
+    refTable.table,
     writable,
     l2CacheTables(options, h),
     { nodeName: node.name, emit: (name, data) => node.graph.events.emit(name, data) },
     refcountCacheBlocks(options, h, fileLen),
   );
+  image.refcounts.reserved = refTable.reserved;
   image.snapshots = snaps.entries;
   image.snapshotsBytes = snaps.bytes;
   mapSnapshots(image);

@@ -85,6 +85,11 @@ export class Refcounts {
   #freeHint = 0;
   /** Clusters at and after this one are free: past the end of everything allocated. */
   endCluster: number;
+  /**
+   * Table indices whose entry had reserved bits set when the image was opened (check reports
+   * them and rebuilds the structure, as QEMU does).
+   */
+  reserved: ReadonlySet<number> = new Set();
   /** Called after the table moved (the header must point to it). */
   onTableMoved: (place: RefcountTablePlace) => Promise<void> = () => Promise.resolve();
 
@@ -199,6 +204,7 @@ export class Refcounts {
     this.#table = table;
     this.#place = place;
     this.#freeHint = 0;
+    this.reserved = new Set();
     this.endCluster = Math.ceil(fileLength / this.#cs);
     this.#map.clearRefblocks();
     for (const off of table) if (off !== 0) this.#map.addRefblock(off);

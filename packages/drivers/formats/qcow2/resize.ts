@@ -11,7 +11,7 @@
  */
 
 import { BlockError, type PreallocMode } from "@blockgraph/core";
-import { COPIED_HI, MAX_L1_BYTES, setU64, viewOf } from "./format.ts";
+import { copiedEntry, MAX_L1_BYTES, setU64, viewOf } from "./format.ts";
 import { classify, type Qcow2Image } from "./image.ts";
 import { serializeL1 } from "./tree.ts";
 
@@ -74,11 +74,7 @@ export async function preallocateRange(image: Qcow2Image, from: number, to: numb
       const host = await image.refcounts.alloc(run);
       for (let j = 0; j < run; j++) {
         const off = host + j * cs;
-        await image.setEntry(
-          g + k + j,
-          (Math.floor(off / 0x100000000) | COPIED_HI) >>> 0,
-          off >>> 0,
-        );
+        await image.setEntry(g + k + j, ...copiedEntry(off));
       }
       k += run;
     }
