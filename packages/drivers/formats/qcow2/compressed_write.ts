@@ -11,13 +11,17 @@ import { BlockError, type IoVector } from "@blockgraph/core";
 import { compressCluster, compressedEntry } from "./compressed.ts";
 import { classify, type Qcow2Image } from "./image.ts";
 
-/** Reserves `n` bytes for compressed data; returns their offset. Call with `lock` held. */
+/**
+ * Reserves `n` bytes for compressed data; returns their offset. The bytes follow the last
+ * compressed cluster while they fit in its host cluster and its refcount is below the
+ * maximum (QEMU's `qcow2_alloc_bytes`); else they start a new cluster. Call with `lock` held.
+ */
 async function allocBytes(image: Qcow2Image, n: number): Promise<number> {
   const cs = image.cs;
   const at = image.freeByte;
   if (at !== 0 && at % cs !== 0 && (at % cs) + n <= cs) {
     const c = Math.floor(at / cs);
-    if ((await image.refcounts.get(c)) > 0) {
+    if ((await image.refcounts.get(c)) < image.refcounts.max) {
       await image.refcounts.update(c, 1, 1);
       image.freeByte = at + n;
       return at;

@@ -94,7 +94,10 @@ export class Qcow2Image implements MetaIo {
   /** The refcount structures. */
   refcounts: Refcounts;
   readonly #refcountCacheBlocks: number;
-  /** Where the next compressed cluster may go (0: start a new cluster). */
+  /**
+   * Where the next compressed cluster may go (0: start a new cluster). Reset whenever that
+   * cluster is freed, so compressed data never lands in a cluster allocated since.
+   */
   freeByte = 0;
   /** The L2 cache. */
   readonly l2: L2Cache;
@@ -185,6 +188,10 @@ export class Qcow2Image implements MetaIo {
       this.file.getLength(),
       this.#refcountCacheBlocks,
     );
+    this.freeByte = 0;
+    rc.onFreed = (c) => {
+      if (Math.floor(this.freeByte / this.cs) === c) this.freeByte = 0;
+    };
     rc.onTableMoved = async (p) => {
       const buf = new Uint8Array(12);
       setU64(viewOf(buf), 0, p.offset);
@@ -522,7 +529,6 @@ export class Qcow2Image implements MetaIo {
     await this.flush();
     const frees = this.#pendingFrees;
     this.#pendingFrees = [];
-    this.freeByte = 0;
     for (const f of frees) {
       await this.refcounts.update(f.first, f.count, -1);
       if (f.discard && (await this.refcounts.get(f.first)) === 0) {

@@ -1,7 +1,14 @@
-import { DriverRegistry, Graph, type Node } from "@blockgraph/core";
-import { assert, assertBytesEqual, assertEquals, pattern } from "../../conformance/mod.ts";
+import { DriverRegistry, Graph, IoVector, type Node, ReqFlags } from "@blockgraph/core";
+import {
+  assert,
+  assertBytesEqual,
+  assertEquals,
+  assertRejectsWith,
+  pattern,
+} from "../../conformance/mod.ts";
 import { memoryDriver } from "../../protocols/memory.ts";
 import { formatQcow2, type Qcow2CreateParams } from "./create.ts";
+import { Incompat } from "./format.ts";
 import type { Qcow2Instance } from "./instance.ts";
 import { qcow2Driver } from "./mod.ts";
 
@@ -28,6 +35,7 @@ async function withImage(
   const mem = await graph.open({ driver: "memory", "node-name": "mem" }, "t");
   await formatQcow2(mem, p);
   let n = 0;
+  let failure: unknown = null;
   try {
     await fn(
       mem,
@@ -35,9 +43,15 @@ async function withImage(
         graph.open({ driver: "qcow2", "node-name": `q${++n}`, file: "mem", ...extra }, "t"),
     );
     await mem.unref("t");
-  } finally {
-    await graph.closeAll();
+  } catch (e) {
+    failure = e;
   }
+  try {
+    await graph.closeAll();
+  } catch (e) {
+    failure ??= e;
+  }
+  if (failure !== null) throw failure;
 }
 
 function q(node: Node): Qcow2Instance {
@@ -48,6 +62,16 @@ async function readAll(node: Node, offset: number, bytes: number): Promise<Uint8
   const buf = new Uint8Array(bytes);
   await node.read(offset, buf);
   return buf;
+}
+
+async function expectClean(node: Node, label: string): Promise<void> {
+  const r = await q(node).check("none");
+  assertEquals(JSON.stringify(r.messages), "[]", `${label}: check messages`);
+  assertEquals([r.corruptions, r.leaks, r["check-errors"]].join(), "0,0,0", `${label}: counts`);
+}
+
+function corruptBit(node: Node): boolean {
+  return (q(node).image.header.incompatible & BigInt(Incompat.CORRUPT)) !== 0n;
 }
 
 Deno.test("qcow2 check reports refcount table entries with reserved bits set, as QEMU does", () =>
@@ -69,5 +93,77 @@ Deno.test("qcow2 check reports refcount table entries with reserved bits set, as
     );
     assert(r.corruptions >= 1, "counted as a corruption");
     assertBytesEqual(await readAll(node, 0, 2 * CS), pattern(2 * CS, 1), "data");
+    await node.unref("t");
+  }));
+
+Deno.test("qcow2 compressed writes never pack into a cluster freed by snapshot apply and reused", () =>
+  withImage(params(), async (_mem, open) => {
+    const node = await open();
+    await q(node).snapshotCreate("s0");
+    await node.write(0, pattern(CS, 0x11));
+    const sparse = new Uint8Array(CS).fill(0x22, 0, 100);
+    await node.pwritev(CS, CS, IoVector.of(sparse), 0, ReqFlags.WRITE_COMPRESSED);
+    // The compressed cluster's host cluster is freed; two plain writes allocate it again.
+    await q(node).snapshotApply("s0");
+    await node.write(5 * CS, pattern(CS, 0x55));
+    await node.write(6 * CS, pattern(CS, 0x66));
+    const more = new Uint8Array(CS).fill(0x77, 0, 100);
+    await node.pwritev(7 * CS, CS, IoVector.of(more), 0, ReqFlags.WRITE_COMPRESSED);
+    assertBytesEqual(await readAll(node, 5 * CS, CS), pattern(CS, 0x55), "cluster 5");
+    assertBytesEqual(await readAll(node, 6 * CS, CS), pattern(CS, 0x66), "cluster 6");
+    assertBytesEqual(await readAll(node, 7 * CS, CS), more, "cluster 7");
+    await expectClean(node, "after the writes");
+    await node.unref("t");
+  }));
+
+Deno.test("qcow2 compressed writes start a new cluster at the maximum refcount (1 and 8 bits)", async () => {
+  for (const [bits, clusterSize, writes] of [[1, CS, 3], [8, 65536, 300]] as const) {
+    const p = params({ refcountBits: bits, clusterSize, size: writes * clusterSize });
+    await withImage(p, async (_mem, open) => {
+      const node = await open();
+      const data = (i: number) => new Uint8Array(clusterSize).fill(i & 0xff, 0, 8);
+      for (let i = 0; i < writes; i++) {
+        await node.pwritev(
+          i * clusterSize,
+          clusterSize,
+          IoVector.of(data(i)),
+          0,
+          ReqFlags.WRITE_COMPRESSED,
+        );
+      }
+      assert(!corruptBit(node), `${bits} bits: not marked corrupt`);
+      for (let i = 0; i < writes; i += 37) {
+        assertBytesEqual(
+          await readAll(node, i * clusterSize, clusterSize),
+          data(i),
+          `${bits}: ${i}`,
+        );
+      }
+      await expectClean(node, `${bits}-bit refcounts`);
+      await node.unref("t");
+    });
+  }
+});
+
+Deno.test("qcow2 snapshot create past the refcount maximum fails with EINVAL and leaves the image usable", () =>
+  withImage(params({ refcountBits: 1 }), async (_mem, open) => {
+    const node = await open();
+    await node.write(0, pattern(2 * CS, 1));
+    await assertRejectsWith(
+      q(node).snapshotCreate("s1"),
+      "EINVAL",
+      "snapshot with 1-bit refcounts",
+    );
+    assert(!corruptBit(node) && !q(node).image.broken, "not marked corrupt");
+    assertEquals(q(node).snapshotList().length, 0, "no snapshot");
+    await expectClean(node, "after the failed snapshot");
+    await node.write(CS, pattern(CS, 2));
+    await node.write(8 * CS, pattern(CS, 3));
+    assertBytesEqual(
+      await readAll(node, 0, 2 * CS),
+      new Uint8Array([...pattern(CS, 1), ...pattern(CS, 2)]),
+      "data",
+    );
+    await expectClean(node, "after later writes");
     await node.unref("t");
   }));

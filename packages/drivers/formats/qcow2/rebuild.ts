@@ -104,6 +104,7 @@ export async function rebuildRefcounts(image: Qcow2Image, imrt: Imrt): Promise<v
   h.refcountTableOffset = tableOffset;
   h.refcountTableClusters = tableClusters;
   image.map.setRange("refcount table", tableOffset, tableClusters * cs);
+  image.freeByte = 0;
   image.refcounts.reload(
     table,
     { offset: tableOffset, clusters: tableClusters },

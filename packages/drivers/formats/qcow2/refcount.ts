@@ -12,6 +12,7 @@
  * @module
  */
 
+import { BlockError } from "@blockgraph/core";
 import { getU64, hex, setU64, viewOf } from "./format.ts";
 import type { MetaIo } from "./meta_io.ts";
 import type { MetadataMap } from "./overlap.ts";
@@ -90,6 +91,8 @@ export class Refcounts {
    * them and rebuilds the structure, as QEMU does).
    */
   reserved: ReadonlySet<number> = new Set();
+  /** Called when the refcount of cluster `c` drops to zero (it may be allocated again). */
+  onFreed: (c: number) => void = () => {};
   /** Called after the table moved (the header must point to it). */
   onTableMoved: (place: RefcountTablePlace) => Promise<void> = () => Promise.resolve();
 
@@ -225,22 +228,34 @@ export class Refcounts {
     this.#dirty.add(i);
   }
 
-  /** Adds `delta` to the refcounts of `count` clusters from `first`; corruption on overflow. */
+  /**
+   * Adds `delta` to the refcounts of `count` clusters from `first`, all or none: a refcount
+   * that would go below zero is corruption; one that would pass the maximum fails with EINVAL
+   * (QEMU's `update_refcount`), and the image stays usable.
+   */
   async update(first: number, count: number, delta: number): Promise<void> {
     for (let c = first; c < first + count; c++) {
       const old = await this.get(c);
       const v = old + delta;
       if (v < 0 || v > this.max) {
-        throw this.#io.corrupt(
-          `Invalid refcount update of cluster ${c} (offset ${hex(c * this.#cs)}): ${old} ${
-            delta < 0 ? "-" : "+"
-          } ${Math.abs(delta)}`,
-          c * this.#cs,
-          this.#cs,
+        for (let k = first; k < c; k++) await this.#set(k, (await this.get(k)) - delta);
+        const what = `cluster ${c} (offset ${hex(c * this.#cs)}): ${old} ${delta < 0 ? "-" : "+"} ${
+          Math.abs(delta)
+        }`;
+        if (v < 0) {
+          throw this.#io.corrupt(`Invalid refcount update of ${what}`, c * this.#cs, this.#cs);
+        }
+        throw new BlockError(
+          "EINVAL",
+          `Refcount of ${what} would exceed the maximum of ${this.max} for ${this.#bits}-bit ` +
+            "refcounts",
         );
       }
       await this.#set(c, v);
-      if (v === 0 && c < this.#freeHint) this.#freeHint = c;
+      if (v === 0) {
+        if (c < this.#freeHint) this.#freeHint = c;
+        this.onFreed(c);
+      }
     }
   }
 

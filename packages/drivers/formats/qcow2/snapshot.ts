@@ -93,7 +93,14 @@ export async function createSnapshot(image: Qcow2Image, name: string): Promise<v
     l1Offset = await image.refcounts.alloc(Math.ceil((l1Size * 8) / cs));
     await image.write("inactive L1 table", l1Offset, serializeL1(activeL1(image)));
   }
-  await adjustTree(image, activeL1(image), 1);
+  try {
+    await adjustTree(image, activeL1(image), 1);
+  } catch (e) {
+    if (l1Size > 0 && !image.broken) {
+      await image.refcounts.update(l1Offset / cs, Math.ceil((l1Size * 8) / cs), -1);
+    }
+    throw e;
+  }
   await writeActiveL1(image);
   const now = Date.now();
   const entry: SnapshotEntry = {

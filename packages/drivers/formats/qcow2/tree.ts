@@ -60,18 +60,65 @@ export function compressedClusters(
   return { first, count: last - first + 1 };
 }
 
+/** An L2 table to write back after its COPIED flags changed. */
+interface ChangedTable {
+  off: number;
+  buf: Uint8Array;
+}
+
 /**
  * Adds `addend` to the refcounts of everything `l1` reaches and recomputes the COPIED flags
  * of its L2 entries (written to disk) and of `l1` itself (in memory; the caller writes it).
  * Refcount increments reach the disk before the tables whose flags they clear; decrements
- * after. Call with `lock` held, on a quiesced image.
+ * after. When a refcount would overflow (EINVAL), the increments made so far are undone and
+ * nothing is written. Call with `lock` held, on a quiesced image.
  */
 export async function adjustTree(image: Qcow2Image, l1: L1Table, addend: number): Promise<void> {
+  const rc = image.refcounts;
+  const done: [number, number][] = [];
+  const copied = l1.copied.slice();
+  let tables: ChangedTable[];
+  try {
+    tables = await walk(image, l1, addend, done);
+  } catch (e) {
+    copied.forEach((c, i) => (l1.copied[i] = c));
+    if (!image.broken) {
+      for (const [first, count] of done.reverse()) await rc.update(first, count, -addend);
+    }
+    throw e;
+  }
+  if (addend > 0) {
+    await rc.writeback();
+    await image.flush();
+  }
+  for (const t of tables) await image.write("active L2 table", t.off, t.buf);
+  await image.flush();
+  if (addend <= 0) {
+    await rc.writeback();
+    await image.flush();
+  }
+}
+
+/**
+ * `adjustTree`'s walk in the caches: updates the refcounts (recording each update in `done`)
+ * and the flags; returns the L2 tables whose entries' flags changed.
+ */
+async function walk(
+  image: Qcow2Image,
+  l1: L1Table,
+  addend: number,
+  done: [number, number][],
+): Promise<ChangedTable[]> {
   const cs = image.cs;
   const bits = image.header.clusterBits;
   const rc = image.refcounts;
+  const update = async (first: number, count: number) => {
+    if (addend === 0) return;
+    await rc.update(first, count, addend);
+    done.push([first, count]);
+  };
   const seen = new Set<number>();
-  const tables: { off: number; buf: Uint8Array }[] = [];
+  const tables: ChangedTable[] = [];
   for (let i = 0; i < l1.offsets.length; i++) {
     const l2Off = l1.offsets[i]!;
     if (l2Off === 0) continue;
@@ -84,15 +131,13 @@ export async function adjustTree(image: Qcow2Image, l1: L1Table, addend: number)
       const lo = v.getUint32(j * 8 + 4);
       const kind = classify(hi, lo);
       if (kind === "compressed") {
-        if (addend !== 0) {
-          const c = compressedClusters(hi, lo, bits);
-          await rc.update(c.first, c.count, addend);
-        }
+        const c = compressedClusters(hi, lo, bits);
+        await update(c.first, c.count);
         continue;
       }
       if (kind !== "normal" && kind !== "zero-alloc") continue;
       const c = entryOffset(hi, lo) / cs;
-      if (addend !== 0) await rc.update(c, 1, addend);
+      await update(c, 1);
       const one = (await rc.get(c)) === 1;
       if (one !== ((hi & COPIED_HI) !== 0)) {
         v.setUint32(j * 8, (one ? hi | COPIED_HI : hi & ~COPIED_HI) >>> 0);
@@ -101,17 +146,8 @@ export async function adjustTree(image: Qcow2Image, l1: L1Table, addend: number)
     }
     if (changed && !seen.has(l2Off)) tables.push({ off: l2Off, buf });
     seen.add(l2Off);
-    if (addend !== 0) await rc.update(l2Off / cs, 1, addend);
+    await update(l2Off / cs, 1);
     l1.copied[i] = (await rc.get(l2Off / cs)) === 1;
   }
-  if (addend > 0) {
-    await rc.writeback();
-    await image.flush();
-  }
-  for (const t of tables) await image.write("active L2 table", t.off, t.buf);
-  await image.flush();
-  if (addend <= 0) {
-    await rc.writeback();
-    await image.flush();
-  }
+  return tables;
 }
