@@ -18,7 +18,8 @@ import {
   V3_HEADER_LENGTH,
 } from "./format.ts";
 import { qemuFeatureTable, setBackingFormat } from "./header.ts";
-import { classify, type Qcow2Image } from "./image.ts";
+import { classify } from "./extent.ts";
+import type { Qcow2Image } from "./image.ts";
 import { Imrt, rebuildRefcounts } from "./rebuild.ts";
 import { truncateImage } from "./resize.ts";
 

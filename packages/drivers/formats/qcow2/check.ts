@@ -20,7 +20,8 @@ import {
   Incompat,
   viewOf,
 } from "./format.ts";
-import { classify, type Qcow2Image } from "./image.ts";
+import { classify } from "./extent.ts";
+import type { Qcow2Image } from "./image.ts";
 import { Imrt, rebuildRefcounts } from "./rebuild.ts";
 import { compressedClusters, readL1 } from "./tree.ts";
 

@@ -9,7 +9,8 @@
 
 import { BlockError, type IoVector } from "@blockgraph/core";
 import { compressCluster, compressedEntry } from "./compressed.ts";
-import { classify, type Qcow2Image } from "./image.ts";
+import { classify } from "./extent.ts";
+import type { Qcow2Image } from "./image.ts";
 
 /**
  * Reserves `n` bytes for compressed data; returns their offset. The bytes follow the last

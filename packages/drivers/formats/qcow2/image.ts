@@ -22,42 +22,15 @@
 
 import { BlockError, type IoVector, type Node } from "@blockgraph/core";
 import { compressedPlace } from "./compressed.ts";
-import {
-  COMPRESSED_HI,
-  COPIED_HI,
-  entryOffset,
-  hex,
-  Incompat,
-  setU64,
-  viewOf,
-  ZERO_LO,
-} from "./format.ts";
+import { classify, type Extent, extentIn } from "./extent.ts";
+import { COPIED_HI, entryOffset, hex, Incompat, setU64, viewOf } from "./format.ts";
 import { type Qcow2Header, serializeHeader } from "./header.ts";
 import { L2Cache } from "./l2_cache.ts";
-import { ClusterClaims, Mutex } from "./locks.ts";
+import { ClusterClaims, InflightWrites, Mutex } from "./locks.ts";
 import type { MetaIo } from "./meta_io.ts";
 import { MetadataMap, type WriteKind } from "./overlap.ts";
 import { Refcounts, type RefcountTablePlace } from "./refcount.ts";
 import type { SnapshotEntry } from "./snapshot_table.ts";
-
-/** What a guest cluster holds. */
-export type ClusterKind = "unallocated" | "zero" | "zero-alloc" | "normal" | "compressed";
-
-/** A run of guest bytes of one kind, from one L2 table. */
-export interface Extent {
-  /** The kind of every cluster in the run. */
-  kind: ClusterKind;
-  /** Bytes from the queried offset. */
-  bytes: number;
-  /** For normal and zero-alloc: the host offset of the queried byte. */
-  host: number;
-  /** Whether every cluster's refcount is one (COPIED). */
-  copied: boolean;
-  /** The first cluster's L2 entry, high and low words. */
-  hi: number;
-  /** See `hi`. */
-  lo: number;
-}
 
 /** Where an image's corruption is reported. */
 export interface CorruptionSink {
@@ -65,14 +38,6 @@ export interface CorruptionSink {
   emit(name: string, data: Record<string, unknown>): void;
   /** The node's name, for the event. */
   nodeName: string;
-}
-
-/** Classifies an L2 entry. */
-export function classify(hi: number, lo: number): ClusterKind {
-  if (hi & COMPRESSED_HI) return "compressed";
-  const off = entryOffset(hi, lo);
-  if (lo & ZERO_LO) return off !== 0 ? "zero-alloc" : "zero";
-  return off !== 0 ? "normal" : "unallocated";
 }
 
 /** An open qcow2 image's state. */
@@ -105,6 +70,8 @@ export class Qcow2Image implements MetaIo {
   readonly lock: Mutex = new Mutex();
   /** Guest clusters being allocated. */
   readonly claims: ClusterClaims = new ClusterClaims();
+  /** Host clusters with in-place guest writes in flight (frees wait for them). */
+  readonly inflight: InflightWrites = new InflightWrites();
   /** Whether the image may be written. */
   readonly writable: boolean;
   /** The internal snapshots, in table order. */
@@ -332,8 +299,8 @@ export class Qcow2Image implements MetaIo {
     const g = Math.floor(offset / this.cs);
     const l1i = Math.floor(g / this.l2Entries);
     const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
-    if (l2Off === 0) return this.#extentIn(null, 0, offset, bytes);
-    return this.#extentIn(await this.l2.get(l2Off), l2Off, offset, bytes);
+    if (l2Off === 0) return extentIn(this, null, 0, offset, bytes);
+    return extentIn(this, await this.l2.get(l2Off), l2Off, offset, bytes);
   }
 
   /**
@@ -345,53 +312,9 @@ export class Qcow2Image implements MetaIo {
     const g = Math.floor(offset / this.cs);
     const l1i = Math.floor(g / this.l2Entries);
     const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
-    if (l2Off === 0) return this.#extentIn(null, 0, offset, bytes);
+    if (l2Off === 0) return extentIn(this, null, 0, offset, bytes);
     const table = this.l2.peek(l2Off);
-    return table ? this.#extentIn(table, l2Off, offset, bytes) : null;
-  }
-
-  #extentIn(table: Uint8Array | null, l2Off: number, offset: number, bytes: number): Extent {
-    const cs = this.cs;
-    const g = Math.floor(offset / cs);
-    let l2i = g % this.l2Entries;
-    const inCluster = offset - g * cs;
-    const maxBytes = Math.min(bytes, (this.l2Entries - l2i) * cs - inCluster);
-    if (table === null) {
-      return { kind: "unallocated", bytes: maxBytes, host: 0, copied: false, hi: 0, lo: 0 };
-    }
-    const view = viewOf(table);
-    const hi = view.getUint32(l2i * 8);
-    const lo = view.getUint32(l2i * 8 + 4);
-    const kind = classify(hi, lo);
-    const base = entryOffset(hi, lo);
-    if ((kind === "normal" || kind === "zero-alloc") && base % cs !== 0) {
-      throw this.corrupt(
-        `Cluster allocation offset ${hex(base)} unaligned (L2 offset: ${hex(l2Off)}, L2 index: ${
-          hex(l2i)
-        })`,
-      );
-    }
-    const copied = (hi & COPIED_HI) !== 0;
-    let n = cs - inCluster;
-    if (kind !== "compressed" && kind !== "zero-alloc") {
-      let next = base + cs;
-      for (l2i++; n < maxBytes && l2i < this.l2Entries; l2i++) {
-        const h2 = view.getUint32(l2i * 8);
-        const l2 = view.getUint32(l2i * 8 + 4);
-        if (classify(h2, l2) !== kind || ((h2 & COPIED_HI) !== 0) !== copied) break;
-        if (kind === "normal" && entryOffset(h2, l2) !== next) break;
-        next += cs;
-        n += cs;
-      }
-    }
-    return {
-      kind,
-      bytes: Math.min(n, maxBytes),
-      host: kind === "normal" || kind === "zero-alloc" ? base + inCluster : 0,
-      copied,
-      hi,
-      lo,
-    };
+    return table ? extentIn(this, table, l2Off, offset, bytes) : null;
   }
 
   /** The L2 entry of guest cluster `g` (zeros without an L2 table). Call with `lock` held. */
@@ -520,17 +443,19 @@ export class Qcow2Image implements MetaIo {
 
   /**
    * Applies queued frees: writes the L2 cache and flushes (so nothing on disk still names the
-   * clusters), discards freed data clusters in the file, then lowers the refcounts. Call with
-   * `lock` held.
+   * clusters), waits for in-place writes still in flight to them, then lowers the refcounts
+   * and discards freed data clusters in the file. A free stays queued until it is applied.
+   * Call with `lock` held (no new write can look the clusters up meanwhile).
    */
   async commitFrees(): Promise<void> {
     if (this.#pendingFrees.length === 0) return;
     await this.l2.flush();
     await this.flush();
-    const frees = this.#pendingFrees;
-    this.#pendingFrees = [];
-    for (const f of frees) {
+    while (this.#pendingFrees.length > 0) {
+      const f = this.#pendingFrees[0]!;
+      await this.inflight.drain(f.first, f.count);
       await this.refcounts.update(f.first, f.count, -1);
+      this.#pendingFrees.shift();
       if (f.discard && (await this.refcounts.get(f.first)) === 0) {
         await this.file.pdiscard(f.first * this.cs, f.count * this.cs).catch(() => {});
       }

@@ -26,7 +26,8 @@ import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, copiedEntry, Incompat, ZERO_LO } from
 import { amendImage } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
-import { classify, type Extent, type Qcow2Image } from "./image.ts";
+import { classify, type Extent } from "./extent.ts";
+import type { Qcow2Image } from "./image.ts";
 import { truncateImage } from "./resize.ts";
 import { applySnapshot, createSnapshot, deleteSnapshot } from "./snapshot.ts";
 import { type Qcow2Snapshot, snapshotInfo } from "./snapshot_table.ts";
@@ -175,26 +176,34 @@ export class Qcow2Instance implements DriverInstance {
     const cs = image.cs;
     const step = await image.lock.run(async () => {
       const ext = await image.lookup(offset, bytes);
-      if (inPlace(ext)) return { ext, release: null, busy: null };
+      if (inPlace(ext)) {
+        const first = Math.floor(ext.host / cs);
+        const end = image.inflight.begin(first, Math.ceil((ext.host + ext.bytes) / cs) - first);
+        return { ext, release: null, busy: null, end };
+      }
       const first = Math.floor(offset / cs);
       const count = Math.ceil((offset + ext.bytes) / cs) - first;
       const busy = image.claims.busy(first, count);
-      if (busy) return { ext, release: null, busy };
-      return { ext, release: image.claims.claim(first, count), busy: null };
+      if (busy) return { ext, release: null, busy, end: null };
+      return { ext, release: image.claims.claim(first, count), busy: null, end: null };
     });
     if (step.busy) {
       await step.busy;
       return 0;
     }
     const ext = step.ext;
-    if (!step.release) {
-      await image.writeData(ext.host, ext.bytes, qiov, qiovOffset);
+    if (step.end) {
+      try {
+        await image.writeData(ext.host, ext.bytes, qiov, qiovOffset);
+      } finally {
+        step.end();
+      }
       return ext.bytes;
     }
     try {
       await this.#allocatingWrite(ext, offset, qiov, qiovOffset);
     } finally {
-      step.release();
+      step.release!();
     }
     return ext.bytes;
   }
@@ -431,12 +440,12 @@ export class Qcow2Instance implements DriverInstance {
     return this.#idle(() => truncateImage(image, offset, prealloc));
   }
 
-  /** Runs `fn` under the metadata lock once no allocation is in flight. */
+  /** Runs `fn` under the metadata lock once no allocation and no in-place write is in flight. */
   async #idle<T>(fn: () => Promise<T>): Promise<T> {
     const image = this.image;
     for (;;) {
       const r = await image.lock.run(async () => {
-        const busy = image.claims.any();
+        const busy = image.claims.any() ?? image.inflight.any();
         return busy ? { busy } : { busy: null, value: await fn() };
       });
       if (!r.busy) return r.value as T;

@@ -167,3 +167,62 @@ Deno.test("qcow2 snapshot create past the refcount maximum fails with EINVAL and
     await expectClean(node, "after later writes");
     await node.unref("t");
   }));
+
+/**
+ * Holds the image's next guest data write until `release` is called; `entered` resolves
+ * once it started.
+ */
+function gateNextWrite(node: Node): { entered: Promise<void>; release: () => void } {
+  const image = q(node).image;
+  const orig = image.writeData.bind(image);
+  let enter!: () => void;
+  let release!: () => void;
+  const entered = new Promise<void>((r) => (enter = r));
+  const gate = new Promise<void>((r) => (release = r));
+  image.writeData = async (...args) => {
+    image.writeData = orig;
+    enter();
+    await gate;
+    return await orig(...args);
+  };
+  return { entered, release };
+}
+
+const settle = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+Deno.test("qcow2 discard waits for an in-place write in flight before its cluster is reused", () =>
+  withImage(params(), async (_mem, open) => {
+    const node = await open({ discard: "unmap" });
+    await node.write(0, pattern(CS, 0x11));
+    const gate = gateNextWrite(node);
+    const slow = node.write(0, pattern(CS, 0x22));
+    await gate.entered;
+    const discard = node.pdiscard(0, CS);
+    const reuse = discard.then(() => node.write(5 * CS, pattern(CS, 0x55)));
+    // Without the wait, the discard and the write that reuses the cluster finish first.
+    await Promise.race([reuse, settle(50)]);
+    gate.release();
+    await Promise.all([slow, discard, reuse]);
+    assertBytesEqual(await readAll(node, 5 * CS, CS), pattern(CS, 0x55), "cluster 5");
+    await expectClean(node, "after the race");
+    await node.unref("t");
+  }));
+
+Deno.test("qcow2 snapshot apply waits for an in-place write in flight before freeing", () =>
+  withImage(params(), async (_mem, open) => {
+    const node = await open();
+    await q(node).snapshotCreate("empty");
+    await node.write(0, pattern(CS, 0x11));
+    const gate = gateNextWrite(node);
+    const slow = node.write(0, pattern(CS, 0x22));
+    await gate.entered;
+    // Apply drops the active tree, freeing the cluster the slow write goes to.
+    const apply = q(node).snapshotApply("empty");
+    const reuse = apply.then(() => node.write(5 * CS, pattern(CS, 0x55)));
+    await Promise.race([reuse, settle(50)]);
+    gate.release();
+    await Promise.all([slow, apply, reuse]);
+    assertBytesEqual(await readAll(node, 5 * CS, CS), pattern(CS, 0x55), "cluster 5");
+    await expectClean(node, "after apply");
+    await node.unref("t");
+  }));

@@ -72,3 +72,54 @@ export class ClusterClaims {
     return this.#claims.size;
   }
 }
+
+/**
+ * Guest writes in flight to host clusters they did not allocate (in-place writes to COPIED
+ * clusters): a free must wait for them before the cluster's refcount drops, or a later
+ * allocation could reuse the cluster while a stale write still lands in it.
+ */
+export class InflightWrites {
+  readonly #counts = new Map<number, number>();
+  #ended: { promise: Promise<void>; resolve: () => void } | null = null;
+
+  /** Records a write to host clusters `[first, first+count)`; returns the end function. */
+  begin(first: number, count: number): () => void {
+    for (let c = first; c < first + count; c++) this.#counts.set(c, (this.#counts.get(c) ?? 0) + 1);
+    return () => {
+      for (let c = first; c < first + count; c++) {
+        const n = this.#counts.get(c)! - 1;
+        if (n === 0) this.#counts.delete(c);
+        else this.#counts.set(c, n);
+      }
+      const ended = this.#ended;
+      this.#ended = null;
+      ended?.resolve();
+    };
+  }
+
+  /** A promise for the end of some write, when one is in flight to `[first, first+count)`. */
+  busy(first: number, count: number): Promise<void> | null {
+    if (this.#counts.size === 0) return null;
+    for (let c = first; c < first + count; c++) if (this.#counts.has(c)) return this.#next();
+    return null;
+  }
+
+  /** A promise for the end of some write, when any is in flight; else null. */
+  any(): Promise<void> | null {
+    return this.#counts.size === 0 ? null : this.#next();
+  }
+
+  /** Waits until no write is in flight to `[first, first+count)`. */
+  async drain(first: number, count: number): Promise<void> {
+    for (let b = this.busy(first, count); b; b = this.busy(first, count)) await b;
+  }
+
+  #next(): Promise<void> {
+    if (!this.#ended) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.#ended = { promise, resolve };
+    }
+    return this.#ended.promise;
+  }
+}

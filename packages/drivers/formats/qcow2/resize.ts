@@ -12,7 +12,8 @@
 
 import { BlockError, type PreallocMode } from "@blockgraph/core";
 import { copiedEntry, MAX_L1_BYTES, setU64, viewOf } from "./format.ts";
-import { classify, type Qcow2Image } from "./image.ts";
+import { classify } from "./extent.ts";
+import type { Qcow2Image } from "./image.ts";
 import { serializeL1 } from "./tree.ts";
 
 /**

@@ -10,7 +10,8 @@
 
 import { compressedPlace } from "./compressed.ts";
 import { COPIED_HI, entryOffset, setU64, viewOf } from "./format.ts";
-import { classify, type Qcow2Image } from "./image.ts";
+import { classify } from "./extent.ts";
+import type { Qcow2Image } from "./image.ts";
 
 /** An L1 table in memory: L2 offsets and their COPIED flags. */
 export interface L1Table {
