@@ -136,6 +136,8 @@ export async function applySnapshot(image: Qcow2Image, key: string): Promise<voi
     fresh.copied.push(false);
   }
   await adjustTree(image, fresh, 1);
+  // The snapshot still names every table: none is COPIED until the old tree is dropped.
+  fresh.copied.fill(false);
   await image.write("active L1 table", image.header.l1TableOffset, serializeL1(fresh));
   await image.flush();
   const old: L1Table = { offsets: image.l1.slice(), copied: image.l1Copied.slice() };

@@ -70,8 +70,10 @@ interface ChangedTable {
 /**
  * Adds `addend` to the refcounts of everything `l1` reaches and recomputes the COPIED flags
  * of its L2 entries (written to disk) and of `l1` itself (in memory; the caller writes it).
- * Refcount increments reach the disk before the tables whose flags they clear; decrements
- * after. When a refcount would overflow (EINVAL), the increments made so far are undone and
+ * The refcounts reach the disk before the tables (QEMU's L2-after-refcount dependency): a
+ * crash between leaves at most a COPIED flag clear on a cluster whose refcount is one, never
+ * one set on a shared cluster; tables freed by the walk are not written. When a refcount
+ * would overflow (EINVAL), the increments made so far are undone and
  * nothing is written. Call with `lock` held, on a quiesced image.
  */
 export async function adjustTree(image: Qcow2Image, l1: L1Table, addend: number): Promise<void> {
@@ -88,16 +90,14 @@ export async function adjustTree(image: Qcow2Image, l1: L1Table, addend: number)
     }
     throw e;
   }
-  if (addend > 0) {
+  if (addend !== 0) {
     await rc.writeback();
     await image.flush();
   }
-  for (const t of tables) await image.write("active L2 table", t.off, t.buf);
+  for (const t of tables) {
+    if ((await rc.get(t.off / image.cs)) > 0) await image.write("active L2 table", t.off, t.buf);
+  }
   await image.flush();
-  if (addend <= 0) {
-    await rc.writeback();
-    await image.flush();
-  }
 }
 
 /**
