@@ -10,6 +10,7 @@ import {
   expectQemuClean,
   KIB,
   must,
+  qemuCheck,
   qemuRead,
   run,
   withDir,
@@ -104,4 +105,34 @@ Deno.test("qcow2 interop: a crash in snapshot delete leaves no COPIED flag on a 
     }
     await expectQemuClean(img, "after delete");
     await qemuRead(img, 0, 64 * KIB, 0x11);
+  }));
+
+Deno.test("qcow2 interop: a crash in amend refcount_bits leaves the old or the new structure", () =>
+  withDir(async (dir) => {
+    for (const bits of [1, 8, 64]) {
+      const img = `${dir}/a${bits}.qcow2`;
+      await must("qemu-img", ["create", "-q", "-f", "qcow2", img, "64M"]);
+      await must("qemu-io", [
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 1 0 1M",
+        "-c",
+        "write -c -P 2 2M 64k",
+        img,
+      ]);
+      let copies: string[] = [];
+      await withImage(img, {}, async (_node, q) => {
+        copies = crashCopies(q, img, "qcow2_header", 48);
+        await q.amend({ refcount_bits: bits });
+      });
+      expect(copies.length > 0, `${bits} bits: amend wrote the refcount table pointer`);
+      for (const c of [...copies, img]) {
+        const r = await qemuCheck(c);
+        expect((r.corruptions ?? 0) === 0, `${c}: qemu-img check ${JSON.stringify(r)}`);
+        await qemuRead(c, 0, 1024 * KIB, 1);
+        await qemuRead(c, 2048 * KIB, 64 * KIB, 2);
+      }
+      await expectQemuClean(img, `${bits} bits`);
+    }
   }));

@@ -17,10 +17,10 @@ import {
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
 } from "./format.ts";
-import { qemuFeatureTable, setBackingFormat } from "./header.ts";
+import { qemuFeatureTable, serializeHeader, setBackingFormat } from "./header.ts";
 import { classify } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
-import { Imrt, rebuildRefcounts } from "./rebuild.ts";
+import { Imrt, writeRefcountStructure } from "./rebuild.ts";
 import { truncateImage } from "./resize.ts";
 
 /** The options `amend` changes, as qemu-img names them. */
@@ -53,18 +53,24 @@ async function changeRefcountOrder(image: Qcow2Image, order: number): Promise<vo
     if (v > 0) imrt.set(c, v);
   }
   const old = { place: rc.place, blocks: rc.table.filter((o) => o !== 0) };
+  const layout = await writeRefcountStructure(image, imrt, order);
+  // One header write names the new table and its width together (both in the first
+  // sector), after the new structure is stable: a crash leaves the old or the new one.
   const h = image.header;
-  const oldOrder = h.refcountOrder;
+  const saved = [h.refcountOrder, h.refcountTableOffset, h.refcountTableClusters] as const;
   h.refcountOrder = order;
-  image.refcounts = image.makeRefcounts(order, [], old.place);
+  h.refcountTableOffset = layout.place.offset;
+  h.refcountTableClusters = layout.place.clusters;
   try {
-    await rebuildRefcounts(image, imrt);
+    await image.writeHeaderField(48, serializeHeader(h).subarray(48, 100));
   } catch (e) {
-    h.refcountOrder = oldOrder;
+    [h.refcountOrder, h.refcountTableOffset, h.refcountTableClusters] = saved;
     throw e;
   }
-  await image.writeHeader();
   const cs = image.cs;
+  image.map.setRange("refcount table", layout.place.offset, layout.place.clusters * cs);
+  image.map.clearRefblocks();
+  image.refcounts = image.makeRefcounts(order, layout.table, layout.place, layout.end);
   await image.refcounts.update(old.place.offset / cs, old.place.clusters, -1);
   for (const b of old.blocks) await image.refcounts.update(b / cs, 1, -1);
   await image.refcounts.writeback();

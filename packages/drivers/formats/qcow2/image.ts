@@ -144,7 +144,12 @@ export class Qcow2Image implements MetaIo {
    * Refcount structures of width `2^order` over `table` at `place`, wired to move the
    * header's table pointer when the table grows.
    */
-  makeRefcounts(order: number, table: number[], place: RefcountTablePlace): Refcounts {
+  makeRefcounts(
+    order: number,
+    table: number[],
+    place: RefcountTablePlace,
+    fileLength = this.file.getLength(),
+  ): Refcounts {
     const rc = new Refcounts(
       this,
       this.map,
@@ -152,7 +157,7 @@ export class Qcow2Image implements MetaIo {
       order,
       table,
       place,
-      this.file.getLength(),
+      fileLength,
       this.#refcountCacheBlocks,
     );
     this.freeByte = 0;

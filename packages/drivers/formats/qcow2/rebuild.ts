@@ -9,7 +9,7 @@
 
 import { setU64, viewOf } from "./format.ts";
 import type { Qcow2Image } from "./image.ts";
-import { setRefcountEntry } from "./refcount.ts";
+import { type RefcountTablePlace, setRefcountEntry } from "./refcount.ts";
 
 /** Reference counts computed from the metadata: one number per host cluster. */
 export class Imrt {
@@ -55,15 +55,28 @@ export class Imrt {
   }
 }
 
+/** A refcount structure written to the image file, not yet named by the header. */
+export interface RefcountLayout {
+  /** The refcount table's entries. */
+  table: number[];
+  /** Where the table lies. */
+  place: RefcountTablePlace;
+  /** Where the structure ends: the least file length that holds it. */
+  end: number;
+}
+
 /**
- * Writes a new refcount structure holding `imrt` (extended by the new structure's own
- * clusters) and makes it the image's. Call with `lock` held and the caches clean.
+ * Writes a new refcount structure of `2^order`-bit entries holding `imrt` (extended by the new
+ * structure's own clusters) past the end of everything in use, and flushes. The header and
+ * the image's refcounts are left as they are. Call with `lock` held and the caches clean.
  */
-export async function rebuildRefcounts(image: Qcow2Image, imrt: Imrt): Promise<void> {
+export async function writeRefcountStructure(
+  image: Qcow2Image,
+  imrt: Imrt,
+  order: number,
+): Promise<RefcountLayout> {
   const cs = image.cs;
-  const h = image.header;
-  const E = image.refcounts.entriesPerBlock;
-  const order = h.refcountOrder;
+  const E = (cs * 8) / 2 ** order;
   const start = Math.max(imrt.length, Math.ceil(image.file.getLength() / cs));
   let blocks: number[] = [];
   let tableClusters = 0;
@@ -97,17 +110,28 @@ export async function rebuildRefcounts(image: Qcow2Image, imrt: Imrt): Promise<v
   table.forEach((off, i) => setU64(viewOf(raw), i * 8, off));
   await image.write("refcount table", tableOffset, raw);
   await image.flush();
-  const hdr = new Uint8Array(12);
-  setU64(viewOf(hdr), 0, tableOffset);
-  viewOf(hdr).setUint32(8, tableClusters);
-  await image.writeHeaderField(48, hdr);
-  h.refcountTableOffset = tableOffset;
-  h.refcountTableClusters = tableClusters;
-  image.map.setRange("refcount table", tableOffset, tableClusters * cs);
-  image.freeByte = 0;
-  image.refcounts.reload(
+  return {
     table,
-    { offset: tableOffset, clusters: tableClusters },
-    Math.max(image.file.getLength(), (start + total) * cs),
-  );
+    place: { offset: tableOffset, clusters: tableClusters },
+    end: Math.max(image.file.getLength(), (start + total) * cs),
+  };
+}
+
+/**
+ * Writes a new refcount structure holding `imrt` and makes it the image's (check's rebuild).
+ * Call with `lock` held and the caches clean.
+ */
+export async function rebuildRefcounts(image: Qcow2Image, imrt: Imrt): Promise<void> {
+  const h = image.header;
+  const layout = await writeRefcountStructure(image, imrt, h.refcountOrder);
+  const { offset, clusters } = layout.place;
+  const hdr = new Uint8Array(12);
+  setU64(viewOf(hdr), 0, offset);
+  viewOf(hdr).setUint32(8, clusters);
+  await image.writeHeaderField(48, hdr);
+  h.refcountTableOffset = offset;
+  h.refcountTableClusters = clusters;
+  image.map.setRange("refcount table", offset, clusters * image.cs);
+  image.freeByte = 0;
+  image.refcounts.reload(layout.table, layout.place, layout.end);
 }
