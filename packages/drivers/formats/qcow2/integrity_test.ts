@@ -226,3 +226,24 @@ Deno.test("qcow2 snapshot apply waits for an in-place write in flight before fre
     await expectClean(node, "after apply");
     await node.unref("t");
   }));
+
+Deno.test("qcow2 open refuses a snapshot L1 table that is too large or past the end of the file", () =>
+  withImage(params(), async (mem, open) => {
+    const node = await open();
+    await node.write(0, pattern(CS, 1));
+    await q(node).snapshotCreate("s1");
+    const at = q(node).image.header.snapshotsOffset + 8;
+    await node.unref("t");
+    const size = new Uint8Array(4);
+    for (
+      const [l1Size, code, message] of [
+        [0x10000000, "EFBIG", "Snapshot L1 table too large"],
+        [0x100000, "EINVAL", "is beyond the end of the image file"],
+      ] as const
+    ) {
+      new DataView(size.buffer).setUint32(0, l1Size);
+      await mem.write(at, size);
+      const e = await assertRejectsWith(open({ "read-only": true }), code, `l1_size ${l1Size}`);
+      assert(e.message.includes(message), `l1_size ${l1Size}: ${e.message}`);
+    }
+  }));

@@ -7,7 +7,7 @@
  */
 
 import { BlockError, type Node } from "@blockgraph/core";
-import { getU64, setU64, viewOf } from "./format.ts";
+import { getU64, MAX_L1_BYTES, setU64, viewOf } from "./format.ts";
 
 /** One internal snapshot as `img info` shows it (QEMU's SnapshotInfo field names). */
 export interface Qcow2Snapshot {
@@ -76,7 +76,10 @@ export function snapshotInfo(entries: readonly SnapshotEntry[]): Qcow2Snapshot[]
   });
 }
 
-/** Reads the snapshot table; returns its entries and its length in bytes. */
+/**
+ * Reads the snapshot table; returns its entries and its length in bytes. A snapshot's L1
+ * table must be cluster aligned, within QEMU's 32 MiB limit and inside the file.
+ */
 export async function readSnapshotTable(
   file: Node,
   offset: number,
@@ -131,6 +134,14 @@ export async function readSnapshotTable(
     if (extraSize >= 24 && rv.getUint32(16) !== 0xffffffff) e.icount = getU64(rv, 16);
     if (e.l1TableOffset % clusterSize !== 0) {
       throw new BlockError("EINVAL", "Snapshot L1 table offset invalid");
+    }
+    if (e.l1Size > MAX_L1_BYTES / 8) throw new BlockError("EFBIG", "Snapshot L1 table too large");
+    if (e.l1TableOffset + e.l1Size * 8 > fileLen) {
+      throw new BlockError(
+        "EINVAL",
+        `Snapshot L1 table of snapshot ${e.id} at offset 0x${e.l1TableOffset.toString(16)} ` +
+          `(${e.l1Size * 8} bytes) is beyond the end of the image file (${fileLen} bytes)`,
+      );
     }
     entries.push(e);
     pos += 40 + extraSize + idLen + nameLen;
