@@ -73,7 +73,10 @@ export class Qcow2Image implements MetaIo {
   /** Host clusters with in-place guest writes in flight (frees wait for them). */
   readonly inflight: InflightWrites = new InflightWrites();
   /** Whether the image may be written. */
-  readonly writable: boolean;
+  /** Whether the image may be written (a reopen may change it). */
+  writable: boolean;
+  /** Read-write after a reopen: autoclear bits must be cleared before the first write. */
+  autoclearPending = false;
   /** The internal snapshots, in table order. */
   snapshots: SnapshotEntry[] = [];
   /** The snapshot table's length in bytes. */

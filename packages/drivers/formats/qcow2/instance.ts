@@ -19,6 +19,7 @@ import {
   type Node,
   type OptionValues,
   type PreallocMode,
+  type ReopenHandle,
   ReqFlags,
 } from "@blockgraph/core";
 import { compressedPlace, decompressCluster } from "./compressed.ts";
@@ -28,6 +29,7 @@ import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
 import { classify, type Extent } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
+import { clearAutoclear, prepareReopen } from "./reopen.ts";
 import { truncateImage } from "./resize.ts";
 import { applySnapshot, createSnapshot, deleteSnapshot } from "./snapshot.ts";
 import { type Qcow2Snapshot, snapshotInfo } from "./snapshot_table.ts";
@@ -147,6 +149,7 @@ export class Qcow2Instance implements DriverInstance {
     flags = 0,
   ): Promise<void> {
     this.#check(offset, bytes, true);
+    if (this.image.autoclearPending) await this.#clearAutoclear();
     if (flags & ReqFlags.WRITE_COMPRESSED) {
       return writeCompressed(
         this.image,
@@ -289,6 +292,7 @@ export class Qcow2Instance implements DriverInstance {
    */
   async pwriteZeroes(offset: number, bytes: number, flags: number): Promise<void> {
     this.#check(offset, bytes, true);
+    if (this.image.autoclearPending) await this.#clearAutoclear();
     const image = this.image;
     const cs = image.cs;
     const end = offset + bytes;
@@ -320,6 +324,7 @@ export class Qcow2Instance implements DriverInstance {
    */
   async pdiscard(offset: number, bytes: number): Promise<void> {
     this.#check(offset, bytes, true);
+    if (this.image.autoclearPending) await this.#clearAutoclear();
     const image = this.image;
     const cs = image.cs;
     const start = Math.ceil(offset / cs) * cs;
@@ -488,6 +493,22 @@ export class Qcow2Instance implements DriverInstance {
    */
   amend(options: OptionValues): Promise<void> {
     return this.#idle(() => amendImage(this.image, options, this.#backing() !== null));
+  }
+
+  /** Switches between read-only and read-write (see reopen.ts). */
+  reopenPrepare(_options: OptionValues, readOnly: boolean): Promise<ReopenHandle> {
+    return prepareReopen(this.image, readOnly, (fn) => this.#idle(fn));
+  }
+
+  #autoclear: Promise<void> | null = null;
+
+  /** Clears the autoclear bits once, before the first write after a reopen read-write. */
+  #clearAutoclear(): Promise<void> {
+    const image = this.image;
+    return this.#autoclear ??= image.lock.run(async () => {
+      if (image.autoclearPending) await clearAutoclear(image);
+      image.autoclearPending = false;
+    }).finally(() => (this.#autoclear = null));
   }
 
   /** Writes back the caches (unless the image was found corrupt); a clean close ends dirt. */

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { clearAutoclear } from "./reopen.ts";
 import {
   BlockError,
   ChildRole,
@@ -15,7 +16,7 @@ import {
   type OptionValues,
 } from "@blockgraph/core";
 import { checkOnce } from "./check.ts";
-import { COMPAT_LAZY_REFCOUNTS, getU64, hex, Incompat, setU64, viewOf } from "./format.ts";
+import { COMPAT_LAZY_REFCOUNTS, getU64, hex, Incompat, viewOf } from "./format.ts";
 import { backingFormat, parseHeader, type Qcow2Header } from "./header.ts";
 import { Qcow2Image } from "./image.ts";
 import { Qcow2Instance } from "./instance.ts";
@@ -214,11 +215,7 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   }
   if (writable && h.version >= 3 && h.autoclear !== 0n) {
     // Autoclear features this driver does not maintain (bitmaps) must be cleared first.
-    h.autoclear = 0n;
-    const buf = new Uint8Array(8);
-    setU64(viewOf(buf), 0, 0);
-    await image.write("qcow2_header", 88, buf);
-    await image.flush();
+    await clearAutoclear(image);
   }
   const given = ctx.childOption("backing");
   await ctx.openChild("backing", ChildRole.COW, false);
