@@ -64,6 +64,11 @@ const SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
+  /**
+   * `pwritev(fd, iov, iovcnt, offset)` on the JS thread, for page-cache writes. The address
+   * and offset are passed as numbers (Deno accepts them for i64; its types say bigint).
+   */
+  pwritev: { parameters: ["i32", "i64", "i32", "i64"], result: "i32" },
   register: {
     name: "syscall",
     parameters: ["i64", "u32", "u32", "buffer", "u32"],

@@ -19,6 +19,7 @@ import { BlockError, errnoCode, type IoVector, strerror } from "@blockgraph/core
 import { BufferPool } from "./buffer_pool.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
 import { IOVEC_SIZE, NativeIovec } from "./iovec.ts";
+import { lastErrno, libc } from "./libc.ts";
 import {
   ENTER_GETEVENTS,
   FSYNC_DATASYNC,
@@ -40,8 +41,26 @@ const SPIN_DEPTH = 2;
 const SPIN_MS = 0.25;
 /** The longest the engine keeps the event loop from running by spinning (ms). */
 const YIELD_MS = 2;
-/** A pause longer than this between spins means other work ran (ms). */
-const IDLE_GAP_MS = 0.1;
+
+/**
+ * Submit as soon as this many SQEs are queued rather than once per microtask round: the
+ * device queue stays staggered (4 KiB random reads at depth 32, medians of 5 alternating
+ * rounds against fio: one enter per round 0.76x fio, per 4 SQEs 0.92x, per 2 SQEs 0.96x).
+ */
+const SUBMIT_BATCH = 2;
+/** Page-cache writes done on the JS thread may keep the event loop for this long (ms). */
+const SYNC_BUDGET_MS = 1;
+/** A page-cache write slower than this (ms) means writeback pressure... */
+const SYNC_SLOW_MS = 1;
+/** ...and sends page-cache writes through the ring for this long (ms). */
+const SYNC_COOL_MS = 100;
+
+/**
+ * Tuning switches, for side-by-side benchmarks of the engine's policies; not an API.
+ * `syncWrites`: page-cache writes with pwritev on the JS thread; `submitBatch`: SQEs queued
+ * before an early submit (0: once per microtask round).
+ */
+export const uringTuning = { syncWrites: false, submitBatch: SUBMIT_BATCH };
 
 const EINTR = 4;
 const EAGAIN = 11;
@@ -101,8 +120,12 @@ class UringEngine {
   #kickScheduled = false;
   #waiting: Promise<void> | null = null;
   #chainStart = 0;
-  #lastSpinEnd = 0;
   #broken: BlockError | null = null;
+  #turnTimer = 0;
+  readonly #onTurn = (): void => {
+    this.#turnTimer = 0;
+  };
+  #syncOffUntil = 0;
   readonly #kick = (): void => {
     this.#kickScheduled = false;
     this.#run();
@@ -168,9 +191,14 @@ class UringEngine {
       this.#free.push(slot);
       return Promise.reject(BlockError.from(e, { offset, op: OP_NAMES[op] ?? "io" }));
     }
+    if (
+      op === OP.WRITEV && !direct && rwFlags === 0 && uringTuning.syncWrites && this.#syncAllowed()
+    ) {
+      return this.#syncWrite(slot, fd, offset, count);
+    }
     slot.qiov = qiov;
     slot.qiovOffset = qiovOffset;
-    return this.#start(slot, op, fd, offset, slot.iov.addr, count, rwFlags);
+    return this.#start(slot, op, fd, offset, slot.iov.addr, count, rwFlags, direct);
   }
 
   /** Queues a request without data (fsync, fallocate); resolves with the kernel's result. */
@@ -187,7 +215,7 @@ class UringEngine {
     if (slot === undefined) {
       return this.#slotFreed(fd).then(() => this.simple(op, fd, offset, addr, len, flags));
     }
-    return this.#start(slot, op, fd, offset, addr, len, flags);
+    return this.#start(slot, op, fd, offset, addr, len, flags, false);
   }
 
   #start(
@@ -198,6 +226,7 @@ class UringEngine {
     addr: number,
     len: number,
     flags: number,
+    early: boolean,
   ): Promise<number> {
     slot.fd = fd;
     slot.op = op;
@@ -207,6 +236,9 @@ class UringEngine {
     this.#ring.prep(op, fd, offset, addr, len, flags, slot.index, 0);
     this.#queued++;
     this.#inflight++;
+    // Device requests go out early; page-cache ones complete inline, cheaper in one batch.
+    const batch = uringTuning.submitBatch;
+    if (early && batch > 0 && this.#queued >= batch) this.#submit();
     executorSlot = slot;
     const p = new Promise<number>(executor);
     executorSlot = null;
@@ -217,6 +249,55 @@ class UringEngine {
     return p;
   }
 
+  #syncAllowed(): boolean {
+    const now = performance.now();
+    if (now < this.#syncOffUntil) return false;
+    return this.#inChain(now) < SYNC_BUDGET_MS;
+  }
+
+  /**
+   * How long (ms) the JS thread has been kept busy by this engine since the event loop last
+   * turned: a chain starts at the first spin or page-cache write after a turn, and a zero
+   * timeout (or a pool-thread wait coming back) marks the next turn.
+   */
+  #inChain(now: number): number {
+    if (this.#turnTimer === 0) {
+      this.#chainStart = now;
+      this.#turnTimer = setTimeout(this.#onTurn, 0) as unknown as number;
+      Deno.unrefTimer(this.#turnTimer);
+    }
+    return now - this.#chainStart;
+  }
+
+  /**
+   * A page-cache write done here with pwritev: io_uring hands buffered writes that cannot be
+   * done without blocking (ext4, for one) to its io-wq workers, which costs a thread hand-off
+   * each way and runs them one at a time per file.
+   */
+  #syncWrite(slot: Slot, fd: number, offset: number, count: number): Promise<number> {
+    const t0 = performance.now();
+    // Deno takes numbers for i64 parameters (its types say bigint only).
+    const rc = libc().pwritev(
+      fd,
+      slot.iov.addr as unknown as bigint,
+      count,
+      offset as unknown as bigint,
+    );
+    const errno = rc < 0 ? lastErrno() : 0;
+    const t1 = performance.now();
+    if (t1 - t0 > SYNC_SLOW_MS) this.#syncOffUntil = t1 + SYNC_COOL_MS;
+    slot.iov.release(this.#pool);
+    this.#free.push(slot);
+    if (rc >= 0) return Promise.resolve(rc);
+    const code = errnoCode(errno);
+    return Promise.reject(
+      new BlockError(code, `pwritev at offset ${offset}: ${strerror(code)}`, {
+        offset,
+        op: "write",
+      }),
+    );
+  }
+
   #slotFreed(fd: number): Promise<void> {
     return new Promise((resolve, reject) => this.#slotWaiters.push({ fd, resolve, reject }));
   }
@@ -225,6 +306,12 @@ class UringEngine {
   #run(): void {
     if (this.#queued > 0) this.#submit();
     if (this.#waiting) return;
+    if (this.#inflight > 0 && this.#inChain(performance.now()) >= YIELD_MS) {
+      // Completions arriving inline (page-cache hits) would never let the event loop run:
+      // collect them through the pool thread, which returns to the loop first.
+      this.#waiting = this.#ring.enterWait().then(this.#onWait);
+      return;
+    }
     this.#reap();
     if (this.#inflight === 0) return;
     if (this.#inflight <= SPIN_DEPTH && this.#spinAllowed() && this.#spin()) {
@@ -239,9 +326,7 @@ class UringEngine {
   }
 
   #spinAllowed(): boolean {
-    const now = performance.now();
-    if (now - this.#lastSpinEnd > IDLE_GAP_MS) this.#chainStart = now;
-    return now - this.#chainStart < YIELD_MS;
+    return this.#inChain(performance.now()) < YIELD_MS;
   }
 
   #spin(): boolean {
@@ -250,14 +335,8 @@ class UringEngine {
     const head = this.#cqHead;
     const deadline = performance.now() + SPIN_MS;
     for (let n = 1;; n++) {
-      if (Atomics.load(cq, tail) !== head) {
-        this.#lastSpinEnd = performance.now();
-        return true;
-      }
-      if ((n & 31) === 0 && performance.now() > deadline) {
-        this.#lastSpinEnd = performance.now();
-        return false;
-      }
+      if (Atomics.load(cq, tail) !== head) return true;
+      if ((n & 31) === 0 && performance.now() > deadline) return false;
     }
   }
 
@@ -388,6 +467,8 @@ class UringEngine {
       this.#submit();
       await this.#waiting;
     }
+    if (this.#turnTimer !== 0) clearTimeout(this.#turnTimer);
+    this.#turnTimer = 0;
     this.#ring.close();
     this.#pool.destroy();
   }
