@@ -261,6 +261,11 @@ export class Refcounts {
 
   /** The first run of `n` free clusters at or after the free hint. */
   async #findFree(n: number): Promise<number> {
+    // Every cluster before the hint is in use: move it past the ones in use at it, so that
+    // later searches do not scan them again.
+    while (this.#freeHint < this.endCluster && (await this.get(this.#freeHint)) !== 0) {
+      this.#freeHint++;
+    }
     let start = this.#freeHint;
     let c = start;
     while (c < start + n) {
