@@ -4,7 +4,9 @@
  * [-S step] [-t cache] [-w] [-U] [--image-opts] filename`, with its defaults (75000 requests of
  * 4 KiB, 64 in parallel, cache=writeback), its messages and exit statuses, and its two output
  * lines, so scripts can swap the two tools. `--output=json` prints one JSON object instead,
- * adding IOPS, MiB/s and process CPU time per request.
+ * adding IOPS, MiB/s, process CPU time per request and the event-loop lag over the run (a
+ * 10 ms interval timer runs beside the request loop, in JSON mode only, and its lateness is
+ * reported: the engine shares the event loop with devices, exports and the monitor).
  *
  * Two departures, both where qemu-img 7.2 misbehaves: `-d 0` with requests to send is refused
  * ("Invalid queue depth specified") where qemu-img waits forever, and an empty image is
@@ -244,9 +246,58 @@ export function benchSummary(seconds: number): string {
   return `Run completed in ${seconds.toFixed(3)} seconds.\n`;
 }
 
-/** The `--output=json` object of a run: the parameters, the time, and what follows from them. */
-export function benchJson(o: BenchParams, r: BenchResult): Record<string, unknown> {
+/** How late an interval timer fired while a run was in progress. */
+export interface LoopLag {
+  /** The 99th percentile of the lateness, in milliseconds. */
+  readonly p99Ms: number;
+  /** The largest lateness, in milliseconds. */
+  readonly maxMs: number;
+  /** How many times the timer fired (plus one for a tick overdue when the meter stopped). */
+  readonly samples: number;
+}
+
+/** The period of the timer {@link lagMeter} runs by default, in milliseconds. */
+export const LAG_INTERVAL_MS = 10;
+
+/**
+ * Starts an interval timer of `intervalMs` that records, at each tick, how much later than
+ * its period it ran (the time the event loop was busy elsewhere: a synchronous stretch in the
+ * engine shows up here as one late tick). The returned function stops the timer and returns
+ * the p99 and max lateness (the same figures on later calls); a tick overdue at that moment
+ * counts with its lateness so far, so a block at the very end of a run is not missed.
+ */
+export function lagMeter(intervalMs: number = LAG_INTERVAL_MS): () => LoopLag {
+  const late: number[] = [];
+  let last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    late.push(Math.max(0, now - last - intervalMs));
+    last = now;
+  }, intervalMs);
+  let result: LoopLag | null = null;
+  const stop = (): LoopLag => {
+    clearInterval(timer);
+    const overdue = performance.now() - last - intervalMs;
+    if (overdue > 0) late.push(overdue);
+    if (late.length === 0) return { p99Ms: 0, maxMs: 0, samples: 0 };
+    late.sort((a, b) => a - b);
+    const p99 = late[Math.max(0, Math.ceil(late.length * 0.99) - 1)]!;
+    return { p99Ms: p99, maxMs: late[late.length - 1]!, samples: late.length };
+  };
+  return () => result ??= stop();
+}
+
+/**
+ * The `--output=json` object of a run: the parameters, the time, and what follows from them;
+ * with `lag`, the event-loop lag over the run.
+ */
+export function benchJson(o: BenchParams, r: BenchResult, lag?: LoopLag): Record<string, unknown> {
   const cpu = r.cpuUserMicros + r.cpuSystemMicros;
+  const lagFields = lag === undefined ? {} : {
+    "lag-p99-ms": lag.p99Ms,
+    "lag-max-ms": lag.maxMs,
+    "lag-samples": lag.samples,
+  };
   return {
     requests: o.count,
     "request-size": o.size,
@@ -261,6 +312,7 @@ export function benchJson(o: BenchParams, r: BenchResult): Record<string, unknow
     "cpu-user-us": r.cpuUserMicros,
     "cpu-system-us": r.cpuSystemMicros,
     "cpu-us-per-request": o.count > 0 ? cpu / o.count : 0,
+    ...lagFields,
   };
 }
 
@@ -287,6 +339,8 @@ export async function imgBench(graph: Graph, args: readonly string[], io: CliIo)
   try {
     if (o.output === "human") io.out(benchHeader(o));
     let result: BenchResult;
+    let lag: LoopLag | undefined;
+    const stopLag = o.output === "json" ? lagMeter() : null;
     try {
       result = await runBench(image.backend, o);
     } catch (e) {
@@ -300,8 +354,10 @@ export async function imgBench(graph: Graph, args: readonly string[], io: CliIo)
         return 1;
       }
       throw e;
+    } finally {
+      lag = stopLag?.();
     }
-    if (o.output === "json") io.out(JSON.stringify(benchJson(o, result), null, 4) + "\n");
+    if (o.output === "json") io.out(JSON.stringify(benchJson(o, result, lag), null, 4) + "\n");
     else io.out(benchSummary(result.seconds));
     return 0;
   } finally {

@@ -10,7 +10,7 @@ import {
   Perm,
 } from "@blockgraph/core";
 import { captureIo } from "../common/cli_io.ts";
-import { imgBench, parseBenchArgs } from "./bench.ts";
+import { imgBench, lagMeter, parseBenchArgs } from "./bench.ts";
 import { alignedBytes, type BenchParams, runBench } from "./bench_loop.ts";
 import { runImg } from "./run_img.ts";
 
@@ -220,7 +220,7 @@ Deno.test("img bench reports a failed request as qemu-img and exits 1", async ()
   assertMatch(r.out, /^Sending 4 read requests/);
 });
 
-Deno.test("img bench --output=json adds IOPS, MiB/s and CPU time per request", async () => {
+Deno.test("img bench --output=json adds IOPS, MiB/s, CPU time per request and event-loop lag", async () => {
   const cap = captureIo();
   const graph = new Graph({ registry: (await import("@blockgraph/drivers")).defaultRegistry() });
   try {
@@ -249,11 +249,28 @@ Deno.test("img bench --output=json adds IOPS, MiB/s and CPU time per request", a
       "cpu-user-us",
       "cpu-system-us",
       "cpu-us-per-request",
+      "lag-p99-ms",
+      "lag-max-ms",
+      "lag-samples",
     ]);
     assertEquals([j.requests, j.depth, j.write], [100, 4, false]);
     assertEquals(j.iops > 0 && j["mib-per-second"] > 0 && j["cpu-us-per-request"] >= 0, true);
     assertEquals(Math.abs(j.iops - 100 / j.seconds) < 1e-6 * j.iops, true);
+    assertEquals(j["lag-max-ms"] >= j["lag-p99-ms"] && j["lag-p99-ms"] >= 0, true);
   } finally {
     await graph.closeAll();
   }
+});
+
+Deno.test("img bench's lag meter sees a blocked event loop, an idle one barely", async () => {
+  const idle = lagMeter(5);
+  await new Promise((r) => setTimeout(r, 60));
+  const quiet = idle();
+  assertEquals(quiet.samples >= 3 && quiet.maxMs < 50, true);
+  const busy = lagMeter(5);
+  await new Promise((r) => setTimeout(r, 12));
+  const until = performance.now() + 60;
+  while (performance.now() < until) { /* the engine must never do this */ }
+  const blocked = busy();
+  assertEquals(blocked.maxMs >= 40 && blocked.p99Ms === blocked.maxMs, true);
 });
