@@ -1,15 +1,20 @@
 /**
  * `img convert` against `qemu-img convert` with the same options: a 1 GiB qcow2 with every
  * other MiB written (half allocated) to raw, and the raw image of the same content to qcow2.
- * One "request" is one whole conversion, so the IOPS ratio is qemu-img's wall time over ours.
- * Run alone: `deno run -A bench/convert.ts` (`BENCH_DIR`, `BENCH_ROUNDS`).
+ * One "request" is one whole conversion, so the IOPS ratio is qemu-img's wall time over ours
+ * (and "CPU µs/req" is CPU per conversion: ours this process's, qemu-img's its child rusage).
+ * Part of `deno task bench` (`BENCH_CASES=convert` runs only these); also runs alone:
+ * `deno run -A bench/convert.ts` (`BENCH_DIR`, `BENCH_ROUNDS`).
  *
  * @module
  */
 
 import { captureIo, runImg } from "@blockgraph/cli";
+import { lagMeter } from "../packages/cli/img/bench.ts";
+import { processCpu } from "../packages/cli/img/bench_loop.ts";
 import type { BenchCase } from "./harness.ts";
 import type { Runner } from "./runners.ts";
+import { childrenCpuMicros } from "./rusage.ts";
 
 /** The source images of the convert cases. */
 export interface ConvertImages {
@@ -54,58 +59,102 @@ async function removeIfThere(path: string): Promise<void> {
   await Deno.remove(path).catch(() => {});
 }
 
-/** Ours: `img convert` in this process, timed around the whole command. */
-function oursConvert(args: string[], target: string): Runner {
+/**
+ * Ours: `img convert` in this process, timed around the whole command, with the process's CPU
+ * time and the event-loop lag over the same window.
+ */
+function oursConvert(args: () => Promise<string[]>, target: () => Promise<string>): Runner {
   return async () => {
-    await removeIfThere(target);
+    const [a, t] = [await args(), await target()];
+    await removeIfThere(t);
     const io = captureIo();
+    const stopLag = lagMeter();
+    const cpu0 = processCpu();
     const t0 = performance.now();
-    const status = await runImg(["convert", ...args, target], io);
+    const status = await runImg(["convert", ...a, t], io).finally(() => stopLag());
     const seconds = (performance.now() - t0) / 1000;
+    const cpu1 = processCpu();
+    const lag = stopLag();
     if (status !== 0) throw new Error(`img convert failed: ${io.stderr}`);
-    return { requests: 1, seconds, cpuMicros: 0 };
+    const cpuMicros = cpu1.user - cpu0.user + cpu1.system - cpu0.system;
+    return { requests: 1, seconds, cpuMicros, lag };
   };
 }
 
-/** qemu-img convert in a child process, timed around the process. */
-function qemuConvert(args: string[], target: string): Runner {
+/** qemu-img convert in a child process, timed around the process, its CPU from rusage. */
+function qemuConvert(args: () => Promise<string[]>, target: () => Promise<string>): Runner {
   return async () => {
-    await removeIfThere(target);
+    const [a, t] = [await args(), await target()];
+    await removeIfThere(t);
+    const cpu0 = childrenCpuMicros();
     const t0 = performance.now();
     const r = await new Deno.Command("qemu-img", {
-      args: ["convert", ...args, target],
+      args: ["convert", ...a, t],
       stdout: "null",
       stderr: "piped",
     }).output();
     const seconds = (performance.now() - t0) / 1000;
+    const cpuMicros = childrenCpuMicros() - cpu0;
     if (!r.success) throw new Error(new TextDecoder().decode(r.stderr));
-    return { requests: 1, seconds, cpuMicros: 0 };
+    return { requests: 1, seconds, cpuMicros };
   };
 }
 
-/** The two conversions issue 4 lists, ours against qemu-img's with the same options. */
-export function convertCases(images: ConvertImages): BenchCase[] {
-  const list: [string, string[], string][] = [
-    ["convert 1G half-allocated qcow2 -> raw", ["-O", "raw", images.qcow2], "out.raw"],
-    ["convert 1G half-allocated raw -> qcow2", ["-O", "qcow2", images.raw], "out.qcow2"],
+/** The names of the {@link convertCases}, known before any image is made. */
+export const CONVERT_CASE_NAMES = [
+  "convert 1G half-allocated qcow2 -> raw",
+  "convert 1G half-allocated raw -> qcow2",
+] as const;
+
+/**
+ * The two conversions issue 4 lists, ours against qemu-img's with the same options, target
+ * 1.0x (qemu-img's wall time over ours). `images` is called when a case first runs (the
+ * caller memoizes it), so a run that selects no convert case never makes the images. Before
+ * every run the previous target's dirty pages are written back (`sync -f`, untimed) and the
+ * target removed, so no run pays for the one before.
+ */
+export function convertCases(images: () => Promise<ConvertImages>): BenchCase[] {
+  const list: [string, (i: ConvertImages) => string, string, string][] = [
+    [CONVERT_CASE_NAMES[0], (i) => i.qcow2, "raw", "out.raw"],
+    [CONVERT_CASE_NAMES[1], (i) => i.raw, "qcow2", "out.qcow2"],
   ];
-  return list.map(([name, args, out]) => {
-    const target = `${images.dir}/${out}`;
+  return list.map(([name, source, format, out]) => {
+    const args = async () => ["-O", format, source(await images())];
+    const target = async () => `${(await images()).dir}/${out}`;
     return {
       name,
       ours: oursConvert(args, target),
       peers: [{ name: "qemu-img convert", run: qemuConvert(args, target), target: { iops: 1.0 } }],
+      beforeEach: async () => {
+        const dir = (await images()).dir;
+        const r = await new Deno.Command("sync", { args: ["-f", dir] }).output();
+        if (!r.success) throw new Error(`sync -f ${dir}: ${new TextDecoder().decode(r.stderr)}`);
+      },
     };
   });
 }
 
+/** `images` made once, on first use; `remove` deletes them if they were made. */
+export function lazyConvertImages(
+  size: number,
+  parent?: string,
+): { images: () => Promise<ConvertImages>; remove: () => Promise<void> } {
+  let made: Promise<ConvertImages> | null = null;
+  return {
+    images: () => made ??= makeConvertImages(size, parent),
+    remove: async () => {
+      if (made) await (await made).remove();
+    },
+  };
+}
+
 if (import.meta.main) {
   const { formatTable, runCase } = await import("./harness.ts");
-  const rounds = Number(Deno.env.get("BENCH_ROUNDS") ?? "5");
-  const images = await makeConvertImages(1 << 30, Deno.env.get("BENCH_DIR"));
+  const rounds = Number(Deno.env.get("BENCH_ROUNDS") ?? "7");
+  const images = lazyConvertImages(1 << 30, Deno.env.get("BENCH_DIR"));
   try {
     const rows = [];
-    for (const c of convertCases(images)) {
+    for (const c of convertCases(images.images)) {
       rows.push(...await runCase(c, rounds, (t) => console.error(t)));
     }
     console.log(formatTable(rows));

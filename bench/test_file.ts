@@ -66,3 +66,13 @@ export async function warmPageCache(path: string): Promise<void> {
     file.close();
   }
 }
+
+/** Writes `path`'s dirty pages back to the disk (fdatasync), so the next run starts clean. */
+export async function writeBack(path: string): Promise<void> {
+  const file = await Deno.open(path, { read: true, write: true });
+  try {
+    await file.syncData();
+  } finally {
+    file.close();
+  }
+}
