@@ -2,12 +2,25 @@
  * `@blockgraph/core`: the block graph. Nodes (format, protocol and filter instances) joined
  * by typed child edges; Backends, the device-facing handles with media, tray and error
  * policy; reference counting with a private delete; permissions; drained sections; graph
- * changes as transactions; `closeAll`; events.
+ * changes as transactions; `closeAll`; events; dirty bitmaps.
  *
  * @module
  */
 
 export { Backend } from "./backend.ts";
+export { HBitmap } from "./bitmap.ts";
+export type { BitmapArea } from "./bitmap.ts";
+export {
+  BitmapCheck,
+  createDirtyBitmap,
+  defaultBitmapGranularity,
+  DirtyBitmap,
+  findDirtyBitmap,
+  MAX_BITMAP_NAME,
+} from "./dirty_bitmap.ts";
+export type { DirtyBitmapInfo, DirtyBitmapStore } from "./dirty_bitmap.ts";
+export { DirtyBitmaps } from "./dirty_bitmaps.ts";
+export type { BitmapAddArgs, BitmapMergeArgs, BitmapRef, BitmapSource } from "./dirty_bitmaps.ts";
 export type { BackendOptions, RootListener } from "./backend.ts";
 export type { DeviceOps } from "./device_ops.ts";
 export { errorAction } from "./error_policy.ts";

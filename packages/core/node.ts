@@ -14,6 +14,7 @@ import {
   type DriverInstance,
   type PreallocMode,
 } from "./driver.ts";
+import type { DirtyBitmap } from "./dirty_bitmap.ts";
 import { BlockError } from "./errors.ts";
 import type { Graph } from "./graph.ts";
 import { IoVector } from "./io_vector.ts";
@@ -109,6 +110,8 @@ export class Node implements ChildParent {
   flushedGen = 0;
   /** The flush running on this node, if any (flushes are serialised per node). */
   activeFlush: Promise<void> | null = null;
+  /** The dirty bitmaps attached to this node; enabled ones mark every completed write. */
+  readonly dirtyBitmaps: DirtyBitmap[] = [];
   /** Fast-path writes in flight (untracked: a serialising request waits for all of them). */
   fastWrites = 0;
   #fastWaiters: (() => void)[] | null = null;

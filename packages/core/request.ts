@@ -5,12 +5,14 @@
  *
  * The fast path (an aligned request within limits, no serialising request in flight) calls
  * the driver directly and hands its promise on with two pre-bound callbacks: no `async`
- * frame, no closure, no allocation beyond the driver's own promise.
+ * frame, no closure, no allocation beyond the driver's own promise. A node with dirty
+ * bitmaps pays for two closures per fast write, which mark the written range as it completes.
  *
  * @module
  */
 
 import { type PreallocMode, ReqFlags } from "./driver.ts";
+import { markDirty, resizeDirtyBitmaps } from "./dirty_bitmap.ts";
 import { BlockError } from "./errors.ts";
 import { IoVector } from "./io_vector.ts";
 import type { Node } from "./node.ts";
@@ -208,10 +210,15 @@ export function pwritev(
     node.inFlight++;
     node.fastWrites++;
     try {
-      return inst.pwritev(offset, bytes, qiov, qiovOffset, flags).then(
-        node.writeDone,
-        node.writeFail,
-      );
+      const p = inst.pwritev(offset, bytes, qiov, qiovOffset, flags);
+      if (node.dirtyBitmaps.length === 0) return p.then(node.writeDone, node.writeFail);
+      return p.then(() => {
+        markDirty(node, offset, bytes);
+        node.writeDone();
+      }, (e) => {
+        markDirty(node, offset, bytes);
+        return node.writeFail(e);
+      });
     } catch (e) {
       return rejectWith(node.writeFail, e);
     }
@@ -233,7 +240,8 @@ function checkWritable(node: Node, offset: number): BlockError | null {
 /**
  * Runs `body` as a tracked request over `[start, end)`: counted in flight, ordered against
  * overlapping serialising requests (or, when `serialising`, against every earlier write),
- * with errors named by node, operation and offset.
+ * with errors named by node, operation and offset. When it ends, done or failed, the
+ * node's enabled dirty bitmaps mark `[dirtyOffset, dirtyOffset + dirtyBytes)`.
  */
 async function tracked(
   node: Node,
@@ -242,6 +250,8 @@ async function tracked(
   serialising: boolean,
   op: string,
   offset: number,
+  dirtyOffset: number,
+  dirtyBytes: number,
   body: () => Promise<void>,
 ): Promise<void> {
   node.inFlight++;
@@ -252,6 +262,9 @@ async function tracked(
   } catch (e) {
     throw BlockError.from(e, { node: node.name, op, offset });
   } finally {
+    if (dirtyBytes !== 0 && node.dirtyBitmaps.length !== 0) {
+      markDirty(node, dirtyOffset, dirtyBytes);
+    }
     node.tracked.end(t);
     if (--node.inFlight === 0) node.graph.notifyIdle();
   }
@@ -269,7 +282,7 @@ function slowWrite(
   const start = alignDown(offset, align);
   const end = alignUp(offset + bytes, align);
   const rmw = start !== offset || end !== offset + bytes;
-  return tracked(node, start, end, rmw, "write", offset, () => {
+  return tracked(node, start, end, rmw, "write", offset, offset, bytes, () => {
     if (
       node.flags.detectZeroes !== "off" && (flags & ReqFlags.ZERO_WRITE) === 0 &&
       qiov.isZero(qiovOffset, bytes)
@@ -389,6 +402,8 @@ export function pwriteZeroes(
     rmw,
     "write-zeroes",
     offset,
+    offset,
+    bytes,
     () => zeroesLocked(node, offset, bytes, flags),
   );
 }
@@ -497,7 +512,8 @@ export async function pdiscard(node: Node, offset: number, bytes: number): Promi
   const end = alignDown(offset + bytes, align);
   if (end <= start) return;
   const max = l.maxPdiscard > 0 ? maxChunk(l.maxPdiscard, align) : 1 << 30;
-  await tracked(node, start, end, false, "discard", offset, async () => {
+  const marked = end - start;
+  await tracked(node, start, end, false, "discard", offset, start, marked, async () => {
     for (let o = start; o < end;) {
       const n = Math.min(end - o, max);
       try {
@@ -577,12 +593,13 @@ export async function truncate(
     });
   }
   const old = inst.getLength();
-  await tracked(node, Math.min(old, size), MAX_LENGTH, true, "truncate", size, async () => {
+  await tracked(node, Math.min(old, size), MAX_LENGTH, true, "truncate", size, 0, 0, async () => {
     try {
       await inst.truncate!(size, exact, prealloc);
     } finally {
       node.writeGen++;
     }
   });
+  if (node.dirtyBitmaps.length !== 0) resizeDirtyBitmaps(node, inst.getLength());
   for (const p of [...node.parents]) p.parent.childResized?.(p);
 }
