@@ -23,7 +23,7 @@
 import { BlockError, type IoVector, type Node } from "@blockgraph/core";
 import { compressedPlace } from "./compressed.ts";
 import { classify, type Extent, extentIn } from "./extent.ts";
-import { COPIED_HI, entryOffset, hex, Incompat, setU64, viewOf } from "./format.ts";
+import { COPIED_HI, copiedEntry, entryOffset, hex, Incompat, setU64, viewOf } from "./format.ts";
 import { type Qcow2Header, serializeHeader } from "./header.ts";
 import { L2Cache } from "./l2_cache.ts";
 import { ClusterClaims, InflightWrites, Mutex } from "./locks.ts";
@@ -429,6 +429,35 @@ export class Qcow2Image implements MetaIo {
     view.setUint32(i, hi);
     view.setUint32(i + 4, lo);
     this.l2.markDirty(off);
+  }
+
+  /**
+   * `setEntry` of `count` guest clusters from `g0` to the COPIED clusters from host `host`
+   * without waiting: true when done, false when an L2 table is not cached or not writable
+   * yet (then nothing changed). Call with the lock free (this takes the place of holding it).
+   */
+  setEntriesCached(g0: number, count: number, host: number): boolean {
+    const E = this.l2Entries;
+    const tables: Uint8Array[] = [];
+    for (let l1i = Math.floor(g0 / E); l1i <= Math.floor((g0 + count - 1) / E); l1i++) {
+      const off = l1i < this.l1.length ? this.l1[l1i]! : 0;
+      if (off === 0 || !this.l1Copied[l1i]) return false;
+      const t = this.l2.touch(off);
+      if (!t) return false;
+      tables.push(t);
+    }
+    const first = Math.floor(g0 / E);
+    for (let k = 0; k < count; k++) {
+      const g = g0 + k;
+      const l1i = Math.floor(g / E);
+      const view = viewOf(tables[l1i - first]!);
+      const i = (g % E) * 8;
+      const [hi, lo] = copiedEntry(host + k * this.cs);
+      view.setUint32(i, hi);
+      view.setUint32(i + 4, lo);
+      this.l2.markDirty(this.l1[l1i]!);
+    }
+    return true;
   }
 
   /** Queues the release of what an old L2 entry referenced (after the new entry is stable). */

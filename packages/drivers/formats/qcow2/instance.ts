@@ -237,7 +237,8 @@ export class Qcow2Instance implements DriverInstance {
     const reuse = ext.kind === "zero-alloc" && ext.copied;
     const target = reuse
       ? ext.host - (offset - gStart)
-      : await image.lock.run(() => image.refcounts.alloc(count));
+      : (image.lock.held ? null : image.refcounts.allocCached(count)) ??
+        await image.lock.run(() => image.refcounts.alloc(count));
     try {
       await this.#writeWithCow(ext, offset, target, qiov, qiovOffset);
     } catch (e) {
@@ -284,6 +285,8 @@ export class Qcow2Instance implements DriverInstance {
     const image = this.image;
     const cs = image.cs;
     const gStart = Math.floor(offset / cs) * cs;
+    const frees = !reuse && ext.kind !== "unallocated" && ext.kind !== "zero";
+    if (!frees && !image.lock.held && image.setEntriesCached(gStart / cs, count, target)) return;
     await image.lock.run(async () => {
       const g0 = gStart / cs;
       const oldBase = ext.host - (offset - gStart);

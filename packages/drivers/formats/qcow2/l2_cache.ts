@@ -89,6 +89,15 @@ export class L2Cache {
     return this.#entries.get(offset)?.table;
   }
 
+  /** The cached table at `offset`, made most recently used, or undefined (no loading). */
+  touch(offset: number): Uint8Array | undefined {
+    const e = this.#entries.get(offset);
+    if (!e) return undefined;
+    this.#entries.delete(offset);
+    this.#entries.set(offset, e);
+    return e.table;
+  }
+
   /** Forgets the table at `offset` without writing it (it was freed). */
   drop(offset: number): void {
     this.#entries.delete(offset);

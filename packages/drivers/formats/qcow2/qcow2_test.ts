@@ -1,4 +1,4 @@
-import { DriverRegistry, type Graph, Graph as G, type Node } from "@blockgraph/core";
+import { DriverRegistry, type Graph, Graph as G, type Node, ReqFlags } from "@blockgraph/core";
 import {
   assert,
   assertBytesEqual,
@@ -169,6 +169,34 @@ Deno.test("qcow2 concurrent writes to one unallocated cluster both land", () =>
     assertBytesEqual(await readAll(node, 0, 65536), want, "cluster after concurrent writes");
     // One data cluster: the header, refcount table, refcount block, L1, one L2, one data.
     assertEquals(img.refcounts.endCluster, 6, "clusters in use");
+    await node.unref("t");
+  }));
+
+Deno.test("qcow2 allocations at depth 32 without the lock reuse freed clusters and stay consistent", () =>
+  withGraph(async (graph) => {
+    // 4k clusters, 16-bit refcounts: a refcount block covers 2048 clusters; 4 MiB disk.
+    const node = await openOnMemory(graph, params({ clusterSize: 4096 }), {}, "t");
+    const inst = node.instance as Qcow2Instance;
+    const want = new Uint8Array(SIZE);
+    const round = async (seed: number, step: number) => {
+      const jobs: Promise<void>[] = [];
+      for (let off = 0; off < SIZE; off += step) {
+        const data = pattern(1024, seed + off / step);
+        want.set(data, off + 512);
+        jobs.push(node.write(off + 512, data));
+        if (jobs.length === 32) await Promise.race(jobs.splice(0, 1));
+      }
+      await Promise.all(jobs);
+    };
+    await round(1, 8192);
+    await node.pwriteZeroes(0, SIZE / 2, ReqFlags.MAY_UNMAP);
+    want.fill(0, 0, SIZE / 2);
+    await round(7, 12288);
+    await node.flush();
+    const r = await inst.check("none");
+    assertEquals(r.corruptions, 0, "corruptions after allocations and frees");
+    assertEquals(r.leaks, 0, "leaks after allocations and frees");
+    assertBytesEqual(await readAll(node, 0, SIZE), want, "disk contents");
     await node.unref("t");
   }));
 

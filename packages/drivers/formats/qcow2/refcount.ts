@@ -276,6 +276,42 @@ export class Refcounts {
     return start;
   }
 
+  /**
+   * `alloc` without waiting: the offset of `n` new contiguous clusters when the search and the
+   * run stay within cached refcount blocks, else null (then call `alloc`). Call with the
+   * metadata lock free (this takes the place of holding it).
+   */
+  allocCached(n: number): number | null {
+    const E = this.entriesPerBlock;
+    const blocks = this.#blocks;
+    const inUse = (c: number): boolean | null => {
+      const b = blocks.get(Math.floor(c / E));
+      return b === undefined ? null : this.#entry(b, c % E) !== 0;
+    };
+    let start = this.#freeHint;
+    for (; start < this.endCluster; start++) {
+      const u = inUse(start);
+      if (u === null) return null;
+      if (!u) break;
+    }
+    this.#freeHint = start;
+    for (let c = start; c < start + n; c++) {
+      if (c < this.endCluster) {
+        const u = inUse(c);
+        if (u === null) return null;
+        if (u) start = c + 1;
+      } else if (!blocks.has(Math.floor(c / E))) return null;
+    }
+    for (let c = start; c < start + n; c++) {
+      const i = Math.floor(c / E);
+      this.#setEntry(blocks.get(i)!, c % E, 1);
+      this.#dirty.add(i);
+    }
+    if (start === this.#freeHint) this.#freeHint = start + n;
+    this.endCluster = Math.max(this.endCluster, start + n);
+    return start * this.#cs;
+  }
+
   /** Table indices in `[first, last]` that have no refcount block. */
   #missing(first: number, last: number): number[] {
     const out: number[] = [];
