@@ -67,6 +67,9 @@ export async function blockDeviceInfo(
     cache: { writeback, direct: node.flags.cacheDirect, "no-flush": node.flags.cacheNoFlush },
     write_threshold: 0,
   });
+  // Named bitmaps, newest first as QEMU lists them; the member is absent when there are none.
+  const bitmaps = node.dirtyBitmaps.filter((b) => b.name !== null).map((b) => b.info());
+  if (bitmaps.length > 0) info["dirty-bitmaps"] = bitmaps.reverse();
   return info;
 }
 

@@ -20,6 +20,7 @@ import {
 import { defaultBanner, prepareDefault } from "./default_config.ts";
 import { DaemonDrive } from "./drive.ts";
 import { QmpMonitor } from "./monitor.ts";
+import { bitmapCommands } from "./qmp_commands_bitmaps.ts";
 import { coreCommands, versionInfo } from "./qmp_commands_core.ts";
 import { mediaCommands } from "./qmp_commands_media.ts";
 import { blockExportAdd, nbdCommands, nbdServerStartArgs } from "./qmp_commands_nbd.ts";
@@ -34,6 +35,7 @@ export function createDaemon(graph?: Graph): Daemon {
   d.register(mediaCommands);
   d.register(nbdCommands);
   d.register(objectCommands);
+  d.register(bitmapCommands);
   return d;
 }
 
