@@ -68,7 +68,7 @@ blockgraph storage daemon (speaks qemu-storage-daemon's command line and QMP)
                          a unix socket for a QMP monitor
 
   --export [type=]nbd,id=<id>,node-name=<node-name>[,name=<export-name>]
-           [,writable=on|off][,description=<text>]
+           [,writable=on|off][,description=<text>][,bitmaps.<n>=<bitmap>]
                          export the specified block node over NBD
                          (requires --nbd-server)
 

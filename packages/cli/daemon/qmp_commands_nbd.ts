@@ -13,6 +13,7 @@ import type { Daemon, QmpCommand } from "./daemon.ts";
 import { type ArgsSchema, checkArgs, type CheckOptions } from "./qmp_args.ts";
 import { genericError } from "./qmp_error.ts";
 import { findTlsCreds } from "./qmp_commands_objects.ts";
+import { checkBitmapList } from "./qmp_commands_bitmaps.ts";
 
 const INET_DATA: ArgsSchema = {
   host: "str",
@@ -141,7 +142,7 @@ const EXPORT_ARGS: ArgsSchema = {
   "*writethrough": "bool",
   "*name": "str",
   "*description": "str",
-  "*bitmaps": { list: "any" },
+  "*bitmaps": "any",
   "*allocation-depth": "bool",
 };
 
@@ -157,12 +158,9 @@ export async function blockExportAdd(
   }
   const a = checkArgs(args, EXPORT_ARGS, opts);
   if (a.iothread !== undefined) throw genericError(`Cannot find iothread ${a.iothread}`);
-  const bitmaps = (a.bitmaps as unknown[] | undefined) ?? [];
-  if (bitmaps.length > 0) {
-    const b = bitmaps[0];
-    const name = typeof b === "string" ? b : String((b as { name?: unknown })?.name);
-    throw genericError(`Bitmap '${name}' is not found`);
-  }
+  const bitmaps = a.bitmaps === undefined
+    ? undefined
+    : checkBitmapList(a.bitmaps, "bitmaps", opts.keyval ?? false);
   const server = daemon.nbd;
   if (!server) throw genericError("NBD server not running");
   const exp = await server.addExport(daemon.graph, {
@@ -171,6 +169,7 @@ export async function blockExportAdd(
     ...(a.name === undefined ? {} : { name: a.name as string }),
     ...(a.writable === undefined ? {} : { writable: a.writable as boolean }),
     ...(a.description === undefined ? {} : { description: a.description as string }),
+    ...(bitmaps === undefined ? {} : { bitmaps }),
   });
   if (a.writethrough === true) exp.backend.enableWriteCache = false;
 }

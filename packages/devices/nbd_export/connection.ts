@@ -34,7 +34,7 @@ import {
 import type { ExportClient, NbdExport } from "./export.ts";
 import { type ExportLookup, type Negotiated, serverHandshake } from "./handshake.ts";
 import { ALLOCATION_DEPTH_ID, type MetaContext } from "./meta_context.ts";
-import { allocationFlags, collectExtents, statusAbove } from "./extents.ts";
+import { allocationFlags, bitmapExtents, collectExtents, statusAbove } from "./extents.ts";
 
 /** Requests one connection processes at once; further requests wait in the socket. */
 export const MAX_REQUESTS = 64;
@@ -383,6 +383,10 @@ export class ServerConnection implements ExportClient {
     const max = h.flags & CmdFlags.REQ_ONE ? 1 : MAX_EXTENTS;
     const replies: { id: number; extents: { length: number; flags: number }[] }[] = [];
     for (const c of this.#contexts) {
+      if (c.bitmap) {
+        replies.push({ id: c.id, extents: bitmapExtents(c.bitmap, h.offset, h.length, max) });
+        continue;
+      }
       const depth = c.id === ALLOCATION_DEPTH_ID;
       replies.push({
         id: c.id,

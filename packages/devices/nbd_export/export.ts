@@ -6,7 +6,17 @@
  * @module
  */
 
-import { type Backend, BlockError, type Graph, Perm } from "@blockgraph/core";
+import {
+  type Backend,
+  BitmapCheck,
+  BlockError,
+  type DirtyBitmap,
+  DirtyBitmaps,
+  findDirtyBitmap,
+  type Graph,
+  type Node,
+  Perm,
+} from "@blockgraph/core";
 import {
   type BlockSizes,
   NBD_MAX_BUFFER_SIZE,
@@ -39,6 +49,11 @@ export interface NbdExportOptions {
   ownsBackend?: boolean;
   /** The node name reported by {@link NbdExport.info}. */
   nodeName?: string;
+  /**
+   * Dirty bitmaps offered as `qemu:dirty-bitmap:NAME` contexts. They are marked busy while
+   * the export exists (QMP may then neither remove, clear nor change them).
+   */
+  bitmaps?: readonly DirtyBitmap[];
 }
 
 /** QMP block-export-add arguments for an NBD export (QEMU's names). */
@@ -53,6 +68,11 @@ export interface BlockExportAddArgs {
   writable?: boolean;
   /** A description. */
   description?: string;
+  /**
+   * Bitmaps to offer as `qemu:dirty-bitmap:NAME`: a name, looked up on the node and down
+   * its filtered and backing chain, or `{node, name}` anywhere in the graph.
+   */
+  bitmaps?: readonly (string | { node: string; name: string })[];
 }
 
 /** One entry of query-block-exports. */
@@ -91,6 +111,8 @@ export class NbdExport {
   readonly multiConn: boolean;
   /** The node name this export was made for, or the Backend's root at creation. */
   readonly nodeName: string;
+  /** The dirty bitmaps offered as metadata contexts, busy while the export exists. */
+  readonly bitmaps: readonly DirtyBitmap[];
   readonly #blockSizes: Partial<BlockSizes>;
   readonly #ownsBackend: boolean;
   readonly #clients = new Set<ExportClient>();
@@ -120,6 +142,13 @@ export class NbdExport {
     this.#blockSizes = options.blockSizes ?? {};
     this.#ownsBackend = options.ownsBackend ?? false;
     this.nodeName = options.nodeName ?? options.backend.node?.name ?? "";
+    this.bitmaps = [...(options.bitmaps ?? [])];
+    for (const bm of this.bitmaps) {
+      const err = bm.check(BitmapCheck.ALLOW_RO);
+      if (err) throw err;
+    }
+    // Marked in a loop of their own, so a refusal above leaves none busy (as QEMU does).
+    for (const bm of this.bitmaps) bm.busy = true;
     // iotest 140: removing the medium deletes the export and disconnects its clients.
     this.#unsubscribe = options.backend.onRemove(() => void this.delete());
   }
@@ -137,6 +166,7 @@ export class NbdExport {
     if (writable && !node.writable) {
       throw new BlockError("EPERM", `Cannot export node '${node.name}' writable: it is read-only`);
     }
+    const bitmaps = (args.bitmaps ?? []).map((b) => findExportBitmap(graph, node, b, writable));
     const backend = graph.createBackend({
       perm: Perm.CONSISTENT_READ | (writable ? Perm.WRITE : 0),
       shared: Perm.ALL,
@@ -151,6 +181,7 @@ export class NbdExport {
         writable,
         ownsBackend: true,
         nodeName: node.name,
+        bitmaps,
       });
     } catch (e) {
       await backend.unref();
@@ -239,9 +270,45 @@ export class NbdExport {
     const clients = [...this.#clients];
     for (const c of clients) c.close();
     await Promise.all(clients.map((c) => c.closed));
+    for (const bm of this.bitmaps) bm.busy = false;
     const graph = this.backend.graph;
     if (this.#ownsBackend) await this.backend.unref();
     for (const fn of [...this.#onDeleted]) fn(this);
     graph.events.emit("BLOCK_EXPORT_DELETED", { id: this.id });
   }
+}
+
+/**
+ * The bitmap an export's `bitmaps` entry names, with QEMU's checks: a plain name is looked
+ * for on `node` and down its filtered and backing chain, and an enabled bitmap on a writable
+ * node cannot be exported read-only (its contents would change under the client);
+ * `{node, name}` is found as the bitmap commands find it. Busy or inconsistent bitmaps are
+ * refused.
+ */
+function findExportBitmap(
+  graph: Graph,
+  node: Node,
+  ref: string | { node: string; name: string },
+  writable: boolean,
+): DirtyBitmap {
+  let bm: DirtyBitmap | undefined;
+  if (typeof ref === "string") {
+    let holder: Node | null = node;
+    while (holder) {
+      bm = findDirtyBitmap(holder, ref);
+      if (bm) break;
+      holder = holder.filteredChild?.node ?? holder.cowChild?.node ?? null;
+    }
+    if (!bm || !holder) throw new BlockError("ENOENT", `Bitmap '${ref}' is not found`);
+    const err = bm.check(BitmapCheck.ALLOW_RO);
+    if (err) throw err;
+    if (!writable && holder.writable && bm.enabled) {
+      throw new BlockError("EINVAL", `Enabled bitmap '${ref}' incompatible with readonly export`);
+    }
+  } else {
+    bm = new DirtyBitmaps(graph).lookup(ref.node, ref.name);
+    const err = bm.check(BitmapCheck.ALLOW_RO);
+    if (err) throw err;
+  }
+  return bm;
 }

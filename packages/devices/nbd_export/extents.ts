@@ -1,12 +1,19 @@
 /**
  * What block status an export reports: `base:allocation` extents (HOLE and ZERO) from the
  * Backend's block status resolved down the backing chain, as QEMU's block status "above"
- * does, and `qemu:allocation-depth` extents from isAllocatedAbove.
+ * does, `qemu:allocation-depth` extents from isAllocatedAbove, and `qemu:dirty-bitmap:NAME`
+ * extents from a dirty bitmap.
  *
  * @module
  */
 
-import { type Backend, BlockStatusFlags, isAllocatedAbove, type Node } from "@blockgraph/core";
+import {
+  type Backend,
+  BlockStatusFlags,
+  type DirtyBitmap,
+  isAllocatedAbove,
+  type Node,
+} from "@blockgraph/core";
 import { StateFlags } from "@blockgraph/drivers/nbd";
 
 /** One run of bytes sharing a status. */
@@ -93,5 +100,43 @@ export async function collectExtents(
     }
     offset += pnum;
   }
+  return out;
+}
+
+/** The `qemu:dirty-bitmap:NAME` flag of a dirty range (NBD_STATE_DIRTY). */
+export const STATE_DIRTY = 1;
+
+/**
+ * `qemu:dirty-bitmap:NAME` extents of `[offset, offset+bytes)`: dirty runs (flag 1) and
+ * the clean runs between them (0), at most `maxExtents`, as QEMU's server reports them.
+ * Dirty runs are whole granules clipped to the range; past the bitmap's end is clean.
+ */
+export function bitmapExtents(
+  bitmap: DirtyBitmap,
+  offset: number,
+  bytes: number,
+  maxExtents: number,
+): Extent[] {
+  const out: Extent[] = [];
+  const add = (length: number, flags: number): boolean => {
+    if (length === 0) return true;
+    const last = out[out.length - 1];
+    if (last && last.flags === flags && last.length + length <= 0xffffffff) {
+      last.length += length;
+      return true;
+    }
+    if (out.length === maxExtents) return false;
+    out.push({ length, flags });
+    return true;
+  };
+  const end = offset + bytes;
+  let start = offset;
+  for (;;) {
+    const area = bitmap.hbitmap.nextDirtyArea(start, end - start, 0x7fffffff);
+    if (!area) break;
+    if (!add(area.offset - start, 0) || !add(area.bytes, STATE_DIRTY)) return out;
+    start = area.offset + area.bytes;
+  }
+  add(end - start, 0);
   return out;
 }

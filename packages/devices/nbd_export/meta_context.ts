@@ -1,12 +1,12 @@
 /**
- * Metadata contexts an export offers (`base:allocation`, `qemu:allocation-depth`) and how the
- * queries of NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT select them. Dirty bitmap
- * contexts (`qemu:dirty-bitmap:NAME`) are not offered yet: such queries select nothing, as
- * for an unknown bitmap.
+ * Metadata contexts an export offers (`base:allocation`, `qemu:allocation-depth`, and
+ * `qemu:dirty-bitmap:NAME` for each bitmap the export was given) and how the queries of
+ * NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT select them, as QEMU's server does.
  *
  * @module
  */
 
+import type { DirtyBitmap } from "@blockgraph/core";
 import { META_BASE_ALLOCATION, META_QEMU_ALLOCATION_DEPTH } from "@blockgraph/drivers/nbd";
 
 /** A selectable metadata context: its id on the wire and its name. */
@@ -15,12 +15,18 @@ export interface MetaContext {
   readonly id: number;
   /** The context name. */
   readonly name: string;
+  /** For `qemu:dirty-bitmap:NAME`, the bitmap whose dirty ranges it reports. */
+  readonly bitmap?: DirtyBitmap;
 }
 
 /** Context id of `base:allocation`. */
 export const BASE_ALLOCATION_ID = 0;
 /** Context id of `qemu:allocation-depth`. */
 export const ALLOCATION_DEPTH_ID = 1;
+/** Context id of the export's first dirty bitmap; the others follow (QEMU's numbering). */
+export const DIRTY_BITMAP_FIRST_ID = 2;
+/** The prefix of dirty bitmap contexts. */
+export const META_DIRTY_BITMAP_PREFIX = "qemu:dirty-bitmap:";
 
 /** The contexts every export offers. */
 export const EXPORT_CONTEXTS: readonly MetaContext[] = [
@@ -28,19 +34,41 @@ export const EXPORT_CONTEXTS: readonly MetaContext[] = [
   { id: ALLOCATION_DEPTH_ID, name: META_QEMU_ALLOCATION_DEPTH },
 ];
 
+/** The contexts of an export holding `bitmaps`, in id order. */
+export function exportContexts(bitmaps: readonly DirtyBitmap[] = []): MetaContext[] {
+  return [
+    ...EXPORT_CONTEXTS,
+    ...bitmaps.map((bitmap, i) => ({
+      id: DIRTY_BITMAP_FIRST_ID + i,
+      name: META_DIRTY_BITMAP_PREFIX + (bitmap.name ?? ""),
+      bitmap,
+    })),
+  ];
+}
+
 /**
- * The contexts `queries` select, in id order. With `list` (NBD_OPT_LIST_META_CONTEXT) no
- * queries mean every context, and a namespace alone (`base:`, `qemu:`) means every context in
- * it; NBD_OPT_SET_META_CONTEXT takes full names only. Unknown queries select nothing.
+ * The contexts `queries` select among those of an export holding `bitmaps`, in id order.
+ * With `list` (NBD_OPT_LIST_META_CONTEXT) no queries mean every context, and a namespace
+ * alone (`base:`, `qemu:`, `qemu:dirty-bitmap:`) means every context in it;
+ * NBD_OPT_SET_META_CONTEXT takes full names only. Unknown queries select nothing.
  */
-export function selectContexts(queries: readonly string[], list: boolean): MetaContext[] {
-  if (list && queries.length === 0) return [...EXPORT_CONTEXTS];
+export function selectContexts(
+  queries: readonly string[],
+  list: boolean,
+  bitmaps: readonly DirtyBitmap[] = [],
+): MetaContext[] {
+  const all = exportContexts(bitmaps);
+  if (list && queries.length === 0) return all;
   const chosen = new Set<number>();
   for (const q of queries) {
-    if (q === META_BASE_ALLOCATION || (list && q === "base:")) chosen.add(BASE_ALLOCATION_ID);
-    if (q === META_QEMU_ALLOCATION_DEPTH || (list && q === "qemu:")) {
-      chosen.add(ALLOCATION_DEPTH_ID);
+    for (const c of all) {
+      if (q === c.name) chosen.add(c.id);
+      else if (list) {
+        if (q === "base:" && c.id === BASE_ALLOCATION_ID) chosen.add(c.id);
+        if (q === "qemu:" && c.id !== BASE_ALLOCATION_ID) chosen.add(c.id);
+        if (q === META_DIRTY_BITMAP_PREFIX && c.bitmap) chosen.add(c.id);
+      }
     }
   }
-  return EXPORT_CONTEXTS.filter((c) => chosen.has(c.id));
+  return all.filter((c) => chosen.has(c.id));
 }

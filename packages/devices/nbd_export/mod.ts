@@ -21,9 +21,18 @@ export type { ExportLookup, Negotiated } from "./handshake.ts";
 export {
   ALLOCATION_DEPTH_ID,
   BASE_ALLOCATION_ID,
+  DIRTY_BITMAP_FIRST_ID,
   EXPORT_CONTEXTS,
+  exportContexts,
+  META_DIRTY_BITMAP_PREFIX,
   selectContexts,
 } from "./meta_context.ts";
 export type { MetaContext } from "./meta_context.ts";
-export { allocationFlags, collectExtents, statusAbove } from "./extents.ts";
+export {
+  allocationFlags,
+  bitmapExtents,
+  collectExtents,
+  STATE_DIRTY,
+  statusAbove,
+} from "./extents.ts";
 export type { Extent } from "./extents.ts";
