@@ -28,6 +28,8 @@ export const ENTER_GETEVENTS = 1;
 export const FSYNC_DATASYNC = 1;
 /** `rw_flags`: per-write O_DSYNC (FUA). */
 export const RWF_DSYNC = 2;
+/** SQE flag: issue the request from an io-wq worker, never inline at submit. */
+export const IOSQE_ASYNC = 16;
 
 const FEAT_SINGLE_MMAP = 1;
 const OFF_SQ_RING = 0n;
@@ -174,10 +176,12 @@ export class Ring {
     opFlags: number,
     dataLo: number,
     dataHi: number,
+    sqeFlags = 0,
   ): void {
     const w = this.sqes;
     const b = (this.tail & (this.sqEntries - 1)) << 4;
-    w[b] = op;
+    // Word 0: opcode (u8), flags (u8), ioprio (u16, 0).
+    w[b] = op | (sqeFlags << 8);
     w[b + 1] = fd;
     w[b + 2] = offset >>> 0;
     w[b + 3] = (offset / TWO_32) >>> 0;
