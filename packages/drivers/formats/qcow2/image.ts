@@ -151,7 +151,7 @@ export class Qcow2Image implements MetaIo {
     order: number,
     table: number[],
     place: RefcountTablePlace,
-    fileLength = this.file.getLength(),
+    fileLength: number = this.file.getLength(),
   ): Refcounts {
     const rc = new Refcounts(
       this,
