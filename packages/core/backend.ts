@@ -16,7 +16,7 @@ import type { Node } from "./node.ts";
 import { Perm, refreshPermissions } from "./permissions.ts";
 import { Transaction } from "./transaction.ts";
 import { changeMedium, eject, insertMedium, removeMedium, Tray } from "./tray.ts";
-import type { DeviceOps } from "./device_ops.ts";
+import type { DeviceOps, RootListener } from "./device_ops.ts";
 import { errorAction, type ErrorPolicy, ioErrorEventData, type IoStatus } from "./error_policy.ts";
 import { checkRequest } from "./backend_check.ts";
 
@@ -30,17 +30,10 @@ export interface BackendOptions {
   shared?: number;
 }
 
-const enum Op {
-  Read,
-  Write,
-  Zeroes,
-  Discard,
-  Flush,
-}
+/** Request kinds; QMP calls errors of zeroes, discard and flush "write" errors. */
+const Op = { Read: 0, Write: 1, Zeroes: 2, Discard: 3, Flush: 4 } as const;
+type Op = (typeof Op)[keyof typeof Op];
 const OP_NAMES = ["read", "write", "write", "write", "write"] as const;
-
-/** A function called when a Backend's root is removed or inserted. */
-export type RootListener = (backend: Backend) => void;
 
 /**
  * The device-facing handle on a graph. It owns the `root` child (or none: an empty drive),

@@ -8,7 +8,7 @@
 import { type BlockStatus, BlockStatusFlags } from "./driver.ts";
 import { BlockError } from "./errors.ts";
 import type { Node } from "./node.ts";
-import { checkRange, closed } from "./request.ts";
+import { checkRange, closed } from "./request_check.ts";
 
 /**
  * Allocation status of `node` at `offset` for this layer, with the generic bits (ALLOCATED,

@@ -4,6 +4,11 @@
  * @module
  */
 
+import type { Backend } from "./backend.ts";
+
+/** A function called when a Backend's root is removed or inserted (exports and jobs react). */
+export type RootListener = (backend: Backend) => void;
+
 /** What a device model tells its Backend about itself, and the callbacks it receives. */
 export interface DeviceOps {
   /** Whether the device's medium can be removed (CD-ROM: yes; disk: no). */

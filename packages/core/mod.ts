@@ -21,8 +21,8 @@ export {
 export type { DirtyBitmapInfo, DirtyBitmapStore } from "./dirty_bitmap.ts";
 export { DirtyBitmaps } from "./dirty_bitmaps.ts";
 export type { BitmapAddArgs, BitmapMergeArgs, BitmapRef, BitmapSource } from "./dirty_bitmaps.ts";
-export type { BackendOptions, RootListener } from "./backend.ts";
-export type { DeviceOps } from "./device_ops.ts";
+export type { BackendOptions } from "./backend.ts";
+export type { DeviceOps, RootListener } from "./device_ops.ts";
 export { errorAction } from "./error_policy.ts";
 export type { ErrorAction, ErrorPolicy, IoStatus } from "./error_policy.ts";
 export { Child, ChildRole, roleNames } from "./child.ts";

@@ -15,73 +15,24 @@ import { type PreallocMode, ReqFlags } from "./driver.ts";
 import { markDirty, resizeDirtyBitmaps } from "./dirty_bitmap.ts";
 import { BlockError } from "./errors.ts";
 import { IoVector } from "./io_vector.ts";
+import {
+  checkRange,
+  checkVector,
+  checkWritable,
+  closed,
+  MAX_LENGTH,
+  rejectWith,
+} from "./request_check.ts";
 import type { Node } from "./node.ts";
 import { Perm } from "./permissions.ts";
 
 const RESOLVED: Promise<void> = Promise.resolve();
 const WRITE_PERMS = Perm.WRITE | Perm.WRITE_UNCHANGED;
-/** Largest byte offset a request may reach (QEMU's BDRV_MAX_LENGTH is about 2^63; JS: 2^53). */
-const MAX_LENGTH = Number.MAX_SAFE_INTEGER;
 const ZERO_BUFFER_SIZE = 1024 * 1024;
 let zeroBuffer: Uint8Array | null = null;
 
 function zeros(): Uint8Array {
   return zeroBuffer ??= new Uint8Array(ZERO_BUFFER_SIZE);
-}
-
-export function closed(node: Node, op: string): Promise<never> {
-  return Promise.reject(
-    new BlockError("ENOMEDIUM", `Node '${node.name}' is closed`, { node: node.name, op }),
-  );
-}
-
-/** Validates offset and length; returns an error for the caller to reject with, or null. */
-export function checkRange(
-  node: Node,
-  offset: number,
-  bytes: number,
-  op: string,
-): BlockError | null {
-  if (
-    !Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0 ||
-    offset > MAX_LENGTH - bytes
-  ) {
-    return new BlockError(
-      "EIO",
-      `Invalid request on node '${node.name}': offset ${offset}, ${bytes} bytes`,
-      { node: node.name, op, offset },
-    );
-  }
-  return null;
-}
-
-/** Checks that `[qiovOffset, qiovOffset+bytes)` lies inside `qiov` (QEMU's qiov request check). */
-function checkVector(
-  node: Node,
-  qiov: IoVector,
-  qiovOffset: number,
-  bytes: number,
-  op: string,
-  offset: number,
-): BlockError | null {
-  if (!Number.isSafeInteger(qiovOffset) || qiovOffset < 0 || qiovOffset > qiov.size - bytes) {
-    return new BlockError(
-      "EINVAL",
-      `Invalid I/O vector for ${op} on node '${node.name}': ${bytes} bytes at vector offset ` +
-        `${qiovOffset}, vector of ${qiov.size} bytes`,
-      { node: node.name, op, offset },
-    );
-  }
-  return null;
-}
-
-/** Calls a failure callback that rethrows, returning its error as a rejected promise. */
-function rejectWith(fail: (e: unknown) => never, e: unknown): Promise<never> {
-  try {
-    fail(e);
-  } catch (err) {
-    return Promise.reject(err);
-  }
 }
 
 function isAligned(value: number, align: number): boolean {
@@ -224,17 +175,6 @@ export function pwritev(
     }
   }
   return slowWrite(node, offset, bytes, qiov, qiovOffset, flags);
-}
-
-function checkWritable(node: Node, offset: number): BlockError | null {
-  if (node.flags.readOnly) {
-    return new BlockError("EPERM", `Block node '${node.name}' is read-only`, {
-      node: node.name,
-      op: "write",
-      offset,
-    });
-  }
-  return null;
 }
 
 /**
