@@ -1,18 +1,21 @@
 /**
  * `blockgraph img commit`: qemu-img's `commit [-f fmt] [-t cache] [-b base] [-d] [-p] [-q]
  * [-r rate] [--image-opts] filename` — everything allocated above the base is written into
- * it. QEMU then empties the top unless `-d`; drivers here have no make_empty yet, so the
- * top keeps its (now redundant) clusters, as qemu-img does for formats without one.
+ * it. Then, unless `-d` (or `-b`), the top is emptied as QEMU's `bdrv_make_empty` does: a
+ * qcow2 top loses all its clusters and reads through to its backing file again; a top of a
+ * format without make_empty keeps its (now redundant) clusters, as qemu-img leaves it.
  *
  * @module
  */
 
 import { BlockError, BlockStatusFlags, type Graph, type Node } from "@blockgraph/core";
+import type { Qcow2Instance } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { belowLayer, chainStatus } from "./chain_status.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { displayFilename } from "./info.ts";
+import { skipFilters } from "./map.ts";
 import { Progress } from "./progress.ts";
 
 const CHUNK = 4 << 20;
@@ -109,7 +112,7 @@ export async function imgCommit(
   });
   if (!image) return 1;
   const prog = new Progress(io, progress, 1);
-  void drop;
+  let open = true;
   try {
     const top = image.node;
     let base: Node | null;
@@ -120,7 +123,9 @@ export async function imgCommit(
         return 1;
       }
     } else {
-      base = belowLayer(top);
+      // QEMU's bdrv_backing_chain_next: the COW child past filters (a raw top has none).
+      const cow = skipFilters(top).cowChild?.node;
+      base = cow ? skipFilters(cow) : null;
       if (!base) {
         imgError(io, "Image does not have a backing file");
         return 1;
@@ -144,10 +149,37 @@ export async function imgCommit(
     } finally {
       await writer.backend.unref();
     }
+    open = false;
+    await image.backend.unref();
+    if (!drop && !(await emptyTop(graph, io, { filename, format, imageOpts, cache }))) return 1;
     prog.end();
     if (!quiet) io.out("Image committed.\n");
     return 0;
   } finally {
-    await image.backend.unref();
+    if (open) await image.backend.unref();
+  }
+}
+
+/**
+ * Empties the committed top (QEMU's `bdrv_make_empty`), opened read/write on its own: a
+ * qcow2 top's clusters all become unallocated; other formats have no make_empty and are left
+ * as they are (qemu-img ignores ENOTSUP there). Returns false after reporting a failure.
+ */
+async function emptyTop(
+  graph: Graph,
+  io: CliIo,
+  o: { filename: string; format: string | undefined; imageOpts: boolean; cache: string },
+): Promise<boolean> {
+  const top = await imgOpen(graph, io, { ...o, readOnly: false, unmap: true });
+  if (!top) return false;
+  try {
+    if (top.node.driver.name === "qcow2") await (top.node.instance as Qcow2Instance).makeEmpty();
+    await top.node.flush();
+    return true;
+  } catch (e) {
+    imgError(io, BlockError.from(e).message);
+    return false;
+  } finally {
+    await top.backend.unref();
   }
 }

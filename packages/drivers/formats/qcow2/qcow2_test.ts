@@ -1,4 +1,11 @@
-import { DriverRegistry, type Graph, Graph as G, type Node, ReqFlags } from "@blockgraph/core";
+import {
+  BlockStatusFlags,
+  DriverRegistry,
+  type Graph,
+  Graph as G,
+  type Node,
+  ReqFlags,
+} from "@blockgraph/core";
 import {
   assert,
   assertBytesEqual,
@@ -243,4 +250,86 @@ Deno.test("qcow2 writes outside the disk fail and leave it usable", () =>
     await node.write(SIZE - 1, new Uint8Array([7]));
     assertBytesEqual(await readAll(node, SIZE - 1, 1), new Uint8Array([7]), "last byte");
     await node.unref("t");
+  }));
+
+/** Clusters of the image file with a non-zero refcount. */
+async function usedClusters(inst: Qcow2Instance): Promise<number> {
+  const rc = inst.image.refcounts;
+  let n = 0;
+  for (let c = 0; c < rc.endCluster; c++) if ((await rc.get(c)) > 0) n++;
+  return n;
+}
+
+Deno.test("qcow2 makeEmpty leaves every cluster unallocated, reading from the backing file", () =>
+  withGraph(async (graph) => {
+    const base = await graph.open({ driver: "memory", "node-name": "base", size: SIZE }, "t");
+    await base.write(0, pattern(SIZE, 3));
+    const top = await openOnMemory(
+      graph,
+      params({ clusterSize: 4096 }),
+      { backing: "base", discard: "unmap" },
+      "t",
+    );
+    const inst = top.instance as Qcow2Instance;
+    await top.write(100, pattern(3 * 4096, 1));
+    await top.write(SIZE - 70000, pattern(70000, 2));
+    await top.write(2 * 1024 * 1024, pattern(4096, 4), ReqFlags.WRITE_COMPRESSED);
+    await top.pwriteZeroes(1024 * 1024, 8192, 0);
+    await top.pwriteZeroes(1024 * 1024 + 8192, 8192, ReqFlags.MAY_UNMAP);
+    const before = await usedClusters(inst);
+    assert((await top.blockStatus(0, 4096)).status & BlockStatusFlags.ALLOCATED, "allocated");
+    await inst.makeEmpty();
+    assertBytesEqual(await readAll(top, 0, SIZE), pattern(SIZE, 3), "reads the backing file");
+    for (let off = 0; off < SIZE;) {
+      const st = await top.blockStatus(off, SIZE - off);
+      assertEquals(st.status & BlockStatusFlags.ALLOCATED, 0, `nothing allocated at ${off}`);
+      off += st.pnum;
+    }
+    const r = await inst.check("none");
+    assertEquals(
+      JSON.stringify([r.corruptions, r.leaks, r["allocated-clusters"]]),
+      "[0,0,0]",
+      "check",
+    );
+    // Header, refcount table, refcount block and L1 table are all that is left.
+    const after = await usedClusters(inst);
+    assert(after < before, `clusters in use dropped (${before} -> ${after})`);
+    assertEquals(after, 4, "clusters in use after makeEmpty");
+    // The top is usable again: a write allocates and copies the rest from the backing file.
+    await top.write(4096 + 10, pattern(5, 8));
+    const want = pattern(SIZE, 3).slice(4096, 8192);
+    want.set(pattern(5, 8), 10);
+    assertBytesEqual(await readAll(top, 4096, 4096), want, "write after makeEmpty");
+    assertEquals((await inst.check("none")).corruptions, 0, "check after a write");
+    await top.unref("t");
+    await base.unref("t");
+  }));
+
+Deno.test("qcow2 makeEmpty keeps the clusters of internal snapshots", () =>
+  withGraph(async (graph) => {
+    const top = await openOnMemory(graph, params({ clusterSize: 4096 }), {}, "t");
+    const inst = top.instance as Qcow2Instance;
+    await top.write(0, pattern(64 * 1024, 5));
+    await inst.snapshotCreate("s1");
+    await top.write(8192, pattern(4096, 6));
+    await top.write(SIZE - 4096, pattern(4096, 7));
+    await inst.makeEmpty();
+    assertBytesEqual(await readAll(top, 0, SIZE), new Uint8Array(SIZE), "empty without backing");
+    let r = await inst.check("none");
+    assertEquals(
+      JSON.stringify([r.corruptions, r.leaks, r["allocated-clusters"]]),
+      "[0,0,0]",
+      "check",
+    );
+    await inst.snapshotApply("s1");
+    const want = new Uint8Array(SIZE);
+    want.set(pattern(64 * 1024, 5));
+    assertBytesEqual(await readAll(top, 0, SIZE), want, "the snapshot's data");
+    r = await inst.check("none");
+    assertEquals(
+      JSON.stringify([r.corruptions, r.leaks]),
+      "[0,0]",
+      "check after applying the snapshot",
+    );
+    await top.unref("t");
   }));
