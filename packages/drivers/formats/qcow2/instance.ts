@@ -29,6 +29,7 @@ import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
 import { classify, type Extent } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
+import { makeEmptyImage } from "./make_empty.ts";
 import { clearAutoclear, prepareReopen } from "./reopen.ts";
 import { truncateImage } from "./resize.ts";
 import { applySnapshot, createSnapshot, deleteSnapshot } from "./snapshot.ts";
@@ -503,6 +504,19 @@ export class Qcow2Instance implements DriverInstance {
    */
   check(repair: "none" | "leaks" | "all"): Promise<Qcow2CheckResult> {
     return this.#idle(() => checkImage(this.image, repair));
+  }
+
+  /**
+   * QEMU's `bdrv_make_empty` (what `qemu-img commit` does to the top without `-d`): every
+   * guest cluster becomes unallocated (reading from the backing file again) and the active
+   * L2 tables are freed; internal snapshots keep their clusters. See make_empty.ts.
+   */
+  async makeEmpty(): Promise<void> {
+    const image = this.image;
+    if (image.broken) throw image.brokenError();
+    if (!image.writable) throw new BlockError("EACCES", "Image is read-only");
+    if (image.autoclearPending) await this.#clearAutoclear();
+    await this.#idle(() => makeEmptyImage(image));
   }
 
   /** The internal snapshots, as `img info` and `img snapshot -l` show them. */
