@@ -13,6 +13,7 @@ import {
   type BlockLimits,
   type BlockStatus,
   BlockStatusFlags,
+  type DirtyBitmapStore,
   type DriverInstance,
   type FormatSpecificInfo,
   IoVector,
@@ -29,6 +30,7 @@ import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
 import { classify, type Extent } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
+import { bitmapInfo, bitmapRemoved, canStoreBitmap, storeBitmaps } from "./bitmaps.ts";
 import { makeEmptyImage } from "./make_empty.ts";
 import { clearAutoclear, prepareReopen } from "./reopen.ts";
 import { truncateImage } from "./resize.ts";
@@ -41,7 +43,7 @@ function inPlace(ext: Extent): boolean {
 }
 
 /** An open qcow2 node. */
-export class Qcow2Instance implements DriverInstance {
+export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   /** The image state. */
   readonly image: Qcow2Image;
   /** Byte-granular requests; write-zeroes and discard work on whole clusters. */
@@ -466,11 +468,28 @@ export class Qcow2Instance implements DriverInstance {
       info["lazy-refcounts"] = (h.compatible & BigInt(COMPAT_LAZY_REFCOUNTS)) !== 0n;
     }
     info["refcount-bits"] = 2 ** h.refcountOrder;
+    const bitmaps = bitmapInfo(this.image);
+    if (bitmaps) info.bitmaps = bitmaps;
     if (h.version >= 3) {
       info.corrupt = (h.incompatible & BigInt(Incompat.CORRUPT)) !== 0n;
       info["extended-l2"] = (h.incompatible & BigInt(Incompat.EXTL2)) !== 0n;
     }
     return info;
+  }
+
+  /** The cluster size (the default bitmap granularity comes from it). */
+  get clusterSize(): number {
+    return this.image.cs;
+  }
+
+  /** Throws QEMU's error when a persistent bitmap `name` could not be stored (bitmaps.ts). */
+  canStoreDirtyBitmap(name: string, granularity: number): void {
+    canStoreBitmap(this.image, this.#node, name, granularity);
+  }
+
+  /** A persistent bitmap was removed: the next store frees its clusters. */
+  dirtyBitmapRemoved(name: string): void {
+    bitmapRemoved(this.image, name);
   }
 
   /**
@@ -568,6 +587,7 @@ export class Qcow2Instance implements DriverInstance {
     const image = this.image;
     if (image.writable && !image.broken) {
       await image.lock.run(async () => {
+        await storeBitmaps(image, this.#node);
         await image.flushCaches();
         await image.flush();
         if (image.lazy) await image.markClean();

@@ -7,7 +7,6 @@
  * @module
  */
 
-import { clearAutoclear } from "./reopen.ts";
 import {
   BlockError,
   ChildRole,
@@ -15,6 +14,7 @@ import {
   type OpenContext,
   type OptionValues,
 } from "@blockgraph/core";
+import { loadBitmaps } from "./bitmaps.ts";
 import { checkOnce } from "./check.ts";
 import { COMPAT_LAZY_REFCOUNTS, getU64, hex, Incompat, viewOf } from "./format.ts";
 import { backingFormat, parseHeader, type Qcow2Header } from "./header.ts";
@@ -213,12 +213,10 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   if (writable && !checkOpen && (h.incompatible & BigInt(Incompat.DIRTY))) {
     await repairDirty(image);
   }
-  if (writable && h.version >= 3 && h.autoclear !== 0n) {
-    // Autoclear features this driver does not maintain (bitmaps) must be cleared first.
-    await clearAutoclear(image);
-  }
   const given = ctx.childOption("backing");
   await ctx.openChild("backing", ChildRole.COW, false);
   if (given === "absent" && h.backingFile !== undefined) await openHeaderBacking(ctx, file, h);
+  // Bitmaps (autoclear bit 0) are kept; the other autoclear bits are cleared on read/write.
+  await loadBitmaps(image, node);
   return new Qcow2Instance(node, image);
 }

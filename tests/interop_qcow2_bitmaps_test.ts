@@ -1,0 +1,185 @@
+/**
+ * Persistent dirty bitmaps in qcow2 against QEMU: bitmaps qemu-img and qemu-io made load in
+ * blockgraph with their flags and bits; bitmaps blockgraph stores are listed by qemu-img
+ * info, leave qemu-img check clean and export the same dirty ranges through qemu-nbd.
+ */
+
+import {
+  createDirtyBitmap,
+  type DirtyBitmapStore,
+  findDirtyBitmap,
+  Graph,
+  type Node,
+  Perm,
+} from "@blockgraph/core";
+import { defaultRegistry } from "@blockgraph/drivers";
+import { ensurePeers } from "./peers.ts";
+import { expect, expectQemuClean, KIB, must, run, withDir } from "./interop_qcow2_helpers.ts";
+
+function canStoreBitmapForTest(node: Node, name: string, granularity: number): void {
+  (node.instance as unknown as DirtyBitmapStore).canStoreDirtyBitmap!(name, granularity);
+}
+
+interface InfoBitmap {
+  name: string;
+  granularity: number;
+  flags: string[];
+}
+
+async function qemuBitmaps(path: string): Promise<InfoBitmap[]> {
+  const out = await must("qemu-img", ["info", "-U", "--output=json", path]);
+  const info = JSON.parse(out);
+  return info["format-specific"]?.data?.bitmaps ?? [];
+}
+
+async function withNode(
+  path: string,
+  readOnly: boolean,
+  fn: (node: Node, graph: Graph) => Promise<void>,
+): Promise<void> {
+  const graph = new Graph({ registry: defaultRegistry() });
+  const node = await graph.open(
+    { driver: "qcow2", "read-only": readOnly, file: { driver: "file", filename: path } },
+    "t",
+  );
+  try {
+    await fn(node, graph);
+  } finally {
+    await node.unref("t");
+    await graph.closeAll();
+  }
+}
+
+async function write(graph: Graph, node: Node, offset: number, bytes: number): Promise<void> {
+  const blk = graph.createBackend({ perm: Perm.CONSISTENT_READ | Perm.WRITE, shared: Perm.ALL });
+  await blk.insertRoot(node);
+  await blk.write(offset, new Uint8Array(bytes).fill(0x3c));
+  await blk.removeRoot();
+}
+
+/** The dirty ranges qemu-nbd exports for `name` (nbdinfo --map), as [offset, length]. */
+async function nbdDirty(path: string, name: string): Promise<[number, number][]> {
+  const out = await must("nbdinfo", [
+    "--json",
+    `--map=qemu:dirty-bitmap:${name}`,
+    "--",
+    "[",
+    "qemu-nbd",
+    "-r",
+    "-f",
+    "qcow2",
+    "-B",
+    name,
+    path,
+    "]",
+  ]);
+  const map = JSON.parse(out) as { offset: number; length: number; type: number }[];
+  return map.filter((e) => e.type & 1).map((e) => [e.offset, e.length]);
+}
+
+Deno.test("qcow2 bitmaps made by qemu-img load with their flags and bits", async () => {
+  await withDir(async (dir) => {
+    const img = `${dir}/a.qcow2`;
+    await must("qemu-img", ["create", "-q", "-f", "qcow2", img, "4M"]);
+    await must("qemu-img", ["bitmap", "--add", "-g", "65536", img, "on"]);
+    await must("qemu-img", ["bitmap", "--add", img, "off"]);
+    await must("qemu-img", ["bitmap", "--disable", img, "off"]);
+    await must("qemu-io", ["-f", "qcow2", "-c", "write 0 64k", "-c", "write 1M 128k", img]);
+    await must("qemu-img", ["bitmap", "--add", "-g", "4096", img, "later"]);
+    await withNode(img, true, (node) => {
+      const on = findDirtyBitmap(node, "on")!;
+      const off = findDirtyBitmap(node, "off")!;
+      const later = findDirtyBitmap(node, "later")!;
+      expect(on.persistent && on.enabled && on.readonly && !on.inconsistent, "on's flags");
+      expect(on.granularity === 65536 && on.count === 192 * KIB, `on's bits: ${on.count}`);
+      expect(on.hbitmap.get(0) && on.hbitmap.get(1024 * KIB) && !on.hbitmap.get(64 * KIB), "on");
+      expect(off.persistent && !off.enabled && off.count === 0, "off's flags and bits");
+      expect(later.granularity === 4096 && later.count === 0, "later");
+      return Promise.resolve();
+    });
+    // A read-only open leaves the flags as they were.
+    expect((await qemuBitmaps(img)).every((b) => !b.flags.includes("in-use")), "no in-use");
+    await withNode(img, false, async (node, graph) => {
+      const flags = (await qemuBitmaps(img)).map((b) => b.flags.includes("in-use"));
+      expect(flags.every((f) => f), `a read/write open marks them in use: ${flags}`);
+      expect(!findDirtyBitmap(node, "on")!.readonly, "writable");
+      await write(graph, node, 2048 * KIB, 4096);
+    });
+    const after = await qemuBitmaps(img);
+    expect(
+      JSON.stringify(after.map((b) => [b.name, b.flags])) ===
+        JSON.stringify([["on", ["auto"]], ["off", []], ["later", ["auto"]]]),
+      `stored flags: ${JSON.stringify(after)}`,
+    );
+    await expectQemuClean(img, "after the blockgraph store");
+    expect(
+      JSON.stringify(await nbdDirty(img, "on")) ===
+        JSON.stringify([[0, 65536], [1024 * KIB, 128 * KIB], [2048 * KIB, 65536]]),
+      `on exported: ${JSON.stringify(await nbdDirty(img, "on"))}`,
+    );
+    expect((await nbdDirty(img, "off")).length === 0, "off stays clean");
+    expect(
+      JSON.stringify(await nbdDirty(img, "later")) === JSON.stringify([[2048 * KIB, 4096]]),
+      "later recorded the write",
+    );
+  });
+});
+
+Deno.test("qcow2 bitmaps blockgraph stores are read back by QEMU", async () => {
+  await ensurePeers(["qemu-nbd", "nbdinfo"]);
+  await withDir(async (dir) => {
+    const img = `${dir}/b.qcow2`;
+    await must("qemu-img", ["create", "-q", "-f", "qcow2", img, "8M"]);
+    await withNode(img, false, async (node, graph) => {
+      canStoreBitmapForTest(node, "bg", 65536);
+      const bm = createDirtyBitmap(node, 65536, "bg");
+      bm.persistent = true;
+      canStoreBitmapForTest(node, "dis", 512);
+      const dis = createDirtyBitmap(node, 512, "dis");
+      dis.persistent = true;
+      dis.set(512, 1024);
+      dis.disabled = true;
+      await write(graph, node, 100 * KIB, 10);
+      await write(graph, node, 4 * 1024 * KIB, 300 * KIB);
+    });
+    const info = await qemuBitmaps(img);
+    expect(
+      JSON.stringify(info) ===
+        JSON.stringify([
+          { flags: ["auto"], name: "bg", granularity: 65536 },
+          { flags: [], name: "dis", granularity: 512 },
+        ]),
+      `qemu-img info: ${JSON.stringify(info)}`,
+    );
+    await expectQemuClean(img, "after storing");
+    expect(
+      JSON.stringify(await nbdDirty(img, "bg")) ===
+        JSON.stringify([[64 * KIB, 64 * KIB], [4096 * KIB, 320 * KIB]]),
+      `bg exported: ${JSON.stringify(await nbdDirty(img, "bg"))}`,
+    );
+    expect(
+      JSON.stringify(await nbdDirty(img, "dis")) === JSON.stringify([[512, 1024]]),
+      "dis exported",
+    );
+    // QEMU opens it read/write and stores it again; blockgraph reads that back.
+    await must("qemu-io", ["-f", "qcow2", "-c", "write 7M 4k", img]);
+    await must("qemu-img", ["bitmap", "--remove", img, "dis"]);
+    await withNode(img, true, (node) => {
+      const bg = findDirtyBitmap(node, "bg")!;
+      expect(bg.count === 64 * KIB + 320 * KIB + 64 * KIB, `bg after qemu-io: ${bg.count}`);
+      expect(!findDirtyBitmap(node, "dis"), "dis removed");
+      return Promise.resolve();
+    });
+    // Removing in blockgraph frees the clusters.
+    await withNode(img, false, (node) => {
+      const bg = findDirtyBitmap(node, "bg")!;
+      (node.instance as unknown as DirtyBitmapStore).dirtyBitmapRemoved!("bg");
+      bg.release();
+      return Promise.resolve();
+    });
+    expect((await qemuBitmaps(img)).length === 0, "no bitmaps left");
+    await expectQemuClean(img, "after removing");
+    const r = await run("qemu-img", ["info", "--output=json", img]);
+    expect(!r.out.includes('"bitmaps"'), "no bitmaps in info");
+  });
+});
