@@ -12,7 +12,7 @@ import {
   type Node,
   Perm,
 } from "@blockgraph/core";
-import { defaultRegistry } from "@blockgraph/drivers";
+import { defaultRegistry, type Qcow2Instance } from "@blockgraph/drivers";
 import { ensurePeers } from "./peers.ts";
 import { expect, expectQemuClean, KIB, must, run, withDir } from "./interop_qcow2_helpers.ts";
 
@@ -152,6 +152,10 @@ Deno.test("qcow2 bitmaps blockgraph stores are read back by QEMU", async () => {
       `qemu-img info: ${JSON.stringify(info)}`,
     );
     await expectQemuClean(img, "after storing");
+    await withNode(img, true, async (node) => {
+      const r = await (node.instance as Qcow2Instance).check("none");
+      expect(r.leaks === 0 && r.corruptions === 0, `blockgraph check: ${JSON.stringify(r)}`);
+    });
     expect(
       JSON.stringify(await nbdDirty(img, "bg")) ===
         JSON.stringify([[64 * KIB, 64 * KIB], [4096 * KIB, 320 * KIB]]),
@@ -181,5 +185,89 @@ Deno.test("qcow2 bitmaps blockgraph stores are read back by QEMU", async () => {
     await expectQemuClean(img, "after removing");
     const r = await run("qemu-img", ["info", "--output=json", img]);
     expect(!r.out.includes('"bitmaps"'), "no bitmaps in info");
+  });
+});
+
+Deno.test("qcow2 bitmaps: a crash leaves them in use, so they load inconsistent", async () => {
+  await withDir(async (dir) => {
+    const img = `${dir}/c.qcow2`;
+    const copy = `${dir}/crashed.qcow2`;
+    await must("qemu-img", ["create", "-q", "-f", "qcow2", img, "4M"]);
+    await must("qemu-img", ["bitmap", "--add", img, "b"]);
+    await withNode(img, false, async () => {
+      await Deno.copyFile(img, copy);
+    });
+    await withNode(copy, false, (node) => {
+      const b = findDirtyBitmap(node, "b")!;
+      expect(b.persistent && b.inconsistent, "inconsistent after the crash");
+      expect(b.check(7)?.message === "Bitmap 'b' is inconsistent and cannot be used", "check");
+      return Promise.resolve();
+    });
+    const info = await qemuBitmaps(copy);
+    expect(JSON.stringify(info[0]?.flags) === '["in-use","auto"]', `kept in use: ${info}`);
+    await expectQemuClean(copy, "the inconsistent bitmap keeps its clusters");
+  });
+});
+
+Deno.test("qcow2 bitmaps: QEMU's checks for a new persistent bitmap", async () => {
+  await withDir(async (dir) => {
+    const v2 = `${dir}/v2.qcow2`;
+    const v3 = `${dir}/v3.qcow2`;
+    await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2, "1M"]);
+    await must("qemu-img", ["create", "-q", "-f", "qcow2", v3, "1M"]);
+    const msg = (node: Node, name: string, g: number): string => {
+      try {
+        canStoreBitmapForTest(node, name, g);
+        return "";
+      } catch (e) {
+        return (e as Error).message;
+      }
+    };
+    await withNode(v2, false, (node) => {
+      expect(
+        msg(node, "x", 65536) ===
+          `Can't make bitmap 'x' persistent in '${node.name}': ` +
+            "Cannot store dirty bitmaps in qcow2 v2 files",
+        msg(node, "x", 65536),
+      );
+      return Promise.resolve();
+    });
+    await withNode(v3, false, (node) => {
+      const pre = `Can't make bitmap 'x' persistent in '${node.name}': `;
+      expect(msg(node, "x", 65536) === "", "a fine bitmap");
+      expect(msg(node, "x", 256) === pre + "Granularity is under minimum (512 bytes)", "min");
+      expect(
+        msg(node, "x", 2 ** 32) === pre + "Granularity exceeds maximum (2147483648 bytes)",
+        "max",
+      );
+      expect(
+        msg(node, "x".repeat(1024), 65536) ===
+          `Can't make bitmap '${"x".repeat(1024)}' persistent in '${node.name}': ` +
+            "Name length exceeds maximum (1023 characters)",
+        "name",
+      );
+      return Promise.resolve();
+    });
+  });
+});
+
+Deno.test("qcow2 bitmaps: reopened read-only they are stored, read-write marked in use", async () => {
+  await withDir(async (dir) => {
+    const img = `${dir}/r.qcow2`;
+    await must("qemu-img", ["create", "-q", "-f", "qcow2", img, "4M"]);
+    await must("qemu-img", ["bitmap", "--add", img, "b"]);
+    await withNode(img, true, async (node, graph) => {
+      expect(findDirtyBitmap(node, "b")!.readonly, "read-only at first");
+      await graph.reopen(node, { "read-only": false });
+      await write(graph, node, 0, 4096);
+      expect(!findDirtyBitmap(node, "b")!.readonly, "writable after the first write");
+      expect((await qemuBitmaps(img))[0]!.flags.includes("in-use"), "in use on disk");
+      await graph.reopen(node, { "read-only": true });
+      expect(findDirtyBitmap(node, "b")!.readonly, "read-only again");
+      const info = await qemuBitmaps(img);
+      expect(JSON.stringify(info[0]!.flags) === '["auto"]', `stored: ${JSON.stringify(info)}`);
+    });
+    await expectQemuClean(img, "after the reopens");
+    expect(JSON.stringify(await nbdDirty(img, "b")) === "[[0,65536]]", "the write recorded");
   });
 });

@@ -467,3 +467,44 @@ export function bitmapInfo(
     return { flags, name: e.name, granularity: 2 ** e.granularityBits };
   });
 }
+
+/**
+ * Before the first write after a reopen read/write (QEMU's qcow2_reopen_bitmaps_rw): the
+ * other autoclear bits are cleared, the loaded bitmaps are marked in_use on disk and become
+ * writable. Call with `lock` held.
+ */
+export async function reopenBitmapsRw(image: Qcow2Image, node: Node): Promise<void> {
+  const h = image.header;
+  const st = stateOf(image);
+  for (const b of node.dirtyBitmaps) if (b.persistent) b.readonly = false;
+  h.autoclear &= st.entries.length > 0 ? BigInt(AUTOCLEAR_BITMAPS) : 0n;
+  if (st.entries.some((e) => (e.flags & BME_IN_USE) === 0)) {
+    const entries = st.entries.map((e) => ({ ...e, flags: e.flags | BME_IN_USE }));
+    await writeDirectory(image, st, entries, []);
+  } else {
+    await image.writeHeader();
+    await image.flush();
+  }
+}
+
+/**
+ * Before a reopen read-only (QEMU's qcow2_reopen_bitmaps_ro): stores the bitmaps (clearing
+ * in_use); `commit` then makes the persistent ones read-only. Call with `lock` held.
+ */
+export async function reopenBitmapsRo(image: Qcow2Image, node: Node): Promise<() => void> {
+  await storeBitmaps(image, node);
+  return () => {
+    for (const b of node.dirtyBitmaps) if (b.persistent) b.readonly = true;
+  };
+}
+
+/** Stores at close; a failure is reported (as QEMU does) and the close goes on. */
+export async function storeBitmapsAtClose(image: Qcow2Image, node: Node): Promise<void> {
+  try {
+    await storeBitmaps(image, node);
+  } catch (e) {
+    console.error(
+      `Lost persistent bitmaps during inactivation of node '${node.name}': ${(e as Error).message}`,
+    );
+  }
+}

@@ -30,9 +30,16 @@ import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
 import { classify, type Extent } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
-import { bitmapInfo, bitmapRemoved, canStoreBitmap, storeBitmaps } from "./bitmaps.ts";
+import {
+  bitmapInfo,
+  bitmapRemoved,
+  canStoreBitmap,
+  reopenBitmapsRo,
+  reopenBitmapsRw,
+  storeBitmapsAtClose,
+} from "./bitmaps.ts";
 import { makeEmptyImage } from "./make_empty.ts";
-import { clearAutoclear, prepareReopen } from "./reopen.ts";
+import { prepareReopen } from "./reopen.ts";
 import { truncateImage } from "./resize.ts";
 import { applySnapshot, createSnapshot, deleteSnapshot } from "./snapshot.ts";
 import { type Qcow2Snapshot, snapshotInfo } from "./snapshot_table.ts";
@@ -567,8 +574,21 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   }
 
   /** Switches between read-only and read-write (see reopen.ts). */
-  reopenPrepare(_options: OptionValues, readOnly: boolean): Promise<ReopenHandle> {
-    return prepareReopen(this.image, readOnly, (fn) => this.#idle(fn));
+  async reopenPrepare(_options: OptionValues, readOnly: boolean): Promise<ReopenHandle> {
+    const image = this.image;
+    let bitmapsRo = () => {};
+    if (readOnly && image.writable && !image.broken) {
+      // The bitmaps are stored first, as QEMU's reopen does (bitmaps.ts).
+      bitmapsRo = await this.#idle(() => reopenBitmapsRo(image, this.#node));
+    }
+    const handle = await prepareReopen(image, readOnly, (fn) => this.#idle(fn));
+    return {
+      commit: () => {
+        handle.commit();
+        bitmapsRo();
+      },
+      abort: () => handle.abort(),
+    };
   }
 
   #autoclear: Promise<void> | null = null;
@@ -577,7 +597,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   #clearAutoclear(): Promise<void> {
     const image = this.image;
     return this.#autoclear ??= image.lock.run(async () => {
-      if (image.autoclearPending) await clearAutoclear(image);
+      if (image.autoclearPending) await reopenBitmapsRw(image, this.#node);
       image.autoclearPending = false;
     }).finally(() => (this.#autoclear = null));
   }
@@ -587,7 +607,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     const image = this.image;
     if (image.writable && !image.broken) {
       await image.lock.run(async () => {
-        await storeBitmaps(image, this.#node);
+        await storeBitmapsAtClose(image, this.#node);
         await image.flushCaches();
         await image.flush();
         if (image.lazy) await image.markClean();
