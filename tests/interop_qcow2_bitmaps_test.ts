@@ -13,6 +13,8 @@ import {
   Perm,
 } from "@blockgraph/core";
 import { defaultRegistry, type Qcow2Instance } from "@blockgraph/drivers";
+import { addMonitor, createDaemon } from "../packages/cli/daemon/run_daemon.ts";
+import { TestQmpClient } from "../packages/cli/daemon/testing_qmp_client.ts";
 import { ensurePeers } from "./peers.ts";
 import { expect, expectQemuClean, KIB, must, run, withDir } from "./interop_qcow2_helpers.ts";
 
@@ -165,6 +167,14 @@ Deno.test("qcow2 bitmaps blockgraph stores are read back by QEMU", async () => {
       JSON.stringify(await nbdDirty(img, "dis")) === JSON.stringify([[512, 1024]]),
       "dis exported",
     );
+    // qemu-img convert --bitmaps copies them.
+    const out = `${dir}/converted.qcow2`;
+    await must("qemu-img", ["convert", "--bitmaps", "-O", "qcow2", img, out]);
+    expect(
+      JSON.stringify((await qemuBitmaps(out)).map((b) => b.name)) === '["bg","dis"]',
+      "converted bitmaps",
+    );
+    expect(JSON.stringify(await nbdDirty(out, "dis")) === "[[512,1024]]", "converted dis");
     // QEMU opens it read/write and stores it again; blockgraph reads that back.
     await must("qemu-io", ["-f", "qcow2", "-c", "write 7M 4k", img]);
     await must("qemu-img", ["bitmap", "--remove", img, "dis"]);
@@ -269,5 +279,43 @@ Deno.test("qcow2 bitmaps: reopened read-only they are stored, read-write marked 
     });
     await expectQemuClean(img, "after the reopens");
     expect(JSON.stringify(await nbdDirty(img, "b")) === "[[0,65536]]", "the write recorded");
+  });
+});
+
+Deno.test("qcow2 bitmaps: QMP block-dirty-bitmap-add persistent=true on a qcow2 node", async () => {
+  await withDir(async (dir) => {
+    const img = `${dir}/d.qcow2`;
+    await must("qemu-img", ["create", "-q", "-f", "qcow2", img, "4M"]);
+    const daemon = createDaemon();
+    addMonitor(daemon, `${dir}/qmp.sock`);
+    const q = await TestQmpClient.connect(`${dir}/qmp.sock`);
+    try {
+      await q.ok("blockdev-add", {
+        driver: "qcow2",
+        "node-name": "q0",
+        file: { driver: "file", filename: img },
+      });
+      await q.ok("block-dirty-bitmap-add", { node: "q0", name: "p", persistent: true });
+      const long = "n".repeat(1024);
+      const bad = await q.fails("block-dirty-bitmap-add", {
+        node: "q0",
+        name: long,
+        persistent: true,
+      });
+      expect(
+        bad.desc ===
+          `Can't make bitmap '${long}' persistent in 'q0': Name length exceeds maximum (1023 characters)`,
+        bad.desc,
+      );
+      await daemon.graph.findNode("q0")!.write(1024 * KIB, new Uint8Array(4096).fill(1));
+      await q.ok("blockdev-del", { "node-name": "q0" });
+    } finally {
+      await q.close();
+      await daemon.shutdown();
+    }
+    const info = await qemuBitmaps(img);
+    expect(JSON.stringify(info) === '[{"flags":["auto"],"name":"p","granularity":65536}]', "info");
+    expect(JSON.stringify(await nbdDirty(img, "p")) === "[[1048576,65536]]", "contents");
+    await expectQemuClean(img, "after the daemon stored it");
   });
 });
