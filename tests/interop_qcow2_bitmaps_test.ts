@@ -319,3 +319,30 @@ Deno.test("qcow2 bitmaps: QMP block-dirty-bitmap-add persistent=true on a qcow2 
     await expectQemuClean(img, "after the daemon stored it");
   });
 });
+
+Deno.test("qcow2 bitmaps follow a resize; an inconsistent one refuses it", async () => {
+  await withDir(async (dir) => {
+    const img = `${dir}/s.qcow2`;
+    await must("qemu-img", ["create", "-q", "-f", "qcow2", img, "1M"]);
+    await must("qemu-img", ["bitmap", "--add", img, "b"]);
+    await withNode(img, false, async (node, graph) => {
+      await node.truncate(3 * 1024 * KIB, false, "off");
+      await write(graph, node, 2560 * KIB, 4096);
+    });
+    await expectQemuClean(img, "after the resize");
+    // The grown tail is dirty (core's rule), then the write inside it.
+    expect(
+      JSON.stringify(await nbdDirty(img, "b")) === `[[${1024 * KIB},${2048 * KIB}]]`,
+      `resized: ${JSON.stringify(await nbdDirty(img, "b"))}`,
+    );
+    const copy = `${dir}/crashed.qcow2`;
+    await withNode(img, false, () => Deno.copyFile(img, copy));
+    await withNode(copy, false, async (node) => {
+      const err = await node.truncate(4 * 1024 * KIB, false, "off").then(() => null, (e) => e);
+      expect(
+        (err as Error | null)?.message === "Bitmap 'b' is inconsistent and cannot be used",
+        `refused: ${err}`,
+      );
+    });
+  });
+});

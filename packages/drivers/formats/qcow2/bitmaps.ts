@@ -16,7 +16,7 @@
  * @module
  */
 
-import { BlockError, DirtyBitmap, HBitmap, type Node } from "@blockgraph/core";
+import { BitmapCheck, BlockError, DirtyBitmap, HBitmap, type Node } from "@blockgraph/core";
 import { AUTOCLEAR_BITMAPS, entryOffset, Ext, getU64, setU64, viewOf } from "./format.ts";
 import type { Qcow2Image } from "./image.ts";
 
@@ -506,5 +506,26 @@ export async function storeBitmapsAtClose(image: Qcow2Image, node: Node): Promis
     console.error(
       `Lost persistent bitmaps during inactivation of node '${node.name}': ${(e as Error).message}`,
     );
+  }
+}
+
+/**
+ * Refuses a resize when a bitmap stored in the image could not follow it (QEMU's
+ * qcow2_truncate_bitmaps_check): one not loaded, or one busy, read-only or inconsistent.
+ */
+export function truncateBitmapsCheck(image: Qcow2Image, node: Node): void {
+  const st = states.get(image);
+  if (!st) return;
+  for (const e of st.entries) {
+    if (st.removed.has(e.name)) continue;
+    const b = node.dirtyBitmaps.find((x) => x.name === e.name && x.persistent);
+    if (!b) {
+      throw new BlockError(
+        "ENOTSUP",
+        "Cannot resize qcow2 with persistent bitmaps that were not loaded",
+      );
+    }
+    const err = b.check(BitmapCheck.DEFAULT);
+    if (err) throw err;
   }
 }

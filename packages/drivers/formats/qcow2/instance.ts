@@ -37,6 +37,7 @@ import {
   reopenBitmapsRo,
   reopenBitmapsRw,
   storeBitmapsAtClose,
+  truncateBitmapsCheck,
 } from "./bitmaps.ts";
 import { makeEmptyImage } from "./make_empty.ts";
 import { prepareReopen } from "./reopen.ts";
@@ -507,6 +508,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   truncate(offset: number, _exact: boolean, prealloc: PreallocMode): Promise<void> {
     const image = this.image;
     if (image.broken) return Promise.reject(image.brokenError());
+    try {
+      truncateBitmapsCheck(image, this.#node);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return this.#idle(() => truncateImage(image, offset, prealloc));
   }
 
