@@ -599,7 +599,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
 
   #autoclear: Promise<void> | null = null;
 
-  /** Clears the autoclear bits once, before the first write after a reopen read-write. */
+  /** Marks bitmaps in use once, before the first write after a reopen read-write. */
   #clearAutoclear(): Promise<void> {
     const image = this.image;
     return this.#autoclear ??= image.lock.run(async () => {

@@ -1,25 +1,16 @@
 /**
  * Reopening a qcow2 node between read-only and read-write (blockdev-reopen, commit jobs,
  * qemu-io's reopen): read-only first writes everything back and marks the image clean;
- * read-write refuses corrupt or dirty images, and clears the autoclear features this driver
- * does not maintain before the first write (the file may only become writable in the same
- * reopen, so that write cannot happen while preparing).
+ * read-write refuses corrupt or dirty images, and before the first write marks the loaded
+ * bitmaps in use (bitmaps.ts) — the file may only become writable in the same reopen, so
+ * that write cannot happen while preparing.
  *
  * @module
  */
 
 import { BlockError, type ReopenHandle } from "@blockgraph/core";
-import { COMPAT_LAZY_REFCOUNTS, Incompat, setU64, viewOf } from "./format.ts";
+import { COMPAT_LAZY_REFCOUNTS, Incompat } from "./format.ts";
 import type { Qcow2Image } from "./image.ts";
-
-/** Clears the autoclear feature bits on disk (bitmaps this driver does not keep in step). */
-export async function clearAutoclear(image: Qcow2Image): Promise<void> {
-  image.header.autoclear = 0n;
-  const buf = new Uint8Array(8);
-  setU64(viewOf(buf), 0, 0);
-  await image.write("qcow2_header", 88, buf);
-  await image.flush();
-}
 
 /**
  * Prepares a change of `image` to `readOnly`. `idle` runs a function once no write is in
