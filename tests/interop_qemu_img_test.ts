@@ -69,6 +69,9 @@ async function makeImages(dir: string): Promise<void> {
   await q(["snapshot", "-c", "s1", "snap.qcow2"]);
   await Deno.copyFile(`${dir}/flat.raw`, `${dir}/other.raw`);
   await io(["-f", "raw", "-c", "write -P 9 100000 1", "other.raw"]);
+  await Deno.copyFile(`${dir}/small.qcow2`, `${dir}/bm.qcow2`);
+  await q(["bitmap", "--add", "bm.qcow2", "b0"]);
+  await q(["bitmap", "--add", "--disable", "-g", "4096", "bm.qcow2", "b1"]);
 }
 
 /** Runs `args` through both tools, each on its own copy of the images. */
@@ -109,6 +112,8 @@ const CASES: string[][] = [
   ["info", "--output=json", "--backing-chain", "top.qcow2"],
   ["info", "--backing-chain", "top.qcow2"],
   ["info", "small.qcow2"],
+  ["info", "bm.qcow2"],
+  ["info", "--output=json", "bm.qcow2"],
   ["info", "--output=json", "flat.raw"],
   ["check", "top.qcow2"],
   ["check", "--output=json", "comp.qcow2"],

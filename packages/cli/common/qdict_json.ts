@@ -47,5 +47,23 @@ function reorder(value: unknown): unknown {
  * ```
  */
 export function qdictJson(value: unknown): string {
-  return JSON.stringify(reorder(value), null, 4) + "\n";
+  return pretty(reorder(value), 0) + "\n";
+}
+
+/** QEMU's pretty JSON: like JSON.stringify with 4 spaces, but empty lists and dicts still
+ * break the line (`[\n    ]`), as QEMU's JSON writer does. */
+function pretty(value: unknown, indent: number): string {
+  const pad = " ".repeat(indent);
+  const inner = " ".repeat(indent + 4);
+  if (Array.isArray(value)) {
+    const items = value.map((v) => inner + pretty(v, indent + 4));
+    return items.length ? `[\n${items.join(",\n")}\n${pad}]` : `[\n${pad}]`;
+  }
+  if (value !== null && typeof value === "object") {
+    const items = Object.entries(value).filter(([, v]) => v !== undefined).map(([k, v]) =>
+      `${inner}${JSON.stringify(k)}: ${pretty(v, indent + 4)}`
+    );
+    return items.length ? `{\n${items.join(",\n")}\n${pad}}` : `{\n${pad}}`;
+  }
+  return JSON.stringify(value);
 }

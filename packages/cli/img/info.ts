@@ -110,9 +110,12 @@ export function snapshotRow(s: Qcow2Snapshot | null): string {
 /** QEMU's `dump_qdict` of format-specific data: keys with spaces, indented by four. */
 function dumpSpecific(data: Record<string, unknown>, indent: number): string {
   let out = "";
-  for (const k of qdictKeys(Object.keys(data))) {
+  // Lists print in order as `[i]:` (QEMU's dump_qlist); dicts in QEMU's hash order.
+  const list = Array.isArray(data);
+  const keys = list ? Object.keys(data) : qdictKeys(Object.keys(data));
+  for (const k of keys) {
     const v = data[k];
-    const key = k.replaceAll("-", " ");
+    const key = list ? `[${k}]` : k.replaceAll("-", " ");
     if (v !== null && typeof v === "object") {
       out += `${" ".repeat(indent)}${key}:\n` +
         dumpSpecific(v as Record<string, unknown>, indent + 4);
