@@ -129,6 +129,7 @@ const CASES: string[][] = [
   ["snapshot", "-l", "snap.qcow2"],
   ["snapshot", "-d", "nonexistent", "snap.qcow2"],
   ["convert", "-m", "17", "flat.raw", "out.raw"],
+  ["convert", "-n", "--target-image-opts", "flat.raw", "driver=raw,file.filename=other.raw"],
   ["dd", "if=flat.raw", "of=out.raw", "foo=1"],
   ["commit", "-f", "raw", "flat.raw"],
 ];

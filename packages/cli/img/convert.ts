@@ -7,7 +7,7 @@
  * @module
  */
 
-import { BlockError, type Graph } from "@blockgraph/core";
+import { BlockError, type Graph, parseKeyValue } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { type OpenedImage, parseCacheMode } from "../common/open_image.ts";
@@ -223,9 +223,14 @@ export async function imgConvert(
       );
       return 1;
     }
-    const fmt = graph.registry.find(a.outFmt);
+    // With --target-image-opts and no -O, the target's own options name its driver (qemu-img
+    // only needs the format to create the target, and -n skips that).
+    const fmtName = a.outFmt === "" && a.targetImageOpts && a.skipCreate
+      ? targetDriverName(outName)
+      : a.outFmt;
+    const fmt = graph.registry.find(fmtName);
     if (!fmt || fmt.kind === "filter") {
-      imgError(io, `Unknown file format '${a.outFmt}'`);
+      imgError(io, `Unknown file format '${fmtName}'`);
       return 1;
     }
     if (a.compress && fmt.name !== "qcow2") {
@@ -300,4 +305,14 @@ export async function imgConvert(
 /** The cluster size compressed writes need. */
 function clusterSizeOf(image: OpenedImage): number {
   return imageFacts(image.node).clusterSize ?? 65536;
+}
+
+/** The `driver=` of an image-opts target (`driver=raw,file.filename=x`), or "". */
+function targetDriverName(opts: string): string {
+  try {
+    const d = parseKeyValue(opts)["driver"];
+    return typeof d === "string" ? d : "";
+  } catch {
+    return "";
+  }
 }
