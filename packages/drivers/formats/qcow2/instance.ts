@@ -16,18 +16,19 @@ import {
   type DirtyBitmapStore,
   type DriverInstance,
   type FormatSpecificInfo,
-  IoVector,
+  type IoVector,
   type Node,
   type OptionValues,
   type PreallocMode,
   type ReopenHandle,
   ReqFlags,
 } from "@blockgraph/core";
-import { compressedPlace, decompressCluster } from "./compressed.ts";
-import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, copiedEntry, Incompat, ZERO_LO } from "./format.ts";
+import type { compressedPlace, decompressCluster } from "./compressed.ts";
+import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, type copiedEntry, Incompat, ZERO_LO } from "./format.ts";
 import { amendImage } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
+import { allocatingWrite, decompressExtent } from "./allocating_write.ts";
 import { classify, type Extent } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
 import {
@@ -124,7 +125,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
         qiov.fill(qiovOffset, bytes, 0);
         return;
       case "compressed": {
-        const data = await this.#decompress(ext);
+        const data = await decompressExtent(this.image, ext);
         qiov.copyFrom(qiovOffset, data, offset % this.image.cs, bytes);
         return;
       }
@@ -137,18 +138,6 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
         await backing.preadv(offset, bytes, qiov, qiovOffset);
       }
     }
-  }
-
-  async #decompress(ext: Extent): Promise<Uint8Array> {
-    const image = this.image;
-    const p = compressedPlace(ext.hi, ext.lo, image.header.clusterBits);
-    const fileLen = image.file.getLength();
-    if (p.offset >= fileLen) {
-      throw image.corrupt(`Compressed cluster at ${p.offset} is beyond the end of the image file`);
-    }
-    const buf = new Uint8Array(Math.min(p.bytes, fileLen - p.offset));
-    await image.file.read(p.offset, buf);
-    return decompressCluster(buf, image.cs, image.header.compressionType);
   }
 
   /** Writes guest data, allocating clusters where needed. */
@@ -221,116 +210,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
       return ext.bytes;
     }
     try {
-      await this.#allocatingWrite(ext, offset, qiov, qiovOffset);
+      await allocatingWrite(this.image, this.#backing(), ext, offset, qiov, qiovOffset);
     } finally {
       step.release!();
     }
     return ext.bytes;
-  }
-
-  /**
-   * Writes `ext.bytes` at guest `offset` into new clusters (or, for a COPIED zero-alloc
-   * cluster, into the cluster it has), with the head and tail of the touched clusters copied
-   * from what they read before, then points the L2 entries at them.
-   */
-  async #allocatingWrite(
-    ext: Extent,
-    offset: number,
-    qiov: IoVector,
-    qiovOffset: number,
-  ): Promise<void> {
-    const image = this.image;
-    const cs = image.cs;
-    const bytes = ext.bytes;
-    const gStart = Math.floor(offset / cs) * cs;
-    const gEnd = Math.ceil((offset + bytes) / cs) * cs;
-    const count = (gEnd - gStart) / cs;
-    const reuse = ext.kind === "zero-alloc" && ext.copied;
-    const target = reuse
-      ? ext.host - (offset - gStart)
-      : (image.lock.held ? null : image.refcounts.allocCached(count)) ??
-        await image.lock.run(() => image.refcounts.alloc(count));
-    try {
-      await this.#writeWithCow(ext, offset, target, qiov, qiovOffset);
-    } catch (e) {
-      if (!reuse && !image.broken) {
-        await image.lock.run(() => image.refcounts.update(target / cs, count, -1));
-      }
-      throw e;
-    }
-    await this.#linkAllocated(ext, offset, target, count, reuse);
-  }
-
-  /** Writes the guest data at `offset` with the old head and tail of its clusters. */
-  async #writeWithCow(
-    ext: Extent,
-    offset: number,
-    target: number,
-    qiov: IoVector,
-    qiovOffset: number,
-  ): Promise<void> {
-    const cs = this.image.cs;
-    const bytes = ext.bytes;
-    const gStart = Math.floor(offset / cs) * cs;
-    const gEnd = Math.ceil((offset + bytes) / cs) * cs;
-    const parts = new IoVector();
-    if (offset > gStart) {
-      parts.add(await this.#oldContent(ext, gStart, offset - gStart, offset));
-    }
-    qiov.slices(qiovOffset, bytes, parts.iov);
-    parts.size += bytes;
-    if (gEnd > offset + bytes) {
-      parts.add(await this.#oldContent(ext, offset + bytes, gEnd - offset - bytes, offset));
-    }
-    await this.image.writeData(target, parts.size, parts, 0);
-  }
-
-  /** Points the L2 entries of the guest clusters written at `offset` to `target`. */
-  async #linkAllocated(
-    ext: Extent,
-    offset: number,
-    target: number,
-    count: number,
-    reuse: boolean,
-  ): Promise<void> {
-    const image = this.image;
-    const cs = image.cs;
-    const gStart = Math.floor(offset / cs) * cs;
-    const frees = !reuse && ext.kind !== "unallocated" && ext.kind !== "zero";
-    if (!frees && !image.lock.held && image.setEntriesCached(gStart / cs, count, target)) return;
-    await image.lock.run(async () => {
-      const g0 = gStart / cs;
-      const oldBase = ext.host - (offset - gStart);
-      for (let k = 0; k < count; k++) {
-        const host = target + k * cs;
-        await image.setEntry(g0 + k, ...copiedEntry(host));
-        if (reuse) continue;
-        if (ext.kind === "normal") image.freeLater(oldBase + k * cs, 1, true);
-        else if (ext.kind === "compressed" || ext.kind === "zero-alloc") {
-          image.releaseEntry(ext.hi, ext.lo);
-        }
-      }
-      await image.commitFrees();
-    });
-  }
-
-  /**
-   * What `bytes` bytes at guest `at` read as before a write to `ext` (which starts at guest
-   * `extStart`): the COW source.
-   */
-  async #oldContent(ext: Extent, at: number, bytes: number, extStart: number): Promise<Uint8Array> {
-    const buf = new Uint8Array(bytes);
-    if (ext.kind === "normal") {
-      await this.image.file.read(ext.host + (at - extStart), buf);
-    } else if (ext.kind === "compressed") {
-      buf.set(
-        (await this.#decompress(ext)).subarray(at % this.image.cs, at % this.image.cs + bytes),
-      );
-    } else if (ext.kind === "unallocated") {
-      const backing = this.#backing();
-      if (backing) await backing.read(at, buf);
-    }
-    return buf;
   }
 
   /**
