@@ -23,8 +23,7 @@ import {
   type ReopenHandle,
   ReqFlags,
 } from "@blockgraph/core";
-import type { compressedPlace, decompressCluster } from "./compressed.ts";
-import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, type copiedEntry, Incompat, ZERO_LO } from "./format.ts";
+import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, Incompat, ZERO_LO } from "./format.ts";
 import { amendImage } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
