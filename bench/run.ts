@@ -2,7 +2,7 @@
  * `deno task bench`: ours and the peers side by side in one run, alternating, several rounds
  * (`BENCH_ROUNDS`, default 7), medians, the ratios ours/peer (and each round's), our
  * event-loop lag, and the targets of issues 3, 4 and 5 checked, for every case they list
- * (see `cases.ts`, `nbd_cases.ts`, `convert.ts`). Ours runs in this process through
+ * (see `cases.ts`, `qcow2_cases.ts`, `nbd_cases.ts`, `convert.ts`). Ours runs in this process through
  * `blockgraph img bench` / `img convert` (so its CPU time is this process's, over the timed
  * loop only, and the event-loop lag is measured there too); the peers run as child processes
  * (see `runners.ts` for how each one's CPU is measured). The NBD cases run our daemon as a
@@ -24,6 +24,7 @@ import { ensurePeers } from "../tests/peers.ts";
 import { fileCases, nbdCases, nullCoCases } from "./cases.ts";
 import { CONVERT_CASE_NAMES, convertCases, lazyConvertImages } from "./convert.ts";
 import { type BenchCase, formatTable, LAG_P99_LIMIT_MS, type Row, runCase } from "./harness.ts";
+import { qcow2Cases, qcow2Images } from "./qcow2_cases.ts";
 import { createTestFile, type TestFile } from "./test_file.ts";
 
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 7);
@@ -60,6 +61,7 @@ const log = (text: string) => console.error(text);
 // are listed with a placeholder first and the file is written only when one is selected.
 const onFile = (path: string) => [
   ...fileCases(path, FILE_SIZE, SCALE),
+  ...qcow2Cases(qcow2Images(path, FILE_SIZE), SCALE),
   ...nbdCases(path, FILE_SIZE, SCALE),
 ];
 let file: TestFile | null = null;
