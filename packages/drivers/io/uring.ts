@@ -20,6 +20,7 @@ import { BufferPool } from "./buffer_pool.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
 import { IOVEC_SIZE, NativeIovec } from "./iovec.ts";
 import { lastErrno, libc } from "./libc.ts";
+import { markTurn, sinceTurn } from "./loop_turn.ts";
 import {
   ENTER_GETEVENTS,
   FSYNC_DATASYNC,
@@ -67,12 +68,15 @@ const SYNC_COOL_MS = 100;
 
 /**
  * Tuning switches, for side-by-side benchmarks of the engine's policies; not an API.
- * `syncWrites`: page-cache writes with pwritev on the JS thread; `submitBatch`: SQEs queued
+ * `spinDepth`/`spinMs`: spin on the CQ while at most this many are in flight, for at most this
+ * long; `syncWrites`: page-cache writes with pwritev on the JS thread; `submitBatch`: SQEs queued
  * before an early submit (0: once per microtask round); `asyncBytes`: the size from which
  * page-cache requests are marked large (0: none); `asyncOn`: large ones get IOSQE_ASYNC;
  * `spinBig`: spin even while large ones are in flight; `earlyBig`: submit large ones early.
  */
 export const uringTuning = {
+  spinDepth: SPIN_DEPTH,
+  spinMs: SPIN_MS,
   syncWrites: false,
   submitBatch: SUBMIT_BATCH,
   asyncBytes: ASYNC_BYTES,
@@ -140,12 +144,7 @@ class UringEngine {
   #cqHead: number;
   #kickScheduled = false;
   #waiting: Promise<void> | null = null;
-  #chainStart = 0;
   #broken: BlockError | null = null;
-  #turnTimer = 0;
-  readonly #onTurn = (): void => {
-    this.#turnTimer = 0;
-  };
   #syncOffUntil = 0;
   readonly #kick = (): void => {
     this.#kickScheduled = false;
@@ -153,7 +152,7 @@ class UringEngine {
   };
   readonly #onWait = (rc: number): void => {
     this.#waiting = null;
-    this.#chainStart = performance.now();
+    markTurn();
     if (rc < 0) {
       // errno stayed on the pool thread: ask again without waiting, here, to learn it.
       const r = this.#ring.enter(0, 0, ENTER_GETEVENTS);
@@ -290,21 +289,7 @@ class UringEngine {
   #syncAllowed(): boolean {
     const now = performance.now();
     if (now < this.#syncOffUntil) return false;
-    return this.#inChain(now) < SYNC_BUDGET_MS;
-  }
-
-  /**
-   * How long (ms) the JS thread has been kept busy by this engine since the event loop last
-   * turned: a chain starts at the first spin or page-cache write after a turn, and a zero
-   * timeout (or a pool-thread wait coming back) marks the next turn.
-   */
-  #inChain(now: number): number {
-    if (this.#turnTimer === 0) {
-      this.#chainStart = now;
-      this.#turnTimer = setTimeout(this.#onTurn, 0) as unknown as number;
-      Deno.unrefTimer(this.#turnTimer);
-    }
-    return now - this.#chainStart;
+    return sinceTurn(now) < SYNC_BUDGET_MS;
   }
 
   /**
@@ -344,7 +329,7 @@ class UringEngine {
   #run(): void {
     if (this.#queued > 0) this.#submit();
     if (this.#waiting) return;
-    if (this.#inflight > 0 && this.#inChain(performance.now()) >= YIELD_MS) {
+    if (this.#inflight > 0 && sinceTurn() >= YIELD_MS) {
       // Completions arriving inline (page-cache hits) would never let the event loop run:
       // collect them through the pool thread, which returns to the loop first.
       this.#waiting = this.#ring.enterWait().then(this.#onWait);
@@ -353,7 +338,7 @@ class UringEngine {
     this.#reap();
     if (this.#inflight === 0) return;
     if (
-      this.#inflight <= SPIN_DEPTH && (this.#bigInflight === 0 || uringTuning.spinBig) &&
+      this.#inflight <= uringTuning.spinDepth && (this.#bigInflight === 0 || uringTuning.spinBig) &&
       this.#spinAllowed() && this.#spin()
     ) {
       this.#reap();
@@ -367,14 +352,14 @@ class UringEngine {
   }
 
   #spinAllowed(): boolean {
-    return this.#inChain(performance.now()) < YIELD_MS;
+    return sinceTurn() < YIELD_MS;
   }
 
   #spin(): boolean {
     const cq = this.#ring.cq;
     const tail = this.#ring.cqTail;
     const head = this.#cqHead;
-    const deadline = performance.now() + SPIN_MS;
+    const deadline = performance.now() + uringTuning.spinMs;
     for (let n = 1;; n++) {
       if (Atomics.load(cq, tail) !== head) return true;
       if ((n & 31) === 0 && performance.now() > deadline) return false;
@@ -512,8 +497,6 @@ class UringEngine {
       this.#submit();
       await this.#waiting;
     }
-    if (this.#turnTimer !== 0) clearTimeout(this.#turnTimer);
-    this.#turnTimer = 0;
     this.#ring.close();
     this.#pool.destroy();
   }

@@ -1,7 +1,9 @@
 /**
  * The `memory` protocol driver: a sparse disk in RAM. Data lives in fixed 64 KiB chunks kept in
  * a map, so ranges never written (or zeroed, discarded or cut off by a shrink) cost nothing and
- * read as zeros. Writes past the end grow the disk, as writes to a file do.
+ * read as zeros. Writes past the end grow the disk, as writes to a file do. Reads and writes
+ * complete at once, except that a chain of them lets the event loop turn every few
+ * milliseconds (see `io/loop_turn.ts`).
  *
  * @module
  */
@@ -20,6 +22,7 @@ import {
   type PreallocMode,
   ReqFlags,
 } from "@blockgraph/core";
+import { nextTurn, yieldDue } from "../io/loop_turn.ts";
 
 /** The chunk size in bytes: the granularity of allocation, write-zeroes and discard. */
 export const MEMORY_CHUNK_SIZE = 64 * 1024;
@@ -66,7 +69,7 @@ export class MemoryInstance implements DriverInstance {
       qiovOffset += n;
       bytes -= n;
     }
-    return RESOLVED;
+    return yieldDue() ? nextTurn() : RESOLVED;
   }
 
   /** Copies into the chunks, allocating the ones touched for the first time. */
@@ -87,7 +90,7 @@ export class MemoryInstance implements DriverInstance {
       qiovOffset += n;
     }
     if (end > this.#length) this.#length = end;
-    return RESOLVED;
+    return yieldDue() ? nextTurn() : RESOLVED;
   }
 
   /** Drops the chunks the range covers whole and zero-fills the partly covered ones. */

@@ -2,7 +2,8 @@
  * The `null-co` protocol driver: a disk of a given size that stores nothing. Writes are
  * discarded; reads leave the caller's buffer untouched unless `read-zeroes` is on. It is the
  * yardstick for the request path: with no latency it completes every request with one shared,
- * already-resolved promise.
+ * already-resolved promise, except that a chain of such requests lets the event loop turn every
+ * few milliseconds (see `io/loop_turn.ts`).
  *
  * @module
  */
@@ -19,6 +20,7 @@ import {
   type OptionValues,
   ReqFlags,
 } from "@blockgraph/core";
+import { nextTurn, yieldDue } from "../io/loop_turn.ts";
 
 const RESOLVED: Promise<void> = Promise.resolve();
 /** The one filename the driver accepts (`null-co://`), as QEMU. */
@@ -45,6 +47,11 @@ export class NullInstance implements DriverInstance {
     this.#delayed = () => new Promise<void>((resolve) => setTimeout(resolve, ms));
   }
 
+  /** Completion of a request with no delay: at once, or after a turn of the event loop. */
+  #now(): Promise<void> {
+    return yieldDue() ? nextTurn() : RESOLVED;
+  }
+
   /** The configured size. */
   getLength(): number {
     return this.#length;
@@ -53,17 +60,17 @@ export class NullInstance implements DriverInstance {
   /** Fills the range with zeros when `read-zeroes` is on; otherwise leaves it alone. */
   preadv(_offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
     if (this.#readZeroes) qiov.fill(qiovOffset, bytes, 0);
-    return this.#delayMs === 0 ? RESOLVED : this.#delayed();
+    return this.#delayMs === 0 ? this.#now() : this.#delayed();
   }
 
   /** Discards the data. */
   pwritev(): Promise<void> {
-    return this.#delayMs === 0 ? RESOLVED : this.#delayed();
+    return this.#delayMs === 0 ? this.#now() : this.#delayed();
   }
 
   /** Nothing to make stable; waits the configured latency like any request. */
   flush(): Promise<void> {
-    return this.#delayMs === 0 ? RESOLVED : this.#delayed();
+    return this.#delayMs === 0 ? this.#now() : this.#delayed();
   }
 
   /**
