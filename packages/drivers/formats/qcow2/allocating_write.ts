@@ -7,7 +7,7 @@
  * @module
  */
 
-import { IoVector, type Node } from "@blockgraph/core";
+import { BlockError, IoVector, type Node } from "@blockgraph/core";
 import { compressedPlace, decompressCluster } from "./compressed.ts";
 import type { Extent } from "./extent.ts";
 import { copiedEntry } from "./format.ts";
@@ -59,7 +59,13 @@ export async function allocatingWrite(
   await linkAllocated(image, ext, offset, target, count, reuse);
 }
 
-/** Writes the guest data at `offset` with the old head and tail of its clusters. */
+/**
+ * Writes the guest data at `offset` with the old head and tail of its clusters. When those
+ * read as zeros (nothing below, or a zero cluster), the new clusters are zeroed with one
+ * write-zeroes that may not fall back to writing buffers (`fallocate` ZERO_RANGE on a file)
+ * and only the guest data is written, as QEMU does: 4 KiB allocating writes into 64 KiB
+ * clusters then move 4 KiB, not 64.
+ */
 async function writeWithCow(
   image: Qcow2Image,
   backing: Node | null,
@@ -73,6 +79,15 @@ async function writeWithCow(
   const bytes = ext.bytes;
   const gStart = Math.floor(offset / cs) * cs;
   const gEnd = Math.ceil((offset + bytes) / cs) * cs;
+  if (
+    (offset > gStart || gEnd > offset + bytes) && image.zeroCowAllowed &&
+    (ext.kind === "zero" || ext.kind === "zero-alloc" ||
+      (ext.kind === "unallocated" && backing === null)) &&
+    await zeroClusters(image, target, gEnd - gStart)
+  ) {
+    await image.writeData(target + (offset - gStart), bytes, qiov, qiovOffset);
+    return;
+  }
   const parts = new IoVector();
   if (offset > gStart) {
     parts.add(await oldContent(image, backing, ext, gStart, offset - gStart, offset));
@@ -83,6 +98,21 @@ async function writeWithCow(
     parts.add(await oldContent(image, backing, ext, offset + bytes, gEnd - offset - bytes, offset));
   }
   await image.writeData(target, parts.size, parts, 0);
+}
+
+/**
+ * Zeroes `bytes` of new clusters at host `target` without writing buffers; false (and never
+ * again for this image) when the image file cannot, so the caller copies zeros instead.
+ */
+async function zeroClusters(image: Qcow2Image, target: number, bytes: number): Promise<boolean> {
+  try {
+    await image.writeZeroesData(target, bytes);
+    return true;
+  } catch (e) {
+    if (!(e instanceof BlockError) || e.code !== "ENOTSUP") throw e;
+    image.zeroCowAllowed = false;
+    return false;
+  }
 }
 
 /** Points the L2 entries of the guest clusters written at `offset` to `target`. */

@@ -20,7 +20,7 @@
  * @module
  */
 
-import { BlockError, type IoVector, type Node } from "@blockgraph/core";
+import { BlockError, type IoVector, type Node, ReqFlags } from "@blockgraph/core";
 import { compressedPlace } from "./compressed.ts";
 import { classify, type Extent, extentIn } from "./extent.ts";
 import { COPIED_HI, copiedEntry, entryOffset, hex, Incompat, setU64, viewOf } from "./format.ts";
@@ -85,6 +85,11 @@ export class Qcow2Image implements MetaIo {
   lazy = false;
   /** Set once corruption was found in a writable image: all I/O fails from then on. */
   broken = false;
+  /**
+   * Allocating writes zero the untouched rest of new clusters with a write-zeroes (cleared
+   * once the image file answers ENOTSUP: then they copy zeros).
+   */
+  zeroCowAllowed = true;
   #warned = false;
   #marking: Promise<void> | null = null;
   readonly #sink: CorruptionSink;
@@ -216,6 +221,20 @@ export class Qcow2Image implements MetaIo {
       );
     }
     return this.file.pwritev(offset, bytes, qiov, qiovOffset);
+  }
+
+  /**
+   * Zeroes guest data clusters in the image file with a write-zeroes that may not fall back
+   * to writing zero buffers (ENOTSUP when the file cannot), after the overlap check.
+   */
+  writeZeroesData(offset: number, bytes: number): Promise<void> {
+    const hit = this.map.check("data", offset, bytes);
+    if (hit !== null) {
+      return Promise.reject(
+        this.corrupt(`Preventing invalid write on metadata (overlaps with ${hit})`, offset, bytes),
+      );
+    }
+    return this.file.pwriteZeroes(offset, bytes, ReqFlags.NO_FALLBACK);
   }
 
   /** Flushes the image file. */

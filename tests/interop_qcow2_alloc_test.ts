@@ -1,0 +1,55 @@
+/**
+ * qcow2 allocating writes against qemu-io and qemu-img check: the untouched rest of a new
+ * cluster reads as zeros even when the host cluster held other data before (freed and
+ * reused), both when it is zeroed with write-zeroes (io_uring: fallocate ZERO_RANGE) and when
+ * zeros are copied (the threads engine has no fallocate).
+ */
+import { IoVector } from "@blockgraph/core";
+import {
+  expect,
+  expectQemuClean,
+  KIB,
+  must,
+  qemuRead,
+  withDir,
+  withImage,
+  writeBytes,
+} from "./interop_qcow2_helpers.ts";
+
+for (const aio of ["io_uring", "threads"]) {
+  Deno.test(`qcow2 allocating write into a reused cluster leaves zeros around the data (aio=${aio})`, async () => {
+    await withDir(async (dir) => {
+      const path = `${dir}/a.qcow2`;
+      await must("qemu-img", ["create", "-q", "-f", "qcow2", path, "1M"]);
+      const opts = { discard: "unmap", file: { filename: path, aio } };
+      await withImage(path, opts, async (node) => {
+        await node.write(0, new Uint8Array(64 * KIB).fill(0xaa));
+      });
+      const map = JSON.parse(await must("qemu-img", ["map", "--output=json", path]));
+      const host = map[0].offset as number;
+      await withImage(path, opts, (node) => node.pdiscard(0, 64 * KIB));
+      // The freed cluster may have been punched: fill it with old data again behind our back.
+      await writeBytes(path, host, Array(64 * KIB).fill(0xaa));
+      const sizeBefore = (await Deno.stat(path)).size;
+      await withImage(path, opts, async (node) => {
+        const data = new Uint8Array(4 * KIB).fill(0x55);
+        await node.pwritev(260 * KIB, 4 * KIB, IoVector.of(data), 0);
+        const back = new Uint8Array(64 * KIB);
+        await node.read(256 * KIB, back);
+        for (let i = 0; i < back.length; i++) {
+          const want = i >= 4 * KIB && i < 8 * KIB ? 0x55 : 0;
+          if (back[i] !== want) throw new Error(`byte ${256 * KIB + i}: ${back[i]} != ${want}`);
+        }
+      });
+      const after = JSON.parse(await must("qemu-img", ["map", "--output=json", path]));
+      const entry = after.find((e: { start: number }) => e.start === 256 * KIB);
+      expect(entry?.offset === host, "the freed cluster was reused");
+      expect((await Deno.stat(path)).size === sizeBefore, "the image file did not grow");
+      await qemuRead(path, 256 * KIB, 4 * KIB, 0);
+      await qemuRead(path, 260 * KIB, 4 * KIB, 0x55);
+      await qemuRead(path, 264 * KIB, 56 * KIB, 0);
+      await qemuRead(path, 0, 64 * KIB, 0);
+      await expectQemuClean(path, aio);
+    });
+  });
+}
