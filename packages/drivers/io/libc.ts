@@ -57,6 +57,15 @@ const SYMBOLS = {
     parameters: ["u32", "u32", "u32", "u32", "u32", "pointer"],
     result: "i32",
   },
+  /**
+   * io_uring_enter with IORING_ENTER_EXT_ARG: nr, fd, to_submit, min_complete, flags, arg,
+   * argsz (the 7th argument pointer-sized, or the fast call leaves its upper half garbage).
+   */
+  enterArg: {
+    name: "syscall",
+    parameters: ["u32", "u32", "u32", "u32", "u32", "pointer", "usize"],
+    result: "i32",
+  },
   /** The same call run on a pool thread, for waiting without blocking the event loop. */
   enterWait: {
     name: "syscall",
