@@ -1,8 +1,8 @@
 /**
- * `blockgraph img bitmap` against qemu-img 7.2 bitmap: the same actions on two copies of the
- * same images (whose bitmaps qemu-img made) give the same output, errors and exit status;
- * afterwards `qemu-img info` lists the same bitmaps, `qemu-img check` finds no errors, and
- * the stored bits are the same.
+ * `blockgraph img bitmap` and `img convert --bitmaps` against qemu-img 7.2: the same command
+ * on two copies of the same images (whose bitmaps qemu-img made) gives the same output,
+ * errors and exit status; afterwards `qemu-img info` lists the same bitmaps, `qemu-img
+ * check` finds no errors, and the stored bits are the same.
  *
  * @module
  */
@@ -62,10 +62,12 @@ async function makeImages(dir: string): Promise<void> {
   await q("bitmap", "--add", "iu.qcow2", "fresh");
 }
 
+const IMAGES = ["a.qcow2", "s.qcow2", "t.qcow2", "iu.qcow2", "v2.qcow2"];
+
 /** What qemu-img info and check say of every qcow2 image, and the bits we load from it. */
-async function state(dir: string): Promise<unknown> {
+async function state(dir: string, names = IMAGES): Promise<unknown> {
   const out: Record<string, unknown> = {};
-  for (const name of ["a.qcow2", "s.qcow2", "t.qcow2", "iu.qcow2", "v2.qcow2"]) {
+  for (const name of names) {
     const info = JSON.parse((await sh("qemu-img", ["info", "--output=json", name], dir)).out);
     const check = await sh("qemu-img", ["check", name], dir);
     // Where the bitmap clusters go is each tool's own choice.
@@ -154,6 +156,45 @@ Deno.test("img bitmap changes qemu-img's bitmaps as qemu-img bitmap does", async
       const norm = (r: Run) => ({ ...r, err: r.err.replace(/#block\d+/g, "#blockN") });
       assertEquals({ args, ...norm(mine) }, { args, ...norm(theirs) });
       assertEquals({ args, state: await state(b) }, { args, state: await state(a) });
+    }
+  } finally {
+    for (const d of [src, a, b]) await Deno.remove(d, { recursive: true });
+  }
+});
+
+const CONVERT_CASES: string[][] = [
+  ["convert", "--bitmaps", "-O", "qcow2", "a.qcow2", "o.qcow2"],
+  ["convert", "--bitmaps", "-O", "qcow2", "-o", "cluster_size=4k", "a.qcow2", "o.qcow2"],
+  ["convert", "--bitmaps", "-O", "qcow2", "-B", "s.qcow2", "-F", "qcow2", "a.qcow2", "o.qcow2"],
+  ["convert", "--bitmaps", "--skip-broken-bitmaps", "-O", "qcow2", "iu.qcow2", "o.qcow2"],
+  ["convert", "--bitmaps", "-O", "qcow2", "iu.qcow2", "o.qcow2"],
+  ["convert", "--skip-broken-bitmaps", "-O", "qcow2", "a.qcow2", "o.qcow2"],
+  ["convert", "--bitmaps", "-O", "qcow2", "a.qcow2", "s.qcow2", "o.qcow2"],
+  ["convert", "--bitmaps", "-O", "qcow2", "-f", "raw", "r.raw", "o.qcow2"],
+  ["convert", "--bitmaps", "-O", "raw", "a.qcow2", "o.raw"],
+  ["convert", "--bitmaps", "-O", "qcow2", "-o", "compat=0.10", "a.qcow2", "o.qcow2"],
+  ["convert", "--bitmaps", "-n", "-O", "qcow2", "a.qcow2", "s.qcow2"],
+];
+
+Deno.test("img convert --bitmaps copies qemu-img's bitmaps as qemu-img convert does", async () => {
+  await ensurePeers(["qemu-img", "qemu-io"]);
+  const src = await Deno.makeTempDir();
+  const a = await Deno.makeTempDir();
+  const b = await Deno.makeTempDir();
+  try {
+    await makeImages(src);
+    for (const args of CONVERT_CASES) {
+      for (const d of [a, b]) {
+        await sh("find", [d, "-mindepth", "1", "-delete"], d);
+        await sh("cp", ["-a", `${src}/.`, d], src);
+      }
+      const theirs = await sh("qemu-img", args, a);
+      const mine = await ours(args, b);
+      assertEquals({ args, ...mine }, { args, ...theirs });
+      const made: string[] = [];
+      for await (const e of Deno.readDir(a)) if (e.name.startsWith("o.qcow2")) made.push(e.name);
+      const names = [...made, "s.qcow2"];
+      assertEquals({ args, state: await state(b, names) }, { args, state: await state(a, names) });
     }
   } finally {
     for (const d of [src, a, b]) await Deno.remove(d, { recursive: true });
