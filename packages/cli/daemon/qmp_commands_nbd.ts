@@ -170,6 +170,9 @@ export async function blockExportAdd(
     ...(a.writable === undefined ? {} : { writable: a.writable as boolean }),
     ...(a.description === undefined ? {} : { description: a.description as string }),
     ...(bitmaps === undefined ? {} : { bitmaps }),
+    ...(a["allocation-depth"] === undefined
+      ? {}
+      : { "allocation-depth": a["allocation-depth"] as boolean }),
   });
   if (a.writethrough === true) exp.backend.enableWriteCache = false;
 }
