@@ -50,7 +50,13 @@ async function withExport(
   const dir = await Deno.makeTempDir({ prefix: "nbd-interop-" });
   const server = new NbdServer({ addr: { type: "inet", host: "127.0.0.1", port: 0 } });
   server.start();
-  await server.addExport(graph, { id: "e0", "node-name": "disk", name: "disk", writable: true });
+  await server.addExport(graph, {
+    id: "e0",
+    "node-name": "disk",
+    name: "disk",
+    writable: true,
+    "allocation-depth": true,
+  });
   const addr = server.address;
   const port = addr.type === "inet" ? Number(addr.port) : 0;
   assert(port > 0, "bound to a port");

@@ -112,3 +112,70 @@ export async function makeTestPki(): Promise<TestPki> {
   }
   return { dir, remove: () => Deno.remove(dir, { recursive: true }) };
 }
+
+/**
+ * Makes a client credentials directory for `subject` (openssl's `/C=GB/O=Org/CN=name`):
+ * `ca-cert.pem` of `pki` and a `client-cert.pem`/`client-key.pem` pair signed by its CA, or
+ * with `selfSigned` by nobody the server trusts. Returns the directory (inside `pki.dir`).
+ */
+export async function makeClientCreds(
+  pki: TestPki,
+  name: string,
+  subject: string,
+  selfSigned = false,
+): Promise<string> {
+  const dir = `${pki.dir}/${name}`;
+  await Deno.mkdir(dir);
+  await Deno.copyFile(`${pki.dir}/ca-cert.pem`, `${dir}/ca-cert.pem`);
+  const key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+  if (selfSigned) {
+    await openssl(dir, [
+      "req",
+      "-x509",
+      ...key,
+      "-keyout",
+      "client-key.pem",
+      "-out",
+      "client-cert.pem",
+      "-days",
+      "2",
+      "-subj",
+      subject,
+    ]);
+    return dir;
+  }
+  await openssl(dir, [
+    "req",
+    "-new",
+    ...key,
+    "-keyout",
+    "client-key.pem",
+    "-out",
+    "client.csr",
+    "-subj",
+    subject,
+  ]);
+  await Deno.writeTextFile(
+    `${dir}/client.ext`,
+    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n" +
+      "extendedKeyUsage=clientAuth\n",
+  );
+  await openssl(dir, [
+    "x509",
+    "-req",
+    "-in",
+    "client.csr",
+    "-CA",
+    "../ca-cert.pem",
+    "-CAkey",
+    "../ca-key.pem",
+    "-CAcreateserial",
+    "-out",
+    "client-cert.pem",
+    "-days",
+    "2",
+    "-extfile",
+    "client.ext",
+  ]);
+  return dir;
+}

@@ -134,7 +134,9 @@ export class DirtyBitmap {
       return new BlockError("EPERM", `Bitmap '${name}' is readonly and cannot be modified`);
     }
     if ((flags & BitmapCheck.INCONSISTENT) && this.inconsistent) {
-      return new BlockError("EINVAL", `Bitmap '${name}' is inconsistent and cannot be used`);
+      return new BlockError("EINVAL", `Bitmap '${name}' is inconsistent and cannot be used`, {
+        hint: "Try block-dirty-bitmap-remove to delete this bitmap from disk\n",
+      });
     }
     return null;
   }

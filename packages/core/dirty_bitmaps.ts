@@ -204,7 +204,9 @@ export class DirtyBitmaps {
       } else {
         src = this.lookup(s.node, s.name);
       }
-      const err = src.check(BitmapCheck.ALLOW_RO);
+      // Each source is looked up, then the target's state checked before the source's
+      // (so a busy or inconsistent target is named first, as QEMU 7.2 reports it).
+      const err = dst.check(BitmapCheck.DEFAULT) ?? src.check(BitmapCheck.ALLOW_RO);
       if (err) throw err;
       if (src.size !== acc.size) throw sizeMismatch(acc.size, src.size);
       acc.merge(src.hbitmap);

@@ -179,3 +179,30 @@ Deno.test("DirtyBitmaps: an aborted clear keeps writes marked after it", async (
   assertEquals([...bm.hbitmap.areas()], [{ offset: 0, bytes: 512 }, { offset: 4096, bytes: 512 }]);
   await teardown(a, b);
 });
+
+Deno.test("DirtyBitmaps.merge names an unusable target before an unusable source", async () => {
+  const { a, b, bms } = await setup();
+  const t = bms.add({ node: "a", name: "t" });
+  const s = bms.add({ node: "a", name: "s" });
+  t.inconsistent = true;
+  s.inconsistent = true;
+  const e = assertThrows(
+    () => bms.merge({ node: "a", target: "t", bitmaps: ["s"] }),
+    BlockError,
+    "Bitmap 't' is inconsistent and cannot be used",
+  );
+  // The tools print QEMU's hint after the message; QMP leaves it out.
+  assertEquals(e.hint, "Try block-dirty-bitmap-remove to delete this bitmap from disk\n");
+  throwsBlock(
+    () => bms.merge({ node: "a", target: "t", bitmaps: ["nope"] }),
+    "ENOENT",
+    "Dirty bitmap 'nope' not found",
+  );
+  t.inconsistent = false;
+  throwsBlock(
+    () => bms.merge({ node: "a", target: "t", bitmaps: ["s"] }),
+    "EINVAL",
+    "Bitmap 's' is inconsistent and cannot be used",
+  );
+  await teardown(a, b);
+});

@@ -116,6 +116,11 @@ export interface ErrorContext {
   offset?: number;
   /** The underlying error, when this one wraps another. */
   cause?: unknown;
+  /**
+   * Advice printed after the message by the command-line tools (QEMU's error hint, such as
+   * "Try block-dirty-bitmap-remove to delete this bitmap from disk"); QMP leaves it out.
+   */
+  hint?: string;
 }
 
 /**
@@ -138,6 +143,8 @@ export class BlockError extends Error {
   readonly op: string | undefined;
   /** The byte offset of the failing request, if known. */
   readonly offset: number | undefined;
+  /** Advice for a person, printed on its own line(s) by the tools; not part of QMP replies. */
+  readonly hint: string | undefined;
 
   /** Creates an error; `message` defaults to the code's `strerror` text. */
   constructor(code: ErrorCode, message?: string, context: ErrorContext = {}) {
@@ -150,6 +157,7 @@ export class BlockError extends Error {
     this.node = context.node;
     this.op = context.op;
     this.offset = context.offset;
+    this.hint = context.hint;
   }
 
   /** The positive Linux errno number for `code`. */

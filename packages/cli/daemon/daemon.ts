@@ -47,6 +47,8 @@ export class Daemon {
   nbd: NbdServer | null = null;
   /** TLS credentials (`tls-creds-x509` objects), by id. */
   readonly tlsCreds: Map<string, X509Creds> = new Map();
+  /** `authz-simple` objects: the one identity (x509 distinguished name) each admits, by id. */
+  readonly authz: Map<string, string> = new Map();
   /** Drives made with `--drive` (our extension), by device id. */
   readonly drives: Map<string, DaemonDrive> = new Map();
   /** The QMP commands, by name. */

@@ -12,7 +12,8 @@ import type { X509Creds } from "@blockgraph/drivers/nbd";
 import type { Daemon, QmpCommand } from "./daemon.ts";
 import { type ArgsSchema, checkArgs, type CheckOptions } from "./qmp_args.ts";
 import { genericError } from "./qmp_error.ts";
-import { findTlsCreds } from "./qmp_commands_objects.ts";
+import { checkTlsAuthz, findTlsCreds } from "./qmp_commands_objects.ts";
+import { DAEMON_PROG } from "./daemon_options.ts";
 import { checkBitmapList } from "./qmp_commands_bitmaps.ts";
 
 const INET_DATA: ArgsSchema = {
@@ -85,10 +86,17 @@ export async function nbdServerStart(
   addr: NbdServerAddress,
   maxConnections = 0,
   tlsCreds: X509Creds | null = null,
+  tlsAuthz: ((distinguishedName: string) => void) | null = null,
 ): Promise<NbdServer> {
   if (daemon.nbd) throw genericError("NBD server already running");
   if (addr.type === "unix") await removeStaleSocket(addr.path);
-  const server = new NbdServer({ addr, maxConnections, ...(tlsCreds ? { tlsCreds } : {}) });
+  const server = new NbdServer({
+    addr,
+    maxConnections,
+    ...(tlsCreds ? { tlsCreds } : {}),
+    ...(tlsAuthz ? { tlsAuthz } : {}),
+    log: (message) => console.error(`${DAEMON_PROG}: ${message}`),
+  });
   try {
     server.start();
   } catch (e) {
@@ -124,12 +132,16 @@ export function nbdServerStartArgs(
   const addr = parseSocketAddress(raw, { ...opts, legacy, prefix: "addr." });
   const credsId = a["tls-creds"] as string | undefined;
   const creds = credsId === undefined ? null : findTlsCreds(daemon, credsId, "server");
-  if (a["tls-authz"] !== undefined) {
-    throw genericError(
-      creds ? "tls-authz is not supported" : "tls-authz is not supported without tls-creds",
-    );
-  }
-  return nbdServerStart(daemon, addr, (a["max-connections"] as number | undefined) ?? 0, creds);
+  // As QEMU 7.2: taken without tls-creds (then unused), looked up for each client.
+  const authzId = a["tls-authz"] as string | undefined;
+  const authz = authzId === undefined ? null : (dn: string) => checkTlsAuthz(daemon, authzId, dn);
+  return nbdServerStart(
+    daemon,
+    addr,
+    (a["max-connections"] as number | undefined) ?? 0,
+    creds,
+    authz,
+  );
 }
 
 const EXPORT_ARGS: ArgsSchema = {
@@ -170,6 +182,9 @@ export async function blockExportAdd(
     ...(a.writable === undefined ? {} : { writable: a.writable as boolean }),
     ...(a.description === undefined ? {} : { description: a.description as string }),
     ...(bitmaps === undefined ? {} : { bitmaps }),
+    ...(a["allocation-depth"] === undefined
+      ? {}
+      : { "allocation-depth": a["allocation-depth"] as boolean }),
   });
   if (a.writethrough === true) exp.backend.enableWriteCache = false;
 }

@@ -1,7 +1,10 @@
 /**
  * User-creatable objects, as far as NBD needs them: QEMU's `tls-creds-x509` (`--object
  * tls-creds-x509,id=ID,endpoint=server|client,dir=DIR[,verify-peer=on|off]`, QMP `object-add`
- * and `object-del`), named by `tls-creds` on the NBD server and on `nbd` nodes.
+ * and `object-del`), named by `tls-creds` on the NBD server and on `nbd` nodes, and
+ * `authz-simple` (`--object authz-simple,id=ID,identity=DN`), named by the server's
+ * `tls-authz`. As in QEMU the server looks its authz object up for each client, so one may
+ * be deleted (clients are then refused) or added after the server started.
  *
  * @module
  */
@@ -19,21 +22,34 @@ const X509_ARGS: ArgsSchema = {
   "*verify-peer": "bool",
 };
 
-/** object-add (and `--object`): only `tls-creds-x509` objects exist here. */
+const AUTHZ_ARGS: ArgsSchema = { "qom-type": "str", id: "str", identity: "str" };
+
+/** object-add (and `--object`): `tls-creds-x509` and `authz-simple` objects exist here. */
 export async function objectAdd(
   daemon: Daemon,
   args: Record<string, unknown>,
   opts: CheckOptions = {},
-): Promise<X509Creds> {
+): Promise<void> {
   const type = args["qom-type"];
-  if (type !== undefined && type !== "tls-creds-x509") {
-    throw genericError(`Invalid parameter '${String(type)}': only tls-creds-x509 is supported`);
+  if (type !== undefined && type !== "tls-creds-x509" && type !== "authz-simple") {
+    throw genericError(
+      `Invalid parameter '${String(type)}': only tls-creds-x509 and authz-simple are supported`,
+    );
+  }
+  const duplicate = (id: string) => {
+    if (daemon.tlsCreds.has(id) || daemon.authz.has(id)) {
+      throw genericError(`attempt to add duplicate property '${id}' to object (type 'container')`);
+    }
+  };
+  if (type === "authz-simple") {
+    const a = checkArgs(args, AUTHZ_ARGS, opts);
+    duplicate(a.id as string);
+    daemon.authz.set(a.id as string, a.identity as string);
+    return;
   }
   const a = checkArgs(args, X509_ARGS, opts);
   const id = a.id as string;
-  if (daemon.tlsCreds.has(id)) {
-    throw genericError(`attempt to add duplicate property '${id}' to object (type 'container')`);
-  }
+  duplicate(id);
   const dir = a.dir as string | undefined;
   if (dir === undefined) throw genericError("Parameter 'dir' is missing");
   let creds: X509Creds;
@@ -48,7 +64,16 @@ export async function objectAdd(
     throw genericError((e as Error).message);
   }
   daemon.tlsCreds.set(id, creds);
-  return creds;
+}
+
+/**
+ * The server's `tls-authz` check for the object `id` (QEMU's authz-simple): throws QEMU's
+ * messages unless `dn` is the object's identity.
+ */
+export function checkTlsAuthz(daemon: Daemon, id: string, dn: string): void {
+  const identity = daemon.authz.get(id);
+  if (identity === undefined) throw genericError(`Cannot find QAuthZ object ID ${id}`);
+  if (identity !== dn) throw genericError(`TLS x509 authz check for ${dn} is denied`);
 }
 
 /**
@@ -100,6 +125,8 @@ export const objectCommands: readonly QmpCommand[] = [
     args: { id: "str" },
     run(args, { daemon }) {
       const id = args.id as string;
+      // The server finds its authz object per client: deleting it refuses clients after.
+      if (daemon.authz.delete(id)) return {};
       if (!daemon.tlsCreds.has(id)) throw genericError(`object '${id}' not found`);
       if (daemon.nbd?.tlsCredsId === id) {
         throw genericError(`object '${id}' is in use, can not be deleted`);

@@ -92,7 +92,7 @@ Deno.test("daemon TLS options are refused with QEMU's messages", async () => {
     );
     await rejects(
       () => apply(daemon, ["--object", "secret,id=s0,data=x"]),
-      /only tls-creds-x509 is supported/,
+      /only tls-creds-x509 and authz-simple are supported/,
     );
     assertEquals(daemon.nbd, null);
   } finally {

@@ -1,8 +1,9 @@
 /**
  * `blockgraph img convert`: qemu-img's `convert [-f fmt] [-O fmt] [-o options] [-c] [-p] [-q]
  * [-n] [-B backing [-F fmt]] [-S sparse] [-m N] [-W] [-t cache] [-T src_cache] [-U]
- * [--target-is-zero] [--image-opts] [--target-image-opts] filename [filename2 ...] output`,
- * with its checks and messages; the copy itself is in `convert_copy.ts`.
+ * [--target-is-zero] [--image-opts] [--target-image-opts] [--bitmaps [--skip-broken-bitmaps]]
+ * filename [filename2 ...] output`, with its checks and messages; the copy itself is in
+ * `convert_copy.ts`, the bitmaps' in `convert_bitmaps.ts`.
  *
  * @module
  */
@@ -15,7 +16,8 @@ import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { runCopy } from "./convert_copy.ts";
 import { createHelp, createImage } from "./create.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
-import { imageFacts } from "./image_facts.ts";
+import { imageFacts, supportsPersistentBitmaps } from "./image_facts.ts";
+import { checkSourceBitmaps, copyBitmaps } from "./convert_bitmaps.ts";
 import { Progress } from "./progress.ts";
 
 const MAX_SPARSE = 16 << 20;
@@ -42,6 +44,8 @@ interface ConvertArgs {
   imageOpts: boolean;
   targetImageOpts: boolean;
   snapshot?: string;
+  bitmaps: boolean;
+  skipBrokenBitmaps: boolean;
 }
 
 /** Parses the command line; a number is the exit status of an error already printed. */
@@ -59,6 +63,7 @@ function parseArgs(
     { name: "target-is-zero", arg: "none", key: "target-is-zero" },
     { name: "salvage", arg: "none", key: "salvage" },
     { name: "bitmaps", arg: "none", key: "bitmaps" },
+    { name: "skip-broken-bitmaps", arg: "none", key: "skip-broken-bitmaps" },
   ]);
   if (r.error) return imgOptionError(io, r.error);
   const a: ConvertArgs = {
@@ -77,6 +82,8 @@ function parseArgs(
     targetIsZero: false,
     imageOpts: false,
     targetImageOpts: false,
+    bitmaps: false,
+    skipBrokenBitmaps: false,
   };
   let outFmtGiven = false;
   for (const o of r.options) {
@@ -163,7 +170,17 @@ function parseArgs(
       case "target-image-opts":
         a.targetImageOpts = true;
         break;
+      case "bitmaps":
+        a.bitmaps = true;
+        break;
+      case "skip-broken-bitmaps":
+        a.skipBrokenBitmaps = true;
+        break;
     }
+  }
+  if (a.skipBrokenBitmaps && !a.bitmaps) {
+    imgError(io, "Use of --skip-broken-bitmaps requires --bitmaps");
+    return 1;
   }
   if ("help" in a.options || "?" in a.options) return createHelp(graph, io, a.outFmt);
   if (!outFmtGiven && a.targetImageOpts) a.outFmt = "";
@@ -238,11 +255,18 @@ export async function imgConvert(
       return 1;
     }
     const total = sources.reduce((s, i) => s + i.node.getLength(), 0);
-    if (!a.skipCreate) {
-      if (a.backing !== undefined && !fmt.supportsBacking) {
-        imgError(io, `Backing file not supported for file format '${fmt.name}'`);
+    if (!a.skipCreate && a.backing !== undefined && !fmt.supportsBacking) {
+      imgError(io, `Backing file not supported for file format '${fmt.name}'`);
+      return 1;
+    }
+    if (a.bitmaps) {
+      if (sources.length > 1) {
+        imgError(io, "Copying bitmaps only possible with single source");
         return 1;
       }
+      if (!checkSourceBitmaps(io, sources[0]!.node, a.skipBrokenBitmaps)) return 1;
+    }
+    if (!a.skipCreate) {
       const ret = await createImage(graph, io, {
         fmt: fmt.name,
         filename: outName,
@@ -264,6 +288,10 @@ export async function imgConvert(
       noBacking: a.backing === undefined,
     });
     if (!target) return 1;
+    if (a.bitmaps && !supportsPersistentBitmaps(target.node)) {
+      imgError(io, `Format driver '${target.node.driver.name}' does not support bitmaps`);
+      return 1;
+    }
     const hasBacking = a.backing !== undefined || target.node.cowChild?.node != null;
     if (a.targetIsZero && hasBacking) {
       imgError(io, "Cannot use --target-is-zero when the destination image has a backing file");
@@ -295,6 +323,10 @@ export async function imgConvert(
       return 1;
     }
     progress.end();
+    if (a.bitmaps) {
+      const ok = copyBitmaps(graph, io, sources[0]!.node, target.node, a.skipBrokenBitmaps);
+      if (!ok) return 1;
+    }
     return 0;
   } finally {
     for (const s of sources) await s.backend.unref();

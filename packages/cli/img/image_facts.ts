@@ -32,6 +32,15 @@ export function qcow2Of(node: Node): Qcow2Instance | null {
   return node.instance instanceof Qcow2Instance ? node.instance : null;
 }
 
+/**
+ * Whether `node`'s format stores persistent dirty bitmaps (QEMU's
+ * bdrv_supports_persistent_dirty_bitmap): qcow2 version 3 only.
+ */
+export function supportsPersistentBitmaps(node: Node): boolean {
+  const q = qcow2Of(node);
+  return q !== null && q.image.header.version >= 3;
+}
+
 /** The facts of `node`'s format. */
 export function imageFacts(node: Node): ImageFacts {
   const q = qcow2Of(node);

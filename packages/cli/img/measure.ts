@@ -1,7 +1,8 @@
 /**
  * `blockgraph img measure`: qemu-img's `measure [--output=ofmt] [-O fmt] [-o options]
  * [--size N | [-f fmt] [-U] [--image-opts] filename]` — the bytes a new image needs
- * (`required`) and would take fully allocated, with QEMU's formulas for qcow2 and raw.
+ * (`required`) and would take fully allocated, with QEMU's formulas for qcow2 and raw, and for
+ * a qcow2 source and target what its persistent bitmaps would take (`bitmaps`).
  *
  * @module
  */
@@ -13,6 +14,7 @@ import { qdictJson } from "../common/qdict_json.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { chainStatus } from "./chain_status.ts";
 import { imgCvtnum, imgError, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
+import { supportsPersistentBitmaps } from "./image_facts.ts";
 
 const up = (n: number, a: number) => Math.ceil(n / a) * a;
 
@@ -43,6 +45,24 @@ export function qcow2FullSize(size: number, cs: number, order: number): number {
   meta += nl1e * 8;
   meta += refcountMetadataSize((meta + aligned) / cs, cs, order);
   return meta + aligned;
+}
+
+/**
+ * QEMU's `qcow2_get_persistent_dirty_bitmap_size`: the bytes `node`'s persistent bitmaps
+ * would take in a qcow2 image of `cs`-byte clusters, each fully allocated (data clusters and
+ * its table), plus the bitmap directory.
+ */
+export function persistentBitmapsSize(node: Node, cs: number): number {
+  let bytes = 0;
+  let dir = 0;
+  for (const bm of node.dirtyBitmaps) {
+    if (!bm.persistent || bm.name === null) continue;
+    const clusters = Math.ceil(Math.ceil(Math.ceil(bm.size / bm.granularity) / 8) / cs);
+    bytes += clusters * cs + up(clusters * 8, cs);
+    // A directory entry: 24 bytes and the name, 8-aligned.
+    dir += up(24 + new TextEncoder().encode(bm.name).length, 8);
+  }
+  return bytes + up(dir, cs);
 }
 
 /** Bytes of whole `cs` clusters that hold data in `node`'s chain. */
@@ -133,8 +153,11 @@ export async function imgMeasure(
         const full = qcow2FullSize(virt, cs, order);
         const required = opts.backing_file ? virt : await dataBytes(image.node, cs);
         info = { required: full - virt + required, "fully-allocated": full };
+        // Bitmaps only when both the source and the target format could store them.
         const v2 = opts.compat === "0.10" || opts.compat === "v2";
-        if (!v2 && image.node.driver.supportsBacking) info.bitmaps = 0;
+        if (!v2 && supportsPersistentBitmaps(image.node)) {
+          info.bitmaps = persistentBitmapsSize(image.node, cs);
+        }
       }
     } finally {
       await image.backend.unref();

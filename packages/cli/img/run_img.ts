@@ -17,7 +17,8 @@ import { imgConvert } from "./convert.ts";
 import { imgCheck } from "./check.ts";
 import { imgCommit } from "./commit.ts";
 import { imgInfo } from "./info.ts";
-import { imgAmend, imgBitmap, imgDd } from "./tools.ts";
+import { imgAmend, imgDd } from "./tools.ts";
+import { imgBitmap } from "./bitmap.ts";
 import { imgMeasure } from "./measure.ts";
 import { imgRebase } from "./rebase.ts";
 import { imgResize } from "./resize.ts";
@@ -65,7 +66,7 @@ const SUBCOMMANDS: Record<
 > = {
   amend: imgAmend,
   bench: imgBench,
-  bitmap: imgBitmap,
+  bitmap: (graph, args, io) => imgBitmap(graph, args, io, () => imgUsage(graph)),
   check: imgCheck,
   commit: imgCommit,
   compare: imgCompare,

@@ -1,7 +1,6 @@
 /**
  * The smaller qemu-img subcommands: `amend -o options [--force]` (the qcow2 instance's
- * amend), `dd bs= count= skip= if= of=` and `bitmap`, which answers with qemu-img's error
- * for a format without persistent dirty bitmaps (no driver here stores them yet).
+ * amend) and `dd bs= count= skip= if= of=`. `bitmap` is in `bitmap.ts`.
  *
  * @module
  */
@@ -143,51 +142,5 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
     return 0;
   } finally {
     await src.backend.unref();
-  }
-}
-
-/** Runs `img bitmap` with `args` (after `bitmap`); returns the exit status. */
-export async function imgBitmap(
-  graph: Graph,
-  args: readonly string[],
-  io: CliIo,
-): Promise<number> {
-  const r = getopt(args, ":b:hg:F:f:", [
-    { name: "help", arg: "none", key: "h" },
-    { name: "object", arg: "required", key: "object" },
-    { name: "image-opts", arg: "none", key: "image-opts" },
-    { name: "add", arg: "none", key: "add" },
-    { name: "remove", arg: "none", key: "remove" },
-    { name: "clear", arg: "none", key: "clear" },
-    { name: "enable", arg: "none", key: "enable" },
-    { name: "disable", arg: "none", key: "disable" },
-    { name: "merge", arg: "required", key: "merge" },
-    { name: "granularity", arg: "required", key: "g" },
-    { name: "source-file", arg: "required", key: "b" },
-    { name: "source-format", arg: "required", key: "F" },
-  ]);
-  if (r.error) return imgOptionError(io, r.error);
-  const actions = r.options.filter((o) =>
-    ["add", "remove", "clear", "enable", "disable", "merge"].includes(o.key)
-  );
-  let format: string | undefined;
-  for (const o of r.options) if (o.key === "f") format = o.value!;
-  if (actions.length === 0) {
-    imgError(io, "Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
-    return 1;
-  }
-  if (r.operands.length !== 2) return imgErrorExit(io, "Expecting filename and bitmap name");
-  const [filename, name] = r.operands as [string, string];
-  const image = await imgOpen(graph, io, { filename, format, readOnly: false });
-  if (!image) return 1;
-  try {
-    imgError(
-      io,
-      `Operation ${actions[0]!.key} on bitmap ${name} failed: Can't store persistent bitmaps ` +
-        `to ${image.node.name}: Operation not supported`,
-    );
-    return 1;
-  } finally {
-    await image.backend.unref();
   }
 }

@@ -26,6 +26,7 @@ import {
   SIMPLE_REPLY_SIZE,
   startTlsServer,
   STRUCTURED_REPLY_SIZE,
+  type TlsConn,
   toNbdErrno,
   WireReader,
   WireWriter,
@@ -87,10 +88,20 @@ export interface ServerConn {
   close(): void;
 }
 
+/** TLS for a server connection: credentials, and QEMU's `tls-authz` check. */
+export interface ServerTls {
+  /** The server's x509 credentials. */
+  readonly creds: X509Creds;
+  /** Called with a verified client's distinguished name; throwing refuses the client. */
+  readonly authz: ((distinguishedName: string) => void) | null;
+  /** Reports a refused client. */
+  readonly log: ((message: string) => void) | null;
+}
+
 /** A client connection, from the greeting to the close. */
 export class ServerConnection implements ExportClient {
   #conn: ServerConn;
-  readonly #tls: X509Creds | null;
+  readonly #tls: ServerTls | null;
   readonly #reader: WireReader;
   readonly #writer: WireWriter;
   readonly #lookup: ExportLookup;
@@ -110,7 +121,7 @@ export class ServerConnection implements ExportClient {
    * Wraps an accepted socket; {@link ServerConnection.run} serves it. With `tls` the client
    * must upgrade with NBD_OPT_STARTTLS before anything else.
    */
-  constructor(conn: ServerConn, lookup: ExportLookup, tls: X509Creds | null = null) {
+  constructor(conn: ServerConn, lookup: ExportLookup, tls: ServerTls | null = null) {
     this.#conn = conn;
     this.#tls = tls;
     this.#lookup = lookup;
@@ -127,8 +138,8 @@ export class ServerConnection implements ExportClient {
   /** Serves the connection until the client leaves or the server ends it; never throws. */
   async run(): Promise<void> {
     try {
-      const creds = this.#tls;
-      const tls = creds && { upgrade: () => this.#startTls(creds) };
+      const t = this.#tls;
+      const tls = t && { upgrade: () => this.#startTls(t) };
       const n = await serverHandshake(this.#reader, this.#writer, this.#lookup, tls);
       if (n && !this.#closing) await this.#transmission(n);
     } catch {
@@ -141,9 +152,27 @@ export class ServerConnection implements ExportClient {
     this.#resolveClosed();
   }
 
-  async #startTls(creds: X509Creds): Promise<void> {
+  async #startTls(tls: ServerTls): Promise<void> {
     if (this.#reader.available !== 0) throw new Error("Data arrived before the TLS upgrade");
-    const t = await startTlsServer(this.#conn, creds);
+    let t: TlsConn;
+    try {
+      t = await startTlsServer(this.#conn, tls.creds);
+    } catch (e) {
+      if (e instanceof BlockError && e.code === "EACCES") {
+        tls.log?.(`option negotiation failed: ${e.message}`);
+      }
+      throw e;
+    }
+    // QEMU checks tls-authz on verified certificates only (verify-peer=on).
+    if (tls.authz && tls.creds.verifyPeer) {
+      try {
+        tls.authz(t.peerDistinguishedName ?? "");
+      } catch (e) {
+        tls.log?.(`option negotiation failed: ${(e as Error).message}`);
+        t.close();
+        throw e;
+      }
+    }
     this.#conn = t;
     this.#reader.setConn(t);
     this.#writer.setConn(t);

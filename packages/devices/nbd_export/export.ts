@@ -54,6 +54,8 @@ export interface NbdExportOptions {
    * the export exists (QMP may then neither remove, clear nor change them).
    */
   bitmaps?: readonly DirtyBitmap[];
+  /** Whether to offer the `qemu:allocation-depth` context (default false, as QEMU). */
+  allocationDepth?: boolean;
 }
 
 /** QMP block-export-add arguments for an NBD export (QEMU's names). */
@@ -73,6 +75,8 @@ export interface BlockExportAddArgs {
    * its filtered and backing chain, or `{node, name}` anywhere in the graph.
    */
   bitmaps?: readonly (string | { node: string; name: string })[];
+  /** Whether to offer the `qemu:allocation-depth` context (default false). */
+  "allocation-depth"?: boolean;
 }
 
 /** One entry of query-block-exports. */
@@ -113,6 +117,8 @@ export class NbdExport {
   readonly nodeName: string;
   /** The dirty bitmaps offered as metadata contexts, busy while the export exists. */
   readonly bitmaps: readonly DirtyBitmap[];
+  /** Whether the `qemu:allocation-depth` context is offered. */
+  readonly allocationDepth: boolean;
   readonly #blockSizes: Partial<BlockSizes>;
   readonly #ownsBackend: boolean;
   readonly #clients = new Set<ExportClient>();
@@ -143,6 +149,7 @@ export class NbdExport {
     this.#ownsBackend = options.ownsBackend ?? false;
     this.nodeName = options.nodeName ?? options.backend.node?.name ?? "";
     this.bitmaps = [...(options.bitmaps ?? [])];
+    this.allocationDepth = options.allocationDepth ?? false;
     for (const bm of this.bitmaps) {
       const err = bm.check(BitmapCheck.ALLOW_RO);
       if (err) throw err;
@@ -182,6 +189,7 @@ export class NbdExport {
         ownsBackend: true,
         nodeName: node.name,
         bitmaps,
+        allocationDepth: args["allocation-depth"] ?? false,
       });
     } catch (e) {
       await backend.unref();

@@ -209,7 +209,7 @@ export async function serverHandshake(
           break;
         }
         const list = option === Opt.LIST_META_CONTEXT;
-        const chosen = selectContexts(req.queries, list, exp.bitmaps);
+        const chosen = selectContexts(req.queries, list, exp);
         if (!list) {
           contexts = chosen;
           contextsFor = req.name;

@@ -1,7 +1,9 @@
 /**
- * Metadata contexts an export offers (`base:allocation`, `qemu:allocation-depth`, and
- * `qemu:dirty-bitmap:NAME` for each bitmap the export was given) and how the queries of
- * NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT select them, as QEMU's server does.
+ * Metadata contexts an export offers (`base:allocation` always, `qemu:allocation-depth` when
+ * the export was made with `allocation-depth`, and `qemu:dirty-bitmap:NAME` for each bitmap
+ * the export was given) and how the queries of NBD_OPT_LIST_META_CONTEXT and
+ * NBD_OPT_SET_META_CONTEXT select them, as QEMU's server does. Ids are fixed whichever
+ * contexts are offered (QEMU's numbering).
  *
  * @module
  */
@@ -28,17 +30,32 @@ export const DIRTY_BITMAP_FIRST_ID = 2;
 /** The prefix of dirty bitmap contexts. */
 export const META_DIRTY_BITMAP_PREFIX = "qemu:dirty-bitmap:";
 
-/** The contexts every export offers. */
-export const EXPORT_CONTEXTS: readonly MetaContext[] = [
-  { id: BASE_ALLOCATION_ID, name: META_BASE_ALLOCATION },
-  { id: ALLOCATION_DEPTH_ID, name: META_QEMU_ALLOCATION_DEPTH },
-];
+/** `base:allocation`, which every export offers. */
+export const BASE_ALLOCATION_CONTEXT: MetaContext = {
+  id: BASE_ALLOCATION_ID,
+  name: META_BASE_ALLOCATION,
+};
 
-/** The contexts of an export holding `bitmaps`, in id order. */
-export function exportContexts(bitmaps: readonly DirtyBitmap[] = []): MetaContext[] {
+/** `qemu:allocation-depth`, offered by exports made with `allocation-depth`. */
+export const ALLOCATION_DEPTH_CONTEXT: MetaContext = {
+  id: ALLOCATION_DEPTH_ID,
+  name: META_QEMU_ALLOCATION_DEPTH,
+};
+
+/** What decides an export's contexts. */
+export interface ContextSource {
+  /** The dirty bitmaps offered as `qemu:dirty-bitmap:NAME`. */
+  readonly bitmaps?: readonly DirtyBitmap[];
+  /** Whether `qemu:allocation-depth` is offered (QEMU's `allocation-depth`, default off). */
+  readonly allocationDepth?: boolean;
+}
+
+/** The contexts of an export, in id order. */
+export function exportContexts(exp: ContextSource = {}): MetaContext[] {
   return [
-    ...EXPORT_CONTEXTS,
-    ...bitmaps.map((bitmap, i) => ({
+    BASE_ALLOCATION_CONTEXT,
+    ...(exp.allocationDepth ? [ALLOCATION_DEPTH_CONTEXT] : []),
+    ...(exp.bitmaps ?? []).map((bitmap, i) => ({
       id: DIRTY_BITMAP_FIRST_ID + i,
       name: META_DIRTY_BITMAP_PREFIX + (bitmap.name ?? ""),
       bitmap,
@@ -47,7 +64,7 @@ export function exportContexts(bitmaps: readonly DirtyBitmap[] = []): MetaContex
 }
 
 /**
- * The contexts `queries` select among those of an export holding `bitmaps`, in id order.
+ * The contexts `queries` select among those `exp` offers, in id order.
  * With `list` (NBD_OPT_LIST_META_CONTEXT) no queries mean every context, and a namespace
  * alone (`base:`, `qemu:`, `qemu:dirty-bitmap:`) means every context in it;
  * NBD_OPT_SET_META_CONTEXT takes full names only. Unknown queries select nothing.
@@ -55,9 +72,9 @@ export function exportContexts(bitmaps: readonly DirtyBitmap[] = []): MetaContex
 export function selectContexts(
   queries: readonly string[],
   list: boolean,
-  bitmaps: readonly DirtyBitmap[] = [],
+  exp: ContextSource = {},
 ): MetaContext[] {
-  const all = exportContexts(bitmaps);
+  const all = exportContexts(exp);
   if (list && queries.length === 0) return all;
   const chosen = new Set<number>();
   for (const q of queries) {

@@ -4,14 +4,14 @@ import { deepStrictEqual as assertEquals } from "node:assert";
 import { bitmapExtents } from "./extents.ts";
 import { selectContexts } from "./meta_context.ts";
 
-Deno.test("meta contexts: qemu:dirty-bitmap:NAME ids from 2; namespaces list, set takes full names", async () => {
+Deno.test("meta contexts: qemu:allocation-depth only on request; bitmap ids from 2; namespaces list, set takes full names", async () => {
   const graph = new Graph({ registry: defaultRegistry() });
   const node = await graph.open({ driver: "memory", size: 1 << 20, "node-name": "m" }, "t");
   try {
     const a = createDirtyBitmap(node, 65536, "a");
     const b = createDirtyBitmap(node, 4096, "b");
-    const names = (q: string[], list: boolean) =>
-      selectContexts(q, list, [a, b]).map((c) => `${c.id}:${c.name}`);
+    const names = (q: string[], list: boolean, allocationDepth = true) =>
+      selectContexts(q, list, { bitmaps: [a, b], allocationDepth }).map((c) => `${c.id}:${c.name}`);
     assertEquals(names([], true), [
       "0:base:allocation",
       "1:qemu:allocation-depth",
@@ -32,6 +32,17 @@ Deno.test("meta contexts: qemu:dirty-bitmap:NAME ids from 2; namespaces list, se
       "3:qemu:dirty-bitmap:b",
     ]);
     assertEquals(selectContexts(["qemu:dirty-bitmap:a"], false).length, 0);
+    // Without allocation-depth (QEMU's default) the context is neither listed nor set, and
+    // the bitmaps keep their ids.
+    assertEquals(names([], true, false), [
+      "0:base:allocation",
+      "2:qemu:dirty-bitmap:a",
+      "3:qemu:dirty-bitmap:b",
+    ]);
+    assertEquals(names(["qemu:"], true, false), ["2:qemu:dirty-bitmap:a", "3:qemu:dirty-bitmap:b"]);
+    assertEquals(names(["qemu:allocation-depth", "base:allocation"], false, false), [
+      "0:base:allocation",
+    ]);
 
     a.set(65536, 1);
     a.set(5 * 65536, 70000);

@@ -19,10 +19,12 @@ export type { ServerConn } from "./connection.ts";
 export { serverHandshake } from "./handshake.ts";
 export type { ExportLookup, Negotiated } from "./handshake.ts";
 export {
+  ALLOCATION_DEPTH_CONTEXT,
   ALLOCATION_DEPTH_ID,
+  BASE_ALLOCATION_CONTEXT,
   BASE_ALLOCATION_ID,
+  type ContextSource,
   DIRTY_BITMAP_FIRST_ID,
-  EXPORT_CONTEXTS,
   exportContexts,
   META_DIRTY_BITMAP_PREFIX,
   selectContexts,

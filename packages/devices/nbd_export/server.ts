@@ -30,6 +30,13 @@ export interface NbdServerOptions {
    * anything else, and with `verifyPeer` present a certificate the CA signed.
    */
   tlsCreds?: X509Creds;
+  /**
+   * QEMU's `tls-authz`: once a client's certificate is verified (`verifyPeer`), called with
+   * its distinguished name; throwing refuses the client, whose connection is dropped.
+   */
+  tlsAuthz?: (distinguishedName: string) => void;
+  /** Where the server reports a client it refused (QEMU's "option negotiation failed"). */
+  log?: (message: string) => void;
 }
 
 /** An NBD server and the exports it serves. */
@@ -142,7 +149,12 @@ export class NbdServer implements ExportLookup {
           // A connection reset before we got to it: its handshake will fail.
         }
       }
-      const c = new ServerConnection(conn, this, this.#options.tlsCreds ?? null);
+      const o = this.#options;
+      const c = new ServerConnection(
+        conn,
+        this,
+        o.tlsCreds ? { creds: o.tlsCreds, authz: o.tlsAuthz ?? null, log: o.log ?? null } : null,
+      );
       this.#connections.add(c);
       void c.run().then(() => {
         this.#connections.delete(c);

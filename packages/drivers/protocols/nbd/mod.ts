@@ -20,6 +20,8 @@ export { clientHandshake, type ExportInfo } from "./client_handshake.ts";
 export { nbdDriver, NbdInstance } from "./driver.ts";
 export { nbdFilename, parseNbdFilename } from "./filename.ts";
 export {
+  checkClientCertificate,
+  distinguishedName,
   loadX509Creds,
   startTlsClient,
   startTlsServer,

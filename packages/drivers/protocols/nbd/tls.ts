@@ -9,10 +9,20 @@
  * `node:tls`'s `TLSSocket` runs over any duplex stream: the plain connection is wrapped in
  * one, so plain connections keep Deno's own sockets and pay nothing for TLS being possible.
  *
+ * Client certificates: Deno's `node:tls` server (2.9) asks for one with `requestCert` and
+ * refuses a client that sends none, and the handshake proves the client holds the
+ * certificate's key, but it does not check the certificate against `ca`: one from any CA, or
+ * self-signed, completes the handshake (`authorized` stays false, `authorizationError`
+ * null). So {@link startTlsServer} checks it itself once the handshake is done: it must be
+ * signed by a CA certificate of `ca-cert.pem` whose name is its issuer, and be within its
+ * validity period (what QEMU's gnutls check does for a direct chain; intermediate CAs are
+ * not followed).
+ *
  * @module
  */
 
 import { Buffer } from "node:buffer";
+import { X509Certificate } from "node:crypto";
 import { Duplex } from "node:stream";
 import tls from "node:tls";
 import { BlockError } from "@blockgraph/core";
@@ -31,6 +41,11 @@ export interface UpgradableConn {
 export interface TlsConn extends UpgradableConn {
   /** Whether the peer presented a certificate the CA signed. */
   readonly peerVerified: boolean;
+  /**
+   * The distinguished name of the peer's certificate as QEMU's authz checks see it (RDNs in
+   * certificate order, `C=GB,O=Example Org,CN=client`), or null without a certificate.
+   */
+  readonly peerDistinguishedName: string | null;
 }
 
 /** x509 credentials (QEMU's `tls-creds-x509` object), loaded. */
@@ -187,8 +202,22 @@ class TlsSocketConn implements TlsConn {
     });
   }
 
+  /** Set by {@link startTlsServer} once it has checked the client's certificate itself. */
+  verified = false;
+
   get peerVerified(): boolean {
-    return this.#sock.authorized;
+    return this.verified || this.#sock.authorized;
+  }
+
+  get peerDistinguishedName(): string | null {
+    const cert = this.peerCertificate();
+    return cert ? distinguishedName(cert) : null;
+  }
+
+  /** The certificate the peer presented, or null. */
+  peerCertificate(): X509Certificate | null {
+    const raw = this.#sock.getPeerCertificate?.()?.raw;
+    return raw && raw.length > 0 ? new X509Certificate(raw) : null;
   }
 
   #notify(): void {
@@ -254,8 +283,8 @@ function secured(
   raw: Duplex,
   event: string,
   describe: string,
-): Promise<TlsConn> {
-  return new Promise<TlsConn>((resolve, reject) => {
+): Promise<TlsSocketConn> {
+  return new Promise<TlsSocketConn>((resolve, reject) => {
     const timer = setTimeout(() => {
       sock.destroy();
       reject(new BlockError("EIO", `TLS handshake with ${describe} timed out`));
@@ -286,9 +315,13 @@ function secured(
 /**
  * Upgrades an accepted connection to TLS as the server (after the NBD_REP_ACK to
  * NBD_OPT_STARTTLS went out). With `verifyPeer` the client must present a certificate the
- * CA signed. Rejects, having closed `conn`, when the handshake fails.
+ * CA signed. Rejects, having closed `conn`, when the handshake fails (EIO) or the client's
+ * certificate is refused (EACCES, with QEMU's reason).
  */
-export function startTlsServer(conn: UpgradableConn, creds: X509Creds): Promise<TlsConn> {
+export async function startTlsServer(
+  conn: UpgradableConn,
+  creds: X509Creds,
+): Promise<TlsConn> {
   if (creds.endpoint !== "server") {
     throw new BlockError("EINVAL", `Expecting TLS credentials with a server endpoint`);
   }
@@ -303,7 +336,58 @@ export function startTlsServer(conn: UpgradableConn, creds: X509Creds): Promise<
       key: creds.key ?? undefined,
     }),
   });
-  return secured(sock, raw, "secure", "the NBD client");
+  const t = await secured(sock, raw, "secure", "the NBD client");
+  if (creds.verifyPeer) {
+    const why = checkClientCertificate(t.peerCertificate(), creds.ca);
+    if (why !== null) {
+      t.close();
+      throw new BlockError("EACCES", why);
+    }
+    t.verified = true;
+  }
+  return t;
+}
+
+/** The PEM certificates of a bundle. */
+function pemCertificates(bundle: string): X509Certificate[] {
+  const blocks = bundle.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g);
+  return (blocks ?? []).map((b) => new X509Certificate(b));
+}
+
+/**
+ * Why the client's certificate is not acceptable (QEMU's words), or null: it must be issued
+ * and signed by one of the CA certificates in `caBundle`, and valid now.
+ */
+export function checkClientCertificate(
+  cert: X509Certificate | null,
+  caBundle: string,
+): string | null {
+  if (!cert) return "No certificate was found.";
+  const now = Date.now();
+  if (now < Date.parse(cert.validFrom)) return "The certificate is not yet activated";
+  if (now > Date.parse(cert.validTo)) return "The certificate has expired";
+  const signed = pemCertificates(caBundle).some((ca) => {
+    try {
+      return ca.ca && cert.checkIssued(ca) && cert.verify(ca.publicKey);
+    } catch {
+      return false;
+    }
+  });
+  return signed ? null : "The certificate is not trusted";
+}
+
+/**
+ * A certificate's subject as QEMU 7.2 (gnutls) prints it for `tls-authz`: the RDNs in the
+ * order the certificate holds them, `type=value` joined by commas, with RFC 4514's escapes
+ * in the values.
+ */
+export function distinguishedName(cert: X509Certificate): string {
+  return cert.subject.split("\n").filter((l) => l !== "").map((rdn) => {
+    const eq = rdn.indexOf("=");
+    const value = rdn.slice(eq + 1).replace(/[,+"\\<>;]/g, (c) => `\\${c}`)
+      .replace(/^[ #]/, (c) => `\\${c}`).replace(/ $/, "\\ ");
+    return `${rdn.slice(0, eq)}=${value}`;
+  }).join(",");
 }
 
 /**
