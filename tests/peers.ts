@@ -16,6 +16,7 @@ const PACKAGES: Record<string, string> = {
   nbdkit: "nbdkit",
   openssl: "openssl",
   certtool: "gnutls-bin",
+  "qemu-storage-daemon": "qemu-system-common",
 };
 
 async function has(command: string): Promise<boolean> {
