@@ -82,7 +82,7 @@ async function expandZeroClusters(image: Qcow2Image, backing: boolean): Promise<
   const clusters = Math.ceil(image.header.size / image.cs);
   for (let g = 0; g < clusters; g++) {
     const [hi, lo] = await image.entryAt(g);
-    const kind = classify(hi, lo);
+    const kind = classify(hi, lo, image.kindMode);
     if (kind === "zero") {
       if (!backing) {
         await image.setEntry(g, 0, 0);

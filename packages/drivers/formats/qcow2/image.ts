@@ -22,8 +22,19 @@
 
 import { BlockError, type IoVector, type Node } from "@blockgraph/core";
 import { compressedPlace } from "./compressed.ts";
-import { classify, type Extent, extentIn } from "./extent.ts";
-import { COPIED_HI, copiedEntry, entryOffset, hex, Incompat, setU64, viewOf } from "./format.ts";
+import { classify, type Extent, extentIn, extentInExt } from "./extent.ts";
+import {
+  COPIED_HI,
+  copiedEntry,
+  entryOffset,
+  hex,
+  Incompat,
+  KIND_DATA_FILE,
+  KIND_EXTL2,
+  setU64,
+  SUBCLUSTERS,
+  viewOf,
+} from "./format.ts";
 import { type Qcow2Header, serializeHeader } from "./header.ts";
 import { L2Cache } from "./l2_cache.ts";
 import { ClusterClaims, InflightWrites, Mutex } from "./locks.ts";
@@ -50,6 +61,23 @@ export class Qcow2Image implements MetaIo {
   readonly cs: number;
   /** Entries per L2 table. */
   readonly l2Entries: number;
+  /** Whether L2 entries are extended (16 bytes: entry and subcluster bitmap). */
+  readonly extL2: boolean;
+  /** Bytes per L2 entry: 8, or 16 with extended L2 entries. */
+  readonly l2Stride: number;
+  /** The subcluster size: the cluster size / 32 with extended L2 entries, else the cluster. */
+  readonly sc: number;
+  /** How L2 entries are classified (`classify`'s mode). */
+  kindMode: number;
+  /**
+   * Where guest data lives: the image file, or the external data file (where host offsets
+   * are guest offsets and data clusters have no refcounts).
+   */
+  data: Node;
+  /** Whether guest data lives in an external data file. */
+  external = false;
+  /** Whether the external data file is kept a consistent raw image (autoclear bit 1). */
+  dataRaw = false;
   /** L1 entries: L2 table offsets (0: none). */
   readonly l1: number[];
   /** L1 COPIED flags. */
@@ -88,7 +116,42 @@ export class Qcow2Image implements MetaIo {
   #warned = false;
   #marking: Promise<void> | null = null;
   readonly #sink: CorruptionSink;
-  #pendingFrees: { first: number; count: number; discard: boolean }[] = [];
+  #pendingFrees: { first: number; count: number; discard: boolean; data?: boolean }[] = [];
+
+  /** Puts guest data in the external data file `node` (`raw`: data-file-raw). */
+  setDataFile(node: Node, raw: boolean): void {
+    this.data = node;
+    this.external = true;
+    this.dataRaw = raw;
+    this.kindMode |= KIND_DATA_FILE;
+  }
+
+  /**
+   * Host clusters for the `count` guest clusters from `g`: in the external data file, the
+   * guest offset itself; else newly allocated clusters of the image file. Call with `lock`
+   * held, or with it free (then it may return null: retry under the lock).
+   */
+  allocDataCached(g: number, count: number): number | null {
+    if (this.external) return g * this.cs;
+    return this.lock.held ? null : this.refcounts.allocCached(count);
+  }
+
+  /** `allocDataCached` under the lock when needed. */
+  async allocData(g: number, count: number): Promise<number> {
+    return this.allocDataCached(g, count) ??
+      await this.lock.run(() => this.refcounts.alloc(count));
+  }
+
+  /** `allocData` for callers holding `lock`. */
+  allocDataLocked(g: number, count: number): Promise<number> {
+    return this.external ? Promise.resolve(g * this.cs) : this.refcounts.alloc(count);
+  }
+
+  /** Gives back clusters from `allocData` that were never linked (a failed write). */
+  async unallocData(host: number, count: number): Promise<void> {
+    if (this.external || this.broken) return;
+    await this.lock.run(() => this.refcounts.update(host / this.cs, count, -1));
+  }
 
   /** Builds the state; `l1Raw` and `refTable` are the tables read at open. */
   constructor(
@@ -106,7 +169,12 @@ export class Qcow2Image implements MetaIo {
     this.writable = writable;
     this.#sink = sink;
     this.cs = 2 ** header.clusterBits;
-    this.l2Entries = this.cs / 8;
+    this.extL2 = (header.incompatible & BigInt(Incompat.EXTL2)) !== 0n;
+    this.l2Stride = this.extL2 ? 16 : 8;
+    this.l2Entries = this.cs / this.l2Stride;
+    this.sc = this.extL2 ? this.cs / SUBCLUSTERS : this.cs;
+    this.kindMode = this.extL2 ? KIND_EXTL2 : 0;
+    this.data = file;
     const view = viewOf(l1Raw);
     this.l1 = [];
     this.l1Copied = [];
@@ -207,8 +275,9 @@ export class Qcow2Image implements MetaIo {
     return this.file.write(offset, buf);
   }
 
-  /** Writes guest data to the image file after the overlap check. */
+  /** Writes guest data to the data file (the image file after the overlap check). */
   writeData(offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
+    if (this.external) return this.data.pwritev(offset, bytes, qiov, qiovOffset);
     const hit = this.map.check("data", offset, bytes);
     if (hit !== null) {
       return Promise.reject(
@@ -307,6 +376,9 @@ export class Qcow2Image implements MetaIo {
     const g = Math.floor(offset / this.cs);
     const l1i = Math.floor(g / this.l2Entries);
     const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
+    if (this.extL2) {
+      return extentInExt(this, l2Off === 0 ? null : await this.l2.get(l2Off), l2Off, offset, bytes);
+    }
     if (l2Off === 0) return extentIn(this, null, 0, offset, bytes);
     return extentIn(this, await this.l2.get(l2Off), l2Off, offset, bytes);
   }
@@ -320,19 +392,30 @@ export class Qcow2Image implements MetaIo {
     const g = Math.floor(offset / this.cs);
     const l1i = Math.floor(g / this.l2Entries);
     const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
-    if (l2Off === 0) return extentIn(this, null, 0, offset, bytes);
+    const ext = this.extL2 ? extentInExt : extentIn;
+    if (l2Off === 0) return ext(this, null, 0, offset, bytes);
     const table = this.l2.peek(l2Off);
-    return table ? extentIn(this, table, l2Off, offset, bytes) : null;
+    return table ? ext(this, table, l2Off, offset, bytes) : null;
   }
 
-  /** The L2 entry of guest cluster `g` (zeros without an L2 table). Call with `lock` held. */
-  async entryAt(g: number): Promise<[number, number]> {
+  /**
+   * The L2 entry of guest cluster `g` (zeros without an L2 table): high and low words, then
+   * with extended L2 entries the subcluster bitmap's "reads as zero" and "allocated" words
+   * (zeros otherwise). Call with `lock` held.
+   */
+  async entryAt(g: number): Promise<[number, number, number, number]> {
     const l1i = Math.floor(g / this.l2Entries);
     const off = l1i < this.l1.length ? this.l1[l1i]! : 0;
-    if (off === 0) return [0, 0];
+    if (off === 0) return [0, 0, 0, 0];
     const view = viewOf(await this.l2.get(off));
-    const i = (g % this.l2Entries) * 8;
-    return [view.getUint32(i), view.getUint32(i + 4)];
+    const i = (g % this.l2Entries) * this.l2Stride;
+    if (!this.extL2) return [view.getUint32(i), view.getUint32(i + 4), 0, 0];
+    return [
+      view.getUint32(i),
+      view.getUint32(i + 4),
+      view.getUint32(i + 8),
+      view.getUint32(i + 12),
+    ];
   }
 
   /**
@@ -419,15 +502,23 @@ export class Qcow2Image implements MetaIo {
     this.l2.clear();
   }
 
-  /** Sets the L2 entry of guest cluster `g` in its (writable) table. Call with `lock` held. */
-  async setEntry(g: number, hi: number, lo: number): Promise<void> {
+  /**
+   * Sets the L2 entry of guest cluster `g` in its (writable) table, with extended L2 entries
+   * also its subcluster bitmap (`zeroBits`, `allocBits`; none by default). Call with `lock`
+   * held.
+   */
+  async setEntry(g: number, hi: number, lo: number, zeroBits = 0, allocBits = 0): Promise<void> {
     const l1i = Math.floor(g / this.l2Entries);
     const off = await this.l2ForWrite(l1i);
     const table = await this.l2.get(off);
     const view = viewOf(table);
-    const i = (g % this.l2Entries) * 8;
+    const i = (g % this.l2Entries) * this.l2Stride;
     view.setUint32(i, hi);
     view.setUint32(i + 4, lo);
+    if (this.extL2) {
+      view.setUint32(i + 8, zeroBits >>> 0);
+      view.setUint32(i + 12, allocBits >>> 0);
+    }
     this.l2.markDirty(off);
   }
 
@@ -438,6 +529,7 @@ export class Qcow2Image implements MetaIo {
    */
   setEntriesCached(g0: number, count: number, host: number): boolean {
     const E = this.l2Entries;
+    if (this.extL2) return false;
     const tables: Uint8Array[] = [];
     for (let l1i = Math.floor(g0 / E); l1i <= Math.floor((g0 + count - 1) / E); l1i++) {
       const off = l1i < this.l1.length ? this.l1[l1i]! : 0;
@@ -462,8 +554,17 @@ export class Qcow2Image implements MetaIo {
 
   /** Queues the release of what an old L2 entry referenced (after the new entry is stable). */
   releaseEntry(hi: number, lo: number): void {
-    const kind = classify(hi, lo);
+    const kind = classify(hi, lo, this.kindMode);
     if (kind === "normal" || kind === "zero-alloc") {
+      if (this.external) {
+        this.#pendingFrees.push({
+          first: entryOffset(hi, lo) / this.cs,
+          count: 1,
+          discard: true,
+          data: true,
+        });
+        return;
+      }
       this.freeLater(entryOffset(hi, lo), 1, true);
     } else if (kind === "compressed") {
       const p = compressedPlace(hi, lo, this.header.clusterBits);
@@ -491,6 +592,14 @@ export class Qcow2Image implements MetaIo {
     while (this.#pendingFrees.length > 0) {
       const f = this.#pendingFrees[0]!;
       await this.inflight.drain(f.first, f.count);
+      if (f.data) {
+        // Data file clusters have no refcounts; a raw data file keeps its data.
+        this.#pendingFrees.shift();
+        if (!this.dataRaw) {
+          await this.data.pdiscard(f.first * this.cs, f.count * this.cs).catch(() => {});
+        }
+        continue;
+      }
       await this.refcounts.update(f.first, f.count, -1);
       this.#pendingFrees.shift();
       if (f.discard && (await this.refcounts.get(f.first)) === 0) {
