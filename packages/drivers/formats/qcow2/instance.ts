@@ -66,6 +66,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   readonly limits: Partial<BlockLimits>;
   /** MAY_UNMAP is handled (clusters are freed). */
   readonly supportedZeroFlags: number = ReqFlags.MAY_UNMAP;
+
+  /** Compressed writes (`qemu-io write -c`), except with an external data file. */
+  get supportedWriteFlags(): number {
+    return this.image.external ? 0 : ReqFlags.WRITE_COMPRESSED;
+  }
   readonly #node: Node;
 
   /** Wraps an opened image for `node`. */
