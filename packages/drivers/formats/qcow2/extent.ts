@@ -16,8 +16,18 @@ import {
   ZERO_LO,
 } from "./format.ts";
 
-/** What a guest cluster holds. */
-export type ClusterKind = "unallocated" | "zero" | "zero-alloc" | "normal" | "compressed";
+/**
+ * What a guest cluster holds; with extended L2 entries, what a subcluster holds, where
+ * `unallocated-alloc` is an unallocated subcluster of a cluster that has a host cluster (it
+ * reads from the backing file; QEMU's `QCOW2_SUBCLUSTER_UNALLOCATED_ALLOC`).
+ */
+export type ClusterKind =
+  | "unallocated"
+  | "unallocated-alloc"
+  | "zero"
+  | "zero-alloc"
+  | "normal"
+  | "compressed";
 
 /** A run of guest bytes of one kind, from one L2 table. */
 export interface Extent {
@@ -25,7 +35,7 @@ export interface Extent {
   kind: ClusterKind;
   /** Bytes from the queried offset. */
   bytes: number;
-  /** For normal and zero-alloc: the host offset of the queried byte. */
+  /** For normal, zero-alloc and unallocated-alloc: the host offset of the queried byte. */
   host: number;
   /** Whether every cluster's refcount is one (COPIED). */
   copied: boolean;
@@ -164,7 +174,7 @@ export function subclusterKind(
 ): ClusterKind {
   const bit = 1 << s;
   if (kind === "normal") {
-    return (zeroBits & bit) ? "zero-alloc" : (allocBits & bit) ? "normal" : "unallocated";
+    return (zeroBits & bit) ? "zero-alloc" : (allocBits & bit) ? "normal" : "unallocated-alloc";
   }
   if (kind === "unallocated") return (zeroBits & bit) ? "zero" : "unallocated";
   return kind;
@@ -222,7 +232,7 @@ export function extentInExt(
     }
     for (; s < 32 && n < maxBytes; s++) {
       const k = subclusterKind(kind, zb, ab, s);
-      const mapped = k === "normal" || k === "zero-alloc";
+      const mapped = kind === "normal";
       const host = mapped ? base + s * sc : 0;
       if (first === null) {
         const inSub = inCluster - s * sc;

@@ -142,7 +142,8 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
         qiov.copyFrom(qiovOffset, data, offset % this.image.cs, bytes);
         return;
       }
-      case "unallocated": {
+      case "unallocated":
+      case "unallocated-alloc": {
         const backing = this.#backing();
         if (!backing) {
           qiov.fill(qiovOffset, bytes, 0);
@@ -359,6 +360,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
         };
       case "zero":
         return { status: BlockStatusFlags.ZERO, pnum: ext.bytes };
+      case "unallocated-alloc":
+        // Reads go to the backing file, but the host cluster is there (QEMU reports it).
+        return { status: BlockStatusFlags.OFFSET_VALID, pnum: ext.bytes, map: ext.host, file };
       case "compressed":
         if (image.external) throw this.#compressedWithDataFile(offset);
         return { status: BlockStatusFlags.DATA | BlockStatusFlags.COMPRESSED, pnum: ext.bytes };

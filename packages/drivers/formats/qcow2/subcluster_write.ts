@@ -184,7 +184,9 @@ async function oldContent(
     }
     const part = buf.subarray(at - from, end - from);
     if (kind === "normal") await image.data.read(e.host + (at - gStart), part);
-    else if (kind === "unallocated" && backing) await readBacking(backing, at, part);
+    else if ((kind === "unallocated" || kind === "unallocated-alloc") && backing) {
+      await readBacking(backing, at, part);
+    }
     at = end;
   }
   return buf;
