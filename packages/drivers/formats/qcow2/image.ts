@@ -392,10 +392,14 @@ export class Qcow2Image implements MetaIo {
     const g = Math.floor(offset / this.cs);
     const l1i = Math.floor(g / this.l2Entries);
     const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
-    const ext = this.extL2 ? extentInExt : extentIn;
-    if (l2Off === 0) return ext(this, null, 0, offset, bytes);
+    if (this.extL2) {
+      if (l2Off === 0) return extentInExt(this, null, 0, offset, bytes);
+      const t = this.l2.peek(l2Off);
+      return t ? extentInExt(this, t, l2Off, offset, bytes) : null;
+    }
+    if (l2Off === 0) return extentIn(this, null, 0, offset, bytes);
     const table = this.l2.peek(l2Off);
-    return table ? ext(this, table, l2Off, offset, bytes) : null;
+    return table ? extentIn(this, table, l2Off, offset, bytes) : null;
   }
 
   /**

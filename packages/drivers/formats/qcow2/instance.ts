@@ -68,9 +68,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   readonly supportedZeroFlags: number = ReqFlags.MAY_UNMAP;
 
   /** Compressed writes (`qemu-io write -c`), except with an external data file. */
-  get supportedWriteFlags(): number {
-    return this.image.external ? 0 : ReqFlags.WRITE_COMPRESSED;
-  }
+  readonly supportedWriteFlags: number;
   readonly #node: Node;
 
   /** Wraps an opened image for `node`. */
@@ -78,6 +76,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     this.#node = node;
     this.image = image;
     this.limits = { pwriteZeroesAlignment: image.sc, pdiscardAlignment: image.cs };
+    this.supportedWriteFlags = image.external ? 0 : ReqFlags.WRITE_COMPRESSED;
   }
 
   #backing(): Node | null {
