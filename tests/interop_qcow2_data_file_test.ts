@@ -136,3 +136,66 @@ Deno.test("img create and amend with data files answer as qemu-img does", () =>
       assertEquals(await state(), theirState, `amend ${o}: result`);
     }
   }));
+
+Deno.test("img resize and commit with data files and extended L2 do what qemu-img does", () =>
+  withDir(async (dir) => {
+    const top = `${dir}/top.qcow2`;
+    const data = `${dir}/td.raw`;
+    // Resize: the data file follows the size; a raw one is mapped 1:1 after growth.
+    for (const raw of ["on", "off"]) {
+      const state = async () =>
+        (await must("qemu-img", ["map", "--output=json", top])) + (await Deno.stat(data)).size;
+      const results: string[] = [];
+      for (const ours of [false, true]) {
+        for (const p of [top, data]) await Deno.remove(p).catch(() => {});
+        const o = `data_file=${data},data_file_raw=${raw}`;
+        await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", o, top, "1M"]);
+        const resize = (args: string[]) =>
+          ours ? img(["resize", ...args]) : must("qemu-img", ["resize", ...args]);
+        await resize([top, "2M"]);
+        let s = await state();
+        await resize(["--shrink", top, "512k"]);
+        s += await state();
+        const check = await run("qemu-img", ["check", top]);
+        expect(check.code === 0, `raw=${raw}: check after resize:\n${check.out}`);
+        results.push(s);
+      }
+      assertEquals(results[1], results[0], `resize raw=${raw}`);
+    }
+    // Commit of an extended-L2 top with a data file into an extended-L2 base.
+    const base = `${dir}/base.qcow2`;
+    const flat: Uint8Array[] = [];
+    for (const ours of [false, true]) {
+      for (const p of [top, data, base]) await Deno.remove(p).catch(() => {});
+      await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", base, "1M"]);
+      await must("qemu-io", cmds(["write -P 1 0 1M", "write -z 100k 3k"]).concat(base));
+      await must("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        `extended_l2=on,data_file=${data}`,
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        top,
+      ]);
+      await must(
+        "qemu-io",
+        cmds(["write -P 2 5k 2k", "write -P 3 300k 70k", "write -z 600k 4k"]).concat(top),
+      );
+      if (ours) {
+        const r = await img(["commit", top]);
+        expect(r.code === 0, r.err);
+      } else await must("qemu-img", ["commit", top]);
+      for (const p of [top, base]) {
+        const check = await run("qemu-img", ["check", p]);
+        expect(check.code === 0, `commit: check ${p}:\n${check.out}`);
+      }
+      await must("qemu-img", ["convert", "-O", "raw", base, `${dir}/flat.raw`]);
+      flat.push(await Deno.readFile(`${dir}/flat.raw`));
+    }
+    expect(flat[0]!.every((b, i) => b === flat[1]![i]), "committed contents differ");
+  }));

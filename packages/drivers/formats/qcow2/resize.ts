@@ -129,6 +129,8 @@ export async function truncateImage(
       throw new BlockError("ENOTSUP", "Preallocation can only be used for growing images");
     }
     await shrink(image, size);
+    // The data file follows the disk's size (QEMU truncates it too).
+    if (image.external) await image.data.truncate(size, false, "off");
     return;
   }
   const l1Needed = Math.ceil(Math.ceil(size / cs) / image.l2Entries);
