@@ -7,6 +7,7 @@
  * @module
  */
 
+import { allocDataCached, unallocData } from "./data_alloc.ts";
 import { IoVector, type Node } from "@blockgraph/core";
 import { compressedPlace, decompressCluster } from "./compressed.ts";
 import type { Extent } from "./extent.ts";
@@ -44,12 +45,14 @@ export async function allocatingWrite(
   const gEnd = Math.ceil((offset + bytes) / cs) * cs;
   const count = (gEnd - gStart) / cs;
   const reuse = ext.kind === "zero-alloc" && ext.copied;
-  const target = reuse ? ext.host - (offset - gStart) : image.allocDataCached(gStart / cs, count) ??
-    await image.lock.run(() => image.refcounts.alloc(count));
+  const target = reuse
+    ? ext.host - (offset - gStart)
+    : allocDataCached(image, gStart / cs, count) ??
+      await image.lock.run(() => image.refcounts.alloc(count));
   try {
     await writeWithCow(image, backing, ext, offset, target, qiov, qiovOffset);
   } catch (e) {
-    if (!reuse) await image.unallocData(target, count);
+    if (!reuse) await unallocData(image, target, count);
     throw e;
   }
   await linkAllocated(image, ext, offset, target, count, reuse);

@@ -126,33 +126,6 @@ export class Qcow2Image implements MetaIo {
     this.kindMode |= KIND_DATA_FILE;
   }
 
-  /**
-   * Host clusters for the `count` guest clusters from `g`: in the external data file, the
-   * guest offset itself; else newly allocated clusters of the image file. Call with `lock`
-   * held, or with it free (then it may return null: retry under the lock).
-   */
-  allocDataCached(g: number, count: number): number | null {
-    if (this.external) return g * this.cs;
-    return this.lock.held ? null : this.refcounts.allocCached(count);
-  }
-
-  /** `allocDataCached` under the lock when needed. */
-  async allocData(g: number, count: number): Promise<number> {
-    return this.allocDataCached(g, count) ??
-      await this.lock.run(() => this.refcounts.alloc(count));
-  }
-
-  /** `allocData` for callers holding `lock`. */
-  allocDataLocked(g: number, count: number): Promise<number> {
-    return this.external ? Promise.resolve(g * this.cs) : this.refcounts.alloc(count);
-  }
-
-  /** Gives back clusters from `allocData` that were never linked (a failed write). */
-  async unallocData(host: number, count: number): Promise<void> {
-    if (this.external || this.broken) return;
-    await this.lock.run(() => this.refcounts.update(host / this.cs, count, -1));
-  }
-
   /** Builds the state; `l1Raw` and `refTable` are the tables read at open. */
   constructor(
     file: Node,

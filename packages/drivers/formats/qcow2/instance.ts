@@ -3,7 +3,9 @@
  * read data, zeros, the backing file or decompressed clusters; writes go in place to COPIED
  * clusters and otherwise allocate, copying the untouched head and tail of the first and last
  * cluster from wherever they read before (backing file, zeros, a shared or compressed
- * cluster).
+ * cluster). With extended L2 entries, writes, write-zeroes and discard go through
+ * subcluster_write.ts and subcluster_ops.ts; with an external data file, guest data is read
+ * and written there (`image.data`).
  *
  * @module
  */

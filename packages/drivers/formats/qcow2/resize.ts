@@ -10,6 +10,7 @@
  * @module
  */
 
+import { allocDataLocked } from "./data_alloc.ts";
 import { BlockError, type PreallocMode } from "@blockgraph/core";
 import { copiedEntry, MAX_L1_BYTES, setU64, viewOf } from "./format.ts";
 import { classify } from "./extent.ts";
@@ -72,7 +73,7 @@ export async function preallocateRange(image: Qcow2Image, from: number, to: numb
         if (classify(h2, l2, image.kindMode) !== "unallocated") break;
         run++;
       }
-      const host = await image.allocDataLocked(g + k, run);
+      const host = await allocDataLocked(image, g + k, run);
       for (let j = 0; j < run; j++) {
         const off = host + j * cs;
         await image.setEntry(g + k + j, ...copiedEntry(off));

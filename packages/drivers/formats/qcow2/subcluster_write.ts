@@ -11,6 +11,7 @@
  * @module
  */
 
+import { allocData, unallocData } from "./data_alloc.ts";
 import { IoVector, type Node } from "@blockgraph/core";
 import { decompressExtent } from "./allocating_write.ts";
 import {
@@ -126,7 +127,7 @@ async function allocateInCluster(
     if (e.allocBits & (1 << s0)) from = offset;
     if (e.allocBits & (1 << (s1 - 1))) to = offset + n;
   }
-  const host = inPlace ? e.host : await image.allocData(g, 1);
+  const host = inPlace ? e.host : await allocData(image, g, 1);
   try {
     const parts = new IoVector();
     if (from < offset) parts.add(await oldContent(image, backing, e, from, offset));
@@ -140,7 +141,7 @@ async function allocateInCluster(
       end?.();
     }
   } catch (err) {
-    if (!inPlace) await image.unallocData(host, 1);
+    if (!inPlace) await unallocData(image, host, 1);
     throw err;
   }
   const mask = subMask(s0, s1);
