@@ -195,10 +195,16 @@ export interface OpenContext {
   readonly readOnly: boolean;
   /**
    * Opens or looks up the child given in option `name` (an inline options object or a
-   * node-name string) and attaches it with `role`. Returns `null` when the option is absent
-   * and `required` is false.
+   * node-name string) and attaches it with `role`. When the option is absent, `fallback` (the
+   * options of what the image itself names, such as qcow2's external data file) is opened
+   * instead, as an inline child; without one, returns `null` unless `required`.
    */
-  openChild(name: string, role: number, required: boolean): Promise<Child | null>;
+  openChild(
+    name: string,
+    role: number,
+    required: boolean,
+    fallback?: OptionValues,
+  ): Promise<Child | null>;
   /** Attaches an existing node as a child. */
   attachChild(node: Node, name: string, role: number): Child;
   /**

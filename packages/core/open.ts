@@ -212,8 +212,13 @@ export async function openNode(
       if (!childSpecs.has(childName)) return "absent";
       return childSpecs.get(childName) === null ? "none" : "given";
     },
-    openChild: async (childName: string, role: number, required: boolean) => {
-      const spec = childSpecs.get(childName);
+    openChild: async (
+      childName: string,
+      role: number,
+      required: boolean,
+      fallback?: OptionValues,
+    ) => {
+      const spec = childSpecs.has(childName) ? childSpecs.get(childName) : fallback;
       childSpecs.delete(childName);
       if (spec === undefined || spec === null) {
         if (required) {

@@ -35,13 +35,17 @@ export function refcountMetadataSize(clusters: number, cs: number, order: number
   return (blocks + table) * cs;
 }
 
-/** QEMU's `qcow2_calc_prealloc_size`: the file size of a fully allocated qcow2 image. */
-export function qcow2FullSize(size: number, cs: number, order: number): number {
+/**
+ * QEMU's `qcow2_calc_prealloc_size`: the file size of a fully allocated qcow2 image (L2
+ * entries of 16 bytes with `extendedL2`).
+ */
+export function qcow2FullSize(size: number, cs: number, order: number, extendedL2 = false): number {
   const aligned = up(size, cs);
   let meta = cs;
-  const nl2e = up(aligned / cs, cs / 8);
-  meta += nl2e * 8;
-  const nl1e = up(nl2e * 8 / cs, cs / 8);
+  const l2e = extendedL2 ? 16 : 8;
+  const nl2e = up(aligned / cs, cs / l2e);
+  meta += nl2e * l2e;
+  const nl1e = up(nl2e * l2e / cs, cs / 8);
   meta += nl1e * 8;
   meta += refcountMetadataSize((meta + aligned) / cs, cs, order);
   return meta + aligned;
@@ -135,6 +139,14 @@ export async function imgMeasure(
   const cs = opts.cluster_size ? imgCvtnum(io, "cluster size", opts.cluster_size) : 65536;
   if (cs === null) return 1;
   const order = Math.log2(Number(opts.refcount_bits ?? 16));
+  const extendedL2 = opts.extended_l2 === "on" || opts.extended_l2 === "true";
+  if (outFmt === "qcow2" && extendedL2 && cs < 16384) {
+    imgError(
+      io,
+      "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+    );
+    return 1;
+  }
   let info: Record<string, number>;
   if (filename !== undefined) {
     const image = await imgOpen(graph, io, {
@@ -150,7 +162,7 @@ export async function imgMeasure(
       if (outFmt === "raw") info = { required: len, "fully-allocated": len };
       else {
         const virt = up(len, cs);
-        const full = qcow2FullSize(virt, cs, order);
+        const full = qcow2FullSize(virt, cs, order, extendedL2);
         const required = opts.backing_file ? virt : await dataBytes(image.node, cs);
         info = { required: full - virt + required, "fully-allocated": full };
         // Bitmaps only when both the source and the target format could store them.
@@ -167,7 +179,7 @@ export async function imgMeasure(
     info = { required: n, "fully-allocated": n };
   } else {
     const virt = up(size!, cs);
-    const full = qcow2FullSize(virt, cs, order);
+    const full = qcow2FullSize(virt, cs, order, extendedL2);
     const prealloc = opts.preallocation === "full" || opts.preallocation === "falloc";
     info = { required: full - virt + (prealloc ? virt : 0), "fully-allocated": full };
   }

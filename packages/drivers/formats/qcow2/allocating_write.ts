@@ -8,6 +8,7 @@
  */
 
 import { BlockError, IoVector, type Node } from "@blockgraph/core";
+import { allocDataCached, unallocData } from "./data_alloc.ts";
 import { compressedPlace, decompressCluster } from "./compressed.ts";
 import type { Extent } from "./extent.ts";
 import { copiedEntry } from "./format.ts";
@@ -46,14 +47,12 @@ export async function allocatingWrite(
   const reuse = ext.kind === "zero-alloc" && ext.copied;
   const target = reuse
     ? ext.host - (offset - gStart)
-    : (image.lock.held ? null : image.refcounts.allocCached(count)) ??
+    : allocDataCached(image, gStart / cs, count) ??
       await image.lock.run(() => image.refcounts.alloc(count));
   try {
     await writeWithCow(image, backing, ext, offset, target, qiov, qiovOffset);
   } catch (e) {
-    if (!reuse && !image.broken) {
-      await image.lock.run(() => image.refcounts.update(target / cs, count, -1));
-    }
+    if (!reuse) await unallocData(image, target, count);
     throw e;
   }
   await linkAllocated(image, ext, offset, target, count, reuse);
@@ -126,7 +125,8 @@ async function linkAllocated(
 ): Promise<void> {
   const cs = image.cs;
   const gStart = Math.floor(offset / cs) * cs;
-  const frees = !reuse && ext.kind !== "unallocated" && ext.kind !== "zero";
+  // With an external data file, the host cluster is the guest's own: nothing to free.
+  const frees = !reuse && !image.external && ext.kind !== "unallocated" && ext.kind !== "zero";
   if (!frees && !image.lock.held && image.setEntriesCached(gStart / cs, count, target)) return;
   await image.lock.run(async () => {
     const g0 = gStart / cs;
@@ -134,7 +134,7 @@ async function linkAllocated(
     for (let k = 0; k < count; k++) {
       const host = target + k * cs;
       await image.setEntry(g0 + k, ...copiedEntry(host));
-      if (reuse) continue;
+      if (!frees) continue;
       if (ext.kind === "normal") image.freeLater(oldBase + k * cs, 1, true);
       else if (ext.kind === "compressed" || ext.kind === "zero-alloc") {
         image.releaseEntry(ext.hi, ext.lo);
@@ -158,7 +158,7 @@ async function oldContent(
 ): Promise<Uint8Array> {
   const buf = new Uint8Array(bytes);
   if (ext.kind === "normal") {
-    await image.file.read(ext.host + (at - extStart), buf);
+    await image.data.read(ext.host + (at - extStart), buf);
   } else if (ext.kind === "compressed") {
     buf.set(
       (await decompressExtent(image, ext)).subarray(at % image.cs, at % image.cs + bytes),

@@ -1,7 +1,8 @@
 /**
  * `amend` (QEMU's `qcow2_amend_options`): compat upgrade and downgrade, lazy refcounts,
- * refcount width (the refcount structure is rewritten in the new width), size, and the
- * backing file name and format; QEMU's errors for the rest.
+ * refcount width (the refcount structure is rewritten in the new width), size, the backing
+ * file name and format, and the external data file's name; QEMU's errors for the rest
+ * (extended L2 entries and data-file-raw are fixed at creation).
  *
  * @module
  */
@@ -17,7 +18,7 @@ import {
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
 } from "./format.ts";
-import { qemuFeatureTable, serializeHeader, setBackingFormat } from "./header.ts";
+import { qemuFeatureTable, serializeHeader, setBackingFormat, setDataFileName } from "./header.ts";
 import { classify } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
 import { Imrt, writeRefcountStructure } from "./rebuild.ts";
@@ -31,7 +32,14 @@ export const QCOW2_AMEND_OPTIONS = [
   "size",
   "backing_file",
   "backing_fmt",
+  "data_file",
+  "data_file_raw",
 ] as const;
+
+/** A boolean option, given as a boolean or as qemu-img's text (`on`, `off`). */
+function isOn(value: unknown): boolean {
+  return value === true || value === "on" || value === "true" || value === "yes";
+}
 
 function einval(message: string): never {
   throw new BlockError("EINVAL", message);
@@ -82,7 +90,7 @@ async function expandZeroClusters(image: Qcow2Image, backing: boolean): Promise<
   const clusters = Math.ceil(image.header.size / image.cs);
   for (let g = 0; g < clusters; g++) {
     const [hi, lo] = await image.entryAt(g);
-    const kind = classify(hi, lo);
+    const kind = classify(hi, lo, image.kindMode);
     if (kind === "zero") {
       if (!backing) {
         await image.setEntry(g, 0, 0);
@@ -126,7 +134,7 @@ export async function amendImage(
     else einval(`Unknown compatibility level ${compat}`);
   }
   const lazyNow = (h.compatible & BigInt(COMPAT_LAZY_REFCOUNTS)) !== 0n;
-  const lazy = options.lazy_refcounts === undefined ? lazyNow : options.lazy_refcounts === true;
+  const lazy = options.lazy_refcounts === undefined ? lazyNow : isOn(options.lazy_refcounts);
   let order = h.refcountOrder;
   if (options.refcount_bits !== undefined) {
     const rb = Number(options.refcount_bits);
@@ -142,7 +150,19 @@ export async function amendImage(
     );
   }
   if (version < 3 && order !== 4) einval("compat=0.10 requires refcount_bits=16");
+  if (options.data_file !== undefined && !image.external) {
+    einval("data-file can only be set for images that use an external data file");
+  }
+  if (options.data_file_raw !== undefined && isOn(options.data_file_raw) !== image.dataRaw) {
+    einval("data-file-raw cannot be set on existing images");
+  }
   if (version < h.version) {
+    if (image.external) einval("Cannot downgrade an image with a data file");
+    const features = h.incompatible &
+      ~BigInt(Incompat.DIRTY | Incompat.CORRUPT | Incompat.COMPRESSION);
+    if (features !== 0n) {
+      einval(`Cannot downgrade an image with incompatible features 0x${features.toString(16)} set`);
+    }
     if (image.snapshots.length > 0) einval("Internal snapshots prevent downgrade of image");
     if (h.compressionType !== 0) {
       einval("Cannot downgrade an image with a compression type other than zlib");
@@ -171,6 +191,11 @@ export async function amendImage(
     if (file === undefined) einval("Backing format cannot be used without backing file");
     h.backingFile = file;
     setBackingFormat(h, options.backing_fmt as string | undefined);
+    await image.writeHeader();
+  }
+  if (options.data_file !== undefined) {
+    // Only the name changes: the new file is opened by the next open.
+    setDataFileName(h, options.data_file as string);
     await image.writeHeader();
   }
   if (options.size !== undefined) await truncateImage(image, Number(options.size), "off");

@@ -17,7 +17,15 @@
  */
 
 import { BitmapCheck, BlockError, DirtyBitmap, HBitmap, type Node } from "@blockgraph/core";
-import { AUTOCLEAR_BITMAPS, entryOffset, Ext, getU64, setU64, viewOf } from "./format.ts";
+import {
+  AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  entryOffset,
+  Ext,
+  getU64,
+  setU64,
+  viewOf,
+} from "./format.ts";
 import type { Qcow2Image } from "./image.ts";
 
 /** Directory entry flag: the bitmap was in use (not stored cleanly). */
@@ -220,6 +228,11 @@ async function loadData(image: Qcow2Image, e: BitmapDirEntry, hb: HBitmap): Prom
   }
 }
 
+/** The data-file-raw autoclear bit, kept on images with an external data file. */
+function rawBit(image: Qcow2Image): bigint {
+  return image.dataRaw ? BigInt(AUTOCLEAR_DATA_FILE_RAW) : 0n;
+}
+
 /**
  * Loads the image's bitmaps into `node` at open (QEMU's qcow2_load_dirty_bitmaps), keeping
  * the autoclear bit as QEMU does: a read/write open clears the other autoclear bits, drops
@@ -274,7 +287,7 @@ export async function loadBitmaps(image: Qcow2Image, node: Node): Promise<void> 
     }
   }
   if (!image.writable || h.version < 3) return;
-  const keep = st.entries.length > 0 ? BigInt(AUTOCLEAR_BITMAPS) : 0n;
+  const keep = (st.entries.length > 0 ? BigInt(AUTOCLEAR_BITMAPS) : 0n) | rawBit(image);
   if ((h.autoclear & ~keep) !== 0n) changed = true;
   const marks = st.entries.some((e) => (e.flags & BME_IN_USE) === 0);
   if (marks) {
@@ -477,7 +490,7 @@ export async function reopenBitmapsRw(image: Qcow2Image, node: Node): Promise<vo
   const h = image.header;
   const st = stateOf(image);
   for (const b of node.dirtyBitmaps) if (b.persistent) b.readonly = false;
-  h.autoclear &= st.entries.length > 0 ? BigInt(AUTOCLEAR_BITMAPS) : 0n;
+  h.autoclear &= (st.entries.length > 0 ? BigInt(AUTOCLEAR_BITMAPS) : 0n) | rawBit(image);
   if (st.entries.some((e) => (e.flags & BME_IN_USE) === 0)) {
     const entries = st.entries.map((e) => ({ ...e, flags: e.flags | BME_IN_USE }));
     await writeDirectory(image, st, entries, []);

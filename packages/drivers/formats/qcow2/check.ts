@@ -164,10 +164,14 @@ class Pass {
     const v = viewOf(buf);
     let next = 0;
     let dirty = false;
+    const stride = image.l2Stride;
     for (let j = 0; j < image.l2Entries; j++) {
-      const hi = v.getUint32(j * 8);
-      const lo = v.getUint32(j * 8 + 4);
-      const kind = classify(hi, lo);
+      const hi = v.getUint32(j * stride);
+      const lo = v.getUint32(j * stride + 4);
+      const kind = classify(hi, lo, image.kindMode);
+      // The subcluster bitmap ("reads as zero" and "allocated" words), 0 without one.
+      const zb = image.extL2 ? v.getUint32(j * stride + 8) : 0;
+      const ab = image.extL2 ? v.getUint32(j * stride + 12) : 0;
       if (kind !== "compressed" && ((hi & L2_STD_RESERVED_HI) || (lo & L2_STD_RESERVED_LO))) {
         this.msgs.push(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`);
         this.res.corruptions++;
@@ -180,6 +184,19 @@ class Pass {
           );
           this.res.corruptions++;
         }
+        if (image.external) {
+          this.msgs.push(`ERROR compressed cluster ${j} with data file, entry=0x${hex64(hi, lo)}`);
+          this.res.corruptions++;
+          continue;
+        }
+        if (zb !== 0 || ab !== 0) {
+          this.msgs.push(
+            `ERROR compressed cluster ${j} with non-zero subcluster allocation bitmap, ` +
+              `entry=0x${hex64(hi, lo)}`,
+          );
+          this.res.corruptions++;
+          continue;
+        }
         const cc = compressedClusters(hi & ~COPIED_HI, lo, image.header.clusterBits);
         this.inc(cc.first * cs, cc.count * cs);
         if (active) {
@@ -189,8 +206,20 @@ class Pass {
         }
         continue;
       }
+      if (kind === "unallocated" && ab !== 0) {
+        this.msgs.push("ERROR: Unallocated cluster has non-zero subcluster allocation map");
+        this.res.corruptions++;
+      }
       if (kind !== "normal" && kind !== "zero-alloc") continue;
       const off = entryOffset(hi, lo);
+      if ((zb & ab) !== 0) {
+        this.res.corruptions++;
+        this.msgs.push(
+          `ERROR offset=${
+            off.toString(16)
+          }: Allocated cluster has corrupted subcluster allocation bitmap`,
+        );
+      }
       if (off % cs !== 0) {
         this.res.corruptions++;
         if (kind === "zero-alloc") {
@@ -200,8 +229,8 @@ class Pass {
             }: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
           );
           if (fix.errors) {
-            v.setUint32(j * 8, 0);
-            v.setUint32(j * 8 + 4, 1);
+            v.setUint32(j * stride, 0);
+            v.setUint32(j * stride + 4, 1);
             dirty = true;
             this.res.corruptions--;
             this.res.corruptionsFixed++;
@@ -220,7 +249,8 @@ class Pass {
         if (next !== 0 && off !== next) this.res.fragmented++;
         next = off + cs;
       }
-      this.inc(off, cs);
+      // Clusters of an external data file have no refcounts.
+      if (!image.external) this.inc(off, cs);
     }
     if (dirty) await image.write("active L2 table", l2Off, buf);
   }
@@ -408,12 +438,15 @@ class Pass {
       await image.read(l2Off, buf);
       const v = viewOf(buf);
       let dirty = 0;
+      const stride = image.l2Stride;
       for (let j = 0; j < image.l2Entries; j++) {
-        const hi = v.getUint32(j * 8);
-        const lo = v.getUint32(j * 8 + 4);
-        const kind = classify(hi, lo);
+        const hi = v.getUint32(j * stride);
+        const lo = v.getUint32(j * stride + 4);
+        const kind = classify(hi, lo, image.kindMode);
         if (kind !== "normal" && kind !== "zero-alloc") continue;
-        const r = await this.refcount(Math.floor(entryOffset(hi, lo) / image.cs));
+        const r = image.external
+          ? 1
+          : await this.refcount(Math.floor(entryOffset(hi, lo) / image.cs));
         if (r === null) continue;
         if ((r === 1) !== ((hi & COPIED_HI) !== 0)) {
           this.res.corruptions++;
@@ -421,7 +454,7 @@ class Pass {
             `${word} OFLAG_COPIED data cluster: l2_entry=${hex64(hi, lo)} refcount=${r}`,
           );
           if (repair) {
-            v.setUint32(j * 8, (r === 1 ? hi | COPIED_HI : hi & ~COPIED_HI) >>> 0);
+            v.setUint32(j * stride, (r === 1 ? hi | COPIED_HI : hi & ~COPIED_HI) >>> 0);
             dirty++;
           }
         }

@@ -50,7 +50,7 @@ async function writeOne(image: Qcow2Image, offset: number, data: Uint8Array): Pr
   try {
     const host = await image.lock.run(async () => {
       const [hi, lo] = await image.entryAt(g);
-      const kind = classify(hi, lo);
+      const kind = classify(hi, lo, image.kindMode);
       if (kind !== "unallocated" && kind !== "zero") {
         throw new BlockError(
           "EIO",

@@ -17,14 +17,22 @@ import {
   validateOptions,
 } from "@blockgraph/core";
 import {
+  AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
+  MIN_EXTL2_CREATE_CLUSTER_SIZE,
   setU64,
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
   viewOf,
 } from "./format.ts";
 import { Ext, Incompat, QCOW2_MAGIC } from "./format.ts";
-import { type Qcow2Header, qemuFeatureTable, serializeHeader, setBackingFormat } from "./header.ts";
+import {
+  type Qcow2Header,
+  qemuFeatureTable,
+  serializeHeader,
+  setBackingFormat,
+  setDataFileName,
+} from "./header.ts";
 import type { Qcow2Image } from "./image.ts";
 import type { Qcow2Instance } from "./instance.ts";
 import { resolveBackingName } from "./open.ts";
@@ -58,6 +66,19 @@ export const QCOW2_CREATE_OPTIONS: OptionSchema = {
     description: "Compression method used for image cluster compression",
     values: ["zlib", "zstd"],
   },
+  extended_l2: {
+    type: "bool",
+    description: "Extended L2 tables",
+    default: false,
+  },
+  data_file: {
+    type: "string",
+    description: "File name of an external data file",
+  },
+  data_file_raw: {
+    type: "bool",
+    description: "The external data file must stay valid as a raw image",
+  },
 };
 
 /** What a new image looks like. */
@@ -78,6 +99,12 @@ export interface Qcow2CreateParams {
   backingFile?: string;
   /** Backing format to record. */
   backingFormat?: string;
+  /** Extended L2 entries (32 subclusters per cluster; version 3, clusters of 16 KiB or more). */
+  extendedL2?: boolean;
+  /** The external data file name to record (version 3). */
+  dataFile?: string;
+  /** Sets the data-file-raw autoclear bit (needs `dataFile`). */
+  dataFileRaw?: boolean;
 }
 
 function fail(message: string): never {
@@ -95,6 +122,19 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
   const cs = options.cluster_size as number;
   if (cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) !== 0) {
     fail("Cluster size must be a power of two between 512 and 2048k");
+  }
+  const extendedL2 = options.extended_l2 === true;
+  if (extendedL2 && version < 3) {
+    fail(
+      "Extended L2 entries are only supported with compatibility level 1.1 and above (use " +
+        "version=v3 or greater)",
+    );
+  }
+  if (extendedL2 && cs < MIN_EXTL2_CREATE_CLUSTER_SIZE) {
+    fail(
+      "Extended L2 entries are only supported with cluster sizes of at least " +
+        `${MIN_EXTL2_CREATE_CLUSTER_SIZE} bytes`,
+    );
   }
   const rb = options.refcount_bits as number;
   if (rb < 1 || rb > 64 || (rb & (rb - 1)) !== 0) {
@@ -121,6 +161,24 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
   if (backingFile !== undefined && backingFormat === undefined) {
     fail("Backing file specified without backing format");
   }
+  const prealloc = options.preallocation as string | undefined ?? "off";
+  if (backingFile !== undefined && prealloc !== "off" && !extendedL2) {
+    fail(
+      "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+    );
+  }
+  const dataFile = options.data_file as string | undefined;
+  const dataFileRaw = options.data_file_raw === true;
+  if (dataFileRaw && dataFile === undefined) fail("data-file-raw requires data-file");
+  if (dataFileRaw && backingFile !== undefined) {
+    fail("Backing file and data-file-raw cannot be used at the same time");
+  }
+  if (dataFile !== undefined && version < 3) {
+    fail(
+      "External data files are only supported with compatibility level 1.1 and above (use " +
+        "version=v3 or greater)",
+    );
+  }
   const size = (options.size as number | undefined) ?? backingSize;
   if (size === undefined) fail("Image creation needs a size parameter");
   const params: Qcow2CreateParams = {
@@ -138,6 +196,9 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
   }
   if (backingFile !== undefined) params.backingFile = backingFile;
   if (backingFormat !== undefined) params.backingFormat = backingFormat;
+  if (extendedL2) params.extendedL2 = true;
+  if (dataFile !== undefined) params.dataFile = dataFile;
+  if (dataFileRaw) params.dataFileRaw = true;
   return params;
 }
 
@@ -158,7 +219,10 @@ function setOne(block: Uint8Array, idx: number, bits: number): void {
 export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<void> {
   const cs = p.clusterSize;
   const clusterBits = Math.log2(cs);
-  const l1Size = Math.ceil(Math.ceil(p.size / cs) / (cs / 8));
+  const l1Size = Math.ceil(Math.ceil(p.size / cs) / (cs / (p.extendedL2 ? 16 : 8)));
+  let incompatible = p.compressionType ? Incompat.COMPRESSION : 0;
+  if (p.extendedL2) incompatible |= Incompat.EXTL2;
+  if (p.dataFile !== undefined) incompatible |= Incompat.DATA_FILE;
   const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / cs));
   const perBlock = (cs * 8) / p.refcountBits;
   let rtc = 1;
@@ -185,9 +249,9 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
     refcountTableClusters: rtc,
     nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatible: p.compressionType ? BigInt(Incompat.COMPRESSION) : 0n,
+    incompatible: BigInt(incompatible),
     compatible: p.lazyRefcounts ? BigInt(COMPAT_LAZY_REFCOUNTS) : 0n,
-    autoclear: 0n,
+    autoclear: p.dataFileRaw ? BigInt(AUTOCLEAR_DATA_FILE_RAW) : 0n,
     refcountOrder: Math.log2(p.refcountBits),
     headerLength: p.version >= 3 ? V3_HEADER_LENGTH : V2_HEADER_LENGTH,
     compressionType: p.compressionType ?? 0,
@@ -196,6 +260,7 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
     backingFile: p.backingFile,
   };
   setBackingFormat(h, p.backingFormat);
+  if (p.dataFile !== undefined) setDataFileName(h, p.dataFile);
   if (p.version >= 3) h.extensions.push({ type: Ext.FEATURE_TABLE, data: qemuFeatureTable() });
   const image = new Uint8Array(total * cs);
   image.set(serializeHeader(h), 0);
@@ -222,8 +287,32 @@ export async function preallocateMetadata(
   await image.lock.run(() => preallocateRange(image, 0, Math.ceil(image.header.size / cs)));
   const end = image.refcounts.endCluster * cs;
   if (image.file.getLength() < end) {
-    await image.file.truncate(end, false, mode === "metadata" ? "off" : mode);
+    // With an external data file, preallocation went to the data file at its creation.
+    const fileMode = mode === "metadata" || image.external ? "off" : mode;
+    await image.file.truncate(end, false, fileMode);
   }
+}
+
+/** Creates `filename` through the protocol driver it names, `size` bytes long. */
+async function createProtocolFile(
+  registry: DriverRegistry,
+  filename: string,
+  size: number,
+  preallocation: string,
+): Promise<void> {
+  const proto = registry.protocolFor(filename);
+  if (!proto.create) {
+    throw new BlockError(
+      "ENOTSUP",
+      `Protocol driver '${proto.name}' does not support image creation`,
+    );
+  }
+  const opts: OptionValues = { filename, size };
+  if (preallocation !== "off") opts.preallocation = preallocation;
+  await proto.create(
+    validateOptions(proto.createOptions ?? {}, opts, `Protocol driver '${proto.name}'`),
+    registry,
+  );
 }
 
 /** Creates a qcow2 image file through the protocol driver its filename names. */
@@ -249,30 +338,26 @@ export async function createQcow2(given: OptionValues, registry: DriverRegistry)
     }
   }
   const params = createParams(options, backingSize);
-  const proto = registry.protocolFor(filename);
-  if (!proto.create) {
-    throw new BlockError(
-      "ENOTSUP",
-      `Protocol driver '${proto.name}' does not support image creation`,
-    );
+  if (params.dataFile !== undefined) {
+    // The data file takes the virtual size and the preallocation (QEMU creates it first).
+    const dataName = resolveBackingName(params.dataFile, filename);
+    const dataPrealloc = prealloc === "falloc" || prealloc === "full" ? prealloc : "off";
+    await createProtocolFile(registry, dataName, params.size, dataPrealloc);
   }
-  await proto.create(
-    validateOptions(
-      proto.createOptions ?? {},
-      { filename, size: 0 },
-      `Protocol driver '${proto.name}'`,
-    ),
-    registry,
-  );
+  await createProtocolFile(registry, filename, 0, "off");
   const graph = new Graph({ registry });
   try {
-    const node = await graph.open({ driver: proto.name, filename }, "create");
+    const node = await graph.open(
+      { driver: registry.protocolFor(filename).name, filename },
+      "create",
+    );
     try {
       await formatQcow2(node, params);
-      if (prealloc !== "off") {
+      if (prealloc !== "off" || params.dataFileRaw) {
         const q = await graph.open({ driver: "qcow2", file: node.name }, "create");
         try {
-          await preallocateMetadata((q.instance as Qcow2Instance).image, prealloc as PreallocMode);
+          const mode = (prealloc === "off" ? "metadata" : prealloc) as PreallocMode;
+          await preallocateMetadata((q.instance as Qcow2Instance).image, mode);
         } finally {
           await q.unref("create");
         }

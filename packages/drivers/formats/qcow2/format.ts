@@ -62,6 +62,22 @@ export const COPIED_HI = 0x80000000;
 export const COMPRESSED_HI = 0x40000000;
 /** Bit 0 of standard L2 entries: the cluster reads as zeros (low word). */
 export const ZERO_LO = 1;
+/** Subclusters per cluster with extended L2 entries. */
+export const SUBCLUSTERS = 32;
+/** The smallest cluster size `create` accepts with extended L2 entries (QEMU's 16 KiB). */
+export const MIN_EXTL2_CREATE_CLUSTER_SIZE = 16384;
+/** Every "reads as zero" bit of an extended L2 bitmap (its high word). */
+export const ALL_SUBCLUSTERS = 0xffffffff;
+
+/**
+ * How L2 entries of an image are read (`classify`'s `mode`): a bit set of `KIND_EXTL2` (the
+ * zero flag is not used: subcluster bitmaps say it) and `KIND_DATA_FILE` (offset 0 with
+ * COPIED is guest data at offset 0 of the external data file).
+ */
+export const KIND_EXTL2 = 1;
+/** See {@link KIND_EXTL2}. */
+export const KIND_DATA_FILE = 2;
+
 /** Bits 9..55 of an entry hold a host offset: the mask of the high word's part. */
 export const OFFSET_HI_MASK = 0x00ffffff;
 /** The mask of the low word's part of a host offset. */
@@ -88,6 +104,14 @@ export function entryOffset(hi: number, lo: number): number {
 /** The L2 entry (high and low words) of a COPIED data cluster at host `offset`. */
 export function copiedEntry(offset: number): [number, number] {
   return [(Math.floor(offset / TWO32) | COPIED_HI) >>> 0, offset % TWO32];
+}
+
+/** The subcluster bits from index `from` up to (not including) `to`, as a u32 mask. */
+export function subMask(from: number, to: number): number {
+  if (to <= from) return 0;
+  const hi = to >= 32 ? 0xffffffff : ((1 << to) - 1) >>> 0;
+  const lo = from >= 32 ? 0xffffffff : ((1 << from) - 1) >>> 0;
+  return (hi & ~lo) >>> 0;
 }
 
 /** A DataView over all of `buf`. */

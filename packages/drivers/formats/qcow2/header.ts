@@ -20,6 +20,7 @@ import {
   MIN_CLUSTER_BITS,
   QCOW2_MAGIC,
   setU64,
+  SUBCLUSTERS,
   V2_HEADER_LENGTH,
   viewOf,
 } from "./format.ts";
@@ -262,7 +263,11 @@ export function parseHeader(cluster: Uint8Array): Qcow2Header {
   );
   validateTable(h.snapshotsOffset, h.nbSnapshots, 40, 40 * MAX_SNAPSHOTS, cs, "Snapshot table");
   validateTable(h.l1TableOffset, h.l1Size, 8, MAX_L1_BYTES, cs, "Active L1 table");
-  const l2Entries = cs / 8;
+  const extL2 = (h.incompatible & BigInt(Incompat.EXTL2)) !== 0n;
+  if (extL2 && cs / SUBCLUSTERS < 2 ** MIN_CLUSTER_BITS) {
+    throw invalid(`Unsupported subcluster size: ${cs / SUBCLUSTERS}`);
+  }
+  const l2Entries = cs / (extL2 ? 16 : 8);
   const needL1 = Math.ceil(Math.ceil(h.size / cs) / l2Entries);
   if (h.size > Number.MAX_SAFE_INTEGER || needL1 > 0x7fffffff) {
     throw new BlockError("EFBIG", "Image is too big");
@@ -289,6 +294,23 @@ export function parseHeader(cluster: Uint8Array): Qcow2Header {
 export function backingFormat(h: Qcow2Header): string | undefined {
   const e = h.extensions.find((x) => x.type === Ext.BACKING_FORMAT);
   return e ? decoder.decode(e.data) : undefined;
+}
+
+/** The external data file name the header extension holds, or undefined. */
+export function dataFileName(h: Qcow2Header): string | undefined {
+  const e = h.extensions.find((x) => x.type === Ext.DATA_FILE);
+  return e ? decoder.decode(e.data) : undefined;
+}
+
+/** Sets (or with `undefined` removes) the external data file name extension. */
+export function setDataFileName(h: Qcow2Header, name: string | undefined): void {
+  const at = h.extensions.findIndex((e) => e.type === Ext.DATA_FILE);
+  const ext = name === undefined ? [] : [{ type: Ext.DATA_FILE, data: encoder.encode(name) }];
+  if (at < 0) {
+    // QEMU writes it after the backing format and before the feature table.
+    const bf = h.extensions.findIndex((e) => e.type === Ext.BACKING_FORMAT);
+    h.extensions.splice(bf + 1, 0, ...ext);
+  } else h.extensions.splice(at, 1, ...ext);
 }
 
 /** The feature name table QEMU writes into new images. */

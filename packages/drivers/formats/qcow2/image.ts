@@ -22,8 +22,19 @@
 
 import { BlockError, type IoVector, type Node, ReqFlags } from "@blockgraph/core";
 import { compressedPlace } from "./compressed.ts";
-import { classify, type Extent, extentIn } from "./extent.ts";
-import { COPIED_HI, copiedEntry, entryOffset, hex, Incompat, setU64, viewOf } from "./format.ts";
+import { classify, type Extent, extentIn, extentInExt } from "./extent.ts";
+import {
+  COPIED_HI,
+  copiedEntry,
+  entryOffset,
+  hex,
+  Incompat,
+  KIND_DATA_FILE,
+  KIND_EXTL2,
+  setU64,
+  SUBCLUSTERS,
+  viewOf,
+} from "./format.ts";
 import { type Qcow2Header, serializeHeader } from "./header.ts";
 import { L2Cache } from "./l2_cache.ts";
 import { ClusterClaims, InflightWrites, Mutex } from "./locks.ts";
@@ -50,6 +61,23 @@ export class Qcow2Image implements MetaIo {
   readonly cs: number;
   /** Entries per L2 table. */
   readonly l2Entries: number;
+  /** Whether L2 entries are extended (16 bytes: entry and subcluster bitmap). */
+  readonly extL2: boolean;
+  /** Bytes per L2 entry: 8, or 16 with extended L2 entries. */
+  readonly l2Stride: number;
+  /** The subcluster size: the cluster size / 32 with extended L2 entries, else the cluster. */
+  readonly sc: number;
+  /** How L2 entries are classified (`classify`'s mode). */
+  kindMode: number;
+  /**
+   * Where guest data lives: the image file, or the external data file (where host offsets
+   * are guest offsets and data clusters have no refcounts).
+   */
+  data: Node;
+  /** Whether guest data lives in an external data file. */
+  external = false;
+  /** Whether the external data file is kept a consistent raw image (autoclear bit 1). */
+  dataRaw = false;
   /** L1 entries: L2 table offsets (0: none). */
   readonly l1: number[];
   /** L1 COPIED flags. */
@@ -93,7 +121,15 @@ export class Qcow2Image implements MetaIo {
   #warned = false;
   #marking: Promise<void> | null = null;
   readonly #sink: CorruptionSink;
-  #pendingFrees: { first: number; count: number; discard: boolean }[] = [];
+  #pendingFrees: { first: number; count: number; discard: boolean; data?: boolean }[] = [];
+
+  /** Puts guest data in the external data file `node` (`raw`: data-file-raw). */
+  setDataFile(node: Node, raw: boolean): void {
+    this.data = node;
+    this.external = true;
+    this.dataRaw = raw;
+    this.kindMode |= KIND_DATA_FILE;
+  }
 
   /** Builds the state; `l1Raw` and `refTable` are the tables read at open. */
   constructor(
@@ -111,7 +147,12 @@ export class Qcow2Image implements MetaIo {
     this.writable = writable;
     this.#sink = sink;
     this.cs = 2 ** header.clusterBits;
-    this.l2Entries = this.cs / 8;
+    this.extL2 = (header.incompatible & BigInt(Incompat.EXTL2)) !== 0n;
+    this.l2Stride = this.extL2 ? 16 : 8;
+    this.l2Entries = this.cs / this.l2Stride;
+    this.sc = this.extL2 ? this.cs / SUBCLUSTERS : this.cs;
+    this.kindMode = this.extL2 ? KIND_EXTL2 : 0;
+    this.data = file;
     const view = viewOf(l1Raw);
     this.l1 = [];
     this.l1Copied = [];
@@ -212,8 +253,9 @@ export class Qcow2Image implements MetaIo {
     return this.file.write(offset, buf);
   }
 
-  /** Writes guest data to the image file after the overlap check. */
+  /** Writes guest data to the data file (the image file after the overlap check). */
   writeData(offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
+    if (this.external) return this.data.pwritev(offset, bytes, qiov, qiovOffset);
     const hit = this.map.check("data", offset, bytes);
     if (hit !== null) {
       return Promise.reject(
@@ -224,10 +266,11 @@ export class Qcow2Image implements MetaIo {
   }
 
   /**
-   * Zeroes guest data clusters in the image file with a write-zeroes that may not fall back
+   * Zeroes guest data clusters in the data file with a write-zeroes that may not fall back
    * to writing zero buffers (ENOTSUP when the file cannot), after the overlap check.
    */
   writeZeroesData(offset: number, bytes: number): Promise<void> {
+    if (this.external) return this.data.pwriteZeroes(offset, bytes, ReqFlags.NO_FALLBACK);
     const hit = this.map.check("data", offset, bytes);
     if (hit !== null) {
       return Promise.reject(
@@ -326,6 +369,9 @@ export class Qcow2Image implements MetaIo {
     const g = Math.floor(offset / this.cs);
     const l1i = Math.floor(g / this.l2Entries);
     const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
+    if (this.extL2) {
+      return extentInExt(this, l2Off === 0 ? null : await this.l2.get(l2Off), l2Off, offset, bytes);
+    }
     if (l2Off === 0) return extentIn(this, null, 0, offset, bytes);
     return extentIn(this, await this.l2.get(l2Off), l2Off, offset, bytes);
   }
@@ -339,19 +385,34 @@ export class Qcow2Image implements MetaIo {
     const g = Math.floor(offset / this.cs);
     const l1i = Math.floor(g / this.l2Entries);
     const l2Off = l1i < this.l1.length ? this.l1[l1i]! : 0;
+    if (this.extL2) {
+      if (l2Off === 0) return extentInExt(this, null, 0, offset, bytes);
+      const t = this.l2.peek(l2Off);
+      return t ? extentInExt(this, t, l2Off, offset, bytes) : null;
+    }
     if (l2Off === 0) return extentIn(this, null, 0, offset, bytes);
     const table = this.l2.peek(l2Off);
     return table ? extentIn(this, table, l2Off, offset, bytes) : null;
   }
 
-  /** The L2 entry of guest cluster `g` (zeros without an L2 table). Call with `lock` held. */
-  async entryAt(g: number): Promise<[number, number]> {
+  /**
+   * The L2 entry of guest cluster `g` (zeros without an L2 table): high and low words, then
+   * with extended L2 entries the subcluster bitmap's "reads as zero" and "allocated" words
+   * (zeros otherwise). Call with `lock` held.
+   */
+  async entryAt(g: number): Promise<[number, number, number, number]> {
     const l1i = Math.floor(g / this.l2Entries);
     const off = l1i < this.l1.length ? this.l1[l1i]! : 0;
-    if (off === 0) return [0, 0];
+    if (off === 0) return [0, 0, 0, 0];
     const view = viewOf(await this.l2.get(off));
-    const i = (g % this.l2Entries) * 8;
-    return [view.getUint32(i), view.getUint32(i + 4)];
+    const i = (g % this.l2Entries) * this.l2Stride;
+    if (!this.extL2) return [view.getUint32(i), view.getUint32(i + 4), 0, 0];
+    return [
+      view.getUint32(i),
+      view.getUint32(i + 4),
+      view.getUint32(i + 8),
+      view.getUint32(i + 12),
+    ];
   }
 
   /**
@@ -438,15 +499,23 @@ export class Qcow2Image implements MetaIo {
     this.l2.clear();
   }
 
-  /** Sets the L2 entry of guest cluster `g` in its (writable) table. Call with `lock` held. */
-  async setEntry(g: number, hi: number, lo: number): Promise<void> {
+  /**
+   * Sets the L2 entry of guest cluster `g` in its (writable) table, with extended L2 entries
+   * also its subcluster bitmap (`zeroBits`, `allocBits`; none by default). Call with `lock`
+   * held.
+   */
+  async setEntry(g: number, hi: number, lo: number, zeroBits = 0, allocBits = 0): Promise<void> {
     const l1i = Math.floor(g / this.l2Entries);
     const off = await this.l2ForWrite(l1i);
     const table = await this.l2.get(off);
     const view = viewOf(table);
-    const i = (g % this.l2Entries) * 8;
+    const i = (g % this.l2Entries) * this.l2Stride;
     view.setUint32(i, hi);
     view.setUint32(i + 4, lo);
+    if (this.extL2) {
+      view.setUint32(i + 8, zeroBits >>> 0);
+      view.setUint32(i + 12, allocBits >>> 0);
+    }
     this.l2.markDirty(off);
   }
 
@@ -457,6 +526,7 @@ export class Qcow2Image implements MetaIo {
    */
   setEntriesCached(g0: number, count: number, host: number): boolean {
     const E = this.l2Entries;
+    if (this.extL2) return false;
     const tables: Uint8Array[] = [];
     for (let l1i = Math.floor(g0 / E); l1i <= Math.floor((g0 + count - 1) / E); l1i++) {
       const off = l1i < this.l1.length ? this.l1[l1i]! : 0;
@@ -481,8 +551,17 @@ export class Qcow2Image implements MetaIo {
 
   /** Queues the release of what an old L2 entry referenced (after the new entry is stable). */
   releaseEntry(hi: number, lo: number): void {
-    const kind = classify(hi, lo);
+    const kind = classify(hi, lo, this.kindMode);
     if (kind === "normal" || kind === "zero-alloc") {
+      if (this.external) {
+        this.#pendingFrees.push({
+          first: entryOffset(hi, lo) / this.cs,
+          count: 1,
+          discard: true,
+          data: true,
+        });
+        return;
+      }
       this.freeLater(entryOffset(hi, lo), 1, true);
     } else if (kind === "compressed") {
       const p = compressedPlace(hi, lo, this.header.clusterBits);
@@ -510,6 +589,14 @@ export class Qcow2Image implements MetaIo {
     while (this.#pendingFrees.length > 0) {
       const f = this.#pendingFrees[0]!;
       await this.inflight.drain(f.first, f.count);
+      if (f.data) {
+        // Data file clusters have no refcounts; a raw data file keeps its data.
+        this.#pendingFrees.shift();
+        if (!this.dataRaw) {
+          await this.data.pdiscard(f.first * this.cs, f.count * this.cs).catch(() => {});
+        }
+        continue;
+      }
       await this.refcounts.update(f.first, f.count, -1);
       this.#pendingFrees.shift();
       if (f.discard && (await this.refcounts.get(f.first)) === 0) {

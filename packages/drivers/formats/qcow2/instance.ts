@@ -3,7 +3,9 @@
  * read data, zeros, the backing file or decompressed clusters; writes go in place to COPIED
  * clusters and otherwise allocate, copying the untouched head and tail of the first and last
  * cluster from wherever they read before (backing file, zeros, a shared or compressed
- * cluster).
+ * cluster). With extended L2 entries, writes, write-zeroes and discard go through
+ * subcluster_write.ts and subcluster_ops.ts; with an external data file, guest data is read
+ * and written there (`image.data`).
  *
  * @module
  */
@@ -23,11 +25,14 @@ import {
   type ReopenHandle,
   ReqFlags,
 } from "@blockgraph/core";
-import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, Incompat, ZERO_LO } from "./format.ts";
+import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, hex, Incompat, ZERO_LO } from "./format.ts";
+import { dataFileName } from "./header.ts";
 import { amendImage } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
 import { allocatingWrite, decompressExtent } from "./allocating_write.ts";
+import { discardSubclusters, zeroSubclusters } from "./subcluster_ops.ts";
+import { subclusterWriteStep } from "./subcluster_write.ts";
 import { classify, type Extent } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
 import {
@@ -45,6 +50,11 @@ import { truncateImage } from "./resize.ts";
 import { applySnapshot, createSnapshot, deleteSnapshot } from "./snapshot.ts";
 import { type Qcow2Snapshot, snapshotInfo } from "./snapshot_table.ts";
 
+/** QEMU's answer to internal snapshots with an external data file (-ENOTSUP). */
+function noSnapshots(): BlockError {
+  return new BlockError("ENOTSUP", "-95 (Operation not supported)");
+}
+
 /** Whether a write to `ext` goes to the clusters it already has. */
 function inPlace(ext: Extent): boolean {
   return ext.kind === "normal" && ext.copied;
@@ -58,13 +68,17 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   readonly limits: Partial<BlockLimits>;
   /** MAY_UNMAP is handled (clusters are freed). */
   readonly supportedZeroFlags: number = ReqFlags.MAY_UNMAP;
+
+  /** Compressed writes (`qemu-io write -c`), except with an external data file. */
+  readonly supportedWriteFlags: number;
   readonly #node: Node;
 
   /** Wraps an opened image for `node`. */
   constructor(node: Node, image: Qcow2Image) {
     this.#node = node;
     this.image = image;
-    this.limits = { pwriteZeroesAlignment: image.cs, pdiscardAlignment: image.cs };
+    this.limits = { pwriteZeroesAlignment: image.sc, pdiscardAlignment: image.cs };
+    this.supportedWriteFlags = image.external ? 0 : ReqFlags.WRITE_COMPRESSED;
   }
 
   #backing(): Node | null {
@@ -100,7 +114,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     }
     const ext = this.image.lookupCached(offset, bytes);
     if (ext !== null && ext.kind === "normal" && ext.bytes === bytes) {
-      return this.image.file.preadv(ext.host, bytes, qiov, qiovOffset);
+      return this.image.data.preadv(ext.host, bytes, qiov, qiovOffset);
     }
     return this.#preadvExtents(offset, bytes, qiov, qiovOffset);
   }
@@ -132,18 +146,20 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   ): Promise<void> {
     switch (ext.kind) {
       case "normal":
-        await this.image.file.preadv(ext.host, bytes, qiov, qiovOffset);
+        await this.image.data.preadv(ext.host, bytes, qiov, qiovOffset);
         return;
       case "zero":
       case "zero-alloc":
         qiov.fill(qiovOffset, bytes, 0);
         return;
       case "compressed": {
+        if (this.image.external) throw this.#compressedWithDataFile(offset);
         const data = await decompressExtent(this.image, ext);
         qiov.copyFrom(qiovOffset, data, offset % this.image.cs, bytes);
         return;
       }
-      case "unallocated": {
+      case "unallocated":
+      case "unallocated-alloc": {
         const backing = this.#backing();
         if (!backing) {
           qiov.fill(qiovOffset, bytes, 0);
@@ -165,6 +181,13 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     this.#check(offset, bytes, true);
     if (this.image.autoclearPending) await this.#clearAutoclear();
     if (flags & ReqFlags.WRITE_COMPRESSED) {
+      if (this.image.external) {
+        throw new BlockError(
+          "ENOTSUP",
+          "Compressed writes are not supported with an external data file",
+          { offset },
+        );
+      }
       return writeCompressed(
         this.image,
         offset,
@@ -174,8 +197,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
         (o, n, q) => this.pwritev(o, n, qiov, q),
       );
     }
+    const ext = this.image.extL2;
     while (bytes > 0) {
-      const n = await this.#writeStep(offset, bytes, qiov, qiovOffset);
+      const n = ext
+        ? await subclusterWriteStep(this.image, this.#backing(), offset, bytes, qiov, qiovOffset)
+        : await this.#writeStep(offset, bytes, qiov, qiovOffset);
       offset += n;
       qiovOffset += n;
       bytes -= n;
@@ -243,17 +269,21 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     const image = this.image;
     const cs = image.cs;
     const end = offset + bytes;
+    const clusterOp = this.#clusterOp.bind(this);
+    if (image.extL2) return zeroSubclusters(image, offset, end, flags, clusterOp);
     if (offset % cs !== 0 || (end % cs !== 0 && end !== image.header.size)) {
       throw new BlockError("ENOTSUP", "qcow2 zeroes whole clusters only");
     }
     const v3 = image.header.version >= 3;
     const backing = this.#backing() !== null;
-    await this.#clusterOp(offset, end, async (g, hi, lo) => {
-      const kind = classify(hi, lo);
+    // A raw data file is zeroed first and keeps its mapping.
+    if (image.dataRaw) await image.data.pwriteZeroes(offset, bytes, flags & ReqFlags.MAY_UNMAP);
+    await clusterOp(offset, end, async (g, hi, lo) => {
+      const kind = classify(hi, lo, image.kindMode);
       if (kind === "zero" || (kind === "unallocated" && !backing)) return;
       if (!v3) throw new BlockError("ENOTSUP", "qcow2 version 2 has no zero clusters");
       const copied = (hi & COPIED_HI) !== 0;
-      const unmap = (flags & ReqFlags.MAY_UNMAP) !== 0;
+      const unmap = (flags & ReqFlags.MAY_UNMAP) !== 0 && !image.dataRaw;
       if (kind === "zero-alloc" && copied && !unmap) return;
       if (kind === "normal" && copied && !unmap) {
         await image.setEntry(g, hi, (lo | ZERO_LO) >>> 0);
@@ -279,9 +309,12 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
       ? offset + bytes
       : Math.floor((offset + bytes) / cs) * cs;
     if (end <= start) return;
+    // A raw data file keeps its 1:1 mapping: the range is zeroed there and reads as zeros.
+    if (image.dataRaw) return this.pwriteZeroes(start, end - start, ReqFlags.MAY_UNMAP);
+    if (image.extL2) return discardSubclusters(image, start, end, this.#clusterOp.bind(this));
     const zeroFlag = image.header.version >= 3 && this.#backing() !== null;
     await this.#clusterOp(start, end, async (g, hi, lo) => {
-      const kind = classify(hi, lo);
+      const kind = classify(hi, lo, image.kindMode);
       if (kind === "unallocated" || (kind === "zero" && zeroFlag)) return;
       await image.setEntry(g, 0, zeroFlag ? ZERO_LO : 0);
       image.releaseEntry(hi, lo);
@@ -295,7 +328,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   async #clusterOp(
     start: number,
     end: number,
-    op: (g: number, hi: number, lo: number) => Promise<void>,
+    op: (g: number, hi: number, lo: number, zeroBits: number, allocBits: number) => Promise<void>,
   ): Promise<void> {
     const image = this.image;
     const cs = image.cs;
@@ -307,8 +340,8 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
         if (b) return b;
         try {
           for (let g = first; g < last; g++) {
-            const [hi, lo] = await image.entryAt(g);
-            await op(g, hi, lo);
+            const [hi, lo, zeroBits, allocBits] = await image.entryAt(g);
+            await op(g, hi, lo, zeroBits, allocBits);
           }
         } finally {
           await image.commitFrees();
@@ -325,7 +358,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     if (this.image.broken) throw this.image.brokenError();
     const image = this.image;
     const ext = await image.lock.run(() => image.lookup(offset, bytes));
-    const file = image.file;
+    const file = image.data;
     switch (ext.kind) {
       case "normal":
         return {
@@ -343,7 +376,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
         };
       case "zero":
         return { status: BlockStatusFlags.ZERO, pnum: ext.bytes };
+      case "unallocated-alloc":
+        // Reads go to the backing file, but the host cluster is there (QEMU reports it).
+        return { status: BlockStatusFlags.OFFSET_VALID, pnum: ext.bytes, map: ext.host, file };
       case "compressed":
+        if (image.external) throw this.#compressedWithDataFile(offset);
         return { status: BlockStatusFlags.DATA | BlockStatusFlags.COMPRESSED, pnum: ext.bytes };
       default:
         return { status: 0, pnum: ext.bytes };
@@ -376,11 +413,26 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     info["refcount-bits"] = 2 ** h.refcountOrder;
     const bitmaps = bitmapInfo(this.image);
     if (bitmaps) info.bitmaps = bitmaps;
+    const dataFile = dataFileName(h);
+    if (dataFile !== undefined) info["data-file"] = dataFile;
+    if (this.image.external) info["data-file-raw"] = this.image.dataRaw;
     if (h.version >= 3) {
       info.corrupt = (h.incompatible & BigInt(Incompat.CORRUPT)) !== 0n;
       info["extended-l2"] = (h.incompatible & BigInt(Incompat.EXTL2)) !== 0n;
     }
     return info;
+  }
+
+  /** QEMU's corruption for a compressed cluster in an image with an external data file. */
+  #compressedWithDataFile(offset: number): Error {
+    const image = this.image;
+    const g = Math.floor(offset / image.cs);
+    const l2Off = image.l1[Math.floor(g / image.l2Entries)] ?? 0;
+    return image.corrupt(
+      `Compressed cluster entry found in image with external data file (L2 offset: ${
+        hex(l2Off)
+      }, L2 index: ${hex(g % image.l2Entries)})`,
+    );
   }
 
   /** The cluster size (the default bitmap granularity comes from it). */
@@ -456,11 +508,13 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
 
   /** Creates an internal snapshot called `name` (`qemu-img snapshot -c`). */
   snapshotCreate(name: string): Promise<void> {
+    if (this.image.external) return Promise.reject(noSnapshots());
     return this.#idle(() => createSnapshot(this.image, name));
   }
 
   /** Reverts the disk to a snapshot, by ID or name (`qemu-img snapshot -a`). */
   snapshotApply(nameOrId: string): Promise<void> {
+    if (this.image.external) return Promise.reject(noSnapshots());
     return this.#idle(() => applySnapshot(this.image, nameOrId));
   }
 

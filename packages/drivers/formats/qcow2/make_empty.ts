@@ -44,10 +44,12 @@ export async function makeEmptyImage(image: Qcow2Image): Promise<void> {
       runCount = 0;
     };
     for (let j = 0; j < image.l2Entries; j++) {
-      const hi = view.getUint32(j * 8);
-      const lo = view.getUint32(j * 8 + 4);
-      const kind = classify(hi, lo);
-      if (kind === "normal" || kind === "zero-alloc") {
+      const hi = view.getUint32(j * image.l2Stride);
+      const lo = view.getUint32(j * image.l2Stride + 4);
+      const kind = classify(hi, lo, image.kindMode);
+      if ((kind === "normal" || kind === "zero-alloc") && image.external) {
+        frees.push(() => image.releaseEntry(hi, lo));
+      } else if (kind === "normal" || kind === "zero-alloc") {
         const host = entryOffset(hi, lo);
         if (runCount > 0 && host === runStart + runCount * cs) {
           runCount++;

@@ -16,8 +16,10 @@ export type { Qcow2Snapshot } from "./snapshot_table.ts";
 export { QCOW2_AMEND_OPTIONS } from "./amend.ts";
 
 /**
- * The `qcow2` driver. Child `file` (required) and `backing` (optional; without it, the
- * backing file the header names is opened with the format its header extension names).
+ * The `qcow2` driver. Child `file` (required), `backing` (optional; without it, the
+ * backing file the header names is opened with the format its header extension names) and
+ * `data-file` (images with an external data file; without it, the file the header names,
+ * relative to the image).
  * Option `l2-cache-size` bounds the L2 cache (default: the whole image, up to 1 TiB),
  * `refcount-cache-size` the refcount block cache (default: the file, up to 1 TiB), and
  * `check-open: true` opens for `check`: a corrupt image opens read/write and a dirty one is
@@ -43,7 +45,7 @@ export const qcow2Driver: BlockDriver = {
   name: "qcow2",
   kind: "format",
   supportsBacking: true,
-  childOptions: ["file"],
+  childOptions: ["file", "data-file"],
   options: {
     "l2-cache-size": { type: "size", description: "Maximum L2 table cache size" },
     "refcount-cache-size": { type: "size", description: "Maximum refcount block cache size" },

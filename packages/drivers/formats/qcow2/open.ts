@@ -16,8 +16,15 @@ import {
 } from "@blockgraph/core";
 import { loadBitmaps } from "./bitmaps.ts";
 import { checkOnce } from "./check.ts";
-import { COMPAT_LAZY_REFCOUNTS, getU64, hex, Incompat, viewOf } from "./format.ts";
-import { backingFormat, parseHeader, type Qcow2Header } from "./header.ts";
+import {
+  AUTOCLEAR_DATA_FILE_RAW,
+  COMPAT_LAZY_REFCOUNTS,
+  getU64,
+  hex,
+  Incompat,
+  viewOf,
+} from "./format.ts";
+import { backingFormat, dataFileName, parseHeader, type Qcow2Header } from "./header.ts";
 import { Qcow2Image } from "./image.ts";
 import { Qcow2Instance } from "./instance.ts";
 import { mapSnapshots } from "./snapshot.ts";
@@ -88,7 +95,8 @@ function l2CacheTables(options: OptionValues, h: Qcow2Header): number {
   const cs = 2 ** h.clusterBits;
   const given = options["l2-cache-size"] as number | undefined;
   if (given !== undefined) return Math.max(2, Math.ceil(given / cs));
-  const perTable = cs * (cs / 8);
+  const extL2 = (h.incompatible & BigInt(Incompat.EXTL2)) !== 0n;
+  const perTable = cs * (cs / (extL2 ? 16 : 8));
   return Math.max(2, Math.min(h.l1Size, Math.ceil(DEFAULT_L2_COVERAGE / perTable)));
 }
 
@@ -150,6 +158,27 @@ async function openHeaderBacking(ctx: OpenContext, file: Node, h: Qcow2Header): 
   }
 }
 
+/**
+ * Opens the external data file: the `data-file` option, or the file the header extension
+ * names (relative to the image, as a backing file), inheriting the node's flags.
+ */
+async function openDataFile(ctx: OpenContext, image: Qcow2Image, file: Node): Promise<void> {
+  const h = image.header;
+  const name = dataFileName(h);
+  const fallback = name === undefined
+    ? undefined
+    : { filename: resolveBackingName(name, file.filename) };
+  if (fallback === undefined && ctx.childOption("data-file") !== "given") {
+    throw new BlockError(
+      "EINVAL",
+      "Could not open data file: 'data-file' is required for this image",
+    );
+  }
+  const child = await ctx.openChild("data-file", ChildRole.DATA, true, fallback);
+  const raw = (h.autoclear & BigInt(AUTOCLEAR_DATA_FILE_RAW)) !== 0n;
+  image.setDataFile(child!.node!, raw);
+}
+
 /** Opens a qcow2 node over its `file` child. */
 export async function openQcow2(ctx: OpenContext, options: OptionValues): Promise<Qcow2Instance> {
   const fileChild = (await ctx.openChild("file", ChildRole.IMAGE, true))!;
@@ -163,11 +192,15 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
       `qcow2: encrypted images (crypt method ${h.cryptMethod}) are not supported`,
     );
   }
-  if (h.incompatible & BigInt(Incompat.DATA_FILE)) {
-    throw new BlockError("ENOTSUP", "qcow2: images with an external data file are not supported");
+  const hasDataFile = (h.incompatible & BigInt(Incompat.DATA_FILE)) !== 0n;
+  if ((h.autoclear & BigInt(AUTOCLEAR_DATA_FILE_RAW)) !== 0n && !hasDataFile) {
+    throw new BlockError("EINVAL", "data-file-raw requires a data file");
   }
-  if (h.incompatible & BigInt(Incompat.EXTL2)) {
-    throw new BlockError("ENOTSUP", "qcow2: images with extended L2 entries are not supported");
+  if (!hasDataFile && ctx.childOption("data-file") !== "absent") {
+    throw new BlockError(
+      "EINVAL",
+      "'data-file' can only be set for images with an external data file",
+    );
   }
   const checkOpen = options["check-open"] === true;
   if (writable && !checkOpen && (h.incompatible & BigInt(Incompat.CORRUPT))) {
@@ -205,6 +238,7 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
     refcountCacheBlocks(options, h, fileLen),
   );
   image.refcounts.reserved = refTable.reserved;
+  if (hasDataFile) await openDataFile(ctx, image, file);
   image.snapshots = snaps.entries;
   image.snapshotsBytes = snaps.bytes;
   mapSnapshots(image);

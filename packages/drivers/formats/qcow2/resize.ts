@@ -10,6 +10,7 @@
  * @module
  */
 
+import { allocDataLocked } from "./data_alloc.ts";
 import { BlockError, type PreallocMode } from "@blockgraph/core";
 import { copiedEntry, MAX_L1_BYTES, setU64, viewOf } from "./format.ts";
 import { classify } from "./extent.ts";
@@ -62,17 +63,17 @@ export async function preallocateRange(image: Qcow2Image, from: number, to: numb
     let k = 0;
     while (k < n) {
       const [hi, lo] = await image.entryAt(g + k);
-      if (classify(hi, lo) !== "unallocated") {
+      if (classify(hi, lo, image.kindMode) !== "unallocated") {
         k++;
         continue;
       }
       let run = 1;
       while (k + run < n) {
         const [h2, l2] = await image.entryAt(g + k + run);
-        if (classify(h2, l2) !== "unallocated") break;
+        if (classify(h2, l2, image.kindMode) !== "unallocated") break;
         run++;
       }
-      const host = await image.refcounts.alloc(run);
+      const host = await allocDataLocked(image, g + k, run);
       for (let j = 0; j < run; j++) {
         const off = host + j * cs;
         await image.setEntry(g + k + j, ...copiedEntry(off));
@@ -110,7 +111,8 @@ async function trimFile(image: Qcow2Image): Promise<void> {
 async function zeroTail(image: Qcow2Image, from: number, to: number): Promise<void> {
   const ext = await image.lookup(from, to - from);
   if (ext.kind !== "normal" || !ext.copied) return;
-  await image.write("data", ext.host, new Uint8Array(to - from));
+  if (image.external) await image.data.write(ext.host, new Uint8Array(to - from));
+  else await image.write("data", ext.host, new Uint8Array(to - from));
 }
 
 /** Resizes the image to `size` bytes. Call with `lock` held. */
@@ -128,12 +130,22 @@ export async function truncateImage(
       throw new BlockError("ENOTSUP", "Preallocation can only be used for growing images");
     }
     await shrink(image, size);
+    // The data file follows the disk's size (QEMU truncates it too).
+    if (image.external) await image.data.truncate(size, false, "off");
     return;
   }
   const l1Needed = Math.ceil(Math.ceil(size / cs) / image.l2Entries);
   if (l1Needed > image.l1.length) await growL1(image, l1Needed);
   if (old % cs !== 0) await zeroTail(image, old, Math.min(size, Math.ceil(old / cs) * cs));
-  if (prealloc !== "off") {
+  if (image.external) {
+    // Preallocation goes to the data file; a raw one is mapped 1:1 (metadata preallocation).
+    if (image.data.getLength() < size) {
+      await image.data.truncate(size, false, prealloc === "metadata" ? "off" : prealloc);
+    }
+    if (image.dataRaw || prealloc !== "off") {
+      await preallocateRange(image, Math.ceil(old / cs), Math.ceil(size / cs));
+    }
+  } else if (prealloc !== "off") {
     await preallocateRange(image, Math.ceil(old / cs), Math.ceil(size / cs));
     const end = image.refcounts.endCluster * cs;
     if (end > image.file.getLength()) {
@@ -150,8 +162,8 @@ async function shrink(image: Qcow2Image, size: number): Promise<void> {
   const last = Math.ceil(image.header.size / cs);
   const keepL1 = Math.ceil(first / image.l2Entries);
   for (let g = first; g < Math.min(last, keepL1 * image.l2Entries); g++) {
-    const [hi, lo] = await image.entryAt(g);
-    if (classify(hi, lo) === "unallocated") continue;
+    const [hi, lo, zb] = await image.entryAt(g);
+    if (classify(hi, lo, image.kindMode) === "unallocated" && zb === 0) continue;
     await image.setEntry(g, 0, 0);
     image.releaseEntry(hi, lo);
   }
@@ -162,9 +174,9 @@ async function shrink(image: Qcow2Image, size: number): Promise<void> {
     const l2 = await image.l2.get(off);
     const v = viewOf(l2);
     for (let j = 0; j < image.l2Entries; j++) {
-      const hi = v.getUint32(j * 8);
-      const lo = v.getUint32(j * 8 + 4);
-      if (classify(hi, lo) !== "unallocated") image.releaseEntry(hi, lo);
+      const hi = v.getUint32(j * image.l2Stride);
+      const lo = v.getUint32(j * image.l2Stride + 4);
+      if (classify(hi, lo, image.kindMode) !== "unallocated") image.releaseEntry(hi, lo);
     }
     image.l1[i] = 0;
     image.l1Copied[i] = false;

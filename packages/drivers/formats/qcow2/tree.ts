@@ -127,10 +127,11 @@ async function walk(
     await image.read(l2Off, buf);
     const v = viewOf(buf);
     let changed = false;
+    const stride = image.l2Stride;
     for (let j = 0; j < image.l2Entries; j++) {
-      const hi = v.getUint32(j * 8);
-      const lo = v.getUint32(j * 8 + 4);
-      const kind = classify(hi, lo);
+      const hi = v.getUint32(j * stride);
+      const lo = v.getUint32(j * stride + 4);
+      const kind = classify(hi, lo, image.kindMode);
       if (kind === "compressed") {
         const c = compressedClusters(hi, lo, bits);
         await update(c.first, c.count);
@@ -141,7 +142,7 @@ async function walk(
       await update(c, 1);
       const one = (await rc.get(c)) === 1;
       if (one !== ((hi & COPIED_HI) !== 0)) {
-        v.setUint32(j * 8, (one ? hi | COPIED_HI : hi & ~COPIED_HI) >>> 0);
+        v.setUint32(j * stride, (one ? hi | COPIED_HI : hi & ~COPIED_HI) >>> 0);
         changed = true;
       }
     }
