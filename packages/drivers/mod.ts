@@ -37,6 +37,7 @@ export { MEMORY_CHUNK_SIZE, memoryDriver, MemoryInstance } from "./protocols/mem
 export { nullDriver, NullInstance } from "./protocols/null.ts";
 export { nbdDriver, NbdInstance } from "./protocols/nbd/driver.ts";
 export { parseNbdFilename } from "./protocols/nbd/filename.ts";
+export { allocateIoMemory, type IoMemory } from "./io/io_memory.ts";
 
 /**
  * A new registry holding every driver of this package.

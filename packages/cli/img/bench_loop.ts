@@ -9,6 +9,7 @@
  */
 
 import { type Backend, BlockError, IoVector } from "@blockgraph/core";
+import { allocateIoMemory } from "@blockgraph/drivers";
 
 /** What one run does. */
 export interface BenchParams {
@@ -69,26 +70,6 @@ export function processCpu(): { user: number; system: number } {
 }
 
 /**
- * Memory for `bytes` bytes whose start is aligned to `align`, from an over-sized ArrayBuffer
- * (qemu-img's `blk_blockalign`): O_DIRECT nodes then take the buffers as they are instead of
- * bouncing them. V8 never moves an ArrayBuffer's backing store, so the alignment holds. Where
- * the address cannot be read (no FFI permission), the memory is returned unaligned and the
- * driver bounces it.
- */
-export function alignedBytes(bytes: number, align: number): Uint8Array {
-  if (align <= 1) return new Uint8Array(bytes);
-  const raw = new Uint8Array(bytes + align);
-  let address: number;
-  try {
-    address = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(raw)));
-  } catch {
-    return raw.subarray(0, bytes);
-  }
-  const skip = (align - (address % align)) % align;
-  return raw.subarray(skip, skip + bytes);
-}
-
-/**
  * Runs the requests `params` describe against `backend`. Resolves when every request has
  * completed (a final flush, when one is due, is awaited but not timed, as qemu-img stops its
  * clock when the last request completes). Rejects with {@link BenchRequestError} after the
@@ -102,7 +83,9 @@ export function runBench(backend: Backend, params: BenchParams): Promise<BenchRe
   const step = params.step || size;
   const imageSize = backend.getLength();
   const align = backend.node?.limits.memAlignment ?? 1;
-  const memory = alignedBytes(depth * size, align);
+  // Native memory aligned for direct I/O (qemu-img's blk_blockalign), in huge pages when large.
+  const io = allocateIoMemory(depth * size, Math.max(align, 4096));
+  const memory = io.bytes;
   memory.fill(params.pattern);
   const vectors: IoVector[] = [];
   for (let i = 0; i < depth; i++) {
@@ -218,5 +201,5 @@ export function runBench(backend: Backend, params: BenchParams): Promise<BenchRe
   startWall = performance.now();
   if (n === 0) finish();
   else submit();
-  return done;
+  return done.finally(() => io.release());
 }

@@ -11,7 +11,7 @@ import {
 } from "@blockgraph/core";
 import { captureIo } from "../common/cli_io.ts";
 import { imgBench, lagMeter, parseBenchArgs } from "./bench.ts";
-import { alignedBytes, type BenchParams, runBench } from "./bench_loop.ts";
+import { type BenchParams, runBench } from "./bench_loop.ts";
 import { runImg } from "./run_img.ts";
 
 async function img(args: string[]) {
@@ -106,12 +106,6 @@ Deno.test("runBench with --no-drain flushes with requests still in flight", asyn
   assertEquals(r.events.filter((e) => e.startsWith("F")).length, 4);
   assertEquals(r.events.some((e) => e === "F1"), true);
   assertEquals(r.events.filter((e) => e.startsWith("w")).length, 6);
-});
-
-Deno.test("alignedBytes returns memory starting at the asked alignment", () => {
-  const b = alignedBytes(8192, 4096);
-  assertEquals(b.length, 8192);
-  assertEquals(Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b))) % 4096, 0);
 });
 
 Deno.test("img bench refuses bad arguments with qemu-img's messages", async () => {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { addressOf, alignedAlloc, alignedFree } from "./libc.ts";
+import { addressOf, alignedFree, ioAlloc } from "./libc.ts";
 
 /** Buffers above this size are freed when returned instead of kept for reuse. */
 const MAX_KEPT = 4 * 1024 * 1024;
@@ -55,7 +55,7 @@ export class BufferPool {
     const list = this.#free.get(cls);
     const reused = list?.pop();
     if (reused) return reused;
-    const ptr = alignedAlloc(cls, this.align);
+    const { ptr } = ioAlloc(cls, this.align);
     const bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, cls));
     const buf: AlignedBuffer = { bytes, addr: addressOf(ptr), ptr };
     this.#all.add(buf);
