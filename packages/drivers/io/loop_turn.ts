@@ -30,6 +30,7 @@ export const TURN_BUDGET_MS = 2;
 const CHECK_EVERY = 64;
 
 let timer = 0;
+let armedAt = 0;
 let chainStart = 0;
 let calls = 0;
 const onTurn = (): void => {
@@ -43,6 +44,7 @@ const onTurn = (): void => {
 export function sinceTurn(now: number = performance.now()): number {
   if (timer === 0) {
     chainStart = now;
+    armedAt = now;
     // Deno's web setTimeout returns a number (Node's typings, when loaded, say otherwise).
     timer = setTimeout(onTurn, 0) as unknown as number;
     Deno.unrefTimer(timer);
@@ -71,7 +73,11 @@ export function yieldDue(): boolean {
   return sinceTurn() >= TURN_BUDGET_MS;
 }
 
+/** How long the marker timer may be overdue before a turn goes through the timers (ms). */
+export const TIMER_STARVED_MS = 8;
+
 let hop: (() => Promise<unknown>) | null = null;
+const timerHop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
 let pending: Promise<void> | null = null;
 const afterHop = (): void => {
   pending = null;
@@ -90,9 +96,10 @@ export function nextTurn(): Promise<void> {
       hop = () => turn();
     } catch {
       // No FFI here: a zero timeout turns the loop too, idling about a millisecond.
-      hop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+      hop = timerHop;
     }
   }
-  pending = hop().then(afterHop);
+  const starved = timer !== 0 && performance.now() - armedAt > TIMER_STARVED_MS;
+  pending = (starved ? timerHop() : hop()).then(afterHop);
   return pending;
 }
