@@ -13,12 +13,11 @@ import {
   COMPAT_LAZY_REFCOUNTS,
   copiedEntry,
   entryOffset,
-  Ext,
   Incompat,
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
 } from "./format.ts";
-import { qemuFeatureTable, serializeHeader, setBackingFormat, setDataFileName } from "./header.ts";
+import { serializeHeader, setBackingFormat, setDataFileName } from "./header.ts";
 import { classify } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
 import { Imrt, writeRefcountStructure } from "./rebuild.ts";
@@ -173,9 +172,7 @@ export async function amendImage(
     h.version = 3;
     h.headerLength = V3_HEADER_LENGTH;
     h.tail = new Uint8Array(V3_HEADER_LENGTH - 105);
-    if (!h.extensions.some((e) => e.type === Ext.FEATURE_TABLE)) {
-      h.extensions.push({ type: Ext.FEATURE_TABLE, data: qemuFeatureTable() });
-    }
+    // serializeHeader adds QEMU's feature name table (clusters over 4 KiB).
     await image.writeHeader();
   }
   if (order !== h.refcountOrder) await changeRefcountOrder(image, order);
@@ -208,7 +205,7 @@ export async function amendImage(
     h.incompatible = 0n;
     h.compatible = 0n;
     h.autoclear = 0n;
-    h.extensions = h.extensions.filter((e) => e.type !== Ext.FEATURE_TABLE);
+    // serializeHeader drops the feature name table of a v2 header.
     await image.writeHeader();
   }
 }

@@ -2,75 +2,68 @@
  * Persistent dirty bitmaps in a qcow2 image (the spec's "Bitmaps" extension, QEMU's
  * qcow2-bitmap.c semantics): loading the bitmap directory and tables into the node's
  * {@link DirtyBitmap}s at open, storing them back at close, and the checks for a new one.
+ * The directory's bytes are bitmap_directory.ts's.
  *
  * Autoclear bit 0 means "the bitmaps extension is consistent": a program that does not know
  * it clears it on a read/write open, so bitmaps found with the bit clear are dropped. A
- * read/write open marks every bitmap it loads `in_use` on disk (a crash then leaves them
- * inconsistent); a clean close writes the bitmaps and a directory without `in_use`.
+ * read/write open marks every bitmap it loads `in_use` on disk, rewriting the directory in
+ * place as QEMU does ({@link markInUse}; a crash then leaves them inconsistent); a clean
+ * close writes the bitmaps and a directory without `in_use`.
+ *
+ * The directory keeps QEMU's order: the entries already on disk where they are, then the
+ * new bitmaps newest first (QEMU's list of a node's bitmaps grows at its head; ours grows at
+ * the tail, so it is walked backwards).
  *
  * Store order (a crash leaves at most leaked clusters): data clusters, then tables, then the
  * new directory are written into newly allocated clusters; the refcount blocks are written
  * and the file flushed; then one header write points to the new directory (with the
- * autoclear bit); only after that flush are the old directory, tables and data freed.
+ * autoclear bit); only after that flush are the old directory, tables and data freed. A
+ * store that fails before that header write frees every cluster it allocated.
  *
  * @module
  */
 
-import { BitmapCheck, BlockError, DirtyBitmap, HBitmap, type Node } from "@blockgraph/core";
+import {
+  BitmapCheck,
+  BlockError,
+  DirtyBitmap,
+  HBitmap,
+  type Node,
+  strerror,
+} from "@blockgraph/core";
+import {
+  type BitmapDirEntry,
+  BME_AUTO,
+  BME_IN_USE,
+  corruptDirectory,
+  entrySizeOf,
+  extensionData,
+  MAX_BITMAPS,
+  MAX_DIRECTORY_SIZE,
+  MAX_GRANULARITY_BITS,
+  MAX_NAME_SIZE,
+  MAX_PHYS_SIZE,
+  MAX_TABLE_SIZE,
+  MIN_GRANULARITY_BITS,
+  parseDirectory,
+  parseExtensionData,
+  serializeDirectory,
+} from "./bitmap_directory.ts";
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
   entryOffset,
   Ext,
-  getU64,
   setU64,
   viewOf,
 } from "./format.ts";
+import { serializeHeader } from "./header.ts";
 import type { Qcow2Image } from "./image.ts";
 
-/** Directory entry flag: the bitmap was in use (not stored cleanly). */
-export const BME_IN_USE = 1;
-/** Directory entry flag: the bitmap records writes (enabled). */
-export const BME_AUTO = 2;
-/** Directory entry flag: unknown extra data may be ignored. */
-export const BME_EXTRA_DATA_COMPATIBLE = 4;
-const BME_RESERVED = ~7 >>> 0;
-/** Granularity bounds (bits). */
-const MIN_GRANULARITY_BITS = 9;
-const MAX_GRANULARITY_BITS = 31;
-/** QEMU's BME_MAX_NAME_SIZE. */
-const MAX_NAME_SIZE = 1023;
-/** QEMU's BME_MAX_TABLE_SIZE (entries). */
-const MAX_TABLE_SIZE = 0x8000000;
-/** QEMU's BME_MAX_PHYS_SIZE (bytes of bitmap data). */
-const MAX_PHYS_SIZE = 0x20000000;
-/** QEMU's QCOW2_MAX_BITMAPS. */
-const MAX_BITMAPS = 65535;
-/** QEMU's QCOW2_MAX_BITMAP_DIRECTORY_SIZE. */
-const MAX_DIRECTORY_SIZE = 1024 * MAX_BITMAPS;
 /** Bitmap table entry: reserved bits 1..8. */
 const BTE_RESERVED_LO = 0x1fe;
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-
-/** One bitmap directory entry. */
-export interface BitmapDirEntry {
-  /** Offset of the bitmap table. */
-  tableOffset: number;
-  /** Entries in the bitmap table. */
-  tableSize: number;
-  /** BME_* flags. */
-  flags: number;
-  /** 1: dirty tracking bitmap. */
-  type: number;
-  /** log2 of the bytes per bit. */
-  granularityBits: number;
-  /** The name. */
-  name: string;
-  /** Extra data, kept as is. */
-  extra: Uint8Array;
-}
 
 /** The bitmaps of one open image, as on disk. */
 interface BitmapState {
@@ -81,6 +74,12 @@ interface BitmapState {
   dirSize: number;
   /** Names removed since the last store. */
   removed: Set<string>;
+}
+
+/** A run of clusters. */
+interface Clusters {
+  offset: number;
+  count: number;
 }
 
 const states = new WeakMap<Qcow2Image, BitmapState>();
@@ -94,89 +93,6 @@ function stateOf(image: Qcow2Image): BitmapState {
   return s;
 }
 
-/** Bytes a directory entry takes (padded to 8). */
-function entrySize(nameBytes: number, extraBytes: number): number {
-  return Math.ceil((24 + nameBytes + extraBytes) / 8) * 8;
-}
-
-function corrupt(msg: string): BlockError {
-  return new BlockError("EINVAL", `Bitmap directory is corrupted: ${msg}`);
-}
-
-/** Parses and checks the bitmap directory `dir` of `count` entries. */
-export function parseDirectory(
-  dir: Uint8Array,
-  count: number,
-  cs: number,
-  fileLen: number,
-): BitmapDirEntry[] {
-  const v = viewOf(dir);
-  const out: BitmapDirEntry[] = [];
-  let pos = 0;
-  for (let i = 0; i < count; i++) {
-    if (pos + 24 > dir.length) throw corrupt("entry past the end of the directory");
-    const nameSize = v.getUint16(pos + 18);
-    const extraSize = v.getUint32(pos + 20);
-    const size = entrySize(nameSize, extraSize);
-    if (pos + size > dir.length) throw corrupt("entry past the end of the directory");
-    const e: BitmapDirEntry = {
-      tableOffset: getU64(v, pos),
-      tableSize: v.getUint32(pos + 8),
-      flags: v.getUint32(pos + 12),
-      type: v.getUint8(pos + 16),
-      granularityBits: v.getUint8(pos + 17),
-      extra: dir.slice(pos + 24, pos + 24 + extraSize),
-      name: decoder.decode(dir.subarray(pos + 24 + extraSize, pos + 24 + extraSize + nameSize)),
-    };
-    if (
-      e.type !== 1 || (e.flags & BME_RESERVED) !== 0 ||
-      e.granularityBits < MIN_GRANULARITY_BITS || e.granularityBits > MAX_GRANULARITY_BITS ||
-      e.tableSize === 0 || e.tableSize > MAX_TABLE_SIZE || e.tableOffset % cs !== 0 ||
-      e.tableOffset + e.tableSize * 8 > fileLen || nameSize === 0 || nameSize > MAX_NAME_SIZE ||
-      (extraSize !== 0 && (e.flags & BME_EXTRA_DATA_COMPATIBLE) === 0)
-    ) {
-      throw corrupt(`invalid entry for bitmap '${e.name}'`);
-    }
-    out.push(e);
-    pos += size;
-  }
-  return out;
-}
-
-/** Serialises directory entries. */
-export function serializeDirectory(entries: BitmapDirEntry[]): Uint8Array {
-  const names = entries.map((e) => encoder.encode(e.name));
-  let total = 0;
-  entries.forEach((e, i) => (total += entrySize(names[i]!.length, e.extra.length)));
-  const buf = new Uint8Array(total);
-  const v = viewOf(buf);
-  let pos = 0;
-  entries.forEach((e, i) => {
-    const name = names[i]!;
-    setU64(v, pos, e.tableOffset);
-    v.setUint32(pos + 8, e.tableSize);
-    v.setUint32(pos + 12, e.flags);
-    v.setUint8(pos + 16, e.type);
-    v.setUint8(pos + 17, e.granularityBits);
-    v.setUint16(pos + 18, name.length);
-    v.setUint32(pos + 20, e.extra.length);
-    buf.set(e.extra, pos + 24);
-    buf.set(name, pos + 24 + e.extra.length);
-    pos += entrySize(name.length, e.extra.length);
-  });
-  return buf;
-}
-
-/** The bitmaps extension data: count, directory size and offset. */
-function extensionData(count: number, dirSize: number, dirOffset: number): Uint8Array {
-  const d = new Uint8Array(24);
-  const v = viewOf(d);
-  v.setUint32(0, count);
-  setU64(v, 8, dirSize);
-  setU64(v, 16, dirOffset);
-  return d;
-}
-
 /** Table entries (host offsets; 0 zeros, 1 all ones) of `e`. */
 async function readTable(image: Qcow2Image, e: BitmapDirEntry): Promise<number[]> {
   const buf = new Uint8Array(e.tableSize * 8);
@@ -187,7 +103,7 @@ async function readTable(image: Qcow2Image, e: BitmapDirEntry): Promise<number[]
     const hi = v.getUint32(k * 8);
     const lo = v.getUint32(k * 8 + 4);
     if ((lo & BTE_RESERVED_LO) !== 0 || (hi >>> 24) !== 0) {
-      throw corrupt(`reserved bits set in the table of bitmap '${e.name}'`);
+      throw corruptDirectory(`reserved bits set in the table of bitmap '${e.name}'`);
     }
     const off = entryOffset(hi, lo);
     out.push(off === 0 ? lo & 1 : off);
@@ -210,7 +126,7 @@ async function loadData(image: Qcow2Image, e: BitmapDirEntry, hb: HBitmap): Prom
   const table = await readTable(image, e);
   const span = clusterSpan(image, hb.granularity);
   if (e.tableSize !== tableSizeFor(image, hb.size, hb.granularity)) {
-    throw corrupt(`bitmap '${e.name}' has a table of the wrong size`);
+    throw corruptDirectory(`bitmap '${e.name}' has a table of the wrong size`);
   }
   const buf = new Uint8Array(image.cs);
   for (let k = 0; k < table.length; k++) {
@@ -255,10 +171,7 @@ export async function loadBitmaps(image: Qcow2Image, node: Node): Promise<void> 
     if (ext.data.length !== 24) {
       throw new BlockError("EINVAL", "bitmaps_ext: Invalid extension length");
     }
-    const v = viewOf(ext.data);
-    const count = v.getUint32(0);
-    const dirSize = getU64(v, 8);
-    const dirOffset = getU64(v, 16);
+    const { count, dirSize, dirOffset } = parseExtensionData(ext.data);
     if (count > MAX_BITMAPS) {
       throw new BlockError("EINVAL", "bitmaps_ext: Image has too many bitmaps");
     }
@@ -289,70 +202,123 @@ export async function loadBitmaps(image: Qcow2Image, node: Node): Promise<void> 
   if (!image.writable || h.version < 3) return;
   const keep = (st.entries.length > 0 ? BigInt(AUTOCLEAR_BITMAPS) : 0n) | rawBit(image);
   if ((h.autoclear & ~keep) !== 0n) changed = true;
-  const marks = st.entries.some((e) => (e.flags & BME_IN_USE) === 0);
-  if (marks) {
-    st.entries = st.entries.map((e) => ({ ...e, flags: e.flags | BME_IN_USE }));
-  }
-  if (!changed && !marks) return;
   h.autoclear &= keep;
-  if (marks) {
-    await writeDirectory(image, st, st.entries, []);
-  } else {
+  if (st.entries.some((e) => (e.flags & BME_IN_USE) === 0)) {
+    await markInUse(image, st);
+  } else if (changed) {
     await image.writeHeader();
-    await image.flush();
+  }
+}
+
+/**
+ * Marks every bitmap of the directory in use by rewriting the directory where it is, as
+ * QEMU's update_ext_header_and_dir_in_place does (nothing is allocated or freed, so the image
+ * does not grow). The autoclear bit guards the rewrite; each step is flushed before the next:
+ * 1. the header without the bitmaps autoclear bit: from here a reader takes the bitmaps
+ *    extension as inconsistent and ignores it (qemu-img check then counts the bitmaps'
+ *    clusters as leaked, QEMU's next read/write open drops them);
+ * 2. the directory, same size and place, with the in_use flags;
+ * 3. the header with the bit again: the bitmaps are now in use.
+ * A crash before 1 leaves the bitmaps as they were (consistent: nothing has been written
+ * since), between 1 and 3 it loses them and leaks their clusters, after 3 they load
+ * inconsistent. A torn directory write cannot be seen: the bit is clear while it happens.
+ */
+async function markInUse(image: Qcow2Image, st: BitmapState): Promise<void> {
+  const h = image.header;
+  const bit = BigInt(AUTOCLEAR_BITMAPS);
+  const entries = st.entries.map((e) => ({ ...e, flags: e.flags | BME_IN_USE }));
+  const dir = serializeDirectory(entries);
+  if (dir.length !== st.dirSize) throw corruptDirectory("its size changed while marking it");
+  h.autoclear &= ~bit;
+  await image.writeHeader();
+  await image.write("data", st.dirOffset, dir);
+  await image.flush();
+  st.entries = entries;
+  h.autoclear |= bit;
+  await image.writeHeader();
+}
+
+/** Drops the references to `runs` (clusters this store allocated) and writes them back. */
+async function release(image: Qcow2Image, runs: Clusters[]): Promise<void> {
+  try {
+    for (const r of runs) await image.refcounts.update(r.offset / image.cs, r.count, -1);
+    await image.refcounts.writeback();
+  } catch {
+    // The store failed already; what could not be released stays leaked, never referenced.
   }
 }
 
 /**
  * Writes `entries` as the new directory, points the header to it (with the autoclear bit
- * when there are entries), then frees the old directory and the `free` cluster ranges.
+ * when there are entries), then frees the old directory and the `free` cluster runs. When
+ * it fails before the header write, it frees the new directory and the clusters in `fresh`
+ * (what the store allocated for the tables and data the entries point to) and leaves the
+ * header and the directory as they were (QEMU's message, with its errno). When the header
+ * write itself fails, nothing is freed: the header on disk may point either way.
  */
 async function writeDirectory(
   image: Qcow2Image,
   st: BitmapState,
   entries: BitmapDirEntry[],
-  free: { offset: number; count: number }[],
+  free: Clusters[],
+  fresh: Clusters[],
 ): Promise<void> {
   const h = image.header;
   const cs = image.cs;
+  const saved = { extensions: h.extensions, autoclear: h.autoclear };
   const dir = serializeDirectory(entries);
   let dirOffset = 0;
-  if (dir.length > 0) {
-    dirOffset = await image.refcounts.alloc(Math.ceil(dir.length / cs));
-    await image.refcounts.writeback();
-    await image.write("data", dirOffset, dir);
+  let header: Uint8Array;
+  try {
+    if (dir.length > 0) {
+      dirOffset = await image.refcounts.alloc(Math.ceil(dir.length / cs));
+      fresh.push({ offset: dirOffset, count: Math.ceil(dir.length / cs) });
+      await image.refcounts.writeback();
+      await image.write("data", dirOffset, dir);
+    }
+    await image.flush();
+    const rest = h.extensions.filter((e) => e.type !== Ext.BITMAPS);
+    if (entries.length > 0) {
+      rest.push({ type: Ext.BITMAPS, data: extensionData(entries.length, dir.length, dirOffset) });
+      h.autoclear |= BigInt(AUTOCLEAR_BITMAPS);
+    } else {
+      h.autoclear &= ~BigInt(AUTOCLEAR_BITMAPS);
+    }
+    h.extensions = rest;
+    header = serializeHeader(h);
+  } catch (e) {
+    h.extensions = saved.extensions;
+    h.autoclear = saved.autoclear;
+    await release(image, fresh);
+    const err = BlockError.from(e);
+    throw new BlockError(err.code, `Failed to update bitmap extension: ${strerror(err.code)}`);
   }
-  await image.flush();
-  const rest = h.extensions.filter((e) => e.type !== Ext.BITMAPS);
-  if (entries.length > 0) {
-    rest.push({ type: Ext.BITMAPS, data: extensionData(entries.length, dir.length, dirOffset) });
-    h.autoclear |= BigInt(AUTOCLEAR_BITMAPS);
-  } else {
-    h.autoclear &= ~BigInt(AUTOCLEAR_BITMAPS);
-  }
-  h.extensions = rest;
-  await image.writeHeader();
-  await image.flush();
-  if (st.dirSize > 0) free.push({ offset: st.dirOffset, count: Math.ceil(st.dirSize / cs) });
+  if (st.dirSize > 0) free.unshift({ offset: st.dirOffset, count: Math.ceil(st.dirSize / cs) });
   st.entries = entries;
   st.dirOffset = dirOffset;
   st.dirSize = dir.length;
+  await image.write("qcow2_header", 0, header);
+  await image.flush();
   for (const f of free) await image.refcounts.update(f.offset / cs, f.count, -1);
   await image.refcounts.writeback();
 }
 
 /** The clusters (table and data) an on-disk bitmap holds. */
-async function clustersOf(
-  image: Qcow2Image,
-  e: BitmapDirEntry,
-): Promise<{ offset: number; count: number }[]> {
+async function clustersOf(image: Qcow2Image, e: BitmapDirEntry): Promise<Clusters[]> {
   const out = [{ offset: e.tableOffset, count: Math.ceil((e.tableSize * 8) / image.cs) }];
   for (const t of await readTable(image, e)) if (t > 1) out.push({ offset: t, count: 1 });
   return out;
 }
 
-/** Writes `bm`'s data and table into new clusters; returns its directory entry. */
-async function writeBitmap(image: Qcow2Image, bm: DirtyBitmap): Promise<BitmapDirEntry> {
+/**
+ * Writes `bm`'s data and table into new clusters, recording each in `fresh` as it is
+ * allocated; returns its directory entry.
+ */
+async function writeBitmap(
+  image: Qcow2Image,
+  bm: DirtyBitmap,
+  fresh: Clusters[],
+): Promise<BitmapDirEntry> {
   const hb = bm.hbitmap;
   const cs = image.cs;
   const span = clusterSpan(image, hb.granularity);
@@ -368,10 +334,12 @@ async function writeBitmap(image: Qcow2Image, bm: DirtyBitmap): Promise<BitmapDi
     const buf = new Uint8Array(cs);
     buf.set(data);
     const at = await image.refcounts.alloc(1);
+    fresh.push({ offset: at, count: 1 });
     await image.write("data", at, buf);
     setU64(tv, k * 8, at);
   }
   const tableOffset = await image.refcounts.alloc(table.length / cs);
+  fresh.push({ offset: tableOffset, count: table.length / cs });
   await image.write("data", tableOffset, table);
   return {
     tableOffset,
@@ -388,33 +356,64 @@ async function writeBitmap(image: Qcow2Image, bm: DirtyBitmap): Promise<BitmapDi
  * Stores `node`'s persistent bitmaps in the image (QEMU's
  * qcow2_store_persistent_dirty_bitmaps), dropping removed ones. Call with `lock` held, on a
  * writable image.
+ *
+ * The new directory lists, as QEMU's does, the entries on disk in their order (a bitmap
+ * loaded from one is written again in its place; an inconsistent one, or one not loaded,
+ * stays as it is), then the new bitmaps newest first. They are written in that order.
  */
 export async function storeBitmaps(image: Qcow2Image, node: Node): Promise<void> {
   const h = image.header;
   if (!image.writable || image.broken || h.version < 3) return;
   const st = stateOf(image);
-  const mem = new Map<string, DirtyBitmap>();
-  for (const b of node.dirtyBitmaps) if (b.persistent && b.name !== null) mem.set(b.name, b);
-  if (mem.size === 0 && st.entries.length === 0) return;
-  const free: { offset: number; count: number }[] = [];
-  const entries: BitmapDirEntry[] = [];
+  // Newest first, as QEMU walks its list of a node's bitmaps.
+  const mem = node.dirtyBitmaps.filter((b) => b.persistent && b.name !== null).reverse();
+  if (mem.length === 0 && st.entries.length === 0) return;
+  await dropRemoved(image, st);
+  const byName = new Map(mem.map((b) => [b.name!, b]));
+  const free: Clusters[] = [];
+  const slots: (BitmapDirEntry | DirtyBitmap)[] = [];
   for (const e of st.entries) {
-    const b = mem.get(e.name);
-    // An inconsistent bitmap stays as it is on disk (in_use); a read-only one (loaded before
-    // a reopen read/write) recorded the writes since, so it is written like the others.
-    if (b && !st.removed.has(e.name) && b.inconsistent) {
-      entries.push(e);
-      mem.delete(e.name);
+    const b = byName.get(e.name);
+    if (!b || b.inconsistent) {
+      slots.push(e);
       continue;
     }
+    // A read-only one (loaded before a reopen read/write) recorded the writes since, so it
+    // is written like the others.
     free.push(...await clustersOf(image, e));
+    slots.push(b);
+    byName.delete(e.name);
   }
-  for (const b of mem.values()) {
-    if (b.inconsistent) continue;
-    entries.push(await writeBitmap(image, b));
+  for (const b of byName.values()) if (!b.inconsistent) slots.push(b);
+  const fresh: Clusters[] = [];
+  const entries: BitmapDirEntry[] = [];
+  try {
+    for (const s of slots) {
+      entries.push(s instanceof DirtyBitmap ? await writeBitmap(image, s, fresh) : s);
+    }
+  } catch (e) {
+    await release(image, fresh);
+    throw e;
   }
-  st.removed.clear();
-  await writeDirectory(image, st, entries, free);
+  await writeDirectory(image, st, entries, free, fresh);
+}
+
+/**
+ * Drops the bitmaps removed since the last store from the directory, one by one in the order
+ * they were removed, as QEMU's qcow2_co_remove_persistent_dirty_bitmap did at each removal: a
+ * new directory without it, then its clusters freed. Done here rather than at the removal
+ * (whose hook cannot wait), it allocates and frees what QEMU's removals did, so the store
+ * that follows lays the image out as QEMU's close does.
+ */
+async function dropRemoved(image: Qcow2Image, st: BitmapState): Promise<void> {
+  for (const name of [...st.removed]) {
+    const e = st.entries.find((x) => x.name === name);
+    if (e) {
+      const rest = st.entries.filter((x) => x !== e);
+      await writeDirectory(image, st, rest, await clustersOf(image, e), []);
+    }
+    st.removed.delete(name);
+  }
 }
 
 /** Throws QEMU's error when a new persistent bitmap could not be stored. */
@@ -451,11 +450,11 @@ export function canStoreBitmap(
     fail(`Name length exceeds maximum (${MAX_NAME_SIZE} characters)`);
   }
   let count = 1;
-  let dirSize = entrySize(encoder.encode(name).length, 0);
+  let dirSize = entrySizeOf(name);
   for (const b of node.dirtyBitmaps) {
     if (!b.persistent || b.name === null) continue;
     count++;
-    dirSize += entrySize(encoder.encode(b.name).length, 0);
+    dirSize += entrySizeOf(b.name);
   }
   if (count > MAX_BITMAPS) fail("Maximum number of persistent bitmaps is already reached");
   if (dirSize > MAX_DIRECTORY_SIZE) fail("Not enough space in the bitmap directory");
@@ -492,8 +491,7 @@ export async function reopenBitmapsRw(image: Qcow2Image, node: Node): Promise<vo
   for (const b of node.dirtyBitmaps) if (b.persistent) b.readonly = false;
   h.autoclear &= (st.entries.length > 0 ? BigInt(AUTOCLEAR_BITMAPS) : 0n) | rawBit(image);
   if (st.entries.some((e) => (e.flags & BME_IN_USE) === 0)) {
-    const entries = st.entries.map((e) => ({ ...e, flags: e.flags | BME_IN_USE }));
-    await writeDirectory(image, st, entries, []);
+    await markInUse(image, st);
   } else {
     await image.writeHeader();
     await image.flush();

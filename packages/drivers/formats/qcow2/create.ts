@@ -25,14 +25,8 @@ import {
   V3_HEADER_LENGTH,
   viewOf,
 } from "./format.ts";
-import { Ext, Incompat, QCOW2_MAGIC } from "./format.ts";
-import {
-  type Qcow2Header,
-  qemuFeatureTable,
-  serializeHeader,
-  setBackingFormat,
-  setDataFileName,
-} from "./header.ts";
+import { Incompat, QCOW2_MAGIC } from "./format.ts";
+import { type Qcow2Header, serializeHeader, setBackingFormat, setDataFileName } from "./header.ts";
 import type { Qcow2Image } from "./image.ts";
 import type { Qcow2Instance } from "./instance.ts";
 import { resolveBackingName } from "./open.ts";
@@ -261,7 +255,7 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
   };
   setBackingFormat(h, p.backingFormat);
   if (p.dataFile !== undefined) setDataFileName(h, p.dataFile);
-  if (p.version >= 3) h.extensions.push({ type: Ext.FEATURE_TABLE, data: qemuFeatureTable() });
+  // serializeHeader adds QEMU's feature name table (v3 with clusters over 4 KiB).
   const image = new Uint8Array(total * cs);
   image.set(serializeHeader(h), 0);
   const view = viewOf(image);

@@ -1,7 +1,7 @@
 /**
  * The qcow2 header: parsing with QEMU's checks and messages, header extensions (backing
  * format, feature name table, and every other extension kept byte for byte), the backing
- * file name, and serialisation back into the first cluster.
+ * file name, and serialisation back into the first cluster in QEMU's layout.
  *
  * @module
  */
@@ -342,13 +342,39 @@ export function setBackingFormat(h: Qcow2Header, format: string | undefined): vo
     : [{ type: Ext.BACKING_FORMAT, data: encoder.encode(format) }, ...rest];
 }
 
+/** Cluster sizes up to this one get no feature name table (QEMU's rule, see below). */
+const MAX_CLUSTER_WITHOUT_FEATURE_TABLE = 4096;
+
 /**
- * Serialises `h` into a buffer of one cluster: header fields, the preserved tail, every
- * extension in order, the end marker, then the backing file name (whose offset and size
- * fields are set here). Throws when it does not fit in the cluster.
+ * The extensions as QEMU's qcow2_update_header lays them out whenever it writes a header:
+ * backing format, data file name, crypto header pointer, its own feature name table, the
+ * bitmaps extension, then every other extension in the order read. The feature name table
+ * (392 bytes) is written only by v3 images with clusters over 4 KiB: with 512-byte clusters it
+ * would leave almost no room for the bitmaps extension or a backing file name, so QEMU drops
+ * it there (also from images that had one).
+ */
+export function qemuExtensionLayout(h: Qcow2Header): HeaderExtension[] {
+  const known: number[] = [Ext.BACKING_FORMAT, Ext.DATA_FILE, Ext.CRYPTO_HEADER];
+  const out: HeaderExtension[] = [];
+  for (const type of known) out.push(...h.extensions.filter((e) => e.type === type));
+  if (h.version >= 3 && 2 ** h.clusterBits > MAX_CLUSTER_WITHOUT_FEATURE_TABLE) {
+    out.push({ type: Ext.FEATURE_TABLE, data: qemuFeatureTable() });
+  }
+  out.push(...h.extensions.filter((e) => e.type === Ext.BITMAPS));
+  const placed = new Set<number>([...known, Ext.FEATURE_TABLE, Ext.BITMAPS]);
+  out.push(...h.extensions.filter((e) => !placed.has(e.type)));
+  return out;
+}
+
+/**
+ * Serialises `h` into a buffer of one cluster: header fields, the preserved tail, the
+ * extensions in QEMU's layout ({@link qemuExtensionLayout}, which `h.extensions` becomes),
+ * the end marker, then the backing file name (whose offset and size fields are set here).
+ * Throws ENOSPC (QEMU's errno) when it does not fit in the cluster, leaving `h` as it was.
  */
 export function serializeHeader(h: Qcow2Header): Uint8Array {
   const cs = 2 ** h.clusterBits;
+  const extensions = qemuExtensionLayout(h);
   const buf = new Uint8Array(cs);
   const view = viewOf(buf);
   view.setUint32(0, QCOW2_MAGIC);
@@ -377,12 +403,12 @@ export function serializeHeader(h: Qcow2Header): Uint8Array {
   const room = (n: number) => {
     if (pos + n > cs) {
       throw new BlockError(
-        "EINVAL",
+        "ENOSPC",
         "Header extensions and backing file name do not fit in a cluster",
       );
     }
   };
-  for (const e of h.extensions) {
+  for (const e of extensions) {
     room(8 + ((e.data.length + 7) & ~7));
     view.setUint32(pos, e.type);
     view.setUint32(pos + 4, e.data.length);
@@ -404,5 +430,6 @@ export function serializeHeader(h: Qcow2Header): Uint8Array {
     h.backingFileOffset = 0;
     h.backingFileSize = 0;
   }
+  h.extensions = extensions;
   return buf;
 }

@@ -83,6 +83,12 @@ export class Refcounts {
   readonly capacity: number;
   readonly #blocks = new Map<number, Uint8Array>();
   readonly #dirty = new Set<number>();
+  /**
+   * Where the search for free clusters starts (QEMU's free_cluster_index): just past the last
+   * run allocated, or lower when a cluster before it is freed. Holes an allocation skipped
+   * because they were too small stay unused until something before them is freed, as in
+   * QEMU, so both lay out the same operations alike.
+   */
   #freeHint = 0;
   /** Clusters at and after this one are free: past the end of everything allocated. */
   endCluster: number;
@@ -261,8 +267,8 @@ export class Refcounts {
 
   /** The first run of `n` free clusters at or after the free hint. */
   async #findFree(n: number): Promise<number> {
-    // Every cluster before the hint is in use: move it past the ones in use at it, so that
-    // later searches do not scan them again.
+    // Move the hint past the clusters in use at it, so that later searches do not scan them
+    // again.
     while (this.#freeHint < this.endCluster && (await this.get(this.#freeHint)) !== 0) {
       this.#freeHint++;
     }
@@ -307,7 +313,7 @@ export class Refcounts {
       this.#setEntry(blocks.get(i)!, c % E, 1);
       this.#dirty.add(i);
     }
-    if (start === this.#freeHint) this.#freeHint = start + n;
+    this.#freeHint = start + n;
     this.endCluster = Math.max(this.endCluster, start + n);
     return start * this.#cs;
   }
@@ -343,7 +349,7 @@ export class Refcounts {
       }
       if (k > 0) await this.#placeBlocks(start, missing);
       for (let c = start + k; c < start + k + n; c++) await this.#set(c, 1);
-      if (start === this.#freeHint) this.#freeHint = start + k + n;
+      this.#freeHint = start + k + n;
       this.endCluster = Math.max(this.endCluster, start + k + n);
       return (start + k) * this.#cs;
     }
