@@ -5,10 +5,10 @@
  * `-merge`, through core's {@link DirtyBitmaps}). Inconsistent bitmaps stop the convert
  * before the target is created, or are skipped with a warning.
  *
- * QEMU walks a node's bitmaps newest first (its list grows at the head), so the checks and
- * warnings here do too and name the bitmap qemu-img names. The bitmaps are added oldest
- * first, though: our qcow2 driver stores new bitmaps in the order they were added where
- * QEMU stores its list newest first, so this order gives the target qemu-img's directory.
+ * QEMU walks a node's bitmaps newest first (its list grows at the head), so the checks,
+ * warnings and additions here do too and name the bitmap qemu-img names. The target's list
+ * then holds them oldest first, and its driver stores new bitmaps newest first (as QEMU's
+ * qcow2 does), so the target's directory keeps the source's order.
  *
  * @module
  */
@@ -61,13 +61,11 @@ export function copyBitmaps(
   skipBroken: boolean,
 ): boolean {
   const bitmaps = new DirtyBitmaps(graph);
-  const copied: DirtyBitmap[] = [];
   for (const bm of persistentBitmaps(src)) {
     if (skipBroken && bm.inconsistent) {
       io.err(`qemu-img: warning: Skipping inconsistent bitmap '${bm.name}'\n`);
-    } else copied.unshift(bm);
-  }
-  for (const bm of copied) {
+      continue;
+    }
     const name = bm.name!;
     try {
       bitmaps.add({
