@@ -45,6 +45,11 @@ const SPIN_MS = 0.25;
 /** The longest the engine keeps the event loop from running by spinning (ms). */
 const YIELD_MS = 2;
 
+/** The share of the usual wait slept in the kernel before spinning (0: spin only). */
+const HYBRID_FRACTION = 0;
+/** Sleeps shorter than this (µs) are not worth a timed wait. */
+const HYBRID_MIN_US = 10;
+
 /**
  * Deeper than SPIN_DEPTH, the JS thread waits in the kernel for the next completion for at
  * most this long (µs; io_uring_enter with a timeout) before handing the wait to a pool thread:
@@ -95,6 +100,7 @@ export const uringTuning = {
   spinDepth: SPIN_DEPTH,
   spinMs: SPIN_MS,
   timedWaitUs: TIMED_WAIT_US,
+  hybridFrac: HYBRID_FRACTION,
   timedCoolMs: TIMED_COOL_MS,
   syncWrites: false,
   submitBatch: SUBMIT_BATCH,
@@ -167,6 +173,8 @@ class UringEngine {
   #broken: BlockError | null = null;
   #syncOffUntil = 0;
   #timedOffUntil = 0;
+  /** The moving average of how long a spin-path wait for a completion lasted (ms). */
+  #waitAvgMs = 0;
   readonly #kick = (): void => {
     this.#kickScheduled = false;
     this.#run();
@@ -393,15 +401,37 @@ class UringEngine {
     return sinceTurn() < YIELD_MS;
   }
 
+  /**
+   * Waits for a completion by spinning on the CQ tail, at most `spinMs`; true when one came.
+   * Hybrid polling: when waits have lately lasted W (a moving average), the thread first
+   * sleeps in the kernel for `hybridFrac` × W (a timed wait, which also ends at the
+   * completion) and spins only for the rest.
+   */
   #spin(): boolean {
     const cq = this.#ring.cq;
     const tail = this.#ring.cqTail;
     const head = this.#cqHead;
-    const deadline = performance.now() + uringTuning.spinMs;
+    const t0 = performance.now();
+    const sleepUs = Math.floor(this.#waitAvgMs * 1000 * uringTuning.hybridFrac);
+    if (sleepUs >= HYBRID_MIN_US) {
+      this.#ring.enterTimed(0, sleepUs);
+      if (Atomics.load(cq, tail) !== head) {
+        this.#noteWait(performance.now() - t0);
+        return true;
+      }
+    }
+    const deadline = t0 + uringTuning.spinMs;
     for (let n = 1;; n++) {
-      if (Atomics.load(cq, tail) !== head) return true;
+      if (Atomics.load(cq, tail) !== head) {
+        this.#noteWait(performance.now() - t0);
+        return true;
+      }
       if ((n & 31) === 0 && performance.now() > deadline) return false;
     }
+  }
+
+  #noteWait(ms: number): void {
+    this.#waitAvgMs = this.#waitAvgMs === 0 ? ms : this.#waitAvgMs * 0.875 + ms * 0.125;
   }
 
   #submit(): void {
