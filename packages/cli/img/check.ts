@@ -14,6 +14,8 @@ import { getopt } from "../common/getopt.ts";
 import { qdictJson } from "../common/qdict_json.ts";
 import { qcow2Of } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 
 /** A node that can check itself (the qcow2 instance's shape). */
 export interface Checkable {
@@ -119,7 +121,6 @@ export async function imgCheck(graph: Graph, args: readonly string[], io: CliIo)
     { name: "image-opts", arg: "none", key: "image-opts" },
     { name: "force-share", arg: "none", key: "U" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let repair: Qcow2RepairMode = "none";
   let output = "human";
@@ -127,9 +128,11 @@ export async function imgCheck(graph: Graph, args: readonly string[], io: CliIo)
   let quiet = false;
   let forceShare = false;
   let imageOpts = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value!;
-    if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
     if (o.key === "f") format = v;
     else if (o.key === "r") {
       if (v !== "leaks" && v !== "all") {
@@ -145,6 +148,7 @@ export async function imgCheck(graph: Graph, args: readonly string[], io: CliIo)
     else if (o.key === "U") forceShare = true;
     else if (o.key === "image-opts") imageOpts = true;
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
   const filename = r.operands[0]!;
   const fmtOut = imgOutputFormat(io, output);

@@ -16,6 +16,8 @@ import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { runCopy } from "./convert_copy.ts";
 import { createHelp, createImage } from "./create.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 import { imageFacts, supportsPersistentBitmaps } from "./image_facts.ts";
 import { checkSourceBitmaps, copyBitmaps } from "./convert_bitmaps.ts";
 import { Progress } from "./progress.ts";
@@ -65,7 +67,6 @@ function parseArgs(
     { name: "bitmaps", arg: "none", key: "bitmaps" },
     { name: "skip-broken-bitmaps", arg: "none", key: "skip-broken-bitmaps" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   const a: ConvertArgs = {
     outFmt: "raw",
     options: {},
@@ -86,11 +87,12 @@ function parseArgs(
     skipBrokenBitmaps: false,
   };
   let outFmtGiven = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value!;
     switch (o.key) {
-      case "h":
-        return imgErrorExit(io, "Must specify image file name");
       case "f":
         a.fmt = v;
         break;
@@ -178,6 +180,7 @@ function parseArgs(
         break;
     }
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (a.skipBrokenBitmaps && !a.bitmaps) {
     imgError(io, "Use of --skip-broken-bitmaps requires --bitmaps");
     return 1;

@@ -19,6 +19,8 @@ import { strtosz } from "../common/cvtnum.ts";
 import { getopt } from "../common/getopt.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 
 const INT64_MAX = (1n << 63n) - 1n;
 
@@ -231,14 +233,16 @@ export async function imgCreate(graph: Graph, args: readonly string[], io: CliIo
     { name: "help", arg: "none", key: "h" },
     { name: "object", arg: "required", key: "object" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let fmtName = "raw";
   let quiet = false;
   let unsafe = false;
   let backingFile: string | undefined;
   let backingFmt: string | undefined;
   const optTexts: string[] = [];
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     if (o.key === "f") fmtName = o.value!;
     else if (o.key === "o") optTexts.push(o.value!);
     else if (o.key === "q") quiet = true;
@@ -246,6 +250,7 @@ export async function imgCreate(graph: Graph, args: readonly string[], io: CliIo
     else if (o.key === "F") backingFmt = o.value!;
     else if (o.key === "u") unsafe = true;
   }
+  if (r.error) return imgOptionError(io, r.error);
   const filename = r.operands[0];
   const given: Record<string, string> = {};
   for (const t of optTexts) Object.assign(given, parseQemuOpts(t).values);

@@ -14,6 +14,8 @@ import { qdictJson } from "../common/qdict_json.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { chainStatus } from "./chain_status.ts";
 import { imgCvtnum, imgError, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 import { supportsPersistentBitmaps } from "./image_facts.ts";
 
 const up = (n: number, a: number) => Math.ceil(n / a) * a;
@@ -100,7 +102,6 @@ export async function imgMeasure(
     { name: "size", arg: "required", key: "size" },
     { name: "force-share", arg: "none", key: "U" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let outFmt = "raw";
   let output = "human";
@@ -108,7 +109,10 @@ export async function imgMeasure(
   let forceShare = false;
   let imageOpts = false;
   const opts: Record<string, string> = {};
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value!;
     if (o.key === "f") format = v;
     else if (o.key === "O") outFmt = v;
@@ -121,6 +125,7 @@ export async function imgMeasure(
       if (size === null) return 1;
     }
   }
+  if (r.error) return imgOptionError(io, r.error);
   const fmtOut = imgOutputFormat(io, output);
   if (!fmtOut) return 1;
   const filename = r.operands[0];

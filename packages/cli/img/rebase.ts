@@ -14,6 +14,8 @@ import type { OpenedImage } from "../common/open_image.ts";
 import { resolveBackingName } from "./create.ts";
 import { qcow2Of } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 import { Progress } from "./progress.ts";
 
 const CHUNK = 1 << 20;
@@ -65,7 +67,6 @@ export async function imgRebase(
     { name: "image-opts", arg: "none", key: "image-opts" },
     { name: "force-share", arg: "none", key: "U" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let backing: string | undefined;
   let backingFmt: string | undefined;
@@ -74,9 +75,11 @@ export async function imgRebase(
   let quiet = false;
   let cache = "writeback";
   let imageOpts = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value!;
-    if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
     if (o.key === "f") format = v;
     else if (o.key === "F") backingFmt = v;
     else if (o.key === "b") backing = v;
@@ -86,6 +89,7 @@ export async function imgRebase(
     else if (o.key === "t") cache = v;
     else if (o.key === "image-opts") imageOpts = true;
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (quiet) progress = false;
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
   if (!unsafe && backing === undefined) {

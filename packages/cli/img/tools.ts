@@ -13,6 +13,8 @@ import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { createImage } from "./create.ts";
 import { qcow2Of } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 
 /** Runs `img amend` with `args` (after `amend`); returns the exit status. */
 export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo): Promise<number> {
@@ -22,14 +24,15 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
     { name: "image-opts", arg: "none", key: "image-opts" },
     { name: "force", arg: "none", key: "force" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let cache = "writeback";
   let imageOpts = false;
   const opts: Record<string, string> = {};
   let given = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
-    if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     if (o.key === "o") {
       Object.assign(opts, parseQemuOpts(o.value!).values);
       given = true;
@@ -37,6 +40,7 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
     else if (o.key === "t") cache = o.value!;
     else if (o.key === "image-opts") imageOpts = true;
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (!given) return imgErrorExit(io, "Must specify options (-o)");
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
   const image = await imgOpen(graph, io, {
@@ -73,15 +77,18 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
     { name: "force-share", arg: "none", key: "U" },
     { name: "object", arg: "required", key: "object" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let outFmt = "raw";
   let forceShare = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     if (o.key === "f") format = o.value!;
     else if (o.key === "O") outFmt = o.value!;
     else if (o.key === "U") forceShare = true;
   }
+  if (r.error) return imgOptionError(io, r.error);
   const dd: Record<string, string> = {};
   for (const op of r.operands) {
     const eq = op.indexOf("=");
