@@ -11,6 +11,7 @@ import { BlockError, type Graph } from "@blockgraph/core";
 import type { Qcow2CheckResult, Qcow2RepairMode } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
+import { parseCacheMode } from "../common/open_image.ts";
 import { qdictJson } from "../common/qdict_json.ts";
 import { qcow2Of } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
@@ -153,6 +154,10 @@ export async function imgCheck(graph: Graph, args: readonly string[], io: CliIo)
   const filename = r.operands[0]!;
   const fmtOut = imgOutputFormat(io, output);
   if (!fmtOut) return 1;
+  if (!parseCacheMode(cache)) {
+    imgError(io, `Invalid source cache option: ${cache}`);
+    return 1;
+  }
   const image = await imgOpen(graph, io, {
     filename,
     format,

@@ -117,14 +117,15 @@ export async function imgRebase(
       return 1;
     }
     if (!unsafe && backing !== "") {
+      const name = resolveBackingName(backing!, filename);
       newBase = await imgOpen(graph, io, {
-        filename: resolveBackingName(backing!, filename),
+        filename: name,
         format: backingFmt,
         readOnly: true,
         forceShare: true,
+        failurePrefix: `Could not open new backing file '${name}': `,
       });
       if (!newBase) return 1;
-      backingFmt ??= newBase.node.driver.name;
     }
     try {
       if (!unsafe) {
@@ -133,6 +134,14 @@ export async function imgRebase(
       }
       const opts: Record<string, string> = { backing_file: backing ?? "" };
       if (backingFmt !== undefined) opts.backing_fmt = backingFmt;
+      else if (backing) {
+        // QEMU 7.2 no longer records a backing file without its format.
+        imgError(
+          io,
+          `Could not change the backing file to '${backing}': backing format must be specified`,
+        );
+        return 1;
+      }
       await q.amend(opts);
     } catch (e) {
       imgError(

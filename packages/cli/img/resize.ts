@@ -68,7 +68,8 @@ export async function imgResize(
     imgError(io, SIZE_PARAM_ERROR);
     return 1;
   }
-  const n = Number(parsed.value);
+  // qemu-img does this arithmetic in int64: 8E and more wrap to negative sizes.
+  const n = BigInt.asIntN(64, parsed.value);
   const image = await imgOpen(graph, io, {
     filename: r.operands[0]!,
     format,
@@ -78,11 +79,12 @@ export async function imgResize(
   if (!image) return 1;
   try {
     const current = image.node.getLength();
-    const total = relative ? current + relative * n : n;
-    if (total <= 0) {
+    const total64 = relative ? BigInt.asIntN(64, BigInt(current) + BigInt(relative) * n) : n;
+    if (total64 <= 0n) {
       imgError(io, "New image size must be positive");
       return 1;
     }
+    const total = Number(total64);
     if (total <= current && prealloc !== "off") {
       imgError(io, "Preallocation can only be used for growing images");
       return 1;
