@@ -48,6 +48,7 @@ async function makeImages(dir: string): Promise<void> {
   await q("create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "1M");
   await q("create", "-q", "-f", "qcow2", "s.qcow2", "1M");
   await q("snapshot", "-c", "s1", "s.qcow2");
+  await q("create", "-q", "-f", "qcow2", "-u", "-b", "gone.qcow2", "-F", "qcow2", "o.qcow2", "1M");
 }
 
 /**
@@ -68,7 +69,7 @@ function normalise(r: Run): Run {
  * Known differences, left out of the cases:
  * - `create -f qcow2 -o encrypt.format=luks` / `-o nocow=on`: blockgraph has neither
  *   encryption nor btrfs nocow; it lists them in `-o help` but refuses them.
- * - `info -f raw image.qcow2`, `create -b image.qcow2 -F raw`: QEMU rounds a file's length up
+ * - `info`/`map -f raw image.qcow2`, `create -b image.qcow2 -F raw`: QEMU rounds a file's length up
  *   to 512 bytes (197120 for a 196616-byte file); blockgraph's file driver does not.
  * - `convert -O qcow2 -o compat=0.9`: the qcow2 driver says "Invalid parameter '0.9'" where
  *   QEMU says "Parameter 'version' does not accept value '0.9'".
@@ -351,6 +352,23 @@ function cases(): string[][] {
     ["snapshot", "-l", "nonexist"],
     ["snapshot", "-l", "q.qcow2", "r.raw"],
     ["snapshot", "-c"],
+    ["info", "."],
+    ["info", "o.qcow2"],
+    ["info", "--backing-chain", "o.qcow2"],
+    ["check", "o.qcow2"],
+    ["map", "o.qcow2"],
+    ["convert", "o.qcow2", "x.raw"],
+    ["commit", "o.qcow2"],
+    ["compare", "o.qcow2", "r.raw"],
+    ["rebase", "-b", "r.raw", "-F", "raw", "o.qcow2"],
+    ["convert", "-O", "qcow2", "r.raw", "nodir/x.qcow2"],
+    ["create", "-f", "qcow2", "nodir/x.qcow2", "1M"],
+    ["resize", "r.raw", "512k"],
+    ["resize", "--shrink", "r.raw", "512k"],
+    ["check", "-r", "all", "r.raw"],
+    ["compare", "-s", "q.qcow2", "r.raw"],
+    ["convert", "-n", "r.raw", "nonexist.raw"],
+    ["snapshot", "-c", "s", "-l", "q.qcow2"],
     ["info", "--output", "json", "nonexist"],
     ["map", "--output=json", "nonexist"],
     ["check", "-q", "nonexist"],

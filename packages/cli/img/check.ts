@@ -165,7 +165,7 @@ export async function imgCheck(graph: Graph, args: readonly string[], io: CliIo)
     readOnly: repair === "none",
     forceShare,
     cache,
-    noBacking: true,
+    // qemu-img opens the backing chain too: a missing backing file fails the check.
     forCheck: true,
   });
   if (!image) return 1;
