@@ -30,6 +30,8 @@ import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { strtol0 } from "../io/command.ts";
 import { type BenchParams, BenchRequestError, type BenchResult, runBench } from "./bench_loop.ts";
 import { imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 
 const INT_MAX = 2 ** 31 - 1;
 const INT64_MAX = (1n << 63n) - 1n;
@@ -88,7 +90,11 @@ function sizeArg(io: CliIo, name: string, text: string, max: bigint): number | n
  * Parses `img bench` arguments as qemu-img 7.2 does, printing its message for the first
  * problem; returns the options or the exit status.
  */
-export function parseBenchArgs(args: readonly string[], io: CliIo): BenchOptions | number {
+export function parseBenchArgs(
+  graph: Graph,
+  args: readonly string[],
+  io: CliIo,
+): BenchOptions | number {
   const r = getopt(args, ":hc:d:f:ni:o:qs:S:t:wU", [
     { name: "help", arg: "none", key: "h" },
     { name: "flush-interval", arg: "required", key: "flush-interval" },
@@ -98,7 +104,6 @@ export function parseBenchArgs(args: readonly string[], io: CliIo): BenchOptions
     { name: "force-share", arg: "none", key: "U" },
     { name: "output", arg: "required", key: "output" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let count = 75000;
   let depth = 64;
   let size = 4096;
@@ -114,7 +119,10 @@ export function parseBenchArgs(args: readonly string[], io: CliIo): BenchOptions
   let aio: string | undefined;
   let forceShare = false;
   let output = "human";
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value ?? "";
     switch (o.key) {
       case "c": {
@@ -194,6 +202,7 @@ export function parseBenchArgs(args: readonly string[], io: CliIo): BenchOptions
         break;
     }
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (output !== "human" && output !== "json") {
     return fail(io, "--output must be used with human or json as argument.");
   }
@@ -318,7 +327,7 @@ export function benchJson(o: BenchParams, r: BenchResult, lag?: LoopLag): Record
 
 /** Runs `img bench` with `args` (after `bench`); returns the exit status. */
 export async function imgBench(graph: Graph, args: readonly string[], io: CliIo): Promise<number> {
-  const o = parseBenchArgs(args, io);
+  const o = parseBenchArgs(graph, args, io);
   if (typeof o === "number") return o;
   let image: OpenedImage;
   try {

@@ -162,11 +162,12 @@ Deno.test("img bench refuses bad arguments with qemu-img's messages", async () =
 
 Deno.test("img bench parses counts in C's base-0 syntax and sizes with suffixes", () => {
   const io = captureIo();
-  const o = parseBenchArgs(["-c", "010", "-d", "0x4", "-s", "1.5k", "-o", "1M", "f"], io);
+  const graph = new Graph({ registry: new DriverRegistry([]) });
+  const o = parseBenchArgs(graph, ["-c", "010", "-d", "0x4", "-s", "1.5k", "-o", "1M", "f"], io);
   if (typeof o === "number") throw new Error(io.stderr);
   assertEquals([o.count, o.depth, o.size, o.step, o.offset], [8, 4, 1536, 1536, 1048576]);
   assertEquals(o.cache, { direct: false, noFlush: false, writethrough: false });
-  const n = parseBenchArgs(["-t", "none", "-n", "-c", "0", "-d", "0", "f"], io);
+  const n = parseBenchArgs(graph, ["-t", "none", "-n", "-c", "0", "-d", "0", "f"], io);
   if (typeof n === "number") throw new Error(io.stderr);
   assertEquals([n.cache.direct, n.aio, n.count, n.depth], [true, "native", 0, 0]);
 });

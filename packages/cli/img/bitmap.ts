@@ -12,7 +12,8 @@ import { type BitmapSource, BlockError, DirtyBitmaps, type Graph } from "@blockg
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { imgCvtnum, imgError, imgOpen, imgOptionError } from "./img_common.ts";
-import { imgObject } from "./img_objects.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 
 /** One action of the command line, in order. */
 type BitmapAction =
@@ -31,7 +32,6 @@ export async function imgBitmap(
   graph: Graph,
   args: readonly string[],
   io: CliIo,
-  usage: () => string,
 ): Promise<number> {
   const r = getopt(args, ":b:f:F:g:h", [
     { name: "help", arg: "none", key: "h" },
@@ -47,19 +47,18 @@ export async function imgBitmap(
     { name: "source-file", arg: "required", key: "b" },
     { name: "source-format", arg: "required", key: "F" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   const actions: BitmapAction[] = [];
   let format: string | undefined;
   let srcFile: string | undefined;
   let srcFormat: string | undefined;
   let granularity = 0;
   let imageOpts = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value!;
     switch (o.key) {
-      case "h":
-        io.out(usage());
-        return 0;
       case "b":
         srcFile = v;
         break;
@@ -85,15 +84,12 @@ export async function imgBitmap(
       case "disable":
         actions.push({ op: o.key });
         break;
-      case "object":
-        // qemu-img creates each object as it meets the option.
-        if (!imgObject(io, v)) return 1;
-        break;
       case "image-opts":
         imageOpts = true;
         break;
     }
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (actions.length === 0) {
     imgError(io, "Need at least one of --add, --remove, --clear, --enable, --disable, or --merge");
     return 1;

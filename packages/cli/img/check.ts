@@ -11,9 +11,12 @@ import { BlockError, type Graph } from "@blockgraph/core";
 import type { Qcow2CheckResult, Qcow2RepairMode } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
+import { parseCacheMode } from "../common/open_image.ts";
 import { qdictJson } from "../common/qdict_json.ts";
 import { qcow2Of } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 
 /** A node that can check itself (the qcow2 instance's shape). */
 export interface Checkable {
@@ -119,7 +122,6 @@ export async function imgCheck(graph: Graph, args: readonly string[], io: CliIo)
     { name: "image-opts", arg: "none", key: "image-opts" },
     { name: "force-share", arg: "none", key: "U" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let repair: Qcow2RepairMode = "none";
   let output = "human";
@@ -127,9 +129,11 @@ export async function imgCheck(graph: Graph, args: readonly string[], io: CliIo)
   let quiet = false;
   let forceShare = false;
   let imageOpts = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value!;
-    if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
     if (o.key === "f") format = v;
     else if (o.key === "r") {
       if (v !== "leaks" && v !== "all") {
@@ -145,10 +149,15 @@ export async function imgCheck(graph: Graph, args: readonly string[], io: CliIo)
     else if (o.key === "U") forceShare = true;
     else if (o.key === "image-opts") imageOpts = true;
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
   const filename = r.operands[0]!;
   const fmtOut = imgOutputFormat(io, output);
   if (!fmtOut) return 1;
+  if (!parseCacheMode(cache)) {
+    imgError(io, `Invalid source cache option: ${cache}`);
+    return 1;
+  }
   const image = await imgOpen(graph, io, {
     filename,
     format,
@@ -156,7 +165,7 @@ export async function imgCheck(graph: Graph, args: readonly string[], io: CliIo)
     readOnly: repair === "none",
     forceShare,
     cache,
-    noBacking: true,
+    // qemu-img opens the backing chain too: a missing backing file fails the check.
     forCheck: true,
   });
   if (!image) return 1;

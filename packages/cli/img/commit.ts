@@ -14,6 +14,8 @@ import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { belowLayer, chainStatus } from "./chain_status.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 import { displayFilename } from "./info.ts";
 import { skipFilters } from "./map.ts";
 import { Progress } from "./progress.ts";
@@ -72,7 +74,6 @@ export async function imgCommit(
     { name: "object", arg: "required", key: "object" },
     { name: "image-opts", arg: "none", key: "image-opts" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let cache = "writeback";
   let baseName: string | undefined;
@@ -81,9 +82,11 @@ export async function imgCommit(
   let quiet = false;
   let rate = 0;
   let imageOpts = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value!;
-    if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
     if (o.key === "f") format = v;
     else if (o.key === "t") cache = v;
     else if (o.key === "b") {
@@ -99,6 +102,7 @@ export async function imgCommit(
       rate = n;
     }
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (quiet) progress = false;
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
   const filename = r.operands[0]!;

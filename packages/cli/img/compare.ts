@@ -14,6 +14,8 @@ import { parseCacheMode } from "../common/open_image.ts";
 import type { OpenedImage } from "../common/open_image.ts";
 import { chainStatus } from "./chain_status.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 import { Progress } from "./progress.ts";
 
 const IO_BUF_SIZE = 2 << 20;
@@ -66,7 +68,6 @@ export async function imgCompare(
     { name: "image-opts", arg: "none", key: "image-opts" },
     { name: "force-share", arg: "none", key: "U" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let fmt1: string | undefined;
   let fmt2: string | undefined;
   let cache = "writeback";
@@ -75,7 +76,10 @@ export async function imgCompare(
   let strict = false;
   let forceShare = false;
   let imageOpts = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o, 2);
+    if (stop !== null) return stop;
     if (o.key === "f") fmt1 = o.value!;
     else if (o.key === "F") fmt2 = o.value!;
     else if (o.key === "T") cache = o.value!;
@@ -84,8 +88,8 @@ export async function imgCompare(
     else if (o.key === "s") strict = true;
     else if (o.key === "U") forceShare = true;
     else if (o.key === "image-opts") imageOpts = true;
-    else if (o.key === "h") return imgErrorExit(io, "Expecting two image file names");
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (quiet) progress = false;
   if (r.operands.length !== 2) return imgErrorExit(io, "Expecting two image file names");
   if (!parseCacheMode(cache)) {

@@ -14,8 +14,11 @@ import { getopt } from "../common/getopt.ts";
 import { type OpenedImage, parseCacheMode } from "../common/open_image.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { runCopy } from "./convert_copy.ts";
-import { createHelp, createImage } from "./create.ts";
-import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { createImage } from "./create.ts";
+import { accumulateOptions, createOptionsHelp, hasHelpOption } from "./img_options.ts";
+import { imgCvtnum, imgError, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 import { imageFacts, supportsPersistentBitmaps } from "./image_facts.ts";
 import { checkSourceBitmaps, copyBitmaps } from "./convert_bitmaps.ts";
 import { Progress } from "./progress.ts";
@@ -65,7 +68,6 @@ function parseArgs(
     { name: "bitmaps", arg: "none", key: "bitmaps" },
     { name: "skip-broken-bitmaps", arg: "none", key: "skip-broken-bitmaps" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   const a: ConvertArgs = {
     outFmt: "raw",
     options: {},
@@ -86,11 +88,13 @@ function parseArgs(
     skipBrokenBitmaps: false,
   };
   let outFmtGiven = false;
+  let optText: string | undefined;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value!;
     switch (o.key) {
-      case "h":
-        return imgErrorExit(io, "Must specify image file name");
       case "f":
         a.fmt = v;
         break;
@@ -107,9 +111,12 @@ function parseArgs(
       case "c":
         a.compress = true;
         break;
-      case "o":
-        Object.assign(a.options, parseQemuOpts(v).values);
+      case "o": {
+        const joined = accumulateOptions(io, optText, v);
+        if (joined === null) return 1;
+        optText = joined;
         break;
+      }
       case "l":
         a.snapshot = v;
         break;
@@ -158,6 +165,10 @@ function parseArgs(
       case "W":
         a.outOfOrder = true;
         break;
+      case "r":
+        // The copy runs unthrottled; the rate is checked as qemu-img checks it.
+        if (imgCvtnum(io, "rate limit", v) === null) return 1;
+        break;
       case "U":
         a.forceShare = true;
         break;
@@ -178,14 +189,30 @@ function parseArgs(
         break;
     }
   }
+  if (r.error) return imgOptionError(io, r.error);
+  if (a.targetImageOpts && !a.skipCreate) {
+    imgError(io, "--target-image-opts requires use of -n flag");
+    return 1;
+  }
   if (a.skipBrokenBitmaps && !a.bitmaps) {
     imgError(io, "Use of --skip-broken-bitmaps requires --bitmaps");
     return 1;
   }
-  if ("help" in a.options || "?" in a.options) return createHelp(graph, io, a.outFmt);
   if (!outFmtGiven && a.targetImageOpts) a.outFmt = "";
   if (a.quiet) a.progress = false;
-  if (r.operands.length < 2) return imgErrorExit(io, "Must specify image file name");
+  if (optText !== undefined && hasHelpOption(optText)) {
+    if (a.outFmt === "") {
+      imgError(io, "Option help requires a format be specified");
+      return 1;
+    }
+    const out = r.operands.length >= 2 ? r.operands[r.operands.length - 1] : undefined;
+    return createOptionsHelp(graph, io, a.outFmt, out) === 0 ? 0 : 1;
+  }
+  if (optText !== undefined) a.options = parseQemuOpts(optText).values;
+  if (r.operands.length < 2) {
+    imgError(io, "Must specify image file name");
+    return 1;
+  }
   if (a.targetIsZero && !a.skipCreate) {
     imgError(io, "--target-is-zero requires use of -n flag");
     return 1;
@@ -276,6 +303,7 @@ export async function imgConvert(
         backingFmt: a.backingFmt,
         unsafe: true,
         verbose: false,
+        convert: true,
       });
       if (ret !== 0) return ret;
     }

@@ -15,15 +15,12 @@ import {
 } from "@blockgraph/core";
 import { DEFAULT_CACHE, openImage } from "../common/open_image.ts";
 import type { CliIo } from "../common/cli_io.ts";
-import { strtosz } from "../common/cvtnum.ts";
 import { getopt } from "../common/getopt.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
-import { imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
-
-const INT64_MAX = (1n << 63n) - 1n;
-
-/** Options of every format that are handed to the protocol when the format has no use for them. */
-const PREALLOC_MODES = ["off", "metadata", "falloc", "full"];
+import { imgCvtnum, imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
+import { accumulateOptions, createOptionsHelp, hasHelpOption } from "./img_options.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 
 function sizeTypeError(key: string): string {
   return `Parameter '${key}' expects a non-negative number below 2^64\n` +
@@ -38,26 +35,6 @@ function createSchema(fmt: BlockDriver, proto: BlockDriver | null): OptionSchema
   for (const [k, v] of Object.entries(proto?.createOptions ?? {})) if (!(k in out)) out[k] = v;
   delete out.filename;
   return out;
-}
-
-function printHelp(io: CliIo, fmt: BlockDriver, schema: OptionSchema): void {
-  io.out(`Supported ${fmt.name} options:\n`);
-  const typeText: Record<string, string> = {
-    size: "<size>",
-    bool: "<bool (on/off)>",
-    int: "<num>",
-    string: "<str>",
-    enum: "<str>",
-  };
-  for (const key of Object.keys(schema).sort()) {
-    const spec = schema[key]!;
-    const left = `  ${key}=${typeText[spec.type]}`;
-    io.out(`${left.padEnd(24)} - ${spec.description}\n`);
-  }
-  io.out(
-    "\nThe protocol level may support further options.\n" +
-      "Specify the target filename to include those options.\n",
-  );
 }
 
 /** Options that QEMU lists in the "Formatting" line with their defaults, in its order. */
@@ -97,6 +74,8 @@ export interface CreateRequest {
   readonly unsafe?: boolean;
   /** Print QEMU's "Formatting ..." line. */
   readonly verbose: boolean;
+  /** The target of `convert`: errors are worded as qemu-img convert words them. */
+  readonly convert?: boolean;
 }
 
 /** The "Formatting" line: the options in QEMU's order, then the protocol's. */
@@ -113,17 +92,20 @@ function formattingLine(req: CreateRequest, given: Record<string, string>): stri
 }
 
 /**
- * Creates an image as `qemu-img create` does (also the target of `convert`); prints errors
- * as `qemu-img: filename: message` and returns the exit status.
+ * Creates an image as qemu-img's `bdrv_img_create` does (also the target of `convert` and
+ * `dd`); prints errors as `qemu-img: filename: message` (convert: option errors bare, the
+ * driver's as `filename: error while converting fmt: message`); returns the exit status.
  */
 export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): Promise<number> {
   const { filename } = req;
   const fail = (message: string): number => {
-    imgError(io, `${filename}: ${message}`);
+    imgError(io, req.convert ? message : `${filename}: ${message}`);
     return 1;
   };
+  const failCreate = (message: string): number =>
+    fail(req.convert ? `${filename}: error while converting ${req.fmt}: ${message}` : message);
   const fmt = graph.registry.find(req.fmt);
-  if (!fmt || fmt.kind === "filter") return fail(`Unknown file format '${req.fmt}'`);
+  if (!fmt) return fail(`Unknown file format '${req.fmt}'`);
   let proto: BlockDriver;
   try {
     proto = graph.registry.protocolFor(filename);
@@ -137,18 +119,22 @@ export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): 
   for (const [key, value] of Object.entries(req.options)) {
     const spec = schema[key];
     if (!spec) return fail(`Invalid parameter '${key}'`);
-    if (key === "size" && req.size !== undefined) {
-      return fail("The image size must be specified only once");
+    // QemuOpts checks sizes, numbers and booleans as it parses; the driver checks the rest.
+    if (spec.type === "enum" || spec.type === "string") {
+      values[key] = given[key] = value;
+      continue;
     }
     try {
       values[key] = validateOptions({ [key]: spec }, { [key]: value }, fmt.name)[key]!;
     } catch (e) {
       if (spec.type === "size") return fail(sizeTypeError(key));
+      if (spec.type === "int") return fail(`Parameter '${key}' expects a number`);
       return fail(BlockError.from(e).message);
     }
-    given[key] = spec.type === "size" || spec.type === "int" ? String(values[key]) : value;
+    given[key] = spec.type === "bool" ? value : String(values[key]);
   }
   if (req.size !== undefined) {
+    if (values.size !== undefined) return fail("The image size must be specified only once");
     values.size = req.size;
     given.size = String(req.size);
   }
@@ -157,36 +143,58 @@ export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): 
       return fail(`Backing file not supported for file format '${fmt.name}'`);
     }
     values.backing_file = given.backing_file = req.backingFile;
-    if (req.backingFmt !== undefined) values.backing_fmt = given.backing_fmt = req.backingFmt;
+  }
+  if (req.backingFmt !== undefined) {
+    if (!fmt.supportsBacking) {
+      return fail(`Backing file format not supported for file format '${fmt.name}'`);
+    }
+    values.backing_fmt = given.backing_fmt = req.backingFmt;
   }
   const backingFile = values.backing_file as string | undefined;
   const backingFmt = values.backing_fmt as string | undefined;
-  if (backingFile !== undefined && backingFmt === undefined) {
-    return fail("Backing file specified without backing format");
+  if (backingFile === filename) {
+    return fail("Error: Trying to create an image with the same filename as the backing file");
   }
+  if (backingFile === "") return fail("Expected backing file name, got empty string");
   if (backingFile !== undefined && !req.unsafe) {
     const name = resolveBackingName(backingFile, filename);
-    const image = await openImageQuietly(graph, name, backingFmt!);
+    const image = await openImageQuietly(graph, name, backingFmt);
     if (typeof image === "string") {
       imgError(io, `${filename}: ${image}`);
       io.err("Could not open backing image.\n");
       return 1;
     }
-    if (values.size === undefined) {
-      values.size = image;
-      given.size = String(image);
+    if (backingFmt === undefined) {
+      imgError(io, `${filename}: Backing file specified without backing format`);
+      io.err(`Detected format of ${image.format}.`);
+      return 1;
     }
+    if (values.size === undefined) {
+      values.size = image.size;
+      given.size = String(image.size);
+    }
+  } else if (backingFile !== undefined && backingFmt === undefined) {
+    return fail("Backing file specified without backing format");
   }
   if (values.size === undefined) return fail("Image creation needs a size parameter");
-  const prealloc = values.preallocation;
-  if (typeof prealloc === "string" && !PREALLOC_MODES.includes(prealloc)) {
-    return fail(`invalid parameter value: ${prealloc}`);
-  }
   if (req.verbose) io.out(formattingLine(req, given));
+  if (backingFmt !== undefined && backingFile === undefined) {
+    return failCreate("Backing format cannot be used without backing file");
+  }
+  for (const [key, spec] of Object.entries(schema)) {
+    const v = values[key];
+    if (spec.type !== "enum" || typeof v !== "string" || spec.values?.includes(v)) continue;
+    // qcow2 checks its enums as QAPI members (dashed names); file-posix words its own.
+    return failCreate(
+      fmt.name === "qcow2"
+        ? `Parameter '${key.replaceAll("_", "-")}' does not accept value '${v}'`
+        : `invalid parameter value: ${v}`,
+    );
+  }
   try {
     await fmt.create({ ...values, filename }, graph.registry);
   } catch (e) {
-    return fail(BlockError.from(e).message);
+    return failCreate(BlockError.from(e).message);
   }
   return 0;
 }
@@ -199,12 +207,12 @@ export function resolveBackingName(backing: string, imageFilename: string): stri
   return imageFilename.slice(0, slash + 1) + backing;
 }
 
-/** Opens `filename` as `fmt` in a scratch graph: its size, or the error text. */
+/** Opens `filename` as `fmt` (probed if absent) in a scratch graph: size and format, or why not. */
 async function openImageQuietly(
   graph: Graph,
   filename: string,
-  fmt: string,
-): Promise<number | string> {
+  fmt: string | undefined,
+): Promise<{ size: number; format: string } | string> {
   const g = new Graph({ registry: graph.registry });
   try {
     const image = await openImage(g, {
@@ -215,9 +223,9 @@ async function openImageQuietly(
       discard: "ignore",
       forceShare: true,
     }, () => {});
-    const size = image.node.getLength();
+    const found = { size: image.node.getLength(), format: image.node.driver.name };
     await image.backend.unref();
-    return size;
+    return found;
   } catch (e) {
     return BlockError.from(e).message;
   } finally {
@@ -231,43 +239,38 @@ export async function imgCreate(graph: Graph, args: readonly string[], io: CliIo
     { name: "help", arg: "none", key: "h" },
     { name: "object", arg: "required", key: "object" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let fmtName = "raw";
   let quiet = false;
   let unsafe = false;
   let backingFile: string | undefined;
   let backingFmt: string | undefined;
-  const optTexts: string[] = [];
+  let optText: string | undefined;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     if (o.key === "f") fmtName = o.value!;
-    else if (o.key === "o") optTexts.push(o.value!);
-    else if (o.key === "q") quiet = true;
+    else if (o.key === "o") {
+      const joined = accumulateOptions(io, optText, o.value!);
+      if (joined === null) return 1;
+      optText = joined;
+    } else if (o.key === "q") quiet = true;
     else if (o.key === "b") backingFile = o.value!;
     else if (o.key === "F") backingFmt = o.value!;
     else if (o.key === "u") unsafe = true;
   }
+  if (r.error) return imgOptionError(io, r.error);
   const filename = r.operands[0];
-  const given: Record<string, string> = {};
-  for (const t of optTexts) Object.assign(given, parseQemuOpts(t).values);
-  if ("help" in given || "?" in given) return createHelp(graph, io, fmtName);
+  if (optText !== undefined && hasHelpOption(optText)) {
+    return createOptionsHelp(graph, io, fmtName, filename);
+  }
+  const given = optText === undefined ? {} : parseQemuOpts(optText).values;
   if (filename === undefined) return imgErrorExit(io, "Expecting image file name");
   let size: number | undefined;
   if (r.operands.length > 1) {
-    const text = r.operands[1]!;
-    const parsed = strtosz(text);
-    if (parsed.error === "EINVAL") {
-      imgError(
-        io,
-        "Invalid image size specified. You may use k, M, G, T, P or E suffixes for",
-      );
-      imgError(io, "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-      return 1;
-    }
-    if (parsed.error === "ERANGE" || parsed.value! > INT64_MAX) {
-      imgError(io, `Invalid image size specified. Must be between 0 and ${INT64_MAX}.`);
-      return 1;
-    }
-    size = Number(parsed.value!);
+    const parsed = imgCvtnum(io, "image size", r.operands[1]!);
+    if (parsed === null) return 1;
+    size = parsed;
   }
   if (r.operands.length > 2) return imgErrorExit(io, `Unexpected argument: ${r.operands[2]}`);
   return await createImage(graph, io, {
@@ -280,15 +283,4 @@ export async function imgCreate(graph: Graph, args: readonly string[], io: CliIo
     unsafe,
     verbose: !quiet,
   });
-}
-
-/** `-o help`: the format's create options. */
-export function createHelp(graph: Graph, io: CliIo, fmtName: string): number {
-  const fmt = graph.registry.find(fmtName);
-  if (!fmt) {
-    imgError(io, `Unknown file format '${fmtName}'`);
-    return 1;
-  }
-  printHelp(io, fmt, createSchema(fmt, null));
-  return 0;
 }

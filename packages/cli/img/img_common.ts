@@ -7,7 +7,7 @@
 
 import { BlockError, type Graph, type OptionValues, unflatten } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
-import { strtosz } from "../common/cvtnum.ts";
+import { hexSuffixWarning, strtosz } from "../common/cvtnum.ts";
 import type { GetoptError } from "../common/getopt.ts";
 import { type OpenedImage, openImage, parseCacheMode } from "../common/open_image.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
@@ -40,6 +40,7 @@ export function imgCvtnum(
   max = Number.MAX_SAFE_INTEGER,
 ): number | null {
   const r = strtosz(text);
+  if (r.hexSuffix) io.err(hexSuffixWarning("qemu-img", text) + "\n");
   if (r.error === "EINVAL" || (r.value === undefined && r.error !== "ERANGE")) {
     imgError(io, `Invalid ${name} specified. You may use k, M, G, T, P or E suffixes for`);
     imgError(io, "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
@@ -82,6 +83,8 @@ export interface ImgOpen {
   readonly unmap?: boolean;
   /** Open for `check`. */
   readonly forCheck?: boolean;
+  /** What precedes the reason when the open fails (default `Could not open 'filename': `). */
+  readonly failurePrefix?: string;
 }
 
 /**
@@ -98,6 +101,10 @@ export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<Open
     imgError(io, `Invalid cache option: ${o.cache}`);
     return null;
   }
+  if (!o.imageOpts && o.filename === "") {
+    imgError(io, "Could not open '': The 'file' block driver requires a file name");
+    return null;
+  }
   const options: OptionValues = o.imageOpts ? unflatten(parseQemuOpts(o.filename).values) : {};
   try {
     return await openImage(graph, {
@@ -112,7 +119,8 @@ export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<Open
       forCheck: o.forCheck ?? false,
     }, (text) => io.err(text));
   } catch (e) {
-    imgError(io, `Could not open '${o.filename}': ${BlockError.from(e).message}`);
+    const prefix = o.failurePrefix ?? `Could not open '${o.filename}': `;
+    imgError(io, `${prefix}${BlockError.from(e).message}`);
     return null;
   }
 }

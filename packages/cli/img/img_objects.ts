@@ -1,76 +1,348 @@
 /**
  * qemu-img's `--object`: qemu-img creates each object as it meets the option and stops on
  * the first bad one. The objects its subcommands could use here (secrets, TLS credentials,
- * authorization lists) change nothing a subcommand does yet, so this only checks them
- * with qemu-img 7.2's messages: the type, the id and each type's own keys.
+ * authorization lists, throttle groups) change nothing a subcommand does yet, so this only
+ * checks them with qemu-img 7.2's messages, in its order: the syntax, `help`, the type, each
+ * type's keys and their values, the id, a duplicate id, then what creating the object checks
+ * (a secret's data or file, TLS credentials' directory).
  *
  * @module
  */
 
-import { parseKeyValue } from "@blockgraph/core";
+import { BlockError } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { imgError } from "./img_common.ts";
 
-/** A user-creatable type qemu-img knows: its keys (absent: not checked) and required ones. */
+/** How a key's value is checked: a QAPI scalar type or the values of an enum. */
+type KeyType = "str" | "int" | "bool" | readonly string[];
+
+/** A user-creatable type: its keys with their types and the help's type names. */
 interface ObjectType {
-  readonly keys?: readonly string[];
+  /** Keys and their types; absent: the keys are not checked. */
+  readonly keys?: Readonly<Record<string, KeyType>>;
+  /** Keys that must be given. */
   readonly required?: readonly string[];
+  /** The `TYPE,help` lines (without the leading spaces), sorted. */
+  readonly help: readonly string[];
 }
 
-const TLS_KEYS = ["dir", "endpoint", "verify-peer", "priority", "loaded"];
-
-const TYPES: Record<string, ObjectType> = {
-  secret: { keys: ["data", "file", "format", "keyid", "iv", "loaded"] },
-  secret_keyring: {},
-  "authz-simple": { keys: ["identity"], required: ["identity"] },
-  "authz-list": {},
-  "throttle-group": {},
-  "tls-cipher-suites": {},
-  "tls-creds-anon": { keys: TLS_KEYS },
-  "tls-creds-psk": { keys: [...TLS_KEYS, "username"] },
-  "tls-creds-x509": { keys: [...TLS_KEYS, "sanity-check", "passwordid"] },
+const ENDPOINTS = ["client", "server"];
+const TLS_KEYS: Record<string, KeyType> = {
+  dir: "str",
+  endpoint: ENDPOINTS,
+  "verify-peer": "bool",
+  priority: "str",
+  loaded: "bool",
 };
-
-/** Checks one `--object` definition; prints qemu-img's message and returns false if bad. */
-export function imgObject(io: CliIo, text: string): boolean {
-  let opts: Record<string, string>;
-  try {
-    opts = parseKeyValue(text, "qom-type");
-  } catch (e) {
-    imgError(io, (e as Error).message);
-    return false;
-  }
-  const type = opts["qom-type"];
-  if (type === undefined) {
-    imgError(io, "Parameter 'qom-type' is missing");
-    return false;
-  }
-  const spec = TYPES[type];
-  if (!spec) {
-    imgError(io, `Parameter 'qom-type' does not accept value '${type}'`);
-    return false;
-  }
-  if (opts.id === undefined) {
-    imgError(io, "Parameter 'id' is missing");
-    return false;
-  }
-  if (spec.keys) {
-    const extra = Object.keys(opts).find((k) =>
-      k !== "qom-type" && k !== "id" && !spec.keys!.includes(k)
-    );
-    if (extra !== undefined) {
-      imgError(io, `Parameter '${extra}' is unexpected`);
-      return false;
+const TLS_HELP = [
+  "dir=<string>",
+  "endpoint=<QCryptoTLSCredsEndpoint>",
+  "priority=<string>",
+  "verify-peer=<bool>",
+];
+const SECRET_KEYS: Record<string, KeyType> = {
+  data: "str",
+  file: "str",
+  format: ["raw", "base64"],
+  keyid: "str",
+  iv: "str",
+  loaded: "bool",
+};
+const THROTTLE_KEYS: Record<string, KeyType> = { limits: "str" };
+for (const what of ["bps", "iops"]) {
+  for (const dir of ["total", "read", "write"]) {
+    for (const tail of ["", "-max", "-max-length"]) {
+      THROTTLE_KEYS[`x-${what}-${dir}${tail}`] = "int";
     }
   }
-  const missing = spec.required?.find((k) => opts[k] === undefined);
-  if (missing !== undefined) {
-    imgError(io, `Parameter '${missing}' is missing`);
-    return false;
+}
+THROTTLE_KEYS["x-iops-size"] = "int";
+
+/** The types qemu-img 7.2 can create, as `--object help` lists them. */
+const TYPES: Record<string, ObjectType> = {
+  "authz-list": {
+    keys: { policy: ["deny", "allow"], rules: "str" },
+    help: ["policy=<QAuthZListPolicy>", "rules=<QAuthZListRule>"],
+  },
+  "authz-list-file": { help: ["filename=<string>", "refresh=<bool>"] },
+  "authz-simple": {
+    keys: { identity: "str" },
+    required: ["identity"],
+    help: ["identity=<string>"],
+  },
+  "main-loop": {
+    keys: { "aio-max-batch": "int", "thread-pool-min": "int", "thread-pool-max": "int" },
+    help: ["aio-max-batch=<int>", "thread-pool-max=<int>", "thread-pool-min=<int>"],
+  },
+  "pr-manager-helper": {
+    keys: { path: "str" },
+    required: ["path"],
+    help: ["path=<string>"],
+  },
+  secret: {
+    keys: SECRET_KEYS,
+    help: [
+      "data=<string>",
+      "file=<string>",
+      "format=<QCryptoSecretFormat>",
+      "iv=<string>",
+      "keyid=<string>",
+    ],
+  },
+  secret_keyring: {
+    keys: { ...SECRET_KEYS, serial: "int" },
+    required: ["serial"],
+    help: ["format=<QCryptoSecretFormat>", "iv=<string>", "keyid=<string>", "serial=<int32_t>"],
+  },
+  "thread-context": {
+    keys: { "cpu-affinity": "str", "node-affinity": "str" },
+    help: ["cpu-affinity=<int>", "node-affinity=<int>"],
+  },
+  "throttle-group": {
+    keys: THROTTLE_KEYS,
+    help: Object.keys(THROTTLE_KEYS).map((k) =>
+      `${k}=<${k === "limits" ? "ThrottleLimits" : "int"}>`
+    )
+      .sort(),
+  },
+  "tls-cipher-suites": { keys: TLS_KEYS, help: TLS_HELP },
+  "tls-creds-anon": { keys: TLS_KEYS, help: TLS_HELP },
+  "tls-creds-psk": {
+    keys: { ...TLS_KEYS, username: "str" },
+    help: [...TLS_HELP, "username=<string>"].sort(),
+  },
+  "tls-creds-x509": {
+    keys: { ...TLS_KEYS, "sanity-check": "bool", passwordid: "str" },
+    help: [...TLS_HELP, "passwordid=<string>", "sanity-check=<bool>"].sort(),
+  },
+};
+
+/**
+ * Types QEMU's object schema names that qemu-img cannot create: accepted by the schema,
+ * then refused as an invalid object type (their own keys are not checked here).
+ */
+const OTHER_QAPI_TYPES = new Set([
+  "authz-listfile",
+  "authz-pam",
+  "can-bus",
+  "can-host-socketcan",
+  "colo-compare",
+  "cryptodev-backend",
+  "cryptodev-backend-builtin",
+  "cryptodev-vhost-user",
+  "dbus-vmstate",
+  "filter-buffer",
+  "filter-dump",
+  "filter-mirror",
+  "filter-redirector",
+  "filter-replay",
+  "filter-rewriter",
+  "input-barrier",
+  "input-linux",
+  "iothread",
+  "memory-backend-epc",
+  "memory-backend-file",
+  "memory-backend-memfd",
+  "memory-backend-ram",
+  "pef-guest",
+  "qtest",
+  "rng-builtin",
+  "rng-egd",
+  "rng-random",
+  "sev-guest",
+  "s390-pv-guest",
+  "x-remote-object",
+  "x-vfio-user-server",
+]);
+
+/** QEMU's keyval syntax for `--object`: `type,key=value,...`; a bare `help` or `?` asks for help. */
+function parseObject(text: string): { opts: Record<string, string>; help: boolean } {
+  const opts: Record<string, string> = {};
+  let help = false;
+  let i = 0;
+  let first = true;
+  while (i < text.length) {
+    let key = "";
+    while (i < text.length && text[i] !== "=" && text[i] !== ",") key += text[i++];
+    if (text[i] !== "=") {
+      i++;
+      if (key === "help" || key === "?") help = true;
+      else if (first && key !== "") opts["qom-type"] = key;
+      else if (key === "") throw new BlockError("EINVAL", "Invalid parameter ''");
+      else throw new BlockError("EINVAL", `Expected '=' after parameter '${key}'`);
+      first = false;
+      continue;
+    }
+    i++;
+    let value = "";
+    while (i < text.length) {
+      if (text[i] === ",") {
+        if (text[i + 1] !== ",") break;
+        i++;
+      }
+      value += text[i++];
+    }
+    i++;
+    if (key === "") throw new BlockError("EINVAL", "Invalid parameter ''");
+    // The last of a repeated key wins, as QEMU's keyval does.
+    opts[key] = value;
+    first = false;
   }
-  if (type === "secret" && opts.data === undefined && opts.file === undefined) {
-    imgError(io, "Either 'file' or 'data' must be provided");
-    return false;
+  return { opts, help };
+}
+
+/** A JSON `--object` (`{"qom-type": ...}`): its members as the key=value form would give them. */
+function parseJsonObject(text: string): Record<string, string> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw new BlockError("EINVAL", `JSON parse error, ${(e as Error).message}`);
   }
-  return true;
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw new BlockError("EINVAL", "Invalid parameter type, expected: object");
+  }
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(parsed)) {
+    out[k] = typeof v === "string" ? v : JSON.stringify(v);
+  }
+  return out;
+}
+
+function checkValue(key: string, value: string, type: KeyType): string | null {
+  if (Array.isArray(type)) {
+    return type.includes(value) ? null : `Parameter '${key}' does not accept value '${value}'`;
+  }
+  if (type === "int" && !/^-?\d+$/.test(value.trim())) return `Parameter '${key}' expects integer`;
+  if (type === "bool" && !["on", "off", "yes", "no", "true", "false"].includes(value)) {
+    return `Parameter '${key}' expects 'on' or 'off'`;
+  }
+  return null;
+}
+
+/** GLib's words for a file it could not read, as QEMU's secret object prints them. */
+function readFailure(path: string, e: unknown): string {
+  const why = e instanceof Deno.errors.NotFound
+    ? "No such file or directory"
+    : e instanceof Deno.errors.PermissionDenied
+    ? "Permission denied"
+    : e instanceof Deno.errors.IsADirectory
+    ? "Is a directory"
+    : BlockError.from(e).message;
+  return `Unable to read ${path}: Failed to open file “${path}”: ${why}`;
+}
+
+/** The `--object`s of one qemu-img run. */
+export class ImgObjects {
+  #ids = new Set<string>();
+
+  /**
+   * Creates (checks) one `--object` definition. Returns `null` to go on, or the exit
+   * status to stop with: 0 after printing help, `failStatus` after printing the error.
+   */
+  add(io: CliIo, text: string, failStatus = 1): number | null {
+    const message = this.#add(io, text);
+    if (message === undefined) return 0;
+    if (message === null) return null;
+    imgError(io, message);
+    return failStatus;
+  }
+
+  /** `undefined` when help was printed, `null` when created, else the error message. */
+  #add(io: CliIo, text: string): string | null | undefined {
+    let opts: Record<string, string>;
+    let help = false;
+    try {
+      if (text.trimStart().startsWith("{")) opts = parseJsonObject(text);
+      else ({ opts, help } = parseObject(text));
+    } catch (e) {
+      return BlockError.from(e).message;
+    }
+    const type = opts["qom-type"];
+    const spec = type === undefined ? undefined : TYPES[type];
+    if (help) {
+      if (spec) io.out(`${type} options:\n` + spec.help.map((l) => `  ${l}\n`).join(""));
+      else {
+        io.out(
+          "List of user creatable objects:\n" +
+            Object.keys(TYPES).sort().map((t) => `  ${t}\n`).join(""),
+        );
+      }
+      return undefined;
+    }
+    if (type === undefined) return "Parameter 'qom-type' is missing";
+    if (!spec && !OTHER_QAPI_TYPES.has(type)) {
+      return `Parameter 'qom-type' does not accept value '${type}'`;
+    }
+    const id = opts.id;
+    if (id === undefined) return "Parameter 'id' is missing";
+    if (spec?.keys) {
+      for (const [key, value] of Object.entries(opts)) {
+        if (key === "qom-type" || key === "id") continue;
+        const keyType = spec.keys[key];
+        if (keyType === undefined) return `Parameter '${key}' is unexpected`;
+        const bad = checkValue(key, value, keyType);
+        if (bad) return bad;
+      }
+    }
+    const missing = spec?.required?.find((k) => opts[k] === undefined);
+    if (missing !== undefined) return `Parameter '${missing}' is missing`;
+    if (!/^[A-Za-z][A-Za-z0-9._-]*$/.test(id)) {
+      return "Parameter 'id' expects an identifier\n" +
+        "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.";
+    }
+    if (!spec) return `invalid object type: ${type}`;
+    if (opts.loaded !== undefined) return `Property '${type}.loaded' is not writable`;
+    if (this.#ids.has(id)) {
+      return `attempt to add duplicate property '${id}' to object (type 'container')`;
+    }
+    const failure = completeFailure(type, opts, this.#ids);
+    if (failure) return failure;
+    this.#ids.add(id);
+    return null;
+  }
+}
+
+/** What completing an object of `type` finds wrong (QEMU's `complete` methods), or null. */
+function completeFailure(
+  type: string,
+  opts: Record<string, string>,
+  ids: ReadonlySet<string>,
+): string | null {
+  switch (type) {
+    case "secret": {
+      if (opts.data !== undefined && opts.file !== undefined) {
+        return "'file' and 'data' are mutually exclusive";
+      }
+      if (opts.data === undefined && opts.file === undefined) {
+        return "Either 'file' or 'data' must be provided";
+      }
+      if (opts.file !== undefined) {
+        try {
+          Deno.readFileSync(opts.file);
+        } catch (e) {
+          return readFailure(opts.file, e);
+        }
+      }
+      if (opts.keyid !== undefined && !ids.has(opts.keyid)) {
+        return `No secret with id '${opts.keyid}'`;
+      }
+      return null;
+    }
+    case "tls-cipher-suites":
+      return opts.priority === undefined ? "'priority' property is not set" : null;
+    case "tls-creds-psk":
+    case "tls-creds-x509": {
+      if (opts.dir === undefined) return "Missing 'dir' property value";
+      if (type === "tls-creds-psk") return null;
+      const ca = `${opts.dir}/ca-cert.pem`;
+      try {
+        Deno.statSync(ca);
+      } catch {
+        return `Unable to access credentials ${ca}: No such file or directory`;
+      }
+      return null;
+    }
+  }
+  return null;
 }

@@ -14,6 +14,8 @@ import { qdictJson, qdictKeys } from "../common/qdict_json.ts";
 import { resolveBackingName } from "./create.ts";
 import { imageFacts } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 
 /**
  * The bytes `node` takes on its storage: the driver's answer, or else the sum over its
@@ -161,20 +163,22 @@ export async function imgInfo(graph: Graph, args: readonly string[], io: CliIo):
     { name: "image-opts", arg: "none", key: "image-opts" },
     { name: "force-share", arg: "none", key: "U" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let output = "human";
   let imageOpts = false;
   let forceShare = false;
   let chain = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     if (o.key === "f") format = o.value!;
     else if (o.key === "output") output = o.value!;
     else if (o.key === "image-opts") imageOpts = true;
     else if (o.key === "U") forceShare = true;
     else if (o.key === "backing-chain") chain = true;
-    else if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
   const fmtOut = imgOutputFormat(io, output);
   if (!fmtOut) return 1;

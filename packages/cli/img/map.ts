@@ -17,6 +17,8 @@ import {
   imgOptionError,
   imgOutputFormat,
 } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 
 /** One run of `map`: where it is, which layer answers, and what it reads as. */
 export interface MapEntry {
@@ -147,19 +149,20 @@ export async function imgMap(graph: Graph, args: readonly string[], io: CliIo): 
     { name: "start-offset", arg: "required", key: "s" },
     { name: "max-length", arg: "required", key: "l" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let output = "human";
   let imageOpts = false;
   let forceShare = false;
   let start = 0;
   let maxLength = -1;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     if (o.key === "f") format = o.value!;
     else if (o.key === "output") output = o.value!;
     else if (o.key === "image-opts") imageOpts = true;
     else if (o.key === "U") forceShare = true;
-    else if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
     else if (o.key === "s") {
       const v = imgCvtnum(io, "start offset", o.value!);
       if (v === null) return 1;
@@ -170,6 +173,7 @@ export async function imgMap(graph: Graph, args: readonly string[], io: CliIo): 
       maxLength = v;
     }
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
   const fmtOut = imgOutputFormat(io, output);
   if (!fmtOut) return 1;

@@ -9,11 +9,14 @@
 
 import { BlockStatusFlags, type Graph, type Node } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
-import { getopt } from "../common/getopt.ts";
+import { getopt, glibcMessage } from "../common/getopt.ts";
 import { qdictJson } from "../common/qdict_json.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { chainStatus } from "./chain_status.ts";
-import { imgCvtnum, imgError, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
+import { imgCvtnum, imgError, imgOpen, imgOutputFormat } from "./img_common.ts";
+import { imgCommonOption, imgHelp } from "./img_help.ts";
+import { accumulateOptions } from "./img_options.ts";
+import { ImgObjects } from "./img_objects.ts";
 import { supportsPersistentBitmaps } from "./image_facts.ts";
 
 const up = (n: number, a: number) => Math.ceil(n / a) * a;
@@ -100,30 +103,49 @@ export async function imgMeasure(
     { name: "size", arg: "required", key: "size" },
     { name: "force-share", arg: "none", key: "U" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let outFmt = "raw";
   let output = "human";
   let size: number | null = null;
   let forceShare = false;
   let imageOpts = false;
-  const opts: Record<string, string> = {};
+  let optText: string | undefined;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value!;
     if (o.key === "f") format = v;
     else if (o.key === "O") outFmt = v;
-    else if (o.key === "o") Object.assign(opts, parseQemuOpts(v).values);
-    else if (o.key === "output") output = v;
-    else if (o.key === "U") forceShare = true;
+    else if (o.key === "o") {
+      const joined = accumulateOptions(io, optText, v);
+      if (joined === null) return 1;
+      optText = joined;
+    } else if (o.key === "output") {
+      if (imgOutputFormat(io, v) === null) return 1;
+      output = v;
+    } else if (o.key === "U") forceShare = true;
     else if (o.key === "image-opts") imageOpts = true;
     else if (o.key === "size") {
       size = imgCvtnum(io, "image size", v);
       if (size === null) return 1;
     }
   }
-  const fmtOut = imgOutputFormat(io, output);
-  if (!fmtOut) return 1;
+  if (r.error) {
+    // measure lets getopt print its own complaint, then shows the help.
+    io.err(glibcMessage("measure", r.error) + "\n");
+    return imgHelp(graph, io);
+  }
+  const fmtOut = output as "human" | "json";
+  if (r.operands.length > 1) {
+    imgError(io, "At most one filename argument is allowed.");
+    return 1;
+  }
   const filename = r.operands[0];
+  if (filename === undefined && (imageOpts || format !== undefined)) {
+    imgError(io, "--image-opts, -f, and -l require a filename argument.");
+    return 1;
+  }
   if (filename === undefined && size === null) {
     imgError(io, "Either --size N or one filename must be specified.");
     return 1;
@@ -132,8 +154,26 @@ export async function imgMeasure(
     imgError(io, "--size N cannot be used together with a filename.");
     return 1;
   }
+  const drv = graph.registry.find(outFmt);
+  if (!drv) {
+    imgError(io, `Unknown file format '${outFmt}'`);
+    return 1;
+  }
+  if (!drv.create) {
+    imgError(io, `Format driver '${outFmt}' does not support image creation`);
+    return 1;
+  }
   if (outFmt !== "raw" && outFmt !== "qcow2") {
-    imgError(io, `Format driver '${outFmt}' does not support size measurement`);
+    imgError(io, `Block driver '${outFmt}' does not support size measurement`);
+    return 1;
+  }
+  const opts = optText === undefined ? {} : parseQemuOpts(optText).values;
+  // The format's create options and the file protocol's, as QEMU parses them.
+  const known = { ...drv.createOptions, ...graph.registry.find("file")?.createOptions };
+  const unknown = Object.keys(opts).find((k) => k === "filename" || !(k in known));
+  if (unknown !== undefined) {
+    imgError(io, `Invalid parameter '${unknown}'`);
+    imgError(io, `Invalid options for file format '${outFmt}'`);
     return 1;
   }
   const cs = opts.cluster_size ? imgCvtnum(io, "cluster size", opts.cluster_size) : 65536;

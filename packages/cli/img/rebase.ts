@@ -14,6 +14,8 @@ import type { OpenedImage } from "../common/open_image.ts";
 import { resolveBackingName } from "./create.ts";
 import { qcow2Of } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 import { Progress } from "./progress.ts";
 
 const CHUNK = 1 << 20;
@@ -65,7 +67,6 @@ export async function imgRebase(
     { name: "image-opts", arg: "none", key: "image-opts" },
     { name: "force-share", arg: "none", key: "U" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let backing: string | undefined;
   let backingFmt: string | undefined;
@@ -74,9 +75,11 @@ export async function imgRebase(
   let quiet = false;
   let cache = "writeback";
   let imageOpts = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     const v = o.value!;
-    if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
     if (o.key === "f") format = v;
     else if (o.key === "F") backingFmt = v;
     else if (o.key === "b") backing = v;
@@ -86,6 +89,7 @@ export async function imgRebase(
     else if (o.key === "t") cache = v;
     else if (o.key === "image-opts") imageOpts = true;
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (quiet) progress = false;
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
   if (!unsafe && backing === undefined) {
@@ -113,14 +117,15 @@ export async function imgRebase(
       return 1;
     }
     if (!unsafe && backing !== "") {
+      const name = resolveBackingName(backing!, filename);
       newBase = await imgOpen(graph, io, {
-        filename: resolveBackingName(backing!, filename),
+        filename: name,
         format: backingFmt,
         readOnly: true,
         forceShare: true,
+        failurePrefix: `Could not open new backing file '${name}': `,
       });
       if (!newBase) return 1;
-      backingFmt ??= newBase.node.driver.name;
     }
     try {
       if (!unsafe) {
@@ -129,6 +134,14 @@ export async function imgRebase(
       }
       const opts: Record<string, string> = { backing_file: backing ?? "" };
       if (backingFmt !== undefined) opts.backing_fmt = backingFmt;
+      else if (backing) {
+        // QEMU 7.2 no longer records a backing file without its format.
+        imgError(
+          io,
+          `Could not change the backing file to '${backing}': backing format must be specified`,
+        );
+        return 1;
+      }
       await q.amend(opts);
     } catch (e) {
       imgError(

@@ -10,6 +10,8 @@ import type { CliIo } from "../common/cli_io.ts";
 import { strtosz } from "../common/cvtnum.ts";
 import { getopt } from "../common/getopt.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 
 const PREALLOC: readonly string[] = ["off", "metadata", "falloc", "full"];
 
@@ -34,14 +36,15 @@ export async function imgResize(
     { name: "preallocation", arg: "required", key: "preallocation" },
     { name: "shrink", arg: "none", key: "shrink" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let quiet = false;
   let imageOpts = false;
   let shrink = false;
   let prealloc: PreallocMode = "off";
+  const objects = new ImgObjects();
   for (const o of r.options) {
-    if (o.key === "h") return imgErrorExit(io, "Expecting image file name and size");
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     if (o.key === "f") format = o.value!;
     else if (o.key === "q") quiet = true;
     else if (o.key === "image-opts") imageOpts = true;
@@ -54,6 +57,7 @@ export async function imgResize(
       prealloc = o.value as PreallocMode;
     }
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting image file name and size");
   let relative = 0;
   if (sizeText.startsWith("+")) relative = 1;
@@ -64,7 +68,8 @@ export async function imgResize(
     imgError(io, SIZE_PARAM_ERROR);
     return 1;
   }
-  const n = Number(parsed.value);
+  // qemu-img does this arithmetic in int64: 8E and more wrap to negative sizes.
+  const n = BigInt.asIntN(64, parsed.value);
   const image = await imgOpen(graph, io, {
     filename: r.operands[0]!,
     format,
@@ -74,11 +79,12 @@ export async function imgResize(
   if (!image) return 1;
   try {
     const current = image.node.getLength();
-    const total = relative ? current + relative * n : n;
-    if (total <= 0) {
+    const total64 = relative ? BigInt.asIntN(64, BigInt(current) + BigInt(relative) * n) : n;
+    if (total64 <= 0n) {
       imgError(io, "New image size must be positive");
       return 1;
     }
+    const total = Number(total64);
     if (total <= current && prealloc !== "off") {
       imgError(io, "Preallocation can only be used for growing images");
       return 1;

@@ -12,6 +12,7 @@ import { getopt } from "../common/getopt.ts";
 import { imgBench } from "./bench.ts";
 import { imgCreate } from "./create.ts";
 import { imgErrorExit, imgOptionError } from "./img_common.ts";
+import { IMG_VERSION, imgHelp } from "./img_help.ts";
 import { imgCompare } from "./compare.ts";
 import { imgConvert } from "./convert.ts";
 import { imgCheck } from "./check.ts";
@@ -25,48 +26,13 @@ import { imgResize } from "./resize.ts";
 import { imgSnapshot } from "./snapshot.ts";
 import { imgMap } from "./map.ts";
 
-/** The version text (`-V`). */
-export const IMG_VERSION = "blockgraph img version 0.1.0 (speaks qemu-img 7.2)\n";
-
-/** Each subcommand's syntax line. */
-const SYNTAX: readonly string[] = [
-  "amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename",
-  "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename",
-  "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap",
-  "check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename",
-  "commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename",
-  "compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2",
-  "convert [--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename",
-  "create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]",
-  "dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output",
-  "info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename",
-  "map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename",
-  "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]",
-  "snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename",
-  "rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename",
-  "resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size",
-];
-
-/** The help text (`--help`) for the subcommands blockgraph has. */
-export function imgUsage(graph: Graph): string {
-  const formats = graph.registry.all().map((d) => d.name).sort().join(" ");
-  return IMG_VERSION +
-    "usage: qemu-img [standard options] command [command options]\n" +
-    "QEMU disk image utility\n\n" +
-    "    '-h', '--help'       display this help and exit\n" +
-    "    '-V', '--version'    output version information and exit\n\n" +
-    "Command syntax:\n" +
-    SYNTAX.map((l) => `  ${l}\n`).join("") + "\n" +
-    `Supported formats: ${formats}\n`;
-}
-
 const SUBCOMMANDS: Record<
   string,
   (graph: Graph, args: readonly string[], io: CliIo) => Promise<number>
 > = {
   amend: imgAmend,
   bench: imgBench,
-  bitmap: (graph, args, io) => imgBitmap(graph, args, io, () => imgUsage(graph)),
+  bitmap: imgBitmap,
   check: imgCheck,
   commit: imgCommit,
   compare: imgCompare,
@@ -101,17 +67,15 @@ export async function runImg(args: readonly string[], io: CliIo): Promise<number
       { name: "version", arg: "none", key: "V" },
       { name: "trace", arg: "required", key: "T" },
     ]);
-    if (r.error) return imgOptionError(io, r.error);
+    // Options act in order, as qemu-img meets them: `-h --bogus` prints the help.
     for (const o of r.options) {
-      if (o.key === "h") {
-        io.out(imgUsage(graph));
-        return 0;
-      }
+      if (o.key === "h") return imgHelp(graph, io);
       if (o.key === "V") {
         io.out(IMG_VERSION);
         return 0;
       }
     }
+    if (r.error) return imgOptionError(io, r.error);
     if (r.operands.length === 0) return imgErrorExit(io, "Not enough arguments");
     const name = r.operands[0]!;
     const sub = SUBCOMMANDS[name];

@@ -11,6 +11,8 @@ import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { qcow2Of } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
 import { snapshotRow } from "./info.ts";
 
 type Action = "l" | "a" | "c" | "d";
@@ -27,13 +29,14 @@ export async function imgSnapshot(
     { name: "image-opts", arg: "none", key: "image-opts" },
     { name: "force-share", arg: "none", key: "U" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let action: Action | null = null;
   let name = "";
   let forceShare = false;
   let imageOpts = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
-    if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     if (o.key === "l" || o.key === "a" || o.key === "c" || o.key === "d") {
       if (action) return imgErrorExit(io, "Cannot mix '-l', '-a', '-c', '-d'");
       action = o.key;
@@ -42,6 +45,7 @@ export async function imgSnapshot(
     else if (o.key === "U") forceShare = true;
     else if (o.key === "image-opts") imageOpts = true;
   }
+  if (r.error) return imgOptionError(io, r.error);
   if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
   const filename = r.operands[0]!;
   const image = await imgOpen(graph, io, {

@@ -5,14 +5,41 @@
  * @module
  */
 
-import { BlockError, type Graph } from "@blockgraph/core";
+import { BlockError, type Graph, type OptionSchema, parseBool, parseSize } from "@blockgraph/core";
+import { QCOW2_AMEND_OPTIONS } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
-import { strtosz } from "../common/cvtnum.ts";
 import { getopt } from "../common/getopt.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { createImage } from "./create.ts";
+import { accumulateOptions, amendOptionsHelp, hasHelpOption } from "./img_options.ts";
 import { qcow2Of } from "./image_facts.ts";
-import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCommonOption } from "./img_help.ts";
+import { ImgObjects } from "./img_objects.ts";
+
+/**
+ * What QemuOpts finds wrong in amend options before the driver sees them: names amend does
+ * not know (hinting at those only create takes) and values of the wrong type; or `null`.
+ */
+function amendOptionError(create: OptionSchema, opts: Record<string, string>): string | null {
+  for (const [key, value] of Object.entries(opts)) {
+    const spec = create[key];
+    if (!(QCOW2_AMEND_OPTIONS as readonly string[]).includes(key)) {
+      return `Invalid parameter '${key}'` +
+        (spec ? "\nThis option is only supported for image creation" : "");
+    }
+    if (spec?.type === "bool" && parseBool(value) === undefined) {
+      return `Parameter '${key}' expects 'on' or 'off'`;
+    }
+    if (spec?.type === "int" && !/^\d+$/.test(value)) return `Parameter '${key}' expects a number`;
+    if (spec?.type === "size" && parseSize(value) === undefined) {
+      return `Parameter '${key}' expects a non-negative number below 2^64\n` +
+        "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n" +
+        "and exabytes, respectively.";
+    }
+  }
+  return null;
+}
 
 /** Runs `img amend` with `args` (after `amend`); returns the exit status. */
 export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo): Promise<number> {
@@ -22,23 +49,32 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
     { name: "image-opts", arg: "none", key: "image-opts" },
     { name: "force", arg: "none", key: "force" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let cache = "writeback";
   let imageOpts = false;
-  const opts: Record<string, string> = {};
-  let given = false;
+  let optText: string | undefined;
+  const objects = new ImgObjects();
   for (const o of r.options) {
-    if (o.key === "h") return imgErrorExit(io, "Expecting one image file name");
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     if (o.key === "o") {
-      Object.assign(opts, parseQemuOpts(o.value!).values);
-      given = true;
+      const joined = accumulateOptions(io, optText, o.value!);
+      if (joined === null) return 1;
+      optText = joined;
     } else if (o.key === "f") format = o.value!;
     else if (o.key === "t") cache = o.value!;
     else if (o.key === "image-opts") imageOpts = true;
   }
-  if (!given) return imgErrorExit(io, "Must specify options (-o)");
-  if (r.operands.length !== 1) return imgErrorExit(io, "Expecting one image file name");
+  if (r.error) return imgOptionError(io, r.error);
+  if (optText === undefined) return imgErrorExit(io, "Must specify options (-o)");
+  const help = hasHelpOption(optText);
+  // With -f, help needs no image.
+  if (help && format !== undefined) return amendOptionsHelp(graph, io, format);
+  if (r.operands.length !== 1) {
+    imgError(io, "Expecting one image file name");
+    return 1;
+  }
+  const opts = parseQemuOpts(optText).values;
   const image = await imgOpen(graph, io, {
     filename: r.operands[0]!,
     format,
@@ -48,9 +84,15 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
   });
   if (!image) return 1;
   try {
+    if (help) return amendOptionsHelp(graph, io, image.node.driver.name);
     const q = qcow2Of(image.node);
     if (!q) {
       imgError(io, `Format driver '${image.node.driver.name}' does not support option amendment`);
+      return 1;
+    }
+    const bad = amendOptionError(image.node.driver.createOptions ?? {}, opts);
+    if (bad !== null) {
+      imgError(io, bad);
       return 1;
     }
     try {
@@ -65,6 +107,8 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
   }
 }
 
+const INT_MAX = 2 ** 31 - 1;
+
 /** Runs `img dd` with `args` (after `dd`); returns the exit status. */
 export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): Promise<number> {
   const r = getopt(args, ":hf:O:U", [
@@ -73,16 +117,23 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
     { name: "force-share", arg: "none", key: "U" },
     { name: "object", arg: "required", key: "object" },
   ]);
-  if (r.error) return imgOptionError(io, r.error);
   let format: string | undefined;
   let outFmt = "raw";
   let forceShare = false;
+  const objects = new ImgObjects();
   for (const o of r.options) {
+    const stop = imgCommonOption(graph, io, objects, o);
+    if (stop !== null) return stop;
     if (o.key === "f") format = o.value!;
     else if (o.key === "O") outFmt = o.value!;
     else if (o.key === "U") forceShare = true;
   }
+  if (r.error) return imgOptionError(io, r.error);
   const dd: Record<string, string> = {};
+  // Operands are taken in order, each number checked as it comes (qemu-img's cvtnum).
+  let bs = 512;
+  let count = -1;
+  let skip = 0;
   for (const op of r.operands) {
     const eq = op.indexOf("=");
     const key = eq < 0 ? op : op.slice(0, eq);
@@ -90,28 +141,32 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
       imgError(io, `unrecognized operand ${key}`);
       return 1;
     }
-    dd[key] = op.slice(eq + 1);
+    const value = op.slice(eq + 1);
+    dd[key] = value;
+    if (key === "bs" || key === "count" || key === "skip") {
+      const n = key === "bs" ? imgCvtnum(io, key, value, 1, INT_MAX) : imgCvtnum(io, key, value);
+      if (n === null) return 1;
+      if (key === "bs") bs = n;
+      else if (key === "count") count = n;
+      else skip = n;
+    }
   }
   if (dd.if === undefined || dd.of === undefined) {
     imgError(io, "Must specify both input and output files");
     return 1;
   }
-  const num = (key: string, def: number, min: number): number | null => {
-    if (dd[key] === undefined) return def;
-    const v = strtosz(dd[key]!).value;
-    if (v === undefined || Number(v) < min) {
-      imgError(io, `invalid number: '${dd[key]}'`);
-      return null;
-    }
-    return Number(v);
-  };
-  const bs = num("bs", 512, 1);
-  const count = num("count", -1, 0);
-  const skip = num("skip", 0, 0);
-  if (bs === null || count === null || skip === null) return 1;
   const src = await imgOpen(graph, io, { filename: dd.if, format, readOnly: true, forceShare });
   if (!src) return 1;
   try {
+    const outDrv = graph.registry.find(outFmt);
+    if (!outDrv) {
+      imgError(io, "Unknown file format");
+      return 1;
+    }
+    if (!outDrv.create) {
+      imgError(io, `Format driver '${outFmt}' does not support image creation`);
+      return 1;
+    }
     const inSize = src.node.getLength();
     const start = Math.min(skip * bs, inSize);
     let size = inSize - start;

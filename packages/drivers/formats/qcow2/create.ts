@@ -36,7 +36,7 @@ import { preallocateRange } from "./resize.ts";
 export const QCOW2_CREATE_OPTIONS: OptionSchema = {
   filename: { type: "string", description: "File name of the image", required: true },
   size: { type: "size", description: "Virtual disk size" },
-  compat: { type: "string", description: "Compatibility level (v2 [0.10], v3 [1.1])" },
+  compat: { type: "string", description: "Compatibility level (v2 [0.10] or v3 [1.1])" },
   backing_file: { type: "string", description: "File name of a base image" },
   backing_fmt: { type: "string", description: "Image format of the base image" },
   cluster_size: { type: "size", description: "qcow2 cluster size", default: 65536 },

@@ -1,0 +1,256 @@
+/**
+ * qemu-img's `-o` option lists (create, convert, amend, measure): how several `-o` join, the
+ * lists qemu-img refuses ("Invalid option list"), `-o help` / `-o ?`, and the option help
+ * qemu-img 7.2 prints for a format: its create (or amend) options sorted by name, then,
+ * given a filename, the protocol's. Types and descriptions come from the drivers' option
+ * schemas; options QEMU lists that blockgraph's drivers do not take (encryption, btrfs
+ * nocow, extent size hints) are listed with QEMU's words so the list stays the one scripts
+ * know, and are refused when given.
+ *
+ * @module
+ */
+
+import type { BlockDriver, Graph, OptionSpec } from "@blockgraph/core";
+import { QCOW2_AMEND_OPTIONS } from "@blockgraph/drivers";
+import type { CliIo } from "../common/cli_io.ts";
+import { imgError } from "./img_common.ts";
+
+/**
+ * QEMU's `is_valid_option_list`: a list can be joined to others with `,` unless it is empty,
+ * starts with `,` or ends in an odd number of `,` (which would escape the separator).
+ */
+export function isValidOptionList(list: string): boolean {
+  if (list === "" || list.startsWith(",")) return false;
+  let i = list.length;
+  while (i > 0 && list[i - 1] === ",") i--;
+  return (list.length - i) % 2 === 0;
+}
+
+/**
+ * Adds one `-o` argument to the joined list (qemu-img's `accumulate_options`); prints
+ * "Invalid option list" and returns `null` when the argument cannot be joined.
+ */
+export function accumulateOptions(
+  io: CliIo,
+  joined: string | undefined,
+  list: string,
+): string | null {
+  if (!isValidOptionList(list)) {
+    imgError(io, `Invalid option list: ${list}`);
+    return null;
+  }
+  return joined === undefined ? list : `${joined},${list}`;
+}
+
+/** QEMU's `has_help_option`: whether one element of the list is `help` or `?`. */
+export function hasHelpOption(list: string): boolean {
+  let element = "";
+  for (let i = 0; i <= list.length; i++) {
+    if (i === list.length || (list[i] === "," && list[i + 1] !== ",")) {
+      if (element === "help" || element === "?") return true;
+      element = "";
+    } else if (list[i] === ",") {
+      element += ",";
+      i++;
+    } else element += list[i];
+  }
+  return false;
+}
+
+/** One line of an option help: name, QEMU's type name, description. */
+interface HelpEntry {
+  readonly name: string;
+  readonly type: string;
+  readonly description: string;
+}
+
+const TYPE_NAMES: Record<OptionSpec["type"], string> = {
+  size: "size",
+  bool: "bool (on/off)",
+  int: "num",
+  string: "str",
+  enum: "str",
+};
+
+/** Options QEMU's drivers list that blockgraph's do not take, in QEMU's words. */
+const QEMU_ONLY: Record<string, readonly HelpEntry[]> = {
+  qcow2: [
+    { name: "encrypt.cipher-alg", type: "str", description: "Name of encryption cipher algorithm" },
+    { name: "encrypt.cipher-mode", type: "str", description: "Name of encryption cipher mode" },
+    {
+      name: "encrypt.format",
+      type: "str",
+      description: "Encrypt the image, format choices: 'aes', 'luks'",
+    },
+    { name: "encrypt.hash-alg", type: "str", description: "Name of encryption hash algorithm" },
+    {
+      name: "encrypt.iter-time",
+      type: "num",
+      description: "Time to spend in PBKDF in milliseconds",
+    },
+    { name: "encrypt.ivgen-alg", type: "str", description: "Name of IV generator algorithm" },
+    {
+      name: "encrypt.ivgen-hash-alg",
+      type: "str",
+      description: "Name of IV generator hash algorithm",
+    },
+    {
+      name: "encrypt.key-secret",
+      type: "str",
+      description: "ID of secret providing qcow AES key or LUKS passphrase",
+    },
+    {
+      name: "encryption",
+      type: "bool (on/off)",
+      description:
+        "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+    },
+  ],
+  file: [
+    {
+      name: "extent_size_hint",
+      type: "size",
+      description: "Extent size hint for the image file, 0 to disable",
+    },
+    {
+      name: "nocow",
+      type: "bool (on/off)",
+      description: "Turn off copy-on-write (valid only on btrfs)",
+    },
+  ],
+};
+
+/** qcow2's amend options QEMU lists that blockgraph's qcow2 does not take (LUKS keyslots). */
+const QEMU_ONLY_AMEND: readonly HelpEntry[] = [
+  {
+    name: "encrypt.iter-time",
+    type: "num",
+    description: "Time to spend in PBKDF in milliseconds",
+  },
+  {
+    name: "encrypt.keyslot",
+    type: "num",
+    description: "Select a single keyslot to modify explicitly",
+  },
+  {
+    name: "encrypt.new-secret",
+    type: "str",
+    description: "New secret to set in the matching keyslots. Empty string to erase",
+  },
+  {
+    name: "encrypt.old-secret",
+    type: "str",
+    description: "Select all keyslots that match this password",
+  },
+  {
+    name: "encrypt.state",
+    type: "str",
+    description: "Select new state of affected keyslots (active/inactive)",
+  },
+];
+
+/**
+ * Create options a format driver takes only to hand them to its protocol (raw's
+ * preallocation): QEMU lists them with the protocol's options, not the format's.
+ */
+const PASSED_TO_PROTOCOL: Record<string, readonly string[]> = { raw: ["preallocation"] };
+
+/** The create options `drv` lists itself, as QEMU's `create_opts` would. */
+function ownCreateOptions(drv: BlockDriver): HelpEntry[] {
+  const out: HelpEntry[] = [];
+  const passed = PASSED_TO_PROTOCOL[drv.name] ?? [];
+  for (const [name, spec] of Object.entries(drv.createOptions ?? {})) {
+    if (name === "filename" || passed.includes(name)) continue;
+    out.push({ name, type: TYPE_NAMES[spec.type], description: spec.description });
+  }
+  return [...out, ...(QEMU_ONLY[drv.name] ?? [])];
+}
+
+/** Whether `name` is an option QEMU lists for `drv` that blockgraph does not implement. */
+export function isQemuOnlyCreateOption(drv: BlockDriver, name: string): boolean {
+  return (QEMU_ONLY[drv.name] ?? []).some((e) => e.name === name);
+}
+
+/** QEMU's `qemu_opts_print_help` without the defaults: sorted by name, aligned at 24. */
+function printEntries(io: CliIo, entries: readonly HelpEntry[]): void {
+  const sorted = [...entries].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const e of sorted) {
+    io.out(`${`  ${e.name}=<${e.type}>`.padEnd(24)} - ${e.description}\n`);
+  }
+}
+
+/**
+ * qemu-img's `print_block_option_help`: the create options of format `fmtName`, with the
+ * protocol's when `filename` is given. Returns the exit status.
+ */
+export function createOptionsHelp(
+  graph: Graph,
+  io: CliIo,
+  fmtName: string,
+  filename: string | undefined,
+): number {
+  const drv = graph.registry.find(fmtName);
+  if (!drv) {
+    imgError(io, `Unknown file format '${fmtName}'`);
+    return 1;
+  }
+  if (!drv.create) {
+    imgError(io, `Format driver '${fmtName}' does not support image creation`);
+    return 1;
+  }
+  const entries = ownCreateOptions(drv);
+  if (filename !== undefined) {
+    let proto: BlockDriver;
+    try {
+      proto = graph.registry.protocolFor(filename);
+    } catch (e) {
+      imgError(io, (e as Error).message);
+      return 1;
+    }
+    if (!proto.create) {
+      imgError(io, `Protocol driver '${proto.name}' does not support image creation`);
+      return 1;
+    }
+    // QEMU appends the protocol's list; a name already there keeps the format's entry.
+    for (const e of ownCreateOptions(proto)) {
+      if (!entries.some((x) => x.name === e.name)) entries.push(e);
+    }
+    for (const name of PASSED_TO_PROTOCOL[drv.name] ?? []) {
+      const spec = proto.createOptions?.[name];
+      if (spec && !entries.some((x) => x.name === name)) {
+        entries.push({ name, type: TYPE_NAMES[spec.type], description: spec.description });
+      }
+    }
+    io.out("Supported options:\n");
+    printEntries(io, entries);
+    return 0;
+  }
+  io.out(`Supported ${fmtName} options:\n`);
+  printEntries(io, entries);
+  io.out(
+    "\nThe protocol level may support further options.\n" +
+      "Specify the target filename to include those options.\n",
+  );
+  return 0;
+}
+
+/** qemu-img amend's `print_amend_option_help` for format `fmtName`; returns the exit status. */
+export function amendOptionsHelp(graph: Graph, io: CliIo, fmtName: string): number {
+  const drv = graph.registry.find(fmtName);
+  if (!drv) {
+    imgError(io, `Unknown file format '${fmtName}'`);
+    return 1;
+  }
+  if (drv.name !== "qcow2") {
+    imgError(io, `Format driver '${fmtName}' does not support option amendment`);
+    return 1;
+  }
+  const entries: HelpEntry[] = [...QEMU_ONLY_AMEND];
+  for (const name of QCOW2_AMEND_OPTIONS) {
+    const spec = drv.createOptions?.[name];
+    if (spec) entries.push({ name, type: TYPE_NAMES[spec.type], description: spec.description });
+  }
+  io.out(`Amend options for '${fmtName}':\n`);
+  printEntries(io, entries);
+  return 0;
+}
