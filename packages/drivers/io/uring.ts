@@ -63,6 +63,13 @@ const YIELD_MS = 2;
  * long the event loop is kept.
  */
 const TIMED_WAIT_US = 1000;
+/**
+ * A timed wait returns once this share of the requests in flight has completed (at least
+ * one), so each wake-up reaps a batch: 4 KiB O_DIRECT at depth 32, medians of 5 beside fio,
+ * reads 0.905x -> 0.921x fio at 1.24x -> 1.17x its CPU, writes 0.92x -> 0.96x at 1.16x ->
+ * 1.14x (one completion, against a quarter); an eighth did no better than one.
+ */
+const TIMED_MIN_FRACTION = 0.25;
 /** How long (ms) after a timed wait expired the engine waits on the pool thread only. */
 const TIMED_COOL_MS = 10;
 
@@ -92,7 +99,8 @@ const SYNC_COOL_MS = 100;
  * Tuning switches, for side-by-side benchmarks of the engine's policies; not an API.
  * `spinDepth`/`spinMs`: spin on the CQ while at most this many are in flight, for at most this
  * long; `timedWaitUs`: the longest wait in the kernel on the JS thread (0: none), `timedCoolMs`: how
- * long an expired one sends waits to the pool thread; `syncWrites`: page-cache writes with pwritev on the JS thread; `submitBatch`: SQEs queued
+ * long an expired one sends waits to the pool thread; `timedMinFrac`: the share of requests
+ * in flight a timed wait waits for; `syncWrites`: page-cache writes with pwritev on the JS thread; `submitBatch`: SQEs queued
  * before an early submit (0: once per microtask round); `asyncBytes`: the size from which
  * page-cache requests are marked large (0: none); `asyncOn`: large ones get IOSQE_ASYNC;
  * `spinBig`: spin even while large ones are in flight; `earlyBig`: submit large ones early.
@@ -102,6 +110,7 @@ export const uringTuning = {
   spinMs: SPIN_MS,
   timedWaitUs: TIMED_WAIT_US,
   timedCoolMs: TIMED_COOL_MS,
+  timedMinFrac: TIMED_MIN_FRACTION,
   syncWrites: false,
   submitBatch: SUBMIT_BATCH,
   asyncBytes: ASYNC_BYTES,
@@ -380,7 +389,11 @@ class UringEngine {
       t > 0 && this.#bigInflight === 0 && this.#spinAllowed() &&
       performance.now() >= this.#timedOffUntil
     ) {
-      const rc = this.#ring.enterTimed(0, t);
+      const rc = this.#ring.enterTimed(
+        0,
+        t,
+        Math.max(1, Math.floor(this.#inflight * uringTuning.timedMinFrac)),
+      );
       // Nothing completed within the wait: a slow device; wait on the pool thread for a while.
       if (rc === -ETIME) this.#timedOffUntil = performance.now() + uringTuning.timedCoolMs;
       else if (rc >= 0 || rc === -EINTR) {

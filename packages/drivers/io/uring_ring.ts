@@ -229,7 +229,7 @@ export class Ring {
    * wakes at the completion, without a hand-off to another thread. Returns the number
    * submitted, or -errno (-ETIME: nothing completed in time).
    */
-  enterTimed(toSubmit: number, usec: number): number {
+  enterTimed(toSubmit: number, usec: number, minComplete = 1): number {
     const a = this.#waitArg;
     // struct io_uring_getevents_arg { u64 sigmask; u32 sigmask_sz; u32 pad; u64 ts; } and
     // struct __kernel_timespec { i64 tv_sec; i64 tv_nsec; } right after it.
@@ -239,7 +239,7 @@ export class Ring {
       SYS.IO_URING_ENTER,
       this.fd,
       toSubmit,
-      1,
+      minComplete,
       ENTER_GETEVENTS | ENTER_EXT_ARG,
       a.ptr,
       // Deno takes numbers for 64-bit parameters (its types say bigint only).
