@@ -1,6 +1,6 @@
 /**
- * `@blockgraph/cli`: the `blockgraph` command. `img` speaks qemu-img's command line
- * (`create`, `info`), `io` speaks qemu-io's, `daemon` speaks qemu-storage-daemon's (a QMP
+ * `@blockgraph/cli`: the `blockgraph` command. `img` speaks qemu-img's command line, `io`
+ * speaks qemu-io's, `daemon` speaks qemu-storage-daemon's (a QMP
  * monitor and NBD exports). Each runs in-process with injectable standard
  * streams, so tests capture output without spawning.
  *

@@ -14,7 +14,7 @@ export const MAIN_USAGE = `Usage: blockgraph COMMAND [ARGS]...
 A storage block layer.
 
 Commands:
-  img    disk image utility (speaks qemu-img: create, info)
+  img    disk image utility (speaks qemu-img)
   io     disk exerciser (speaks qemu-io)
   daemon storage daemon: QMP monitor and NBD exports (speaks qemu-storage-daemon)
 

@@ -4,19 +4,20 @@
  * @module
  */
 
-import cliPackage from "../deno.json" with { type: "json" };
+import { PACKAGE_STRING, QEMU_COMPAT } from "../common/version.ts";
 import type { QmpCommand } from "./daemon.ts";
 import { genericError } from "./qmp_error.ts";
 
-/** QEMU's VersionInfo for blockgraph's own version (the cli package's). */
+/**
+ * QEMU's VersionInfo: the QEMU release whose QMP the monitor speaks, and blockgraph's version
+ * as the package string (see `common/version.ts`).
+ */
 export function versionInfo(): {
   qemu: { micro: number; minor: number; major: number };
   package: string;
 } {
-  const [major = 0, minor = 0, micro = 0] = cliPackage.version.split(/[.-]/).map((p) =>
-    Number.parseInt(p, 10) || 0
-  );
-  return { qemu: { micro, minor, major }, package: `blockgraph ${cliPackage.version}` };
+  const { major, minor, micro } = QEMU_COMPAT;
+  return { qemu: { micro, minor, major }, package: PACKAGE_STRING };
 }
 
 /** Capabilities the monitor offers in its greeting (none: no out-of-band execution). */

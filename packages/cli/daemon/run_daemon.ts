@@ -21,7 +21,8 @@ import { defaultBanner, prepareDefault } from "./default_config.ts";
 import { DaemonDrive } from "./drive.ts";
 import { QmpMonitor } from "./monitor.ts";
 import { bitmapCommands } from "./qmp_commands_bitmaps.ts";
-import { coreCommands, versionInfo } from "./qmp_commands_core.ts";
+import { coreCommands } from "./qmp_commands_core.ts";
+import { versionText } from "../common/version.ts";
 import { mediaCommands } from "./qmp_commands_media.ts";
 import { blockExportAdd, nbdCommands, nbdServerStartArgs } from "./qmp_commands_nbd.ts";
 import { objectAdd, objectCommands, resolveTlsCreds } from "./qmp_commands_objects.ts";
@@ -152,7 +153,7 @@ export async function runDaemon(
     return 0;
   }
   if (cmd.version) {
-    io.out(`blockgraph daemon version ${versionInfo().package.replace("blockgraph ", "")}\n`);
+    io.out(versionText("qemu-storage-daemon"));
     return 0;
   }
   const daemon = createDaemon();

@@ -124,7 +124,10 @@ Deno.test("runDaemon prints help and version", async () => {
   assert(io.stdout.includes("--nbd-server addr.type=inet"));
   const v = captureIo();
   assertEquals(await runDaemon(["-V"], v, { signals: false }), 0);
-  assertEquals(v.stdout, "blockgraph daemon version 0.1.0\n");
+  assertEquals(
+    v.stdout,
+    "qemu-storage-daemon version 7.2.0 (blockgraph 0.1.0)\nCopyright (c) 2026 the blockgraph developers\n",
+  );
 });
 
 Deno.test("runDaemon serves --chardev/--monitor and exits 0 after quit, removing its sockets", async () => {

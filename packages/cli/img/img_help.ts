@@ -9,9 +9,10 @@ import type { Graph } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import type { FoundOption } from "../common/getopt.ts";
 import type { ImgObjects } from "./img_objects.ts";
+import { versionText } from "../common/version.ts";
 
-/** The version text (`-V`). */
-export const IMG_VERSION = "blockgraph img version 0.1.0 (speaks qemu-img 7.2)\n";
+/** The version text (`-V`), as qemu-img's (see `common/version.ts`). */
+export const IMG_VERSION: string = versionText("qemu-img");
 
 /** Each subcommand's syntax line, in qemu-img's order. */
 const SYNTAX: readonly string[] = [

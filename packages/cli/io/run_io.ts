@@ -19,6 +19,7 @@ import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { runCommand } from "./dispatch.ts";
 import { collectOpts } from "./session_commands.ts";
 import { IoSession, type SignalRaiser } from "./session.ts";
+import { versionText } from "../common/version.ts";
 
 /** qemu-io's `--help` text. */
 export const IO_USAGE = `Usage: qemu-io [OPTIONS]... [-c STRING]... [file]
@@ -53,8 +54,8 @@ See <https://qemu.org/contribute/report-a-bug> for how to report bugs.
 More information on the QEMU project at <https://qemu.org>.
 `;
 
-/** The version text (`-V`). */
-export const IO_VERSION = "blockgraph io version 0.1.0 (speaks qemu-io 7.2)\n";
+/** The version text (`-V`), as qemu-io's (see `common/version.ts`). */
+export const IO_VERSION: string = versionText("qemu-io");
 
 const LONG_OPTIONS: LongOption[] = [
   { name: "help", arg: "none", key: "h" },
