@@ -7,7 +7,7 @@
  * @module
  */
 
-import { BlockError, IoVector, type Node } from "@blockgraph/core";
+import { BlockError, IoVector, type Node, ReqFlags } from "@blockgraph/core";
 import { allocDataCached, unallocData } from "./data_alloc.ts";
 import { compressedPlace, decompressCluster } from "./compressed.ts";
 import type { Extent } from "./extent.ts";
@@ -104,8 +104,18 @@ async function writeWithCow(
  * again for this image) when the image file cannot, so the caller copies zeros instead.
  */
 async function zeroClusters(image: Qcow2Image, target: number, bytes: number): Promise<boolean> {
+  if (!image.external) {
+    const hit = image.map.check("data", target, bytes);
+    if (hit !== null) {
+      throw image.corrupt(
+        `Preventing invalid write on metadata (overlaps with ${hit})`,
+        target,
+        bytes,
+      );
+    }
+  }
   try {
-    await image.writeZeroesData(target, bytes);
+    await image.data.pwriteZeroes(target, bytes, ReqFlags.NO_FALLBACK);
     return true;
   } catch (e) {
     if (!(e instanceof BlockError) || e.code !== "ENOTSUP") throw e;

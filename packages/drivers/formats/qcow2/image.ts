@@ -20,7 +20,7 @@
  * @module
  */
 
-import { BlockError, type IoVector, type Node, ReqFlags } from "@blockgraph/core";
+import { BlockError, type IoVector, type Node } from "@blockgraph/core";
 import { compressedPlace } from "./compressed.ts";
 import { classify, type Extent, extentIn, extentInExt } from "./extent.ts";
 import {
@@ -263,21 +263,6 @@ export class Qcow2Image implements MetaIo {
       );
     }
     return this.file.pwritev(offset, bytes, qiov, qiovOffset);
-  }
-
-  /**
-   * Zeroes guest data clusters in the data file with a write-zeroes that may not fall back
-   * to writing zero buffers (ENOTSUP when the file cannot), after the overlap check.
-   */
-  writeZeroesData(offset: number, bytes: number): Promise<void> {
-    if (this.external) return this.data.pwriteZeroes(offset, bytes, ReqFlags.NO_FALLBACK);
-    const hit = this.map.check("data", offset, bytes);
-    if (hit !== null) {
-      return Promise.reject(
-        this.corrupt(`Preventing invalid write on metadata (overlaps with ${hit})`, offset, bytes),
-      );
-    }
-    return this.file.pwriteZeroes(offset, bytes, ReqFlags.NO_FALLBACK);
   }
 
   /** Flushes the image file. */

@@ -30,6 +30,7 @@ import { dataFileName } from "./header.ts";
 import { amendImage } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
+import { cachedDataOffset } from "./read_fast_path.ts";
 import { allocatingWrite, decompressExtent } from "./allocating_write.ts";
 import { discardSubclusters, zeroSubclusters } from "./subcluster_ops.ts";
 import { subclusterWriteStep } from "./subcluster_write.ts";
@@ -103,8 +104,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   }
 
   /**
-   * Reads guest data. A request inside one cached run of data clusters goes straight to the
-   * image file, with no async frame of its own (most random reads of an allocated image).
+   * Reads guest data. A request inside one data cluster whose L2 table is cached goes straight
+   * to the data file, with no async frame or extent of its own (most random reads of an
+   * allocated image).
    */
   preadv(offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
     try {
@@ -112,10 +114,8 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     } catch (e) {
       return Promise.reject(e);
     }
-    const ext = this.image.lookupCached(offset, bytes);
-    if (ext !== null && ext.kind === "normal" && ext.bytes === bytes) {
-      return this.image.data.preadv(ext.host, bytes, qiov, qiovOffset);
-    }
+    const host = cachedDataOffset(this.image, offset, bytes);
+    if (host >= 0) return this.image.data.preadv(host, bytes, qiov, qiovOffset);
     return this.#preadvExtents(offset, bytes, qiov, qiovOffset);
   }
 
