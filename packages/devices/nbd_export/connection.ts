@@ -342,7 +342,8 @@ export class ServerConnection implements ExportClient {
     if (!this.#structured) {
       if (length > 0) await backend.preadv(offset, length, slot.vector(length), 0, 0);
       const w = this.#writer;
-      encodeSimpleReply(w.view, w.claim(SIMPLE_REPLY_SIZE), 0, h.cookieHi, h.cookieLo);
+      const at = w.claim(SIMPLE_REPLY_SIZE);
+      encodeSimpleReply(w.view, at, 0, h.cookieHi, h.cookieLo);
       if (length > 0) await w.send(slot.buf.subarray(0, length));
       return;
     }
@@ -447,27 +448,24 @@ export class ServerConnection implements ExportClient {
     });
   }
 
+  // claim() may move the writer to a fresh staging buffer: read `view` after it, never as an
+  // argument before it.
   #replyOk(h: RequestHeader): void {
     const w = this.#writer;
     if (this.#structured) {
-      encodeChunkHeader(
-        w.view,
-        w.claim(STRUCTURED_REPLY_SIZE),
-        REPLY_FLAG_DONE,
-        ReplyType.NONE,
-        h.cookieHi,
-        h.cookieLo,
-        0,
-      );
+      const at = w.claim(STRUCTURED_REPLY_SIZE);
+      encodeChunkHeader(w.view, at, REPLY_FLAG_DONE, ReplyType.NONE, h.cookieHi, h.cookieLo, 0);
     } else {
-      encodeSimpleReply(w.view, w.claim(SIMPLE_REPLY_SIZE), 0, h.cookieHi, h.cookieLo);
+      const at = w.claim(SIMPLE_REPLY_SIZE);
+      encodeSimpleReply(w.view, at, 0, h.cookieHi, h.cookieLo);
     }
   }
 
   #replyError(h: RequestHeader, err: RequestError): void {
     const w = this.#writer;
     if (!this.#structured) {
-      encodeSimpleReply(w.view, w.claim(SIMPLE_REPLY_SIZE), err.errno, h.cookieHi, h.cookieLo);
+      const at = w.claim(SIMPLE_REPLY_SIZE);
+      encodeSimpleReply(w.view, at, err.errno, h.cookieHi, h.cookieLo);
       return;
     }
     const payload = encodeErrorPayload(err.errno, err.message.slice(0, 256));

@@ -92,7 +92,8 @@ function send(
 ) {
   const h = newRequestHeader();
   Object.assign(h, { type, flags, offset, length, cookieHi: 7, cookieLo: cookie++ });
-  encodeRequest(r.writer.view, r.writer.claim(28), h);
+  const at = r.writer.claim(28);
+  encodeRequest(r.writer.view, at, h);
   if (data) r.writer.copy(data);
   return h.cookieLo;
 }
@@ -383,4 +384,41 @@ Deno.test("nbd client fails requests with EIO once the server is gone", async ()
   assert(Date.now() - started < 3000, "failed within the reconnect delay");
   await node!.unref("t");
   await graph.closeAll();
+});
+
+Deno.test("NbdServer replies stay whole when they fill the send queue of a client not reading", async () => {
+  await withServer(async ({ sock, node }) => {
+    // Each read reply (20 + 8 + 65508 bytes) is a quarter of the writer's staging buffer, so
+    // write replies keep landing exactly where the buffer is full.
+    const len = 65536 - 28;
+    await node.write(0, pattern(SIZE, 5));
+    const r = await raw(sock);
+    const expected = new Map<number, number>();
+    for (let i = 0; i < 100; i++) {
+      if (i % 5 === 4) {
+        expected.set(send(r, Cmd.WRITE, 0, SIZE - 4096, 4096, pattern(4096, 5)), -1);
+      } else {
+        expected.set(send(r, Cmd.READ, 0, i * len, len), i * len);
+      }
+    }
+    const want = pattern(SIZE, 5);
+    // Let the replies pile up behind the full socket before reading any.
+    await new Promise((ok) => setTimeout(ok, 100));
+    // A stream out of step would leave the reads below waiting for bytes that never come.
+    const timer = setTimeout(() => r.conn.close(), 10_000);
+    for (let n = 0; n < 100; n++) {
+      const c = await chunk(r);
+      const offset = expected.get(c.cookie);
+      assert(offset !== undefined, `reply ${n}: unknown cookie ${c.cookie}`);
+      expected.delete(c.cookie);
+      if (offset < 0) {
+        assertEquals(c.type, ReplyType.NONE, `reply ${n}: write acknowledged`);
+        continue;
+      }
+      assertEquals(c.type, ReplyType.OFFSET_DATA, `reply ${n}: read data`);
+      assertBytesEqual(c.data.subarray(8), want.subarray(offset, offset + len), `reply ${n}`);
+    }
+    clearTimeout(timer);
+    r.conn.close();
+  });
 });
