@@ -422,3 +422,28 @@ Deno.test("NbdServer replies stay whole when they fill the send queue of a clien
     r.conn.close();
   });
 });
+
+Deno.test("NbdServer sparse reads in a data run skip block status, and trims end the run", async () => {
+  await withServer(async ({ sock, node }) => {
+    await node.write(0, pattern(4 * 65536, 2));
+    const r = await raw(sock);
+    const types = async (offset: number, length: number) => {
+      const id = send(r, Cmd.READ, 0, offset, length);
+      const out: number[] = [];
+      for (;;) {
+        const c = await chunk(r);
+        assertEquals(c.cookie, id, "cookie");
+        out.push(c.type);
+        if (c.flags & 1) return out.join();
+      }
+    };
+    assertEquals(await types(0, 2 * 65536), "1", "all data: one chunk");
+    // The node changes under the export: the run still says data, and data is what is sent.
+    await node.pdiscard(65536, 65536);
+    assertEquals(await types(65536, 65536), "1", "inside the run: data, read as it is");
+    send(r, Cmd.TRIM, 0, 2 * 65536, 65536);
+    assertEquals((await chunk(r)).type, ReplyType.NONE, "trim acknowledged");
+    assertEquals(await types(0, 4 * 65536), "1,2,1", "after the export's own trim: holes again");
+    r.conn.close();
+  });
+});
