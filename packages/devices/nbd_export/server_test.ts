@@ -447,3 +447,48 @@ Deno.test("NbdServer sparse reads in a data run skip block status, and trims end
     r.conn.close();
   });
 });
+
+Deno.test("NbdServer takes writes whose payload trickles in and writes pipelined in one segment", async () => {
+  await withServer(async ({ sock, node }) => {
+    const r = await raw(sock);
+    // One write sent a few bytes per socket write: header and payload split many ways.
+    const h = newRequestHeader();
+    Object.assign(h, { type: Cmd.WRITE, flags: 0, offset: 8192, length: 20000 });
+    Object.assign(h, { cookieHi: 7, cookieLo: 999 });
+    const msg = new Uint8Array(28 + 20000);
+    encodeRequest(new DataView(msg.buffer), 0, h);
+    msg.set(pattern(20000, 8), 28);
+    for (let at = 0, step = 1; at < msg.length; at += step, step = step * 3 % 4099 + 1) {
+      await r.conn.write(msg.subarray(at, Math.min(msg.length, at + step)));
+      if (at < 200) await new Promise((ok) => setTimeout(ok, 1));
+    }
+    const c = await chunk(r);
+    assertEquals([c.cookie, c.type].join(), "999,0", "the trickled write acknowledged");
+    // Then 64 writes of 4 KiB (and their headers) in one socket write.
+    const n = 64;
+    const batch = new Uint8Array(n * (28 + 4096));
+    for (let i = 0; i < n; i++) {
+      Object.assign(h, { offset: 65536 + i * 4096, length: 4096, cookieLo: 1000 + i });
+      encodeRequest(new DataView(batch.buffer), i * (28 + 4096), h);
+      batch.set(pattern(4096, 20 + i), i * (28 + 4096) + 28);
+    }
+    await r.writer.idle();
+    for (let at = 0; at < batch.length;) at += await r.conn.write(batch.subarray(at));
+    const seen = new Set<number>();
+    for (let i = 0; i < n; i++) {
+      const c = await chunk(r);
+      assertEquals(c.type, ReplyType.NONE, "write acknowledged");
+      seen.add(c.cookie);
+    }
+    assertEquals(seen.size, n, "every cookie answered once");
+    const got = new Uint8Array(20000);
+    await node.read(8192, got);
+    assertBytesEqual(got, pattern(20000, 8), "trickled payload");
+    const all = new Uint8Array(n * 4096);
+    await node.read(65536, all);
+    for (let i = 0; i < n; i++) {
+      assertBytesEqual(all.subarray(i * 4096, (i + 1) * 4096), pattern(4096, 20 + i), `write ${i}`);
+    }
+    r.conn.close();
+  });
+});
