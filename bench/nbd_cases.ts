@@ -6,6 +6,14 @@
  * 7.2 stalls on TCP, see the NBD server's TCP_NODELAY comment). Our daemon serves the file
  * through the file driver (`aio=io_uring`, page cache), qemu-nbd through io_uring too.
  *
+ * Like for like: all three use the page cache (writeback: no FUA, and qemu-img bench sends no
+ * flush inside the timed run), the same raw file, and structured replies. They differ in what
+ * each does natively: nbdkit's file plugin writes with pwrite on its own worker threads;
+ * qemu-nbd and ours submit to io_uring, which hands ext4 page-cache writes to io-wq worker
+ * threads (ext4 refuses RWF_NOWAIT). nbdcopy opens four connections to ours and to nbdkit,
+ * which advertise multi-conn, but one to qemu-nbd (QEMU advertises it on writable exports
+ * only when asked: `nbdinfo` says `can_multi_conn: false`).
+ *
  * Each run starts its server, runs the client, and stops the server, so cases need no
  * teardown; the time is the client's (qemu-img's "Run completed in", nbdcopy's wall time) and
  * the CPU is the server's (`/proc/PID/stat` user+system over the client's run only).

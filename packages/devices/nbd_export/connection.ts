@@ -7,7 +7,7 @@
  * @module
  */
 
-import { BlockError, IoVector, ReqFlags } from "@blockgraph/core";
+import { BlockError, BlockStatusFlags, IoVector, ReqFlags } from "@blockgraph/core";
 import {
   Cmd,
   CmdFlags,
@@ -37,6 +37,8 @@ import { type ExportLookup, type Negotiated, serverHandshake } from "./handshake
 import { ALLOCATION_DEPTH_ID, type MetaContext } from "./meta_context.ts";
 import { allocationFlags, bitmapExtents, collectExtents, statusAbove } from "./extents.ts";
 
+const DATA_OR_ZERO = BlockStatusFlags.DATA | BlockStatusFlags.ZERO;
+
 /** Requests one connection processes at once; further requests wait in the socket. */
 export const MAX_REQUESTS = 64;
 /** Block status replies carry at most this many extents per context. */
@@ -47,24 +49,48 @@ const KEEP_BUFFER = 1024 * 1024;
 const SPARSE_READ_MIN = 64 * 1024;
 /** Pieces NBD_CMD_CACHE reads in. */
 const CACHE_PIECE = 1024 * 1024;
+/**
+ * Sparse reads ask block status about this much (at least the read), so that one answer
+ * covers the reads that follow in the same data run (see {@link DataRuns}).
+ */
+const STATUS_WINDOW = 64 * 1024 * 1024;
+
+/**
+ * Room in front of a slot's data for the reply header (simple 16 bytes, a data chunk 20 + 8),
+ * so that a read reply goes out as one socket write, header and data together.
+ */
+const HEAD_ROOM = 32;
 
 /** A request in progress: its header, its payload buffer and a vector over it. */
 class Slot {
   readonly header: RequestHeader = newRequestHeader();
+  /** The payload at {@link HEAD_ROOM}, the reply header right before it. */
   buf: Uint8Array = new Uint8Array(0);
+  view: DataView = new DataView(this.buf.buffer);
   readonly qiov: IoVector = new IoVector();
 
-  /** A vector over the first `n` bytes of the slot's buffer, grown as needed. */
+  /** A vector over the first `n` payload bytes of the slot's buffer, grown as needed. */
   vector(n: number): IoVector {
-    if (this.buf.length < n) this.buf = new Uint8Array(Math.max(n, 64 * 1024));
+    if (this.buf.length < HEAD_ROOM + n) {
+      this.buf = new Uint8Array(HEAD_ROOM + Math.max(n, 64 * 1024));
+      this.view = new DataView(this.buf.buffer);
+    }
     this.qiov.reset();
-    this.qiov.add(this.buf.subarray(0, n));
+    this.qiov.add(this.buf.subarray(HEAD_ROOM, HEAD_ROOM + n));
     return this.qiov;
+  }
+
+  /** The `n` payload bytes preceded by the `head` header bytes before them. */
+  message(head: number, n: number): Uint8Array {
+    return this.buf.subarray(HEAD_ROOM - head, HEAD_ROOM + n);
   }
 
   /** Forgets a large buffer so an idle connection does not keep it. */
   trim(): void {
-    if (this.buf.length > KEEP_BUFFER) this.buf = new Uint8Array(0);
+    if (this.buf.length > HEAD_ROOM + KEEP_BUFFER) {
+      this.buf = new Uint8Array(0);
+      this.view = new DataView(this.buf.buffer);
+    }
     this.qiov.reset();
   }
 }
@@ -233,7 +259,7 @@ export class ServerConnection implements ExportClient {
         if (h.length > NBD_MAX_BUFFER_SIZE) return;
         const q = slot.vector(h.length);
         if (reader.available >= h.length) {
-          slot.buf.set(reader.buf.subarray(reader.pos, reader.pos + h.length));
+          slot.buf.set(reader.buf.subarray(reader.pos, reader.pos + h.length), HEAD_ROOM);
           reader.consume(h.length);
         } else {
           await reader.readInto(q.iov[0]!);
@@ -313,14 +339,18 @@ export class ServerConnection implements ExportClient {
         await backend.flush();
         return this.#replyOk(h);
       case Cmd.TRIM:
+        exp.dataRuns.forget(offset, length);
         if (length > 0) await backend.pdiscard(offset, length);
+        exp.dataRuns.forget(offset, length);
         if (fua) await backend.flush();
         return this.#replyOk(h);
       case Cmd.WRITE_ZEROES: {
         let zf = fua;
         if (!(flags & CmdFlags.NO_HOLE)) zf |= ReqFlags.MAY_UNMAP;
         if (flags & CmdFlags.FAST_ZERO) zf |= ReqFlags.NO_FALLBACK;
+        exp.dataRuns.forget(offset, length);
         if (length > 0) await backend.pwriteZeroes(offset, length, zf);
+        exp.dataRuns.forget(offset, length);
         return this.#replyOk(h);
       }
       case Cmd.CACHE:
@@ -341,15 +371,15 @@ export class ServerConnection implements ExportClient {
     const { offset, length } = h;
     if (!this.#structured) {
       if (length > 0) await backend.preadv(offset, length, slot.vector(length), 0, 0);
-      const w = this.#writer;
-      encodeSimpleReply(w.view, w.claim(SIMPLE_REPLY_SIZE), 0, h.cookieHi, h.cookieLo);
-      if (length > 0) await w.send(slot.buf.subarray(0, length));
+      else slot.vector(0);
+      encodeSimpleReply(slot.view, HEAD_ROOM - SIMPLE_REPLY_SIZE, 0, h.cookieHi, h.cookieLo);
+      await this.#writer.send(slot.message(SIMPLE_REPLY_SIZE, length));
       return;
     }
     if (length === 0) return this.#replyOk(h);
     // Sparse reads: ranges that read as zeros go as holes, unless the client wants one chunk.
     // Small reads skip the status query: it costs more than the zeros it would save.
-    const st = df || length < SPARSE_READ_MIN ? null : await statusAbove(backend, offset, length);
+    const st = df || length < SPARSE_READ_MIN ? null : await this.#status(offset, length);
     if (st && st.pnum >= length) {
       if (allocationFlags(st.status) & 2) return this.#sendHole(h, offset, length, true);
       return this.#sendData(slot, offset, length, true);
@@ -369,22 +399,26 @@ export class ServerConnection implements ExportClient {
     if (at < end) await this.#sendData(slot, at, end - at, true);
   }
 
+  /** Block status at `offset` for a sparse read of `length` bytes, through the data run. */
+  async #status(offset: number, length: number): Promise<{ status: number; pnum: number }> {
+    const exp = this.#exp!;
+    if (exp.dataRuns.covers(offset, length)) return { status: BlockStatusFlags.DATA, pnum: length };
+    const window = Math.max(length, Math.min(STATUS_WINDOW, exp.backend.getLength() - offset));
+    const st = await statusAbove(exp.backend, offset, window);
+    if ((st.status & DATA_OR_ZERO) === BlockStatusFlags.DATA) exp.dataRuns.note(offset, st.pnum);
+    return st;
+  }
+
   async #sendData(slot: Slot, offset: number, n: number, last: boolean): Promise<void> {
     const h = slot.header;
     await this.#exp!.backend.preadv(offset, n, slot.vector(n), 0, 0);
-    const w = this.#writer;
-    const at = w.claim(STRUCTURED_REPLY_SIZE + 8);
-    encodeChunkHeader(
-      w.view,
-      at,
-      last ? REPLY_FLAG_DONE : 0,
-      ReplyType.OFFSET_DATA,
-      h.cookieHi,
-      h.cookieLo,
-      n + 8,
-    );
-    setU64(w.view, at + STRUCTURED_REPLY_SIZE, offset);
-    await w.send(slot.buf.subarray(0, n));
+    const head = STRUCTURED_REPLY_SIZE + 8;
+    const at = HEAD_ROOM - head;
+    const flags = last ? REPLY_FLAG_DONE : 0;
+    const v = slot.view;
+    encodeChunkHeader(v, at, flags, ReplyType.OFFSET_DATA, h.cookieHi, h.cookieLo, n + 8);
+    setU64(v, at + STRUCTURED_REPLY_SIZE, offset);
+    await this.#writer.send(slot.message(head, n));
   }
 
   #sendHole(h: RequestHeader, offset: number, n: number, last: boolean): void {
@@ -447,27 +481,24 @@ export class ServerConnection implements ExportClient {
     });
   }
 
+  // claim() may move the writer to a fresh staging buffer: read `view` after it, never as an
+  // argument before it.
   #replyOk(h: RequestHeader): void {
     const w = this.#writer;
     if (this.#structured) {
-      encodeChunkHeader(
-        w.view,
-        w.claim(STRUCTURED_REPLY_SIZE),
-        REPLY_FLAG_DONE,
-        ReplyType.NONE,
-        h.cookieHi,
-        h.cookieLo,
-        0,
-      );
+      const at = w.claim(STRUCTURED_REPLY_SIZE);
+      encodeChunkHeader(w.view, at, REPLY_FLAG_DONE, ReplyType.NONE, h.cookieHi, h.cookieLo, 0);
     } else {
-      encodeSimpleReply(w.view, w.claim(SIMPLE_REPLY_SIZE), 0, h.cookieHi, h.cookieLo);
+      const at = w.claim(SIMPLE_REPLY_SIZE);
+      encodeSimpleReply(w.view, at, 0, h.cookieHi, h.cookieLo);
     }
   }
 
   #replyError(h: RequestHeader, err: RequestError): void {
     const w = this.#writer;
     if (!this.#structured) {
-      encodeSimpleReply(w.view, w.claim(SIMPLE_REPLY_SIZE), err.errno, h.cookieHi, h.cookieLo);
+      const at = w.claim(SIMPLE_REPLY_SIZE);
+      encodeSimpleReply(w.view, at, err.errno, h.cookieHi, h.cookieLo);
       return;
     }
     const payload = encodeErrorPayload(err.errno, err.message.slice(0, 256));

@@ -17,6 +17,7 @@ import {
   type Node,
   Perm,
 } from "@blockgraph/core";
+import { DataRuns } from "./extents.ts";
 import {
   type BlockSizes,
   NBD_MAX_BUFFER_SIZE,
@@ -119,6 +120,8 @@ export class NbdExport {
   readonly bitmaps: readonly DirtyBitmap[];
   /** Whether the `qemu:allocation-depth` context is offered. */
   readonly allocationDepth: boolean;
+  /** The data runs sparse reads of every connection share. */
+  readonly dataRuns: DataRuns = new DataRuns();
   readonly #blockSizes: Partial<BlockSizes>;
   readonly #ownsBackend: boolean;
   readonly #clients = new Set<ExportClient>();

@@ -56,6 +56,48 @@ export async function statusAbove(
   return { status: 0, pnum };
 }
 
+/** How many data runs an export remembers: one per client stream (nbdcopy opens four). */
+const DATA_RUNS = 8;
+
+/**
+ * The last few runs that block status said hold data (neither a hole nor zeros), so that
+ * sparse reads inside one skip the query (for a file, an lseek pair per read). Answering
+ * "data" is always correct for a read, whatever changed since: the bytes are read and sent as
+ * they are; only the hole chunks a fresh answer might have allowed are lost. So the runs need
+ * not follow every writer of the node; the export forgets them when its own clients trim or
+ * write zeroes.
+ */
+export class DataRuns {
+  readonly #start = new Float64Array(DATA_RUNS);
+  readonly #end = new Float64Array(DATA_RUNS);
+  #next = 0;
+
+  /** Whether `[offset, offset+bytes)` lies inside one run. */
+  covers(offset: number, bytes: number): boolean {
+    for (let i = 0; i < DATA_RUNS; i++) {
+      if (offset >= this.#start[i]! && offset + bytes <= this.#end[i]!) return true;
+    }
+    return false;
+  }
+
+  /** Remembers `[offset, offset+bytes)` as data, in place of the oldest run. */
+  note(offset: number, bytes: number): void {
+    const i = this.#next;
+    this.#next = (i + 1) % DATA_RUNS;
+    this.#start[i] = offset;
+    this.#end[i] = offset + bytes;
+  }
+
+  /** Forgets every run that overlaps `[offset, offset+bytes)`. */
+  forget(offset: number, bytes: number): void {
+    for (let i = 0; i < DATA_RUNS; i++) {
+      if (offset < this.#end[i]! && offset + bytes > this.#start[i]!) {
+        this.#start[i] = this.#end[i] = 0;
+      }
+    }
+  }
+}
+
 /** `base:allocation` flags for BlockStatusFlags bits. */
 export function allocationFlags(status: number): number {
   return (status & BlockStatusFlags.DATA ? 0 : StateFlags.HOLE) |

@@ -92,7 +92,8 @@ function send(
 ) {
   const h = newRequestHeader();
   Object.assign(h, { type, flags, offset, length, cookieHi: 7, cookieLo: cookie++ });
-  encodeRequest(r.writer.view, r.writer.claim(28), h);
+  const at = r.writer.claim(28);
+  encodeRequest(r.writer.view, at, h);
   if (data) r.writer.copy(data);
   return h.cookieLo;
 }
@@ -383,4 +384,111 @@ Deno.test("nbd client fails requests with EIO once the server is gone", async ()
   assert(Date.now() - started < 3000, "failed within the reconnect delay");
   await node!.unref("t");
   await graph.closeAll();
+});
+
+Deno.test("NbdServer replies stay whole when they fill the send queue of a client not reading", async () => {
+  await withServer(async ({ sock, node }) => {
+    // Each read reply (20 + 8 + 65508 bytes) is a quarter of the writer's staging buffer, so
+    // write replies keep landing exactly where the buffer is full.
+    const len = 65536 - 28;
+    await node.write(0, pattern(SIZE, 5));
+    const r = await raw(sock);
+    const expected = new Map<number, number>();
+    for (let i = 0; i < 100; i++) {
+      if (i % 5 === 4) {
+        expected.set(send(r, Cmd.WRITE, 0, SIZE - 4096, 4096, pattern(4096, 5)), -1);
+      } else {
+        expected.set(send(r, Cmd.READ, 0, i * len, len), i * len);
+      }
+    }
+    const want = pattern(SIZE, 5);
+    // Let the replies pile up behind the full socket before reading any.
+    await new Promise((ok) => setTimeout(ok, 100));
+    // A stream out of step would leave the reads below waiting for bytes that never come.
+    const timer = setTimeout(() => r.conn.close(), 10_000);
+    for (let n = 0; n < 100; n++) {
+      const c = await chunk(r);
+      const offset = expected.get(c.cookie);
+      assert(offset !== undefined, `reply ${n}: unknown cookie ${c.cookie}`);
+      expected.delete(c.cookie);
+      if (offset < 0) {
+        assertEquals(c.type, ReplyType.NONE, `reply ${n}: write acknowledged`);
+        continue;
+      }
+      assertEquals(c.type, ReplyType.OFFSET_DATA, `reply ${n}: read data`);
+      assertBytesEqual(c.data.subarray(8), want.subarray(offset, offset + len), `reply ${n}`);
+    }
+    clearTimeout(timer);
+    r.conn.close();
+  });
+});
+
+Deno.test("NbdServer sparse reads in a data run skip block status, and trims end the run", async () => {
+  await withServer(async ({ sock, node }) => {
+    await node.write(0, pattern(4 * 65536, 2));
+    const r = await raw(sock);
+    const types = async (offset: number, length: number) => {
+      const id = send(r, Cmd.READ, 0, offset, length);
+      const out: number[] = [];
+      for (;;) {
+        const c = await chunk(r);
+        assertEquals(c.cookie, id, "cookie");
+        out.push(c.type);
+        if (c.flags & 1) return out.join();
+      }
+    };
+    assertEquals(await types(0, 2 * 65536), "1", "all data: one chunk");
+    // The node changes under the export: the run still says data, and data is what is sent.
+    await node.pdiscard(65536, 65536);
+    assertEquals(await types(65536, 65536), "1", "inside the run: data, read as it is");
+    send(r, Cmd.TRIM, 0, 2 * 65536, 65536);
+    assertEquals((await chunk(r)).type, ReplyType.NONE, "trim acknowledged");
+    assertEquals(await types(0, 4 * 65536), "1,2,1", "after the export's own trim: holes again");
+    r.conn.close();
+  });
+});
+
+Deno.test("NbdServer takes writes whose payload trickles in and writes pipelined in one segment", async () => {
+  await withServer(async ({ sock, node }) => {
+    const r = await raw(sock);
+    // One write sent a few bytes per socket write: header and payload split many ways.
+    const h = newRequestHeader();
+    Object.assign(h, { type: Cmd.WRITE, flags: 0, offset: 8192, length: 20000 });
+    Object.assign(h, { cookieHi: 7, cookieLo: 999 });
+    const msg = new Uint8Array(28 + 20000);
+    encodeRequest(new DataView(msg.buffer), 0, h);
+    msg.set(pattern(20000, 8), 28);
+    for (let at = 0, step = 1; at < msg.length; at += step, step = step * 3 % 4099 + 1) {
+      await r.conn.write(msg.subarray(at, Math.min(msg.length, at + step)));
+      if (at < 200) await new Promise((ok) => setTimeout(ok, 1));
+    }
+    const c = await chunk(r);
+    assertEquals([c.cookie, c.type].join(), "999,0", "the trickled write acknowledged");
+    // Then 64 writes of 4 KiB (and their headers) in one socket write.
+    const n = 64;
+    const batch = new Uint8Array(n * (28 + 4096));
+    for (let i = 0; i < n; i++) {
+      Object.assign(h, { offset: 65536 + i * 4096, length: 4096, cookieLo: 1000 + i });
+      encodeRequest(new DataView(batch.buffer), i * (28 + 4096), h);
+      batch.set(pattern(4096, 20 + i), i * (28 + 4096) + 28);
+    }
+    await r.writer.idle();
+    for (let at = 0; at < batch.length;) at += await r.conn.write(batch.subarray(at));
+    const seen = new Set<number>();
+    for (let i = 0; i < n; i++) {
+      const c = await chunk(r);
+      assertEquals(c.type, ReplyType.NONE, "write acknowledged");
+      seen.add(c.cookie);
+    }
+    assertEquals(seen.size, n, "every cookie answered once");
+    const got = new Uint8Array(20000);
+    await node.read(8192, got);
+    assertBytesEqual(got, pattern(20000, 8), "trickled payload");
+    const all = new Uint8Array(n * 4096);
+    await node.read(65536, all);
+    for (let i = 0; i < n; i++) {
+      assertBytesEqual(all.subarray(i * 4096, (i + 1) * 4096), pattern(4096, 20 + i), `write ${i}`);
+    }
+    r.conn.close();
+  });
 });

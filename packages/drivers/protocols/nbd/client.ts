@@ -208,7 +208,9 @@ export class NbdClient {
     h.offset = p.offset;
     h.length = p.length;
     const w = s.writer;
-    encodeRequest(w.view, w.claim(REQUEST_SIZE), h);
+    // claim() may move the writer to a fresh staging buffer: read `view` after it.
+    const at = w.claim(REQUEST_SIZE);
+    encodeRequest(w.view, at, h);
     if (p.type === Cmd.WRITE && p.length > 0) {
       const q = p.qiov!;
       const whole = q.contiguous(p.qiovOffset, p.length);
@@ -403,7 +405,8 @@ export class NbdClient {
       h.cookieLo = 0;
       h.offset = 0;
       h.length = 0;
-      encodeRequest(s.writer.view, s.writer.claim(REQUEST_SIZE), h);
+      const at = s.writer.claim(REQUEST_SIZE);
+      encodeRequest(s.writer.view, at, h);
       await s.writer.idle();
       this.#lost(s);
     }
