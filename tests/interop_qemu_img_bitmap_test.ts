@@ -116,29 +116,41 @@ const CASES: string[][] = [
   ["bitmap", "--foo", "a.qcow2", "b0"],
 ];
 
-Deno.test("img bitmap changes qemu-img's bitmaps as qemu-img bitmap does", async () => {
+/**
+ * Makes the images once, then for each of `cases` copies them afresh into `a` (for qemu-img)
+ * and `b` (for ours) and runs `fn`.
+ */
+async function onFreshCopies(
+  cases: string[][],
+  fn: (args: string[], a: string, b: string) => Promise<void>,
+): Promise<void> {
   await ensurePeers(["qemu-img", "qemu-io"]);
   const src = await Deno.makeTempDir();
   const a = await Deno.makeTempDir();
   const b = await Deno.makeTempDir();
   try {
     await makeImages(src);
-    for (const args of CASES) {
+    for (const args of cases) {
       for (const d of [a, b]) {
         await runPeer("find", [d, "-mindepth", "1", "-delete"], { cwd: d });
         await runPeer("cp", ["-a", `${src}/.`, d], { cwd: src });
       }
-      const theirs = await runPeer("qemu-img", args, { cwd: a });
-      const mine = await runOurImg(args, b);
-      // QEMU's generated node names carry a random part.
-      const norm = (r: PeerResult) => ({ ...r, err: r.err.replace(/#block\d+/g, "#blockN") });
-      assertEquals({ args, ...norm(mine) }, { args, ...norm(theirs) });
-      assertEquals({ args, state: await state(b) }, { args, state: await state(a) });
+      await fn(args, a, b);
     }
   } finally {
     for (const d of [src, a, b]) await Deno.remove(d, { recursive: true });
   }
-});
+}
+
+Deno.test("img bitmap changes qemu-img's bitmaps as qemu-img bitmap does", () =>
+  onFreshCopies(CASES, async (args, a, b) => {
+    const theirs = await runPeer("qemu-img", args, { cwd: a });
+    const mine = await runOurImg(args, b);
+    // QEMU's generated node names carry a random part.
+    const norm = (r: PeerResult) => ({ ...r, err: r.err.replace(/#block\d+/g, "#blockN") });
+    assertEquals({ args, ...norm(mine) }, { args, ...norm(theirs) });
+    assertEquals({ args, state: await state(b) }, { args, state: await state(a) });
+  }));
 
 const CONVERT_CASES: string[][] = [
   ["convert", "--bitmaps", "-O", "qcow2", "a.qcow2", "o.qcow2"],
@@ -154,30 +166,16 @@ const CONVERT_CASES: string[][] = [
   ["convert", "--bitmaps", "-n", "-O", "qcow2", "a.qcow2", "s.qcow2"],
 ];
 
-Deno.test("img convert --bitmaps copies qemu-img's bitmaps as qemu-img convert does", async () => {
-  await ensurePeers(["qemu-img", "qemu-io"]);
-  const src = await Deno.makeTempDir();
-  const a = await Deno.makeTempDir();
-  const b = await Deno.makeTempDir();
-  try {
-    await makeImages(src);
-    for (const args of CONVERT_CASES) {
-      for (const d of [a, b]) {
-        await runPeer("find", [d, "-mindepth", "1", "-delete"], { cwd: d });
-        await runPeer("cp", ["-a", `${src}/.`, d], { cwd: src });
-      }
-      const theirs = await runPeer("qemu-img", args, { cwd: a });
-      const mine = await runOurImg(args, b);
-      assertEquals({ args, ...mine }, { args, ...theirs });
-      const made: string[] = [];
-      for await (const e of Deno.readDir(a)) if (e.name.startsWith("o.qcow2")) made.push(e.name);
-      const names = [...made, "s.qcow2"];
-      assertEquals(
-        { args, state: await state(b, names) },
-        { args, state: await state(a, names) },
-      );
-    }
-  } finally {
-    for (const d of [src, a, b]) await Deno.remove(d, { recursive: true });
-  }
-});
+Deno.test("img convert --bitmaps copies qemu-img's bitmaps as qemu-img convert does", () =>
+  onFreshCopies(CONVERT_CASES, async (args, a, b) => {
+    const theirs = await runPeer("qemu-img", args, { cwd: a });
+    const mine = await runOurImg(args, b);
+    assertEquals({ args, ...mine }, { args, ...theirs });
+    const made: string[] = [];
+    for await (const e of Deno.readDir(a)) if (e.name.startsWith("o.qcow2")) made.push(e.name);
+    const names = [...made, "s.qcow2"];
+    assertEquals(
+      { args, state: await state(b, names) },
+      { args, state: await state(a, names) },
+    );
+  }));
