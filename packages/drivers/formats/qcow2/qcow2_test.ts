@@ -14,6 +14,7 @@ import {
   pattern,
   runConformance,
 } from "../../conformance/mod.ts";
+import { formatOverFile } from "../file_target_testing.ts";
 import { fileDriver } from "../../protocols/file.ts";
 import { memoryDriver } from "../../protocols/memory.ts";
 import { rawDriver } from "../raw.ts";
@@ -63,29 +64,13 @@ for (
   });
 }
 
-const tempDirs: string[] = [];
-
-runConformance("qcow2 over file", {
-  registry,
-  capabilities: { persistent: true, resize: true, growsOnWrite: false },
-  async open(graph, { readOnly }) {
-    const dir = await Deno.makeTempDir({ prefix: "blockgraph-qcow2-" });
-    tempDirs.push(dir);
-    await qcow2Driver.create!({ filename: `${dir}/disk.qcow2`, size: SIZE }, registry);
-    return graph.open(
-      {
-        driver: "qcow2",
-        discard: "unmap",
-        "read-only": readOnly,
-        file: { driver: "file", filename: `${dir}/disk.qcow2` },
-      },
-      CONFORMANCE_HOLDER,
-    );
-  },
-  async cleanup() {
-    for (const dir of tempDirs.splice(0)) await Deno.remove(dir, { recursive: true });
-  },
-});
+runConformance(
+  "qcow2 over file",
+  formatOverFile(qcow2Driver, registry, { persistent: true, resize: true, growsOnWrite: false }, {
+    size: SIZE,
+    filename: "disk.qcow2",
+  }),
+);
 
 Deno.test("qcow2 allocating write zeroes the rest of the cluster", () =>
   withGraph(registry, async (graph) => {
