@@ -8,36 +8,9 @@ import { defaultRegistry } from "@blockgraph/drivers";
 import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/drivers/conformance";
 import { NbdServer } from "@blockgraph/devices";
 import { ensurePeers } from "./peers.ts";
+import { mustPeer, PEER_TIMEOUT_MS, runPeer } from "./peer_run.ts";
 
 const SIZE = 16 << 20;
-const PEER_TIMEOUT_MS = 30_000;
-
-async function peer(
-  cmd: string,
-  args: string[],
-): Promise<{ code: number; out: string; err: string }> {
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), PEER_TIMEOUT_MS);
-  try {
-    const r = await new Deno.Command(cmd, {
-      args,
-      stdout: "piped",
-      stderr: "piped",
-      signal: ac.signal,
-    }).output();
-    const d = new TextDecoder();
-    return { code: r.code, out: d.decode(r.stdout), err: d.decode(r.stderr) };
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function ok(cmd: string, args: string[]): Promise<string> {
-  const r = await peer(cmd, args);
-  assertEquals(r.code, 0, `${cmd} ${args.join(" ")} failed: ${r.err}`);
-  return r.out;
-}
-
 async function withExport(
   fn: (uri: string, node: Node, dir: string) => Promise<void>,
 ): Promise<void> {
@@ -74,7 +47,7 @@ const c = (...cmds: string[]) => cmds.flatMap((x) => ["-c", x]);
 
 Deno.test("qemu-io reads, writes, zeroes and discards through our NBD server", async () => {
   await withExport(async (uri, node) => {
-    await ok("qemu-io", [
+    await mustPeer("qemu-io", [
       "-f",
       "raw",
       ...c(
@@ -92,13 +65,13 @@ Deno.test("qemu-io reads, writes, zeroes and discards through our NBD server", a
     assertBytesEqual(got.subarray(0, 904), new Uint8Array(904).fill(0x5a), "written by qemu-io");
     assertBytesEqual(got.subarray(904, 907), new Uint8Array(3).fill(0x22), "aio write");
     await node.write(3 << 20, pattern(4096, 1));
-    await ok("qemu-io", [
+    await mustPeer("qemu-io", [
       "-f",
       "raw",
       ...c("read -P 0x11 1048576 4096", "read -P 0 2097152 1048576", "read -P 0 0 4096"),
       uri,
     ]);
-    const r = await peer("qemu-io", ["-f", "raw", ...c("read -P 0x33 1048576 4096"), uri]);
+    const r = await runPeer("qemu-io", ["-f", "raw", ...c("read -P 0x33 1048576 4096"), uri]);
     assert(r.out.includes("Pattern verification failed"), `a wrong pattern is caught: ${r.out}`);
   });
 });
@@ -106,21 +79,21 @@ Deno.test("qemu-io reads, writes, zeroes and discards through our NBD server", a
 Deno.test("qemu-img info and convert of our NBD export", async () => {
   await withExport(async (uri, node, dir) => {
     await node.write(5 << 20, pattern(100000, 2));
-    const info = JSON.parse(await ok("qemu-img", ["info", "--output=json", uri]));
+    const info = JSON.parse(await mustPeer("qemu-img", ["info", "--output=json", uri]));
     assertEquals(info["virtual-size"], SIZE, "virtual size");
-    await ok("qemu-img", ["convert", "-f", "raw", "-O", "raw", uri, `${dir}/copy.raw`]);
+    await mustPeer("qemu-img", ["convert", "-f", "raw", "-O", "raw", uri, `${dir}/copy.raw`]);
     const copy = await Deno.readFile(`${dir}/copy.raw`);
     assertEquals(copy.length, SIZE, "copy size");
     assertBytesEqual(copy.subarray(5 << 20, (5 << 20) + 100000), pattern(100000, 2), "copied data");
     assertBytesEqual(copy.subarray(0, 4096), new Uint8Array(4096), "copied zeros");
-    await ok("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", `${dir}/copy.raw`, uri]);
+    await mustPeer("qemu-img", ["convert", "-n", "-f", "raw", "-O", "raw", `${dir}/copy.raw`, uri]);
   });
 });
 
 Deno.test("nbdinfo --map agrees with what was written; nbdcopy copies the export", async () => {
   await withExport(async (uri, node, dir) => {
     await node.write(1 << 20, pattern(2 << 20, 3));
-    const map = JSON.parse(await ok("nbdinfo", ["--json", "--map", uri]));
+    const map = JSON.parse(await mustPeer("nbdinfo", ["--json", "--map", uri]));
     const data = map.filter((e: { type: number }) => (e.type & 1) === 0);
     assertEquals(
       JSON.stringify(data.map((e: { offset: number; length: number }) => [e.offset, e.length])),
@@ -129,13 +102,13 @@ Deno.test("nbdinfo --map agrees with what was written; nbdcopy copies the export
     );
     const total = map.reduce((n: number, e: { length: number }) => n + e.length, 0);
     assertEquals(total, SIZE, "extents cover the export");
-    const depth = await ok("nbdinfo", ["--map=qemu:allocation-depth", uri]);
+    const depth = await mustPeer("nbdinfo", ["--map=qemu:allocation-depth", uri]);
     assert(depth.includes("local"), `allocation depth: ${depth}`);
-    await ok("nbdcopy", [uri, `${dir}/out.raw`]);
+    await mustPeer("nbdcopy", [uri, `${dir}/out.raw`]);
     const out = await Deno.readFile(`${dir}/out.raw`);
     assertBytesEqual(out.subarray(1 << 20, 3 << 20), pattern(2 << 20, 3), "nbdcopy data");
     await Deno.writeFile(`${dir}/in.raw`, pattern(SIZE, 4));
-    await ok("nbdcopy", [`${dir}/in.raw`, uri]);
+    await mustPeer("nbdcopy", [`${dir}/in.raw`, uri]);
     const back = new Uint8Array(65536);
     await node.read(SIZE - 65536, back);
     assertBytesEqual(back, pattern(SIZE, 4).subarray(SIZE - 65536), "nbdcopy into the export");
@@ -147,7 +120,7 @@ Deno.test("our nbd client against qemu-nbd: read, write, zeroes, trim, block sta
   const dir = await Deno.makeTempDir({ prefix: "nbd-client-" });
   const img = `${dir}/disk.raw`;
   const sock = `${dir}/nbd.sock`;
-  await ok("qemu-img", ["create", "-q", "-f", "raw", img, String(SIZE)]);
+  await mustPeer("qemu-img", ["create", "-q", "-f", "raw", img, String(SIZE)]);
   const qemuNbd = new Deno.Command("qemu-nbd", {
     args: ["-f", "raw", "-k", sock, "-x", "disk", "-t", "--discard=unmap", img],
     stdout: "null",

@@ -13,13 +13,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { createDirtyBitmap, DirtyBitmaps, Graph, Perm } from "@blockgraph/core";
 import { defaultRegistry, type Qcow2Instance } from "@blockgraph/drivers";
 import { ensurePeers } from "./peers.ts";
-import { runPeer } from "./peer_run.ts";
-
-async function qemu(cmd: string, args: string[]): Promise<string> {
-  const r = await runPeer(cmd, args);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.code}): ${r.err}`);
-  return r.out;
-}
+import { mustPeer, runPeer } from "./peer_run.ts";
 
 /** The copies of `path` after each metadata write of the reopen, write and close. */
 async function crashPoints(path: string, dir: string): Promise<string[]> {
@@ -61,7 +55,7 @@ Deno.test("qcow2 bitmaps: a crash at any metadata write leaves at most leaked cl
   try {
     for (const cs of [512, 65536]) {
       const img = `${dir}/i${cs}.qcow2`;
-      await qemu("qemu-img", [
+      await mustPeer("qemu-img", [
         "create",
         "-q",
         "-f",
@@ -71,8 +65,8 @@ Deno.test("qcow2 bitmaps: a crash at any metadata write leaves at most leaked cl
         img,
         "2M",
       ]);
-      for (const b of ["b0", "b1", "b2"]) await qemu("qemu-img", ["bitmap", "--add", img, b]);
-      await qemu("qemu-io", ["-c", "write 64k 64k", "-c", "write 1M 4k", img]);
+      for (const b of ["b0", "b1", "b2"]) await mustPeer("qemu-img", ["bitmap", "--add", img, b]);
+      await mustPeer("qemu-io", ["-c", "write 64k 64k", "-c", "write 1M 4k", img]);
       const copies = await crashPoints(img, dir);
       assert(copies.length >= 6, `${cs}: only ${copies.length} metadata writes`);
       const seen = new Set<string>();
@@ -81,7 +75,7 @@ Deno.test("qcow2 bitmaps: a crash at any metadata write leaves at most leaked cl
         const json = JSON.parse(r.out.slice(r.out.indexOf("{")));
         assert(r.code === 0 || r.code === 3, `${cs} ${copy}: check exits ${r.code}: ${r.err}`);
         assertEquals([copy, json.corruptions ?? 0, json["check-errors"]], [copy, 0, 0]);
-        const info = JSON.parse(await qemu("qemu-img", ["info", "--output=json", copy]));
+        const info = JSON.parse(await mustPeer("qemu-img", ["info", "--output=json", copy]));
         const bitmaps = (info["format-specific"].data.bitmaps ?? []) as {
           name: string;
           flags: string[];

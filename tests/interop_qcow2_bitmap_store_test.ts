@@ -18,13 +18,7 @@ import { defaultRegistry } from "@blockgraph/drivers";
 import { addMonitor, createDaemon } from "../packages/cli/daemon/run_daemon.ts";
 import { TestQmpClient } from "../packages/cli/daemon/testing_qmp_client.ts";
 import { ensurePeers } from "./peers.ts";
-import { listening, runPeer, spawnPeer } from "./peer_run.ts";
-
-async function qemu(cmd: string, args: string[]): Promise<string> {
-  const r = await runPeer(cmd, args);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.code}): ${r.err}`);
-  return r.out;
-}
+import { listening, mustPeer, runPeer, spawnPeer } from "./peer_run.ts";
 
 /** `blockgraph img ...` in process: exit status and standard error. */
 async function img(args: string[]): Promise<{ status: number; err: string }> {
@@ -37,14 +31,14 @@ async function img(args: string[]): Promise<{ status: number; err: string }> {
 async function describe(path: string): Promise<unknown> {
   const dir = path.slice(0, path.lastIndexOf("/"));
   const info = JSON.parse(
-    (await qemu("qemu-img", ["info", "-U", "--output=json", path])).replaceAll(dir, "DIR"),
+    (await mustPeer("qemu-img", ["info", "-U", "--output=json", path])).replaceAll(dir, "DIR"),
   );
   delete info.filename;
   delete info["actual-size"];
   const r = await runPeer("qemu-img", ["check", "--output=json", path]);
   const check = JSON.parse(r.out);
   delete check.filename;
-  const map = JSON.parse(await qemu("qemu-img", ["map", "-U", "--output=json", path]));
+  const map = JSON.parse(await mustPeer("qemu-img", ["map", "-U", "--output=json", path]));
   return { info, check: { status: r.code, ...check }, map: mapping(map) };
 }
 
@@ -116,12 +110,12 @@ Deno.test("qcow2 bitmaps with 512-byte clusters are stored as qemu-img stores th
       const x = `${a}/c${cs}.qcow2`;
       const y = `${b}/c${cs}.qcow2`;
       const opts = ["-f", "qcow2", "-o", `cluster_size=${cs}`];
-      await qemu("qemu-img", ["create", "-q", ...opts, x, "1M"]);
+      await mustPeer("qemu-img", ["create", "-q", ...opts, x, "1M"]);
       assertEquals(await img(["create", "-q", ...opts, y, "1M"]), { status: 0, err: "" });
       // No feature name table at 4k and below (QEMU's rule), so the headers are the same.
       assertEquals(await headerCluster(y, cs), await headerCluster(x, cs), `create ${cs}`);
-      await qemu("qemu-img", ["bitmap", "--add", x, "b0"]);
-      await qemu("qemu-img", ["bitmap", "--add", "-g", "512", "--disable", x, "b1"]);
+      await mustPeer("qemu-img", ["bitmap", "--add", x, "b0"]);
+      await mustPeer("qemu-img", ["bitmap", "--add", "-g", "512", "--disable", x, "b1"]);
       assertEquals(await img(["bitmap", "--add", y, "b0"]), { status: 0, err: "" });
       assertEquals(await img(["bitmap", "--add", "-g", "512", "--disable", y, "b1"]), {
         status: 0,
@@ -136,14 +130,23 @@ Deno.test("qcow2 bitmaps with 512-byte clusters are stored as qemu-img stores th
     // An image blockgraph created before (with a feature name table at 512 bytes): QEMU drops
     // the table on its first header update, and so does blockgraph now.
     const old = `${a}/old.qcow2`;
-    await qemu("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=512", old, "1M"]);
+    await mustPeer("qemu-img", [
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-o",
+      "cluster_size=512",
+      old,
+      "1M",
+    ]);
     const bytes = await Deno.readFile(old);
     const table = new Uint8Array(8 + 384);
     new DataView(table.buffer).setUint32(0, 0x6803f857);
     new DataView(table.buffer).setUint32(4, 384);
     bytes.set(table, 112);
     for (const d of [a, b]) await Deno.writeFile(`${d}/ft.qcow2`, bytes);
-    await qemu("qemu-img", ["bitmap", "--add", `${a}/ft.qcow2`, "b0"]);
+    await mustPeer("qemu-img", ["bitmap", "--add", `${a}/ft.qcow2`, "b0"]);
     assertEquals(await img(["bitmap", "--add", `${b}/ft.qcow2`, "b0"]), { status: 0, err: "" });
     assertEquals(await describe(`${b}/ft.qcow2`), await describe(`${a}/ft.qcow2`));
     assertEquals(
@@ -156,15 +159,15 @@ Deno.test("qcow2 bitmaps with 512-byte clusters are stored as qemu-img stores th
 Deno.test("qcow2 bitmaps: a store that does not fit the header frees what it allocated", async () => {
   await withDirs(async (a, b) => {
     // Bits to merge in, so that the failed store had allocated data clusters too.
-    await qemu("qemu-img", ["create", "-q", "-f", "qcow2", `${a}/src.qcow2`, "1M"]);
-    await qemu("qemu-img", ["bitmap", "--add", "-g", "512", `${a}/src.qcow2`, "s"]);
-    await qemu("qemu-io", ["-c", "write 0 4k", "-c", "write 512k 64k", `${a}/src.qcow2`]);
+    await mustPeer("qemu-img", ["create", "-q", "-f", "qcow2", `${a}/src.qcow2`, "1M"]);
+    await mustPeer("qemu-img", ["bitmap", "--add", "-g", "512", `${a}/src.qcow2`, "s"]);
+    await mustPeer("qemu-io", ["-c", "write 0 4k", "-c", "write 512k 64k", `${a}/src.qcow2`]);
     await Deno.copyFile(`${a}/src.qcow2`, `${b}/src.qcow2`);
     // 366 bytes of backing file name fit a 512-byte header, but not with the bitmaps extension.
     const name = "./" + "dd/../".repeat(60) + "base.qcow2";
     for (const d of [a, b]) {
       await Deno.mkdir(`${d}/dd`);
-      await qemu("qemu-img", [
+      await mustPeer("qemu-img", [
         "create",
         "-q",
         "-f",
@@ -176,7 +179,7 @@ Deno.test("qcow2 bitmaps: a store that does not fit the header frees what it all
       ]);
     }
     const opts = ["-f", "qcow2", "-o", "cluster_size=512", "-b", name, "-F", "qcow2"];
-    await qemu("qemu-img", ["create", "-q", ...opts, `${a}/bk.qcow2`, "1M"]);
+    await mustPeer("qemu-img", ["create", "-q", ...opts, `${a}/bk.qcow2`, "1M"]);
     await Deno.copyFile(`${a}/bk.qcow2`, `${b}/bk.qcow2`);
     const args = (d: string) => [
       "bitmap",
@@ -242,8 +245,8 @@ async function session(
 Deno.test("qcow2 bitmaps added in one session are stored newest first, as QEMU does", async () => {
   await ensurePeers(["qemu-storage-daemon"]);
   await withDirs(async (a, b) => {
-    await qemu("qemu-img", ["create", "-q", "-f", "qcow2", `${a}/o.qcow2`, "8M"]);
-    await qemu("qemu-img", ["bitmap", "--add", `${a}/o.qcow2`, "old"]);
+    await mustPeer("qemu-img", ["create", "-q", "-f", "qcow2", `${a}/o.qcow2`, "8M"]);
+    await mustPeer("qemu-img", ["bitmap", "--add", `${a}/o.qcow2`, "old"]);
     await Deno.copyFile(`${a}/o.qcow2`, `${b}/o.qcow2`);
     for (const [i, steps] of SESSIONS.entries()) {
       const sock = `${a}/qsd.sock`;
@@ -274,7 +277,7 @@ Deno.test("qcow2 bitmaps added in one session are stored newest first, as QEMU d
         { session: i, ...(await describe(`${a}/o.qcow2`) as object) },
       );
     }
-    const info = JSON.parse(await qemu("qemu-img", ["info", "--output=json", `${b}/o.qcow2`]));
+    const info = JSON.parse(await mustPeer("qemu-img", ["info", "--output=json", `${b}/o.qcow2`]));
     assertEquals(
       info["format-specific"].data.bitmaps.map((x: { name: string }) => x.name),
       ["b3", "b1", "b5", "b2", "b4"],
@@ -284,20 +287,20 @@ Deno.test("qcow2 bitmaps added in one session are stored newest first, as QEMU d
 
 /** The images of the in_use tests: bitmaps qemu-img made, with bits qemu-io wrote. */
 async function inUseImages(dir: string): Promise<string[]> {
-  const q = (...args: string[]) => qemu("qemu-img", args);
+  const q = (...args: string[]) => mustPeer("qemu-img", args);
   await q("create", "-q", "-f", "qcow2", `${dir}/one.qcow2`, "4M");
   await q("bitmap", "--add", `${dir}/one.qcow2`, "b");
-  await qemu("qemu-io", ["-c", "write 60k 4k", `${dir}/one.qcow2`]);
+  await mustPeer("qemu-io", ["-c", "write 60k 4k", `${dir}/one.qcow2`]);
   await q("create", "-q", "-f", "qcow2", `${dir}/three.qcow2`, "64M");
   await q("bitmap", "--add", `${dir}/three.qcow2`, "b0");
-  await qemu("qemu-io", ["-c", "write 1M 64k", "-c", "write 40M 4k", `${dir}/three.qcow2`]);
+  await mustPeer("qemu-io", ["-c", "write 1M 64k", "-c", "write 40M 4k", `${dir}/three.qcow2`]);
   await q("bitmap", "--add", "-g", "4k", `${dir}/three.qcow2`, "b1");
   await q("bitmap", "--add", "--disable", `${dir}/three.qcow2`, "b2");
-  await qemu("qemu-io", ["-c", "write 2M 12k", `${dir}/three.qcow2`]);
+  await mustPeer("qemu-io", ["-c", "write 2M 12k", `${dir}/three.qcow2`]);
   await q("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", `${dir}/small.qcow2`, "1M");
   await q("bitmap", "--add", `${dir}/small.qcow2`, "s0");
   await q("bitmap", "--add", "-g", "512", `${dir}/small.qcow2`, "s1");
-  await qemu("qemu-io", ["-c", "write 4k 4k", `${dir}/small.qcow2`]);
+  await mustPeer("qemu-io", ["-c", "write 4k 4k", `${dir}/small.qcow2`]);
   return ["one.qcow2", "three.qcow2", "small.qcow2"];
 }
 
@@ -341,7 +344,7 @@ Deno.test("qcow2 bitmaps after a read/write session end where QEMU's end", async
       // Inside L2 tables that exist (blockgraph allocates a new L2 table after the data
       // cluster where QEMU allocates it before, a difference of the write path).
       const cmds = ["-c", "write 8k 4k", "-c", "write 20k 2k"];
-      await qemu("qemu-io", [...cmds, `${a}/${name}`]);
+      await mustPeer("qemu-io", [...cmds, `${a}/${name}`]);
       const io = captureIo();
       assertEquals(await runIo([...cmds, `${b}/${name}`], io), 0, io.stderr);
       assertEquals(

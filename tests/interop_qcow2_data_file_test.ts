@@ -8,26 +8,8 @@
  */
 
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { captureIo, runImg, runIo } from "@blockgraph/cli";
-import { expect, must, run, withDir } from "./interop_qcow2_helpers.ts";
-
-/** Runs `blockgraph img` in-process. */
-async function img(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const io = captureIo();
-  const code = await runImg(args, io);
-  return { code, out: io.stdout, err: io.stderr };
-}
-
-/** Runs `blockgraph io` in-process; fails on a non-zero status. */
-async function io(args: string[]): Promise<void> {
-  const cap = captureIo();
-  const code = await runIo(args, cap);
-  if (code !== 0) throw new Error(`blockgraph io ${args.join(" ")} failed:\n${cap.stdout}`);
-}
-
-function cmds(list: string[]): string[] {
-  return list.flatMap((c) => ["-c", c]);
-}
+import { mustOurIo, runOurImg } from "./cli_run.ts";
+import { cmds, expect, must, run, withDir } from "./interop_qcow2_helpers.ts";
 
 const WORKLOAD = [
   "write -P 1 0 1k",
@@ -51,15 +33,15 @@ Deno.test("qemu-img data-file images read, map and show the same in blockgraph",
         await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", opts, path, "2M"]);
         await must("qemu-io", cmds(WORKLOAD).concat(path));
         const out = `${dir}/flat.raw`;
-        const conv = await img(["convert", "-O", "raw", path, out]);
+        const conv = await runOurImg(["convert", "-O", "raw", path, out]);
         expect(conv.code === 0, conv.err);
         const cmp = await run("qemu-img", ["compare", "-F", "raw", path, out]);
         expect(cmp.code === 0, `${opts}: contents:\n${cmp.out}`);
         for (const args of [["map", "--output=json"], ["info"], ["info", "--output=json"]]) {
-          const mine = await img([...args, path]);
+          const mine = await runOurImg([...args, path]);
           assertEquals(mine.out, await must("qemu-img", [...args, path]), `${opts}: ${args}`);
         }
-        const check = await img(["check", path]);
+        const check = await runOurImg(["check", path]);
         assertEquals(check.out, await must("qemu-img", ["check", path]), `${opts}: check`);
         for (const p of [path, out, `${dir}/q.raw`]) await Deno.remove(p);
       }
@@ -75,10 +57,19 @@ Deno.test("blockgraph-written data-file images pass qemu-img check and compare",
         const opts = (f: string) =>
           `data_file=${dir}/${f},data_file_raw=${raw},extended_l2=${extl2}`;
         await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", opts("q.raw"), theirs, "2M"]);
-        const made = await img(["create", "-q", "-f", "qcow2", "-o", opts("b.raw"), mine, "2M"]);
+        const made = await runOurImg([
+          "create",
+          "-q",
+          "-f",
+          "qcow2",
+          "-o",
+          opts("b.raw"),
+          mine,
+          "2M",
+        ]);
         expect(made.code === 0, made.err);
         await must("qemu-io", cmds(WORKLOAD).concat(theirs));
-        await io(cmds(WORKLOAD).concat(mine));
+        await mustOurIo(cmds(WORKLOAD).concat(mine));
         const label = `raw=${raw} extended_l2=${extl2}`;
         const check = await run("qemu-img", ["check", mine]);
         expect(check.code === 0, `${label}: qemu-img check:\n${check.out}`);
@@ -120,7 +111,7 @@ Deno.test("img create and amend with data files answer as qemu-img does", () =>
       const theirs = await run("qemu-img", ["create", "-q", "-f", "qcow2", ...c, path, "1M"]);
       const theirState = await state();
       await clear();
-      const mine = await img(["create", "-q", "-f", "qcow2", ...c, path, "1M"]);
+      const mine = await runOurImg(["create", "-q", "-f", "qcow2", ...c, path, "1M"]);
       assertEquals(mine.err, theirs.out.replace(/^\S*qemu-img: /, "qemu-img: "), c.join(" "));
       assertEquals(await state(), theirState, `${c.join(" ")}: result`);
     }
@@ -131,7 +122,7 @@ Deno.test("img create and amend with data files answer as qemu-img does", () =>
       const theirState = await state();
       await clear();
       await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", d, path, "1M"]);
-      const mine = await img(["amend", "-o", o, path]);
+      const mine = await runOurImg(["amend", "-o", o, path]);
       assertEquals([mine.code, mine.err], [theirs.code, theirs.out], `amend ${o}`);
       assertEquals(await state(), theirState, `amend ${o}: result`);
     }
@@ -151,7 +142,7 @@ Deno.test("img resize and commit with data files and extended L2 do what qemu-im
         const o = `data_file=${data},data_file_raw=${raw}`;
         await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", o, top, "1M"]);
         const resize = (args: string[]) =>
-          ours ? img(["resize", ...args]) : must("qemu-img", ["resize", ...args]);
+          ours ? runOurImg(["resize", ...args]) : must("qemu-img", ["resize", ...args]);
         await resize([top, "2M"]);
         let s = await state();
         await resize(["--shrink", top, "512k"]);
@@ -187,7 +178,7 @@ Deno.test("img resize and commit with data files and extended L2 do what qemu-im
         cmds(["write -P 2 5k 2k", "write -P 3 300k 70k", "write -z 600k 4k"]).concat(top),
       );
       if (ours) {
-        const r = await img(["commit", top]);
+        const r = await runOurImg(["commit", top]);
         expect(r.code === 0, r.err);
       } else await must("qemu-img", ["commit", top]);
       for (const p of [top, base]) {

@@ -8,28 +8,8 @@
  */
 
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { captureIo, runImg, runIo } from "@blockgraph/cli";
-import { expect, KIB, must, run, withDir } from "./interop_qcow2_helpers.ts";
-
-/** Runs `blockgraph img` in-process. */
-async function img(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const io = captureIo();
-  const code = await runImg(args, io);
-  return { code, out: io.stdout, err: io.stderr };
-}
-
-/** Runs `blockgraph io` in-process; fails on a non-zero status. */
-async function io(args: string[]): Promise<string> {
-  const cap = captureIo();
-  const code = await runIo(args, cap);
-  if (code !== 0) throw new Error(`blockgraph io ${args.join(" ")} failed:\n${cap.stderr}`);
-  return cap.stdout + cap.stderr;
-}
-
-/** `-c cmd` arguments for each command. */
-function cmds(list: string[]): string[] {
-  return list.flatMap((c) => ["-c", c]);
-}
+import { mustOurIo, runOurImg, runOurIo } from "./cli_run.ts";
+import { cmds, expect, KIB, must, run, withDir } from "./interop_qcow2_helpers.ts";
 
 /** What qemu-io does to the overlays: partial subclusters, zeroes, discards, compression. */
 function workload(cs: number, compressed = true): string[] {
@@ -83,7 +63,7 @@ async function makeOverlay(dir: string, name: string, cs: number, extra = ""): P
 async function flatten(path: string, ours: boolean): Promise<Uint8Array> {
   const out = `${path}.${ours ? "ours" : "qemu"}.raw`;
   if (ours) {
-    const r = await img(["convert", "-O", "raw", path, out]);
+    const r = await runOurImg(["convert", "-O", "raw", path, out]);
     expect(r.code === 0, `blockgraph convert ${path}: ${r.err}`);
   } else await must("qemu-img", ["convert", "-O", "raw", path, out]);
   const data = await Deno.readFile(out);
@@ -115,9 +95,9 @@ Deno.test("qemu-io's extended-L2 images read and map the same in blockgraph", ()
         await must("qemu-io", cmds(workload(cs, extra === "")).concat(path));
         const label = `cluster ${cs}${extra}`;
         sameBytes(await flatten(path, true), await flatten(path, false), `${label}: contents`);
-        const mine = await img(["map", "--output=json", path]);
+        const mine = await runOurImg(["map", "--output=json", path]);
         assertEquals(mine.out, await must("qemu-img", ["map", "--output=json", path]), label);
-        const check = await img(["check", path]);
+        const check = await runOurImg(["check", path]);
         expect(check.code === 0, `${label}: blockgraph check:\n${check.out}${check.err}`);
         await Deno.remove(path);
       }
@@ -139,7 +119,7 @@ Deno.test("blockgraph io on extended-L2 images: qemu-img check is clean and comp
       );
       const list = [...aio, "aio_flush", ...workload(cs)];
       await must("qemu-io", cmds(list).concat(theirs));
-      await io(cmds(list).concat(mine));
+      await mustOurIo(cmds(list).concat(mine));
       const check = await run("qemu-img", ["check", mine]);
       expect(check.code === 0, `cluster ${cs}: qemu-img check:\n${check.out}`);
       const cmp = await run("qemu-img", ["compare", theirs, mine]);
@@ -161,14 +141,14 @@ Deno.test("blockgraph img create -o extended_l2=on makes what qemu-img makes", (
       const a = `${dir}/a.qcow2`;
       const b = `${dir}/b.qcow2`;
       await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", opts, a, "5M"]);
-      const r = await img(["create", "-q", "-f", "qcow2", "-o", opts, b, "5M"]);
+      const r = await runOurImg(["create", "-q", "-f", "qcow2", "-o", opts, b, "5M"]);
       expect(r.code === 0, r.err);
       const info = (p: string) => must("qemu-img", ["info", "--output=json", p]);
       const strip = (s: string) => s.replace(/"(filename|actual-size)": [^,]*,/g, "");
       assertEquals(strip(await info(b)), strip(await info(a)), opts);
-      const ours = await img(["info", "--output=json", a]);
+      const ours = await runOurImg(["info", "--output=json", a]);
       assertEquals(strip(ours.out), strip(await info(a)), `${opts}: our info`);
-      await io(cmds(["write -P 9 1000 5000"]).concat(b));
+      await mustOurIo(cmds(["write -P 9 1000 5000"]).concat(b));
       const check = await run("qemu-img", ["check", b]);
       expect(check.code === 0, `${opts}: qemu-img check:\n${check.out}`);
     }
@@ -204,11 +184,10 @@ Deno.test("corrupt subcluster bitmaps: blockgraph check reports what qemu-img ch
       await must("qemu-io", cmds(["write -P 1 0 4k", "write -c -P 2 64k 64k"]).concat(path));
       await pokeEntry(path, index, word, value);
       const theirs = await run("qemu-img", ["check", path]);
-      const mine = await img(["check", path]);
+      const mine = await runOurImg(["check", path]);
       assertEquals(mine.out + mine.err, theirs.out, `entry ${index}`);
       assertEquals(mine.code, theirs.code, `entry ${index}: status`);
-      const cap = captureIo();
-      const status = await runIo(["-r", "-c", `read ${index * 64}k 4k`, path], cap);
-      expect(status !== 0 && cap.stdout.includes("read failed: Input/output error"), cap.stdout);
+      const r = await runOurIo(["-r", "-c", `read ${index * 64}k 4k`, path]);
+      expect(r.code !== 0 && r.out.includes("read failed: Input/output error"), r.out);
     }
   }));

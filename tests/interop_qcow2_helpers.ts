@@ -25,6 +25,11 @@ export async function must(cmd: string, args: string[]): Promise<string> {
   return r.out;
 }
 
+/** `-c cmd` arguments (of qemu-io and `blockgraph io`) for each command. */
+export function cmds(list: string[]): string[] {
+  return list.flatMap((c) => ["-c", c]);
+}
+
 /** Fails with `message` unless `cond`. */
 export function expect(cond: boolean, message: string): void {
   if (!cond) throw new Error(message);

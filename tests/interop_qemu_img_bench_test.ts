@@ -6,21 +6,13 @@
  */
 
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { captureIo, runImg } from "@blockgraph/cli";
+import { runOurImg } from "./cli_run.ts";
+import { type PeerResult, runPeer } from "./peer_run.ts";
 
-async function peer(args: string[]) {
-  const r = await new Deno.Command("qemu-img", { args: ["bench", ...args] }).output();
-  const d = new TextDecoder();
-  return { status: r.code, out: d.decode(r.stdout), err: d.decode(r.stderr) };
-}
+const peer = (args: string[]) => runPeer("qemu-img", ["bench", ...args]);
+const ours = (args: string[]) => runOurImg(["bench", ...args]);
 
-async function ours(args: string[]) {
-  const io = captureIo();
-  const status = await runImg(["bench", ...args], io);
-  return { status, out: io.stdout, err: io.stderr };
-}
-
-const normalize = (r: { status: number; out: string; err: string }) => ({
+const normalize = (r: PeerResult) => ({
   ...r,
   out: r.out.replace(/Run completed in \d+\.\d{3} seconds/, "Run completed in T seconds"),
 });

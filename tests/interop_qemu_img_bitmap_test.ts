@@ -8,40 +8,16 @@
  */
 
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { captureIo, runImg } from "@blockgraph/cli";
 import { Graph } from "@blockgraph/core";
 import { defaultRegistry } from "@blockgraph/drivers";
+import { runOurImg } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
-
-interface Run {
-  status: number;
-  out: string;
-  err: string;
-}
-
-const decoder = new TextDecoder();
-
-async function sh(cmd: string, args: string[], cwd: string): Promise<Run> {
-  const r = await new Deno.Command(cmd, { args, cwd }).output();
-  return { status: r.code, out: decoder.decode(r.stdout), err: decoder.decode(r.stderr) };
-}
-
-async function ours(args: string[], cwd: string): Promise<Run> {
-  const io = captureIo();
-  const prev = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const status = await runImg(args, io);
-    return { status, out: io.stdout, err: io.stderr };
-  } finally {
-    Deno.chdir(prev);
-  }
-}
+import { type PeerResult, runPeer } from "./peer_run.ts";
 
 /** The images: bitmaps made by qemu-img with bits qemu-io wrote, one left in use, a raw. */
 async function makeImages(dir: string): Promise<void> {
-  const q = (...args: string[]) => sh("qemu-img", args, dir);
-  const io = (...args: string[]) => sh("qemu-io", args, dir);
+  const q = (...args: string[]) => runPeer("qemu-img", args, { cwd: dir });
+  const io = (...args: string[]) => runPeer("qemu-io", args, { cwd: dir });
   await q("create", "-q", "-f", "qcow2", "a.qcow2", "64M");
   await io("-c", "write 0 1M", "a.qcow2");
   await q("bitmap", "--add", "a.qcow2", "b0");
@@ -68,8 +44,10 @@ const IMAGES = ["a.qcow2", "s.qcow2", "t.qcow2", "iu.qcow2", "v2.qcow2"];
 async function state(dir: string, names = IMAGES): Promise<unknown> {
   const out: Record<string, unknown> = {};
   for (const name of names) {
-    const info = JSON.parse((await sh("qemu-img", ["info", "--output=json", name], dir)).out);
-    const check = await sh("qemu-img", ["check", name], dir);
+    const info = JSON.parse(
+      (await runPeer("qemu-img", ["info", "--output=json", name], { cwd: dir })).out,
+    );
+    const check = await runPeer("qemu-img", ["check", name], { cwd: dir });
     // Where the bitmap clusters go is each tool's own choice.
     const verdict = check.out.split("\n")[0];
     assertEquals([name, verdict], [name, "No errors were found on the image."]);
@@ -138,29 +116,41 @@ const CASES: string[][] = [
   ["bitmap", "--foo", "a.qcow2", "b0"],
 ];
 
-Deno.test("img bitmap changes qemu-img's bitmaps as qemu-img bitmap does", async () => {
+/**
+ * Makes the images once, then for each of `cases` copies them afresh into `a` (for qemu-img)
+ * and `b` (for ours) and runs `fn`.
+ */
+async function onFreshCopies(
+  cases: string[][],
+  fn: (args: string[], a: string, b: string) => Promise<void>,
+): Promise<void> {
   await ensurePeers(["qemu-img", "qemu-io"]);
   const src = await Deno.makeTempDir();
   const a = await Deno.makeTempDir();
   const b = await Deno.makeTempDir();
   try {
     await makeImages(src);
-    for (const args of CASES) {
+    for (const args of cases) {
       for (const d of [a, b]) {
-        await sh("find", [d, "-mindepth", "1", "-delete"], d);
-        await sh("cp", ["-a", `${src}/.`, d], src);
+        await runPeer("find", [d, "-mindepth", "1", "-delete"], { cwd: d });
+        await runPeer("cp", ["-a", `${src}/.`, d], { cwd: src });
       }
-      const theirs = await sh("qemu-img", args, a);
-      const mine = await ours(args, b);
-      // QEMU's generated node names carry a random part.
-      const norm = (r: Run) => ({ ...r, err: r.err.replace(/#block\d+/g, "#blockN") });
-      assertEquals({ args, ...norm(mine) }, { args, ...norm(theirs) });
-      assertEquals({ args, state: await state(b) }, { args, state: await state(a) });
+      await fn(args, a, b);
     }
   } finally {
     for (const d of [src, a, b]) await Deno.remove(d, { recursive: true });
   }
-});
+}
+
+Deno.test("img bitmap changes qemu-img's bitmaps as qemu-img bitmap does", () =>
+  onFreshCopies(CASES, async (args, a, b) => {
+    const theirs = await runPeer("qemu-img", args, { cwd: a });
+    const mine = await runOurImg(args, b);
+    // QEMU's generated node names carry a random part.
+    const norm = (r: PeerResult) => ({ ...r, err: r.err.replace(/#block\d+/g, "#blockN") });
+    assertEquals({ args, ...norm(mine) }, { args, ...norm(theirs) });
+    assertEquals({ args, state: await state(b) }, { args, state: await state(a) });
+  }));
 
 const CONVERT_CASES: string[][] = [
   ["convert", "--bitmaps", "-O", "qcow2", "a.qcow2", "o.qcow2"],
@@ -176,30 +166,16 @@ const CONVERT_CASES: string[][] = [
   ["convert", "--bitmaps", "-n", "-O", "qcow2", "a.qcow2", "s.qcow2"],
 ];
 
-Deno.test("img convert --bitmaps copies qemu-img's bitmaps as qemu-img convert does", async () => {
-  await ensurePeers(["qemu-img", "qemu-io"]);
-  const src = await Deno.makeTempDir();
-  const a = await Deno.makeTempDir();
-  const b = await Deno.makeTempDir();
-  try {
-    await makeImages(src);
-    for (const args of CONVERT_CASES) {
-      for (const d of [a, b]) {
-        await sh("find", [d, "-mindepth", "1", "-delete"], d);
-        await sh("cp", ["-a", `${src}/.`, d], src);
-      }
-      const theirs = await sh("qemu-img", args, a);
-      const mine = await ours(args, b);
-      assertEquals({ args, ...mine }, { args, ...theirs });
-      const made: string[] = [];
-      for await (const e of Deno.readDir(a)) if (e.name.startsWith("o.qcow2")) made.push(e.name);
-      const names = [...made, "s.qcow2"];
-      assertEquals(
-        { args, state: await state(b, names) },
-        { args, state: await state(a, names) },
-      );
-    }
-  } finally {
-    for (const d of [src, a, b]) await Deno.remove(d, { recursive: true });
-  }
-});
+Deno.test("img convert --bitmaps copies qemu-img's bitmaps as qemu-img convert does", () =>
+  onFreshCopies(CONVERT_CASES, async (args, a, b) => {
+    const theirs = await runPeer("qemu-img", args, { cwd: a });
+    const mine = await runOurImg(args, b);
+    assertEquals({ args, ...mine }, { args, ...theirs });
+    const made: string[] = [];
+    for await (const e of Deno.readDir(a)) if (e.name.startsWith("o.qcow2")) made.push(e.name);
+    const names = [...made, "s.qcow2"];
+    assertEquals(
+      { args, state: await state(b, names) },
+      { args, state: await state(a, names) },
+    );
+  }));

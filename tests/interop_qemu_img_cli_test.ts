@@ -11,37 +11,13 @@
  */
 
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { captureIo, runImg } from "@blockgraph/cli";
+import { runOurImg } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
-
-interface Run {
-  status: number;
-  out: string;
-  err: string;
-}
-
-const decoder = new TextDecoder();
-
-async function sh(cmd: string, args: string[], cwd: string): Promise<Run> {
-  const r = await new Deno.Command(cmd, { args, cwd, stdin: "null" }).output();
-  return { status: r.code, out: decoder.decode(r.stdout), err: decoder.decode(r.stderr) };
-}
-
-async function ours(args: string[], cwd: string): Promise<Run> {
-  const io = captureIo();
-  const prev = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const status = await runImg(args, io);
-    return { status, out: io.stdout, err: io.stderr };
-  } finally {
-    Deno.chdir(prev);
-  }
-}
+import { type PeerResult, runPeer } from "./peer_run.ts";
 
 /** Small images: a raw, a qcow2, an overlay on it, a compat=0.10 qcow2, a qcow2 with a snapshot. */
 async function makeImages(dir: string): Promise<void> {
-  const q = (...args: string[]) => sh("qemu-img", args, dir);
+  const q = (...args: string[]) => runPeer("qemu-img", args, { cwd: dir });
   await q("create", "-q", "-f", "raw", "r.raw", "1M");
   await q("create", "-q", "-f", "qcow2", "q.qcow2", "1M");
   await q("create", "-q", "-f", "qcow2", "-b", "q.qcow2", "-F", "qcow2", "t.qcow2");
@@ -55,14 +31,14 @@ async function makeImages(dir: string): Promise<void> {
  * Makes the two outputs comparable: the version banner (qemu-img's two lines, our one) and
  * the list of formats each tool has; QEMU's generated node names; the program name.
  */
-function normalise(r: Run): Run {
+function normalise(r: PeerResult): PeerResult {
   const text = (s: string) =>
     s.replace(/^qemu-img version .*\nCopyright .*\n/m, "<version>\n")
       .replace(/^blockgraph img version .*\n/m, "<version>\n")
       .replace(/^Supported formats:.*$/m, "Supported formats: <formats>")
       .replace(/#block\d+/g, "#blockN")
       .replace(/^blockgraph img: /gm, "qemu-img: ");
-  return { status: r.status, out: text(r.out), err: text(r.err) };
+  return { code: r.code, out: text(r.out), err: text(r.err) };
 }
 
 /*
@@ -426,12 +402,12 @@ Deno.test("img's help, --object, -o help and error paths answer as qemu-img's", 
       // Most cases change nothing: copy the images afresh only where the last case did.
       for (const d of [a, b]) {
         if (await listing(d) === pristine) continue;
-        await sh("find", [d, "-mindepth", "1", "-delete"], d);
-        await sh("cp", ["-a", `${src}/.`, d], src);
+        await runPeer("find", [d, "-mindepth", "1", "-delete"], { cwd: d });
+        await runPeer("cp", ["-a", `${src}/.`, d], { cwd: src });
       }
       if (Deno.env.get("IMG_CLI_TRACE")) console.error(JSON.stringify(args));
-      const theirs = normalise(await sh("qemu-img", args, a));
-      const mine = normalise(await ours(args, b));
+      const theirs = normalise(await runPeer("qemu-img", args, { cwd: a }));
+      const mine = normalise(await runOurImg(args, b));
       try {
         assertEquals(mine, theirs);
       } catch {

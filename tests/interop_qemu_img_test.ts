@@ -8,37 +8,14 @@
  */
 
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { captureIo, runImg } from "@blockgraph/cli";
+import { runOurImg } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
-
-interface Run {
-  status: number;
-  out: string;
-  err: string;
-}
-
-async function sh(cmd: string, args: string[], cwd: string): Promise<Run> {
-  const r = await new Deno.Command(cmd, { args, cwd }).output();
-  const d = new TextDecoder();
-  return { status: r.code, out: d.decode(r.stdout), err: d.decode(r.stderr) };
-}
-
-async function ours(args: string[], cwd: string): Promise<Run> {
-  const io = captureIo();
-  const prev = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const status = await runImg(args, io);
-    return { status, out: io.stdout, err: io.stderr };
-  } finally {
-    Deno.chdir(prev);
-  }
-}
+import { runPeer } from "./peer_run.ts";
 
 /** Makes the images both tools run on: a qcow2 chain with data, zeros and a snapshot, a raw. */
 async function makeImages(dir: string): Promise<void> {
-  const q = (args: string[]) => sh("qemu-img", args, dir);
-  const io = (args: string[]) => sh("qemu-io", args, dir);
+  const q = (args: string[]) => runPeer("qemu-img", args, { cwd: dir });
+  const io = (args: string[]) => runPeer("qemu-io", args, { cwd: dir });
   await q(["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
   await io([
     "-c",
@@ -82,10 +59,12 @@ async function differential(args: string[]): Promise<void> {
     const src = await Deno.makeTempDir();
     await makeImages(src);
     // cp keeps holes (Deno.copyFile fills them): both sides get the same layout.
-    for (const d of [a, b]) await sh("cp", ["-a", "--sparse=always", `${src}/.`, d], src);
+    for (const d of [a, b]) {
+      await runPeer("cp", ["-a", "--sparse=always", `${src}/.`, d], { cwd: src });
+    }
     await Deno.remove(src, { recursive: true });
-    const theirs = await sh("qemu-img", args, a);
-    const mine = await ours(args, b);
+    const theirs = await runPeer("qemu-img", args, { cwd: a });
+    const mine = await runOurImg(args, b);
     assertEquals({ args, ...mine }, { args, ...theirs });
   } finally {
     await Deno.remove(a, { recursive: true });
@@ -147,10 +126,10 @@ Deno.test("images img convert, resize, commit and rebase write pass qemu-img che
   const dir = await Deno.makeTempDir();
   try {
     await makeImages(dir);
-    const q = (args: string[]) => sh("qemu-img", args, dir);
+    const q = (args: string[]) => runPeer("qemu-img", args, { cwd: dir });
     const clean = async (img: string) => {
       const c = await q(["check", img]);
-      assertEquals([img, c.status, c.out.split("\n")[0]], [
+      assertEquals([img, c.code, c.out.split("\n")[0]], [
         img,
         0,
         "No errors were found on the image.",
@@ -172,8 +151,8 @@ Deno.test("images img convert, resize, commit and rebase write pass qemu-img che
       return out;
     };
     for (const extra of [[], ["-c"], ["-W", "-m", "2", "-o", "cluster_size=4k"], ["-S", "0"]]) {
-      const r = await ours(["convert", ...extra, "-O", "qcow2", "top.qcow2", "c.qcow2"], dir);
-      assertEquals(r, { status: 0, out: "", err: "" });
+      const r = await runOurImg(["convert", ...extra, "-O", "qcow2", "top.qcow2", "c.qcow2"], dir);
+      assertEquals(r, { code: 0, out: "", err: "" });
       await clean("c.qcow2");
       await same("c.qcow2", "flat.raw");
       if (extra.length === 0) {
@@ -184,13 +163,13 @@ Deno.test("images img convert, resize, commit and rebase write pass qemu-img che
       }
       await Deno.remove(`${dir}/c.qcow2`);
     }
-    assertEquals((await ours(["convert", "-O", "raw", "top.qcow2", "c.raw"], dir)).status, 0);
+    assertEquals((await runOurImg(["convert", "-O", "raw", "top.qcow2", "c.raw"], dir)).code, 0);
     await same("c.raw", "top.qcow2");
     assertEquals(
       (await q(["map", "--output=json", "c.raw"])).out,
       (await q(["map", "--output=json", "flat.raw"])).out,
     );
-    const b = await ours([
+    const b = await runOurImg([
       "convert",
       "-B",
       "base.qcow2",
@@ -201,22 +180,22 @@ Deno.test("images img convert, resize, commit and rebase write pass qemu-img che
       "top.qcow2",
       "b.qcow2",
     ], dir);
-    assertEquals(b, { status: 0, out: "", err: "" });
+    assertEquals(b, { code: 0, out: "", err: "" });
     await clean("b.qcow2");
     await same("b.qcow2", "top.qcow2");
-    assertEquals((await ours(["resize", "small.qcow2", "+3M"], dir)).out, "Image resized.\n");
+    assertEquals((await runOurImg(["resize", "small.qcow2", "+3M"], dir)).out, "Image resized.\n");
     await clean("small.qcow2");
-    assertEquals((await ours(["resize", "--shrink", "small.qcow2", "-3M"], dir)).status, 0);
+    assertEquals((await runOurImg(["resize", "--shrink", "small.qcow2", "-3M"], dir)).code, 0);
     await clean("small.qcow2");
     await q(["create", "-q", "-f", "qcow2", "other.qcow2", "4M"]);
-    await sh("qemu-io", ["-c", "write -P 5 512k 1M", "other.qcow2"], dir);
+    await runPeer("qemu-io", ["-c", "write -P 5 512k 1M", "other.qcow2"], { cwd: dir });
     assertEquals(
-      (await ours(["rebase", "-b", "other.qcow2", "-F", "qcow2", "top.qcow2"], dir)).status,
+      (await runOurImg(["rebase", "-b", "other.qcow2", "-F", "qcow2", "top.qcow2"], dir)).code,
       0,
     );
     await clean("top.qcow2");
     await same("top.qcow2", "flat.raw");
-    assertEquals((await ours(["commit", "top.qcow2"], dir)).out, "Image committed.\n");
+    assertEquals((await runOurImg(["commit", "top.qcow2"], dir)).out, "Image committed.\n");
     await clean("other.qcow2");
     await same("other.qcow2", "flat.raw");
   } finally {
@@ -231,16 +210,16 @@ Deno.test("img commit empties a qcow2 top as qemu-img commit does", async () => 
     const maps: string[] = [];
     for (const [i, dir] of dirs.entries()) {
       await makeImages(dir);
-      const q = (args: string[]) => sh("qemu-img", args, dir);
+      const q = (args: string[]) => runPeer("qemu-img", args, { cwd: dir });
       // A compressed cluster in the top too.
-      await sh("qemu-io", ["-c", "write -c -P 4 3M 64k", "top.qcow2"], dir);
+      await runPeer("qemu-io", ["-c", "write -c -P 4 3M 64k", "top.qcow2"], { cwd: dir });
       const r = i === 0
-        ? await ours(["commit", "top.qcow2"], dir)
+        ? await runOurImg(["commit", "top.qcow2"], dir)
         : await q(["commit", "top.qcow2"]);
-      assertEquals([i, r.status, r.out, r.err], [i, 0, "Image committed.\n", ""]);
+      assertEquals([i, r.code, r.out, r.err], [i, 0, "Image committed.\n", ""]);
       for (const img of ["top.qcow2", "base.qcow2"]) {
         const c = await q(["check", img]);
-        assertEquals([i, img, c.status, c.out.split("\n")[0]], [
+        assertEquals([i, img, c.code, c.out.split("\n")[0]], [
           i,
           img,
           0,
@@ -248,9 +227,9 @@ Deno.test("img commit empties a qcow2 top as qemu-img commit does", async () => 
         ]);
       }
       const cmp = await q(["compare", "top.qcow2", "base.qcow2"]);
-      assertEquals([i, cmp.status, cmp.out], [i, 0, "Images are identical.\n"]);
+      assertEquals([i, cmp.code, cmp.out], [i, 0, "Images are identical.\n"]);
       const map = await q(["map", "--output=json", "top.qcow2"]);
-      assertEquals([i, map.status], [i, 0]);
+      assertEquals([i, map.code], [i, 0]);
       const entries = JSON.parse(map.out) as { depth: number }[];
       assertEquals([i, entries.filter((e) => e.depth === 0)], [i, []]);
       // Which layer answers where, merged into runs: host offsets differ with the layout,

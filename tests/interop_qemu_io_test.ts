@@ -3,8 +3,9 @@
  * command lists give the same output (timing masked), exit status and image bytes.
  */
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { captureIo, runIo } from "@blockgraph/cli";
+import { runOurIo } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
+import { type PeerResult, runPeer } from "./peer_run.ts";
 
 const STATS = /^\S+ \S*, \d+ ops; .*$/gm;
 const MACHINE_STATS = /^\d+,\d+,[\d:.]+,[\d.]+,[\d.]+$/gm;
@@ -13,18 +14,10 @@ function mask(text: string, path: string): string {
   return text.replaceAll(path, "IMG").replace(STATS, "STATS").replace(MACHINE_STATS, "CSTATS");
 }
 
-async function qemuIo(args: string[]): Promise<{ status: number; out: string; err: string }> {
-  const r = await new Deno.Command("qemu-io", { args, stdout: "piped", stderr: "piped" }).output();
-  const d = new TextDecoder();
+async function qemuIo(args: string[]): Promise<PeerResult> {
+  const r = await runPeer("qemu-io", args);
   // glibc names the program by argv[0], which is the full path when spawned from here.
-  const err = d.decode(r.stderr).replace(/^\/\S*\/qemu-io: /gm, "qemu-io: ");
-  return { status: r.code, out: d.decode(r.stdout), err };
-}
-
-async function ours(args: string[]): Promise<{ status: number; out: string; err: string }> {
-  const cap = captureIo();
-  const status = await runIo(args, cap);
-  return { status, out: cap.stdout, err: cap.stderr };
+  return { ...r, err: r.err.replace(/^\/\S*\/qemu-io: /gm, "qemu-io: ") };
 }
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
@@ -50,7 +43,7 @@ Deno.test("qemu-io reads back what blockgraph io wrote", async () => {
   await withDir(async (dir) => {
     const path = `${dir}/a.img`;
     await image(path, 1 << 20);
-    const w = await ours([
+    const w = await runOurIo([
       "-f",
       "raw",
       ...cmds(
@@ -62,7 +55,7 @@ Deno.test("qemu-io reads back what blockgraph io wrote", async () => {
       ),
       path,
     ]);
-    assertEquals([w.status, w.err], [0, ""]);
+    assertEquals([w.code, w.err], [0, ""]);
     const r = await qemuIo([
       "-f",
       "raw",
@@ -75,7 +68,7 @@ Deno.test("qemu-io reads back what blockgraph io wrote", async () => {
       ),
       path,
     ]);
-    assertEquals(r, { status: 0, out: "", err: "" });
+    assertEquals(r, { code: 0, out: "", err: "" });
   });
 });
 
@@ -89,8 +82,8 @@ Deno.test("blockgraph io reads back what qemu-io wrote", async () => {
       ...cmds("write -P 0x44 3 5000", "writev -P 0x55 10000 512 333", "write -z 5003 100"),
       path,
     ]);
-    assertEquals(w.status, 0);
-    const r = await ours([
+    assertEquals(w.code, 0);
+    const r = await runOurIo([
       "-f",
       "raw",
       ...cmds(
@@ -102,7 +95,7 @@ Deno.test("blockgraph io reads back what qemu-io wrote", async () => {
       path,
     ]);
     assertEquals(r.out, "Pattern verification failed at offset 0, 3 bytes\n");
-    assertEquals(r.status, 1);
+    assertEquals(r.code, 1);
   });
 });
 
@@ -194,10 +187,10 @@ for (const sc of SCENARIOS) {
       await image(q, sc.size ?? 1 << 20);
       await Deno.copyFile(q, b);
       const theirs = await qemuIo(sc.args.map((a) => a.replaceAll("IMG", q)));
-      const mine = await ours(sc.args.map((a) => a.replaceAll("IMG", b)));
+      const mine = await runOurIo(sc.args.map((a) => a.replaceAll("IMG", b)));
       assertEquals(
-        { status: mine.status, out: mask(mine.out, b), err: mask(mine.err, b) },
-        { status: theirs.status, out: mask(theirs.out, q), err: mask(theirs.err, q) },
+        { status: mine.code, out: mask(mine.out, b), err: mask(mine.err, b) },
+        { status: theirs.code, out: mask(theirs.out, q), err: mask(theirs.err, q) },
       );
       assertEquals(await Deno.readFile(b), await Deno.readFile(q));
     });

@@ -18,11 +18,19 @@ export interface PeerResult {
   err: string;
 }
 
+/** Where and how {@link runPeer} runs a command. */
+export interface PeerRunOptions {
+  /** The working folder (default: this process's). */
+  cwd?: string;
+  /** Variables added to the environment. */
+  env?: Record<string, string>;
+}
+
 /** Runs `cmd` to completion (killed after {@link PEER_TIMEOUT_MS}). */
 export async function runPeer(
   cmd: string,
   args: string[],
-  env: Record<string, string> = {},
+  { cwd, env = {} }: PeerRunOptions = {},
 ): Promise<PeerResult> {
   const ac = new AbortController();
   const timer = setTimeout(() => ac.abort(), PEER_TIMEOUT_MS);
@@ -30,6 +38,7 @@ export async function runPeer(
     const r = await new Deno.Command(cmd, {
       args,
       env,
+      ...(cwd === undefined ? {} : { cwd }),
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
@@ -40,6 +49,17 @@ export async function runPeer(
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Runs `cmd` like {@link runPeer} and fails with its standard error unless it exits 0; its output. */
+export async function mustPeer(
+  cmd: string,
+  args: string[],
+  options: PeerRunOptions = {},
+): Promise<string> {
+  const r = await runPeer(cmd, args, options);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.code}): ${r.err}`);
+  return r.out;
 }
 
 /** A server process: {@link PeerServer.stop} kills it and waits for it. */

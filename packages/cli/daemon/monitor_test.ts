@@ -13,6 +13,7 @@ import type { Daemon } from "./daemon.ts";
 import { applyAction, createDaemon } from "./run_daemon.ts";
 import { addMonitor } from "./run_daemon.ts";
 import { TestQmpClient } from "./testing_qmp_client.ts";
+import { startQmpDaemon } from "./testing_qmp_daemon.ts";
 
 interface Fixture {
   daemon: Daemon;
@@ -23,22 +24,8 @@ interface Fixture {
 }
 
 async function fixture(): Promise<Fixture> {
-  const dir = await Deno.makeTempDir({ prefix: "bg-qmp-" });
-  const daemon = createDaemon();
-  const sock = `${dir}/qmp.sock`;
-  addMonitor(daemon, sock);
-  const qmp = await TestQmpClient.connect(sock);
-  return {
-    daemon,
-    dir,
-    sock,
-    qmp,
-    async [Symbol.asyncDispose]() {
-      await qmp.close();
-      await daemon.shutdown();
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
+  const s = await startQmpDaemon("bg-qmp-");
+  return { ...s, sock: `${s.dir}/qmp.sock`, qmp: s.q };
 }
 
 /** Holds a node the way a mirror job does, until cancelled. */

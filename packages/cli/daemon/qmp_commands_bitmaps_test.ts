@@ -1,18 +1,13 @@
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { addMonitor, createDaemon } from "./run_daemon.ts";
-import { TestQmpClient } from "./testing_qmp_client.ts";
+import { startQmpDaemon } from "./testing_qmp_daemon.ts";
 
 async function setup() {
-  const dir = await Deno.makeTempDir({ prefix: "bg-bitmap-" });
-  const daemon = createDaemon();
-  addMonitor(daemon, `${dir}/qmp.sock`);
-  const q = await TestQmpClient.connect(`${dir}/qmp.sock`);
+  const s = await startQmpDaemon("bg-bitmap-");
+  const { daemon, q } = s;
   await q.ok("blockdev-add", { driver: "memory", "node-name": "m0", size: 1 << 20 });
   await q.ok("blockdev-add", { driver: "memory", "node-name": "m1", size: 2 << 20 });
   return {
-    dir,
-    daemon,
-    q,
+    ...s,
     async write(node: string, offset: number, bytes: number) {
       await daemon.graph.findNode(node)!.write(offset, new Uint8Array(bytes).fill(1));
     },
@@ -23,11 +18,6 @@ async function setup() {
       >[];
       const n = nodes.find((x) => x["node-name"] === node)!;
       return n["dirty-bitmaps"] as Record<string, unknown>[] | undefined;
-    },
-    async [Symbol.asyncDispose]() {
-      await q.close();
-      await daemon.shutdown();
-      await Deno.remove(dir, { recursive: true });
     },
   };
 }

@@ -1,14 +1,12 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
-import { applyAction, createDaemon } from "./run_daemon.ts";
-import { addMonitor } from "./run_daemon.ts";
-import { TestQmpClient } from "./testing_qmp_client.ts";
+import { applyAction } from "./run_daemon.ts";
+import type { TestQmpClient } from "./testing_qmp_client.ts";
+import { startQmpDaemon } from "./testing_qmp_daemon.ts";
 import type { Daemon } from "./daemon.ts";
 
 async function setup() {
-  const dir = await Deno.makeTempDir({ prefix: "bg-media-" });
-  const daemon = createDaemon();
-  addMonitor(daemon, `${dir}/qmp.sock`);
-  const q = await TestQmpClient.connect(`${dir}/qmp.sock`);
+  const s = await startQmpDaemon("bg-media-");
+  const { daemon, q } = s;
   await q.ok("blockdev-add", { driver: "memory", "node-name": "m0", size: 65536 });
   await q.ok("blockdev-add", { driver: "raw", "node-name": "r0", file: "m0", "read-only": true });
   await q.ok("blockdev-add", { driver: "memory", "node-name": "m1", size: 131072 });
@@ -22,16 +20,7 @@ async function setup() {
     text: "",
     options: { id: "hd0", "node-name": "m1", removable: "off" },
   });
-  return {
-    dir,
-    daemon,
-    q,
-    async [Symbol.asyncDispose]() {
-      await q.close();
-      await daemon.shutdown();
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
+  return s;
 }
 
 function trayEvents(q: TestQmpClient, from = 0) {

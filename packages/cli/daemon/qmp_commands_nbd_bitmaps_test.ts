@@ -1,28 +1,19 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { runPeer } from "../../../tests/peer_run.ts";
 import { ensurePeers } from "../../../tests/peers.ts";
-import { addMonitor, applyAction, createDaemon } from "./run_daemon.ts";
+import { applyAction } from "./run_daemon.ts";
 import { parseDaemonArgs } from "./daemon_options.ts";
-import { TestQmpClient } from "./testing_qmp_client.ts";
+import { startQmpDaemon } from "./testing_qmp_daemon.ts";
 
 async function setup() {
-  const dir = await Deno.makeTempDir({ prefix: "bg-nbd-bitmap-" });
-  const daemon = createDaemon();
-  addMonitor(daemon, `${dir}/qmp.sock`);
-  const q = await TestQmpClient.connect(`${dir}/qmp.sock`);
+  const s = await startQmpDaemon("bg-nbd-bitmap-");
+  const { q } = s;
   await q.ok("blockdev-add", { driver: "memory", "node-name": "m0", size: 1 << 20 });
-  const sock = `${dir}/nbd.sock`;
+  const sock = `${s.dir}/nbd.sock`;
   await q.ok("nbd-server-start", { addr: { type: "unix", data: { path: sock } } });
   return {
-    dir,
-    daemon,
-    q,
+    ...s,
     sock,
-    async [Symbol.asyncDispose]() {
-      await q.close();
-      await daemon.shutdown();
-      await Deno.remove(dir, { recursive: true });
-    },
   };
 }
 

@@ -1,25 +1,13 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { Graph } from "@blockgraph/core";
 import { defaultRegistry } from "@blockgraph/drivers";
-import { addMonitor, createDaemon } from "./run_daemon.ts";
-import { TestQmpClient } from "./testing_qmp_client.ts";
+import { startQmpDaemon } from "./testing_qmp_daemon.ts";
 
 async function setup() {
-  const dir = await Deno.makeTempDir({ prefix: "bg-nbd-" });
-  const daemon = createDaemon();
-  addMonitor(daemon, `${dir}/qmp.sock`);
-  const q = await TestQmpClient.connect(`${dir}/qmp.sock`);
+  const s = await startQmpDaemon("bg-nbd-");
+  const { q } = s;
   await q.ok("blockdev-add", { driver: "memory", "node-name": "m0", size: 1 << 20 });
-  return {
-    dir,
-    daemon,
-    q,
-    async [Symbol.asyncDispose]() {
-      await q.close();
-      await daemon.shutdown();
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
+  return s;
 }
 
 Deno.test("nbd-server-start/-stop: legacy and flat addresses, QEMU's refusals", async () => {

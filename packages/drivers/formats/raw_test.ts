@@ -8,6 +8,7 @@ import {
   pattern,
   runConformance,
 } from "../conformance/mod.ts";
+import { formatOverFile } from "./file_target_testing.ts";
 import { fileDriver } from "../protocols/file.ts";
 import { MEMORY_CHUNK_SIZE, memoryDriver } from "../protocols/memory.ts";
 import { nullDriver } from "../protocols/null.ts";
@@ -53,29 +54,13 @@ runConformance("raw with offset and size over memory", {
     ),
 });
 
-const tempDirs: string[] = [];
-
-runConformance("raw over file", {
-  registry,
-  capabilities: { persistent: true, resize: true, growsOnWrite: true },
-  async open(graph, { readOnly }) {
-    const dir = await Deno.makeTempDir({ prefix: "blockgraph-raw-" });
-    tempDirs.push(dir);
-    await rawDriver.create!({ filename: `${dir}/disk.img`, size: SIZE }, registry);
-    return graph.open(
-      {
-        driver: "raw",
-        discard: "unmap",
-        "read-only": readOnly,
-        file: { driver: "file", filename: `${dir}/disk.img` },
-      },
-      CONFORMANCE_HOLDER,
-    );
-  },
-  async cleanup() {
-    for (const dir of tempDirs.splice(0)) await Deno.remove(dir, { recursive: true });
-  },
-});
+runConformance(
+  "raw over file",
+  formatOverFile(rawDriver, registry, { persistent: true, resize: true, growsOnWrite: true }, {
+    size: SIZE,
+    filename: "disk.img",
+  }),
+);
 
 type OpenNode = Awaited<ReturnType<Graph["open"]>>;
 

@@ -1,31 +1,14 @@
-import { DriverRegistry, Graph, IoVector, type Node, ReqFlags } from "@blockgraph/core";
-import {
-  assert,
-  assertBytesEqual,
-  assertEquals,
-  assertRejectsWith,
-  pattern,
-} from "../../conformance/mod.ts";
-import { memoryDriver } from "../../protocols/memory.ts";
-import { formatQcow2, preallocateMetadata, type Qcow2CreateParams } from "./create.ts";
+import { IoVector, type Node, ReqFlags } from "@blockgraph/core";
+import { assert, assertBytesEqual, assertEquals, pattern } from "../../conformance/mod.ts";
+import { preallocateMetadata, type Qcow2CreateParams } from "./create.ts";
 import { viewOf } from "./format.ts";
-import type { Qcow2Instance } from "./instance.ts";
-import { qcow2Driver } from "./mod.ts";
+import { expectClean, q, qcow2Params, readAll, rejects, withImage } from "./test_fixtures.ts";
 
-const registry = new DriverRegistry([memoryDriver, qcow2Driver]);
 const CS = 65536;
 const SIZE = 1 << 20;
 
 function params(over: Partial<Qcow2CreateParams> = {}): Qcow2CreateParams {
-  return {
-    size: SIZE,
-    version: 3,
-    clusterSize: CS,
-    refcountBits: 16,
-    lazyRefcounts: false,
-    dataFile: "data.raw",
-    ...over,
-  };
+  return qcow2Params({ size: SIZE, clusterSize: CS, dataFile: "data.raw", ...over });
 }
 
 interface Fixture {
@@ -35,61 +18,20 @@ interface Fixture {
 }
 
 /** A fresh image in memory whose external data file is the memory node `data`. */
-async function withImage(p: Qcow2CreateParams, fn: (f: Fixture) => Promise<void>): Promise<void> {
-  const graph = new Graph({ registry });
-  const mem = await graph.open({ driver: "memory", "node-name": "mem" }, "t");
-  const data = await graph.open({ driver: "memory", "node-name": "data", size: SIZE }, "t");
-  await formatQcow2(mem, p);
-  let n = 0;
-  const open = (extra: Record<string, unknown> = {}) =>
-    graph.open({
-      driver: "qcow2",
-      "node-name": `q${++n}`,
-      file: "mem",
-      "data-file": "data",
-      discard: "unmap",
-      ...extra,
-    }, "t");
-  let failure: unknown = null;
-  try {
-    await fn({ mem, data, open });
-    await mem.unref("t");
+function withDataFile(p: Qcow2CreateParams, fn: (f: Fixture) => Promise<void>): Promise<void> {
+  return withImage(p, async ({ graph, mem, open }) => {
+    const data = await graph.open({ driver: "memory", "node-name": "data", size: SIZE }, "t");
+    await fn({
+      mem,
+      data,
+      open: (extra = {}) => open({ "data-file": "data", discard: "unmap", ...extra }),
+    });
     await data.unref("t");
-  } catch (e) {
-    failure = e;
-  }
-  try {
-    await graph.closeAll();
-  } catch (e) {
-    failure ??= e;
-  }
-  if (failure !== null) throw failure;
-}
-
-function q(node: Node): Qcow2Instance {
-  return node.instance as Qcow2Instance;
-}
-
-async function readAll(node: Node, offset: number, bytes: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(bytes);
-  await node.read(offset, buf);
-  return buf;
-}
-
-async function expectClean(node: Node, label: string): Promise<void> {
-  const r = await q(node).check("none");
-  assertEquals(JSON.stringify(r.messages), "[]", `${label}: check messages`);
-  assertEquals(r.corruptions + r.leaks + r["check-errors"], 0, `${label}: counts`);
-}
-
-/** Fails unless `promise` rejects with `code` and a message containing `text`. */
-async function rejects(promise: Promise<unknown>, code: "ENOTSUP" | "EINVAL", text: string) {
-  const e = await assertRejectsWith(promise, code, text);
-  assert(e.message.includes(text), `message '${e.message}' lacks '${text}'`);
+  });
 }
 
 Deno.test("qcow2 data file: guest data lands at its guest offset in the data file", () =>
-  withImage(params(), async ({ mem, data, open }) => {
+  withDataFile(params(), async ({ mem, data, open }) => {
     const node = await open();
     const fileLen = mem.getLength();
     await node.write(0, pattern(1000, 1));
@@ -118,7 +60,7 @@ Deno.test("qcow2 data file: guest data lands at its guest offset in the data fil
   }));
 
 Deno.test("qcow2 data file: a raw data file stays the guest's disk through writes, zeroes, discards", () =>
-  withImage(params({ dataFileRaw: true }), async ({ data, open }) => {
+  withDataFile(params({ dataFileRaw: true }), async ({ data, open }) => {
     const node = await open();
     await preallocateMetadata(q(node).image);
     await data.write(0, pattern(SIZE, 7));
@@ -139,7 +81,7 @@ Deno.test("qcow2 data file: a raw data file stays the guest's disk through write
   }));
 
 Deno.test("qcow2 data file: compressed writes and internal snapshots are refused", () =>
-  withImage(params(), async ({ open }) => {
+  withDataFile(params(), async ({ open }) => {
     const node = await open();
     await rejects(
       node.pwritev(0, CS, IoVector.of(pattern(CS, 0)), 0, ReqFlags.WRITE_COMPRESSED),
@@ -153,14 +95,14 @@ Deno.test("qcow2 data file: compressed writes and internal snapshots are refused
 
 Deno.test("qcow2 data file: open needs the data file, and only images with one take it", async () => {
   const { dataFile: _, ...plain } = params();
-  await withImage(plain, async ({ open }) => {
+  await withDataFile(plain, async ({ open }) => {
     await rejects(
       open(),
       "EINVAL",
       "'data-file' can only be set for images with an external data file",
     );
   });
-  await withImage(params(), async ({ mem, open }) => {
+  await withDataFile(params(), async ({ mem, open }) => {
     // Without the name in the header and without the option, there is nothing to open.
     const h = viewOf(await readAll(mem, 0, 4096));
     const extAt = 112;
@@ -171,7 +113,7 @@ Deno.test("qcow2 data file: open needs the data file, and only images with one t
 });
 
 Deno.test("qcow2 data file: extended L2 writes only the touched subclusters to the data file", () =>
-  withImage(params({ extendedL2: true }), async ({ data, open }) => {
+  withDataFile(params({ extendedL2: true }), async ({ data, open }) => {
     const node = await open();
     const writes: [number, number][] = [];
     const orig = data.pwritev.bind(data);

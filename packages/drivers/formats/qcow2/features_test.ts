@@ -1,4 +1,4 @@
-import { DriverRegistry, Graph, type Node, ReqFlags } from "@blockgraph/core";
+import { type Node, ReqFlags } from "@blockgraph/core";
 import {
   assert,
   assertBytesEqual,
@@ -6,71 +6,14 @@ import {
   assertRejectsWith,
   pattern,
 } from "../../conformance/mod.ts";
-import { memoryDriver } from "../../protocols/memory.ts";
-import { formatQcow2, type Qcow2CreateParams } from "./create.ts";
+import type { Qcow2CreateParams } from "./create.ts";
 import { Incompat } from "./format.ts";
-import type { Qcow2Instance } from "./instance.ts";
-import { qcow2Driver } from "./mod.ts";
+import { expectClean, q, qcow2Params, readAll, withImage } from "./test_fixtures.ts";
 
-const registry = new DriverRegistry([memoryDriver, qcow2Driver]);
 const CS = 4096;
 
 function params(over: Partial<Qcow2CreateParams> = {}): Qcow2CreateParams {
-  return {
-    size: 1 << 20,
-    version: 3,
-    clusterSize: CS,
-    refcountBits: 16,
-    lazyRefcounts: false,
-    ...over,
-  };
-}
-
-interface Fixture {
-  graph: Graph;
-  mem: Node;
-  open(extra?: Record<string, unknown>): Promise<Node>;
-}
-
-async function withImage(
-  p: Qcow2CreateParams,
-  fn: (f: Fixture) => Promise<void>,
-): Promise<void> {
-  const graph = new Graph({ registry });
-  const mem = await graph.open({ driver: "memory", "node-name": "mem" }, "t");
-  await formatQcow2(mem, p);
-  let n = 0;
-  const open = (extra: Record<string, unknown> = {}) =>
-    graph.open({ driver: "qcow2", "node-name": `q${++n}`, file: "mem", ...extra }, "t");
-  let failure: unknown = null;
-  try {
-    await fn({ graph, mem, open });
-    await mem.unref("t");
-  } catch (e) {
-    failure = e;
-  }
-  try {
-    await graph.closeAll();
-  } catch (e) {
-    failure ??= e;
-  }
-  if (failure !== null) throw failure;
-}
-
-function q(node: Node): Qcow2Instance {
-  return node.instance as Qcow2Instance;
-}
-
-async function readAll(node: Node, offset: number, bytes: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(bytes);
-  await node.read(offset, buf);
-  return buf;
-}
-
-async function expectClean(node: Node, label: string): Promise<void> {
-  const r = await q(node).check("none");
-  same(r.messages, [], `${label}: check messages`);
-  same([r.corruptions, r.leaks, r["check-errors"]], [0, 0, 0], `${label}: counts`);
+  return qcow2Params({ clusterSize: CS, ...over });
 }
 
 /** Deep equality through JSON (assertEquals compares with ===). */

@@ -1,24 +1,16 @@
-import { DriverRegistry, Graph } from "@blockgraph/core";
+import { Graph } from "@blockgraph/core";
 import {
   assert,
   assertBytesEqual,
   assertEquals,
   assertRejectsWith,
 } from "../../conformance/mod.ts";
-import { memoryDriver } from "../../protocols/memory.ts";
 import { formatQcow2, type Qcow2CreateParams } from "./create.ts";
 import { setU64, viewOf } from "./format.ts";
 import { parseHeader, serializeHeader } from "./header.ts";
-import { qcow2Driver } from "./mod.ts";
+import { qcow2Params, registry } from "./test_fixtures.ts";
 
-const registry = new DriverRegistry([memoryDriver, qcow2Driver]);
-const P: Qcow2CreateParams = {
-  size: 1 << 20,
-  version: 3,
-  clusterSize: 65536,
-  refcountBits: 16,
-  lazyRefcounts: false,
-};
+const P: Qcow2CreateParams = qcow2Params();
 
 /** Formats a memory node, lets `patch` change the first cluster, and opens it as qcow2. */
 async function openPatched(

@@ -1,4 +1,4 @@
-import { DriverRegistry, Graph, IoVector, type Node, ReqFlags } from "@blockgraph/core";
+import { IoVector, type Node, ReqFlags } from "@blockgraph/core";
 import {
   assert,
   assertBytesEqual,
@@ -6,68 +6,14 @@ import {
   assertRejectsWith,
   pattern,
 } from "../../conformance/mod.ts";
-import { memoryDriver } from "../../protocols/memory.ts";
-import { formatQcow2, type Qcow2CreateParams } from "./create.ts";
+import type { Qcow2CreateParams } from "./create.ts";
 import { Incompat } from "./format.ts";
-import type { Qcow2Instance } from "./instance.ts";
-import { qcow2Driver } from "./mod.ts";
+import { expectClean, q, qcow2Params, readAll, withImage } from "./test_fixtures.ts";
 
-const registry = new DriverRegistry([memoryDriver, qcow2Driver]);
 const CS = 4096;
 
 function params(over: Partial<Qcow2CreateParams> = {}): Qcow2CreateParams {
-  return {
-    size: 1 << 20,
-    version: 3,
-    clusterSize: CS,
-    refcountBits: 16,
-    lazyRefcounts: false,
-    ...over,
-  };
-}
-
-/** Formats a memory node with `p` and runs `fn` with a way to open qcow2 nodes over it. */
-async function withImage(
-  p: Qcow2CreateParams,
-  fn: (mem: Node, open: (extra?: Record<string, unknown>) => Promise<Node>) => Promise<void>,
-): Promise<void> {
-  const graph = new Graph({ registry });
-  const mem = await graph.open({ driver: "memory", "node-name": "mem" }, "t");
-  await formatQcow2(mem, p);
-  let n = 0;
-  let failure: unknown = null;
-  try {
-    await fn(
-      mem,
-      (extra = {}) =>
-        graph.open({ driver: "qcow2", "node-name": `q${++n}`, file: "mem", ...extra }, "t"),
-    );
-    await mem.unref("t");
-  } catch (e) {
-    failure = e;
-  }
-  try {
-    await graph.closeAll();
-  } catch (e) {
-    failure ??= e;
-  }
-  if (failure !== null) throw failure;
-}
-
-function q(node: Node): Qcow2Instance {
-  return node.instance as Qcow2Instance;
-}
-
-async function readAll(node: Node, offset: number, bytes: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(bytes);
-  await node.read(offset, buf);
-  return buf;
-}
-
-async function expectClean(node: Node, label: string): Promise<void> {
-  const r = await q(node).check("none");
-  assertEquals(JSON.stringify(r.messages), "[]", `${label}: check messages`);
-  assertEquals([r.corruptions, r.leaks, r["check-errors"]].join(), "0,0,0", `${label}: counts`);
+  return qcow2Params({ clusterSize: CS, ...over });
 }
 
 function corruptBit(node: Node): boolean {
@@ -75,7 +21,7 @@ function corruptBit(node: Node): boolean {
 }
 
 Deno.test("qcow2 check reports refcount table entries with reserved bits set, as QEMU does", () =>
-  withImage(params(), async (mem, open) => {
+  withImage(params(), async ({ mem, open }) => {
     let node = await open();
     await node.write(0, pattern(2 * CS, 1));
     const at = q(node).image.header.refcountTableOffset;
@@ -97,7 +43,7 @@ Deno.test("qcow2 check reports refcount table entries with reserved bits set, as
   }));
 
 Deno.test("qcow2 compressed writes never pack into a cluster freed by snapshot apply and reused", () =>
-  withImage(params(), async (_mem, open) => {
+  withImage(params(), async ({ open }) => {
     const node = await open();
     await q(node).snapshotCreate("s0");
     await node.write(0, pattern(CS, 0x11));
@@ -119,7 +65,7 @@ Deno.test("qcow2 compressed writes never pack into a cluster freed by snapshot a
 Deno.test("qcow2 compressed writes start a new cluster at the maximum refcount (1 and 8 bits)", async () => {
   for (const [bits, clusterSize, writes] of [[1, CS, 3], [8, 65536, 300]] as const) {
     const p = params({ refcountBits: bits, clusterSize, size: writes * clusterSize });
-    await withImage(p, async (_mem, open) => {
+    await withImage(p, async ({ open }) => {
       const node = await open();
       const data = (i: number) => new Uint8Array(clusterSize).fill(i & 0xff, 0, 8);
       for (let i = 0; i < writes; i++) {
@@ -146,7 +92,7 @@ Deno.test("qcow2 compressed writes start a new cluster at the maximum refcount (
 });
 
 Deno.test("qcow2 snapshot create past the refcount maximum fails with EINVAL and leaves the image usable", () =>
-  withImage(params({ refcountBits: 1 }), async (_mem, open) => {
+  withImage(params({ refcountBits: 1 }), async ({ open }) => {
     const node = await open();
     await node.write(0, pattern(2 * CS, 1));
     await assertRejectsWith(
@@ -191,7 +137,7 @@ function gateNextWrite(node: Node): { entered: Promise<void>; release: () => voi
 const settle = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 Deno.test("qcow2 discard waits for an in-place write in flight before its cluster is reused", () =>
-  withImage(params(), async (_mem, open) => {
+  withImage(params(), async ({ open }) => {
     const node = await open({ discard: "unmap" });
     await node.write(0, pattern(CS, 0x11));
     const gate = gateNextWrite(node);
@@ -209,7 +155,7 @@ Deno.test("qcow2 discard waits for an in-place write in flight before its cluste
   }));
 
 Deno.test("qcow2 snapshot apply waits for an in-place write in flight before freeing", () =>
-  withImage(params(), async (_mem, open) => {
+  withImage(params(), async ({ open }) => {
     const node = await open();
     await q(node).snapshotCreate("empty");
     await node.write(0, pattern(CS, 0x11));
@@ -228,7 +174,7 @@ Deno.test("qcow2 snapshot apply waits for an in-place write in flight before fre
   }));
 
 Deno.test("qcow2 open refuses a snapshot L1 table that is too large or past the end of the file", () =>
-  withImage(params(), async (mem, open) => {
+  withImage(params(), async ({ mem, open }) => {
     const node = await open();
     await node.write(0, pattern(CS, 1));
     await q(node).snapshotCreate("s1");

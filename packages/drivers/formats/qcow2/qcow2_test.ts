@@ -2,7 +2,6 @@ import {
   BlockStatusFlags,
   DriverRegistry,
   type Graph,
-  Graph as G,
   type Node,
   ReqFlags,
 } from "@blockgraph/core";
@@ -15,25 +14,20 @@ import {
   pattern,
   runConformance,
 } from "../../conformance/mod.ts";
+import { formatOverFile } from "../file_target_testing.ts";
 import { fileDriver } from "../../protocols/file.ts";
 import { memoryDriver } from "../../protocols/memory.ts";
 import { rawDriver } from "../raw.ts";
 import { formatQcow2, type Qcow2CreateParams } from "./create.ts";
 import type { Qcow2Instance } from "./instance.ts";
 import { qcow2Driver } from "./mod.ts";
+import { qcow2Params, readAll, withGraph } from "./test_fixtures.ts";
 
 const registry = new DriverRegistry([memoryDriver, fileDriver, rawDriver, qcow2Driver]);
 const SIZE = 4 * 1024 * 1024;
 
 function params(over: Partial<Qcow2CreateParams> = {}): Qcow2CreateParams {
-  return {
-    size: SIZE,
-    version: 3,
-    clusterSize: 65536,
-    refcountBits: 16,
-    lazyRefcounts: false,
-    ...over,
-  };
+  return qcow2Params({ size: SIZE, ...over });
 }
 
 let memCount = 0;
@@ -70,55 +64,16 @@ for (
   });
 }
 
-const tempDirs: string[] = [];
-
-runConformance("qcow2 over file", {
-  registry,
-  capabilities: { persistent: true, resize: true, growsOnWrite: false },
-  async open(graph, { readOnly }) {
-    const dir = await Deno.makeTempDir({ prefix: "blockgraph-qcow2-" });
-    tempDirs.push(dir);
-    await qcow2Driver.create!({ filename: `${dir}/disk.qcow2`, size: SIZE }, registry);
-    return graph.open(
-      {
-        driver: "qcow2",
-        discard: "unmap",
-        "read-only": readOnly,
-        file: { driver: "file", filename: `${dir}/disk.qcow2` },
-      },
-      CONFORMANCE_HOLDER,
-    );
-  },
-  async cleanup() {
-    for (const dir of tempDirs.splice(0)) await Deno.remove(dir, { recursive: true });
-  },
-});
-
-async function withGraph(fn: (graph: Graph) => Promise<void>): Promise<void> {
-  const graph = new G({ registry });
-  let failure: unknown = null;
-  try {
-    await fn(graph);
-  } catch (e) {
-    failure = e;
-  }
-  // The test's own failure wins over nodes it left open because of it.
-  try {
-    await graph.closeAll();
-  } catch (e) {
-    failure ??= e;
-  }
-  if (failure !== null) throw failure;
-}
-
-async function readAll(node: Node, offset: number, bytes: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(bytes);
-  await node.read(offset, buf);
-  return buf;
-}
+runConformance(
+  "qcow2 over file",
+  formatOverFile(qcow2Driver, registry, { persistent: true, resize: true, growsOnWrite: false }, {
+    size: SIZE,
+    filename: "disk.qcow2",
+  }),
+);
 
 Deno.test("qcow2 allocating write zeroes the rest of the cluster", () =>
-  withGraph(async (graph) => {
+  withGraph(registry, async (graph) => {
     const node = await openOnMemory(graph, params({ clusterSize: 4096 }), {}, "t");
     await node.write(4096 + 100, pattern(10, 1));
     const got = await readAll(node, 4096, 4096);
@@ -132,7 +87,7 @@ Deno.test("qcow2 allocating write zeroes the rest of the cluster", () =>
   }));
 
 Deno.test("qcow2 partial-cluster write copies the rest from the backing file", () =>
-  withGraph(async (graph) => {
+  withGraph(registry, async (graph) => {
     const base = await graph.open({ driver: "memory", "node-name": "base", size: SIZE }, "t");
     await base.write(0, pattern(SIZE, 3));
     const top = await openOnMemory(graph, params({ clusterSize: 4096 }), { backing: "base" }, "t");
@@ -147,7 +102,7 @@ Deno.test("qcow2 partial-cluster write copies the rest from the backing file", (
   }));
 
 Deno.test("qcow2 reads past the end of a shorter backing file as zeros", () =>
-  withGraph(async (graph) => {
+  withGraph(registry, async (graph) => {
     const base = await graph.open({ driver: "memory", "node-name": "base", size: 6000 }, "t");
     await base.write(0, pattern(6000, 4));
     const top = await openOnMemory(graph, params({ clusterSize: 4096 }), { backing: "base" }, "t");
@@ -162,7 +117,7 @@ Deno.test("qcow2 reads past the end of a shorter backing file as zeros", () =>
   }));
 
 Deno.test("qcow2 concurrent writes to one unallocated cluster both land", () =>
-  withGraph(async (graph) => {
+  withGraph(registry, async (graph) => {
     const node = await openOnMemory(graph, params({ clusterSize: 65536 }), {}, "t");
     const img = (node.instance as Qcow2Instance).image;
     const writes: Promise<void>[] = [];
@@ -180,7 +135,7 @@ Deno.test("qcow2 concurrent writes to one unallocated cluster both land", () =>
   }));
 
 Deno.test("qcow2 allocations at depth 32 without the lock reuse freed clusters and stay consistent", () =>
-  withGraph(async (graph) => {
+  withGraph(registry, async (graph) => {
     // 4k clusters, 16-bit refcounts: a refcount block covers 2048 clusters; 4 MiB disk.
     const node = await openOnMemory(graph, params({ clusterSize: 4096 }), {}, "t");
     const inst = node.instance as Qcow2Instance;
@@ -208,7 +163,7 @@ Deno.test("qcow2 allocations at depth 32 without the lock reuse freed clusters a
   }));
 
 Deno.test("qcow2 refcount table grows when the image outgrows it", () =>
-  withGraph(async (graph) => {
+  withGraph(registry, async (graph) => {
     // 512-byte clusters, 64-bit refcounts: one refcount block covers 64 clusters (32 KiB).
     const p = params({ clusterSize: 512, refcountBits: 64, size: 8 * 1024 * 1024 });
     const node = await openOnMemory(graph, p, {}, "t");
@@ -223,7 +178,7 @@ Deno.test("qcow2 refcount table grows when the image outgrows it", () =>
   }));
 
 Deno.test("qcow2 write-zeroes sets the zero flag and discard frees clusters", () =>
-  withGraph(async (graph) => {
+  withGraph(registry, async (graph) => {
     const node = await openOnMemory(
       graph,
       params({ clusterSize: 4096 }),
@@ -244,7 +199,7 @@ Deno.test("qcow2 write-zeroes sets the zero flag and discard frees clusters", ()
   }));
 
 Deno.test("qcow2 writes outside the disk fail and leave it usable", () =>
-  withGraph(async (graph) => {
+  withGraph(registry, async (graph) => {
     const node = await openOnMemory(graph, params(), {}, "t");
     await assertRejectsWith(node.write(SIZE - 1, new Uint8Array(2)), "ENOSPC", "write past end");
     await node.write(SIZE - 1, new Uint8Array([7]));
@@ -261,7 +216,7 @@ async function usedClusters(inst: Qcow2Instance): Promise<number> {
 }
 
 Deno.test("qcow2 makeEmpty leaves every cluster unallocated, reading from the backing file", () =>
-  withGraph(async (graph) => {
+  withGraph(registry, async (graph) => {
     const base = await graph.open({ driver: "memory", "node-name": "base", size: SIZE }, "t");
     await base.write(0, pattern(SIZE, 3));
     const top = await openOnMemory(
@@ -306,7 +261,7 @@ Deno.test("qcow2 makeEmpty leaves every cluster unallocated, reading from the ba
   }));
 
 Deno.test("qcow2 makeEmpty keeps the clusters of internal snapshots", () =>
-  withGraph(async (graph) => {
+  withGraph(registry, async (graph) => {
     const top = await openOnMemory(graph, params({ clusterSize: 4096 }), {}, "t");
     const inst = top.instance as Qcow2Instance;
     await top.write(0, pattern(64 * 1024, 5));

@@ -1,39 +1,15 @@
-import {
-  BlockStatusFlags,
-  DriverRegistry,
-  Graph,
-  IoVector,
-  type Node,
-  ReqFlags,
-} from "@blockgraph/core";
-import {
-  assert,
-  assertBytesEqual,
-  assertEquals,
-  assertRejectsWith,
-  pattern,
-} from "../../conformance/mod.ts";
-import { memoryDriver } from "../../protocols/memory.ts";
-import { formatQcow2, type Qcow2CreateParams } from "./create.ts";
+import { BlockStatusFlags, IoVector, type Node, ReqFlags } from "@blockgraph/core";
+import { assert, assertBytesEqual, assertEquals, pattern } from "../../conformance/mod.ts";
+import type { Qcow2CreateParams } from "./create.ts";
 import { getU64, viewOf } from "./format.ts";
-import type { Qcow2Instance } from "./instance.ts";
-import { qcow2Driver } from "./mod.ts";
+import { expectClean, q, qcow2Params, readAll, rejects, withImage } from "./test_fixtures.ts";
 
-const registry = new DriverRegistry([memoryDriver, qcow2Driver]);
 const CS = 65536;
 const SC = CS / 32;
 const SIZE = 2 << 20;
 
 function params(over: Partial<Qcow2CreateParams> = {}): Qcow2CreateParams {
-  return {
-    size: SIZE,
-    version: 3,
-    clusterSize: CS,
-    refcountBits: 16,
-    lazyRefcounts: false,
-    extendedL2: true,
-    ...over,
-  };
+  return qcow2Params({ size: SIZE, clusterSize: CS, extendedL2: true, ...over });
 }
 
 interface Fixture {
@@ -44,42 +20,24 @@ interface Fixture {
 }
 
 /** A fresh extended-L2 image in memory (over a patterned backing disk with `backing`). */
-async function withImage(
+function withExtL2(
   p: Qcow2CreateParams,
   backing: boolean,
   fn: (f: Fixture) => Promise<void>,
 ): Promise<void> {
-  const graph = new Graph({ registry });
-  const mem = await graph.open({ driver: "memory", "node-name": "mem" }, "t");
-  await formatQcow2(mem, p);
-  let base: Node | null = null;
-  if (backing) {
-    base = await graph.open({ driver: "memory", "node-name": "base", size: p.size }, "t");
-    await base.write(0, backingData(p.size));
-  }
-  let n = 0;
-  const open = (extra: Record<string, unknown> = {}) =>
-    graph.open({
-      driver: "qcow2",
-      "node-name": `q${++n}`,
-      file: "mem",
-      ...(backing ? { backing: "base" } : {}),
-      ...extra,
-    }, "t");
-  let failure: unknown = null;
-  try {
-    await fn({ mem, base, open });
-    await mem.unref("t");
+  return withImage(p, async ({ graph, mem, open }) => {
+    let base: Node | null = null;
+    if (backing) {
+      base = await graph.open({ driver: "memory", "node-name": "base", size: p.size }, "t");
+      await base.write(0, backingData(p.size));
+    }
+    await fn({
+      mem,
+      base,
+      open: (extra = {}) => open({ ...(backing ? { backing: "base" } : {}), ...extra }),
+    });
     await base?.unref("t");
-  } catch (e) {
-    failure = e;
-  }
-  try {
-    await graph.closeAll();
-  } catch (e) {
-    failure ??= e;
-  }
-  if (failure !== null) throw failure;
+  });
 }
 
 /** The backing disk's contents: every 512-byte sector holds its own index's low byte + 1. */
@@ -87,32 +45,6 @@ function backingData(size: number): Uint8Array {
   const b = new Uint8Array(size);
   for (let i = 0; i < size; i++) b[i] = ((i >> 9) & 0x7f) + 1;
   return b;
-}
-
-function q(node: Node): Qcow2Instance {
-  return node.instance as Qcow2Instance;
-}
-
-async function readAll(node: Node, offset: number, bytes: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(bytes);
-  await node.read(offset, buf);
-  return buf;
-}
-
-/** Fails unless `promise` rejects with `code` and a message containing `text`. */
-async function rejects(
-  promise: Promise<unknown>,
-  code: "EIO" | "ENOTSUP" | "EINVAL",
-  text: string,
-) {
-  const e = await assertRejectsWith(promise, code, text);
-  assert(e.message.includes(text), `message '${e.message}' lacks '${text}'`);
-}
-
-async function expectClean(node: Node, label: string): Promise<void> {
-  const r = await q(node).check("none");
-  assertEquals(JSON.stringify(r.messages), "[]", `${label}: check messages`);
-  assertEquals(r.corruptions + r.leaks + r["check-errors"], 0, `${label}: counts`);
 }
 
 /** The L2 table offset of L1 entry 0 and the raw entry words of guest cluster `g` in it. */
@@ -125,7 +57,7 @@ async function rawEntry(mem: Node, g: number): Promise<{ l2: number; words: numb
 }
 
 Deno.test("qcow2 extended L2: a partial 4 KiB write allocates and writes only its subclusters", () =>
-  withImage(params(), true, async ({ mem, base, open }) => {
+  withExtL2(params(), true, async ({ mem, base, open }) => {
     const node = await open();
     const writes: number[] = [];
     const orig = mem.pwritev.bind(mem);
@@ -155,7 +87,7 @@ Deno.test("qcow2 extended L2: a partial 4 KiB write allocates and writes only it
   }));
 
 Deno.test("qcow2 extended L2: reads and block status go per subcluster", () =>
-  withImage(params(), true, async ({ open }) => {
+  withExtL2(params(), true, async ({ open }) => {
     const node = await open();
     await node.write(2 * SC, pattern(SC, 1));
     await node.pwriteZeroes(4 * SC, 2 * SC, 0);
@@ -181,7 +113,7 @@ Deno.test("qcow2 extended L2: reads and block status go per subcluster", () =>
   }));
 
 Deno.test("qcow2 extended L2: concurrent writes to one unallocated cluster all land", () =>
-  withImage(params(), true, async ({ open }) => {
+  withExtL2(params(), true, async ({ open }) => {
     const node = await open();
     const want = backingData(SIZE);
     const ops: Promise<void>[] = [];
@@ -201,7 +133,7 @@ Deno.test("qcow2 extended L2: concurrent writes to one unallocated cluster all l
   }));
 
 Deno.test("qcow2 extended L2: random writes, zeroes and discards agree with a model", () =>
-  withImage(params({ clusterSize: 16384 }), true, async ({ open }) => {
+  withExtL2(params({ clusterSize: 16384 }), true, async ({ open }) => {
     let node = await open({ discard: "unmap" });
     const model = backingData(SIZE);
     let seed = 7;
@@ -240,7 +172,7 @@ Deno.test("qcow2 extended L2: random writes, zeroes and discards agree with a mo
   }));
 
 Deno.test("qcow2 extended L2: invalid subcluster bitmaps are refused and check reports them", () =>
-  withImage(params(), false, async ({ mem, open }) => {
+  withExtL2(params(), false, async ({ mem, open }) => {
     let node = await open();
     await node.write(0, pattern(4096, 1));
     await node.write(CS, pattern(CS, 2));
@@ -270,7 +202,7 @@ Deno.test("qcow2 extended L2: invalid subcluster bitmaps are refused and check r
   }));
 
 Deno.test("qcow2 extended L2: a compressed cluster with a non-zero bitmap is refused", () =>
-  withImage(params(), false, async ({ mem, open }) => {
+  withExtL2(params(), false, async ({ mem, open }) => {
     let node = await open();
     await node.pwritev(0, CS, IoVector.of(pattern(CS, 0)), 0, ReqFlags.WRITE_COMPRESSED);
     assertBytesEqual(await readAll(node, 0, CS), pattern(CS, 0), "compressed reads");
@@ -297,7 +229,7 @@ Deno.test("qcow2 extended L2: a compressed cluster with a non-zero bitmap is ref
   }));
 
 Deno.test("qcow2 extended L2: snapshots, resize and makeEmpty keep the bitmaps", () =>
-  withImage(params(), true, async ({ open }) => {
+  withExtL2(params(), true, async ({ open }) => {
     const node = await open();
     const q2 = q(node);
     await node.write(3000, pattern(5000, 1));
