@@ -24,8 +24,12 @@ export interface DirtyBitmapStore {
   readonly clusterSize?: number;
   /** Throws when a new persistent bitmap `name` of `granularity` could not be stored. */
   canStoreDirtyBitmap?(name: string, granularity: number): void;
-  /** A persistent bitmap was removed: the image must drop it at the next store. */
-  dirtyBitmapRemoved?(name: string): void;
+  /**
+   * A persistent bitmap was removed: the image drops its stored copy now (as QEMU does at
+   * `block-dirty-bitmap-remove`), and resolves when it is gone. When that fails the copy is
+   * dropped at the next store.
+   */
+  dirtyBitmapRemoved?(name: string): void | Promise<void>;
 }
 
 /** Which states {@link DirtyBitmap.check} refuses (QEMU's BDRV_BITMAP_* flags). */

@@ -133,23 +133,35 @@ export class DirtyBitmaps {
   }
 
   /**
-   * `block-dirty-bitmap-remove`. In a transaction the bitmap stays listed but busy until
-   * the commit releases it (as QEMU's action does); the abort makes it usable again.
+   * `block-dirty-bitmap-remove`. A persistent bitmap's stored copy goes at once, as in QEMU:
+   * the promise resolves when the image no longer holds it (and the bitmap is released); when
+   * the image cannot drop it, the bitmap stays and the promise rejects. In a transaction the
+   * bitmap stays listed but busy until the commit releases it (as QEMU's action does), the
+   * stored copy going then (or, failing that, at the image's next store); the abort makes it
+   * usable again.
    */
-  remove(ref: BitmapRef, tran?: Transaction): void {
+  remove(ref: BitmapRef, tran?: Transaction): void | Promise<void> {
     const bm = this.lookup(ref.node, ref.name);
     const err = bm.check(BitmapCheck.BUSY | BitmapCheck.RO);
     if (err) throw err;
-    const release = () => {
-      if (bm.persistent && bm.name !== null) bitmapStore(bm.node)?.dirtyBitmapRemoved?.(bm.name);
+    const drop = () =>
+      bm.persistent && bm.name !== null
+        ? bitmapStore(bm.node)?.dirtyBitmapRemoved?.(bm.name)
+        : undefined;
+    if (!tran) {
+      const dropped = drop();
+      if (dropped instanceof Promise) return dropped.then(() => bm.release());
       bm.release();
-    };
-    if (!tran) return release();
+      return;
+    }
     bm.busy = true;
     tran.add({
       commit: () => {
         bm.busy = false;
-        release();
+        // The image retries at its next store what it could not drop now.
+        const dropped = drop();
+        if (dropped instanceof Promise) dropped.catch(() => {});
+        bm.release();
       },
       abort: () => {
         bm.busy = false;

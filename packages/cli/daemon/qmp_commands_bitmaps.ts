@@ -108,7 +108,7 @@ function runBitmapAction(
   type: BitmapActionType,
   a: Record<string, unknown>,
   tran?: Transaction,
-): void {
+): void | Promise<void> {
   switch (type) {
     case "block-dirty-bitmap-add":
       bitmaps.add(a as unknown as BitmapAddArgs, tran);
@@ -229,8 +229,8 @@ function bitmapCommand(type: BitmapActionType): QmpCommand {
     args: null,
     run(args, { daemon }) {
       const a = checkBitmapArgs(type, args);
-      runBitmapAction(new DirtyBitmaps(daemon.graph), type, a);
-      return {};
+      const done = runBitmapAction(new DirtyBitmaps(daemon.graph), type, a);
+      return done instanceof Promise ? done.then(() => ({})) : {};
     },
   };
 }

@@ -137,7 +137,7 @@ export async function imgBitmap(
       const node = image.node.name;
       for (const a of actions) {
         try {
-          runAction(bitmaps, node, name, src.node.name, a, granularity);
+          await runAction(bitmaps, node, name, src.node.name, a, granularity);
         } catch (e) {
           reportFailure(io, `Operation ${a.op} on bitmap ${name} failed: `, e);
           return 1;
@@ -160,7 +160,7 @@ function runAction(
   srcNode: string,
   a: BitmapAction,
   granularity: number,
-): void {
+): void | Promise<void> {
   const ref = { node, name };
   switch (a.op) {
     case "add":

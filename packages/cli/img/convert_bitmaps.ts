@@ -84,7 +84,9 @@ export function copyBitmaps(
     } catch (e) {
       imgError(io, `Failed to populate bitmap ${name}: ${BlockError.from(e).message}`);
       try {
-        bitmaps.remove({ node: dst.name, name });
+        // Added in this run, so never stored: nothing on disk to wait for.
+        const removed = bitmaps.remove({ node: dst.name, name });
+        if (removed instanceof Promise) removed.catch(() => {});
       } catch {
         // QEMU ignores a failed cleanup too.
       }

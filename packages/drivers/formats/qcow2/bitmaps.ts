@@ -401,9 +401,9 @@ export async function storeBitmaps(image: Qcow2Image, node: Node): Promise<void>
 /**
  * Drops the bitmaps removed since the last store from the directory, one by one in the order
  * they were removed, as QEMU's qcow2_co_remove_persistent_dirty_bitmap did at each removal: a
- * new directory without it, then its clusters freed. Done here rather than at the removal
- * (whose hook cannot wait), it allocates and frees what QEMU's removals did, so the store
- * that follows lays the image out as QEMU's close does.
+ * new directory without it, then its clusters freed. A removal does it at once; a store does
+ * it for the removals that could not (a transaction's commit does not wait for it, or the
+ * write failed), so the image is laid out as QEMU's would be.
  */
 async function dropRemoved(image: Qcow2Image, st: BitmapState): Promise<void> {
   for (const name of [...st.removed]) {
@@ -460,10 +460,23 @@ export function canStoreBitmap(
   if (dirSize > MAX_DIRECTORY_SIZE) fail("Not enough space in the bitmap directory");
 }
 
-/** A persistent bitmap was removed: the next store drops it and frees its clusters. */
-export function bitmapRemoved(image: Qcow2Image, name: string): void {
+/**
+ * A persistent bitmap of `node` is being removed: a new directory without it is written and
+ * its clusters are freed now, as QEMU's qcow2_co_remove_persistent_dirty_bitmap does. Should
+ * that fail while the bitmap is still `node`'s (a plain removal, which then fails), it stays
+ * stored; once it is gone from `node` (a transaction's commit does not wait), the name stays
+ * marked and the next store drops it.
+ */
+export async function bitmapRemoved(image: Qcow2Image, node: Node, name: string): Promise<void> {
   const st = stateOf(image);
-  if (st.entries.some((e) => e.name === name)) st.removed.add(name);
+  if (!st.entries.some((e) => e.name === name)) return;
+  st.removed.add(name);
+  try {
+    await image.lock.run(() => dropRemoved(image, st));
+  } catch (e) {
+    if (node.dirtyBitmaps.some((b) => b.persistent && b.name === name)) st.removed.delete(name);
+    throw e;
+  }
 }
 
 /** `qemu-img info`'s format-specific "bitmaps" list, from the directory on disk. */

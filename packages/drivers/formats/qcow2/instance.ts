@@ -445,9 +445,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     canStoreBitmap(this.image, this.#node, name, granularity);
   }
 
-  /** A persistent bitmap was removed: the next store frees its clusters. */
-  dirtyBitmapRemoved(name: string): void {
-    bitmapRemoved(this.image, name);
+  /** A persistent bitmap was removed: its directory entry and clusters go now (bitmaps.ts). */
+  dirtyBitmapRemoved(name: string): Promise<void> {
+    return bitmapRemoved(this.image, this.#node, name);
   }
 
   /**
