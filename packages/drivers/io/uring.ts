@@ -85,7 +85,11 @@ const SUBMIT_BATCH = 2;
  * spin while any is in flight (a worker's copy of one takes far longer than a spin lasts).
  * `img convert` 1 GiB half-allocated, page cache, 8 x 1 MiB in flight, medians of 9
  * alternating runs against qemu-img convert: qcow2->raw 245 -> 212 ms (0.69x -> 0.80x),
- * raw->qcow2 247 -> 220 ms (0.69x -> 0.77x); 256 KiB did no better than 64 KiB.
+ * raw->qcow2 247 -> 220 ms (0.69x -> 0.77x); 256 KiB did no better than 64 KiB. Since the
+ * I/O buffers moved to huge pages, that holds for writes only: large page-cache reads are
+ * left inline (a miss still goes to io-wq, the kernel's NOWAIT attempt failing). nbdcopy of
+ * a 1 GiB export, medians of 5, twice each: unix 0.70x -> 0.80-0.84x qemu-nbd at 1.7x ->
+ * 1.3x its CPU, TCP 0.83-0.85x -> 0.77-0.79x nbdkit at 1.5x -> 1.25-1.3x; convert unchanged.
  */
 const ASYNC_BYTES = 64 * 1024;
 /** Page-cache writes done on the JS thread may keep the event loop for this long (ms). */
@@ -106,7 +110,8 @@ const SYNC_COOL_MS = 100;
  * 0.3 ms and 0.1 ms all gave 0.85–0.88x, while O_DIRECT randwrite fell from 0.92x to 0.79x); `syncWrites`: page-cache writes with pwritev on the JS thread; `submitBatch`: SQEs queued
  * before an early submit (0: once per microtask round); `asyncBytes`: the size from which
  * page-cache requests are marked large (0: none); `asyncOn`: large ones get IOSQE_ASYNC;
- * `spinBig`: spin even while large ones are in flight; `earlyBig`: submit large ones early.
+ * `spinBig`: spin even while large ones are in flight; `earlyBig`: submit large ones early;
+ * `asyncReads`: large page-cache reads get IOSQE_ASYNC too.
  */
 export const uringTuning = {
   spinDepth: SPIN_DEPTH,
@@ -121,6 +126,7 @@ export const uringTuning = {
   spinBig: false,
   earlyBig: false,
   asyncOn: true,
+  asyncReads: false,
 };
 
 // Benchmarks of a daemon in a child process set the switches through the environment.
@@ -277,7 +283,7 @@ class UringEngine {
         count,
         rwFlags,
         t.earlyBig,
-        t.asyncOn ? IOSQE_ASYNC : 0,
+        t.asyncOn && (op === OP.WRITEV || t.asyncReads) ? IOSQE_ASYNC : 0,
       );
     }
     return this.#start(slot, op, fd, offset, slot.iov.addr, count, rwFlags, direct);
