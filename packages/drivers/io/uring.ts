@@ -59,8 +59,8 @@ const YIELD_MS = 2;
  * fio: pool-thread waits 0.79–0.94x fio at 1.40–1.46x its CPU per request; 1000 µs waits
  * 0.87–1.06x at 1.15–1.21x; 200–500 µs in between. A wait that times out means a slow device:
  * then the pool thread waits for TIMED_COOL_MS (qcow2 4 KiB random reads at depth 32: a
- * 100 ms cool-down cost 5–10% of IOPS, as latency spikes of a virtual disk trip it). The chain budget (YIELD_MS) still bounds how
- * long the event loop is kept.
+ * 100 ms cool-down cost 5–10% of IOPS, as latency spikes of a virtual disk trip it). The
+ * chain budget (YIELD_MS) still bounds how long the event loop is kept.
  */
 const TIMED_WAIT_US = 1000;
 /**
