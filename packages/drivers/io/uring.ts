@@ -102,16 +102,19 @@ const SYNC_COOL_MS = 100;
 /**
  * Tuning switches, for side-by-side benchmarks of the engine's policies; not an API. A daemon
  * run as a child process takes them as JSON in `BLOCKGRAPH_URING_TUNING`.
- * `spinDepth`/`spinMs`: spin on the CQ while at most this many are in flight, for at most this
- * long; `timedWaitUs`: the longest wait in the kernel on the JS thread (0: none), `timedCoolMs`: how
- * long an expired one sends waits to the pool thread; `timedMinFrac`: the share of requests
- * in flight a timed wait waits for; `timedTurnMs`: timed waits only this long after the event
- * loop last turned (NBD 4k randwrite at depth 32 against qemu-nbd and nbdkit, 5 rounds: 2 ms,
- * 0.3 ms and 0.1 ms all gave 0.85–0.88x, while O_DIRECT randwrite fell from 0.92x to 0.79x); `syncWrites`: page-cache writes with pwritev on the JS thread; `submitBatch`: SQEs queued
- * before an early submit (0: once per microtask round); `asyncBytes`: the size from which
- * page-cache requests are marked large (0: none); `asyncOn`: large ones get IOSQE_ASYNC;
- * `spinBig`: spin even while large ones are in flight; `earlyBig`: submit large ones early;
- * `asyncReads`: large page-cache reads get IOSQE_ASYNC too.
+ * - `spinDepth`/`spinMs`: spin on the CQ while at most this many are in flight, for at most
+ *   this long;
+ * - `timedWaitUs`: the longest wait in the kernel on the JS thread (0: none); `timedCoolMs`:
+ *   how long an expired one sends waits to the pool thread; `timedMinFrac`: the share of
+ *   requests in flight a timed wait waits for; `timedTurnMs`: timed waits only this long after
+ *   the event loop last turned (NBD 4k randwrite at depth 32 against qemu-nbd and nbdkit, 5
+ *   rounds: 2 ms, 0.3 ms and 0.1 ms all gave 0.85–0.88x, while O_DIRECT randwrite fell from
+ *   0.92x to 0.79x);
+ * - `syncWrites`: page-cache writes with pwritev on the JS thread;
+ * - `submitBatch`: SQEs queued before an early submit (0: once per microtask round);
+ * - `asyncBytes`: the size from which page-cache requests are marked large (0: none);
+ *   `asyncOn`: large writes get IOSQE_ASYNC; `asyncReads`: large reads too; `spinBig`: spin
+ *   even while large ones are in flight; `earlyBig`: submit large ones early.
  */
 export const uringTuning = {
   spinDepth: SPIN_DEPTH,
