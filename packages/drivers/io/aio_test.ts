@@ -4,7 +4,7 @@ import { assert, assertEquals, assertRejectsWith } from "../conformance/mod.ts";
 import { AIO_SLOTS, createAioEngine } from "./aio.ts";
 import { libaio } from "./aio_ffi.ts";
 import { FALLOC, type IoEngine } from "./engine.ts";
-import { drainInFlight, enospc, kernelErrors, randomIo } from "./engine_testing.ts";
+import { sharedEngineChecks } from "./engine_testing.ts";
 
 const O_DIRECT = fs.constants.O_DIRECT;
 
@@ -120,22 +120,7 @@ Deno.test("native engine random concurrent writes and reads verify, O_DIRECT", a
   await randomRounds(true);
 });
 
-Deno.test("native engine passes the checks every engine shares", async (t) => {
-  await t.step("random concurrent vectored I/O agrees with the model", async () => {
-    await randomIo(createAioEngine, false, 3);
-    await randomIo(createAioEngine, true, 4);
-  });
-  await t.step("EBADF and EINVAL carry errno and offset", async () => {
-    await kernelErrors(createAioEngine);
-  });
-  await t.step("ENOSPC on a full file system, and the engine goes on", async () => {
-    await enospc(createAioEngine);
-  });
-  await t.step("drainFd with requests in flight settles every one", async () => {
-    await drainInFlight(createAioEngine, false);
-    await drainInFlight(createAioEngine, true);
-  });
-});
+sharedEngineChecks("native engine", createAioEngine, [3, 4]);
 
 Deno.test("native engine reads crossing the end of the file resolve with the bytes there", async () => {
   for (const direct of [false, true]) {

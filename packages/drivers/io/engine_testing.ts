@@ -262,3 +262,33 @@ export async function drainInFlight(create: CreateEngine, direct: boolean): Prom
     assertEquals(bad.join(","), "", "each request completed or was cancelled");
   });
 }
+
+/**
+ * Registers the checks every engine shares as one test of steps, named after `label`: random
+ * concurrent vectored I/O against the model, buffered (with `seeds[0]`) and O_DIRECT (with
+ * `seeds[1]`); EBADF and EINVAL; ENOSPC; and drainFd with requests in flight (buffered, and
+ * O_DIRECT too unless `drainDirect` is false).
+ */
+export function sharedEngineChecks(
+  label: string,
+  create: CreateEngine,
+  seeds: readonly [number, number],
+  drainDirect = true,
+): void {
+  Deno.test(`${label} passes the checks every engine shares`, async (t) => {
+    await t.step("random concurrent vectored I/O agrees with the model", async () => {
+      await randomIo(create, false, seeds[0]);
+      await randomIo(create, true, seeds[1]);
+    });
+    await t.step("EBADF and EINVAL carry errno and offset, and the engine goes on", async () => {
+      await kernelErrors(create);
+    });
+    await t.step("ENOSPC on a full file system, and the engine goes on", async () => {
+      await enospc(create);
+    });
+    await t.step("drainFd with requests in flight settles every one", async () => {
+      await drainInFlight(create, false);
+      if (drainDirect) await drainInFlight(create, true);
+    });
+  });
+}

@@ -1,36 +1,10 @@
 import fs from "node:fs";
 import { assertEquals } from "../conformance/mod.ts";
 import { FALLOC } from "./engine.ts";
-import {
-  drainInFlight,
-  enospc,
-  kernelErrors,
-  openRw,
-  randomIo,
-  rejectsAt,
-  withDir,
-} from "./engine_testing.ts";
+import { openRw, rejectsAt, sharedEngineChecks, withDir } from "./engine_testing.ts";
 import { createThreadsEngine } from "./threads.ts";
 
-Deno.test("threads engine: random concurrent vectored I/O agrees with the model", async () => {
-  await randomIo(createThreadsEngine, false, 3);
-});
-
-Deno.test("threads engine: O_DIRECT through the aligned bounce pool", async () => {
-  await randomIo(createThreadsEngine, true, 4);
-});
-
-Deno.test("threads engine: EBADF and EINVAL carry errno and offset, and the engine goes on", async () => {
-  await kernelErrors(createThreadsEngine);
-});
-
-Deno.test("threads engine: ENOSPC on a full file system, and the engine goes on", async () => {
-  await enospc(createThreadsEngine);
-});
-
-Deno.test("threads engine: drainFd waits for every request in flight", async () => {
-  await drainInFlight(createThreadsEngine, false);
-});
+sharedEngineChecks("threads engine", createThreadsEngine, [3, 4], false);
 
 Deno.test("threads engine: fallocate is ENOTSUP, fsync works", async () => {
   await withDir(async (dir) => {

@@ -2,37 +2,10 @@ import fs from "node:fs";
 import { IoVector } from "@blockgraph/core";
 import { assert, assertBytesEqual, assertEquals } from "../conformance/mod.ts";
 import { FALLOC } from "./engine.ts";
-import {
-  drainInFlight,
-  enospc,
-  kernelErrors,
-  openRw,
-  randomIo,
-  rejectsAt,
-  withDir,
-} from "./engine_testing.ts";
+import { openRw, rejectsAt, sharedEngineChecks, withDir } from "./engine_testing.ts";
 import { createUringEngine } from "./uring.ts";
 
-Deno.test("io_uring engine: random concurrent vectored I/O agrees with the model", async () => {
-  await randomIo(createUringEngine, false, 1);
-});
-
-Deno.test("io_uring engine: random concurrent O_DIRECT I/O bounces only unaligned segments", async () => {
-  await randomIo(createUringEngine, true, 2);
-});
-
-Deno.test("io_uring engine: EBADF and EINVAL carry errno and offset, and the engine goes on", async () => {
-  await kernelErrors(createUringEngine);
-});
-
-Deno.test("io_uring engine: ENOSPC on a full file system, and the engine goes on", async () => {
-  await enospc(createUringEngine);
-});
-
-Deno.test("io_uring engine: drainFd with 300 requests in flight settles every one", async () => {
-  await drainInFlight(createUringEngine, false);
-  await drainInFlight(createUringEngine, true);
-});
+sharedEngineChecks("io_uring engine", createUringEngine, [1, 2]);
 
 Deno.test("io_uring engine: fallocate punches holes and zeroes ranges; fsync both kinds", async () => {
   await withDir(async (dir) => {
