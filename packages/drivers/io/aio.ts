@@ -29,6 +29,7 @@ import { type AioSlot, AioSlots, OP, type SlotOp } from "./aio_slots.ts";
 import type { AioWorkerReply, AioWorkerRequest } from "./aio_worker.ts";
 import { type AioSymbols, kernelAtLeast, libaio } from "./aio_ffi.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
+import { sinceTurn } from "./loop_turn.ts";
 
 /** How many requests the engine keeps in the kernel at most (the AIO context's size). */
 export const AIO_SLOTS = 256;
@@ -166,8 +167,6 @@ class AioContext {
   #reapScheduled = false;
   #turns = 0;
   #progress: { promise: Promise<void>; resolve: () => void } | null = null;
-  #beatAt = 0;
-  #timer = 0;
   #worker: Worker | null = null;
   #jobs = new Map<number, { fd: number; done: (result: number) => void }>();
   #nextJob = 1;
@@ -361,25 +360,13 @@ class AioContext {
   };
 
   /**
-   * Whether polling may go on keeping the loop busy. A heartbeat timer (unref'ed, so it never
-   * keeps the process alive) goes out when spinning starts; while it has been due for longer
-   * than AIO_MAX_BUSY_MS without running, timers and I/O callbacks are being starved, and the
-   * engine waits on the pool thread instead of spinning until it has run. A timer, not another
-   * kind of callback, because Deno fires timers only when its loop gets to rest.
+   * Whether polling may go on keeping the loop busy: not once the event loop has gone
+   * AIO_MAX_BUSY_MS without turning (the clock `loop_turn.ts` keeps for every engine); then the
+   * engine waits on the pool thread instead of spinning until it has turned.
    */
   #maySpin(): boolean {
-    const now = performance.now();
-    if (this.#timer !== 0) return now - this.#beatAt < AIO_MAX_BUSY_MS;
-    this.#beatAt = now;
-    // Deno's web setTimeout returns a number (Node's typings, when loaded, say otherwise).
-    this.#timer = setTimeout(this.#beat, 0) as unknown as number;
-    Deno.unrefTimer(this.#timer);
-    return true;
+    return sinceTurn() < AIO_MAX_BUSY_MS;
   }
-
-  readonly #beat = (): void => {
-    this.#timer = 0;
-  };
 
   /** Something completed: wake drains, and submit what a full ring held back. */
   #progressed(): void {
@@ -465,8 +452,6 @@ class AioContext {
     if (shared === this) shared = null;
     this.#closing = true;
     await this.drain(null);
-    clearTimeout(this.#timer);
-    this.#timer = 0;
     this.#worker?.terminate();
     this.#worker = null;
     await this.#slots.destroy();
