@@ -1,0 +1,108 @@
+/**
+ * The io_uring engine's policies and their measurements: when it spins, when the JS thread
+ * waits in the kernel, how often it submits, which page-cache requests go to io-wq, and how
+ * long it may keep the event loop; and {@link uringTuning}, the switches side-by-side
+ * benchmarks flip. The engine itself is `uring.ts`.
+ *
+ * @module
+ */
+
+/**
+ * Spin on the CQ only while at most this many requests are in flight. At depth 1 spinning is
+ * a trade: 4 KiB O_DIRECT random reads beside fio, medians of 5: spinning 1.05–1.21x fio's
+ * IOPS at 1.7–2.0x its CPU per request; waiting in the kernel instead (timed wait, no spin)
+ * 0.85x at 1.49x; hybrid polling (sleeping 50% or 70% of the usual wait, then spinning)
+ * 0.67x / 0.87x at 2.0x / 1.75x, as a timer wake-up costs more than the spin it saves.
+ */
+const SPIN_DEPTH = 2;
+/** How long one spin may last (ms) before falling back to a nonblocking wait. */
+const SPIN_MS = 0.25;
+/** The longest the engine keeps the event loop from running by spinning (ms). */
+export const YIELD_MS = 2;
+
+/**
+ * Deeper than SPIN_DEPTH, the JS thread waits in the kernel for the next completion for at
+ * most this long (µs; io_uring_enter with a timeout) before handing the wait to a pool thread:
+ * it sleeps rather than spins, and wakes without a cross-thread hand-off (about 15 µs each
+ * way here). 4 KiB random reads at depth 32, O_DIRECT, medians of 5 alternating rounds beside
+ * fio: pool-thread waits 0.79–0.94x fio at 1.40–1.46x its CPU per request; 1000 µs waits
+ * 0.87–1.06x at 1.15–1.21x; 200–500 µs in between. A wait that times out means a slow device:
+ * then the pool thread waits for TIMED_COOL_MS (qcow2 4 KiB random reads at depth 32: a
+ * 100 ms cool-down cost 5–10% of IOPS, as latency spikes of a virtual disk trip it). The
+ * chain budget (YIELD_MS) still bounds how long the event loop is kept.
+ */
+const TIMED_WAIT_US = 1000;
+/**
+ * A timed wait returns once this share of the requests in flight has completed (at least
+ * one), so each wake-up reaps a batch: 4 KiB O_DIRECT at depth 32, medians of 5 beside fio,
+ * reads 0.905x -> 0.921x fio at 1.24x -> 1.17x its CPU, writes 0.92x -> 0.96x at 1.16x ->
+ * 1.14x (one completion, against a quarter); an eighth did no better than one.
+ */
+const TIMED_MIN_FRACTION = 0.25;
+/** How long (ms) after a timed wait expired the engine waits on the pool thread only. */
+const TIMED_COOL_MS = 10;
+
+/**
+ * Submit as soon as this many SQEs are queued rather than once per microtask round: the
+ * device queue stays staggered (4 KiB random reads at depth 32, medians of 5 alternating
+ * rounds against fio: one enter per round 0.76x fio, per 4 SQEs 0.92x, per 2 SQEs 0.96x).
+ */
+const SUBMIT_BATCH = 2;
+/**
+ * Page-cache requests of at least this many bytes go to io-wq workers (IOSQE_ASYNC) rather
+ * than being copied inline on the JS thread inside `io_uring_enter`, and the engine does not
+ * spin while any is in flight (a worker's copy of one takes far longer than a spin lasts).
+ * `img convert` 1 GiB half-allocated, page cache, 8 x 1 MiB in flight, medians of 9
+ * alternating runs against qemu-img convert: qcow2->raw 245 -> 212 ms (0.69x -> 0.80x),
+ * raw->qcow2 247 -> 220 ms (0.69x -> 0.77x); 256 KiB did no better than 64 KiB. Since the
+ * I/O buffers moved to huge pages, that holds for writes only: large page-cache reads are
+ * left inline (a miss still goes to io-wq, the kernel's NOWAIT attempt failing). nbdcopy of
+ * a 1 GiB export, medians of 5, twice each: unix 0.70x -> 0.80-0.84x qemu-nbd at 1.7x ->
+ * 1.3x its CPU, TCP 0.83-0.85x -> 0.77-0.79x nbdkit at 1.5x -> 1.25-1.3x; convert unchanged.
+ */
+const ASYNC_BYTES = 64 * 1024;
+/** Page-cache writes done on the JS thread may keep the event loop for this long (ms). */
+export const SYNC_BUDGET_MS = 1;
+/** A page-cache write slower than this (ms) means writeback pressure... */
+export const SYNC_SLOW_MS = 1;
+/** ...and sends page-cache writes through the ring for this long (ms). */
+export const SYNC_COOL_MS = 100;
+
+/**
+ * Tuning switches, for side-by-side benchmarks of the engine's policies; not an API. A daemon
+ * run as a child process takes them as JSON in `BLOCKGRAPH_URING_TUNING`.
+ * - `spinDepth`/`spinMs`: spin on the CQ while at most this many are in flight, for at most
+ *   this long;
+ * - `timedWaitUs`: the longest wait in the kernel on the JS thread (0: none); `timedCoolMs`:
+ *   how long an expired one sends waits to the pool thread; `timedMinFrac`: the share of
+ *   requests in flight a timed wait waits for; `timedTurnMs`: timed waits only this long after
+ *   the event loop last turned (NBD 4k randwrite at depth 32 against qemu-nbd and nbdkit, 5
+ *   rounds: 2 ms, 0.3 ms and 0.1 ms all gave 0.85–0.88x, while O_DIRECT randwrite fell from
+ *   0.92x to 0.79x);
+ * - `syncWrites`: page-cache writes with pwritev on the JS thread;
+ * - `submitBatch`: SQEs queued before an early submit (0: once per microtask round);
+ * - `asyncBytes`: the size from which page-cache requests are marked large (0: none);
+ *   `asyncOn`: large writes get IOSQE_ASYNC; `asyncReads`: large reads too; `spinBig`: spin
+ *   even while large ones are in flight; `earlyBig`: submit large ones early.
+ */
+export const uringTuning = {
+  spinDepth: SPIN_DEPTH,
+  spinMs: SPIN_MS,
+  timedWaitUs: TIMED_WAIT_US,
+  timedCoolMs: TIMED_COOL_MS,
+  timedMinFrac: TIMED_MIN_FRACTION,
+  timedTurnMs: YIELD_MS,
+  syncWrites: false,
+  submitBatch: SUBMIT_BATCH,
+  asyncBytes: ASYNC_BYTES,
+  spinBig: false,
+  earlyBig: false,
+  asyncOn: true,
+  asyncReads: false,
+};
+
+// Benchmarks of a daemon in a child process set the switches through the environment.
+try {
+  const env = Deno.env.get("BLOCKGRAPH_URING_TUNING");
+  if (env) Object.assign(uringTuning, JSON.parse(env));
+} catch { /* no env permission, or not JSON: the defaults stay */ }
