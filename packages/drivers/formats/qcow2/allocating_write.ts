@@ -104,16 +104,8 @@ async function writeWithCow(
  * again for this image) when the image file cannot, so the caller copies zeros instead.
  */
 async function zeroClusters(image: Qcow2Image, target: number, bytes: number): Promise<boolean> {
-  if (!image.external) {
-    const hit = image.map.check("data", target, bytes);
-    if (hit !== null) {
-      throw image.corrupt(
-        `Preventing invalid write on metadata (overlaps with ${hit})`,
-        target,
-        bytes,
-      );
-    }
-  }
+  const err = image.external ? null : image.overlapError("data", target, bytes);
+  if (err) throw err;
   try {
     await image.data.pwriteZeroes(target, bytes, ReqFlags.NO_FALLBACK);
     return true;

@@ -238,31 +238,30 @@ export class Qcow2Image implements MetaIo {
     return this.file.read(offset, buf);
   }
 
+  /**
+   * The overlap check before a write of `kind` to the image file: null when the range is
+   * free of the metadata it must not touch, else the error (the image is marked corrupt).
+   */
+  overlapError(kind: WriteKind, offset: number, bytes: number): Error | null {
+    const hit = this.map.check(kind, offset, bytes);
+    if (hit === null) return null;
+    return this.corrupt(
+      `Preventing invalid write on metadata (overlaps with ${hit})`,
+      offset,
+      bytes,
+    );
+  }
+
   /** Writes metadata or data after the overlap check; a hit marks the image corrupt. */
   write(kind: WriteKind, offset: number, buf: Uint8Array): Promise<void> {
-    const hit = this.map.check(kind, offset, buf.length);
-    if (hit !== null) {
-      return Promise.reject(
-        this.corrupt(
-          `Preventing invalid write on metadata (overlaps with ${hit})`,
-          offset,
-          buf.length,
-        ),
-      );
-    }
-    return this.file.write(offset, buf);
+    const err = this.overlapError(kind, offset, buf.length);
+    return err ? Promise.reject(err) : this.file.write(offset, buf);
   }
 
   /** Writes guest data to the data file (the image file after the overlap check). */
   writeData(offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
-    if (this.external) return this.data.pwritev(offset, bytes, qiov, qiovOffset);
-    const hit = this.map.check("data", offset, bytes);
-    if (hit !== null) {
-      return Promise.reject(
-        this.corrupt(`Preventing invalid write on metadata (overlaps with ${hit})`, offset, bytes),
-      );
-    }
-    return this.file.pwritev(offset, bytes, qiov, qiovOffset);
+    const err = this.external ? null : this.overlapError("data", offset, bytes);
+    return err ? Promise.reject(err) : this.data.pwritev(offset, bytes, qiov, qiovOffset);
   }
 
   /** Flushes the image file. */
