@@ -30,7 +30,8 @@ export const BASE_COUNTS = {
   cachedWriteQd32: 50_000,
 } as const;
 
-function scaled(base: number, scale: number): number {
+/** `base` requests at `scale`, at least one. */
+export function scaled(base: number, scale: number): number {
   return Math.max(1, Math.round(base * scale));
 }
 

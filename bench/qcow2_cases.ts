@@ -11,14 +11,13 @@
  * @module
  */
 
+import { RANDOM_STRIDE, scaled } from "./cases.ts";
 import type { BenchCase } from "./harness.ts";
 import { type BenchArgs, oursRunner, qemuImgRunner } from "./runners.ts";
 
 /** Requests per run at scale 1. */
 export const QCOW2_COUNTS = { readQd32: 100_000, allocQd32: 16_384 } as const;
 
-/** The random stride of the read case (blocks of 4 KiB, odd: visits every block). */
-const READ_STRIDE = 4096 * 100003;
 /** The stride of the allocating case: an odd number of 64 KiB clusters. */
 const ALLOC_STRIDE = 65536 * 10007;
 
@@ -58,10 +57,6 @@ export function qcow2Images(rawPath: string, size: number): Qcow2Images {
   };
 }
 
-function scaled(base: number, scale: number): number {
-  return Math.max(1, Math.round(base * scale));
-}
-
 /** The two qcow2 cases on `images`; both sides get the same `bench` arguments. */
 export function qcow2Cases(images: Qcow2Images, scale: number): BenchCase[] {
   const common = (n: number, depth: number) => [
@@ -80,7 +75,7 @@ export function qcow2Cases(images: Qcow2Images, scale: number): BenchCase[] {
   ];
   let fullPath = "";
   let emptyPath = "";
-  const readArgs: BenchArgs = (n) => [...common(n, 32), "-S", String(READ_STRIDE), fullPath];
+  const readArgs: BenchArgs = (n) => [...common(n, 32), "-S", String(RANDOM_STRIDE), fullPath];
   const allocArgs: BenchArgs = (n) => [
     ...common(n, 32),
     "-w",
