@@ -49,16 +49,18 @@ const TIMED_COOL_MS = 10;
  */
 const SUBMIT_BATCH = 2;
 /**
- * Page-cache requests of at least this many bytes go to io-wq workers (IOSQE_ASYNC) rather
- * than being copied inline on the JS thread inside `io_uring_enter`, and the engine does not
- * spin while any is in flight (a worker's copy of one takes far longer than a spin lasts).
- * `img convert` 1 GiB half-allocated, page cache, 8 x 1 MiB in flight, medians of 9
- * alternating runs against qemu-img convert: qcow2->raw 245 -> 212 ms (0.69x -> 0.80x),
- * raw->qcow2 247 -> 220 ms (0.69x -> 0.77x); 256 KiB did no better than 64 KiB. Since the
- * I/O buffers moved to huge pages, that holds for writes only: large page-cache reads are
- * left inline (a miss still goes to io-wq, the kernel's NOWAIT attempt failing). nbdcopy of
- * a 1 GiB export, medians of 5, twice each: unix 0.70x -> 0.80-0.84x qemu-nbd at 1.7x ->
- * 1.3x its CPU, TCP 0.83-0.85x -> 0.77-0.79x nbdkit at 1.5x -> 1.25-1.3x; convert unchanged.
+ * Page-cache requests of at least this many bytes are "large": the engine does not spin while
+ * any is in flight (a copy of one takes far longer than a spin lasts). They are no longer
+ * forced to io-wq (IOSQE_ASYNC): the kernel tries each inline with NOWAIT and hands a buffered
+ * write that would block to io-wq itself. History: forcing large writes and reads to io-wq took
+ * `img convert` (1 GiB half-allocated, page cache, 8 x 1 MiB in flight, medians of 9
+ * alternating runs beside qemu-img convert) from 0.69x to 0.80x; after the I/O buffers moved
+ * to huge pages, reads went back inline (nbdcopy unix 0.70x -> 0.80-0.84x qemu-nbd, TCP
+ * 0.83-0.85x -> 0.77-0.79x nbdkit). Measured again with huge pages, forcing writes cost time:
+ * qcow2->raw 178 -> 132 ms (qemu-img 159 ms), raw->qcow2 174 -> 127 ms (qemu-img 144 ms);
+ * `img bench -w -s 1M -d 8 -t writeback` overwriting a raw file 11.0-11.1k -> 12.2-12.7k IOPS
+ * at 128-135 -> 116-120 µs CPU per request. perf showed the forced writes' io-wq workers
+ * spinning on the inode's rwsem (4% of samples), which the kernel's own hand-off avoids.
  */
 const ASYNC_BYTES = 64 * 1024;
 /** Page-cache writes done on the JS thread may keep the event loop for this long (ms). */
@@ -82,7 +84,7 @@ export const SYNC_COOL_MS = 100;
  * - `syncWrites`: page-cache writes with pwritev on the JS thread;
  * - `submitBatch`: SQEs queued before an early submit (0: once per microtask round);
  * - `asyncBytes`: the size from which page-cache requests are marked large (0: none);
- *   `asyncOn`: large writes get IOSQE_ASYNC; `asyncReads`: large reads too; `spinBig`: spin
+ *   `asyncOn`: large writes get IOSQE_ASYNC (off); `asyncReads`: large reads too; `spinBig`: spin
  *   even while large ones are in flight; `earlyBig`: submit large ones early.
  */
 export const uringTuning = {
@@ -97,7 +99,7 @@ export const uringTuning = {
   asyncBytes: ASYNC_BYTES,
   spinBig: false,
   earlyBig: false,
-  asyncOn: true,
+  asyncOn: false,
   asyncReads: false,
 };
 
