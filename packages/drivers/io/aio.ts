@@ -29,7 +29,7 @@ import { type AioSlot, AioSlots, OP, type SlotOp } from "./aio_slots.ts";
 import type { AioWorkerReply, AioWorkerRequest } from "./aio_worker.ts";
 import { type AioSymbols, kernelAtLeast, libaio } from "./aio_ffi.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
-import { sinceTurn } from "./loop_turn.ts";
+import { markTurn, nextTurn, sinceTurn, timersStarved } from "./loop_turn.ts";
 
 /** How many requests the engine keeps in the kernel at most (the AIO context's size). */
 export const AIO_SLOTS = 256;
@@ -180,7 +180,10 @@ class AioContext {
     this.#flushScheduled = false;
     const s = this.#slots;
     s.submit();
-    if (!s.waiting) this.#reapNow();
+    if (s.waiting) return;
+    // Past the busy budget, completions are collected after a turn of the loop (#runReap).
+    if (this.#maySpin()) this.#reapNow();
+    else if (s.inflight > 0) this.#scheduleReap();
   };
 
   #scheduleFlush(): void {
@@ -333,6 +336,18 @@ class AioContext {
     this.#reapScheduled = false;
     const s = this.#slots;
     if (s.waiting || s.destroyed || s.inflight === 0) return;
+    if (!this.#maySpin()) {
+      // Completions that are there at once (page-cache I/O is done inside io_submit) would
+      // keep this chain in microtasks for ever: collect them after a turn of the loop, by a
+      // wait on the pool thread or, once timers are starved, a zero timeout.
+      if (timersStarved()) {
+        this.#reapScheduled = true;
+        nextTurn().then(this.#runReap);
+      } else {
+        s.wait(this.#onWait);
+      }
+      return;
+    }
     if (s.reap() > 0) {
       this.#progressed();
       if (s.inflight > 0) this.#scheduleReap();
@@ -354,6 +369,7 @@ class AioContext {
   };
 
   readonly #onWait = (n: number): void => {
+    markTurn();
     if (n > 0) this.#progressed();
     const s = this.#slots;
     if (!s.destroyed && s.inflight > 0) this.#scheduleReap();

@@ -85,6 +85,17 @@ const afterHop = (): void => {
 };
 
 /**
+ * Whether timers have been kept from running for longer than {@link TIMER_STARVED_MS}: the
+ * marker timer armed at the start of the chain has not run. A wait on a pool thread (a
+ * nonblocking FFI call) lets socket I/O through but not always timers: Deno runs them only
+ * when its loop finds nothing else ready, so a caller that hops that way should go through
+ * {@link nextTurn} instead while this holds.
+ */
+export function timersStarved(now: number = performance.now()): boolean {
+  return timer !== 0 && now - armedAt > TIMER_STARVED_MS;
+}
+
+/**
  * A promise that resolves after the event loop has turned once (timers and I/O included); the
  * callers waiting meanwhile share it.
  */
@@ -99,7 +110,6 @@ export function nextTurn(): Promise<void> {
       hop = timerHop;
     }
   }
-  const starved = timer !== 0 && performance.now() - armedAt > TIMER_STARVED_MS;
-  pending = (starved ? timerHop() : hop()).then(afterHop);
+  pending = (timersStarved() ? timerHop() : hop()).then(afterHop);
   return pending;
 }

@@ -24,7 +24,7 @@ import { BufferPool } from "./buffer_pool.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
 import { IOVEC_SIZE, NativeIovec } from "./iovec.ts";
 import { lastErrno, libc } from "./libc.ts";
-import { markTurn, sinceTurn } from "./loop_turn.ts";
+import { markTurn, nextTurn, sinceTurn, timersStarved } from "./loop_turn.ts";
 import {
   SYNC_BUDGET_MS,
   SYNC_COOL_MS,
@@ -126,6 +126,11 @@ class UringEngine {
         return;
       }
     }
+    this.#run();
+  };
+
+  readonly #afterTurn = (): void => {
+    this.#waiting = null;
     this.#run();
   };
 
@@ -296,8 +301,12 @@ class UringEngine {
     if (this.#waiting) return;
     if (this.#inflight > 0 && sinceTurn() >= YIELD_MS) {
       // Completions arriving inline (page-cache hits) would never let the event loop run:
-      // collect them through the pool thread, which returns to the loop first.
-      this.#waiting = this.#ring.enterWait().then(this.#onWait);
+      // collect them through the pool thread, which returns to the loop first; or, when
+      // that has kept timers from running, through a zero timeout that lets them run (the
+      // completions wait in the CQ meanwhile).
+      this.#waiting = timersStarved()
+        ? nextTurn().then(this.#afterTurn)
+        : this.#ring.enterWait().then(this.#onWait);
       return;
     }
     this.#reap();
