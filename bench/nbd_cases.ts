@@ -24,7 +24,7 @@
 import type { BenchCase } from "./harness.ts";
 import { RANDOM_STRIDE } from "./cases.ts";
 import type { Measurement, Runner } from "./runners.ts";
-import { writeBack } from "./test_file.ts";
+import { dropFromCache, warmPageCache } from "./test_file.ts";
 
 /** Which server a run starts. */
 type ServerKind = "ours" | "qemu-nbd" | "nbdkit";
@@ -211,14 +211,18 @@ export function nbdCases(path: string, size: number, scale: number): BenchCase[]
         name: `NBD ${t} ${wl.name}`,
         ours: qemuImgBench("ours", path, t, wl),
         peers: [{ name: peer, run: qemuImgBench(peer, path, t, wl), target: { iops: 1.0 } }],
-        // Write back the previous run's dirty pages (untimed), so no run pays for another's.
-        ...(wl.write ? { beforeEach: () => writeBack(path) } : {}),
+        // Writes start from an empty cache (the previous run's dirty pages written back,
+        // untimed), so no run pays for another's; reads from a warm one.
+        ...(wl.write
+          ? { beforeEach: () => dropFromCache(path) }
+          : { before: () => warmPageCache(path) }),
       });
     }
     out.push({
       name: `nbdcopy ${t} 1 GiB (MiB/s)`,
       ours: nbdcopy("ours", path, t, size),
       peers: [{ name: peer, run: nbdcopy(peer, path, t, size), target: { iops: 1.0 } }],
+      before: () => warmPageCache(path),
     });
   }
   return out;
