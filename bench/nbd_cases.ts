@@ -14,8 +14,9 @@
  * which advertise multi-conn, but one to qemu-nbd (QEMU advertises it on writable exports
  * only when asked: `nbdinfo` says `can_multi_conn: false`).
  *
- * Each run starts its server, runs the client, and stops the server, so cases need no
- * teardown; the time is the client's (qemu-img's "Run completed in", nbdcopy's wall time) and
+ * Write runs start with the file written back and dropped from the page cache, read runs
+ * (and nbdcopy) with it cached (`test_file.ts` says why). Each run starts its server, runs
+ * the client, and stops the server, so cases need no teardown; the time is the client's (qemu-img's "Run completed in", nbdcopy's wall time) and
  * the CPU is the server's (`/proc/PID/stat` user+system over the client's run only).
  *
  * @module
