@@ -45,8 +45,6 @@ function normalise(r: PeerResult): PeerResult {
  * Known differences, left out of the cases:
  * - `create -f qcow2 -o encrypt.format=luks` / `-o nocow=on`: blockgraph has neither
  *   encryption nor btrfs nocow; it lists them in `-o help` but refuses them.
- * - `info`/`map -f raw image.qcow2`, `create -b image.qcow2 -F raw`: QEMU rounds a file's length up
- *   to 512 bytes (197120 for a 196616-byte file); blockgraph's file driver does not.
  * - `convert -O qcow2 -o compat=0.9`: the qcow2 driver says "Invalid parameter '0.9'" where
  *   QEMU says "Parameter 'version' does not accept value '0.9'".
  * - `create x.raw -1M`: glibc names the word before a bad clustered option ('x.raw').
@@ -341,6 +339,16 @@ function cases(): string[][] {
     ["create", "-f", "qcow2", "nodir/x.qcow2", "1M"],
     ["resize", "r.raw", "512k"],
     ["resize", "--shrink", "r.raw", "512k"],
+    // Lengths in whole 512-byte sectors, as QEMU's: a 196616-byte qcow2 file read as raw is
+    // 197120 bytes; qcow2 sizes round up at create and must be whole sectors at resize.
+    ["info", "-f", "raw", "q.qcow2"],
+    ["info", "--output=json", "-f", "raw", "q.qcow2"],
+    ["map", "-f", "raw", "q.qcow2"],
+    ["map", "--output=json", "-f", "raw", "q.qcow2"],
+    ["create", "-f", "qcow2", "-b", "q.qcow2", "-F", "raw", "b.qcow2"],
+    ["create", "-f", "qcow2", "odd.qcow2", "1000"],
+    ["resize", "q.qcow2", "1500"],
+    ["resize", "r.raw", "1500"],
     ["check", "-r", "all", "r.raw"],
     ["compare", "-s", "q.qcow2", "r.raw"],
     ["convert", "-n", "r.raw", "nonexist.raw"],

@@ -133,9 +133,13 @@ export class FileInstance implements DriverInstance {
     });
   }
 
-  /** The file size as this instance knows it. */
+  /**
+   * The file size as this instance knows it, rounded up to a multiple of 512 as QEMU's
+   * (`qemu-img info` says 1024 for a 1000-byte file); the bytes past the end of the file in
+   * that last sector read as zeros, and writing them grows the file.
+   */
   getLength(): number {
-    return this.#length;
+    return Math.ceil(this.#length / 512) * 512;
   }
 
   /** Reads at `offset`; what lies past the end of the file reads as zeros. */

@@ -209,6 +209,24 @@ Deno.test("file driver fills a read across the end of the file with zeros", asyn
   });
 });
 
+Deno.test("file length counts whole 512-byte sectors, as QEMU's, the tail reading zeros", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/odd.img`;
+    await Deno.writeFile(path, pattern(1000, 5));
+    const graph = new Graph({ registry });
+    const node = await openFile(graph, path);
+    // qemu-img info says 1024 for a 1000-byte file.
+    assertEquals(node.getLength(), 1024, "length of a 1000-byte file");
+    const buf = new Uint8Array(64).fill(0xff);
+    await node.preadv(960, 64, IoVector.of(buf), 0);
+    assertBytesEqual(buf.subarray(0, 40), pattern(1000, 5).subarray(960), "data before the end");
+    assertBytesEqual(buf.subarray(40), new Uint8Array(24), "the rest of the sector reads zeros");
+    assertEquals((await Deno.stat(path)).size, 1000, "reading changed nothing");
+    await node.unref("test");
+    await graph.closeAll();
+  });
+});
+
 Deno.test("file create truncates an existing file and preallocates on request", async () => {
   await withTempDir(async (dir) => {
     const path = `${dir}/c.img`;

@@ -176,7 +176,8 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
   const size = (options.size as number | undefined) ?? backingSize;
   if (size === undefined) fail("Image creation needs a size parameter");
   const params: Qcow2CreateParams = {
-    size,
+    // QEMU rounds the virtual size up to whole 512-byte sectors.
+    size: Math.ceil(size / 512) * 512,
     version,
     clusterSize: cs,
     refcountBits: rb,

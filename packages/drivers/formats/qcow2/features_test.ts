@@ -134,14 +134,15 @@ Deno.test("qcow2 truncate grows with preallocation and shrinks, freeing clusters
     assertEquals(r["allocated-clusters"], 1024, "metadata preallocation allocates clusters");
     assertBytesEqual(await readAll(node, 1 << 20, CS), new Uint8Array(CS), "new area zeros");
     await expectClean(node, "after growth");
-    await node.truncate(8000, true, "off");
+    await assertRejectsWith(node.truncate(8000, true, "off"), "EINVAL", "not whole sectors");
+    await node.truncate(8192, true, "off");
     r = await q(node).check("none");
     assertEquals(r["allocated-clusters"], 2, "after shrink");
     await expectClean(node, "after shrink");
-    await assertRejectsWith(node.truncate(100, true, "full"), "ENOTSUP", "prealloc shrink");
+    await assertRejectsWith(node.truncate(512, true, "full"), "ENOTSUP", "prealloc shrink");
     await node.truncate(3 * CS, true, "off");
     const want = new Uint8Array(3 * CS);
-    want.set(pattern(1 << 20, 4).subarray(0, 8000));
+    want.set(pattern(1 << 20, 4).subarray(0, 8192));
     assertBytesEqual(await readAll(node, 0, 3 * CS), want, "regrown tail reads zeros");
     await node.unref("t");
   }));

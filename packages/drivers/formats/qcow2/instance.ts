@@ -453,11 +453,15 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   /**
    * Resizes the virtual disk (QEMU's `qcow2_co_truncate`): growth moves the L1 table as
    * needed and preallocates with `metadata`, `falloc` or `full`; shrinking frees everything
-   * past the new end (the `--shrink` confirmation is the caller's). Sizes are byte-granular.
+   * past the new end (the `--shrink` confirmation is the caller's). Sizes are multiples of
+   * 512, as QEMU's.
    */
   truncate(offset: number, _exact: boolean, prealloc: PreallocMode): Promise<void> {
     const image = this.image;
     if (image.broken) return Promise.reject(image.brokenError());
+    if (offset % 512 !== 0) {
+      return Promise.reject(new BlockError("EINVAL", "The new size must be a multiple of 512"));
+    }
     try {
       truncateBitmapsCheck(image, this.#node);
     } catch (e) {
