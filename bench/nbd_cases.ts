@@ -16,8 +16,9 @@
  *
  * Write runs start with the file written back and dropped from the page cache, read runs
  * (and nbdcopy) with it cached (`test_file.ts` says why). Each run starts its server, runs
- * the client, and stops the server, so cases need no teardown; the time is the client's (qemu-img's "Run completed in", nbdcopy's wall time) and
- * the CPU is the server's (`/proc/PID/stat` user+system over the client's run only).
+ * the client, and stops the server, so cases need no teardown; the time is the client's
+ * (qemu-img's "Run completed in", nbdcopy's wall time) and the CPU is the server's
+ * (`/proc/PID/stat` user+system over the client's run only).
  *
  * @module
  */
