@@ -67,16 +67,6 @@ export async function warmPageCache(path: string): Promise<void> {
   }
 }
 
-/** Writes `path`'s dirty pages back to the disk (fdatasync), so the next run starts clean. */
-export async function writeBack(path: string): Promise<void> {
-  const file = await Deno.open(path, { read: true, write: true });
-  try {
-    await file.syncData();
-  } finally {
-    file.close();
-  }
-}
-
 /**
  * Writes `path`'s dirty pages back and drops it from the page cache (GNU dd's `oflag=nocache`
  * with `count=0`, which is fdatasync and `POSIX_FADV_DONTNEED` over the whole file), so that

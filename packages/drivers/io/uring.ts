@@ -40,6 +40,7 @@ import {
   Ring,
   RingSetupError,
   RWF_DSYNC,
+  SETUP_COOP_TASKRUN,
 } from "./uring_ring.ts";
 
 /** SQ entries (the kernel makes the CQ twice as large) and request slots. */
@@ -142,7 +143,7 @@ class UringEngine {
       OP.FSYNC,
       OP.ASYNC_CANCEL,
       OP.FALLOCATE,
-    ]);
+    ], uringTuning.coopTaskrun ? SETUP_COOP_TASKRUN : 0);
     const n = Math.min(this.#ring.sqEntries, this.#ring.cqEntries >> 1);
     const iovMem = this.#pool.get(n * IOV_PER_SLOT * IOVEC_SIZE);
     for (let i = 0; i < n; i++) {
@@ -351,12 +352,16 @@ class UringEngine {
   }
 
   #spin(): boolean {
-    const cq = this.#ring.cq;
-    const tail = this.#ring.cqTail;
+    const ring = this.#ring;
+    const cq = ring.cq;
+    const tail = ring.cqTail;
     const head = this.#cqHead;
+    const coop = ring.coopTaskrun;
     const deadline = performance.now() + uringTuning.spinMs;
     for (let n = 1;; n++) {
       if (Atomics.load(cq, tail) !== head) return true;
+      // A device completion waits for this thread in the kernel: go and post it.
+      if (coop && ring.taskrunPending()) ring.enter(0, 0, ENTER_GETEVENTS);
       if ((n & 31) === 0 && performance.now() > deadline) return false;
     }
   }
@@ -376,6 +381,7 @@ class UringEngine {
 
   #reap(): void {
     const ring = this.#ring;
+    if (ring.coopTaskrun && ring.taskrunPending()) ring.enter(0, 0, ENTER_GETEVENTS);
     const cq = ring.cq;
     const res = ring.cqRes;
     const mask = ring.cqEntries - 1;

@@ -33,6 +33,15 @@ export const RWF_DSYNC = 2;
 /** SQE flag: issue the request from an io-wq worker, never inline at submit. */
 export const IOSQE_ASYNC = 16;
 
+/**
+ * IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG (Linux 5.19): completion work meant
+ * for the submitting thread waits until it next enters the kernel, rather than interrupting
+ * it in user space, and the SQ ring's flags say when some is pending.
+ */
+export const SETUP_COOP_TASKRUN = (1 << 8) | (1 << 9);
+/** IORING_SQ_TASKRUN: completion work is pending; an enter with GETEVENTS runs it. */
+const SQ_TASKRUN = 2;
+
 const FEAT_SINGLE_MMAP = 1;
 const OFF_SQ_RING = 0n;
 const OFF_CQ_RING = 0x8000000n;
@@ -108,16 +117,33 @@ export class Ring {
   readonly #waitWords = new Uint32Array(this.#waitBuf.buffer);
   readonly #waitArg = { ptr: Deno.UnsafePointer.of(this.#waitBuf) };
 
-  /** Sets up a ring of `entries` SQEs; throws {@link RingSetupError} when it cannot. */
-  constructor(entries: number, requiredOps: readonly number[]) {
+  /** The SQ ring's flags word (IORING_SQ_*). */
+  readonly #sqFlags: number;
+  /** Whether the ring was set up with {@link SETUP_COOP_TASKRUN}. */
+  readonly coopTaskrun: boolean;
+
+  /**
+   * Sets up a ring of `entries` SQEs, with `setupFlags` when the kernel takes them (without,
+   * when it says EINVAL); throws {@link RingSetupError} when it cannot.
+   */
+  constructor(entries: number, requiredOps: readonly number[], setupFlags = 0) {
     const c = libc();
-    const params = new Uint8Array(120);
-    const fd = c.setup(BigInt(SYS.IO_URING_SETUP), entries, params);
+    let params = new Uint8Array(120);
+    new DataView(params.buffer).setUint32(8, setupFlags, true);
+    let fd = c.setup(BigInt(SYS.IO_URING_SETUP), entries, params);
+    let flags = setupFlags;
+    if (fd < 0 && setupFlags !== 0 && lastErrno() === ERRNO.EINVAL) {
+      // An older kernel: the flags are an optimisation, so go on without them.
+      params = new Uint8Array(120);
+      flags = 0;
+      fd = c.setup(BigInt(SYS.IO_URING_SETUP), entries, params);
+    }
     if (fd < 0) {
       const errno = lastErrno();
       throw new RingSetupError("io_uring_setup", errno, errnoText(errno));
     }
     this.fd = fd;
+    this.coopTaskrun = (flags & SETUP_COOP_TASKRUN) === SETUP_COOP_TASKRUN;
     const maps: Mapping[] = [];
     try {
       checkOps(fd, requiredOps);
@@ -147,6 +173,7 @@ export class Ring {
       this.sqes = new Uint32Array(
         Deno.UnsafePointerView.getArrayBuffer(sqeMap.ptr, sqeMap.size),
       );
+      this.#sqFlags = sqOff(4) >> 2;
       this.sqHead = sqOff(0) >> 2;
       this.sqTail = sqOff(1) >> 2;
       this.cqHead = cqOff(0) >> 2;
@@ -207,6 +234,15 @@ export class Ring {
     w[b + 14] = 0;
     w[b + 15] = 0;
     this.tail = (this.tail + 1) >>> 0;
+  }
+
+  /**
+   * Whether completion work waits for this thread to enter the kernel (only with
+   * {@link SETUP_COOP_TASKRUN}): until it does, the CQEs of requests that completed on a
+   * device interrupt do not show in the CQ ring.
+   */
+  taskrunPending(): boolean {
+    return (Atomics.load(this.sq, this.#sqFlags) & SQ_TASKRUN) !== 0;
   }
 
   /** Makes the written SQEs visible to the kernel. */
