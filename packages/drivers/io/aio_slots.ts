@@ -72,6 +72,8 @@ export class AioSlot {
   qiov: IoVector | null = null;
   /** Where the request starts in `qiov`. */
   qiovOffset = 0;
+  /** The bytes asked for. */
+  bytes = 0;
   /** Settles the caller's promise with the byte count. */
   resolve: ((n: number) => void) | null = null;
   /** Settles the caller's promise with an error. */
@@ -219,6 +221,7 @@ export class AioSlots {
     slot.offset = op === OP.SYNC ? -1 : offset;
     slot.qiov = qiov;
     slot.qiovOffset = qiovOffset;
+    slot.bytes = bytes;
     const w = this.#iocbs;
     const b = slot.index * 16;
     w[b + IOCB_WORD.FILDES] = fd;
@@ -294,6 +297,8 @@ export class AioSlots {
     this.inflight--;
     if (res >= 0 && slot.op === OP.READ && slot.qiov) {
       slot.iov.finishRead(slot.qiov, slot.qiovOffset, res);
+      // Short only at the end of the file: the rest reads as zeros (IoEngine.preadv).
+      if (res < slot.bytes) slot.qiov.fill(slot.qiovOffset + res, slot.bytes - res, 0);
     }
     slot.iov.release(this.#pool);
     this.#complete(slot, res);

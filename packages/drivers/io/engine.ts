@@ -35,7 +35,8 @@ export interface IoEngine {
   readonly name: EngineName;
   /**
    * Reads `bytes` bytes at `offset` of `fd` into `qiov` at `qiovOffset`. Resolves with the
-   * number of bytes read, which is short only at the end of the file.
+   * number of bytes read, which is short only at the end of the file; the rest of the
+   * `bytes` in `qiov` then reads as zeros, so a caller has nothing left to do.
    */
   preadv(
     fd: number,

@@ -66,7 +66,8 @@ function oddVector(len: number, next: () => number, pool: BufferPool | null): Io
 
 /**
  * Random concurrent reads and writes in disjoint chunks, in rounds of 16, checked against a
- * model; the last chunk runs past the end of the file so reads come back short.
+ * model; the last chunk runs past the end of the file so reads come back short, with the rest
+ * of the vector filled with zeros.
  */
 export async function randomIo(create: CreateEngine, direct: boolean, seed: number) {
   await withDir(async (dir) => {
@@ -103,10 +104,17 @@ export async function randomIo(create: CreateEngine, direct: boolean, seed: numb
           } else {
             const want = Math.max(0, Math.min(len, size - off));
             const expect = model.slice(off, off + want);
+            // Stale bytes, so that a tail the engine leaves unfilled shows.
+            q.fill(0, len, 0xee);
             ops.push(
               engine.preadv(fd, off, q, 0, len).then((n) => {
                 assertEquals(n, want, `read of ${len} at ${off} (file of ${size})`);
                 assertBytesEqual(q.toBuffer(0, n), expect, `data at ${off}`);
+                assertBytesEqual(
+                  q.toBuffer(n, len - n),
+                  new Uint8Array(len - n),
+                  "zeros past the end",
+                );
               }),
             );
           }
@@ -114,6 +122,13 @@ export async function randomIo(create: CreateEngine, direct: boolean, seed: numb
         await Promise.all(ops);
         for (const [off, data] of writes) model.set(data, off);
       }
+      // One read across the end for certain: the part past it reads as zeros.
+      const at = size - 4096;
+      const q = oddVector(12288, next, pool);
+      q.fill(0, 12288, 0xee);
+      assertEquals(await engine.preadv(fd, at, q, 0, 12288), 4096, "read across the end");
+      assertBytesEqual(q.toBuffer(0, 4096), model.subarray(at), "data before the end");
+      assertBytesEqual(q.toBuffer(4096, 8192), new Uint8Array(8192), "zeros past the end");
       await engine.fsync(fd, true);
       assertBytesEqual(await Deno.readFile(path), model, "the file matches the model");
     } finally {

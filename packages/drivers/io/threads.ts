@@ -104,9 +104,15 @@ class ThreadsEngine implements IoEngine {
     const pool = this.#pool;
     const bounce = pool ? pool.get(bytes) : null;
     try {
-      if (!bounce) return await readvAt(fd, qiov.slices(qiovOffset, bytes), offset);
-      const n = await readAt(fd, bounce.bytes.subarray(0, bytes), offset);
-      qiov.copyFrom(qiovOffset, bounce.bytes, 0, n);
+      let n: number;
+      if (!bounce) {
+        n = await readvAt(fd, qiov.slices(qiovOffset, bytes), offset);
+      } else {
+        n = await readAt(fd, bounce.bytes.subarray(0, bytes), offset);
+        qiov.copyFrom(qiovOffset, bounce.bytes, 0, n);
+      }
+      // Short only at the end of the file: the rest reads as zeros (IoEngine.preadv).
+      if (n < bytes) qiov.fill(qiovOffset + n, bytes - n, 0);
       return n;
     } catch (e) {
       throw ioError(e, "read", offset);

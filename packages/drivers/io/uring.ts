@@ -70,6 +70,7 @@ class Slot {
   offset = 0;
   qiov: IoVector | null = null;
   qiovOffset = 0;
+  bytes = 0;
   cancelled = false;
   big = false;
   resolve: ((n: number) => void) | null = null;
@@ -189,6 +190,7 @@ class UringEngine {
     }
     slot.qiov = qiov;
     slot.qiovOffset = qiovOffset;
+    slot.bytes = bytes;
     const t = uringTuning;
     if (!direct && t.asyncBytes > 0 && bytes >= t.asyncBytes) {
       slot.big = true;
@@ -410,7 +412,11 @@ class UringEngine {
     const op = slot.op;
     let err: BlockError | null = null;
     if (r >= 0) {
-      if (op === OP.READV && slot.iov.bounce) slot.iov.finishRead(slot.qiov!, slot.qiovOffset, r);
+      if (op === OP.READV) {
+        if (slot.iov.bounce) slot.iov.finishRead(slot.qiov!, slot.qiovOffset, r);
+        // Short only at the end of the file: the rest reads as zeros (IoEngine.preadv).
+        if (r < slot.bytes) slot.qiov!.fill(slot.qiovOffset + r, slot.bytes - r, 0);
+      }
     } else {
       const code = errnoCode(-r);
       const name = OP_NAMES[op] ?? "io";
