@@ -204,7 +204,7 @@ class UringEngine {
         count,
         rwFlags,
         t.earlyBig,
-        t.asyncOn && (op === OP.WRITEV || t.asyncReads) ? IOSQE_ASYNC : 0,
+        (op === OP.WRITEV ? t.asyncOn : t.asyncReads) ? IOSQE_ASYNC : 0,
       );
     }
     return this.#start(slot, op, fd, offset, slot.iov.addr, count, rwFlags, direct);
