@@ -96,8 +96,8 @@ export const SYNC_COOL_MS = 100;
  * - `syncWrites`: page-cache writes with pwritev on the JS thread;
  * - `submitBatch`: SQEs queued before an early submit (0: once per microtask round);
  * - `asyncBytes`: the size from which page-cache requests are marked large (0: none);
- *   `asyncOn`: large writes get IOSQE_ASYNC (off); `asyncReads`: large reads do (off); `spinBig`: spin
- *   even while large ones are in flight; `earlyBig`: submit large ones early;
+ *   `asyncOn`: large writes get IOSQE_ASYNC (off); `asyncReads`: large reads do (off);
+ *   `spinBig`: spin even while large ones are in flight; `earlyBig`: submit large ones early;
  * - `coopTaskrun`: set the ring up with {@link COOP_TASKRUN} (read when the ring is made).
  */
 export const uringTuning = {
