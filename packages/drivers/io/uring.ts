@@ -107,6 +107,7 @@ class UringEngine {
   #queued = 0;
   #inflight = 0;
   #bigInflight = 0;
+  #bigWritesInflight = 0;
   #cqHead: number;
   #kickScheduled = false;
   #waiting: Promise<void> | null = null;
@@ -195,6 +196,8 @@ class UringEngine {
     if (!direct && t.asyncBytes > 0 && bytes >= t.asyncBytes) {
       slot.big = true;
       this.#bigInflight++;
+      const write = op === OP.WRITEV;
+      if (write) this.#bigWritesInflight++;
       return this.#start(
         slot,
         op,
@@ -204,7 +207,10 @@ class UringEngine {
         count,
         rwFlags,
         t.earlyBig,
-        (op === OP.WRITEV ? t.asyncOn : t.asyncReads) ? IOSQE_ASYNC : 0,
+        (write ? t.asyncOn : t.asyncReads === true ||
+            (t.asyncReads === "auto" && this.#bigWritesInflight === 0))
+          ? IOSQE_ASYNC
+          : 0,
       );
     }
     return this.#start(slot, op, fd, offset, slot.iov.addr, count, rwFlags, direct);
@@ -434,6 +440,7 @@ class UringEngine {
     if (slot.big) {
       slot.big = false;
       this.#bigInflight--;
+      if (slot.op === OP.WRITEV) this.#bigWritesInflight--;
     }
     slot.iov.release(this.#pool);
     slot.qiov = null;
