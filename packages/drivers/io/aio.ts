@@ -29,6 +29,7 @@ import { type AioSlot, AioSlots, OP, type SlotOp } from "./aio_slots.ts";
 import type { AioWorkerReply, AioWorkerRequest } from "./aio_worker.ts";
 import { type AioSymbols, kernelAtLeast, libaio } from "./aio_ffi.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
+import { type HostFiles, hostFiles } from "./posix_file.ts";
 import { markTurn, nextTurn, sinceTurn, timersStarved } from "./loop_turn.ts";
 
 /** How many requests the engine keeps in the kernel at most (the AIO context's size). */
@@ -56,18 +57,18 @@ let shared: AioContext | null = null;
  *
  * @example
  * ```ts
- * import fs from "node:fs";
  * import { IoVector } from "@blockgraph/core";
  * import { createAioEngine } from "./aio.ts";
  * const path = await Deno.makeTempFile();
  * await Deno.writeFile(path, new Uint8Array(4096).fill(7));
- * const fd = fs.openSync(path, "r");
  * const engine = createAioEngine({ direct: false });
+ * const files = await engine.files();
+ * const fd = files.open(path, { write: false });
  * const buf = new Uint8Array(4096);
  * console.assert(await engine.preadv(fd, 0, IoVector.of(buf), 0, 4096) === 4096);
  * console.assert(buf[4095] === 7);
  * await engine.drainFd(fd);
- * fs.closeSync(fd);
+ * files.close(fd);
  * await engine.release();
  * await Deno.remove(path);
  * ```
@@ -135,6 +136,11 @@ class AioEngine implements IoEngine {
     const c = this.#core;
     this.#core = null;
     return c ? c.release() : Promise.resolve();
+  }
+
+  /** Any descriptor: the C library's calls where they load, else `node:fs`'s. */
+  files(): Promise<HostFiles> {
+    return hostFiles();
   }
 }
 

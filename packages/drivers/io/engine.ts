@@ -8,6 +8,7 @@
  */
 
 import type { IoVector } from "@blockgraph/core";
+import type { HostFiles } from "./posix_file.ts";
 
 /** The engine names, as the `aio=` option spells them. */
 export type EngineName = "io_uring" | "native" | "threads";
@@ -69,6 +70,11 @@ export interface IoEngine {
   drainFd(fd: number): Promise<void>;
   /** Drops one user of the engine; the last one frees it (rings, threads, memory). */
   release(): Promise<void>;
+  /**
+   * The host-file calls whose descriptors this engine accepts: the `file` driver opens,
+   * stats, truncates and closes its files through them.
+   */
+  files(): Promise<HostFiles>;
 }
 
 /** What an engine factory needs to know about the file it serves. */

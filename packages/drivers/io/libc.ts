@@ -102,6 +102,19 @@ const SYMBOLS = {
    */
   turn: { name: "getpid", parameters: [], result: "i32", nonblocking: true },
   close: { parameters: ["i32"], result: "i32" },
+  /** `open(path, flags, mode)`: the host-file calls of `posix_file.ts`. */
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  /** `statx(dirfd, path, flags, mask, buf)` (glibc 2.28): one layout on every architecture. */
+  statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
+  /** `ftruncate(fd, length)` on the JS thread, where errno can be read after it. */
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  /** The same call on a pool thread (errno is lost there: a failure is replayed). */
+  ftruncateWait: {
+    name: "ftruncate",
+    parameters: ["i32", "i64"],
+    result: "i32",
+    nonblocking: true,
+  },
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   pread: { parameters: ["i32", "pointer", "usize", "i64"], result: "isize" },
   __errno_location: { parameters: [], result: "pointer" },

@@ -4,43 +4,44 @@
  * buffered files; for O_DIRECT it copies every request through an aligned bounce buffer
  * (V8's buffers are not aligned), which needs FFI for the memory.
  *
- * Descriptors must come from `node:fs` (`fs.openSync`): Deno's `node:fs` only accepts
- * descriptors it opened.
+ * Descriptors must come from `node:fs` (Deno's `node:fs` only accepts descriptors it opened):
+ * open them with the engine's {@link IoEngine.files}. `node:fs` itself is imported then, or
+ * at the first request, not when this module loads (see `posix_file.ts`).
  *
  * @module
  */
 
-import fs from "node:fs";
 import { BlockError, type IoVector } from "@blockgraph/core";
 import { BufferPool } from "./buffer_pool.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
+import { type HostFiles, loadedNodeFs, loadNodeFs, nodeFiles, type NodeFs } from "./posix_file.ts";
 
-function readvAt(fd: number, bufs: Uint8Array[], position: number): Promise<number> {
+function readvAt(fs: NodeFs, fd: number, bufs: Uint8Array[], position: number): Promise<number> {
   return new Promise((resolve, reject) => {
     fs.readv(fd, bufs, position, (err, n) => err ? reject(err) : resolve(n));
   });
 }
 
-function writevAt(fd: number, bufs: Uint8Array[], position: number): Promise<number> {
+function writevAt(fs: NodeFs, fd: number, bufs: Uint8Array[], position: number): Promise<number> {
   return new Promise((resolve, reject) => {
     fs.writev(fd, bufs, position, (err, n) => err ? reject(err) : resolve(n));
   });
 }
 
 /** One buffer with `read(2)`: Deno's `readv` does not pass external memory through as is. */
-function readAt(fd: number, buf: Uint8Array, position: number): Promise<number> {
+function readAt(fs: NodeFs, fd: number, buf: Uint8Array, position: number): Promise<number> {
   return new Promise((resolve, reject) => {
     fs.read(fd, buf, 0, buf.length, position, (err, n) => err ? reject(err) : resolve(n));
   });
 }
 
-function writeAt(fd: number, buf: Uint8Array, position: number): Promise<number> {
+function writeAt(fs: NodeFs, fd: number, buf: Uint8Array, position: number): Promise<number> {
   return new Promise((resolve, reject) => {
     fs.write(fd, buf, 0, buf.length, position, (err, n) => err ? reject(err) : resolve(n));
   });
 }
 
-function syncFd(fd: number, datasync: boolean): Promise<void> {
+function syncFd(fs: NodeFs, fd: number, datasync: boolean): Promise<void> {
   return new Promise((resolve, reject) => {
     const cb = (err: Error | null) => err ? reject(err) : resolve();
     if (datasync) fs.fdatasync(fd, cb);
@@ -104,11 +105,12 @@ class ThreadsEngine implements IoEngine {
     const pool = this.#pool;
     const bounce = pool ? pool.get(bytes) : null;
     try {
+      const fs = loadedNodeFs() ?? await loadNodeFs();
       let n: number;
       if (!bounce) {
-        n = await readvAt(fd, qiov.slices(qiovOffset, bytes), offset);
+        n = await readvAt(fs, fd, qiov.slices(qiovOffset, bytes), offset);
       } else {
-        n = await readAt(fd, bounce.bytes.subarray(0, bytes), offset);
+        n = await readAt(fs, fd, bounce.bytes.subarray(0, bytes), offset);
         qiov.copyFrom(qiovOffset, bounce.bytes, 0, n);
       }
       // Short only at the end of the file: the rest reads as zeros (IoEngine.preadv).
@@ -134,15 +136,16 @@ class ThreadsEngine implements IoEngine {
     const pool = this.#pool;
     const bounce = pool ? pool.get(bytes) : null;
     try {
+      const fs = loadedNodeFs() ?? await loadNodeFs();
       let n: number;
       if (bounce) {
         qiov.copyTo(qiovOffset, bounce.bytes, 0, bytes);
-        n = await writeAt(fd, bounce.bytes.subarray(0, bytes), offset);
+        n = await writeAt(fs, fd, bounce.bytes.subarray(0, bytes), offset);
       } else {
-        n = await writevAt(fd, qiov.slices(qiovOffset, bytes), offset);
+        n = await writevAt(fs, fd, qiov.slices(qiovOffset, bytes), offset);
       }
       // FUA without RWF_DSYNC: make the write stable before completing it.
-      if (fua) await syncFd(fd, true);
+      if (fua) await syncFd(fs, fd, true);
       return n;
     } catch (e) {
       throw ioError(e, "write", offset);
@@ -155,7 +158,7 @@ class ThreadsEngine implements IoEngine {
   async fsync(fd: number, datasync: boolean): Promise<void> {
     this.#begin(fd);
     try {
-      await syncFd(fd, datasync);
+      await syncFd(loadedNodeFs() ?? await loadNodeFs(), fd, datasync);
     } catch (e) {
       throw ioError(e, "flush", 0);
     } finally {
@@ -183,6 +186,11 @@ class ThreadsEngine implements IoEngine {
     for (const fd of [...this.#inflight.keys()]) await this.drainFd(fd);
     this.#pool?.destroy();
     this.#pool = null;
+  }
+
+  /** `node:fs`'s calls: the only descriptors Deno's `node:fs` accepts are its own. */
+  files(): Promise<HostFiles> {
+    return nodeFiles();
   }
 }
 

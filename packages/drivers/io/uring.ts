@@ -24,6 +24,7 @@ import { BufferPool } from "./buffer_pool.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
 import { IOVEC_SIZE, NativeIovec } from "./iovec.ts";
 import { lastErrno, libc } from "./libc.ts";
+import { type HostFiles, hostFiles } from "./posix_file.ts";
 import { markTurn, nextTurn, sinceTurn, timersStarved } from "./loop_turn.ts";
 import {
   SYNC_BUDGET_MS,
@@ -569,6 +570,11 @@ class UringHandle implements IoEngine {
     if (--users > 0 || shared !== this.#engine) return Promise.resolve();
     shared = null;
     return this.#engine.shutdown();
+  }
+
+  /** Any descriptor: the C library's calls where they load, else `node:fs`'s. */
+  files(): Promise<HostFiles> {
+    return hostFiles();
   }
 }
 

@@ -9,7 +9,6 @@
  * @module
  */
 
-import fs from "node:fs";
 import {
   type BlockDriver,
   BlockError,
@@ -25,16 +24,11 @@ import {
   type ReopenHandle,
   ReqFlags,
 } from "@blockgraph/core";
-import { type EngineName, FALLOC, type IoEngine } from "../io/engine.ts";
+import { type EngineChoice, type EngineName, FALLOC, type IoEngine } from "../io/engine.ts";
+import { filesFor, type FileStat, type HostFiles, type OpenHow } from "../io/posix_file.ts";
 import { acquireEngine, reportSkipped } from "../io/select.ts";
 import { createThreadsEngine } from "../io/threads.ts";
-import {
-  fileBlockStatus,
-  fstat,
-  probeDirectAlignment,
-  resizeFile,
-  sysError,
-} from "./file_posix.ts";
+import { fileBlockStatus, probeDirectAlignment, resizeFile, sysError } from "./file_posix.ts";
 
 /** The I/O engines the driver accepts (`aio=`); absent means the fastest that works. */
 export const FILE_AIO_ENGINES = ["threads", "native", "io_uring"] as const;
@@ -62,6 +56,8 @@ export interface FileSetup {
   alignment: number;
   /** The engine serving the node. */
   engine: IoEngine;
+  /** The calls the descriptor was opened with (those the engine accepts). */
+  files: HostFiles;
   /** The `locking` option. */
   locking: (typeof FILE_LOCKING_MODES)[number];
 }
@@ -87,6 +83,7 @@ export class FileInstance implements DriverInstance {
   readonly supportedZeroFlags: number = ReqFlags.MAY_UNMAP;
   readonly #node: Node;
   readonly #engine: IoEngine;
+  readonly #files: HostFiles;
   #fd: number;
   /**
    * The file size, read at open and kept by this instance's writes and truncates. Growth by
@@ -104,6 +101,7 @@ export class FileInstance implements DriverInstance {
     this.readOnly = setup.readOnly;
     this.direct = setup.direct;
     this.#engine = setup.engine;
+    this.#files = setup.files;
     this.locking = setup.locking;
     this.limits = setup.direct ? { requestAlignment: setup.alignment, memAlignment: 4096 } : {};
   }
@@ -121,7 +119,7 @@ export class FileInstance implements DriverInstance {
     if (readOnly === this.readOnly) return Promise.resolve({ commit() {}, abort() {} });
     let fd: number;
     try {
-      fd = openFd(this.path, openFlags(readOnly, this.direct), "open");
+      fd = openFd(this.#files, this.path, { write: !readOnly, direct: this.direct }, "open");
     } catch (e) {
       return Promise.reject(e);
     }
@@ -130,9 +128,9 @@ export class FileInstance implements DriverInstance {
         const old = this.#fd;
         this.#fd = fd;
         this.readOnly = readOnly;
-        fs.closeSync(old);
+        this.#files.close(old);
       },
-      abort: () => fs.closeSync(fd),
+      abort: () => this.#files.close(fd),
     });
   }
 
@@ -285,20 +283,20 @@ export class FileInstance implements DriverInstance {
   async truncate(size: number, _exact: boolean, prealloc: PreallocMode): Promise<void> {
     let current: number;
     try {
-      current = (await fstat(this.#fd)).size;
+      current = this.#files.fstat(this.#fd).size;
     } catch (e) {
       throw sysError(e, "Could not stat file");
     }
-    await resizeFile(this.#engine, this.#fd, current, size, prealloc);
+    await resizeFile(this.#files, this.#engine, this.#fd, current, size, prealloc);
     this.#length = size;
   }
 
   /** The bytes the file occupies on its file system (`st_blocks` × 512). */
-  async allocatedSize(): Promise<number> {
+  allocatedSize(): Promise<number> {
     try {
-      return (await fstat(this.#fd)).blocks * 512;
+      return Promise.resolve(this.#files.fstat(this.#fd).blocks * 512);
     } catch (e) {
-      throw sysError(e, "Could not stat file");
+      return Promise.reject(sysError(e, "Could not stat file"));
     }
   }
 
@@ -312,9 +310,7 @@ export class FileInstance implements DriverInstance {
     this.#fd = -1;
     try {
       await this.#engine.drainFd(fd);
-      await new Promise<void>((resolve, reject) => {
-        fs.close(fd, (err) => err ? reject(err) : resolve());
-      });
+      this.#files.close(fd);
     } catch (e) {
       throw sysError(e, `Could not close '${this.path}'`);
     } finally {
@@ -323,14 +319,9 @@ export class FileInstance implements DriverInstance {
   }
 }
 
-function openFlags(readOnly: boolean, direct: boolean): number {
-  return (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) |
-    (direct ? fs.constants.O_DIRECT : 0);
-}
-
-function openFd(path: string, flags: number, verb: string, mode?: number): number {
+function openFd(files: HostFiles, path: string, how: OpenHow, verb: string): number {
   try {
-    return fs.openSync(path, flags, mode);
+    return files.open(path, how);
   } catch (e) {
     throw sysError(e, `Could not ${verb} '${path}'`);
   }
@@ -393,31 +384,39 @@ export const fileDriver: BlockDriver = {
     const path = options.filename as string;
     const direct = ctx.node.flags.cacheDirect;
     let fd = -1;
+    let files: HostFiles | null = null;
     let engine: IoEngine | null = null;
     try {
+      // The engine comes first, as it says how its descriptors are opened; when none starts,
+      // the file is still opened and checked, so that its errors come first as before.
+      let choice: EngineChoice | null = null;
+      let noEngine: unknown = null;
       try {
-        fd = openFd(path, openFlags(ctx.readOnly, direct), "open");
+        choice = acquireEngine((options.aio as EngineName | undefined) ?? "auto", { direct });
+        engine = choice.engine;
+      } catch (e) {
+        noEngine = e;
+      }
+      files = await filesFor(engine);
+      try {
+        fd = openFd(files, path, { write: !ctx.readOnly, direct }, "open");
       } catch (e) {
         // auto-read-only: a file we may not write is opened read-only instead.
         const denied = e instanceof BlockError &&
           (e.code === "EACCES" || e.code === "EROFS" || e.code === "EPERM");
         if (!denied || !ctx.fallBackToReadOnly()) throw e;
-        fd = openFd(path, openFlags(true, direct), "open");
+        fd = openFd(files, path, { write: false, direct }, "open");
       }
-      let st: fs.Stats;
+      let st: FileStat;
       try {
-        st = fs.fstatSync(fd);
+        st = files.fstat(fd);
       } catch (e) {
         throw sysError(e, "Could not stat file");
       }
-      if (!st.isFile()) {
+      if (!st.regular) {
         throw new BlockError("EINVAL", `'file' driver requires '${path}' to be a regular file`);
       }
-      const choice = acquireEngine(
-        (options.aio as EngineName | undefined) ?? "auto",
-        { direct },
-      );
-      engine = choice.engine;
+      if (!choice || !engine) throw noEngine;
       reportSkipped(choice);
       ctx.node.filename = path;
       return new FileInstance(fd, {
@@ -428,10 +427,11 @@ export const fileDriver: BlockDriver = {
         direct,
         alignment: direct ? probeDirectAlignment(fd) : 1,
         engine,
+        files,
         locking: options.locking as (typeof FILE_LOCKING_MODES)[number],
       });
     } catch (e) {
-      if (fd >= 0) fs.closeSync(fd);
+      if (fd >= 0) files?.close(fd);
       if (engine) await engine.release();
       throw e;
     }
@@ -444,15 +444,21 @@ export const fileDriver: BlockDriver = {
     if (prealloc !== "off" && prealloc !== "falloc" && prealloc !== "full") {
       throw new BlockError("ENOTSUP", `Unsupported preallocation mode: ${prealloc}`);
     }
-    const fd = openFd(path, fs.constants.O_RDWR | fs.constants.O_CREAT, "create", 0o644);
-    const engine = createThreadsEngine({ direct: false });
+    // Only `full` preallocation needs an engine, to write its zeros: the threads engine, as
+    // it starts anywhere (its descriptors are `node:fs`'s).
+    const engine = prealloc === "full" ? createThreadsEngine({ direct: false }) : null;
     try {
-      // Clear whatever the file held, then grow it the way the caller asked.
-      await resizeFile(engine, fd, 0, 0, "off");
-      await resizeFile(engine, fd, 0, size, prealloc);
+      const files = await filesFor(engine);
+      const fd = openFd(files, path, { write: true, create: true, mode: 0o644 }, "create");
+      try {
+        // Clear whatever the file held, then grow it the way the caller asked.
+        await resizeFile(files, engine, fd, 0, 0, "off");
+        await resizeFile(files, engine, fd, 0, size, prealloc);
+      } finally {
+        files.close(fd);
+      }
     } finally {
-      fs.closeSync(fd);
-      await engine.release();
+      await engine?.release();
     }
   },
 };

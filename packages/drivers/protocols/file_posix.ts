@@ -6,7 +6,6 @@
  * @module
  */
 
-import fs from "node:fs";
 import {
   BlockError,
   type BlockStatus,
@@ -19,6 +18,7 @@ import {
 import { BufferPool } from "../io/buffer_pool.ts";
 import type { IoEngine } from "../io/engine.ts";
 import { lastErrno, libc, SEEK } from "../io/libc.ts";
+import type { HostFiles } from "../io/posix_file.ts";
 import { IoVector } from "@blockgraph/core";
 
 const ENXIO = 6;
@@ -93,19 +93,6 @@ export function fileBlockStatus(
   return { status: data, pnum, map: offset, file: node };
 }
 
-function ftruncate(fd: number, size: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    fs.ftruncate(fd, size, (err) => err ? reject(err) : resolve());
-  });
-}
-
-/** `fstat` of `fd`, asynchronously. */
-export function fstat(fd: number): Promise<fs.Stats> {
-  return new Promise((resolve, reject) => {
-    fs.fstat(fd, (err, st) => err ? reject(err) : resolve(st));
-  });
-}
-
 let zeroBuffer: Uint8Array | null = null;
 
 /** Writes zeros over `[from, to)` of `fd` through `engine`, a megabyte at a time. */
@@ -121,12 +108,14 @@ async function writeZeros(engine: IoEngine, fd: number, from: number, to: number
 }
 
 /**
- * Resizes the open file `fd` from `current` to `size` bytes, filling the grown part as
- * `prealloc` says: `falloc` with `posix_fallocate` (run on a pool thread; it returns its
- * error), `full` by writing zeros through `engine`. Shared by truncate and create.
+ * Resizes the open file `fd` (opened through `files`) from `current` to `size` bytes,
+ * filling the grown part as `prealloc` says: `falloc` with `posix_fallocate` (run on a pool
+ * thread; it returns its error), `full` by writing zeros through `engine` (which `fd` must
+ * suit; only `full` needs one). Shared by truncate and create.
  */
 export async function resizeFile(
-  engine: IoEngine,
+  files: HostFiles,
+  engine: IoEngine | null,
   fd: number,
   current: number,
   size: number,
@@ -139,7 +128,7 @@ export async function resizeFile(
     throw new BlockError("ENOTSUP", `Unsupported preallocation mode: ${prealloc}`);
   }
   try {
-    await ftruncate(fd, size);
+    await files.ftruncate(fd, size);
   } catch (e) {
     throw sysError(e, "Could not resize file");
   }
@@ -152,12 +141,13 @@ export async function resizeFile(
         throw new BlockError(code, `Could not preallocate new data: ${strerror(code)}`);
       }
     } else {
+      if (!engine) throw new BlockError("EINVAL", "Preallocation mode full needs an I/O engine");
       await writeZeros(engine, fd, current, size);
       await engine.fsync(fd, true);
     }
   } catch (e) {
     // Leave the file as it was, as QEMU does when preallocation fails.
-    await ftruncate(fd, current).catch(() => {});
+    await files.ftruncate(fd, current).catch(() => {});
     if (e instanceof BlockError && e.message.startsWith("Could not")) throw e;
     throw sysError(e, "Could not write zeros for preallocation");
   }

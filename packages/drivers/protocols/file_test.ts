@@ -395,3 +395,64 @@ Deno.test("file close with requests in flight completes every one and nothing ha
     await graph.closeAll();
   });
 });
+
+/** What the script run without FFI does with a file node; it prints a JSON line. */
+const NO_FFI_SCRIPT = `
+import { DriverRegistry, Graph } from "@blockgraph/core";
+import { fileDriver } from "@blockgraph/drivers";
+const [dir] = Deno.args;
+const registry = new DriverRegistry([fileDriver]);
+await fileDriver.create({ filename: dir + "/n.img", size: 65536, preallocation: "full" }, registry);
+const graph = new Graph({ registry });
+const node = await graph.open({ driver: "file", filename: dir + "/n.img" }, "t");
+await node.write(1000, new Uint8Array(3000).fill(7));
+await node.flush();
+await node.truncate(131072, true, "off");
+const back = new Uint8Array(3000);
+await node.read(1000, back);
+const missing = await graph.open({ driver: "file", filename: dir + "/nope" }, "t").catch((e) => e);
+console.log(JSON.stringify({
+  aio: node.instance.aio,
+  readBack: back.every((b) => b === 7),
+  length: node.getLength(),
+  allocated: await node.instance.allocatedSize(),
+  missing: missing.message,
+}));
+await node.unref("t");
+await graph.closeAll();
+`;
+
+Deno.test("file works without FFI: node:fs opens the file for the threads engine", async () => {
+  await withTempDir(async (dir) => {
+    const root = new URL("../../../", import.meta.url);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-read", "--allow-write", "--allow-env", "-", dir],
+      cwd: root,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const writer = out.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(NO_FFI_SCRIPT));
+    await writer.close();
+    const { code, stdout, stderr } = await out.output();
+    const err = new TextDecoder().decode(stderr);
+    assertEquals(code, 0, `exit status (stderr: ${err})`);
+    assert(
+      err.includes("blockgraph: file: io_uring unavailable (Requires ffi access") &&
+        err.includes("using threads"),
+      `the fallback is reported: ${err}`,
+    );
+    const r = JSON.parse(new TextDecoder().decode(stdout));
+    assertEquals(r.aio, "threads", "engine");
+    assert(r.readBack, "the write reads back");
+    assertEquals(r.length, 131072, "length after truncate");
+    assertEquals((await Deno.stat(`${dir}/n.img`)).size, 131072, "size on disk");
+    assert(r.allocated >= 65536, `full preallocation allocated (${r.allocated})`);
+    assertEquals(
+      r.missing,
+      `Could not open '${dir}/nope': No such file or directory`,
+      "a missing file's error",
+    );
+  });
+});
