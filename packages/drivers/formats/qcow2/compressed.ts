@@ -1,19 +1,24 @@
 /**
  * Compressed clusters: the compressed cluster descriptor (offset and sector count packed by
  * cluster size), compression and decompression (raw deflate with QEMU's 4 KiB window for
- * zlib, zstd) through `node:zlib`.
+ * zlib, zstd) through `node:zlib`. That module is imported at the first compressed cluster,
+ * not with this one: importing it starts Deno's Node compatibility layer, about 20 ms of
+ * every process start, which most commands never need.
  *
  * @module
  */
 
 import { BlockError } from "@blockgraph/core";
-import {
-  constants,
-  deflateRawSync,
-  inflateRawSync,
-  zstdCompressSync,
-  zstdDecompressSync,
-} from "node:zlib";
+
+const importZlib = () => import("node:zlib");
+type Zlib = Awaited<ReturnType<typeof importZlib>>;
+let zlib: Zlib | null = null;
+let zlibLoading: Promise<Zlib> | null = null;
+
+/** `node:zlib`, imported at the first call. */
+function loadZlib(): Promise<Zlib> {
+  return zlibLoading ??= importZlib().then((m) => zlib = m);
+}
 
 /** Where a compressed cluster's data lies in the image file. */
 export interface CompressedPlace {
@@ -51,12 +56,17 @@ export function compressedEntry(
  * Decompresses one cluster of `clusterSize` bytes from `data` (which may run past the end of
  * the stream). `type` is the header's compression type: 0 zlib (raw deflate), 1 zstd.
  */
-export function decompressCluster(data: Uint8Array, clusterSize: number, type: number): Uint8Array {
+export async function decompressCluster(
+  data: Uint8Array,
+  clusterSize: number,
+  type: number,
+): Promise<Uint8Array> {
+  const z = zlib ?? await loadZlib();
   let out: Uint8Array;
   try {
     out = type === 0
-      ? inflateRawSync(data, { finishFlush: constants.Z_SYNC_FLUSH })
-      : zstdDecompressSync(data);
+      ? z.inflateRawSync(data, { finishFlush: z.constants.Z_SYNC_FLUSH })
+      : z.zstdDecompressSync(data);
   } catch (e) {
     throw new BlockError("EIO", `Could not decompress cluster: ${(e as Error).message}`);
   }
@@ -74,10 +84,11 @@ export function decompressCluster(data: Uint8Array, clusterSize: number, type: n
  * returns null when the result would not be smaller than the cluster (QEMU then writes the
  * cluster uncompressed).
  */
-export function compressCluster(data: Uint8Array, type: number): Uint8Array | null {
+export async function compressCluster(data: Uint8Array, type: number): Promise<Uint8Array | null> {
+  const z = zlib ?? await loadZlib();
   const out = type === 0
-    ? deflateRawSync(data, { windowBits: 12, memLevel: 9 })
-    : zstdCompressSync(data);
+    ? z.deflateRawSync(data, { windowBits: 12, memLevel: 9 })
+    : z.zstdCompressSync(data);
   return out.length < data.length - 1
     ? new Uint8Array(out.buffer, out.byteOffset, out.length)
     : null;

@@ -38,7 +38,7 @@ async function allocBytes(image: Qcow2Image, n: number): Promise<number> {
  * (the caller writes it normally).
  */
 async function writeOne(image: Qcow2Image, offset: number, data: Uint8Array): Promise<boolean> {
-  const packed = compressCluster(data, image.header.compressionType);
+  const packed = await compressCluster(data, image.header.compressionType);
   if (!packed) return false;
   const g = offset / image.cs;
   for (;;) {
