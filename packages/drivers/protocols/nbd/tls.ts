@@ -18,14 +18,41 @@
  * validity period (what QEMU's gnutls check does for a direct chain; intermediate CAs are
  * not followed).
  *
+ * The Node modules this needs are imported at the first upgrade, not with this module:
+ * importing any of them starts Deno's Node compatibility layer, about 20 ms of every process
+ * start, which a process that never speaks TLS should not pay.
+ *
  * @module
  */
 
-import { Buffer } from "node:buffer";
-import { X509Certificate } from "node:crypto";
-import { Duplex } from "node:stream";
-import tls from "node:tls";
+import type { X509Certificate } from "node:crypto";
+import type { Duplex } from "node:stream";
+import type { PeerCertificate, TLSSocket } from "node:tls";
 import { BlockError } from "@blockgraph/core";
+
+const importNodeModules = async () => {
+  const [buffer, crypto, stream, tls] = await Promise.all([
+    import("node:buffer"),
+    import("node:crypto"),
+    import("node:stream"),
+    import("node:tls"),
+  ]);
+  return {
+    Buffer: buffer.Buffer,
+    X509Certificate: crypto.X509Certificate,
+    Duplex: stream.Duplex,
+    tls,
+  };
+};
+/** The Node modules TLS needs. */
+type NodeModules = Awaited<ReturnType<typeof importNodeModules>>;
+let nodeModules: NodeModules | null = null;
+let nodeModulesLoading: Promise<NodeModules> | null = null;
+
+/** The Node modules TLS needs, imported at the first call. */
+function loadNodeModules(): Promise<NodeModules> {
+  return nodeModulesLoading ??= importNodeModules().then((m) => nodeModules = m);
+}
 
 /** A plain connection that can be upgraded. */
 export interface UpgradableConn {
@@ -122,10 +149,11 @@ export async function loadX509Creds(options: X509CredsOptions): Promise<X509Cred
 const HIGH_WATER = 1 << 20;
 
 /** A duplex stream over a plain connection, for `TLSSocket` to carry its records on. */
-function duplexOver(conn: UpgradableConn): Duplex {
+function duplexOver(conn: UpgradableConn, node: NodeModules): Duplex {
+  const { Buffer } = node;
   const buf = new Uint8Array(64 * 1024);
   let pumping = false;
-  const d: Duplex = new Duplex({
+  const d: Duplex = new node.Duplex({
     read() {
       if (pumping) return;
       pumping = true;
@@ -168,7 +196,8 @@ function duplexOver(conn: UpgradableConn): Duplex {
 
 /** A `TLSSocket` seen through the read/write/close shape the NBD wire code uses. */
 class TlsSocketConn implements TlsConn {
-  readonly #sock: tls.TLSSocket;
+  readonly #sock: TLSSocket;
+  readonly #node: NodeModules;
   readonly #chunks: Uint8Array[] = [];
   #head = 0;
   #buffered = 0;
@@ -177,8 +206,9 @@ class TlsSocketConn implements TlsConn {
   #wake: (() => void) | null = null;
   #paused = false;
 
-  constructor(sock: tls.TLSSocket) {
+  constructor(sock: TLSSocket, node: NodeModules) {
     this.#sock = sock;
+    this.#node = node;
     sock.on("data", (b: Uint8Array) => {
       this.#chunks.push(b);
       this.#buffered += b.length;
@@ -217,7 +247,7 @@ class TlsSocketConn implements TlsConn {
   /** The certificate the peer presented, or null. */
   peerCertificate(): X509Certificate | null {
     const raw = this.#sock.getPeerCertificate?.()?.raw;
-    return raw && raw.length > 0 ? new X509Certificate(raw) : null;
+    return raw && raw.length > 0 ? new this.#node.X509Certificate(raw) : null;
   }
 
   #notify(): void {
@@ -256,7 +286,7 @@ class TlsSocketConn implements TlsConn {
     if (this.#error) throw this.#error;
     if (this.#sock.destroyed) throw new Error("The TLS connection is closed");
     // A copy: the caller reuses its buffer as soon as this resolves.
-    if (!this.#sock.write(Buffer.from(p))) {
+    if (!this.#sock.write(this.#node.Buffer.from(p))) {
       await new Promise<void>((resolve) => {
         const done = () => {
           this.#sock.off("drain", done);
@@ -279,7 +309,8 @@ class TlsSocketConn implements TlsConn {
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 function secured(
-  sock: tls.TLSSocket,
+  node: NodeModules,
+  sock: TLSSocket,
   raw: Duplex,
   event: string,
   describe: string,
@@ -307,7 +338,7 @@ function secured(
       raw.off("end", gone);
       raw.off("close", gone);
       raw.off("error", fail);
-      resolve(new TlsSocketConn(sock));
+      resolve(new TlsSocketConn(sock, node));
     });
   });
 }
@@ -325,7 +356,9 @@ export async function startTlsServer(
   if (creds.endpoint !== "server") {
     throw new BlockError("EINVAL", `Expecting TLS credentials with a server endpoint`);
   }
-  const raw = duplexOver(conn);
+  const node = await loadNodeModules();
+  const { tls } = node;
+  const raw = duplexOver(conn, node);
   const sock = new tls.TLSSocket(raw, {
     isServer: true,
     requestCert: creds.verifyPeer,
@@ -336,7 +369,7 @@ export async function startTlsServer(
       key: creds.key ?? undefined,
     }),
   });
-  const t = await secured(sock, raw, "secure", "the NBD client");
+  const t = await secured(node, sock, raw, "secure", "the NBD client");
   if (creds.verifyPeer) {
     const why = checkClientCertificate(t.peerCertificate(), creds.ca);
     if (why !== null) {
@@ -348,10 +381,13 @@ export async function startTlsServer(
   return t;
 }
 
-/** The PEM certificates of a bundle. */
-function pemCertificates(bundle: string): X509Certificate[] {
+/** The PEM certificates of a bundle, made with the class of `like`. */
+function pemCertificates(bundle: string, like: X509Certificate): X509Certificate[] {
+  // `node:crypto` is loaded wherever a certificate exists; a caller may have imported it
+  // before this module did, so the class comes from the certificate in hand.
+  const X509 = nodeModules?.X509Certificate ?? (like.constructor as typeof X509Certificate);
   const blocks = bundle.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g);
-  return (blocks ?? []).map((b) => new X509Certificate(b));
+  return (blocks ?? []).map((b) => new X509(b));
 }
 
 /**
@@ -366,7 +402,7 @@ export function checkClientCertificate(
   const now = Date.now();
   if (now < Date.parse(cert.validFrom)) return "The certificate is not yet activated";
   if (now > Date.parse(cert.validTo)) return "The certificate has expired";
-  const signed = pemCertificates(caBundle).some((ca) => {
+  const signed = pemCertificates(caBundle, cert).some((ca) => {
     try {
       return ca.ca && cert.checkIssued(ca) && cert.verify(ca.publicKey);
     } catch {
@@ -405,15 +441,18 @@ export function startTlsClient(
     throw new BlockError("EINVAL", `Expecting TLS credentials with a client endpoint`);
   }
   const ip = hostname !== null && /^[\d.]+$|:/.test(hostname);
-  const raw = duplexOver(conn);
-  const sock = tls.connect({
-    socket: raw,
-    ca: creds.ca,
-    ...(creds.cert !== null && creds.key !== null ? { cert: creds.cert, key: creds.key } : {}),
-    rejectUnauthorized: creds.verifyPeer,
-    ...(hostname !== null && !ip ? { servername: hostname } : {}),
-    checkServerIdentity: (_host: string, cert: tls.PeerCertificate) =>
-      hostname === null ? undefined : tls.checkServerIdentity(hostname, cert),
+  return loadNodeModules().then((node) => {
+    const { tls } = node;
+    const raw = duplexOver(conn, node);
+    const sock = tls.connect({
+      socket: raw,
+      ca: creds.ca,
+      ...(creds.cert !== null && creds.key !== null ? { cert: creds.cert, key: creds.key } : {}),
+      rejectUnauthorized: creds.verifyPeer,
+      ...(hostname !== null && !ip ? { servername: hostname } : {}),
+      checkServerIdentity: (_host: string, cert: PeerCertificate) =>
+        hostname === null ? undefined : tls.checkServerIdentity(hostname, cert),
+    });
+    return secured(node, sock, raw, "secureConnect", "the NBD server");
   });
-  return secured(sock, raw, "secureConnect", "the NBD server");
 }
