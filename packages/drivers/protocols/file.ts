@@ -4,7 +4,9 @@
  * native libaio, or the `threads` fallback, chosen by `aio=` (default: the fastest that works
  * here). `cache.direct=on` opens with O_DIRECT and declares the alignment it needs; FUA is
  * native (RWF_DSYNC), write-zeroes and discard use `fallocate`, and block status reports
- * holes as zeros.
+ * holes as zeros. The file is opened, stat'ed, truncated and closed with the calls its engine
+ * accepts (`io/posix_file.ts`): the C library's over FFI, or `node:fs`'s for the `threads`
+ * engine and where FFI is not allowed, imported only then.
  *
  * @module
  */
