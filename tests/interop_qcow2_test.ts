@@ -102,28 +102,31 @@ for (
     }));
 }
 
-Deno.test("qcow2 interop: compressed clusters from qemu-img convert -c read identically", () =>
+Deno.test("qcow2 interop: compressed clusters (zlib, zstd) from qemu-img convert -c read identically", () =>
   withDir(async (dir) => {
     const src = `${dir}/src.raw`;
     const data = new Uint8Array(SIZE);
     for (let i = 0; i < SIZE; i++) data[i] = (i * 7 + (i >> 12)) % 13 === 0 ? i & 0xff : 0x5a;
     data.fill(0, 1 << 20, 2 << 20);
     await Deno.writeFile(src, data);
-    for (const cs of ["4096", "65536"]) {
-      const img = `${dir}/c${cs}.qcow2`;
+    // zstd too: each cluster's frame is followed by the next one's, or by padding.
+    for (const [cs, type] of [["4096", "zlib"], ["65536", "zlib"], ["65536", "zstd"]]) {
+      const img = `${dir}/c${cs}${type}.qcow2`;
       await must("qemu-img", [
         "convert",
         "-c",
         "-O",
         "qcow2",
         "-o",
-        `cluster_size=${cs}`,
+        `cluster_size=${cs},compression_type=${type}`,
         src,
         img,
       ]);
       await withImage(img, true, async (node) => {
         const at = firstDifference(await readNode(node), data);
-        if (at >= 0) throw new Error(`cluster size ${cs}: compressed read differs at ${at}`);
+        if (at >= 0) {
+          throw new Error(`${type}, cluster size ${cs}: compressed read differs at ${at}`);
+        }
       });
       // A write into a compressed cluster copies it out; qemu-img check stays clean.
       await withImage(img, false, async (node) => {

@@ -52,9 +52,44 @@ export function compressedEntry(
   return [Number(v >> 32n), Number(v & 0xffffffffn)];
 }
 
+const ZSTD_MAGIC = 0xfd2fb528;
+
+/**
+ * The length of the zstd frame at the start of `data` (RFC 8878: the frame header, then
+ * blocks of 3-byte headers up to the one marked last, then the optional checksum), or -1 when
+ * `data` does not hold a whole frame. A compressed cluster is followed by whatever shares its
+ * last sector (padding, the next cluster's data), which Node's zstd refuses as a bad frame.
+ */
+export function zstdFrameLength(data: Uint8Array): number {
+  if (data.length < 6) return -1;
+  const magic = (data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24)) >>> 0;
+  if (magic !== ZSTD_MAGIC) return -1;
+  const fhd = data[4]!;
+  const fcsFlag = fhd >> 6;
+  const singleSegment = (fhd >> 5) & 1;
+  const checksum = (fhd >> 2) & 1;
+  const didFlag = fhd & 3;
+  let at = 5 + (singleSegment ? 0 : 1) + [0, 1, 2, 4][didFlag]! +
+    [singleSegment ? 1 : 0, 2, 4, 8][fcsFlag]!;
+  for (;;) {
+    if (at + 3 > data.length) return -1;
+    const h = data[at]! | (data[at + 1]! << 8) | (data[at + 2]! << 16);
+    at += 3;
+    const type = (h >> 1) & 3;
+    const size = h >>> 3;
+    if (type === 3) return -1;
+    at += type === 1 ? 1 : size;
+    if (at > data.length) return -1;
+    if (h & 1) break;
+  }
+  at += checksum ? 4 : 0;
+  return at <= data.length ? at : -1;
+}
+
 /**
  * Decompresses one cluster of `clusterSize` bytes from `data` (which may run past the end of
- * the stream). `type` is the header's compression type: 0 zlib (raw deflate), 1 zstd.
+ * the stream). `type` is the header's compression type: 0 zlib (raw deflate), 1 zstd (one
+ * frame, decoded alone: what follows it in `data` is not the cluster's).
  */
 export async function decompressCluster(
   data: Uint8Array,
@@ -64,9 +99,13 @@ export async function decompressCluster(
   const z = zlib ?? await loadZlib();
   let out: Uint8Array;
   try {
-    out = type === 0
-      ? z.inflateRawSync(data, { finishFlush: z.constants.Z_SYNC_FLUSH })
-      : z.zstdDecompressSync(data);
+    if (type === 0) {
+      out = z.inflateRawSync(data, { finishFlush: z.constants.Z_SYNC_FLUSH });
+    } else {
+      const n = zstdFrameLength(data);
+      if (n < 0) throw new Error("not a whole zstd frame");
+      out = z.zstdDecompressSync(data.subarray(0, n));
+    }
   } catch (e) {
     throw new BlockError("EIO", `Could not decompress cluster: ${(e as Error).message}`);
   }

@@ -9,6 +9,7 @@ import {
   compressedEntry,
   compressedPlace,
   decompressCluster,
+  zstdFrameLength,
 } from "./compressed.ts";
 
 const CLUSTER = 65536;
@@ -24,12 +25,17 @@ for (const [name, type] of [["zlib", 0], ["zstd", 1]] as const) {
     const data = compressible();
     const packed = await compressCluster(data, type);
     assert(packed !== null && packed.length < CLUSTER, "compresses");
-    // A zlib stream is read with whatever follows it up to the end of its last sector.
-    const stored = type === 0
-      ? new Uint8Array(Math.ceil(packed.length / 512) * 512).fill(0xaa)
-      : new Uint8Array(packed.length);
-    stored.set(packed);
-    assertBytesEqual(await decompressCluster(stored, CLUSTER, type), data, "round trip");
+    // A stream is read with whatever follows it up to the end of its last sector: padding
+    // (zeros where the image file ends) or the next cluster's data.
+    for (const fill of [0x00, 0xaa]) {
+      const stored = new Uint8Array(Math.ceil((packed.length + 1) / 512) * 512).fill(fill);
+      stored.set(packed);
+      assertBytesEqual(await decompressCluster(stored, CLUSTER, type), data, `round trip ${fill}`);
+    }
+    const two = new Uint8Array(packed.length * 2);
+    two.set(packed);
+    two.set(packed, packed.length);
+    assertBytesEqual(await decompressCluster(two, CLUSTER, type), data, "next cluster follows");
   });
 
   Deno.test(`compressCluster leaves a cluster that does not compress (${name})`, async () => {
@@ -48,6 +54,16 @@ Deno.test("decompressCluster fails with EIO on a stream that is too short or bro
     "EIO",
     "zstd",
   );
+});
+
+Deno.test("zstdFrameLength finds the end of a frame, and -1 for a cut or foreign one", async () => {
+  const packed = (await compressCluster(compressible(), 1))!;
+  const padded = new Uint8Array(packed.length + 700);
+  padded.set(packed);
+  assertEquals(zstdFrameLength(padded), packed.length, "frame with padding after it");
+  assertEquals(zstdFrameLength(packed), packed.length, "frame alone");
+  assertEquals(zstdFrameLength(packed.subarray(0, packed.length - 1)), -1, "cut short");
+  assertEquals(zstdFrameLength(new Uint8Array(512)), -1, "zeros");
 });
 
 Deno.test("compressedEntry and compressedPlace agree", () => {
