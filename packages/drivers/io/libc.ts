@@ -15,7 +15,7 @@
  * @module
  */
 
-/** `io_uring_setup(2)`, `io_uring_enter(2)` and `io_uring_register(2)` on x86-64 and arm64. */
+/** System call numbers on x86-64 and arm64: io_uring's three, and `statx(2)`. */
 export const SYS = {
   /** io_uring_setup */
   IO_URING_SETUP: 425,
@@ -23,6 +23,8 @@ export const SYS = {
   IO_URING_ENTER: 426,
   /** io_uring_register */
   IO_URING_REGISTER: 427,
+  /** statx: the one number here that differs between the two architectures. */
+  STATX: Deno.build.arch === "aarch64" ? 291 : 332,
 } as const;
 
 /** mmap(2) protection and flag bits, and its failure value. */
@@ -104,8 +106,16 @@ const SYMBOLS = {
   close: { parameters: ["i32"], result: "i32" },
   /** `open(path, flags, mode)`: the host-file calls of `posix_file.ts`. */
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
-  /** `statx(dirfd, path, flags, mask, buf)` (glibc 2.28): one layout on every architecture. */
-  statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
+  /**
+   * `statx(2)` (nr, dirfd, path, flags, mask, buf) as a raw system call: one struct layout on
+   * every architecture, and no need of glibc 2.28's wrapper (a missing symbol would fail the
+   * whole table, io_uring's calls with it).
+   */
+  statx: {
+    name: "syscall",
+    parameters: ["u32", "i32", "buffer", "i32", "u32", "buffer"],
+    result: "i32",
+  },
   /** `ftruncate(fd, length)` on the JS thread, where errno can be read after it. */
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
   /** The same call on a pool thread (errno is lost there: a failure is replayed). */

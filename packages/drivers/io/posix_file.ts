@@ -18,7 +18,7 @@
 
 import { BlockError, errnoCode, strerror } from "@blockgraph/core";
 import type { IoEngine } from "./engine.ts";
-import { lastErrno, libc } from "./libc.ts";
+import { lastErrno, libc, SYS } from "./libc.ts";
 
 /** How to open a file. */
 export interface OpenHow {
@@ -125,7 +125,14 @@ class LibcFiles implements HostFiles {
   }
 
   fstat(fd: number): FileStat {
-    const rc = this.#lib.statx(fd, EMPTY_PATH, AT_EMPTY_PATH, STATX_WANTED, this.#statx);
+    const rc = this.#lib.statx(
+      SYS.STATX,
+      fd,
+      EMPTY_PATH,
+      AT_EMPTY_PATH,
+      STATX_WANTED,
+      this.#statx,
+    );
     if (rc < 0) throw callError("fstat", lastErrno(), `of descriptor ${fd}`);
     const v = this.#stat;
     return {
