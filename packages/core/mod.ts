@@ -50,6 +50,7 @@ export { DEFAULT_FLAGS, Node } from "./node.ts";
 export type { NodeFlags } from "./node.ts";
 export {
   flatten,
+  keyValueItems,
   parseBool,
   parseKeyValue,
   parseSize,

@@ -169,39 +169,50 @@ function convert(key: string, spec: OptionSpec, value: unknown): string | number
 }
 
 /**
+ * The items of QEMU's `key=value,key2=value2` syntax in order (`,,` is a literal comma in a
+ * value); an item without `=` has a null value. What the items may be is the caller's rule.
+ */
+export function keyValueItems(text: string): { key: string; value: string | null }[] {
+  const items: { key: string; value: string | null }[] = [];
+  let i = 0;
+  while (i < text.length) {
+    let key = "";
+    while (i < text.length && text[i] !== "=" && text[i] !== ",") key += text[i++];
+    if (text[i] !== "=") {
+      i++;
+      items.push({ key, value: null });
+      continue;
+    }
+    i++;
+    let value = "";
+    while (i < text.length) {
+      if (text[i] === ",") {
+        if (text[i + 1] !== ",") break;
+        i++;
+      }
+      value += text[i++];
+    }
+    i++;
+    items.push({ key, value });
+  }
+  return items;
+}
+
+/**
  * Splits QEMU's `key=value,key2=value2` syntax (`,,` is a literal comma) into a flat map.
  * A leading bare word is stored under `implied` when given (`-o` lists, `--blockdev`).
  */
 export function parseKeyValue(text: string, implied?: string): Record<string, string> {
   const out: Record<string, string> = {};
-  let i = 0;
   let first = true;
-  while (i < text.length) {
-    let key = "";
-    while (i < text.length && text[i] !== "=" && text[i] !== ",") key += text[i++];
-    if (text[i] !== "=") {
+  for (const { key, value } of keyValueItems(text)) {
+    if (value === null) {
       if (first && implied !== undefined && key !== "") {
         out[implied] = key;
-        i++;
         first = false;
         continue;
       }
       throw new BlockError("EINVAL", `Expected '=' after parameter '${key}'`);
-    }
-    i++;
-    let value = "";
-    for (;;) {
-      if (i >= text.length) break;
-      if (text[i] === ",") {
-        if (text[i + 1] === ",") {
-          value += ",";
-          i += 2;
-          continue;
-        }
-        i++;
-        break;
-      }
-      value += text[i++];
     }
     if (key === "") throw new BlockError("EINVAL", "Invalid parameter ''");
     if (Object.hasOwn(out, key)) {

@@ -1,5 +1,12 @@
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { flatten, parseKeyValue, parseSize, unflatten, validateOptions } from "./options.ts";
+import {
+  flatten,
+  keyValueItems,
+  parseKeyValue,
+  parseSize,
+  unflatten,
+  validateOptions,
+} from "./options.ts";
 import { BlockError } from "./errors.ts";
 import { assertThrows } from "./test_util.ts";
 
@@ -42,4 +49,15 @@ Deno.test("validateOptions spells nested objects as the dotted options a schema 
     BlockError,
     "server.bogus",
   );
+});
+
+Deno.test("keyValueItems splits items in order, with ',,' as a comma and bare words valueless", () => {
+  assertEquals(keyValueItems("secret,id=s0,data=a,,b,help,,k=v"), [
+    { key: "secret", value: null },
+    { key: "id", value: "s0" },
+    { key: "data", value: "a,b" },
+    { key: "help", value: null },
+    { key: "", value: null },
+    { key: "k", value: "v" },
+  ]);
 });

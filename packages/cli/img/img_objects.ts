@@ -9,7 +9,7 @@
  * @module
  */
 
-import { BlockError } from "@blockgraph/core";
+import { BlockError, keyValueItems } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { imgError } from "./img_common.ts";
 
@@ -159,13 +159,9 @@ const OTHER_QAPI_TYPES = new Set([
 function parseObject(text: string): { opts: Record<string, string>; help: boolean } {
   const opts: Record<string, string> = {};
   let help = false;
-  let i = 0;
   let first = true;
-  while (i < text.length) {
-    let key = "";
-    while (i < text.length && text[i] !== "=" && text[i] !== ",") key += text[i++];
-    if (text[i] !== "=") {
-      i++;
+  for (const { key, value } of keyValueItems(text)) {
+    if (value === null) {
       if (key === "help" || key === "?") help = true;
       else if (first && key !== "") opts["qom-type"] = key;
       else if (key === "") throw new BlockError("EINVAL", "Invalid parameter ''");
@@ -173,16 +169,6 @@ function parseObject(text: string): { opts: Record<string, string>; help: boolea
       first = false;
       continue;
     }
-    i++;
-    let value = "";
-    while (i < text.length) {
-      if (text[i] === ",") {
-        if (text[i + 1] !== ",") break;
-        i++;
-      }
-      value += text[i++];
-    }
-    i++;
     if (key === "") throw new BlockError("EINVAL", "Invalid parameter ''");
     // The last of a repeated key wins, as QEMU's keyval does.
     opts[key] = value;
