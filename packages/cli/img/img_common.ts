@@ -5,7 +5,13 @@
  * @module
  */
 
-import { BlockError, type Graph, type OptionValues, unflatten } from "@blockgraph/core";
+import {
+  type BlockDriver,
+  BlockError,
+  type Graph,
+  type OptionValues,
+  unflatten,
+} from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { hexSuffixWarning, strtosz } from "../common/cvtnum.ts";
 import type { GetoptError } from "../common/getopt.ts";
@@ -15,6 +21,24 @@ import { parseQemuOpts } from "../common/qemu_opts.ts";
 /** qemu-img's `error_report`: prints `qemu-img: message`. */
 export function imgError(io: CliIo, message: string): void {
   io.err(`qemu-img: ${message}\n`);
+}
+
+/**
+ * The format driver `name` when it can create images; otherwise prints qemu-img's error
+ * ("Unknown file format 'x'", "Format driver 'x' does not support image creation") and
+ * returns null.
+ */
+export function creatableFormat(graph: Graph, io: CliIo, name: string): BlockDriver | null {
+  const drv = graph.registry.find(name);
+  if (!drv) {
+    imgError(io, `Unknown file format '${name}'`);
+    return null;
+  }
+  if (!drv.create) {
+    imgError(io, `Format driver '${name}' does not support image creation`);
+    return null;
+  }
+  return drv;
 }
 
 /** qemu-img's `error_exit`: the message and the `--help` hint; returns exit status 1. */

@@ -13,7 +13,7 @@
 import type { BlockDriver, Graph, OptionSpec } from "@blockgraph/core";
 import { QCOW2_AMEND_OPTIONS } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
-import { imgError } from "./img_common.ts";
+import { creatableFormat, imgError } from "./img_common.ts";
 
 /**
  * QEMU's `is_valid_option_list`: a list can be joined to others with `,` unless it is empty,
@@ -189,15 +189,8 @@ export function createOptionsHelp(
   fmtName: string,
   filename: string | undefined,
 ): number {
-  const drv = graph.registry.find(fmtName);
-  if (!drv) {
-    imgError(io, `Unknown file format '${fmtName}'`);
-    return 1;
-  }
-  if (!drv.create) {
-    imgError(io, `Format driver '${fmtName}' does not support image creation`);
-    return 1;
-  }
+  const drv = creatableFormat(graph, io, fmtName);
+  if (!drv) return 1;
   const entries = ownCreateOptions(drv);
   if (filename !== undefined) {
     let proto: BlockDriver;

@@ -13,7 +13,7 @@ import { getopt, glibcMessage } from "../common/getopt.ts";
 import { qdictJson } from "../common/qdict_json.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { chainStatus } from "./chain_status.ts";
-import { imgCvtnum, imgError, imgOpen, imgOutputFormat } from "./img_common.ts";
+import { creatableFormat, imgCvtnum, imgError, imgOpen, imgOutputFormat } from "./img_common.ts";
 import { imgCommonOption, imgHelp } from "./img_help.ts";
 import { accumulateOptions } from "./img_options.ts";
 import { ImgObjects } from "./img_objects.ts";
@@ -154,15 +154,8 @@ export async function imgMeasure(
     imgError(io, "--size N cannot be used together with a filename.");
     return 1;
   }
-  const drv = graph.registry.find(outFmt);
-  if (!drv) {
-    imgError(io, `Unknown file format '${outFmt}'`);
-    return 1;
-  }
-  if (!drv.create) {
-    imgError(io, `Format driver '${outFmt}' does not support image creation`);
-    return 1;
-  }
+  const drv = creatableFormat(graph, io, outFmt);
+  if (!drv) return 1;
   if (outFmt !== "raw" && outFmt !== "qcow2") {
     imgError(io, `Block driver '${outFmt}' does not support size measurement`);
     return 1;
