@@ -61,12 +61,12 @@ async function removeIfThere(path: string): Promise<void> {
 
 /**
  * Ours: `img convert` in this process, timed around the whole command, with the process's CPU
- * time and the event-loop lag over the same window.
+ * time and the event-loop lag over the same window. The case's `beforeEach` has removed the
+ * target.
  */
 function oursConvert(args: () => Promise<string[]>, target: () => Promise<string>): Runner {
   return async () => {
     const [a, t] = [await args(), await target()];
-    await removeIfThere(t);
     const io = captureIo();
     const stopLag = lagMeter();
     const cpu0 = processCpu();
@@ -85,7 +85,6 @@ function oursConvert(args: () => Promise<string[]>, target: () => Promise<string
 function qemuConvert(args: () => Promise<string[]>, target: () => Promise<string>): Runner {
   return async () => {
     const [a, t] = [await args(), await target()];
-    await removeIfThere(t);
     const cpu0 = childrenCpuMicros();
     const t0 = performance.now();
     const r = await new Deno.Command("qemu-img", {
