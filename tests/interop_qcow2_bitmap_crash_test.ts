@@ -13,7 +13,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { createDirtyBitmap, DirtyBitmaps, Graph, Perm } from "@blockgraph/core";
 import { defaultRegistry, type Qcow2Instance } from "@blockgraph/drivers";
 import { ensurePeers } from "./peers.ts";
-import { mustPeer, runPeer } from "./peer_run.ts";
+import { mustPeer, qemuCreateQcow2, runPeer } from "./peer_run.ts";
 
 /** The copies of `path` after each metadata write of the reopen, write and close. */
 async function crashPoints(path: string, dir: string): Promise<string[]> {
@@ -55,16 +55,7 @@ Deno.test("qcow2 bitmaps: a crash at any metadata write leaves at most leaked cl
   try {
     for (const cs of [512, 65536]) {
       const img = `${dir}/i${cs}.qcow2`;
-      await mustPeer("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        `cluster_size=${cs}`,
-        img,
-        "2M",
-      ]);
+      await qemuCreateQcow2(img, "2M", `cluster_size=${cs}`);
       for (const b of ["b0", "b1", "b2"]) await mustPeer("qemu-img", ["bitmap", "--add", img, b]);
       await mustPeer("qemu-io", ["-c", "write 64k 64k", "-c", "write 1M 4k", img]);
       const copies = await crashPoints(img, dir);

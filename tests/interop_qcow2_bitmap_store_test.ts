@@ -18,7 +18,7 @@ import { defaultRegistry } from "@blockgraph/drivers";
 import { addMonitor, createDaemon } from "../packages/cli/daemon/run_daemon.ts";
 import { TestQmpClient } from "../packages/cli/daemon/testing_qmp_client.ts";
 import { ensurePeers } from "./peers.ts";
-import { mustPeer, runPeer, spawnPeer } from "./peer_run.ts";
+import { mustPeer, qemuCreateQcow2, runPeer, spawnPeer } from "./peer_run.ts";
 
 /** `blockgraph img ...` in process: exit status and standard error. */
 async function img(args: string[]): Promise<{ status: number; err: string }> {
@@ -130,16 +130,7 @@ Deno.test("qcow2 bitmaps with 512-byte clusters are stored as qemu-img stores th
     // An image blockgraph created before (with a feature name table at 512 bytes): QEMU drops
     // the table on its first header update, and so does blockgraph now.
     const old = `${a}/old.qcow2`;
-    await mustPeer("qemu-img", [
-      "create",
-      "-q",
-      "-f",
-      "qcow2",
-      "-o",
-      "cluster_size=512",
-      old,
-      "1M",
-    ]);
+    await qemuCreateQcow2(old, "1M", "cluster_size=512");
     const bytes = await Deno.readFile(old);
     const table = new Uint8Array(8 + 384);
     new DataView(table.buffer).setUint32(0, 0x6803f857);
@@ -167,16 +158,7 @@ Deno.test("qcow2 bitmaps: a store that does not fit the header frees what it all
     const name = "./" + "dd/../".repeat(60) + "base.qcow2";
     for (const d of [a, b]) {
       await Deno.mkdir(`${d}/dd`);
-      await mustPeer("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512",
-        `${d}/base.qcow2`,
-        "1M",
-      ]);
+      await qemuCreateQcow2(`${d}/base.qcow2`, "1M", "cluster_size=512");
     }
     const opts = ["-f", "qcow2", "-o", "cluster_size=512", "-b", name, "-F", "qcow2"];
     await mustPeer("qemu-img", ["create", "-q", ...opts, `${a}/bk.qcow2`, "1M"]);

@@ -25,6 +25,7 @@ import {
   run,
   withDir,
 } from "./interop_qcow2_helpers.ts";
+import { qemuCreateQcow2 } from "./peer_run.ts";
 
 function canStoreBitmapForTest(node: Node, name: string, granularity: number): void {
   (node.instance as unknown as DirtyBitmapStore).canStoreDirtyBitmap!(name, granularity);
@@ -236,7 +237,7 @@ Deno.test("qcow2 bitmaps: QEMU's checks for a new persistent bitmap", async () =
   await withDir(async (dir) => {
     const v2 = `${dir}/v2.qcow2`;
     const v3 = `${dir}/v3.qcow2`;
-    await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2, "1M"]);
+    await qemuCreateQcow2(v2, "1M", "compat=0.10");
     await must("qemu-img", ["create", "-q", "-f", "qcow2", v3, "1M"]);
     const msg = (node: Node, name: string, g: number): string => {
       try {

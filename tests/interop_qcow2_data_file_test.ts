@@ -10,6 +10,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert";
 import { mustOurIo, runOurImg } from "./cli_run.ts";
 import { cmds, expect, must, run, withDir } from "./interop_qcow2_helpers.ts";
+import { qemuCreateQcow2 } from "./peer_run.ts";
 
 const WORKLOAD = [
   "write -P 1 0 1k",
@@ -30,7 +31,7 @@ Deno.test("qemu-img data-file images read, map and show the same in blockgraph",
         const path = `${dir}/q.qcow2`;
         // Absolute names: qemu-img 7.2 takes a relative one from its working directory.
         const opts = `data_file=${dir}/q.raw,data_file_raw=${raw},extended_l2=${extl2}`;
-        await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", opts, path, "2M"]);
+        await qemuCreateQcow2(path, "2M", opts);
         await must("qemu-io", cmds(WORKLOAD).concat(path));
         const out = `${dir}/flat.raw`;
         const conv = await runOurImg(["convert", "-O", "raw", path, out]);
@@ -56,7 +57,7 @@ Deno.test("blockgraph-written data-file images pass qemu-img check and compare",
         const mine = `${dir}/b.qcow2`;
         const opts = (f: string) =>
           `data_file=${dir}/${f},data_file_raw=${raw},extended_l2=${extl2}`;
-        await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", opts("q.raw"), theirs, "2M"]);
+        await qemuCreateQcow2(theirs, "2M", opts("q.raw"));
         const made = await runOurImg([
           "create",
           "-q",
@@ -117,11 +118,11 @@ Deno.test("img create and amend with data files answer as qemu-img does", () =>
     }
     for (const o of ["data_file_raw=on", "data_file=e.raw", "compat=0.10"]) {
       await clear();
-      await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", d, path, "1M"]);
+      await qemuCreateQcow2(path, "1M", d);
       const theirs = await run("qemu-img", ["amend", "-o", o, path]);
       const theirState = await state();
       await clear();
-      await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", d, path, "1M"]);
+      await qemuCreateQcow2(path, "1M", d);
       const mine = await runOurImg(["amend", "-o", o, path]);
       assertEquals([mine.code, mine.err], [theirs.code, theirs.out], `amend ${o}`);
       assertEquals(await state(), theirState, `amend ${o}: result`);
@@ -140,7 +141,7 @@ Deno.test("img resize and commit with data files and extended L2 do what qemu-im
       for (const ours of [false, true]) {
         for (const p of [top, data]) await Deno.remove(p).catch(() => {});
         const o = `data_file=${data},data_file_raw=${raw}`;
-        await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", o, top, "1M"]);
+        await qemuCreateQcow2(top, "1M", o);
         const resize = (args: string[]) =>
           ours ? runOurImg(["resize", ...args]) : must("qemu-img", ["resize", ...args]);
         await resize([top, "2M"]);
@@ -158,7 +159,7 @@ Deno.test("img resize and commit with data files and extended L2 do what qemu-im
     const flat: Uint8Array[] = [];
     for (const ours of [false, true]) {
       for (const p of [top, data, base]) await Deno.remove(p).catch(() => {});
-      await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", base, "1M"]);
+      await qemuCreateQcow2(base, "1M", "extended_l2=on");
       await must("qemu-io", cmds(["write -P 1 0 1M", "write -z 100k 3k"]).concat(base));
       await must("qemu-img", [
         "create",

@@ -10,6 +10,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert";
 import { mustOurIo, runOurImg, runOurIo } from "./cli_run.ts";
 import { cmds, expect, KIB, must, run, withDir } from "./interop_qcow2_helpers.ts";
+import { qemuCreateQcow2 } from "./peer_run.ts";
 
 /** What qemu-io does to the overlays: partial subclusters, zeroes, discards, compression. */
 function workload(cs: number, compressed = true): string[] {
@@ -140,7 +141,7 @@ Deno.test("blockgraph img create -o extended_l2=on makes what qemu-img makes", (
     ) {
       const a = `${dir}/a.qcow2`;
       const b = `${dir}/b.qcow2`;
-      await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", opts, a, "5M"]);
+      await qemuCreateQcow2(a, "5M", opts);
       const r = await runOurImg(["create", "-q", "-f", "qcow2", "-o", opts, b, "5M"]);
       expect(r.code === 0, r.err);
       const info = (p: string) => must("qemu-img", ["info", "--output=json", p]);
@@ -180,7 +181,7 @@ Deno.test("corrupt subcluster bitmaps: blockgraph check reports what qemu-img ch
     // Allocated and zero at once; a compressed cluster with a bitmap; an unallocated cluster
     // with allocated subclusters.
     for (const [index, word, value] of [[0, 2, 1], [1, 3, 1], [2, 3, 4]] as const) {
-      await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", path, "1M"]);
+      await qemuCreateQcow2(path, "1M", "extended_l2=on");
       await must("qemu-io", cmds(["write -P 1 0 4k", "write -c -P 2 64k 64k"]).concat(path));
       await pokeEntry(path, index, word, value);
       const theirs = await run("qemu-img", ["check", path]);

@@ -16,6 +16,7 @@ import {
   withDir,
   withImage,
 } from "./interop_qcow2_helpers.ts";
+import { qemuCreateQcow2 } from "./peer_run.ts";
 
 const GIB = 1024 * 1024 * 1024;
 
@@ -42,16 +43,7 @@ async function rawRefTable(path: string): Promise<bigint[]> {
 Deno.test("qcow2 interop: refcount blocks past 2 and 4 GiB are used at their offsets after open", () =>
   withDir(async (dir) => {
     const img = `${dir}/big.qcow2`;
-    await must("qemu-img", [
-      "create",
-      "-q",
-      "-f",
-      "qcow2",
-      "-o",
-      "preallocation=metadata",
-      img,
-      "5G",
-    ]);
+    await qemuCreateQcow2(img, "5G", "preallocation=metadata");
     const raw = await rawRefTable(img);
     expect(raw.some((e) => e > 2n ** 32n), `a refcount block lies past 4 GiB: ${raw.slice(0, 4)}`);
     await withImage(img, {}, async (node: Node, q: Qcow2Instance) => {

@@ -16,6 +16,7 @@ import {
   withImage,
   writeBytes,
 } from "./interop_qcow2_helpers.ts";
+import { qemuCreateQcow2 } from "./peer_run.ts";
 
 Deno.test("qcow2 interop: our snapshots list, apply and check in qemu-img, and theirs in ours", () =>
   withDir(async (dir) => {
@@ -58,7 +59,7 @@ for (const [label, at, bytes] of CORRUPTIONS) {
   Deno.test(`qcow2 interop: check agrees with qemu-img on a ${label}, and -r all repairs it`, () =>
     withDir(async (dir) => {
       const img = `${dir}/c.qcow2`;
-      await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", img, "1M"]);
+      await qemuCreateQcow2(img, "1M", "cluster_size=4096");
       await must("qemu-io", ["-f", "qcow2", "-c", "write -P 1 0 40k", img]);
       await writeBytes(img, at, bytes);
       const theirs = await qemuCheck(img);
@@ -101,16 +102,7 @@ Deno.test("qcow2 interop: our compressed clusters (zlib, zstd) read back in qemu
   withDir(async (dir) => {
     for (const type of ["zlib", "zstd"]) {
       const img = `${dir}/${type}.qcow2`;
-      await must("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        `compression_type=${type}`,
-        img,
-        "1M",
-      ]);
+      await qemuCreateQcow2(img, "1M", `compression_type=${type}`);
       await withImage(img, {}, async (node) => {
         for (let i = 0; i < 4; i++) {
           const data = new Uint8Array(64 * KIB).fill(0x10 + i);
@@ -131,7 +123,7 @@ Deno.test("qcow2 interop: our compressed clusters (zlib, zstd) read back in qemu
 Deno.test("qcow2 interop: amend of refcount width and compat passes qemu-img check", () =>
   withDir(async (dir) => {
     const img = `${dir}/a.qcow2`;
-    await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", img, "2M"]);
+    await qemuCreateQcow2(img, "2M", "cluster_size=4096");
     await must("qemu-io", ["-f", "qcow2", "-c", "write -P 5 0 1M", "-c", "write -z 0 8k", img]);
     await withImage(img, {}, (_n, q) => q.amend({ refcount_bits: 4 }));
     await expectQemuClean(img, "4-bit refcounts");
@@ -146,7 +138,7 @@ Deno.test("qcow2 interop: amend of refcount width and compat passes qemu-img che
 Deno.test("qcow2 interop: a lazy-refcount image left dirty is repaired on our next open", () =>
   withDir(async (dir) => {
     const img = `${dir}/l.qcow2`;
-    await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", img, "1M"]);
+    await qemuCreateQcow2(img, "1M", "lazy_refcounts=on");
     // qemu-io's abort leaves the image dirty, as iotest 039 does.
     await run("qemu-io", ["-f", "qcow2", "-c", "write -P 9 0 128k", "-c", "abort", img]);
     const dirty = await run("qemu-img", ["info", img]);

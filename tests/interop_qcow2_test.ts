@@ -6,6 +6,7 @@
 import { Graph, type Node } from "@blockgraph/core";
 import { defaultRegistry } from "@blockgraph/drivers";
 import { ensurePeers } from "./peers.ts";
+import { qemuCreateQcow2 } from "./peer_run.ts";
 
 const SIZE = 4 * 1024 * 1024;
 
@@ -96,7 +97,7 @@ for (
   Deno.test(`qcow2 interop: blockgraph reads what qemu-io wrote (${opts})`, () =>
     withDir(async (dir) => {
       const img = `${dir}/a.qcow2`;
-      await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", opts, img, String(SIZE)]);
+      await qemuCreateQcow2(img, String(SIZE), opts);
       for (const c of QEMU_IO_WRITES) await must("qemu-io", ["-f", "qcow2", "-c", c, img]);
       await expectSameAsQemu(dir, img);
     }));

@@ -62,6 +62,11 @@ export async function mustPeer(
   return r.out;
 }
 
+/** `qemu-img create -q -f qcow2 -o OPTIONS PATH SIZE`, failing with qemu-img's message. */
+export async function qemuCreateQcow2(path: string, size: string, options: string): Promise<void> {
+  await mustPeer("qemu-img", ["create", "-q", "-f", "qcow2", "-o", options, path, size]);
+}
+
 /** A server process: {@link PeerServer.stop} kills it and waits for it. */
 export interface PeerServer {
   /** The child process. */
