@@ -15,8 +15,17 @@
  * through (0–1 round trips); a zero `setTimeout` lets I/O through but idles about 1 ms a hop
  * (Deno's timers have millisecond resolution, and nested ones are clamped); a nonblocking
  * FFI call (`getpid` on a pool thread) costs about 30–60 µs and lets both through. So the hop
- * is the FFI call, and the marker that sees a turn is an unref'ed zero timeout, which runs
- * only when the loop has really polled.
+ * is the FFI call, and the marker that sees a turn is a zero timeout, which runs only when the
+ * loop has really polled.
+ *
+ * The zero timeouts start as `AbortSignal.timeout(0)` and become `setTimeout` once the process
+ * has armed {@link CHEAP_LOAD_TIMEOUTS} of them. In Deno 2.9 the global `setTimeout` is Node's:
+ * its first call loads Node's timers and what they import, 6-8 ms of a command's start-up,
+ * where `AbortSignal.timeout` loads in about 2.5 ms; but each AbortSignal timeout costs about
+ * 4 µs more when it fires (it makes a DOMException for its reason): arm and fire 5.5 µs
+ * against 2.5 µs. A short command (`img info`) then never loads Node's timers, and a long run
+ * (a convert, a daemon) pays the load once for the cheaper timer. Either keeps the process
+ * alive until it runs, which for a zero timeout is the next turn.
  *
  * @module
  */
@@ -29,25 +38,38 @@ export const TURN_BUDGET_MS = 2;
 /** Calls of {@link yieldDue} between clock reads (a power of two). */
 const CHECK_EVERY = 64;
 
-let timer = 0;
+let armed = false;
 let armedAt = 0;
 let chainStart = 0;
 let calls = 0;
 const onTurn = (): void => {
-  timer = 0;
+  armed = false;
 };
+
+/** Zero timeouts made with `AbortSignal.timeout` before `setTimeout` takes over (see above). */
+const CHEAP_LOAD_TIMEOUTS = 256;
+let timeouts = 0;
+
+/** Calls `then` once timers next run (see above for which timer). */
+function zeroTimeout(then: () => void): void {
+  if (timeouts < CHEAP_LOAD_TIMEOUTS) {
+    timeouts++;
+    AbortSignal.timeout(0).addEventListener("abort", then);
+  } else {
+    setTimeout(then, 0);
+  }
+}
 
 /**
  * Milliseconds since the event loop last turned, as far as this module knows: 0 at the first
  * call after a turn (which arms the marker), growing until the loop polls again.
  */
 export function sinceTurn(now: number = performance.now()): number {
-  if (timer === 0) {
+  if (!armed) {
     chainStart = now;
     armedAt = now;
-    // Deno's web setTimeout returns a number (Node's typings, when loaded, say otherwise).
-    timer = setTimeout(onTurn, 0) as unknown as number;
-    Deno.unrefTimer(timer);
+    armed = true;
+    zeroTimeout(onTurn);
   }
   return now - chainStart;
 }
@@ -77,7 +99,7 @@ export function yieldDue(): boolean {
 export const TIMER_STARVED_MS = 8;
 
 let hop: (() => Promise<unknown>) | null = null;
-const timerHop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+const timerHop = () => new Promise<void>(zeroTimeout);
 let pending: Promise<void> | null = null;
 const afterHop = (): void => {
   pending = null;
@@ -92,7 +114,7 @@ const afterHop = (): void => {
  * {@link nextTurn} instead while this holds.
  */
 export function timersStarved(now: number = performance.now()): boolean {
-  return timer !== 0 && now - armedAt > TIMER_STARVED_MS;
+  return armed && now - armedAt > TIMER_STARVED_MS;
 }
 
 /**
