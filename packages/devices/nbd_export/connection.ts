@@ -61,13 +61,44 @@ const STATUS_WINDOW = 64 * 1024 * 1024;
  */
 const HEAD_ROOM = 32;
 
-/** A request in progress: its header, its payload buffer and a vector over it. */
+/** What a slot's completion callbacks call: its connection's handlers. */
+interface SlotHandlers {
+  /** A fast-path read finished: send its data. */
+  read(slot: Slot): void;
+  /** A fast-path write finished: acknowledge it. */
+  wrote(slot: Slot): void;
+  /** A fast-path request failed: answer the error. */
+  failed(slot: Slot, e: unknown): void;
+  /** The reply's buffer is free again: the slot can take the next request. */
+  done(slot: Slot): void;
+}
+
+/**
+ * A request in progress: its header, its payload buffer and a vector over it, and the
+ * callbacks the fast path hands the backend's promise (made once per slot, so that a read
+ * or a write allocates no closure).
+ */
 class Slot {
   readonly header: RequestHeader = newRequestHeader();
   /** The payload at {@link HEAD_ROOM}, the reply header right before it. */
   buf: Uint8Array = new Uint8Array(0);
   view: DataView = new DataView(this.buf.buffer);
   readonly qiov: IoVector = new IoVector();
+  /** The backend read into the slot. */
+  readonly onRead: () => void;
+  /** The backend wrote from the slot. */
+  readonly onWrote: () => void;
+  /** The backend failed the request. */
+  readonly onFail: (e: unknown) => void;
+  /** The writer is done with the slot's buffer. */
+  readonly onSent: () => void;
+
+  constructor(handlers: SlotHandlers) {
+    this.onRead = () => handlers.read(this);
+    this.onWrote = () => handlers.wrote(this);
+    this.onFail = (e) => handlers.failed(this, e);
+    this.onSent = () => handlers.done(this);
+  }
 
   /** A vector over the first `n` payload bytes of the slot's buffer, grown as needed. */
   vector(n: number): IoVector {
@@ -102,6 +133,13 @@ class RequestError extends Error {
     super(message);
     this.errno = errno;
   }
+}
+
+/** `e` as the error a request is answered with. */
+function requestError(e: unknown): RequestError {
+  if (e instanceof RequestError) return e;
+  const be = BlockError.from(e);
+  return new RequestError(toNbdErrno(be.code), be.message);
 }
 
 /** The socket a connection runs on. */
@@ -142,6 +180,18 @@ export class ServerConnection implements ExportClient {
   #idleWaiter: (() => void) | null = null;
   readonly closed: Promise<void>;
   #resolveClosed!: () => void;
+  readonly #handlers: SlotHandlers = {
+    read: (slot) => this.#sendRead(slot),
+    wrote: (slot) => {
+      this.#replyOk(slot.header);
+      this.#finish(slot);
+    },
+    failed: (slot, e) => {
+      this.#replyError(slot.header, requestError(e));
+      this.#finish(slot);
+    },
+    done: (slot) => this.#finish(slot),
+  };
 
   /**
    * Wraps an accepted socket; {@link ServerConnection.run} serves it. With `tls` the client
@@ -248,7 +298,7 @@ export class ServerConnection implements ExportClient {
       if (this.#closing) return;
       if (reader.available < REQUEST_SIZE && !(await reader.need(REQUEST_SIZE))) return;
       if (this.#closing) return;
-      const slot = this.#free.pop() ?? new Slot();
+      const slot = this.#free.pop() ?? new Slot(this.#handlers);
       const h = slot.header;
       // A bad magic means the stream is out of step: nothing after it can be trusted.
       if (!decodeRequest(reader.view, reader.pos, h)) return;
@@ -266,21 +316,84 @@ export class ServerConnection implements ExportClient {
         }
       }
       this.#inFlight++;
-      void this.#handle(slot);
+      if (!this.#start(slot)) void this.#handle(slot);
     }
   }
 
-  async #handle(slot: Slot): Promise<void> {
+  /**
+   * The fast path of the requests that make up nearly all traffic: a read answered in one
+   * chunk and a write, each passing every check. The backend's promise is handed on with the
+   * slot's own callbacks, with no async frame of its own. Returns false for anything else,
+   * which {@link ServerConnection.#handle} serves (and, when a check fails, answers).
+   */
+  #start(slot: Slot): boolean {
     const h = slot.header;
+    const exp = this.#exp!;
+    const { type, flags, offset, length } = h;
+    const size = exp.backend.getLength();
+    if (offset > size || length > size - offset) return false;
+    if (type === Cmd.READ) {
+      const df = this.#structured ? CmdFlags.DF : 0;
+      if (
+        (flags & ~(CmdFlags.FUA | df)) !== 0 || length === 0 || length > NBD_MAX_BUFFER_SIZE ||
+        (this.#structured && length >= SPARSE_READ_MIN && (flags & df) === 0)
+      ) {
+        return false;
+      }
+      exp.backend.preadv(offset, length, slot.vector(length), 0, 0).then(
+        slot.onRead,
+        slot.onFail,
+      );
+      return true;
+    }
+    if (type === Cmd.WRITE) {
+      if ((flags & ~CmdFlags.FUA) !== 0 || !exp.writable) return false;
+      const fua = flags & CmdFlags.FUA ? ReqFlags.FUA : 0;
+      exp.backend.pwritev(offset, length, slot.qiov, 0, fua).then(slot.onWrote, slot.onFail);
+      return true;
+    }
+    return false;
+  }
+
+  /** Sends the data a fast-path read put in `slot`, then frees the slot. */
+  #sendRead(slot: Slot): void {
+    const h = slot.header;
+    const n = h.length;
+    let head: number;
+    if (this.#structured) {
+      head = STRUCTURED_REPLY_SIZE + 8;
+      const at = HEAD_ROOM - head;
+      const v = slot.view;
+      encodeChunkHeader(
+        v,
+        at,
+        REPLY_FLAG_DONE,
+        ReplyType.OFFSET_DATA,
+        h.cookieHi,
+        h.cookieLo,
+        n + 8,
+      );
+      setU64(v, at + STRUCTURED_REPLY_SIZE, h.offset);
+    } else {
+      head = SIMPLE_REPLY_SIZE;
+      encodeSimpleReply(slot.view, HEAD_ROOM - head, 0, h.cookieHi, h.cookieLo);
+    }
+    const sent = this.#writer.send(slot.message(head, n));
+    if (sent) sent.then(slot.onSent);
+    else this.#finish(slot);
+  }
+
+  async #handle(slot: Slot): Promise<void> {
     try {
       await this.#execute(slot);
     } catch (e) {
-      const err = e instanceof RequestError ? e : (() => {
-        const be = BlockError.from(e);
-        return new RequestError(toNbdErrno(be.code), be.message);
-      })();
-      this.#replyError(h, err);
+      this.#replyError(slot.header, requestError(e));
     }
+    this.#finish(slot);
+  }
+
+  /** Returns `slot` to the free list and wakes whoever waits for a slot or for idle. */
+  #finish(slot: Slot): void {
     slot.trim();
     this.#free.push(slot);
     this.#inFlight--;

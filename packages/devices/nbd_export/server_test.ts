@@ -3,7 +3,14 @@
  * clients that vanish, 64 clients at once, export deletion and medium removal, the
  * connection limit, and the client's reconnection.
  */
-import { type Backend, type BlockError, Graph, type Node, Perm } from "@blockgraph/core";
+import {
+  type Backend,
+  type BlockDriver,
+  BlockError,
+  Graph,
+  type Node,
+  Perm,
+} from "@blockgraph/core";
 import { defaultRegistry, type NbdInstance } from "@blockgraph/drivers";
 import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/drivers/conformance";
 import {
@@ -36,11 +43,13 @@ interface Fixture {
 
 async function withServer(
   fn: (f: Fixture) => Promise<void>,
-  opts: { writable?: boolean; maxConnections?: number } = {},
+  opts: { writable?: boolean; maxConnections?: number; driver?: BlockDriver } = {},
 ): Promise<void> {
-  const graph = new Graph({ registry: defaultRegistry() });
+  const registry = defaultRegistry();
+  if (opts.driver) registry.register(opts.driver);
+  const graph = new Graph({ registry });
   const node = await graph.open(
-    { driver: "memory", size: SIZE, discard: "unmap", "node-name": "disk" },
+    { driver: opts.driver?.name ?? "memory", size: SIZE, discard: "unmap", "node-name": "disk" },
     "test",
   );
   const dir = await Deno.makeTempDir({ prefix: "nbd-server-" });
@@ -154,6 +163,70 @@ Deno.test("NbdServer answers bad requests with the protocol's errors and keeps s
     assertBytesEqual(c.data.subarray(8), new Uint8Array([0, 1, 2, 3, 0]), "data read back");
     r.conn.close();
   });
+});
+
+/** A disk whose reads and writes from {@link FLAKY_FROM} on fail with EIO. */
+const FLAKY_FROM = 1 << 20;
+const flaky: BlockDriver = {
+  name: "flaky",
+  kind: "protocol",
+  options: { size: { type: "size", description: "size", default: SIZE } },
+  open(_ctx, o) {
+    const data = new Uint8Array(o["size"] as number);
+    const check = (offset: number, bytes: number) => {
+      if (offset + bytes > FLAKY_FROM) throw new BlockError("EIO", "Injected error", { offset });
+    };
+    return Promise.resolve({
+      limits: { requestAlignment: 1, maxTransfer: 0 },
+      getLength: () => data.length,
+      preadv(offset, bytes, qiov, qo) {
+        check(offset, bytes);
+        qiov.copyFrom(qo, data, offset, bytes);
+        return Promise.resolve();
+      },
+      pwritev(offset, bytes, qiov, qo) {
+        // Fails asynchronously, as a real device does.
+        return Promise.resolve().then(() => {
+          check(offset, bytes);
+          qiov.copyTo(qo, data, offset, bytes);
+        });
+      },
+      close: () => Promise.resolve(),
+    });
+  },
+};
+
+Deno.test("NbdServer answers failed reads and writes with EIO, pipelined, and keeps serving", async () => {
+  await withServer(async ({ sock }) => {
+    const r = await raw(sock);
+    const good = pattern(4096, 0x5a);
+    // Sent together, so they are in flight at once; replies come in any order.
+    const order = [
+      send(r, Cmd.WRITE, 0, 4096, 4096, good),
+      send(r, Cmd.READ, 0, FLAKY_FROM, 4096),
+      send(r, Cmd.WRITE, 0, FLAKY_FROM - 512, 4096, good),
+      send(r, Cmd.READ, CmdFlags.DF, FLAKY_FROM + 65536, 128 << 10),
+      send(r, Cmd.WRITE, CmdFlags.FUA, 8192, 4096, good),
+    ];
+    const replies = new Map<number, { type: number; data: Uint8Array }>();
+    for (let i = 0; i < order.length; i++) {
+      const c = await chunk(r);
+      replies.set(c.cookie, c);
+    }
+    const [w1, rBad, wBad, rBigBad, w2] = order.map((k) => replies.get(k)!);
+    assertEquals(w1!.type, ReplyType.NONE, "the good write");
+    assertEquals(w2!.type, ReplyType.NONE, "the good FUA write");
+    for (const [c, what] of [[rBad, "read"], [wBad, "write"], [rBigBad, "large read"]] as const) {
+      assertEquals(c!.type, ReplyType.ERROR, `failed ${what}: chunk type`);
+      assertEquals(new DataView(c!.data.buffer).getUint32(0), 5, `failed ${what}: EIO`);
+    }
+    send(r, Cmd.READ, 0, 4096, 8192);
+    const back = await chunk(r);
+    assertEquals(back.type, ReplyType.OFFSET_DATA, "read after the errors");
+    assertBytesEqual(back.data.subarray(8, 8 + 4096), good, "the good write reads back");
+    assertBytesEqual(back.data.subarray(8 + 4096), good, "the good FUA write reads back");
+    r.conn.close();
+  }, { driver: flaky });
 });
 
 Deno.test("NbdServer sparse reads send holes and block status reports both contexts", async () => {
