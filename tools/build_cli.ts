@@ -1,0 +1,130 @@
+/**
+ * `deno task build`: bundles the `blockgraph` command into one executable file,
+ * `dist/blockgraph.js`, for scripts that start it many times.
+ *
+ * Run from its source, every start loads about 160 modules one by one, each with its own
+ * lookups in Deno's transpile and code caches; the bundle is one file and one cache entry,
+ * which halves the start-up of a short command (the README has the figures). It starts with
+ * a `#!/usr/bin/env -S deno run -A --no-config` line and has the executable bit, so
+ * `./dist/blockgraph.js img info x.qcow2` works wherever `deno` is on PATH. Deno looks for a
+ * `deno.json` from the script's folder up; `--no-config` keeps whatever it would find there
+ * (this workspace's, or an unrelated or broken one) from being read at every start, or from
+ * failing it.
+ *
+ * Usage: `deno task build [OUT_DIR]` (default `dist/` in the repository); it prints the
+ * bundle's path. Benchmarks call {@link buildCli} for a fresh bundle of their own.
+ *
+ * @module
+ */
+
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** The repository's root, where the workspace's `deno.json` is. */
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+/** The command's entry module, the one that is bundled. */
+const ENTRY = join(ROOT, "packages", "cli", "main.ts");
+
+/** The bundle's file name in the output folder. */
+export const CLI_BUNDLE_NAME = "blockgraph.js";
+
+/** The bundle's first line: run it with Deno, every permission, and no `deno.json`. */
+export const CLI_SHEBANG = "#!/usr/bin/env -S deno run -A --no-config";
+
+/**
+ * Bundles the CLI into `outDir` (made when missing; relative to the working folder; default
+ * the repository's `dist/`) as {@link CLI_BUNDLE_NAME}, executable, and returns its absolute
+ * path. The file is replaced whole (written beside it and renamed), so a process that starts
+ * it meanwhile runs the old or the new one. Throws when `deno bundle` fails, with its
+ * message, or when the bundle refers to `import.meta` in a way only a module file can
+ * answer (see {@link checkBundle}).
+ *
+ * @example
+ * ```ts ignore
+ * import { buildCli } from "../tools/build_cli.ts";
+ * const dir = await Deno.makeTempDir();
+ * const cli = await buildCli(dir);
+ * const out = await new Deno.Command(cli, { args: ["img", "--version"] }).output();
+ * console.assert(out.success);
+ * ```
+ */
+export async function buildCli(outDir: string = join(ROOT, "dist")): Promise<string> {
+  const dir = resolve(outDir);
+  await Deno.mkdir(dir, { recursive: true });
+  const target = join(dir, CLI_BUNDLE_NAME);
+  const temp = await Deno.makeTempFile({ dir, prefix: `.${CLI_BUNDLE_NAME}.`, suffix: ".tmp" });
+  try {
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "bundle",
+        "--quiet",
+        "--platform=deno",
+        "--format=esm",
+        `--config=${join(ROOT, "deno.json")}`,
+        `--output=${temp}`,
+        ENTRY,
+      ],
+      cwd: ROOT,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!r.success) {
+      const d = new TextDecoder();
+      throw new Error(
+        `deno bundle ${ENTRY} failed (exit ${r.code}): ${d.decode(r.stderr)}${d.decode(r.stdout)}`,
+      );
+    }
+    const code = await Deno.readTextFile(temp);
+    checkBundle(code);
+    await Deno.writeTextFile(temp, `${CLI_SHEBANG}\n${code}`);
+    await Deno.chmod(temp, 0o755);
+    await Deno.rename(temp, target);
+  } catch (e) {
+    await Deno.remove(temp).catch(() => {});
+    throw e;
+  }
+  return target;
+}
+
+/**
+ * Throws unless `code`, a bundle, uses `import.meta` only for the entry's one
+ * `import.meta.main`. In a bundle every inlined module's `import.meta` is the bundle's: a
+ * `new URL("./x.ts", import.meta.url)` points beside the bundle, where no `x.ts` is, and a
+ * second `if (import.meta.main)` would run as if its module were the program.
+ *
+ * @example
+ * ```ts
+ * import { checkBundle } from "./build_cli.ts";
+ * checkBundle("if (import.meta.main) run();");
+ * let refused = false;
+ * try {
+ *   checkBundle('new Worker(new URL("./w.ts", import.meta.url));');
+ * } catch {
+ *   refused = true;
+ * }
+ * console.assert(refused);
+ * ```
+ */
+export function checkBundle(code: string): void {
+  const uses = [...code.matchAll(/\bimport\.meta\b(?:\.\w+)?/g)].map((m) => m[0]);
+  const mains = uses.filter((u) => u === "import.meta.main").length;
+  const others = uses.filter((u) => u !== "import.meta.main");
+  if (others.length > 0 || mains > 1) {
+    const found = [...new Set(uses)].map((u) => `${u} (${uses.filter((v) => v === u).length})`);
+    throw new Error(
+      `The bundle uses ${found.join(", ")}: only one import.meta.main works in a bundle ` +
+        "(every other import.meta names the bundle, not the module that wrote it)",
+    );
+  }
+}
+
+if (import.meta.main) {
+  // `deno task build` runs in the workspace root; a folder given on the command line is the
+  // user's, relative to where they typed it.
+  const arg = Deno.args[0];
+  const cwd = Deno.env.get("INIT_CWD") ?? Deno.cwd();
+  const path = await buildCli(arg === undefined ? undefined : resolve(cwd, arg));
+  console.log(path);
+}
