@@ -41,12 +41,15 @@ export const CLI_SHEBANG = "#!/usr/bin/env -S deno run -A --no-config";
  * answer (see {@link checkBundle}).
  *
  * @example
- * ```ts ignore
- * import { buildCli } from "../tools/build_cli.ts";
+ * ```ts
+ * import { buildCli } from "./build_cli.ts"; // from bench/: "../tools/build_cli.ts"
  * const dir = await Deno.makeTempDir();
  * const cli = await buildCli(dir);
- * const out = await new Deno.Command(cli, { args: ["img", "--version"] }).output();
+ * const out = await new Deno.Command(Deno.execPath(), {
+ *   args: ["run", "-A", "--no-config", cli, "img", "--version"],
+ * }).output();
  * console.assert(out.success);
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function buildCli(outDir: string = join(ROOT, "dist")): Promise<string> {
