@@ -76,17 +76,21 @@ export interface PeerServer {
 }
 
 /**
- * Starts `cmd` in the background, killed after `timeoutMs` if the caller has not stopped it;
- * resolves once `ready()` says the server is up (polled every 20 ms, for at most 10 s).
+ * Starts `cmd` in the background (where and how `options` say, as {@link runPeer}), killed
+ * after `timeoutMs` if the caller has not stopped it; resolves once `ready()` says the
+ * server is up (polled every 20 ms, for at most 10 s).
  */
 export async function spawnPeer(
   cmd: string,
   args: string[],
   ready: () => Promise<boolean>,
   timeoutMs = 120_000,
+  { cwd, env = {} }: PeerRunOptions = {},
 ): Promise<PeerServer> {
   const child = new Deno.Command(cmd, {
     args,
+    env,
+    ...(cwd === undefined ? {} : { cwd }),
     stdin: "null",
     stdout: "null",
     stderr: "piped",

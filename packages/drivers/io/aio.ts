@@ -26,7 +26,7 @@
 
 import { BlockError, errnoCode, type IoVector, strerror } from "@blockgraph/core";
 import { type AioSlot, AioSlots, OP, type SlotOp } from "./aio_slots.ts";
-import type { AioWorkerReply, AioWorkerRequest } from "./aio_worker.ts";
+import { type AioWorkerReply, type AioWorkerRequest, startAioWorker } from "./aio_worker.ts";
 import { type AioSymbols, kernelAtLeast, libaio } from "./aio_ffi.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
 import { type HostFiles, hostFiles } from "./posix_file.ts";
@@ -422,7 +422,7 @@ class AioContext {
   }
 
   #startWorker(): Worker {
-    const w = new Worker(new URL("./aio_worker.ts", import.meta.url).href, { type: "module" });
+    const w = startAioWorker();
     w.onmessage = (e: MessageEvent<AioWorkerReply>) => {
       const job = this.#jobs.get(e.data.id);
       if (!job) return;

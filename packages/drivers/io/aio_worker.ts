@@ -7,6 +7,13 @@
  * Messages in are {@link AioWorkerRequest}s; each gets one {@link AioWorkerReply} with the
  * same id, whose `result` is 0 or `-errno`.
  *
+ * {@link startAioWorker} runs the thread from the source of {@link serveAioRequests} in a
+ * `data:` URL, not from a file beside this module: a bundle of the CLI (`deno task build`)
+ * is one file whose `import.meta.url` is the bundle's, and `deno bundle` leaves a worker's
+ * `new URL("./x.ts", import.meta.url)` pointing at a file the bundle does not have. So
+ * {@link serveAioRequests} refers to nothing but its argument and the globals: no imports,
+ * no other names of this module.
+ *
  * @module
  */
 
@@ -34,13 +41,20 @@ export interface AioWorkerReply {
   result: number;
 }
 
-interface WorkerScope {
+/** The part of a Worker's global scope that {@link serveAioRequests} uses. */
+export interface AioWorkerScope {
+  /** Receives the requests. */
   onmessage: ((e: MessageEvent<AioWorkerRequest>) => void) | null;
+  /** Sends a reply. */
   postMessage(message: AioWorkerReply): void;
 }
 
-/** Runs the requests this thread receives; only called when loaded as a Worker. */
-function serve(scope: WorkerScope): void {
+/**
+ * Runs the requests `scope` receives: the helper thread's body, called with the Worker's
+ * global scope. Its source is the thread's whole program (see the module doc), so it must
+ * not use anything from outside its own body but globals.
+ */
+export function serveAioRequests(scope: AioWorkerScope): void {
   const lib = Deno.dlopen(
     "libc.so.6",
     {
@@ -66,8 +80,27 @@ function serve(scope: WorkerScope): void {
   };
 }
 
-// Only a Worker's global scope has WorkerGlobalScope: importing this module elsewhere (for its
-// types) starts nothing.
-if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope === "function") {
-  serve(globalThis as unknown as WorkerScope);
+/** The helper thread's program: {@link serveAioRequests} called on the Worker's scope. */
+const PROGRAM = `(${serveAioRequests})(globalThis);\n`;
+
+/**
+ * Starts a helper thread. It inherits the process's permissions; without FFI it fails to
+ * start, which the Worker reports through its `error` event.
+ *
+ * @example
+ * ```ts
+ * import type { AioWorkerReply } from "./aio_worker.ts";
+ * import { startAioWorker } from "./aio_worker.ts";
+ * const w = startAioWorker();
+ * const reply = await new Promise<AioWorkerReply>((done) => {
+ *   w.onmessage = (e) => done(e.data);
+ *   w.postMessage({ id: 1, call: "fsync", fd: -1, mode: 0, offset: 0, length: 0 });
+ * });
+ * console.assert(reply.id === 1 && reply.result === -9); // EBADF
+ * w.terminate();
+ * ```
+ */
+export function startAioWorker(): Worker {
+  const url = "data:text/javascript," + encodeURIComponent(PROGRAM);
+  return new Worker(url, { type: "module" });
 }
