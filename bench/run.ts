@@ -3,10 +3,10 @@
  * (`BENCH_ROUNDS`, default 7), medians, the ratios ours/peer (and each round's), our
  * event-loop lag, and the targets of issues 3, 4 and 5 checked, for every case they list
  * (see `cases.ts`, `qcow2_cases.ts`, `nbd_cases.ts`, `convert.ts`). Ours runs in this process through
- * `blockgraph img bench` / `img convert` (so its CPU time is this process's, over the timed
- * loop only, and the event-loop lag is measured there too); the peers run as child processes
- * (see `runners.ts` for how each one's CPU is measured). The NBD cases run our daemon as a
- * child process, so they have no lag figure here.
+ * `blockgraph img bench` (so its CPU time is this process's, over the timed loop only, and the
+ * event-loop lag is measured there too); the peers run as child processes (see `runners.ts` for
+ * how each one's CPU is measured). The NBD cases run our daemon as a child process, so they
+ * have no lag figure here; the convert cases run both converters as commands, timed whole.
  *
  * Environment: `BENCH_ROUNDS` (rounds, default 7: the machines are noisy, ±30% per round on
  * writes, and seven rounds settle a 0.97x median better than five while the full run stays
@@ -22,7 +22,7 @@ import { Graph } from "@blockgraph/core";
 import { defaultRegistry, FileInstance } from "@blockgraph/drivers";
 import { ensurePeers } from "../tests/peers.ts";
 import { fileCases, nbdCases, nullCoCases } from "./cases.ts";
-import { CONVERT_CASE_NAMES, convertCases, lazyConvertImages } from "./convert.ts";
+import { bundledCli, CONVERT_CASE_NAMES, convertCases, lazyConvertImages } from "./convert.ts";
 import { type BenchCase, formatTable, LAG_P99_LIMIT_MS, type Row, runCase } from "./harness.ts";
 import { qcow2Cases, qcow2Images } from "./qcow2_cases.ts";
 import { createTestFile, type TestFile } from "./test_file.ts";
@@ -76,7 +76,12 @@ try {
   const cases: BenchCase[] = [
     ...nullCoCases(SCALE),
     ...(file ? onFile(file.path) : []),
-    ...(CONVERT_CASE_NAMES.some(selected) ? convertCases(convertImages.images) : []),
+    ...(CONVERT_CASE_NAMES.some(selected)
+      ? convertCases(
+        convertImages.images,
+        bundledCli(async () => (await convertImages.images()).dir),
+      )
+      : []),
   ].filter((c) => selected(c.name));
   if (file) {
     const direct = await engineInUse(file.path, "io_uring", true);
@@ -96,7 +101,7 @@ console.log(
     "round; CPU µs/req: ours is this process's CPU over the timed loop, qemu-img's and fio's " +
     "their whole child process (every thread, io_uring's io-wq workers included: child " +
     "rusage) less a run of the same command with no requests (qemu-img -c 0) or one (fio); " +
-    "NBD: the server's CPU. Lag p99/max: how late a 10 ms interval timer in our process ran " +
+    "NBD: the server's CPU; convert: each whole command's (start-up included). Lag p99/max: how late a 10 ms interval timer in our process ran " +
     `during the timed loop (median of the rounds' p99, largest max); over ${LAG_P99_LIMIT_MS} ` +
     "ms p99 is a miss.\n",
 );

@@ -143,7 +143,23 @@ export class IoVector {
   }
 }
 
-/** Whether `length` bytes of `buf` at `offset` are all zero, four bytes at a time. */
+/** A word view over the whole of each buffer {@link isZeroBuffer} has scanned. */
+const wordViews = new WeakMap<ArrayBufferLike, Uint32Array>();
+
+function wordsOf(buffer: ArrayBufferLike): Uint32Array {
+  let w = wordViews.get(buffer);
+  if (w === undefined || w.length !== buffer.byteLength >>> 2) {
+    w = new Uint32Array(buffer, 0, buffer.byteLength >>> 2);
+    wordViews.set(buffer, w);
+  }
+  return w;
+}
+
+/**
+ * Whether `length` bytes of `buf` at `offset` are all zero, four bytes at a time. Allocates
+ * nothing per call (one word view per buffer, kept while the buffer lives), so a caller may
+ * scan a large buffer block by block: `img convert` asks once per 4 KiB.
+ */
 export function isZeroBuffer(
   buf: Uint8Array,
   offset: number = 0,
@@ -156,8 +172,9 @@ export function isZeroBuffer(
   }
   const words = (end - i) >>> 2;
   if (words > 0) {
-    const w = new Uint32Array(buf.buffer, buf.byteOffset + i, words);
-    for (let k = 0; k < words; k++) if (w[k] !== 0) return false;
+    const w = wordsOf(buf.buffer);
+    const first = (buf.byteOffset + i) >>> 2;
+    for (let k = first, last = first + words; k < last; k++) if (w[k] !== 0) return false;
     i += words << 2;
   }
   while (i < end) if (buf[i++] !== 0) return false;

@@ -24,7 +24,7 @@ const SECTOR = 512;
 /** qemu-img's `find_nonzero`: the first 512-byte sector boundary whose sector is not zero. */
 export function findNonzero(buf: Uint8Array): number {
   for (let i = 0; i < buf.length; i += SECTOR) {
-    if (!isZeroBuffer(buf.subarray(i, Math.min(i + SECTOR, buf.length)))) return i;
+    if (!isZeroBuffer(buf, i, Math.min(SECTOR, buf.length - i))) return i;
   }
   return -1;
 }

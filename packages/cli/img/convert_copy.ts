@@ -148,7 +148,7 @@ async function writePiece(plan: CopyPlan, p: Piece, buf: Uint8Array): Promise<vo
     const cs = plan.compressCluster;
     for (let at = 0; at < p.bytes; at += cs) {
       const part = buf.subarray(at, Math.min(at + cs, p.bytes));
-      if (plan.sparse !== 0 && isZeroBuffer(part)) {
+      if (plan.sparse !== 0 && isZeroBuffer(buf, at, part.length)) {
         await writeZeros(plan, p.dstOffset + at, part.length);
       } else {
         await plan.target.write(p.dstOffset + at, part, ReqFlags.WRITE_COMPRESSED);
@@ -162,11 +162,11 @@ async function writePiece(plan: CopyPlan, p: Piece, buf: Uint8Array): Promise<vo
   let at = 0;
   while (at < p.bytes) {
     const first = Math.min(p.bytes, at + blk - ((p.dstOffset + at) % blk));
-    const zero = isZeroBuffer(buf.subarray(at, first));
+    const zero = isZeroBuffer(buf, at, first - at);
     let end = first;
     while (end < p.bytes) {
       const next = Math.min(p.bytes, end + blk);
-      if (isZeroBuffer(buf.subarray(end, next)) !== zero) break;
+      if (isZeroBuffer(buf, end, next - end) !== zero) break;
       end = next;
     }
     if (zero) await writeZeros(plan, p.dstOffset + at, end - at);
