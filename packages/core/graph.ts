@@ -1,6 +1,6 @@
 /**
  * The graph: every node, every Backend, the name registry they share, the monitor's
- * references, jobs, and `closeAll`.
+ * references, jobs, the user-creatable objects, and `closeAll`.
  *
  * @module
  */
@@ -17,6 +17,7 @@ import { openNode } from "./open.ts";
 import type { OptionValues } from "./options.ts";
 import { refreshPermissions } from "./permissions.ts";
 import { Transaction } from "./transaction.ts";
+import { UserObjects } from "./user_objects.ts";
 
 /** What `closeAll` needs of a job: cancel it and wait until it has let go of its nodes. */
 export interface GraphJob {
@@ -57,6 +58,12 @@ export class Graph {
   readonly registry: DriverRegistry;
   /** Events (QMP names): `DEVICE_TRAY_MOVED`, `BLOCK_IO_ERROR`, ... */
   readonly events: EventBus = new EventBus();
+  /**
+   * The user-creatable objects (`--object`, `object-add`) by id, as QEMU's `/objects`: their
+   * definitions, which drivers look up when an option names one (an `nbd` node's
+   * `tls-creds`). See `user_objects.ts`.
+   */
+  readonly objects: UserObjects = new UserObjects();
   readonly #nodes = new Set<Node>();
   readonly #names = new Map<string, Node | Backend>();
   readonly #backends = new Set<Backend>();

@@ -2,7 +2,7 @@
  * `@blockgraph/core`: the block graph. Nodes (format, protocol and filter instances) joined
  * by typed child edges; Backends, the device-facing handles with media, tray and error
  * policy; reference counting with a private delete; permissions; drained sections; graph
- * changes as transactions; `closeAll`; events; dirty bitmaps.
+ * changes as transactions; `closeAll`; events; dirty bitmaps; user-creatable objects.
  *
  * @module
  */
@@ -82,5 +82,7 @@ export type { BlockJobInfo, BlockJobOptions } from "./block_job.ts";
 export { TrackedRequest, TrackedRequests } from "./tracked_requests.ts";
 export { Transaction } from "./transaction.ts";
 export { Tray } from "./tray.ts";
+export { UserObjects } from "./user_objects.ts";
+export type { UserObject } from "./user_objects.ts";
 export type { TrayHost } from "./tray.ts";
 export type { TransactionAction } from "./transaction.ts";
