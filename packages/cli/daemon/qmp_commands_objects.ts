@@ -78,13 +78,13 @@ export function checkTlsAuthz(daemon: Daemon, id: string, dn: string): void {
 
 /**
  * The credentials `id` names, which must be for `endpoint` (QEMU's messages: "No TLS
- * credentials with id 'tls0'", "Expecting TLS credentials with a server endpoint").
+ * credentials with id 'tls0'", "Expected TLS credentials for a server endpoint").
  */
 export function findTlsCreds(daemon: Daemon, id: string, endpoint: "server" | "client"): X509Creds {
   const creds = daemon.tlsCreds.get(id);
   if (!creds) throw genericError(`No TLS credentials with id '${id}'`);
   if (creds.endpoint !== endpoint) {
-    throw genericError(`Expecting TLS credentials with a ${endpoint} endpoint`);
+    throw genericError(`Expected TLS credentials for a ${endpoint} endpoint`);
   }
   return creds;
 }

@@ -60,7 +60,7 @@ Deno.test("daemon --object tls-creds-x509 and --nbd-server tls-creds serve TLS; 
           "--blockdev",
           `nbd,node-name=n1,server.type=inet,server.host=127.0.0.1,server.port=${port},tls-creds=tls0`,
         ]),
-      /Expecting TLS credentials with a client endpoint/,
+      /Expected TLS credentials for a client endpoint/,
     );
   } finally {
     await daemon.shutdown();
@@ -80,7 +80,7 @@ Deno.test("daemon TLS options are refused with QEMU's messages", async () => {
     await rejects(() => apply(daemon, nbd("nope")), /No TLS credentials with id 'nope'/);
     await rejects(
       () => apply(daemon, nbd("tlsc")),
-      /Expecting TLS credentials with a server endpoint/,
+      /Expected TLS credentials for a server endpoint/,
     );
     await rejects(
       () => apply(daemon, ["--object", `tls-creds-x509,id=tlsc,endpoint=client,dir=${pki.dir}`]),

@@ -77,7 +77,7 @@ export class NbdServer implements ExportLookup {
     if (this.#listener) throw new BlockError("EBUSY", "NBD server already running");
     const creds = this.#options.tlsCreds;
     if (creds && creds.endpoint !== "server") {
-      throw new BlockError("EINVAL", "Expecting TLS credentials with a server endpoint");
+      throw new BlockError("EINVAL", "Expected TLS credentials for a server endpoint");
     }
     const a = this.#options.addr;
     if (a.type === "inet") {

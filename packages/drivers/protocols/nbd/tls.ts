@@ -354,7 +354,7 @@ export async function startTlsServer(
   creds: X509Creds,
 ): Promise<TlsConn> {
   if (creds.endpoint !== "server") {
-    throw new BlockError("EINVAL", `Expecting TLS credentials with a server endpoint`);
+    throw new BlockError("EINVAL", "Expected TLS credentials for a server endpoint");
   }
   const node = await loadNodeModules();
   const { tls } = node;
@@ -438,7 +438,7 @@ export function startTlsClient(
   hostname: string | null,
 ): Promise<TlsConn> {
   if (creds.endpoint !== "client") {
-    throw new BlockError("EINVAL", `Expecting TLS credentials with a client endpoint`);
+    throw new BlockError("EINVAL", "Expected TLS credentials for a client endpoint");
   }
   const ip = hostname !== null && /^[\d.]+$|:/.test(hostname);
   return loadNodeModules().then((node) => {
