@@ -2,9 +2,11 @@
  * The `nbd` protocol driver: a node whose data lives in an NBD export. Filenames
  * `nbd://host:port/name` and `nbd+unix:///name?socket=PATH`; options `server.type`,
  * `server.host`, `server.port`, `server.path`, `export`, `reconnect-delay`, `tls-creds` and
- * `tls-hostname`, as QEMU's; `tls-creds-dir` names the directory of the client's x509
- * credentials (QEMU's `tls-creds-x509` object's `dir`), where QEMU names an object: the
- * daemon fills it in from its `--object`s, and tools take it directly.
+ * `tls-hostname`, as QEMU's. `tls-creds=ID` names a `tls-creds-x509` object with a client
+ * endpoint among the graph's user-creatable objects (`--object`, `object-add`), as QEMU's
+ * does; see `tls_objects.ts` for the lookup and its messages. Our shortcut `tls-creds-dir`
+ * names the directory of the client's x509 credentials without an object (its `dir`, with
+ * `verify-peer=on`); given, it is used and `tls-creds` only names them.
  *
  * @module
  */
@@ -16,6 +18,7 @@ import {
   type BlockStatus,
   BlockStatusFlags,
   type DriverInstance,
+  type Graph,
   type IoVector,
   type Node,
   type OpenContext,
@@ -26,6 +29,7 @@ import { NbdClient } from "./client.ts";
 import { Cmd, CmdFlags, StateFlags, TransmissionFlags } from "./constants.ts";
 import { nbdFilename, parseNbdFilename } from "./filename.ts";
 import { loadX509Creds, type X509Creds } from "./tls.ts";
+import { findX509Creds } from "./tls_objects.ts";
 
 /** Requests for more than this are split; lengths on the wire are 32-bit. */
 const MAX_U32_REQUEST = 2 ** 31;
@@ -171,22 +175,29 @@ function dialer(
   };
 }
 
-/** The client's TLS settings from the options, or null when TLS is off. */
+/**
+ * The client's TLS settings from the options, or null when TLS is off: the credentials from
+ * `tls-creds-dir` when given, else from the object of `graph` that `tls-creds` names.
+ */
 async function tlsOptions(
+  graph: Graph,
   options: OptionValues,
   server: Parameters<typeof nbdFilename>[0],
 ): Promise<{ creds: X509Creds; hostname: string | null } | null> {
   const id = options["tls-creds"] as string | undefined;
   const dir = options["tls-creds-dir"] as string | undefined;
   const hostname = options["tls-hostname"] as string | undefined;
-  if (dir === undefined) {
-    if (id !== undefined) throw new BlockError("EINVAL", `No TLS credentials with id '${id}'`);
+  let creds: X509Creds;
+  if (dir !== undefined) {
+    creds = await loadX509Creds({ id: id ?? "tls-creds-dir", endpoint: "client", dir });
+  } else if (id !== undefined) {
+    creds = await findX509Creds(graph, id, "client");
+  } else {
     if (hostname !== undefined) {
       throw new BlockError("EINVAL", "Parameter 'tls-hostname' needs 'tls-creds'");
     }
     return null;
   }
-  const creds = await loadX509Creds({ id: id ?? "tls-creds-dir", endpoint: "client", dir });
   return { creds, hostname: hostname ?? (server.type === "inet" ? server.host : null) };
 }
 
@@ -215,11 +226,14 @@ export const nbdDriver: BlockDriver = {
       description: "seconds to keep reconnecting after the connection is lost",
       default: 0,
     },
-    "tls-creds": { type: "string", description: "id of the TLS credentials (x509) to use" },
+    "tls-creds": {
+      type: "string",
+      description: "id of the TLS credentials to use (a tls-creds-x509 object, endpoint=client)",
+    },
     "tls-creds-dir": {
       type: "string",
       description: "directory of the client's x509 credentials (ca-cert.pem, client-cert.pem, " +
-        "client-key.pem)",
+        "client-key.pem), instead of an object",
     },
     "tls-hostname": {
       type: "string",
@@ -235,7 +249,7 @@ export const nbdDriver: BlockDriver = {
       throw new BlockError("EINVAL", "Parameter 'reconnect-delay' must not be negative");
     }
     const describe = nbdFilename(server, name);
-    const tls = await tlsOptions(options, server);
+    const tls = await tlsOptions(ctx.node.graph, options, server);
     const client = await NbdClient.connect({
       dial,
       exportName: name,

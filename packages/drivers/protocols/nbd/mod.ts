@@ -30,3 +30,4 @@ export {
   type X509Creds,
   type X509CredsOptions,
 } from "./tls.ts";
+export { findX509Creds } from "./tls_objects.ts";
