@@ -1,7 +1,8 @@
 /**
- * The storage daemon's state: one graph, the NBD server (when started), the drives made
- * with `--drive`, the QMP monitors, the command table, and the shutdown sequence
- * qemu-storage-daemon follows (exports closed, then jobs cancelled, drained, `closeAll`).
+ * The storage daemon's state: one graph (its `--object`/`object-add` objects in
+ * `graph.objects`), the NBD server (when started), the drives made with `--drive`, the QMP
+ * monitors, the command table, and the shutdown sequence qemu-storage-daemon follows
+ * (exports closed, then jobs cancelled, drained, `closeAll`).
  *
  * @module
  */
@@ -9,7 +10,6 @@
 import { type Backend, BlockError, Graph } from "@blockgraph/core";
 import type { NbdServer } from "@blockgraph/devices";
 import { defaultRegistry } from "@blockgraph/drivers";
-import type { X509Creds } from "@blockgraph/drivers/nbd";
 import type { ArgsSchema } from "./qmp_args.ts";
 import type { DaemonDrive } from "./drive.ts";
 import { QmpError } from "./qmp_error.ts";
@@ -45,10 +45,6 @@ export class Daemon {
   readonly graph: Graph;
   /** The NBD server, while started. */
   nbd: NbdServer | null = null;
-  /** TLS credentials (`tls-creds-x509` objects), by id. */
-  readonly tlsCreds: Map<string, X509Creds> = new Map();
-  /** `authz-simple` objects: the one identity (x509 distinguished name) each admits, by id. */
-  readonly authz: Map<string, string> = new Map();
   /** Drives made with `--drive` (our extension), by device id. */
   readonly drives: Map<string, DaemonDrive> = new Map();
   /** The QMP commands, by name. */

@@ -12,7 +12,7 @@ import type { X509Creds } from "@blockgraph/drivers/nbd";
 import type { Daemon, QmpCommand } from "./daemon.ts";
 import { type ArgsSchema, checkArgs, type CheckOptions } from "./qmp_args.ts";
 import { genericError } from "./qmp_error.ts";
-import { checkTlsAuthz, findTlsCreds } from "./qmp_commands_objects.ts";
+import { checkTlsAuthz, serverTlsCreds } from "./qmp_commands_objects.ts";
 import { DAEMON_PROG } from "./daemon_options.ts";
 import { checkBitmapList } from "./qmp_commands_bitmaps.ts";
 
@@ -119,7 +119,7 @@ const SERVER_ARGS: ArgsSchema = {
 };
 
 /** Starts the NBD server from nbd-server-start (`legacy`) or `--nbd-server` arguments. */
-export function nbdServerStartArgs(
+export async function nbdServerStartArgs(
   daemon: Daemon,
   args: Record<string, unknown>,
   opts: CheckOptions & { legacy: boolean },
@@ -131,11 +131,11 @@ export function nbdServerStartArgs(
   const legacy = opts.legacy && ("data" in raw || Object.keys(raw).length === 1);
   const addr = parseSocketAddress(raw, { ...opts, legacy, prefix: "addr." });
   const credsId = a["tls-creds"] as string | undefined;
-  const creds = credsId === undefined ? null : findTlsCreds(daemon, credsId, "server");
+  const creds = credsId === undefined ? null : await serverTlsCreds(daemon, credsId);
   // As QEMU 7.2: taken without tls-creds (then unused), looked up for each client.
   const authzId = a["tls-authz"] as string | undefined;
   const authz = authzId === undefined ? null : (dn: string) => checkTlsAuthz(daemon, authzId, dn);
-  return nbdServerStart(
+  return await nbdServerStart(
     daemon,
     addr,
     (a["max-connections"] as number | undefined) ?? 0,

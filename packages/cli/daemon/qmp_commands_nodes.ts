@@ -8,7 +8,6 @@
 import { type Graph, type Node, type OptionValues, Perm } from "@blockgraph/core";
 import { blockDeviceInfo, blockGraphDump, blockInfo, isMonitorVisible } from "./block_info.ts";
 import type { QmpCommand } from "./daemon.ts";
-import { resolveTlsCreds } from "./qmp_commands_objects.ts";
 import { genericError } from "./qmp_error.ts";
 
 /**
@@ -73,7 +72,7 @@ export const nodeCommands: readonly QmpCommand[] = [
     name: "blockdev-add",
     args: null,
     async run(args, { daemon }) {
-      await blockdevAdd(daemon.graph, resolveTlsCreds(daemon, args));
+      await blockdevAdd(daemon.graph, args);
       return {};
     },
   },

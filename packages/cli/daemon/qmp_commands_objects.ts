@@ -3,13 +3,16 @@
  * tls-creds-x509,id=ID,endpoint=server|client,dir=DIR[,verify-peer=on|off]`, QMP `object-add`
  * and `object-del`), named by `tls-creds` on the NBD server and on `nbd` nodes, and
  * `authz-simple` (`--object authz-simple,id=ID,identity=DN`), named by the server's
- * `tls-authz`. As in QEMU the server looks its authz object up for each client, so one may
- * be deleted (clients are then refused) or added after the server started.
+ * `tls-authz`. They live in the graph's objects (`Graph.objects`), where the `nbd` driver
+ * finds the credentials its `tls-creds` names. As in QEMU the server looks its authz object
+ * up for each client, so one may be deleted (clients are then refused) or added after the
+ * server started.
  *
  * @module
  */
 
-import { loadX509Creds, type X509Creds } from "@blockgraph/drivers/nbd";
+import type { UserObject } from "@blockgraph/core";
+import { findX509Creds, loadX509Creds, type X509Creds } from "@blockgraph/drivers/nbd";
 import type { Daemon, QmpCommand } from "./daemon.ts";
 import { type ArgsSchema, checkArgs, type CheckOptions } from "./qmp_args.ts";
 import { genericError } from "./qmp_error.ts";
@@ -24,7 +27,11 @@ const X509_ARGS: ArgsSchema = {
 
 const AUTHZ_ARGS: ArgsSchema = { "qom-type": "str", id: "str", identity: "str" };
 
-/** object-add (and `--object`): `tls-creds-x509` and `authz-simple` objects exist here. */
+/**
+ * object-add (and `--object`): `tls-creds-x509` and `authz-simple` objects exist here. The
+ * object is checked as QEMU creates it (x509 credentials' files are loaded) and goes into the
+ * graph's objects.
+ */
 export async function objectAdd(
   daemon: Daemon,
   args: Record<string, unknown>,
@@ -36,15 +43,16 @@ export async function objectAdd(
       `Invalid parameter '${String(type)}': only tls-creds-x509 and authz-simple are supported`,
     );
   }
+  const objects = daemon.graph.objects;
   const duplicate = (id: string) => {
-    if (daemon.tlsCreds.has(id) || daemon.authz.has(id)) {
+    if (objects.has(id)) {
       throw genericError(`attempt to add duplicate property '${id}' to object (type 'container')`);
     }
   };
   if (type === "authz-simple") {
     const a = checkArgs(args, AUTHZ_ARGS, opts);
     duplicate(a.id as string);
-    daemon.authz.set(a.id as string, a.identity as string);
+    objects.add(a as UserObject);
     return;
   }
   const a = checkArgs(args, X509_ARGS, opts);
@@ -52,9 +60,8 @@ export async function objectAdd(
   duplicate(id);
   const dir = a.dir as string | undefined;
   if (dir === undefined) throw genericError("Parameter 'dir' is missing");
-  let creds: X509Creds;
   try {
-    creds = await loadX509Creds({
+    await loadX509Creds({
       id,
       endpoint: (a.endpoint as "client" | "server" | undefined) ?? "client",
       dir,
@@ -63,51 +70,33 @@ export async function objectAdd(
   } catch (e) {
     throw genericError((e as Error).message);
   }
-  daemon.tlsCreds.set(id, creds);
+  objects.add(a as UserObject);
 }
 
 /**
- * The server's `tls-authz` check for the object `id` (QEMU's authz-simple): throws QEMU's
- * messages unless `dn` is the object's identity.
+ * The server's `tls-authz` check for the object `id` (QEMU's `qauthz_is_allowed_by_id` with
+ * authz-simple): throws QEMU's messages unless `dn` is the object's identity.
  */
 export function checkTlsAuthz(daemon: Daemon, id: string, dn: string): void {
-  const identity = daemon.authz.get(id);
-  if (identity === undefined) throw genericError(`Cannot find QAuthZ object ID ${id}`);
-  if (identity !== dn) throw genericError(`TLS x509 authz check for ${dn} is denied`);
+  const object = daemon.graph.objects.get(id);
+  if (!object) throw genericError(`Cannot find QAuthZ object ID ${id}`);
+  if (object["qom-type"] !== "authz-simple") {
+    throw genericError(`Object '${id}' is not a QAuthZ subclass`);
+  }
+  if (object.identity !== dn) throw genericError(`TLS x509 authz check for ${dn} is denied`);
 }
 
 /**
- * The credentials `id` names, which must be for `endpoint` (QEMU's messages: "No TLS
- * credentials with id 'tls0'", "Expected TLS credentials for a server endpoint").
+ * The NBD server's credentials: the graph's object `id`, which must be x509 credentials for
+ * a server endpoint, loaded (QEMU's messages: "No TLS credentials with id 'tls0'", "Expected
+ * TLS credentials for a server endpoint").
  */
-export function findTlsCreds(daemon: Daemon, id: string, endpoint: "server" | "client"): X509Creds {
-  const creds = daemon.tlsCreds.get(id);
-  if (!creds) throw genericError(`No TLS credentials with id '${id}'`);
-  if (creds.endpoint !== endpoint) {
-    throw genericError(`Expected TLS credentials for a ${endpoint} endpoint`);
+export async function serverTlsCreds(daemon: Daemon, id: string): Promise<X509Creds> {
+  try {
+    return await findX509Creds(daemon.graph, id, "server");
+  } catch (e) {
+    throw genericError((e as Error).message);
   }
-  return creds;
-}
-
-/**
- * blockdev options with every `nbd` node's `tls-creds` resolved: the directory of the named
- * client credentials goes in `tls-creds-dir`, which the driver reads. Returns a copy.
- */
-export function resolveTlsCreds(
-  daemon: Daemon,
-  options: Record<string, unknown>,
-): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(options)) {
-    out[k] = typeof v === "object" && v !== null && !Array.isArray(v)
-      ? resolveTlsCreds(daemon, v as Record<string, unknown>)
-      : v;
-  }
-  const id = out["tls-creds"];
-  if (out.driver === "nbd" && typeof id === "string" && out["tls-creds-dir"] === undefined) {
-    out["tls-creds-dir"] = findTlsCreds(daemon, id, "client").dir;
-  }
-  return out;
 }
 
 /** The object commands. */
@@ -125,13 +114,15 @@ export const objectCommands: readonly QmpCommand[] = [
     args: { id: "str" },
     run(args, { daemon }) {
       const id = args.id as string;
-      // The server finds its authz object per client: deleting it refuses clients after.
-      if (daemon.authz.delete(id)) return {};
-      if (!daemon.tlsCreds.has(id)) throw genericError(`object '${id}' not found`);
+      const objects = daemon.graph.objects;
+      if (!objects.has(id)) throw genericError(`object '${id}' not found`);
+      // nbd nodes keep the credentials they loaded (QEMU 7.2 deletes an object they use,
+      // too); the server's are refused here, though QEMU 7.2 deletes those as well. The
+      // server finds its authz object per client: deleting it refuses clients after.
       if (daemon.nbd?.tlsCredsId === id) {
         throw genericError(`object '${id}' is in use, can not be deleted`);
       }
-      daemon.tlsCreds.delete(id);
+      objects.delete(id);
       return {};
     },
   },

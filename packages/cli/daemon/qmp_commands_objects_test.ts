@@ -10,6 +10,10 @@ async function apply(daemon: Daemon, args: string[]): Promise<void> {
   for (const a of parseDaemonArgs(args).actions) await applyAction(daemon, a);
 }
 
+async function objectDel(daemon: Daemon, id: string): Promise<void> {
+  await daemon.commands.get("object-del")!.run({ id }, { daemon });
+}
+
 Deno.test("daemon --object tls-creds-x509 and --nbd-server tls-creds serve TLS; nbd nodes use tls-creds", async () => {
   await ensurePeers(["qemu-img"]);
   const pki = await makeTestPki();
@@ -52,6 +56,22 @@ Deno.test("daemon --object tls-creds-x509 and --nbd-server tls-creds serve TLS; 
     const back = new Uint8Array(4096);
     await daemon.graph.findNode("m0")!.read(0, back);
     assertEquals(back[4095], 3, "written through the daemon's own TLS client");
+    assertEquals(daemon.graph.objects.get("tlsc")?.["verify-peer"], true, "kept in the graph");
+    // As QEMU 7.2: the object an nbd node uses can be deleted, and the node goes on with the
+    // credentials it loaded; later nodes no longer find it. The server's are refused.
+    await objectDel(daemon, "tlsc");
+    await n0.write(4096, new Uint8Array(4096).fill(4));
+    await rejects(
+      () =>
+        apply(daemon, [
+          "--blockdev",
+          `nbd,node-name=n2,server.type=inet,server.host=127.0.0.1,server.port=${port},` +
+          "export=disk,tls-creds=tlsc",
+        ]),
+      /No TLS credentials with id 'tlsc'/,
+    );
+    await rejects(() => objectDel(daemon, "tls0"), /object 'tls0' is in use, can not be deleted/);
+    await rejects(() => objectDel(daemon, "tlsc"), /object 'tlsc' not found/);
     // The node is the server's own client: it goes before the server does.
     await daemon.graph.blockdevDel("n0");
     await rejects(
@@ -85,6 +105,16 @@ Deno.test("daemon TLS options are refused with QEMU's messages", async () => {
     await rejects(
       () => apply(daemon, ["--object", `tls-creds-x509,id=tlsc,endpoint=client,dir=${pki.dir}`]),
       /duplicate property 'tlsc'/,
+    );
+    // One namespace for every type, as QEMU's /objects.
+    await rejects(
+      () => apply(daemon, ["--object", "authz-simple,id=tlsc,identity=CN=x"]),
+      /duplicate property 'tlsc'/,
+    );
+    await apply(daemon, ["--object", "authz-simple,id=auth0,identity=CN=x"]);
+    await rejects(
+      () => apply(daemon, nbd("auth0")),
+      /Object with id 'auth0' is not TLS credentials/,
     );
     await rejects(
       () => apply(daemon, ["--object", `tls-creds-x509,id=t2,endpoint=server,dir=${pki.dir}/none`]),

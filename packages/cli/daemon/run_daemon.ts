@@ -25,7 +25,7 @@ import { coreCommands } from "./qmp_commands_core.ts";
 import { versionText } from "../common/version.ts";
 import { mediaCommands } from "./qmp_commands_media.ts";
 import { blockExportAdd, nbdCommands, nbdServerStartArgs } from "./qmp_commands_nbd.ts";
-import { objectAdd, objectCommands, resolveTlsCreds } from "./qmp_commands_objects.ts";
+import { objectAdd, objectCommands } from "./qmp_commands_objects.ts";
 import { blockdevAdd, nodeCommands } from "./qmp_commands_nodes.ts";
 
 /** A daemon with every QMP command registered. */
@@ -85,7 +85,7 @@ export async function applyAction(
 ): Promise<void> {
   switch (action.kind) {
     case "blockdev":
-      await blockdevAdd(daemon.graph, resolveTlsCreds(daemon, action.options));
+      await blockdevAdd(daemon.graph, action.options);
       return;
     case "object":
       await objectAdd(daemon, action.options, { keyval: true });
