@@ -31,7 +31,6 @@ import { strtol0 } from "../io/command.ts";
 import { type BenchParams, BenchRequestError, type BenchResult, runBench } from "./bench_loop.ts";
 import { imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 
 const INT_MAX = 2 ** 31 - 1;
 const INT64_MAX = (1n << 63n) - 1n;
@@ -119,9 +118,8 @@ export function parseBenchArgs(
   let aio: string | undefined;
   let forceShare = false;
   let output = "human";
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     const v = o.value ?? "";
     switch (o.key) {

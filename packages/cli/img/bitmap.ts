@@ -13,7 +13,6 @@ import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { imgCvtnum, imgError, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 
 /** One action of the command line, in order. */
 type BitmapAction =
@@ -53,9 +52,8 @@ export async function imgBitmap(
   let srcFormat: string | undefined;
   let granularity = 0;
   let imageOpts = false;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     const v = o.value!;
     switch (o.key) {

@@ -16,7 +16,6 @@ import { qdictJson } from "../common/qdict_json.ts";
 import { qcow2Of } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 
 /** A node that can check itself (the qcow2 instance's shape). */
 export interface Checkable {
@@ -129,9 +128,8 @@ export async function imgCheck(graph: Graph, args: readonly string[], io: CliIo)
   let quiet = false;
   let forceShare = false;
   let imageOpts = false;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     const v = o.value!;
     if (o.key === "f") format = v;

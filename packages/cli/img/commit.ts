@@ -15,7 +15,6 @@ import { getopt } from "../common/getopt.ts";
 import { belowLayer, chainStatus } from "./chain_status.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 import { displayFilename } from "./info.ts";
 import { skipFilters } from "./map.ts";
 import { Progress } from "./progress.ts";
@@ -82,9 +81,8 @@ export async function imgCommit(
   let quiet = false;
   let rate = 0;
   let imageOpts = false;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     const v = o.value!;
     if (o.key === "f") format = v;

@@ -15,7 +15,6 @@ import type { OpenedImage } from "../common/open_image.ts";
 import { chainStatus } from "./chain_status.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 import { Progress } from "./progress.ts";
 
 const IO_BUF_SIZE = 2 << 20;
@@ -76,9 +75,8 @@ export async function imgCompare(
   let strict = false;
   let forceShare = false;
   let imageOpts = false;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o, 2);
+    const stop = imgCommonOption(graph, io, o, 2);
     if (stop !== null) return stop;
     if (o.key === "f") fmt1 = o.value!;
     else if (o.key === "F") fmt2 = o.value!;

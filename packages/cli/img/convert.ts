@@ -18,7 +18,6 @@ import { createImage } from "./create.ts";
 import { accumulateOptions, createOptionsHelp, hasHelpOption } from "./img_options.ts";
 import { imgCvtnum, imgError, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 import { imageFacts, supportsPersistentBitmaps } from "./image_facts.ts";
 import { checkSourceBitmaps, copyBitmaps } from "./convert_bitmaps.ts";
 import { Progress } from "./progress.ts";
@@ -89,9 +88,8 @@ function parseArgs(
   };
   let outFmtGiven = false;
   let optText: string | undefined;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     const v = o.value!;
     switch (o.key) {

@@ -20,7 +20,6 @@ import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
 import { accumulateOptions, createOptionsHelp, hasHelpOption } from "./img_options.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 
 function sizeTypeError(key: string): string {
   return `Parameter '${key}' expects a non-negative number below 2^64\n` +
@@ -245,9 +244,8 @@ export async function imgCreate(graph: Graph, args: readonly string[], io: CliIo
   let backingFile: string | undefined;
   let backingFmt: string | undefined;
   let optText: string | undefined;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     if (o.key === "f") fmtName = o.value!;
     else if (o.key === "o") {

@@ -8,8 +8,9 @@
 import type { Graph } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import type { FoundOption } from "../common/getopt.ts";
-import type { ImgObjects } from "./img_objects.ts";
+import { addObjectOption } from "../common/object_option.ts";
 import { versionText } from "../common/version.ts";
+import { imgError } from "./img_common.ts";
 
 /** The version text (`-V`), as qemu-img's (see `common/version.ts`). */
 export const IMG_VERSION: string = versionText("qemu-img");
@@ -143,17 +144,19 @@ export function imgHelp(graph: Graph, io: CliIo): number {
 
 /**
  * The options every subcommand treats alike, as it meets them: `-h`/`--help` prints the
- * help (exit status 0), `--object` creates an object (on failure, exit status `failStatus`).
- * Returns the exit status to stop with, or `null` to go on.
+ * help (exit status 0), `--object` creates an object in `graph.objects`, where the images
+ * the subcommand opens find it (on failure, exit status `failStatus`). Returns the exit
+ * status to stop with, or `null` to go on.
  */
 export function imgCommonOption(
   graph: Graph,
   io: CliIo,
-  objects: ImgObjects,
   o: FoundOption,
   failStatus = 1,
 ): number | null {
   if (o.key === "h") return imgHelp(graph, io);
-  if (o.key === "object") return objects.add(io, o.value!, failStatus);
+  if (o.key === "object") {
+    return addObjectOption(graph, io, o.value!, (m) => imgError(io, m), failStatus);
+  }
   return null;
 }

@@ -15,7 +15,6 @@ import { resolveBackingName } from "./create.ts";
 import { imageFacts } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 
 /**
  * The bytes `node` takes on its storage: the driver's answer, or else the sum over its
@@ -168,9 +167,8 @@ export async function imgInfo(graph: Graph, args: readonly string[], io: CliIo):
   let imageOpts = false;
   let forceShare = false;
   let chain = false;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     if (o.key === "f") format = o.value!;
     else if (o.key === "output") output = o.value!;

@@ -18,7 +18,6 @@ import {
   imgOutputFormat,
 } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 
 /** One run of `map`: where it is, which layer answers, and what it reads as. */
 export interface MapEntry {
@@ -155,9 +154,8 @@ export async function imgMap(graph: Graph, args: readonly string[], io: CliIo): 
   let forceShare = false;
   let start = 0;
   let maxLength = -1;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     if (o.key === "f") format = o.value!;
     else if (o.key === "output") output = o.value!;

@@ -16,7 +16,6 @@ import { chainStatus } from "./chain_status.ts";
 import { creatableFormat, imgCvtnum, imgError, imgOpen, imgOutputFormat } from "./img_common.ts";
 import { imgCommonOption, imgHelp } from "./img_help.ts";
 import { accumulateOptions } from "./img_options.ts";
-import { ImgObjects } from "./img_objects.ts";
 import { supportsPersistentBitmaps } from "./image_facts.ts";
 
 const up = (n: number, a: number) => Math.ceil(n / a) * a;
@@ -110,9 +109,8 @@ export async function imgMeasure(
   let forceShare = false;
   let imageOpts = false;
   let optText: string | undefined;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     const v = o.value!;
     if (o.key === "f") format = v;

@@ -15,7 +15,6 @@ import { resolveBackingName } from "./create.ts";
 import { qcow2Of } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 import { Progress } from "./progress.ts";
 
 const CHUNK = 1 << 20;
@@ -75,9 +74,8 @@ export async function imgRebase(
   let quiet = false;
   let cache = "writeback";
   let imageOpts = false;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     const v = o.value!;
     if (o.key === "f") format = v;

@@ -11,7 +11,6 @@ import { strtosz } from "../common/cvtnum.ts";
 import { getopt } from "../common/getopt.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 
 const PREALLOC: readonly string[] = ["off", "metadata", "falloc", "full"];
 
@@ -41,9 +40,8 @@ export async function imgResize(
   let imageOpts = false;
   let shrink = false;
   let prealloc: PreallocMode = "off";
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     if (o.key === "f") format = o.value!;
     else if (o.key === "q") quiet = true;

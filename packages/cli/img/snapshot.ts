@@ -12,7 +12,6 @@ import { getopt } from "../common/getopt.ts";
 import { qcow2Of } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 import { snapshotRow } from "./info.ts";
 
 type Action = "l" | "a" | "c" | "d";
@@ -33,9 +32,8 @@ export async function imgSnapshot(
   let name = "";
   let forceShare = false;
   let imageOpts = false;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     if (o.key === "l" || o.key === "a" || o.key === "c" || o.key === "d") {
       if (action) return imgErrorExit(io, "Cannot mix '-l', '-a', '-c', '-d'");

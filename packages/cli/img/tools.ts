@@ -15,7 +15,6 @@ import { accumulateOptions, amendOptionsHelp, hasHelpOption } from "./img_option
 import { qcow2Of } from "./image_facts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { ImgObjects } from "./img_objects.ts";
 
 /**
  * What QemuOpts finds wrong in amend options before the driver sees them: names amend does
@@ -53,9 +52,8 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
   let cache = "writeback";
   let imageOpts = false;
   let optText: string | undefined;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     if (o.key === "o") {
       const joined = accumulateOptions(io, optText, o.value!);
@@ -120,9 +118,8 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
   let format: string | undefined;
   let outFmt = "raw";
   let forceShare = false;
-  const objects = new ImgObjects();
   for (const o of r.options) {
-    const stop = imgCommonOption(graph, io, objects, o);
+    const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     if (o.key === "f") format = o.value!;
     else if (o.key === "O") outFmt = o.value!;

@@ -1,17 +1,18 @@
 /**
- * qemu-img's `--object`: qemu-img creates each object as it meets the option and stops on
- * the first bad one. The objects its subcommands could use here (secrets, TLS credentials,
- * authorization lists, throttle groups) change nothing a subcommand does yet, so this only
- * checks them with qemu-img 7.2's messages, in its order: the syntax, `help`, the type, each
- * type's keys and their values, the id, a duplicate id, then what creating the object checks
- * (a secret's data or file, TLS credentials' directory).
+ * The `--object` option of qemu-img and qemu-io (QEMU 7.2's `user_creatable_process_cmdline`,
+ * which both call): each object is created as the option is met, and the first bad one stops
+ * the command. This checks the definition with QEMU's messages, in its order: the syntax,
+ * `help`, the type, each type's keys and their values, the id, a duplicate id, then what
+ * creating the object checks (a secret's data or file, TLS credentials' directory); then the
+ * object goes into the graph's objects (`Graph.objects`), where what the command opens finds
+ * it: an `nbd` node's `tls-creds=ID` finds the `tls-creds-x509` object `ID`. The other types
+ * change nothing a command does yet.
  *
  * @module
  */
 
-import { BlockError, keyValueItems } from "@blockgraph/core";
-import type { CliIo } from "../common/cli_io.ts";
-import { imgError } from "./img_common.ts";
+import { BlockError, type Graph, keyValueItems, type UserObjects } from "@blockgraph/core";
+import type { CliIo } from "./cli_io.ts";
 
 /** How a key's value is checked: a QAPI scalar type or the values of an enum. */
 type KeyType = "str" | "int" | "bool" | readonly string[];
@@ -218,82 +219,98 @@ function readFailure(path: string, e: unknown): string {
   return `Unable to read ${path}: Failed to open file “${path}”: ${why}`;
 }
 
-/** The `--object`s of one qemu-img run. */
-export class ImgObjects {
-  #ids = new Set<string>();
+/**
+ * Creates the object `text` defines (`TYPE,id=ID,...` or JSON) in `graph.objects`. Returns
+ * `null` to go on, or the exit status to stop with: 0 after printing help, `failStatus` after
+ * passing QEMU's message to `report` (the command's `error_report`).
+ *
+ * @example
+ * ```ts
+ * import { Graph } from "@blockgraph/core";
+ * import { defaultRegistry } from "@blockgraph/drivers";
+ * import { captureIo } from "./cli_io.ts";
+ * import { addObjectOption } from "./object_option.ts";
+ * const graph = new Graph({ registry: defaultRegistry() });
+ * const io = captureIo();
+ * const report = (m: string) => io.err(`qemu-img: ${m}\n`);
+ * console.assert(addObjectOption(graph, io, "secret,id=s0,data=x", report) === null);
+ * console.assert(graph.objects.get("s0")?.data === "x");
+ * console.assert(addObjectOption(graph, io, "secret,id=s0,data=y", report) === 1);
+ * ```
+ */
+export function addObjectOption(
+  graph: Graph,
+  io: CliIo,
+  text: string,
+  report: (message: string) => void,
+  failStatus = 1,
+): number | null {
+  const message = add(graph.objects, io, text);
+  if (message === undefined) return 0;
+  if (message === null) return null;
+  report(message);
+  return failStatus;
+}
 
-  /**
-   * Creates (checks) one `--object` definition. Returns `null` to go on, or the exit
-   * status to stop with: 0 after printing help, `failStatus` after printing the error.
-   */
-  add(io: CliIo, text: string, failStatus = 1): number | null {
-    const message = this.#add(io, text);
-    if (message === undefined) return 0;
-    if (message === null) return null;
-    imgError(io, message);
-    return failStatus;
+/** `undefined` when help was printed, `null` when created, else the error message. */
+function add(objects: UserObjects, io: CliIo, text: string): string | null | undefined {
+  let opts: Record<string, string>;
+  let help = false;
+  try {
+    if (text.trimStart().startsWith("{")) opts = parseJsonObject(text);
+    else ({ opts, help } = parseObject(text));
+  } catch (e) {
+    return BlockError.from(e).message;
   }
-
-  /** `undefined` when help was printed, `null` when created, else the error message. */
-  #add(io: CliIo, text: string): string | null | undefined {
-    let opts: Record<string, string>;
-    let help = false;
-    try {
-      if (text.trimStart().startsWith("{")) opts = parseJsonObject(text);
-      else ({ opts, help } = parseObject(text));
-    } catch (e) {
-      return BlockError.from(e).message;
+  const type = opts["qom-type"];
+  const spec = type === undefined ? undefined : TYPES[type];
+  if (help) {
+    if (spec) io.out(`${type} options:\n` + spec.help.map((l) => `  ${l}\n`).join(""));
+    else {
+      io.out(
+        "List of user creatable objects:\n" +
+          Object.keys(TYPES).sort().map((t) => `  ${t}\n`).join(""),
+      );
     }
-    const type = opts["qom-type"];
-    const spec = type === undefined ? undefined : TYPES[type];
-    if (help) {
-      if (spec) io.out(`${type} options:\n` + spec.help.map((l) => `  ${l}\n`).join(""));
-      else {
-        io.out(
-          "List of user creatable objects:\n" +
-            Object.keys(TYPES).sort().map((t) => `  ${t}\n`).join(""),
-        );
-      }
-      return undefined;
-    }
-    if (type === undefined) return "Parameter 'qom-type' is missing";
-    if (!spec && !OTHER_QAPI_TYPES.has(type)) {
-      return `Parameter 'qom-type' does not accept value '${type}'`;
-    }
-    const id = opts.id;
-    if (id === undefined) return "Parameter 'id' is missing";
-    if (spec?.keys) {
-      for (const [key, value] of Object.entries(opts)) {
-        if (key === "qom-type" || key === "id") continue;
-        const keyType = spec.keys[key];
-        if (keyType === undefined) return `Parameter '${key}' is unexpected`;
-        const bad = checkValue(key, value, keyType);
-        if (bad) return bad;
-      }
-    }
-    const missing = spec?.required?.find((k) => opts[k] === undefined);
-    if (missing !== undefined) return `Parameter '${missing}' is missing`;
-    if (!/^[A-Za-z][A-Za-z0-9._-]*$/.test(id)) {
-      return "Parameter 'id' expects an identifier\n" +
-        "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.";
-    }
-    if (!spec) return `invalid object type: ${type}`;
-    if (opts.loaded !== undefined) return `Property '${type}.loaded' is not writable`;
-    if (this.#ids.has(id)) {
-      return `attempt to add duplicate property '${id}' to object (type 'container')`;
-    }
-    const failure = completeFailure(type, opts, this.#ids);
-    if (failure) return failure;
-    this.#ids.add(id);
-    return null;
+    return undefined;
   }
+  if (type === undefined) return "Parameter 'qom-type' is missing";
+  if (!spec && !OTHER_QAPI_TYPES.has(type)) {
+    return `Parameter 'qom-type' does not accept value '${type}'`;
+  }
+  const id = opts.id;
+  if (id === undefined) return "Parameter 'id' is missing";
+  if (spec?.keys) {
+    for (const [key, value] of Object.entries(opts)) {
+      if (key === "qom-type" || key === "id") continue;
+      const keyType = spec.keys[key];
+      if (keyType === undefined) return `Parameter '${key}' is unexpected`;
+      const bad = checkValue(key, value, keyType);
+      if (bad) return bad;
+    }
+  }
+  const missing = spec?.required?.find((k) => opts[k] === undefined);
+  if (missing !== undefined) return `Parameter '${missing}' is missing`;
+  if (!/^[A-Za-z][A-Za-z0-9._-]*$/.test(id)) {
+    return "Parameter 'id' expects an identifier\n" +
+      "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.";
+  }
+  if (!spec) return `invalid object type: ${type}`;
+  if (opts.loaded !== undefined) return `Property '${type}.loaded' is not writable`;
+  if (objects.has(id)) {
+    return `attempt to add duplicate property '${id}' to object (type 'container')`;
+  }
+  const failure = completeFailure(type, opts, objects);
+  if (failure) return failure;
+  objects.add({ ...opts, "qom-type": type, id });
+  return null;
 }
 
 /** What completing an object of `type` finds wrong (QEMU's `complete` methods), or null. */
 function completeFailure(
   type: string,
   opts: Record<string, string>,
-  ids: ReadonlySet<string>,
+  objects: UserObjects,
 ): string | null {
   switch (type) {
     case "secret": {
@@ -310,8 +327,12 @@ function completeFailure(
           return readFailure(opts.file, e);
         }
       }
-      if (opts.keyid !== undefined && !ids.has(opts.keyid)) {
-        return `No secret with id '${opts.keyid}'`;
+      if (opts.keyid !== undefined) {
+        const key = objects.get(opts.keyid);
+        if (!key) return `No secret with id '${opts.keyid}'`;
+        if (key["qom-type"] !== "secret" && key["qom-type"] !== "secret_keyring") {
+          return `Object with id '${opts.keyid}' is not a secret`;
+        }
       }
       return null;
     }
