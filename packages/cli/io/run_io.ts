@@ -1,13 +1,17 @@
 /**
- * `blockgraph io`: qemu-io's command line. Options as QEMU 7.2's qemu-io parses them, the
- * image opened as it opens it, `-c` commands run in order (or commands read from standard
- * input, each after a `qemu-io> ` prompt), and exit status 1 when any command failed.
+ * `blockgraph io`: qemu-io's command line. Options as QEMU 7.2's qemu-io parses them (each
+ * `--object` created in the session's graph as it is met, as qemu-img's), the image opened as
+ * it opens it, `-c` commands run in order (or commands read from standard input, each after a
+ * `qemu-io> ` prompt), and exit status 1 when any command failed.
  *
  * @module
  */
 
+import { Graph } from "@blockgraph/core";
+import { defaultRegistry } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt, glibcMessage, type LongOption } from "../common/getopt.ts";
+import { addObjectOption } from "../common/object_option.ts";
 import {
   type CacheMode,
   DEFAULT_CACHE,
@@ -15,7 +19,6 @@ import {
   parseCacheMode,
   parseDiscardMode,
 } from "../common/open_image.ts";
-import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { runCommand } from "./dispatch.ts";
 import { collectOpts } from "./session_commands.ts";
 import { IoSession, type SignalRaiser } from "./session.ts";
@@ -77,9 +80,6 @@ const LONG_OPTIONS: LongOption[] = [
   { name: "force-share", arg: "none", key: "U" },
 ];
 
-/** Object types `--object` accepts (secrets are taken and kept for later use). */
-const OBJECT_TYPES = ["secret"];
-
 /** Options for {@link runIo} beyond the arguments. */
 export interface RunIoOptions {
   /** How `abort` and `sigraise` raise signals (default: on this process). */
@@ -112,6 +112,8 @@ export async function runIo(
   let cache: CacheMode = DEFAULT_CACHE;
   let discard: "ignore" | "unmap" = "unmap";
   let aio: string | undefined;
+  // `--object`s go into the graph the image opens in, as they are met.
+  const graph = new Graph({ registry: defaultRegistry() });
   for (const o of r.options) {
     const v = o.value!;
     switch (o.key) {
@@ -170,13 +172,8 @@ export async function runIo(
         break;
       }
       case "object": {
-        const first = v.split(",")[0]!;
-        const { values } = parseQemuOpts(first.includes("=") ? v : `qom-type=${v}`);
-        const type = values["qom-type"] ?? "";
-        if (!OBJECT_TYPES.includes(type)) {
-          report(`Parameter 'qom-type' does not accept value '${type}'`);
-          return 1;
-        }
+        const stop = addObjectOption(graph, io, v, report);
+        if (stop !== null) return stop;
         break;
       }
       case "image-opts":
@@ -200,7 +197,7 @@ export async function runIo(
     report("--image-opts and -f are mutually exclusive");
     return 1;
   }
-  const s = new IoSession(io, options.raise);
+  const s = new IoSession(io, options.raise, graph);
   try {
     if (r.operands.length === 1) {
       const arg = r.operands[0]!;

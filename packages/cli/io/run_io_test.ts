@@ -181,3 +181,43 @@ Deno.test("runIo refuses bad main options with usage and status 1", async () => 
   const t = await io(["-t", "bogus", "x.img"]);
   assertEquals([t.status, t.err], [1, "qemu-io: Invalid cache option: bogus\n"]);
 });
+
+Deno.test("runIo --object creates objects the image's nodes find, with qemu-io's messages", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (l.addr as Deno.NetAddr).port;
+    l.close();
+    const nbd = `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${port},` +
+      "export=disk,tls-creds=tls0";
+    await Deno.writeTextFile(`${dir}/ca-cert.pem`, "ca\n");
+    const x509 = (endpoint: string) => `tls-creds-x509,id=tls0,endpoint=${endpoint},dir=${dir}`;
+    const cases: [string[], string][] = [
+      [["--object", "bogus,id=x"], "Parameter 'qom-type' does not accept value 'bogus'"],
+      [["--object", "tls-creds-x509,id=t"], "Missing 'dir' property value"],
+      [["--image-opts", nbd], "can't open: No TLS credentials with id 'tls0'"],
+      [
+        ["--object", x509("server"), "--image-opts", nbd],
+        "can't open: " +
+        "Expected TLS credentials for a client endpoint",
+      ],
+      [
+        ["--object", "secret,id=tls0,data=x", "--image-opts", nbd],
+        "can't open: " +
+        "Object with id 'tls0' is not TLS credentials",
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const r = await io([...args, "-c", "quit"]);
+      assertEquals([args, r.status, r.err], [args, 1, `qemu-io: ${message}\n`]);
+    }
+    // Client credentials are found: the connection is tried (nothing listens there).
+    const r = await io(["--object", x509("client"), "--image-opts", nbd, "-c", "quit"]);
+    assertEquals(r.status, 1);
+    assert(/^qemu-io: can't open: .*refused/i.test(r.err), r.err);
+    const help = await io(["--object", "help"]);
+    assertEquals([help.status, help.out.split("\n")[0]], [0, "List of user creatable objects:"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
