@@ -142,3 +142,24 @@ Deno.test("img convert, map and compare work on in-memory-sized raw images", asy
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("img info shows dirty-flag only where QEMU's bdrv_get_info answers", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const raw = `${dir}/r.raw`;
+    await Deno.writeFile(raw, new Uint8Array(4096));
+    const cases: [string[], boolean][] = [
+      [[raw], true],
+      [["--image-opts", "driver=null-co,size=1M"], false],
+      [["--image-opts", "driver=raw,file.driver=null-co,file.size=1M"], false],
+      [["--image-opts", `driver=raw,file.driver=file,file.filename=${raw}`], true],
+    ];
+    for (const [args, shown] of cases) {
+      const r = await img(["info", "--output=json", ...args]);
+      assertEquals(r.status, 0, r.err);
+      assertEquals("dirty-flag" in JSON.parse(r.out), shown, args.join(" "));
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

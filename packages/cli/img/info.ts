@@ -12,7 +12,7 @@ import { getopt } from "../common/getopt.ts";
 import type { Qcow2Snapshot } from "@blockgraph/drivers";
 import { qdictJson, qdictKeys } from "../common/qdict_json.ts";
 import { resolveBackingName } from "./create.ts";
-import { imageFacts } from "./image_facts.ts";
+import { answersGetInfo, imageFacts } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
 
@@ -66,7 +66,7 @@ export async function imageInfo(node: Node): Promise<Record<string, unknown>> {
     if (facts.backingFormat !== undefined) info["backing-filename-format"] = facts.backingFormat;
   }
   if (facts.snapshots.length > 0) info.snapshots = facts.snapshots.map(snapshotJson);
-  info["dirty-flag"] = facts.dirty;
+  if (answersGetInfo(node)) info["dirty-flag"] = facts.dirty;
   const specific = node.instance?.formatInfo?.();
   if (specific && Object.keys(specific).length > 0) {
     info["format-specific"] = { type: node.driver.name, data: specific };
