@@ -45,6 +45,7 @@ export async function allocatingWrite(
   const gEnd = Math.ceil((offset + bytes) / cs) * cs;
   const count = (gEnd - gStart) / cs;
   const reuse = ext.kind === "zero-alloc" && ext.copied;
+  if (!reuse) await image.ensureL2(gStart / cs, count);
   const target = reuse
     ? ext.host - (offset - gStart)
     : allocDataCached(image, gStart / cs, count) ??

@@ -400,6 +400,20 @@ export class Qcow2Image implements MetaIo {
   }
 
   /**
+   * Makes the L2 tables of guest clusters `g0 .. g0 + count - 1` writable (COPIED) before
+   * their data clusters are allocated, as QEMU's `handle_alloc` does (`get_cluster_table`
+   * first): a new L2 table then lands in front of the data, and the data of consecutive guest
+   * clusters stays contiguous in the file. Takes `lock` only when a table must be made.
+   */
+  async ensureL2(g0: number, count: number): Promise<void> {
+    const E = this.l2Entries;
+    for (let l1i = Math.floor(g0 / E); l1i <= Math.floor((g0 + count - 1) / E); l1i++) {
+      if (l1i < this.l1.length && this.l1[l1i] !== 0 && this.l1Copied[l1i]) continue;
+      await this.lock.run(() => this.l2ForWrite(l1i));
+    }
+  }
+
+  /**
    * The offset of a writable (COPIED) L2 table for L1 index `l1i`: allocates a new one, or
    * copies a shared one, writing it before the L1 entry. Call with `lock` held.
    */

@@ -223,6 +223,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
         const end = image.inflight.begin(first, Math.ceil((ext.host + ext.bytes) / cs) - first);
         return { ext, release: null, busy: null, end };
       }
+      // One allocation stays within one L2 table, as QEMU's handle_alloc does: each table is
+      // made just before the data it maps, so the file's layout is QEMU's (small clusters).
+      const span = image.l2Entries * cs;
+      const l2End = (Math.floor(offset / span) + 1) * span;
+      if (offset + ext.bytes > l2End) ext = { ...ext, bytes: l2End - offset };
       const first = Math.floor(offset / cs);
       const count = Math.ceil((offset + ext.bytes) / cs) - first;
       const busy = image.claims.busy(first, count);

@@ -186,7 +186,7 @@ Deno.test("qcow2 extended L2: invalid subcluster bitmaps are refused and check r
     assertEquals(
       JSON.stringify(r.messages),
       JSON.stringify([
-        "ERROR offset=40000: Allocated cluster has corrupted subcluster allocation bitmap",
+        "ERROR offset=50000: Allocated cluster has corrupted subcluster allocation bitmap",
         "ERROR: Unallocated cluster has non-zero subcluster allocation map",
       ]),
       "check messages",

@@ -127,6 +127,7 @@ async function allocateInCluster(
     if (e.allocBits & (1 << s0)) from = offset;
     if (e.allocBits & (1 << (s1 - 1))) to = offset + n;
   }
+  if (!inPlace) await image.ensureL2(g, 1);
   const host = inPlace ? e.host : await allocData(image, g, 1);
   try {
     const parts = new IoVector();
