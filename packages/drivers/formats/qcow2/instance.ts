@@ -300,9 +300,14 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   }
 
   /**
-   * Discards whole clusters: frees what they hold; they read as zeros afterwards (the zero
-   * flag on version 3 with a backing file, unallocated otherwise; a version 2 image with a
-   * backing file shows the backing data again, as QEMU's does).
+   * Discards whole clusters: frees what they hold, and they read as zeros afterwards, as
+   * QEMU's `discard_in_l2_slice` (not a full discard): on version 3 a discarded cluster
+   * becomes a zero cluster when it was allocated or a backing file is below (so an
+   * unallocated cluster over a backing file reads zeros too, not the backing data); on
+   * version 2, which has no zero flag, allocated clusters become unallocated. Unallocated and
+   * zero clusters without a backing file stay as they are. A version 2 image with a backing
+   * file refuses (ENOTSUP, which the block layer takes as done), as its clusters would show
+   * the backing data again.
    */
   async pdiscard(offset: number, bytes: number): Promise<void> {
     this.#check(offset, bytes, true);
@@ -316,12 +321,19 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     if (end <= start) return;
     // A raw data file keeps its 1:1 mapping: the range is zeroed there and reads as zeros.
     if (image.dataRaw) return this.pwriteZeroes(start, end - start, ReqFlags.MAY_UNMAP);
-    if (image.extL2) return discardSubclusters(image, start, end, this.#clusterOp.bind(this));
-    const zeroFlag = image.header.version >= 3 && this.#backing() !== null;
+    const backed = this.#backing() !== null;
+    if (image.extL2) {
+      return discardSubclusters(image, start, end, backed, this.#clusterOp.bind(this));
+    }
+    if (image.header.version < 3 && backed) {
+      throw new BlockError("ENOTSUP", "qcow2 version 2 images with a backing file cannot discard");
+    }
+    const newLo = image.header.version >= 3 ? ZERO_LO : 0;
     await this.#clusterOp(start, end, async (g, hi, lo) => {
       const kind = classify(hi, lo, image.kindMode);
-      if (kind === "unallocated" || (kind === "zero" && zeroFlag)) return;
-      await image.setEntry(g, 0, zeroFlag ? ZERO_LO : 0);
+      if (!backed && (kind === "unallocated" || kind === "zero")) return;
+      if (hi === 0 && lo === newLo) return;
+      await image.setEntry(g, 0, newLo);
       image.releaseEntry(hi, lo);
     });
   }

@@ -87,17 +87,20 @@ export async function zeroSubclusters(
 
 /**
  * Discards the whole clusters of `[start, end)` (cluster aligned, the end may be the end of
- * the disk): their host clusters are freed and every subcluster reads as zeros.
+ * the disk): their host clusters are freed and every subcluster reads as zeros. Clusters
+ * with no host cluster are left alone unless a backing file (`backed`) shows through them,
+ * as QEMU's `discard_in_l2_slice`.
  */
 export async function discardSubclusters(
   image: Qcow2Image,
   start: number,
   end: number,
+  backed: boolean,
   clusterOp: ClusterOp,
 ): Promise<void> {
   await clusterOp(start, end, async (g, hi, lo, zb, ab) => {
     const kind = checkEntry(image, g, hi, lo, zb, ab);
-    if (kind === "unallocated" && zb >>> 0 === ALL_SUBCLUSTERS) return;
+    if (kind === "unallocated" && (!backed || zb >>> 0 === ALL_SUBCLUSTERS)) return;
     await image.setEntry(g, 0, 0, ALL_SUBCLUSTERS, 0);
     image.releaseEntry(hi, lo);
   });
