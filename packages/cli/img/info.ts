@@ -5,12 +5,12 @@
  * @module
  */
 
-import type { Graph, Node } from "@blockgraph/core";
+import { type Graph, type Node, qdictKeys } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { sizeToStr } from "../common/format.ts";
 import { getopt } from "../common/getopt.ts";
 import type { Qcow2Snapshot } from "@blockgraph/drivers";
-import { qdictJson, qdictKeys } from "../common/qdict_json.ts";
+import { qdictJson } from "../common/qdict_json.ts";
 import { resolveBackingName } from "./create.ts";
 import { answersGetInfo, imageFacts } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
