@@ -3,7 +3,7 @@
  * by typed child edges; Backends, the device-facing handles with media, tray and error
  * policy; reference counting with a private delete; permissions; drained sections; graph
  * changes as transactions; `closeAll`; events; dirty bitmaps; user-creatable objects; QEMU's
- * JSON.
+ * JSON and its `json:` filenames.
  *
  * @module
  */
@@ -69,6 +69,13 @@ export {
   qemuJsonString,
 } from "./qemu_json.ts";
 export type { JsonValue } from "./qemu_json.ts";
+export {
+  flattenOptions,
+  isJsonFilename,
+  JSON_FILENAME_PREFIX,
+  mergeJsonFilename,
+  parseJsonFilename,
+} from "./json_filename.ts";
 export { isAllocatedAbove } from "./block_status.ts";
 export { findJob, Job, queryJobs } from "./job.ts";
 export { JobState } from "./job_state.ts";
