@@ -2,8 +2,8 @@
  * `@blockgraph/core`: the block graph. Nodes (format, protocol and filter instances) joined
  * by typed child edges; Backends, the device-facing handles with media, tray and error
  * policy; reference counting with a private delete; permissions; drained sections; graph
- * changes as transactions; `closeAll`; events; dirty bitmaps; user-creatable objects; QEMU's
- * JSON and its `json:` filenames.
+ * changes as transactions; `closeAll`; events; dirty bitmaps; user-creatable objects; node
+ * filenames (plain or `json:`) and QEMU's JSON.
  *
  * @module
  */
@@ -76,6 +76,14 @@ export {
   mergeJsonFilename,
   parseJsonFilename,
 } from "./json_filename.ts";
+export {
+  fullBackingFilename,
+  nodeDirname,
+  pathCombine,
+  pathHasProtocol,
+  refreshFilename,
+} from "./refresh_filename.ts";
+export type { RefreshFilenameOptions } from "./refresh_filename.ts";
 export { isAllocatedAbove } from "./block_status.ts";
 export { findJob, Job, queryJobs } from "./job.ts";
 export { JobState } from "./job_state.ts";

@@ -10,6 +10,7 @@
 import {
   BlockError,
   ChildRole,
+  fullBackingFilename,
   type Node,
   type OpenContext,
   type OptionValues,
@@ -121,7 +122,11 @@ async function repairDirty(image: Qcow2Image): Promise<void> {
   }
 }
 
-/** Resolves a backing file name relative to the image's own file name, as QEMU does. */
+/**
+ * Resolves a backing file name relative to the image's own file name, as QEMU does for a
+ * file name (`bdrv_get_full_backing_filename_from_filename`); an open node's is core's
+ * `fullBackingFilename`.
+ */
 export function resolveBackingName(backing: string, imageFilename: string): string {
   if (backing.startsWith("/") || /^[a-zA-Z0-9.+-]+:/.test(backing)) return backing;
   const slash = imageFilename.lastIndexOf("/");
@@ -129,10 +134,14 @@ export function resolveBackingName(backing: string, imageFilename: string): stri
   return imageFilename.slice(0, slash + 1) + backing;
 }
 
-/** Opens the backing file the header names, with the format its extension names. */
-async function openHeaderBacking(ctx: OpenContext, file: Node, h: Qcow2Header): Promise<void> {
+/**
+ * Opens the backing file the header names, with the format its extension names, taking a
+ * relative name from the image's directory.
+ */
+async function openHeaderBacking(ctx: OpenContext, h: Qcow2Header): Promise<void> {
   const name = h.backingFile!;
   const fmt = backingFormat(h);
+  const filename = fullBackingFilename(ctx.node, name);
   if (fmt === undefined) {
     throw new BlockError(
       "EINVAL",
@@ -142,7 +151,6 @@ async function openHeaderBacking(ctx: OpenContext, file: Node, h: Qcow2Header): 
     );
   }
   const graph = ctx.node.graph;
-  const filename = resolveBackingName(name, file.filename);
   const holder = `opening backing of '${ctx.node.name}'`;
   let node: Node;
   try {
@@ -153,6 +161,8 @@ async function openHeaderBacking(ctx: OpenContext, file: Node, h: Qcow2Header): 
   }
   try {
     ctx.attachChild(node, "backing", ChildRole.COW);
+    // Opened from the name the image gives: the backing file is the image's own.
+    ctx.node.autoBackingFile = node.filename;
   } finally {
     await node.unref(holder);
   }
@@ -247,9 +257,10 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   if (writable && !checkOpen && (h.incompatible & BigInt(Incompat.DIRTY))) {
     await repairDirty(image);
   }
+  node.autoBackingFile = h.backingFile ?? "";
   const given = ctx.childOption("backing");
   await ctx.openChild("backing", ChildRole.COW, false);
-  if (given === "absent" && h.backingFile !== undefined) await openHeaderBacking(ctx, file, h);
+  if (given === "absent" && h.backingFile !== undefined) await openHeaderBacking(ctx, h);
   // Bitmaps (autoclear bit 0) are kept; the other autoclear bits are cleared on read/write.
   await loadBitmaps(image, node);
   return new Qcow2Instance(node, image);
