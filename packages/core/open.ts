@@ -234,7 +234,7 @@ export async function openNode(
       if (typeof spec === "string") {
         const found = graph.findNode(spec);
         if (!found) {
-          throw new BlockError("ENOENT", `Cannot find device='' nor node-name='${spec}'`);
+          throw new BlockError("ENOENT", `Cannot find device='${spec}' nor node-name='${spec}'`);
         }
         target = found;
         target.ref(refHolder);
