@@ -11,9 +11,12 @@ import {
   BlockError,
   ChildRole,
   fullBackingFilename,
+  isJsonFilename,
+  mergeJsonFilename,
   type Node,
   type OpenContext,
   type OptionValues,
+  parseJsonFilename,
 } from "@blockgraph/core";
 import { loadBitmaps } from "./bitmaps.ts";
 import { checkOnce } from "./check.ts";
@@ -135,14 +138,25 @@ export function resolveBackingName(backing: string, imageFilename: string): stri
 }
 
 /**
- * Opens the backing file the header names, with the format its extension names, taking a
- * relative name from the image's directory.
+ * Opens the backing file the header names, with the format its extension names: a name taken
+ * from the image's directory, or a `json:` name's options under that format and read-only.
  */
 async function openHeaderBacking(ctx: OpenContext, h: Qcow2Header): Promise<void> {
   const name = h.backingFile!;
   const fmt = backingFormat(h);
   const filename = fullBackingFilename(ctx.node, name);
-  if (fmt === undefined) {
+  const explicit: OptionValues = { "read-only": true };
+  if (fmt !== undefined) explicit.driver = fmt;
+  let options: OptionValues;
+  try {
+    options = isJsonFilename(filename)
+      ? mergeJsonFilename(explicit, filename)
+      : { ...explicit, file: { filename } };
+  } catch (e) {
+    const err = BlockError.from(e);
+    throw new BlockError(err.code, `Could not open backing file: ${err.message}`, { cause: e });
+  }
+  if (options.driver === undefined) {
     throw new BlockError(
       "EINVAL",
       `Backing file '${name}' has no backing format in the image header, and blockgraph ` +
@@ -154,7 +168,7 @@ async function openHeaderBacking(ctx: OpenContext, h: Qcow2Header): Promise<void
   const holder = `opening backing of '${ctx.node.name}'`;
   let node: Node;
   try {
-    node = await graph.open({ driver: fmt, "read-only": true, file: { filename } }, holder);
+    node = await graph.open(options, holder);
   } catch (e) {
     const err = BlockError.from(e);
     throw new BlockError(err.code, `Could not open backing file: ${err.message}`, { cause: e });
@@ -170,13 +184,16 @@ async function openHeaderBacking(ctx: OpenContext, h: Qcow2Header): Promise<void
 
 /**
  * Opens the external data file: the `data-file` option, or the file the header extension
- * names (relative to the image, as a backing file), inheriting the node's flags.
+ * names (relative to the image, as a backing file; a `json:` name by its options),
+ * inheriting the node's flags.
  */
 async function openDataFile(ctx: OpenContext, image: Qcow2Image, file: Node): Promise<void> {
   const h = image.header;
   const name = dataFileName(h);
   const fallback = name === undefined
     ? undefined
+    : isJsonFilename(name)
+    ? parseJsonFilename(name)
     : { filename: resolveBackingName(name, file.filename) };
   if (fallback === undefined && ctx.childOption("data-file") !== "given") {
     throw new BlockError(
