@@ -1,7 +1,8 @@
 /**
  * `blockgraph img`'s command line against qemu-img 7.2: help (`-h`, `--help` on every
- * subcommand), `--version`, `--object`, `-o help`, and the error paths (missing arguments,
- * bad sizes, unknown formats, missing files, `-f` mismatches). Each case runs both tools on
+ * subcommand), `--version`, `--object`, `-o help`, the error paths (missing arguments,
+ * bad sizes, unknown formats, missing files, `-f` mismatches), and `json:` filenames (as
+ * arguments and in image headers) and the `json:{...}` names QEMU gives nodes. Each case runs both tools on
  * fresh copies of the same small images and compares stdout, stderr and the exit status.
  * The only text allowed to differ is the version banner and the list of formats.
  * `IMG_CLI_TRACE=1` prints each case as it runs; `IMG_CLI_REPORT=file` writes every
@@ -15,9 +16,19 @@ import { runOurImg } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
 import { type PeerResult, runPeer } from "./peer_run.ts";
 
-/** Small images: a raw, a qcow2, an overlay on it, a compat=0.10 qcow2, a qcow2 with a snapshot. */
+/**
+ * Small images: a raw, a qcow2, an overlay on it, a compat=0.10 qcow2, a qcow2 with a
+ * snapshot, and overlays whose headers name json: backing files (as libvirt writes them) over
+ * a patterned raw: `j.qcow2` by its absolute path, `jr.qcow2` by a relative one (taken from
+ * the working directory, not the image's).
+ */
 async function makeImages(dir: string): Promise<void> {
   const q = (...args: string[]) => runPeer("qemu-img", args, { cwd: dir });
+  await q("create", "-q", "-f", "raw", "jb.raw", "1M");
+  await q("create", "-q", "-f", "raw", "\u00e9.raw", "1M");
+  await runPeer("qemu-io", ["-f", "raw", "-c", "write -q -P 0x5a 0 64k", "jb.raw"], { cwd: dir });
+  await q("create", "-q", "-f", "qcow2", "-b", jsonRaw(`${dir}/jb.raw`), "-F", "raw", "j.qcow2");
+  await q("create", "-q", "-f", "qcow2", "-b", jsonRaw("jb.raw"), "-F", "raw", "jr.qcow2");
   await q("create", "-q", "-f", "raw", "r.raw", "1M");
   await q("create", "-q", "-f", "qcow2", "q.qcow2", "1M");
   await q("create", "-q", "-f", "qcow2", "-b", "q.qcow2", "-F", "qcow2", "t.qcow2");
@@ -25,6 +36,100 @@ async function makeImages(dir: string): Promise<void> {
   await q("create", "-q", "-f", "qcow2", "s.qcow2", "1M");
   await q("snapshot", "-c", "s1", "s.qcow2");
   await q("create", "-q", "-f", "qcow2", "-u", "-b", "gone.qcow2", "-F", "qcow2", "o.qcow2", "1M");
+}
+
+/** A json: filename of a raw image over the file `path`, as libvirt writes backing names. */
+function jsonRaw(path: string, extra = ""): string {
+  return `json:{"driver":"raw",${extra}"file":{"driver":"file","filename":"${path}"}}`;
+}
+
+/** `json:` filenames (QEMU's pseudo-protocol) and the filenames QEMU makes of options. */
+function jsonCases(): string[][] {
+  const jq = 'json:{"driver":"qcow2","file":{"driver":"file","filename":"q.qcow2"}}';
+  const jr = jsonRaw("r.raw");
+  const off = jsonRaw("r.raw", '"offset":512,');
+  const zeros = 'json:{"driver":"null-co","size":1048576,"read-zeroes":true}';
+  const out: string[][] = [];
+  for (const name of [jq, jr, off, zeros, 'json:{"file":{"driver":"file","filename":"q.qcow2"}}']) {
+    out.push(
+      ["info", name],
+      ["info", "--output=json", name],
+      ["map", name],
+      ["map", "--output=json", name],
+      ["compare", name, "r.raw"],
+    );
+  }
+  for (const image of ["j.qcow2", "jr.qcow2"]) {
+    out.push(
+      ["info", image],
+      ["info", "--output=json", image],
+      ["info", "--backing-chain", image],
+      ["info", "--backing-chain", "--output=json", image],
+      ["map", image],
+      ["map", "--output=json", image],
+      ["check", image],
+      ["compare", image, "jb.raw"],
+      ["compare", image, "r.raw"],
+    );
+  }
+  out.push(
+    ["check", jq],
+    ["check", "--output=json", jq],
+    ["check", jr],
+    ["info", "-f", "raw", jq],
+    ["info", "-f", "qcow2", jr],
+    ["info", 'json:{"driver":"null-co"}'],
+    ["info", 'json:{"driver":"null-co","size":"1M"}'],
+    ["info", "json:{'driver':'null-co','size':1048576}"],
+    ["info", 'json:{"driver":"null-co","latency-ns":5}'],
+    ["info", 'json:{"driver":"raw","file.filename":"r.raw"}'],
+    ["info", 'json:{"driver":"raw","file":{"driver":"raw","file":{"filename":"r.raw"}}}'],
+    ["info", 'json:{"driver":"qcow2","l2-cache-size":"1M","file":{"filename":"t.qcow2"}}'],
+    ["info", 'json:{"driver":"raw","file":"nonexist"}'],
+    ["info", 'json:{"driver":"raw","bogus":1,"file":{"filename":"r.raw"}}'],
+    ["info", 'json:{"driver":"nosuch"}'],
+    ["info", 'json:{"driver":"raw","file":{"driver":"file","filename":"nonexist"}}'],
+    // Quoted as QEMU's JSON writer quotes: non-ASCII as \uXXXX.
+    ["info", "--image-opts", "driver=raw,offset=0,file.filename=\u00e9.raw"],
+    ["info", "--output=json", "--image-opts", "driver=raw,offset=0,file.filename=\u00e9.raw"],
+    ["info", "--output=json", "\u00e9.raw"],
+    // Bad JSON, in qemu-img's words.
+    ["info", "json:{"],
+    ["info", "json:"],
+    ["info", "json:[]"],
+    ["info", 'json:"x"'],
+    ["info", "json:{}"],
+    ["info", 'json:{"filename":"r.raw"}'],
+    ["info", `${jr} x`],
+    ["info", 'json:{"a":1,"a":2}'],
+    ["info", 'json:{"a":01}'],
+    ["info", "json:{a:1}"],
+    ["info", 'json:{"a":"\q"}'],
+    ["map", "json:{"],
+    ["check", "json:[]"],
+    ["compare", "r.raw", "json:{"],
+    // Options no plain filename says: QEMU makes json:{...} of them, in its key order.
+    ["info", "--image-opts", "driver=null-co,size=1M"],
+    ["info", "--output=json", "--image-opts", "driver=null-co,size=1M"],
+    ["info", "--image-opts", "driver=null-co,read-zeroes=on"],
+    ["info", "--image-opts", "driver=null-co,latency-ns=5"],
+    ["info", "--image-opts", "driver=raw,file.driver=null-co,file.size=1M"],
+    ["info", "--output=json", "--image-opts", "driver=raw,file.driver=null-co,file.size=1M"],
+    ["info", "--image-opts", "driver=raw,file.driver=null-co"],
+    ["info", "--image-opts", "driver=raw,offset=512,size=1024,file.filename=r.raw"],
+    ["info", "--image-opts", "driver=raw,file.filename=r.raw,file.locking=off"],
+    ["info", "--image-opts", "driver=qcow2,l2-cache-size=1M,discard=unmap,file.filename=q.qcow2"],
+    ["info", "--image-opts", "driver=qcow2,read-only=on,file.filename=t.qcow2"],
+    ["map", "--image-opts", "driver=raw,offset=512,file.filename=r.raw"],
+    // json: names as -b, as the target of convert -n, as commit's base.
+    ["create", "-f", "qcow2", "-b", jsonRaw("jb.raw"), "-F", "raw", "x.qcow2"],
+    ["create", "-f", "qcow2", "-b", "json:{", "-F", "raw", "x.qcow2"],
+    ["create", "-f", "qcow2", "-u", "-b", jsonRaw("nonexist"), "-F", "raw", "x.qcow2", "1M"],
+    ["convert", "-n", "q.qcow2", jr],
+    ["commit", "-b", jsonRaw("jb.raw"), "jr.qcow2"],
+    ["rebase", "-u", "-b", jq, "-F", "qcow2", "jr.qcow2"],
+  );
+  return out;
 }
 
 /**
@@ -383,6 +488,7 @@ function cases(): string[][] {
     ["measure", "-O", "qcow2", "-o", "cluster_size=4k", "--size", "1M"],
     ["measure", "--output=json", "-O", "qcow2", "-o", "preallocation=full", "--size", "1M"],
   );
+  out.push(...jsonCases());
   return out;
 }
 

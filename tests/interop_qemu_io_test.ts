@@ -1,6 +1,7 @@
 /**
  * `blockgraph io` against the real qemu-io: each reads what the other wrote, and the same
- * command lists give the same output (timing masked), exit status and image bytes.
+ * command lists give the same output (timing masked), exit status and image bytes, also
+ * through `json:` filenames and `json:` backing file names.
  */
 import { deepStrictEqual as assertEquals } from "node:assert";
 import { runOurIo } from "./cli_run.ts";
@@ -176,6 +177,37 @@ const SCENARIOS: { name: string; args: string[]; size?: number }[] = [
     ],
   },
   { name: "bad main option", args: ["-f", "raw", "--bogus", "IMG"] },
+  {
+    name: "a json: filename",
+    args: [
+      ...cmds("write -P 0x5a 0 4k", "read -P 0x5a 0 4k", "read 0 512", "length", "map", "info"),
+      'json:{"driver":"raw","file":{"driver":"file","filename":"IMG"}}',
+    ],
+  },
+  {
+    name: "a json: filename with options a plain name cannot say",
+    args: [
+      ...cmds("write -P 7 0 512", "read -P 7 0 512", "read 4000 96", "length", "alloc 0 4k"),
+      'json:{"driver":"raw","offset":512,"size":4096,"file":{"driver":"file","filename":"IMG"}}',
+    ],
+  },
+  {
+    name: "a json: filename under -f, which wins",
+    args: ["-f", "raw", ...cmds("read 0 512"), 'json:{"driver":"qcow2","file.filename":"IMG"}'],
+  },
+  { name: "a json: filename that does not parse", args: [...cmds("read 0 512"), "json:{"] },
+  {
+    name: "open with json: filenames",
+    args: cmds(
+      'open json:{"driver":"raw","file":{"driver":"file","filename":"IMG"}}',
+      "read 0 512",
+      "close",
+      "open json:[]",
+      'open -o driver=qcow2 json:{"driver":"raw","file":{"filename":"IMG"}}',
+      "open json:{'driver':'null-co','size':4096}",
+      "length",
+    ),
+  },
   { name: "help", args: cmds("help", "help read", "help w", "help map") },
 ];
 
@@ -196,3 +228,34 @@ for (const sc of SCENARIOS) {
     });
   });
 }
+
+Deno.test("blockgraph io reads an image whose header names a json: backing file as qemu-io", async () => {
+  await withDir(async (dir) => {
+    await image(`${dir}/base.raw`, 1 << 20);
+    await runPeer("qemu-io", ["-f", "raw", "-c", "write -q -P 0x5a 0 64k", `${dir}/base.raw`]);
+    const backing = `json:{"driver":"raw","file":{"driver":"file","filename":"${dir}/base.raw"}}`;
+    const create = await runPeer("qemu-img", [
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-b",
+      backing,
+      "-F",
+      "raw",
+      `${dir}/top.qcow2`,
+    ]);
+    assertEquals(create.code, 0, create.err);
+    const args = [
+      ...cmds("read -P 0x5a 0 64k", "read -P 0 64k 64k", "map", "alloc 0 128k", "length"),
+      `${dir}/top.qcow2`,
+    ];
+    const theirs = await qemuIo(["-r", ...args]);
+    const mine = await runOurIo(["-r", ...args]);
+    assertEquals(
+      { status: mine.code, out: mask(mine.out, dir), err: mine.err },
+      { status: theirs.code, out: mask(theirs.out, dir), err: theirs.err },
+    );
+    assertEquals(theirs.code, 0);
+  });
+});

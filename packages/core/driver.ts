@@ -251,6 +251,24 @@ export interface BlockDriver {
   probe?(header: Uint8Array, filename: string): number;
   /** Parses a protocol filename (`nbd://host/name`) into options. */
   parseFilename?(filename: string): OptionValues;
+  /**
+   * The options that change what the node reads (QEMU's `strong_runtime_opts`): given, they
+   * keep a format node from taking its file's name, and they make up its `json:` filename.
+   * A name ending in `.` stands for every option under it (`server.`).
+   */
+  readonly strongOptions?: readonly string[];
+  /**
+   * The node's exact filename, from the options its `json:` filename would hold (`options`),
+   * or `""` when none says it (QEMU's `bdrv_refresh_filename` of a driver). Left out: a
+   * protocol keeps the filename it was opened with, a format takes its file's.
+   */
+  exactFilename?(node: Node, options: OptionValues): string;
+  /**
+   * The directory relative backing file names are taken from (QEMU's `bdrv_dirname` of a
+   * driver); throws when the node has none. Left out: its primary child's, or its
+   * filename's.
+   */
+  dirname?(node: Node): string;
   /** Opens an instance. Options are validated and converted by the schema already. */
   open(ctx: OpenContext, options: OptionValues): Promise<DriverInstance>;
   /** Creates an image (`img create`); absent for drivers that cannot create. */

@@ -2,7 +2,8 @@
  * `@blockgraph/core`: the block graph. Nodes (format, protocol and filter instances) joined
  * by typed child edges; Backends, the device-facing handles with media, tray and error
  * policy; reference counting with a private delete; permissions; drained sections; graph
- * changes as transactions; `closeAll`; events; dirty bitmaps; user-creatable objects.
+ * changes as transactions; `closeAll`; events; dirty bitmaps; user-creatable objects; node
+ * filenames (plain or `json:`) and QEMU's JSON.
  *
  * @module
  */
@@ -59,6 +60,30 @@ export {
 } from "./options.ts";
 export type { OptionSchema, OptionSpec, OptionType, OptionValues } from "./options.ts";
 export { defaultChildPerm, Perm, PERM_PASSTHROUGH, permNames } from "./permissions.ts";
+export { qdictHash, qdictKeys } from "./qdict_order.ts";
+export {
+  JsonStreamer,
+  parseQemuJson,
+  qemuJson,
+  qemuJsonNumber,
+  qemuJsonString,
+} from "./qemu_json.ts";
+export type { JsonValue } from "./qemu_json.ts";
+export {
+  flattenOptions,
+  isJsonFilename,
+  JSON_FILENAME_PREFIX,
+  mergeJsonFilename,
+  parseJsonFilename,
+} from "./json_filename.ts";
+export {
+  fullBackingFilename,
+  nodeDirname,
+  pathCombine,
+  pathHasProtocol,
+  refreshFilename,
+} from "./refresh_filename.ts";
+export type { RefreshFilenameOptions } from "./refresh_filename.ts";
 export { isAllocatedAbove } from "./block_status.ts";
 export { findJob, Job, queryJobs } from "./job.ts";
 export { JobState } from "./job_state.ts";

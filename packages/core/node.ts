@@ -96,8 +96,27 @@ export class Node implements ChildParent {
   inheritsFrom: { parent: Node; role: number } | null = null;
   /** The common options (read-only, discard, ...) given explicitly when it was opened. */
   explicitCommon: OptionValues = {};
-  /** A filename describing the node, for `info` and messages. */
+  /**
+   * The node's filename, for `info` and messages: a plain one, or `json:{...}` of its options
+   * when no plain one says what the node reads (see `refreshFilename`).
+   */
   filename = "";
+  /** The plain filename that opens this node again, or `""` when there is none. */
+  exactFilename = "";
+  /** The options its `json:` filename is made of: strong options, children nested. */
+  fullOpenOptions: OptionValues = {};
+  /**
+   * The driver options as given when it was opened, before validation and without its
+   * children, flattened with dotted keys (`server.path`) as QEMU keeps `bs->options`; its
+   * filename is made of them.
+   */
+  givenOptions: OptionValues = {};
+  /**
+   * The backing file the image names, or, once opened from that name, the backing node's
+   * filename (QEMU's `auto_backing_file`); `""` when it names none. A backing child with
+   * another filename was given otherwise, and the node's filename must say so.
+   */
+  autoBackingFile = "";
   /** The requests in flight in this node's request layer. */
   inFlight = 0;
   /** How many drained sections this node is in. */

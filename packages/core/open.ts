@@ -13,6 +13,8 @@ import { attachEdge, wouldCycle } from "./graph_change.ts";
 import { DEFAULT_FLAGS, Node, type NodeFlags } from "./node.ts";
 import { type OptionValues, parseBool, validateOptions } from "./options.ts";
 import { childPerm, refreshPermissions } from "./permissions.ts";
+import { flattenOptions } from "./json_filename.ts";
+import { refreshFilename } from "./refresh_filename.ts";
 import { Transaction } from "./transaction.ts";
 
 const COMMON_KEYS = [
@@ -193,6 +195,7 @@ export async function openNode(
       node.explicitCommon[k] = options[k];
     }
   }
+  node.givenOptions = { driver: driver.name, ...flattenOptions(own) };
   node.filename = typeof validated["filename"] === "string" ? validated["filename"] : "";
   graph.registerNode(node, holder);
 
@@ -231,7 +234,7 @@ export async function openNode(
       if (typeof spec === "string") {
         const found = graph.findNode(spec);
         if (!found) {
-          throw new BlockError("ENOENT", `Cannot find device='' nor node-name='${spec}'`);
+          throw new BlockError("ENOENT", `Cannot find device='${spec}' nor node-name='${spec}'`);
         }
         target = found;
         target.ref(refHolder);
@@ -265,7 +268,8 @@ export async function openNode(
     }
     node.instance = inst;
     refreshLimits(node);
-    if (!node.filename) node.filename = node.primaryChild?.node?.filename ?? "";
+    node.exactFilename = node.filename;
+    refreshFilename(node, { children: false });
     const tran = new Transaction();
     try {
       refreshPermissions([node], tran);

@@ -11,7 +11,13 @@
  * @module
  */
 
-import { BlockError, type Graph, keyValueItems, type UserObjects } from "@blockgraph/core";
+import {
+  BlockError,
+  type Graph,
+  keyValueItems,
+  parseQemuJson,
+  type UserObjects,
+} from "@blockgraph/core";
 import type { CliIo } from "./cli_io.ts";
 
 /** How a key's value is checked: a QAPI scalar type or the values of an enum. */
@@ -178,14 +184,12 @@ function parseObject(text: string): { opts: Record<string, string>; help: boolea
   return { opts, help };
 }
 
-/** A JSON `--object` (`{"qom-type": ...}`): its members as the key=value form would give them. */
+/**
+ * A JSON `--object` (`{"qom-type": ...}`, read as QEMU reads JSON): its members as the
+ * key=value form would give them.
+ */
 function parseJsonObject(text: string): Record<string, string> {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (e) {
-    throw new BlockError("EINVAL", `JSON parse error, ${(e as Error).message}`);
-  }
+  const parsed = parseQemuJson(text);
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
     throw new BlockError("EINVAL", "Invalid parameter type, expected: object");
   }

@@ -1,8 +1,9 @@
 /**
  * Opening an image the way QEMU's tools do: a filename with an optional format (probed when
- * absent, with QEMU's warning when probing guesses raw for a writable image), or a full set
- * of options (`--image-opts`); cache, discard and AIO modes from their command-line names;
- * the result held by an anonymous Backend.
+ * absent, with QEMU's warning when probing guesses raw for a writable image), a `json:`
+ * filename (its options, under `-f`), or a full set of options (`--image-opts`); cache,
+ * discard and AIO modes from their command-line names; the result held by an anonymous
+ * Backend.
  *
  * @module
  */
@@ -12,6 +13,8 @@ import {
   type BlockDriver,
   BlockError,
   type Graph,
+  isJsonFilename,
+  mergeJsonFilename,
   type Node,
   type OptionValues,
   Perm,
@@ -62,7 +65,10 @@ export function parseAioMode(mode: string): string | null {
 
 /** What to open and how. */
 export interface OpenRequest {
-  /** The image filename, or `null` when `options` say everything (`--image-opts`). */
+  /**
+   * The image filename (`json:{...}` is options), or `null` when `options` say everything
+   * (`--image-opts`).
+   */
   readonly filename: string | null;
   /** The format (`-f`); probed when absent. */
   readonly format?: string | undefined;
@@ -172,11 +178,17 @@ export async function openImage(
   req: OpenRequest,
   warn: (text: string) => void,
 ): Promise<OpenedImage> {
-  const given: OptionValues = { ...(req.options ?? {}) };
-  const filename = req.filename ?? (typeof given.filename === "string" ? given.filename : null);
-  if (req.filename !== null && given.filename === undefined) given.filename = req.filename;
-  let driverName = req.format ?? (given.driver as string | undefined);
+  let given: OptionValues = { ...(req.options ?? {}) };
   if (req.format !== undefined) given.driver = req.format;
+  // A json: filename is options, under those given otherwise, and names no file itself.
+  let named = req.filename;
+  if (named !== null && isJsonFilename(named)) {
+    given = mergeJsonFilename(given, named);
+    named = null;
+  }
+  const filename = named ?? (typeof given.filename === "string" ? given.filename : null);
+  if (named !== null && given.filename === undefined) given.filename = named;
+  let driverName = given.driver as string | undefined;
   const flags = flagOptions(req);
   let probedRaw = false;
   let top: OptionValues;
@@ -186,8 +198,8 @@ export async function openImage(
     let protoOpts: OptionValues;
     if (typeof fileOpt === "object" && fileOpt !== null) {
       protoOpts = completeFile(graph, fileOpt as OptionValues, req.aio);
-    } else if (req.filename !== null) {
-      protoOpts = completeFile(graph, protocolOptions(graph, req.filename), req.aio);
+    } else if (named !== null) {
+      protoOpts = completeFile(graph, protocolOptions(graph, named), req.aio);
     } else {
       throw new BlockError("EINVAL", "Must specify either driver or file");
     }

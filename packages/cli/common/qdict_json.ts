@@ -1,29 +1,12 @@
 /**
  * JSON as QEMU's tools print it: objects are QDicts, whose keys come out in hash-bucket
- * order (QEMU's `tdb_hash` modulo 512, the latest insertion first within a bucket), pretty
- * printed with four-space indentation.
+ * order (core's `qdictKeys`), pretty printed with four-space indentation, strings quoted as
+ * QEMU quotes them (`qemuJsonString`).
  *
  * @module
  */
 
-const BUCKETS = 512;
-
-/** QEMU's `tdb_hash` of a QDict key. */
-export function qdictHash(key: string): number {
-  const bytes = new TextEncoder().encode(key);
-  let value = Math.imul(0x238f13af, bytes.length) >>> 0;
-  for (let i = 0; i < bytes.length; i++) {
-    value = (value + ((bytes[i]! << ((i * 5) % 24)) >>> 0)) >>> 0;
-  }
-  return (Math.imul(1103515243, value) + 12345) >>> 0;
-}
-
-/** The keys of `obj` in the order a QDict built by inserting them in order iterates them. */
-export function qdictKeys(keys: readonly string[]): string[] {
-  const indexed = keys.map((k, i) => ({ k, i, b: qdictHash(k) % BUCKETS }));
-  indexed.sort((x, y) => x.b - y.b || y.i - x.i);
-  return indexed.map((e) => e.k);
-}
+import { qdictKeys, qemuJsonNumber, qemuJsonString } from "@blockgraph/core";
 
 function reorder(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(reorder);
@@ -61,9 +44,11 @@ function pretty(value: unknown, indent: number): string {
   }
   if (value !== null && typeof value === "object") {
     const items = Object.entries(value).filter(([, v]) => v !== undefined).map(([k, v]) =>
-      `${inner}${JSON.stringify(k)}: ${pretty(v, indent + 4)}`
+      `${inner}${qemuJsonString(k)}: ${pretty(v, indent + 4)}`
     );
     return items.length ? `{\n${items.join(",\n")}\n${pad}}` : `{\n${pad}}`;
   }
+  if (typeof value === "string") return qemuJsonString(value);
+  if (typeof value === "number") return qemuJsonNumber(value);
   return JSON.stringify(value);
 }

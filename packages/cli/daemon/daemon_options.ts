@@ -9,9 +9,8 @@
  * @module
  */
 
-import { parseKeyValue, unflatten } from "@blockgraph/core";
+import { parseKeyValue, parseQemuJson, unflatten } from "@blockgraph/core";
 import { getopt, glibcMessage } from "../common/getopt.ts";
-import { parseQmpJson } from "./qmp_json.ts";
 
 /** The program name in messages. */
 export const DAEMON_PROG = "blockgraph daemon";
@@ -179,7 +178,7 @@ export function parseDaemonArgs(args: readonly string[]): DaemonCommandLine {
         if (text.trimStart().startsWith("{")) {
           let v;
           try {
-            v = parseQmpJson(text);
+            v = parseQemuJson(text);
           } catch (e) {
             throw new DaemonOptionError((e as Error).message, "blockdev", text);
           }

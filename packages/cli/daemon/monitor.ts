@@ -9,12 +9,12 @@
  * @module
  */
 
-import type { BlockEvent } from "@blockgraph/core";
+import { BlockError, type BlockEvent, JsonStreamer, type JsonValue } from "@blockgraph/core";
 import { checkArgs } from "./qmp_args.ts";
 import type { Closeable, Daemon } from "./daemon.ts";
 import { QMP_CAPABILITIES, versionInfo } from "./qmp_commands_core.ts";
 import { QmpError, toQmpError } from "./qmp_error.ts";
-import { formatQmpJson, JsonParseError, JsonStreamer, type JsonValue } from "./qmp_json.ts";
+import { formatQmpJson } from "./qmp_json.ts";
 
 const encoder = new TextEncoder();
 
@@ -159,8 +159,8 @@ export class QmpSession {
     this.#send({ timestamp: e.timestamp, event: e.event, data: e.data });
   }
 
-  async #handle(req: JsonValue | JsonParseError): Promise<void> {
-    if (req instanceof JsonParseError) {
+  async #handle(req: JsonValue | BlockError): Promise<void> {
+    if (req instanceof BlockError) {
       this.#send({ error: new QmpError("GenericError", req.message) });
       return;
     }

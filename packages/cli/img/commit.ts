@@ -8,11 +8,18 @@
  * @module
  */
 
-import { BlockError, BlockStatusFlags, type Graph, type Node } from "@blockgraph/core";
+import {
+  BlockError,
+  BlockStatusFlags,
+  type Graph,
+  type Node,
+  pathHasProtocol,
+} from "@blockgraph/core";
 import type { Qcow2Instance } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { belowLayer, chainStatus } from "./chain_status.ts";
+import { imageFacts } from "./image_facts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
 import { displayFilename } from "./info.ts";
@@ -54,10 +61,15 @@ export async function copyAbove(
   }
 }
 
-/** The layer of `top`'s chain whose filename is `name`, or `null`. */
+/**
+ * The layer of `top`'s chain whose filename is `name`, or, for a name with a protocol
+ * (`json:{...}`), that the layer above names so in its header; `null` when none is.
+ */
 export function findInChain(top: Node, name: string): Node | null {
-  for (let n = belowLayer(top); n; n = belowLayer(n)) {
+  const protocol = pathHasProtocol(name);
+  for (let above = top, n = belowLayer(top); n; above = n, n = belowLayer(n)) {
     if (displayFilename(n) === name || n.name === name) return n;
+    if (protocol && imageFacts(above).backingFile === name) return n;
   }
   return null;
 }

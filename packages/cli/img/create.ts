@@ -82,11 +82,13 @@ function formattingLine(req: CreateRequest, given: Record<string, string>): stri
   const order = FORMATTING_ORDER[req.fmt] ?? [["size", undefined]];
   let line = `Formatting '${req.filename}', fmt=${req.fmt}`;
   const known = new Set(order.map(([k]) => k));
+  // Values are printed as QemuOpts reads them back: a comma doubled (json: backing names).
+  const esc = (v: string) => v.replaceAll(",", ",,");
   for (const [key, def] of order) {
     const v = given[key] ?? def;
-    if (v !== undefined) line += ` ${key}=${v}`;
+    if (v !== undefined) line += ` ${key}=${esc(v)}`;
   }
-  for (const [key, v] of Object.entries(given)) if (!known.has(key)) line += ` ${key}=${v}`;
+  for (const [key, v] of Object.entries(given)) if (!known.has(key)) line += ` ${key}=${esc(v)}`;
   return line + "\n";
 }
 

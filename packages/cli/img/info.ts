@@ -5,13 +5,18 @@
  * @module
  */
 
-import type { Graph, Node } from "@blockgraph/core";
+import {
+  fullBackingFilename,
+  type Graph,
+  type Node,
+  qdictKeys,
+  refreshFilename,
+} from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { sizeToStr } from "../common/format.ts";
 import { getopt } from "../common/getopt.ts";
 import type { Qcow2Snapshot } from "@blockgraph/drivers";
-import { qdictJson, qdictKeys } from "../common/qdict_json.ts";
-import { resolveBackingName } from "./create.ts";
+import { qdictJson } from "../common/qdict_json.ts";
 import { answersGetInfo, imageFacts } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
@@ -40,18 +45,29 @@ export async function allocatedSize(node: Node): Promise<number | null> {
   return sum;
 }
 
-/** The filename a node shows: its own, or that of the child whose data it presents. */
-export function displayFilename(node: Node): string {
-  for (let n: Node | null = node; n; n = n.primaryChild?.node ?? null) {
-    if (n.filename) return n.filename;
+/**
+ * The filename a node shows, refreshed as QEMU's `bdrv_refresh_filename` makes it: a plain
+ * one, or `json:{...}` of the options that decide what it reads. `noIo` as `img info` opens
+ * images: a backing file left out or given otherwise does not count.
+ */
+export function displayFilename(node: Node, noIo = false): string {
+  refreshFilename(node, { noIo });
+  return node.filename;
+}
+
+/** The backing file name `node`'s image stores, usable from here; `undefined` when it has none. */
+function fullBacking(node: Node, backing: string): string | undefined {
+  try {
+    return fullBackingFilename(node, backing);
+  } catch {
+    return undefined;
   }
-  return "";
 }
 
 /** The fields of QEMU's `ImageInfo` for one image, in insertion order. */
 export async function imageInfo(node: Node): Promise<Record<string, unknown>> {
   const facts = imageFacts(node);
-  const filename = displayFilename(node);
+  const filename = displayFilename(node, true);
   const info: Record<string, unknown> = {
     "virtual-size": node.getLength(),
     filename,
@@ -62,7 +78,8 @@ export async function imageInfo(node: Node): Promise<Record<string, unknown>> {
   if (facts.clusterSize !== undefined) info["cluster-size"] = facts.clusterSize;
   if (facts.backingFile !== undefined) {
     info["backing-filename"] = facts.backingFile;
-    info["full-backing-filename"] = resolveBackingName(facts.backingFile, filename);
+    const full = fullBacking(node, facts.backingFile);
+    if (full !== undefined) info["full-backing-filename"] = full;
     if (facts.backingFormat !== undefined) info["backing-filename-format"] = facts.backingFormat;
   }
   if (facts.snapshots.length > 0) info.snapshots = facts.snapshots.map(snapshotJson);
@@ -136,8 +153,13 @@ export function humanInfo(info: Record<string, unknown>, snapshots: Qcow2Snapsho
   if (info["dirty-flag"] === true) out += "cleanly shut down: no\n";
   const backing = info["backing-filename"] as string | undefined;
   if (backing !== undefined) {
-    const full = info["full-backing-filename"] as string;
-    out += `backing file: ${backing}${full !== backing ? ` (actual path: ${full})` : ""}\n`;
+    const full = info["full-backing-filename"] as string | undefined;
+    const actual = full === undefined
+      ? " (cannot determine actual path)"
+      : full !== backing
+      ? ` (actual path: ${full})`
+      : "";
+    out += `backing file: ${backing}${actual}\n`;
   }
   if (info["backing-filename-format"] !== undefined) {
     out += `backing file format: ${info["backing-filename-format"]}\n`;
@@ -202,6 +224,14 @@ export async function imgInfo(graph: Graph, args: readonly string[], io: CliIo):
       const info = await imageInfo(image.node);
       infos.push({ info, snapshots: imageFacts(image.node).snapshots });
       filename = chain ? info["full-backing-filename"] as string | undefined : undefined;
+      if (chain && filename === undefined && info["backing-filename"] !== undefined) {
+        imgError(
+          io,
+          "Could not determine absolute backing filename, but backing filename " +
+            `'${info["backing-filename"]}' present`,
+        );
+        return 1;
+      }
       format = info["backing-filename-format"] as string | undefined;
     } finally {
       await image.backend.unref();

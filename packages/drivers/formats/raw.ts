@@ -230,6 +230,7 @@ export const rawDriver: BlockDriver = {
   },
   childOptions: ["file"],
   mutableOptions: ["offset", "size"],
+  strongOptions: ["offset", "size"],
   createOptions: {
     filename: { type: "string", description: "File name of the image", required: true },
     size: { type: "size", description: "Virtual disk size", required: true },

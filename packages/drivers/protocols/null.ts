@@ -129,6 +129,14 @@ export const nullDriver: BlockDriver = {
     },
     "read-zeroes": { type: "bool", description: "return zeroes when read", default: false },
   },
+  strongOptions: ["size", "read-zeroes"],
+  /** `null-co://` when only the driver (and a latency) was given; `""` otherwise. */
+  exactFilename(_node: Node, options: OptionValues): string {
+    const plain = Object.keys(options).every((k) =>
+      k === "driver" || k === "filename" || k === "latency-ns"
+    );
+    return plain ? NULL_FILENAME : "";
+  },
   parseFilename(filename: string): OptionValues {
     if (filename !== NULL_FILENAME) {
       throw new BlockError(

@@ -10,6 +10,8 @@ import {
   BlockError,
   type DriverRegistry,
   Graph,
+  isJsonFilename,
+  mergeJsonFilename,
   type Node,
   type OptionSchema,
   type OptionValues,
@@ -321,11 +323,14 @@ export async function createQcow2(given: OptionValues, registry: DriverRegistry)
   if (options.size === undefined && options.backing_file !== undefined && options.backing_fmt) {
     const g = new Graph({ registry });
     try {
-      const b = await g.open({
-        driver: options.backing_fmt,
-        "read-only": true,
-        file: { filename: resolveBackingName(options.backing_file as string, filename) },
-      }, "create");
+      const name = resolveBackingName(options.backing_file as string, filename);
+      const explicit = { driver: options.backing_fmt, "read-only": true };
+      const b = await g.open(
+        isJsonFilename(name)
+          ? mergeJsonFilename(explicit, name)
+          : { ...explicit, file: { filename: name } },
+        "create",
+      );
       backingSize = b.getLength();
       await b.unref("create");
     } finally {

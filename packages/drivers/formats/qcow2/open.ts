@@ -10,9 +10,13 @@
 import {
   BlockError,
   ChildRole,
+  fullBackingFilename,
+  isJsonFilename,
+  mergeJsonFilename,
   type Node,
   type OpenContext,
   type OptionValues,
+  parseJsonFilename,
 } from "@blockgraph/core";
 import { loadBitmaps } from "./bitmaps.ts";
 import { checkOnce } from "./check.ts";
@@ -121,7 +125,11 @@ async function repairDirty(image: Qcow2Image): Promise<void> {
   }
 }
 
-/** Resolves a backing file name relative to the image's own file name, as QEMU does. */
+/**
+ * Resolves a backing file name relative to the image's own file name, as QEMU does for a
+ * file name (`bdrv_get_full_backing_filename_from_filename`); an open node's is core's
+ * `fullBackingFilename`.
+ */
 export function resolveBackingName(backing: string, imageFilename: string): string {
   if (backing.startsWith("/") || /^[a-zA-Z0-9.+-]+:/.test(backing)) return backing;
   const slash = imageFilename.lastIndexOf("/");
@@ -129,11 +137,26 @@ export function resolveBackingName(backing: string, imageFilename: string): stri
   return imageFilename.slice(0, slash + 1) + backing;
 }
 
-/** Opens the backing file the header names, with the format its extension names. */
-async function openHeaderBacking(ctx: OpenContext, file: Node, h: Qcow2Header): Promise<void> {
+/**
+ * Opens the backing file the header names, with the format its extension names: a name taken
+ * from the image's directory, or a `json:` name's options under that format and read-only.
+ */
+async function openHeaderBacking(ctx: OpenContext, h: Qcow2Header): Promise<void> {
   const name = h.backingFile!;
   const fmt = backingFormat(h);
-  if (fmt === undefined) {
+  const filename = fullBackingFilename(ctx.node, name);
+  const explicit: OptionValues = { "read-only": true };
+  if (fmt !== undefined) explicit.driver = fmt;
+  let options: OptionValues;
+  try {
+    options = isJsonFilename(filename)
+      ? mergeJsonFilename(explicit, filename)
+      : { ...explicit, file: { filename } };
+  } catch (e) {
+    const err = BlockError.from(e);
+    throw new BlockError(err.code, `Could not open backing file: ${err.message}`, { cause: e });
+  }
+  if (options.driver === undefined) {
     throw new BlockError(
       "EINVAL",
       `Backing file '${name}' has no backing format in the image header, and blockgraph ` +
@@ -142,17 +165,18 @@ async function openHeaderBacking(ctx: OpenContext, file: Node, h: Qcow2Header): 
     );
   }
   const graph = ctx.node.graph;
-  const filename = resolveBackingName(name, file.filename);
   const holder = `opening backing of '${ctx.node.name}'`;
   let node: Node;
   try {
-    node = await graph.open({ driver: fmt, "read-only": true, file: { filename } }, holder);
+    node = await graph.open(options, holder);
   } catch (e) {
     const err = BlockError.from(e);
     throw new BlockError(err.code, `Could not open backing file: ${err.message}`, { cause: e });
   }
   try {
     ctx.attachChild(node, "backing", ChildRole.COW);
+    // Opened from the name the image gives: the backing file is the image's own.
+    ctx.node.autoBackingFile = node.filename;
   } finally {
     await node.unref(holder);
   }
@@ -160,13 +184,16 @@ async function openHeaderBacking(ctx: OpenContext, file: Node, h: Qcow2Header): 
 
 /**
  * Opens the external data file: the `data-file` option, or the file the header extension
- * names (relative to the image, as a backing file), inheriting the node's flags.
+ * names (relative to the image, as a backing file; a `json:` name by its options),
+ * inheriting the node's flags.
  */
 async function openDataFile(ctx: OpenContext, image: Qcow2Image, file: Node): Promise<void> {
   const h = image.header;
   const name = dataFileName(h);
   const fallback = name === undefined
     ? undefined
+    : isJsonFilename(name)
+    ? parseJsonFilename(name)
     : { filename: resolveBackingName(name, file.filename) };
   if (fallback === undefined && ctx.childOption("data-file") !== "given") {
     throw new BlockError(
@@ -247,9 +274,10 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   if (writable && !checkOpen && (h.incompatible & BigInt(Incompat.DIRTY))) {
     await repairDirty(image);
   }
+  node.autoBackingFile = h.backingFile ?? "";
   const given = ctx.childOption("backing");
   await ctx.openChild("backing", ChildRole.COW, false);
-  if (given === "absent" && h.backingFile !== undefined) await openHeaderBacking(ctx, file, h);
+  if (given === "absent" && h.backingFile !== undefined) await openHeaderBacking(ctx, h);
   // Bitmaps (autoclear bit 0) are kept; the other autoclear bits are cleared on read/write.
   await loadBitmaps(image, node);
   return new Qcow2Instance(node, image);

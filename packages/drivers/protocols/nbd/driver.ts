@@ -241,6 +241,11 @@ export const nbdDriver: BlockDriver = {
     },
   },
   parseFilename: parseNbdFilename,
+  strongOptions: ["path", "host", "port", "export", "tls-creds", "tls-hostname", "server."],
+  /** NBD exports have no directories: relative backing file names cannot be resolved. */
+  dirname(): string {
+    throw new BlockError("EINVAL", "Cannot generate a base directory for NBD nodes");
+  },
   async open(ctx: OpenContext, options: OptionValues): Promise<DriverInstance> {
     const { dial, server } = dialer(options);
     const name = options.export as string;
