@@ -259,3 +259,37 @@ Deno.test("blockgraph io reads an image whose header names a json: backing file 
     assertEquals(theirs.code, 0);
   });
 });
+
+Deno.test("blockgraph io info matches qemu-io on qcow2 images (cluster size, VM state offset, specific facts)", async () => {
+  await withDir(async (dir) => {
+    const cases: [string, string[]][] = [
+      ["v3 64M", ["-o", "cluster_size=64k", "64M"]],
+      ["v2", ["-o", "compat=0.10", "1G"]],
+      ["extended L2, 128k clusters", ["-o", "extended_l2=on,cluster_size=128k", "3G"]],
+      ["lazy refcounts, 4-bit refcounts", ["-o", "lazy_refcounts=on,refcount_bits=4", "1M"]],
+    ];
+    for (const [name, opts] of cases) {
+      const q = `${dir}/q.qcow2`;
+      const b = `${dir}/b.qcow2`;
+      const size = opts.at(-1)!;
+      const r = await runPeer("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        ...opts.slice(0, -1),
+        q,
+        size,
+      ]);
+      assertEquals(r.code, 0, r.err);
+      await Deno.copyFile(q, b);
+      const theirs = await qemuIo(["-c", "info", q]);
+      const mine = await runOurIo(["-c", "info", b]);
+      assertEquals(
+        { status: mine.code, out: mask(mine.out, b), err: mask(mine.err, b) },
+        { status: theirs.code, out: mask(theirs.out, q), err: mask(theirs.err, q) },
+        name,
+      );
+    }
+  });
+});

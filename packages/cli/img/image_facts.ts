@@ -13,20 +13,6 @@ const BACKING_FORMAT_EXT = 0xe2792aca;
 const INCOMPAT_DIRTY = 1n;
 const decoder = new TextDecoder();
 
-/**
- * Whether QEMU's `bdrv_get_info` answers for `node`, which decides whether `qemu-img info`
- * shows `dirty-flag`: qcow2 and the host file protocol answer themselves; raw and filters ask
- * the child whose data they present; nbd, null-co (and our memory protocol) do not answer.
- */
-export function answersGetInfo(node: Node): boolean {
-  for (let n: Node | null = node; n; n = n.primaryChild?.node ?? null) {
-    const name = n.driver.name;
-    if (name === "qcow2" || name === "file") return true;
-    if (name !== "raw" && n.driver.kind !== "filter") return false;
-  }
-  return false;
-}
-
 /** Format facts of one image. */
 export interface ImageFacts {
   /** The cluster size, when the format has clusters. */

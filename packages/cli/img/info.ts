@@ -5,19 +5,14 @@
  * @module
  */
 
-import {
-  fullBackingFilename,
-  type Graph,
-  type Node,
-  qdictKeys,
-  refreshFilename,
-} from "@blockgraph/core";
+import { fullBackingFilename, type Graph, type Node, refreshFilename } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { sizeToStr } from "../common/format.ts";
 import { getopt } from "../common/getopt.ts";
 import type { Qcow2Snapshot } from "@blockgraph/drivers";
 import { qdictJson } from "../common/qdict_json.ts";
-import { answersGetInfo, imageFacts } from "./image_facts.ts";
+import { driverInfo, dumpFormatSpecific } from "../common/driver_info.ts";
+import { imageFacts } from "./image_facts.ts";
 import { imgError, imgErrorExit, imgOpen, imgOptionError, imgOutputFormat } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
 
@@ -83,7 +78,7 @@ export async function imageInfo(node: Node): Promise<Record<string, unknown>> {
     if (facts.backingFormat !== undefined) info["backing-filename-format"] = facts.backingFormat;
   }
   if (facts.snapshots.length > 0) info.snapshots = facts.snapshots.map(snapshotJson);
-  if (answersGetInfo(node)) info["dirty-flag"] = facts.dirty;
+  if (driverInfo(node) !== null) info["dirty-flag"] = facts.dirty;
   const specific = node.instance?.formatInfo?.();
   if (specific && Object.keys(specific).length > 0) {
     info["format-specific"] = { type: node.driver.name, data: specific };
@@ -125,23 +120,6 @@ export function snapshotRow(s: Qcow2Snapshot | null): string {
     `${date.padStart(20)}${clock.padStart(13)}${String(s.icount ?? "").padStart(11)}`;
 }
 
-/** QEMU's `dump_qdict` of format-specific data: keys with spaces, indented by four. */
-function dumpSpecific(data: Record<string, unknown>, indent: number): string {
-  let out = "";
-  // Lists print in order as `[i]:` (QEMU's dump_qlist); dicts in QEMU's hash order.
-  const list = Array.isArray(data);
-  const keys = list ? Object.keys(data) : qdictKeys(Object.keys(data));
-  for (const k of keys) {
-    const v = data[k];
-    const key = list ? `[${k}]` : k.replaceAll("-", " ");
-    if (v !== null && typeof v === "object") {
-      out += `${" ".repeat(indent)}${key}:\n` +
-        dumpSpecific(v as Record<string, unknown>, indent + 4);
-    } else out += `${" ".repeat(indent)}${key}: ${String(v)}\n`;
-  }
-  return out;
-}
-
 /** QEMU's `bdrv_image_info_dump`: the human text of one image. */
 export function humanInfo(info: Record<string, unknown>, snapshots: Qcow2Snapshot[]): string {
   const size = info["virtual-size"] as number;
@@ -169,7 +147,7 @@ export function humanInfo(info: Record<string, unknown>, snapshots: Qcow2Snapsho
     for (const s of snapshots) out += snapshotRow(s) + "\n";
   }
   const spec = info["format-specific"] as { data: Record<string, unknown> } | undefined;
-  if (spec) out += "Format specific information:\n" + dumpSpecific(spec.data, 4);
+  if (spec) out += "Format specific information:\n" + dumpFormatSpecific(spec.data, 4);
   return out;
 }
 

@@ -14,6 +14,7 @@ import {
   strerror,
 } from "@blockgraph/core";
 import { cvtstr, report } from "../common/format.ts";
+import { driverInfo, dumpFormatSpecific } from "../common/driver_info.ts";
 import {
   FAILED,
   type IoCommand,
@@ -45,33 +46,6 @@ export const lengthCommand: IoCommand = {
   },
 };
 
-/**
- * What QEMU's `bdrv_get_info` answers for `node`, or `null` where QEMU has none: raw asks its
- * file, the `file` protocol answers zeros, other protocols answer nothing, formats give
- * their cluster size.
- */
-export function driverInfo(node: Node): { clusterSize: number; vmStateOffset: number } | null {
-  if (node.driver.kind === "protocol") {
-    return node.driver.name === "file" ? { clusterSize: 0, vmStateOffset: 0 } : null;
-  }
-  if (node.driver.name === "raw") {
-    const file = node.file?.node;
-    return file ? driverInfo(file) : null;
-  }
-  const info = node.instance?.formatInfo?.();
-  const cs = info?.["cluster-size"];
-  return { clusterSize: typeof cs === "number" ? cs : 0, vmStateOffset: 0 };
-}
-
-function dumpInfo(value: unknown, indent: string): string {
-  if (typeof value !== "object" || value === null) return `${String(value)}\n`;
-  let out = "\n";
-  for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
-    out += `${indent}${k}: ${dumpInfo(v, indent + "    ").trimStart()}`;
-  }
-  return out;
-}
-
 /** `info`: format name, cluster size, VM state offset, format-specific facts. */
 export const infoCommand: IoCommand = {
   name: "info",
@@ -88,7 +62,7 @@ export const infoCommand: IoCommand = {
     s.out(`vm state offset: ${cvtstr(info.vmStateOffset)}\n`);
     const specific = node.instance?.formatInfo?.();
     if (specific && Object.keys(specific).length > 0) {
-      s.out("Format specific information:" + dumpInfo(specific, "    "));
+      s.out("Format specific information:\n" + dumpFormatSpecific(specific, 4));
     }
     return Promise.resolve(0);
   },
