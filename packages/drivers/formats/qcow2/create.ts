@@ -210,8 +210,8 @@ function setOne(block: Uint8Array, idx: number, bits: number): void {
 
 /**
  * Writes an empty image into `node` (a protocol node): header and extensions in cluster 0,
- * the refcount table from cluster 1, the refcount blocks, then a zeroed L1 table, all with
- * refcount 1.
+ * the refcount table from cluster 1, the refcount blocks, then a zeroed L1 table (none for
+ * an empty disk, as QEMU's), all with refcount 1.
  */
 export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<void> {
   const cs = p.clusterSize;
@@ -220,7 +220,7 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
   let incompatible = p.compressionType ? Incompat.COMPRESSION : 0;
   if (p.extendedL2) incompatible |= Incompat.EXTL2;
   if (p.dataFile !== undefined) incompatible |= Incompat.DATA_FILE;
-  const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / cs));
+  const l1Clusters = Math.ceil((l1Size * 8) / cs);
   const perBlock = (cs * 8) / p.refcountBits;
   let rtc = 1;
   let nb = 1;
@@ -241,7 +241,7 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
     size: p.size,
     cryptMethod: 0,
     l1Size,
-    l1TableOffset: (1 + rtc + nb) * cs,
+    l1TableOffset: l1Size === 0 ? 0 : (1 + rtc + nb) * cs,
     refcountTableOffset: cs,
     refcountTableClusters: rtc,
     nbSnapshots: 0,
@@ -268,7 +268,9 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
     const b = Math.floor(c / perBlock);
     setOne(image.subarray((1 + rtc + b) * cs, (2 + rtc + b) * cs), c % perBlock, p.refcountBits);
   }
-  await node.write(0, image);
+  // The L1 table is written as far as its entries go, as QEMU's qcow2_grow_l1_table does:
+  // the file ends right after them (a 1 GiB image: 3 clusters and 16 bytes).
+  await node.write(0, image.subarray(0, (1 + rtc + nb) * cs + l1Size * 8));
   await node.flush();
 }
 
