@@ -263,10 +263,13 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   }
 
   /**
-   * Makes whole clusters read as zeros: on version 3 with the zero flag (keeping COPIED
-   * clusters as preallocated zero clusters unless MAY_UNMAP frees them); on version 2 only
-   * where the clusters already read as zeros. Partial clusters: ENOTSUP (the generic layer
-   * writes zeros there).
+   * Makes whole clusters read as zeros: on version 3 with the zero flag, unallocated clusters
+   * too (QEMU's `zero_in_l2_slice`: only a plain zero cluster, or a preallocated one kept
+   * without MAY_UNMAP, is left as it is), and COPIED clusters stay preallocated zero clusters
+   * unless MAY_UNMAP frees them. Version 2 has no zero flag: without a backing file the
+   * clusters are discarded (they read as zeros unallocated), with one ENOTSUP (the generic
+   * layer writes zero buffers), as QEMU's `qcow2_subcluster_zeroize`. Partial clusters:
+   * ENOTSUP (the generic layer writes zeros there).
    */
   async pwriteZeroes(offset: number, bytes: number, flags: number): Promise<void> {
     this.#check(offset, bytes, true);
@@ -281,11 +284,12 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     }
     const v3 = image.header.version >= 3;
     const backing = this.#backing() !== null;
+    if (!v3 && !backing) return this.pdiscard(offset, bytes);
     // A raw data file is zeroed first and keeps its mapping.
     if (image.dataRaw) await image.data.pwriteZeroes(offset, bytes, flags & ReqFlags.MAY_UNMAP);
     await clusterOp(offset, end, async (g, hi, lo) => {
       const kind = classify(hi, lo, image.kindMode);
-      if (kind === "zero" || (kind === "unallocated" && !backing)) return;
+      if (kind === "zero") return;
       if (!v3) throw new BlockError("ENOTSUP", "qcow2 version 2 has no zero clusters");
       const copied = (hi & COPIED_HI) !== 0;
       const unmap = (flags & ReqFlags.MAY_UNMAP) !== 0 && !image.dataRaw;

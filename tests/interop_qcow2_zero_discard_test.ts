@@ -1,9 +1,11 @@
 /**
- * qcow2 discard against qemu-io: the same discards on copies of the same images (version 3
- * and 2, extended L2, each alone and over a backing file), then `qemu-img map` (allocation,
- * zero flags, depth), `compare` and `check` must agree. QEMU's rules: a discarded cluster
- * reads as zeros (a zero cluster on version 3 when it was allocated or a backing file shows
- * through), and a version 2 image with a backing file does not discard at all.
+ * qcow2 discard and write-zeroes against qemu-io: the same requests on copies of the same
+ * images (version 3 and 2, extended L2, each alone and over a backing file), then `qemu-img
+ * map` (allocation, zero flags, depth), `compare` and `check` must agree. QEMU's rules: a
+ * discarded cluster reads as zeros (a zero cluster on version 3 when it was allocated or a
+ * backing file shows through), and a version 2 image with a backing file does not discard
+ * at all; write-zeroes makes even unallocated clusters zero clusters on version 3, discards
+ * on version 2 without a backing file, and writes zero buffers on version 2 with one.
  */
 import { cmds, expect, must, run, withDir } from "./interop_qcow2_helpers.ts";
 import { runOurIo } from "./cli_run.ts";
@@ -17,7 +19,7 @@ const KINDS: [string, string[]][] = [
 const withoutOffsets = (map: string) => map.replace(/, "offset": \d+/g, "");
 
 for (const [kind, opts] of KINDS) {
-  Deno.test(`qcow2 discard matches qemu-io (${kind}, alone and over a backing file)`, async () => {
+  Deno.test(`qcow2 discard and write-zeroes match qemu-io (${kind}, alone and over a backing file)`, async () => {
     await withDir(async (dir) => {
       const base = `${dir}/base.qcow2`;
       const top = `${dir}/top.qcow2`;
@@ -37,17 +39,21 @@ for (const [kind, opts] of KINDS) {
       ]);
       await must("qemu-io", [...cmds(["write -P 2 512k 1M"]), top]);
       for (const image of [base, top]) {
-        for (const range of ["0 64k", "0 2M", "448k 128k", "4k 8k", "0 8M"]) {
+        for (
+          const op of ["0 64k", "0 2M", "448k 128k", "4k 8k", "0 8M"].flatMap((range) => [
+            `discard ${range}`,
+            `write -z ${range}`,
+            `write -z -u ${range}`,
+          ])
+        ) {
           const theirs = `${dir}/q.qcow2`;
           const ours = `${dir}/o.qcow2`;
           await Deno.copyFile(image, theirs);
           await Deno.copyFile(image, ours);
-          await must("qemu-io", ["-c", `discard ${range}`, theirs]);
-          const r = await runOurIo(["-c", `discard ${range}`, ours]);
-          expect(r.code === 0, `our discard ${range}: ${r.err}`);
-          const what = `${kind} ${
-            image === top ? "over a backing file" : "alone"
-          }, discard ${range}`;
+          await must("qemu-io", ["-c", op, theirs]);
+          const r = await runOurIo(["-c", op, ours]);
+          expect(r.code === 0, `our ${op}: ${r.err}`);
+          const what = `${kind} ${image === top ? "over a backing file" : "alone"}, ${op}`;
           const map = (p: string) => must("qemu-img", ["map", "--output=json", p]);
           expect(
             withoutOffsets(await map(ours)) === withoutOffsets(await map(theirs)),
