@@ -14,6 +14,7 @@ import {
   type Graph,
   type Node,
   pathHasProtocol,
+  ReqFlags,
 } from "@blockgraph/core";
 import type { Qcow2Instance } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
@@ -30,7 +31,9 @@ const CHUNK = 4 << 20;
 
 /**
  * Copies what `top` reads where the chain above `base` holds something into `target` (the
- * base, opened for writing).
+ * base, opened for writing), as QEMU's active commit (a mirror) does: ranges that read as
+ * zeros become write-zeroes that may unmap (a zero cluster in a qcow2 base with a backing
+ * file), the rest is read and written.
  */
 export async function copyAbove(
   top: Node,
@@ -44,12 +47,16 @@ export async function copyAbove(
   const started = performance.now();
   let copied = 0;
   for (let off = 0; off < len;) {
-    const st = await chainStatus(top, off, Math.min(len - off, CHUNK), base, false);
+    const st = await chainStatus(top, off, Math.min(len - off, CHUNK), base, true);
     const n = st.pnum;
     if (st.status & BlockStatusFlags.ALLOCATED) {
-      const view = buf.subarray(0, n);
-      await top.read(off, view);
-      await target.write(off, view);
+      if (st.status & BlockStatusFlags.ZERO) {
+        await target.pwriteZeroes(off, n, ReqFlags.MAY_UNMAP);
+      } else {
+        const view = buf.subarray(0, n);
+        await top.read(off, view);
+        await target.write(off, view);
+      }
       copied += n;
       if (rate > 0) {
         const due = copied / rate * 1000 - (performance.now() - started);
@@ -145,11 +152,13 @@ export async function imgCommit(
         return 1;
       }
     }
-    // The chain is opened read-only; the base is written through an image of its own.
+    // The chain is opened read-only; the base is written through an image of its own, with
+    // unmap on (qemu-img commit opens BDRV_O_UNMAP): zeros over allocated clusters free them.
     const writer = await imgOpen(graph, io, {
       filename: displayFilename(base),
       format: base.driver.name,
       readOnly: false,
+      unmap: true,
       cache,
     });
     if (!writer) return 1;

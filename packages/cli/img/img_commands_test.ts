@@ -81,20 +81,35 @@ Deno.test("qcow2FullSize matches qemu-img measure for 1 GiB", () => {
   assertEquals(qcow2FullSize(1 << 30, 65536, 4), 1074135040);
 });
 
-Deno.test("Progress draws qemu-img's line only on a terminal", () => {
-  const tty = captureIo([], true);
-  const p = new Progress(tty, true, 1);
-  p.print(0, 100);
-  p.print(50, 100);
-  p.print(0.5, 100);
-  p.print(49.5, 100);
-  p.end();
-  assertEquals(tty.stdout, "    (0.00/100%)\r    (50.00/100%)\r    (100.00/100%)\r\n");
-  const pipe = captureIo();
-  const q = new Progress(pipe, true, 1);
-  q.print(100, 100);
+Deno.test("Progress draws qemu-img's line on any output, and reports on SIGUSR1 without -p", async () => {
+  for (const tty of [true, false]) {
+    const io = captureIo([], tty);
+    const p = new Progress(io, true, 1);
+    p.print(0, 100);
+    p.print(50, 100);
+    p.print(0.5, 100);
+    p.print(49.5, 100);
+    p.print(10, 100);
+    p.end();
+    assertEquals(
+      io.stdout,
+      "    (0.00/100%)\r    (50.00/100%)\r    (100.00/100%)\r    (100.00/100%)\r\n",
+      `stdout a terminal: ${tty}`,
+    );
+  }
+  const quiet = captureIo();
+  const q = new Progress(quiet, false, 1);
+  q.print(10, 100);
+  Deno.kill(Deno.pid, "SIGUSR1");
+  // The signal arrives through the event loop.
+  for (let i = 0; i < 100 && quiet.stderr === ""; i++) {
+    await new Promise((r) => setTimeout(r, 5));
+    q.print(2, 100);
+  }
+  q.print(50, 100);
   q.end();
-  assertEquals(pipe.stdout, "");
+  assertEquals(quiet.stdout, "");
+  assertEquals(/^    \(\d+\.\d\d\/100%\)\n$/.test(quiet.stderr), true, quiet.stderr);
 });
 
 Deno.test("img convert, map and compare work on in-memory-sized raw images", async () => {
