@@ -130,9 +130,7 @@ export async function imgRebase(
         prog.print(0, 100);
         await copyDifferences(image.node, newBase?.node ?? null, prog);
       }
-      const opts: Record<string, string> = { backing_file: backing ?? "" };
-      if (backingFmt !== undefined) opts.backing_fmt = backingFmt;
-      else if (backing) {
+      if (backingFmt === undefined && backing) {
         // QEMU 7.2 no longer records a backing file without its format.
         imgError(
           io,
@@ -140,7 +138,7 @@ export async function imgRebase(
         );
         return 1;
       }
-      await q.amend(opts);
+      await q.changeBackingFile(backing ?? "", backingFmt);
     } catch (e) {
       imgError(
         io,

@@ -17,7 +17,7 @@ import {
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
 } from "./format.ts";
-import { serializeHeader, setBackingFormat, setDataFileName } from "./header.ts";
+import { backingFormat, serializeHeader, setBackingFormat, setDataFileName } from "./header.ts";
 import { classify } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
 import { Imrt, writeRefcountStructure } from "./rebuild.ts";
@@ -125,6 +125,15 @@ export async function amendImage(
     }
   }
   const h = image.header;
+  // QEMU 7.2 no longer changes the backing file through amend (rebase does, below).
+  const file = options.backing_file as string | undefined;
+  const fmt = options.backing_fmt as string | undefined;
+  if (
+    (file !== undefined || fmt !== undefined) &&
+    (file !== h.backingFile || fmt !== backingFormat(h))
+  ) {
+    einval("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");
+  }
   let version = h.version;
   const compat = options.compat as string | undefined;
   if (compat !== undefined) {
@@ -183,13 +192,6 @@ export async function amendImage(
     image.lazy = lazy;
     await image.writeHeader();
   }
-  if (options.backing_file !== undefined || options.backing_fmt !== undefined) {
-    const file = options.backing_file as string | undefined ?? h.backingFile;
-    if (file === undefined) einval("Backing format cannot be used without backing file");
-    h.backingFile = file;
-    setBackingFormat(h, options.backing_fmt as string | undefined);
-    await image.writeHeader();
-  }
   if (options.data_file !== undefined) {
     // Only the name changes: the new file is opened by the next open.
     setDataFileName(h, options.data_file as string);
@@ -208,4 +210,24 @@ export async function amendImage(
     // serializeHeader drops the feature name table of a v2 header.
     await image.writeHeader();
   }
+}
+
+/**
+ * Names `file` (with format `format`) as the image's backing file in its header, or removes
+ * it (`file` empty: no name, no format, offset and size 0), as QEMU's
+ * `qcow2_change_backing_file` does for `qemu-img rebase`; nothing is opened or copied.
+ */
+export async function changeBackingFile(
+  image: Qcow2Image,
+  file: string,
+  format: string | undefined,
+): Promise<void> {
+  if (!image.writable) throw new BlockError("EACCES", "Image is read-only");
+  const h = image.header;
+  if (file === "" && format !== undefined) {
+    einval("Backing format cannot be used without backing file");
+  }
+  h.backingFile = file === "" ? undefined : file;
+  setBackingFormat(h, format);
+  await image.writeHeader();
 }

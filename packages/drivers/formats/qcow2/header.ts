@@ -427,6 +427,9 @@ export function serializeHeader(h: Qcow2Header): Uint8Array {
     h.backingFileOffset = pos;
     h.backingFileSize = name.length;
   } else {
+    // No backing file: both fields are zero (a removed one must not leave its offset).
+    setU64(view, 8, 0);
+    view.setUint32(16, 0);
     h.backingFileOffset = 0;
     h.backingFileSize = 0;
   }

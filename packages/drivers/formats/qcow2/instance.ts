@@ -27,7 +27,7 @@ import {
 } from "@blockgraph/core";
 import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, hex, Incompat, ZERO_LO } from "./format.ts";
 import { dataFileName } from "./header.ts";
-import { amendImage } from "./amend.ts";
+import { amendImage, changeBackingFile } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
 import { cachedDataOffset } from "./read_fast_path.ts";
@@ -549,11 +549,20 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   }
 
   /**
-   * `qemu-img amend -o`: compat, lazy_refcounts, refcount_bits, size, backing_file and
-   * backing_fmt; any other option fails with QEMU's message.
+   * `qemu-img amend -o`: compat, lazy_refcounts, refcount_bits, size, data_file; backing_file
+   * and backing_fmt only as they are (QEMU 7.2 refuses changing them: see
+   * {@link Qcow2Instance.changeBackingFile}); any other option fails with QEMU's message.
    */
   amend(options: OptionValues): Promise<void> {
     return this.#idle(() => amendImage(this.image, options, this.#backing() !== null));
+  }
+
+  /**
+   * Names another backing file (and format) in the header, or none (`file` empty), without
+   * opening it: QEMU's `bdrv_change_backing_file`, the last step of `qemu-img rebase`.
+   */
+  changeBackingFile(file: string, format?: string): Promise<void> {
+    return this.#idle(() => changeBackingFile(this.image, file, format));
   }
 
   /** Switches between read-only and read-write (see reopen.ts). */
