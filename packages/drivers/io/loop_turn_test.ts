@@ -71,10 +71,12 @@ for (
 ) {
   Deno.test(`${name} requests completing at once let timers and sockets run`, async () => {
     const r = await flood(options, 300);
-    // Without the turns: no tick and no ping until the flood ends (measured: 0 and 1).
+    // Without the turns: no tick and no ping until the flood ends (measured: 0 and 1). With
+    // them, on a quiet machine, 30-47 ticks and 100-1500 round trips; a busy one (the whole
+    // suite beside other work on 2 cores) once gave 8 round trips, so the bar is a few.
     assert(r.reads > 10_000, `reads ${r.reads}`);
-    assert(r.ticks >= 10, `a 5 ms timer ran ${r.ticks} times in 300 ms`);
-    assert(r.pings >= 10, `a TCP ping-pong got ${r.pings} round trips in 300 ms`);
+    assert(r.ticks >= 5, `a 5 ms timer ran ${r.ticks} times in 300 ms`);
+    assert(r.pings >= 4, `a TCP ping-pong got ${r.pings} round trips in 300 ms`);
   });
 }
 
