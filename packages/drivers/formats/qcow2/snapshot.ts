@@ -56,7 +56,9 @@ export async function writeSnapshotTable(
   image.snapshotsBytes = data.length;
   mapSnapshots(image);
   if (old.bytes > 0) {
-    await image.refcounts.update(old.offset / cs, Math.ceil(old.bytes / cs), -1);
+    // Freed with a discard to the file, as QEMU's pass-discard-snapshot (on by default).
+    image.freeLater(old.offset, Math.ceil(old.bytes / cs), true);
+    await image.commitFrees();
     await image.refcounts.writeback();
   }
 }
@@ -164,11 +166,9 @@ export async function deleteSnapshot(image: Qcow2Image, key: string): Promise<vo
   const l1 = await readL1(image, sn.l1TableOffset, sn.l1Size);
   await adjustTree(image, l1, -1);
   if (sn.l1Size > 0) {
-    await image.refcounts.update(
-      sn.l1TableOffset / image.cs,
-      Math.ceil((sn.l1Size * 8) / image.cs),
-      -1,
-    );
+    // Freed with a discard to the file, as QEMU's pass-discard-snapshot (on by default).
+    image.freeLater(sn.l1TableOffset, Math.ceil((sn.l1Size * 8) / image.cs), true);
+    await image.commitFrees();
     await image.refcounts.writeback();
   }
   await adjustTree(image, activeL1(image), 0);

@@ -150,7 +150,11 @@ export async function readSnapshotTable(
   return { entries, bytes: pos - offset };
 }
 
-/** Serialises the snapshot table as QEMU writes it. */
+/**
+ * Serialises the snapshot table as QEMU writes it: each entry starts 8-byte aligned, and the
+ * table ends right after the last entry's name (QEMU's qcow2_write_snapshots writes no
+ * padding after it).
+ */
 export function serializeSnapshotTable(entries: readonly SnapshotEntry[]): Uint8Array {
   const parts: Uint8Array[] = [];
   let total = 0;
@@ -180,10 +184,16 @@ export function serializeSnapshotTable(entries: readonly SnapshotEntry[]): Uint8
     parts.push(buf);
     total += len;
   }
+  const last = entries.at(-1);
+  if (last !== undefined) {
+    const unpadded = 40 + KNOWN_EXTRA + last.unknownExtra.length +
+      encoder.encode(last.id).length + encoder.encode(last.name).length;
+    total -= parts.at(-1)!.length - unpadded;
+  }
   const out = new Uint8Array(total);
   let pos = 0;
   for (const p of parts) {
-    out.set(p, pos);
+    out.set(p.subarray(0, Math.min(p.length, total - pos)), pos);
     pos += p.length;
   }
   return out;
