@@ -17,7 +17,7 @@ import {
 } from "@blockgraph/core";
 import { BufferPool } from "../io/buffer_pool.ts";
 import type { IoEngine } from "../io/engine.ts";
-import { lastErrno, libc, SEEK } from "../io/libc.ts";
+import { lastErrno, libc, SEEK, viewAddress } from "../io/libc.ts";
 import type { HostFiles } from "../io/posix_file.ts";
 import { IoVector } from "@blockgraph/core";
 
@@ -108,6 +108,28 @@ async function writeZeros(engine: IoEngine, fd: number, from: number, to: number
 }
 
 /**
+ * Writes zeros over the first block of a file just grown from empty to `size` bytes (512
+ * bytes when it is smaller than 4 KiB, else 4 KiB), as QEMU's `allocate_first_block`: a
+ * file's first block is then allocated, so an O_DIRECT alignment probe of it reads real
+ * data, and `qemu-img map` shows the block as data as it does for qemu-img's raw images.
+ * Failures are ignored, as QEMU ignores them (it only helps later probes).
+ */
+function allocateFirstBlock(fd: number, size: number): void {
+  try {
+    const n = size < 4096 ? 512 : 4096;
+    const zeros = new Uint8Array(n);
+    const iov = new Uint8Array(16);
+    const v = new DataView(iov.buffer);
+    v.setBigUint64(0, BigInt(viewAddress(zeros)), true);
+    v.setBigUint64(8, BigInt(n), true);
+    // Deno takes numbers for i64 parameters (its types say bigint only).
+    libc().pwritev(fd, viewAddress(iov) as unknown as bigint, 1, 0 as unknown as bigint);
+  } catch {
+    // No FFI here: the block stays a hole.
+  }
+}
+
+/**
  * Resizes the open file `fd` (opened through `files`) from `current` to `size` bytes,
  * filling the grown part as `prealloc` says: `falloc` with `posix_fallocate` (run on a pool
  * thread; it returns its error), `full` by writing zeros through `engine` (which `fd` must
@@ -132,7 +154,11 @@ export async function resizeFile(
   } catch (e) {
     throw sysError(e, "Could not resize file");
   }
-  if (prealloc === "off" || size === current) return;
+  if (prealloc === "off") {
+    if (current === 0 && size > 0) allocateFirstBlock(fd, size);
+    return;
+  }
+  if (size === current) return;
   try {
     if (prealloc === "falloc") {
       const rc = await libc().posix_fallocate(fd, BigInt(current), BigInt(size - current));
