@@ -106,6 +106,8 @@ const CASES: string[][] = [
   ["measure", "-O", "qcow2", "bm.qcow2"],
   ["measure", "--output=json", "-O", "qcow2", "-o", "cluster_size=512", "bm.qcow2"],
   ["measure", "-O", "qcow2", "-o", "compat=0.10", "bm.qcow2"],
+  ["measure", "-O", "qcow2", "-o", "preallocation=full", "flat.raw"],
+  ["measure", "-O", "qcow2", "-o", "preallocation=falloc", "top.qcow2"],
   ["resize", "base.qcow2", "-1M"],
   ["resize", "-f", "raw", "flat.raw", "+1M"],
   ["snapshot", "-l", "snap.qcow2"],

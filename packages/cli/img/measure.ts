@@ -178,6 +178,8 @@ export async function imgMeasure(
     );
     return 1;
   }
+  // QEMU's qcow2_measure: full and falloc preallocation count every cluster as data.
+  const prealloc = opts.preallocation === "full" || opts.preallocation === "falloc";
   let info: Record<string, number>;
   if (filename !== undefined) {
     const image = await imgOpen(graph, io, {
@@ -194,7 +196,7 @@ export async function imgMeasure(
       else {
         const virt = up(len, cs);
         const full = qcow2FullSize(virt, cs, order, extendedL2);
-        const required = opts.backing_file ? virt : await dataBytes(image.node, cs);
+        const required = opts.backing_file || prealloc ? virt : await dataBytes(image.node, cs);
         info = { required: full - virt + required, "fully-allocated": full };
         // Bitmaps only when both the source and the target format could store them.
         const v2 = opts.compat === "0.10" || opts.compat === "v2";
@@ -211,7 +213,6 @@ export async function imgMeasure(
   } else {
     const virt = up(size!, cs);
     const full = qcow2FullSize(virt, cs, order, extendedL2);
-    const prealloc = opts.preallocation === "full" || opts.preallocation === "falloc";
     info = { required: full - virt + (prealloc ? virt : 0), "fully-allocated": full };
   }
   if (fmtOut === "json") io.out(qdictJson(info));
