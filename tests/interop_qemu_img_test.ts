@@ -253,3 +253,48 @@ Deno.test("img commit empties a qcow2 top as qemu-img commit does", async () => 
     for (const dir of dirs) await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("img convert -l reads an internal snapshot as qemu-img convert -l does", async () => {
+  await ensurePeers(["qemu-img", "qemu-io"]);
+  const dir = await Deno.makeTempDir();
+  try {
+    const q = (args: string[]) => runPeer("qemu-img", args, { cwd: dir });
+    await q(["create", "-q", "-f", "qcow2", "s.qcow2", "16M"]);
+    await runPeer("qemu-io", ["-c", "write -P 1 0 1M", "-c", "write -P 3 8M 64k", "s.qcow2"], {
+      cwd: dir,
+    });
+    await q(["snapshot", "-c", "small", "s.qcow2"]);
+    // After the snapshot: a bigger disk (the snapshot's L1 table is shorter) and new data.
+    await q(["resize", "-q", "s.qcow2", "32M"]);
+    await runPeer("qemu-io", ["-c", "write -P 2 0 512k", "-c", "write -P 4 20M 1M", "s.qcow2"], {
+      cwd: dir,
+    });
+    for (
+      const l of [
+        "snapshot.name=small",
+        "snapshot.id=1",
+        "snapshot.id=1,snapshot.name=small",
+        "small",
+        "1",
+        "nope",
+        "snapshot.id=1,snapshot.name=nope",
+        "snapshot.bogus=1",
+      ]
+    ) {
+      for (const fmt of ["raw", "qcow2"]) {
+        const theirs = await q(["convert", "-O", fmt, "-l", l, "s.qcow2", `q.${fmt}`]);
+        const mine = await runOurImg(["convert", "-O", fmt, "-l", l, "s.qcow2", `o.${fmt}`], dir);
+        assertEquals({ l, fmt, ...mine }, { l, fmt, ...theirs });
+        if (theirs.code !== 0) continue;
+        const cmp = await q(["compare", "-f", fmt, "-F", fmt, `q.${fmt}`, `o.${fmt}`]);
+        assertEquals([l, fmt, cmp.code, cmp.out], [l, fmt, 0, "Images are identical.\n"]);
+        const map = async (p: string) => (await q(["map", "--output=json", "-f", fmt, p])).out;
+        assertEquals([l, fmt, await map(`o.${fmt}`)], [l, fmt, await map(`q.${fmt}`)]);
+        await Deno.remove(`${dir}/q.${fmt}`);
+        await Deno.remove(`${dir}/o.${fmt}`);
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

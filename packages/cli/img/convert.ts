@@ -18,7 +18,7 @@ import { createImage } from "./create.ts";
 import { accumulateOptions, createOptionsHelp, hasHelpOption } from "./img_options.ts";
 import { imgCvtnum, imgError, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
-import { imageFacts, supportsPersistentBitmaps } from "./image_facts.ts";
+import { imageFacts, qcow2Of, supportsPersistentBitmaps } from "./image_facts.ts";
 import { checkSourceBitmaps, copyBitmaps } from "./convert_bitmaps.ts";
 import { Progress } from "./progress.ts";
 
@@ -45,7 +45,7 @@ interface ConvertArgs {
   targetIsZero: boolean;
   imageOpts: boolean;
   targetImageOpts: boolean;
-  snapshot?: string;
+  snapshot?: SnapshotSpec;
   bitmaps: boolean;
   skipBrokenBitmaps: boolean;
 }
@@ -116,7 +116,23 @@ function parseArgs(
         break;
       }
       case "l":
-        a.snapshot = v;
+        // QEMU: `snapshot.id=...,snapshot.name=...` options, or a legacy ID-or-name.
+        if (v.startsWith("snapshot.")) {
+          const parsed = parseQemuOpts(v);
+          for (const w of parsed.warnings) imgError(io, w);
+          const bad = Object.keys(parsed.values).find(
+            (k) => k !== "snapshot.id" && k !== "snapshot.name",
+          );
+          if (bad !== undefined) {
+            imgError(io, `Invalid parameter '${bad}'`);
+            imgError(io, `Failed in parsing snapshot param '${v}'`);
+            return 1;
+          }
+          a.snapshot = {
+            id: parsed.values["snapshot.id"],
+            name: parsed.values["snapshot.name"],
+          };
+        } else a.snapshot = { idOrName: v };
         break;
       case "S": {
         const n = imgCvtnum(io, "buffer size for sparse output", v);
@@ -230,6 +246,53 @@ function parseArgs(
   return { a, files: r.operands };
 }
 
+/** What `-l` names: QEMU's snapshot options, or a legacy snapshot ID-or-name. */
+type SnapshotSpec = { id?: string | undefined; name?: string | undefined } | {
+  idOrName: string;
+};
+
+/**
+ * Loads the `-l` snapshot into the first source, as qemu-img convert (QEMU's
+ * `bdrv_snapshot_load_tmp`, or `..._by_id_or_name`: the ID first, then the name); the
+ * message to fail with, or null.
+ */
+async function loadSnapshot(
+  sources: readonly OpenedImage[],
+  spec: SnapshotSpec,
+): Promise<string | null> {
+  if ("idOrName" in spec && sources.length > 1) {
+    return "No support for concatenating multiple snapshot";
+  }
+  const node = sources[0]!.node;
+  const q = qcow2Of(node);
+  const load = async (id: string | undefined, name: string | undefined) => {
+    if (id === undefined && name === undefined) {
+      throw new BlockError("EINVAL", "snapshot_id and name are both NULL");
+    }
+    if (!q) {
+      throw new BlockError(
+        "ENOTSUP",
+        `Block format '${node.driver.name}' used by device '' does not support temporarily ` +
+          "loading internal snapshots",
+      );
+    }
+    await q.snapshotLoadTemporarily(id, name);
+  };
+  try {
+    if ("idOrName" in spec) {
+      try {
+        await load(spec.idOrName, undefined);
+      } catch (e) {
+        if (!(e instanceof BlockError) || e.code !== "ENOENT") throw e;
+        await load(undefined, spec.idOrName);
+      }
+    } else await load(spec.id, spec.name);
+    return null;
+  } catch (e) {
+    return `Failed to load snapshot: ${BlockError.from(e).message}`;
+  }
+}
+
 /** Runs `img convert` with `args` (after `convert`); returns the exit status. */
 export async function imgConvert(
   graph: Graph,
@@ -257,13 +320,11 @@ export async function imgConvert(
       sources.push(img);
     }
     if (a.snapshot !== undefined) {
-      const fmtName = sources[0]!.node.driver.name;
-      imgError(
-        io,
-        `Failed to load snapshot: Block format '${fmtName}' used by device '' does not ` +
-          "support temporarily loading internal snapshots",
-      );
-      return 1;
+      const failure = await loadSnapshot(sources, a.snapshot);
+      if (failure !== null) {
+        imgError(io, failure);
+        return 1;
+      }
     }
     // With --target-image-opts and no -O, the target's own options name its driver (qemu-img
     // only needs the format to create the target, and -n skips that).

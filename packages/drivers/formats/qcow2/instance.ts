@@ -48,7 +48,12 @@ import {
 import { makeEmptyImage } from "./make_empty.ts";
 import { prepareReopen } from "./reopen.ts";
 import { truncateImage } from "./resize.ts";
-import { applySnapshot, createSnapshot, deleteSnapshot } from "./snapshot.ts";
+import {
+  applySnapshot,
+  createSnapshot,
+  deleteSnapshot,
+  loadSnapshotTemporarily,
+} from "./snapshot.ts";
 import { type Qcow2Snapshot, snapshotInfo } from "./snapshot_table.ts";
 
 /** QEMU's answer to internal snapshots with an external data file (-ENOTSUP). */
@@ -535,6 +540,15 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   snapshotCreate(name: string): Promise<void> {
     if (this.image.external) return Promise.reject(noSnapshots());
     return this.#idle(() => createSnapshot(this.image, name));
+  }
+
+  /**
+   * Reads the internal snapshot `id` and/or `name` from now on, on a read-only node (QEMU's
+   * `bdrv_snapshot_load_tmp`, `qemu-img convert -l`): its L1 table replaces the active one
+   * in memory; nothing is written. Errors: "Device is not readonly", "Can't find snapshot".
+   */
+  snapshotLoadTemporarily(id: string | undefined, name: string | undefined): Promise<void> {
+    return this.#idle(() => loadSnapshotTemporarily(this.image, id, name));
   }
 
   /** Reverts the disk to a snapshot, by ID or name (`qemu-img snapshot -a`). */

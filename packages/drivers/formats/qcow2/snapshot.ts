@@ -12,7 +12,8 @@
  */
 
 import { BlockError } from "@blockgraph/core";
-import { MAX_SNAPSHOTS, setU64, viewOf } from "./format.ts";
+import { MAX_L1_BYTES, MAX_SNAPSHOTS, setU64, viewOf } from "./format.ts";
+import { validateTable } from "./header.ts";
 import type { Qcow2Image } from "./image.ts";
 import { growL1, truncateImage } from "./resize.ts";
 import { findSnapshot, serializeSnapshotTable, type SnapshotEntry } from "./snapshot_table.ts";
@@ -173,4 +174,43 @@ export async function deleteSnapshot(image: Qcow2Image, key: string): Promise<vo
   }
   await adjustTree(image, activeL1(image), 0);
   await writeActiveL1(image);
+}
+
+/**
+ * The snapshot `id` and `name` pick (both given: one snapshot must have both), QEMU's
+ * `find_snapshot_by_id_and_name`; -1 when none does.
+ */
+export function findSnapshotByIdAndName(
+  entries: readonly SnapshotEntry[],
+  id: string | undefined,
+  name: string | undefined,
+): number {
+  return entries.findIndex((e) =>
+    (id === undefined || e.id === id) && (name === undefined || e.name === name)
+  );
+}
+
+/**
+ * QEMU's `qcow2_snapshot_load_tmp`: a read-only image reads what the snapshot `id`/`name`
+ * holds from now on (its L1 table replaces the active one in memory; the disk size stays).
+ * Nothing is written: the image must be read-only.
+ */
+export async function loadSnapshotTemporarily(
+  image: Qcow2Image,
+  id: string | undefined,
+  name: string | undefined,
+): Promise<void> {
+  if (image.writable) throw new BlockError("EINVAL", "Device is not readonly");
+  if (id === undefined && name === undefined) {
+    throw new BlockError("EINVAL", "snapshot_id and name are both NULL");
+  }
+  const idx = findSnapshotByIdAndName(image.snapshots, id, name);
+  if (idx < 0) throw new BlockError("ENOENT", "Can't find snapshot");
+  const sn = image.snapshots[idx]!;
+  validateTable(sn.l1TableOffset, sn.l1Size, 8, MAX_L1_BYTES, image.cs, "Snapshot L1 table");
+  const l1 = await readL1(image, sn.l1TableOffset, sn.l1Size);
+  image.l1.length = 0;
+  image.l1.push(...l1.offsets);
+  image.l1Copied.length = 0;
+  image.l1Copied.push(...l1.offsets.map(() => false));
 }
