@@ -15,7 +15,8 @@ import type { Qcow2Image } from "./image.ts";
  */
 export function allocDataCached(image: Qcow2Image, g: number, count: number): number | null {
   if (image.external) return g * image.cs;
-  return image.lock.held ? null : image.refcounts.allocCached(count);
+  // Not past an allocation waiting for the lock: clusters go out in request order.
+  return image.lock.busy ? null : image.refcounts.allocCached(count);
 }
 
 /** Host clusters for the `count` guest clusters from `g`. Call with `lock` free. */

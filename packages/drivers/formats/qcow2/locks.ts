@@ -11,10 +11,20 @@
 export class Mutex {
   #tail: Promise<void> = Promise.resolve();
   #held = false;
+  #waiting = 0;
 
   /** Whether the mutex is held. */
   get held(): boolean {
     return this.#held;
+  }
+
+  /**
+   * Whether the mutex is held or anyone waits for it (between one holder's release and the
+   * next one's start, `held` is false while a waiter is already due): a fast path that must
+   * not overtake the waiters (allocating clusters in request order) checks this.
+   */
+  get busy(): boolean {
+    return this.#held || this.#waiting > 0;
   }
 
   /** Runs `fn` holding the mutex; waiters run in arrival order. */
@@ -23,7 +33,9 @@ export class Mutex {
     const next = new Promise<void>((r) => (release = r));
     const prev = this.#tail;
     this.#tail = next;
+    this.#waiting++;
     await prev;
+    this.#waiting--;
     this.#held = true;
     try {
       return await fn();
