@@ -10,6 +10,7 @@
 import { BlockError, type Graph } from "@blockgraph/core";
 import type { Qcow2CheckResult, Qcow2RepairMode } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
+import { fixed } from "../common/format.ts";
 import { getopt } from "../common/getopt.ts";
 import { parseCacheMode } from "../common/open_image.ts";
 import { qdictJson } from "../common/qdict_json.ts";
@@ -26,7 +27,7 @@ export interface Checkable {
 const REPAIR_MARK = "The following inconsistencies were found and repaired:";
 const REPAIR_END = "Double checking the fixed image now...";
 
-const pct = (a: number, b: number) => (a * 100 / b).toFixed(2);
+const pct = (a: number, b: number) => fixed(a * 100 / b, 2);
 
 /** qemu-img's `dump_human_image_check`. */
 export function humanCheck(c: Qcow2CheckResult): string {

@@ -173,3 +173,17 @@ Deno.test("img info shows dirty-flag only where QEMU's bdrv_get_info answers", a
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("reportCheck rounds percentages as glibc's %0.2f (ties to even)", () => {
+  const io = captureIo();
+  // 1 of 32 allocated clusters fragmented: 3.125% exactly, which C prints as 3.12.
+  reportCheck(
+    io,
+    result({ "allocated-clusters": 32, "fragmented-clusters": 1, "total-clusters": 256 }),
+    "human",
+    false,
+    "a",
+    "qcow2",
+  );
+  assertEquals(io.stdout.includes("32/256 = 12.50% allocated, 3.12% fragmented"), true, io.stdout);
+});

@@ -9,6 +9,7 @@
  */
 
 import type { CliIo } from "../common/cli_io.ts";
+import { fixed } from "../common/format.ts";
 
 /** QEMU's `qemu_progress_*` state. */
 export class Progress {
@@ -50,10 +51,10 @@ export class Progress {
     this.#current = current;
     if (current > this.#lastPrint + this.#minSkip || current === 100 || current === 0) {
       this.#lastPrint = current;
-      if (this.#enabled) this.#io.out(`    (${current.toFixed(2)}/100%)\r`);
+      if (this.#enabled) this.#io.out(`    (${fixed(current, 2)}/100%)\r`);
       else if (this.#pending) {
         this.#pending = false;
-        this.#io.err(`    (${current.toFixed(2)}/100%)\n`);
+        this.#io.err(`    (${fixed(current, 2)}/100%)\n`);
       }
     }
   }
