@@ -31,6 +31,7 @@ import { strtol0 } from "../io/command.ts";
 import { type BenchParams, BenchRequestError, type BenchResult, runBench } from "./bench_loop.ts";
 import { imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
+import { fixed } from "../common/format.ts";
 
 const INT_MAX = 2 ** 31 - 1;
 const INT64_MAX = (1n << 63n) - 1n;
@@ -250,7 +251,7 @@ export function benchHeader(o: BenchParams): string {
 
 /** qemu-img bench's closing line: `Run completed in 1.234 seconds.` */
 export function benchSummary(seconds: number): string {
-  return `Run completed in ${seconds.toFixed(3)} seconds.\n`;
+  return `Run completed in ${fixed(seconds, 3)} seconds.\n`;
 }
 
 /** How late an interval timer fired while a run was in progress. */
