@@ -109,7 +109,7 @@ Deno.test("Progress draws qemu-img's line on any output, and reports on SIGUSR1 
   q.print(50, 100);
   q.end();
   assertEquals(quiet.stdout, "");
-  assertEquals(/^    \(\d+\.\d\d\/100%\)\n$/.test(quiet.stderr), true, quiet.stderr);
+  assertEquals(/^ {4}\(\d+\.\d\d\/100%\)\n$/.test(quiet.stderr), true, quiet.stderr);
 });
 
 Deno.test("img convert, map and compare work on in-memory-sized raw images", async () => {
