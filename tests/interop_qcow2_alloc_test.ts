@@ -16,6 +16,7 @@ import {
   withImage,
   writeBytes,
 } from "./interop_qcow2_helpers.ts";
+import { qemuCreateQcow2 } from "./peer_run.ts";
 
 for (const aio of ["io_uring", "threads"]) {
   Deno.test(`qcow2 allocating write into a reused cluster leaves zeros around the data (aio=${aio})`, async () => {
@@ -71,18 +72,7 @@ for (const cluster of [65536, 4096]) {
       ];
       const theirs = `${dir}/q.qcow2`;
       const ours = `${dir}/o.qcow2`;
-      for (const p of [theirs, ours]) {
-        await must("qemu-img", [
-          "create",
-          "-q",
-          "-f",
-          "qcow2",
-          "-o",
-          `cluster_size=${cluster}`,
-          p,
-          "16M",
-        ]);
-      }
+      for (const p of [theirs, ours]) await qemuCreateQcow2(p, "16M", `cluster_size=${cluster}`);
       await must("qemu-io", [
         ...cmds(writes.map(([o, n, v]) => `write -P ${v} ${o} ${n}`)),
         theirs,
