@@ -14,27 +14,6 @@ import { TestQmpClient } from "../packages/cli/daemon/testing_qmp_client.ts";
 import { ensurePeers } from "./peers.ts";
 import { mustPeer, spawnPeer } from "./peer_run.ts";
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Connects to a QMP socket, retrying while the server is between bind and listen. */
-async function connect(sock: string): Promise<TestQmpClient> {
-  for (let attempt = 1;; attempt++) {
-    try {
-      return await TestQmpClient.connect(sock);
-    } catch (e) {
-      if (attempt >= 50) throw e;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-}
-
 /** The blockdev-adds, in order, on images in `dir`. */
 function blockdevs(dir: string): Record<string, unknown>[] {
   const ro = { "read-only": true };
@@ -88,10 +67,10 @@ Deno.test("query-named-block-nodes names nodes as qemu-storage-daemon does, json
       `socket,id=m,path=${sock},server=on,wait=off`,
       "--monitor",
       "chardev=m",
-    ], () => exists(sock));
+    ], () => TestQmpClient.socketExists(sock));
     let theirs: unknown[];
     try {
-      const q = await connect(sock);
+      const q = await TestQmpClient.connectRetrying(sock);
       theirs = await names(q, dir);
       await q.close();
     } finally {

@@ -13,8 +13,8 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { runOurImg, runOurIo } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
-import { freePort, listening, type PeerResult, runPeer, spawnPeer } from "./peer_run.ts";
-import { makeTestPki, type TestPki } from "./tls_certs.ts";
+import { type PeerResult, runPeer } from "./peer_run.ts";
+import { makeTestPki, spawnTlsQemuNbd, type TestPki } from "./tls_certs.ts";
 
 const SIZE = 4 << 20;
 const MIB = 1 << 20;
@@ -32,23 +32,7 @@ async function withTlsQemuNbd(
   const image = new Uint8Array(SIZE);
   image.fill(0x5a, 0, MIB);
   await Deno.writeFile(`${dir}/disk.raw`, image);
-  const port = freePort();
-  const qnbd = await spawnPeer("qemu-nbd", [
-    "--object",
-    `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.dir}`,
-    "--tls-creds",
-    "tls0",
-    "-f",
-    "raw",
-    "-b",
-    "127.0.0.1",
-    "-p",
-    String(port),
-    "-x",
-    "disk",
-    "-t",
-    `${dir}/disk.raw`,
-  ], () => listening(port));
+  const { port, server: qnbd } = await spawnTlsQemuNbd(pki, `${dir}/disk.raw`);
   try {
     await fn({ port, pki, dir, image });
   } finally {

@@ -10,8 +10,8 @@ import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/dri
 import { loadX509Creds } from "@blockgraph/drivers/nbd";
 import { NbdServer } from "@blockgraph/devices";
 import { ensurePeers } from "./peers.ts";
-import { freePort, listening, runPeer, spawnPeer } from "./peer_run.ts";
-import { makeTestPki, type TestPki } from "./tls_certs.ts";
+import { runPeer } from "./peer_run.ts";
+import { makeTestPki, spawnTlsQemuNbd, type TestPki } from "./tls_certs.ts";
 
 const SIZE = 4 << 20;
 
@@ -143,23 +143,7 @@ Deno.test("nbd driver over TLS against qemu-nbd --tls-creds", async () => {
   const image = `${dir}/disk.raw`;
   const data = pattern(SIZE, 9);
   await Deno.writeFile(image, data);
-  const port = freePort();
-  const qnbd = await spawnPeer("qemu-nbd", [
-    "--object",
-    `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.dir}`,
-    "--tls-creds",
-    "tls0",
-    "-f",
-    "raw",
-    "-b",
-    "127.0.0.1",
-    "-p",
-    String(port),
-    "-x",
-    "disk",
-    "-t",
-    image,
-  ], () => listening(port));
+  const { port, server: qnbd } = await spawnTlsQemuNbd(pki, image);
   const graph = new Graph({ registry: defaultRegistry() });
   try {
     const node = await graph.open({

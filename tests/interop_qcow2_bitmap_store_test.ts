@@ -224,33 +224,6 @@ async function session(
   await q.ok("blockdev-del", { "node-name": "q0" });
 }
 
-/** Whether the unix socket file exists (without connecting: see {@link connectQmp}). */
-async function socketExists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Connects to qemu-storage-daemon's QMP socket. Its monitor serves one client at a time, so
- * a readiness probe that connects races with the real client (which then saw the connection
- * closed, now and then); instead the socket file is awaited and the first connections, made
- * in the moment between bind and listen, are retried.
- */
-async function connectQmp(sock: string): Promise<TestQmpClient> {
-  for (let attempt = 1;; attempt++) {
-    try {
-      return await TestQmpClient.connect(sock);
-    } catch (e) {
-      if (attempt >= 50) throw e;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-}
-
 Deno.test("qcow2 bitmaps added in one session are stored newest first, as QEMU does", async () => {
   await ensurePeers(["qemu-storage-daemon"]);
   await withDirs(async (a, b) => {
@@ -264,9 +237,9 @@ Deno.test("qcow2 bitmaps added in one session are stored newest first, as QEMU d
         `socket,id=m,path=${sock},server=on,wait=off`,
         "--monitor",
         "chardev=m",
-      ], () => socketExists(sock));
+      ], () => TestQmpClient.socketExists(sock));
       try {
-        const q = await connectQmp(sock);
+        const q = await TestQmpClient.connectRetrying(sock);
         await session(q, `${a}/o.qcow2`, steps);
         await q.close();
       } finally {

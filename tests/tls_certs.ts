@@ -7,6 +7,7 @@
  */
 
 import { ensurePeers } from "./peers.ts";
+import { freePort, listening, type PeerServer, spawnPeer } from "./peer_run.ts";
 
 /** A directory of test credentials. */
 export interface TestPki {
@@ -178,4 +179,32 @@ export async function makeClientCreds(
     "client.ext",
   ]);
   return dir;
+}
+
+/**
+ * Starts `qemu-nbd` serving the raw `image` read-write as export `disk` over TLS with the
+ * server credentials of `pki`, on 127.0.0.1 at a free port; resolves once it listens.
+ */
+export async function spawnTlsQemuNbd(
+  pki: TestPki,
+  image: string,
+): Promise<{ port: number; server: PeerServer }> {
+  const port = freePort();
+  const server = await spawnPeer("qemu-nbd", [
+    "--object",
+    `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.dir}`,
+    "--tls-creds",
+    "tls0",
+    "-f",
+    "raw",
+    "-b",
+    "127.0.0.1",
+    "-p",
+    String(port),
+    "-x",
+    "disk",
+    "-t",
+    image,
+  ], () => listening(port));
+  return { port, server };
 }

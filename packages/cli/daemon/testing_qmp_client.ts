@@ -39,6 +39,34 @@ export class TestQmpClient {
     return c;
   }
 
+  /**
+   * Whether the monitor's socket file exists, without connecting (qemu-storage-daemon's
+   * monitor serves one client at a time: a probe that connects races with the real client).
+   */
+  static async socketExists(path: string): Promise<boolean> {
+    try {
+      await Deno.lstat(path);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * {@link TestQmpClient.connect}, retrying for about a second: the socket file exists
+   * between the server's bind and its listen, when a connection is refused.
+   */
+  static async connectRetrying(path: string): Promise<TestQmpClient> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await TestQmpClient.connect(path);
+      } catch (e) {
+        if (attempt >= 50) throw e;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+  }
+
   async #read(): Promise<void> {
     const buf = new Uint8Array(65536);
     try {
