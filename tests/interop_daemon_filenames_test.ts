@@ -9,10 +9,10 @@
  */
 
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { addMonitor, createDaemon } from "../packages/cli/daemon/run_daemon.ts";
-import { TestQmpClient } from "../packages/cli/daemon/testing_qmp_client.ts";
+import type { TestQmpClient } from "../packages/cli/daemon/testing_qmp_client.ts";
 import { ensurePeers } from "./peers.ts";
-import { mustPeer, spawnPeer } from "./peer_run.ts";
+import { mustPeer } from "./peer_run.ts";
+import { ourDaemonSession, qsdSession } from "./qmp_sessions.ts";
 
 /** The blockdev-adds, in order, on images in `dir`. */
 function blockdevs(dir: string): Record<string, unknown>[] {
@@ -61,31 +61,9 @@ Deno.test("query-named-block-nodes names nodes as qemu-storage-daemon does, json
       "raw",
       `${dir}/top.qcow2`,
     ]);
-    const sock = `${dir}/qsd.sock`;
-    const qsd = await spawnPeer("qemu-storage-daemon", [
-      "--chardev",
-      `socket,id=m,path=${sock},server=on,wait=off`,
-      "--monitor",
-      "chardev=m",
-    ], () => TestQmpClient.socketExists(sock));
-    let theirs: unknown[];
-    try {
-      const q = await TestQmpClient.connectRetrying(sock);
-      theirs = await names(q, dir);
-      await q.close();
-    } finally {
-      await qsd.stop();
-    }
-    const daemon = createDaemon();
-    addMonitor(daemon, `${dir}/qmp.sock`);
-    try {
-      const q = await TestQmpClient.connect(`${dir}/qmp.sock`);
-      const mine = await names(q, dir);
-      await q.close();
-      assertEquals(mine, theirs);
-    } finally {
-      await daemon.shutdown();
-    }
+    const theirs = await qsdSession(`${dir}/qsd.sock`, (q) => names(q, dir));
+    const mine = await ourDaemonSession(`${dir}/qmp.sock`, (q) => names(q, dir));
+    assertEquals(mine, theirs);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -15,10 +15,10 @@ import { deepStrictEqual as assertEquals } from "node:assert";
 import { captureIo, runImg, runIo } from "@blockgraph/cli";
 import { Graph } from "@blockgraph/core";
 import { defaultRegistry } from "@blockgraph/drivers";
-import { addMonitor, createDaemon } from "../packages/cli/daemon/run_daemon.ts";
-import { TestQmpClient } from "../packages/cli/daemon/testing_qmp_client.ts";
+import type { TestQmpClient } from "../packages/cli/daemon/testing_qmp_client.ts";
 import { ensurePeers } from "./peers.ts";
-import { mustPeer, qemuCreateQcow2, runPeer, spawnPeer } from "./peer_run.ts";
+import { mustPeer, qemuCreateQcow2, runPeer } from "./peer_run.ts";
+import { ourDaemonSession, qsdSession } from "./qmp_sessions.ts";
 
 /** `blockgraph img ...` in process: exit status and standard error. */
 async function img(args: string[]): Promise<{ status: number; err: string }> {
@@ -231,29 +231,8 @@ Deno.test("qcow2 bitmaps added in one session are stored newest first, as QEMU d
     await mustPeer("qemu-img", ["bitmap", "--add", `${a}/o.qcow2`, "old"]);
     await Deno.copyFile(`${a}/o.qcow2`, `${b}/o.qcow2`);
     for (const [i, steps] of SESSIONS.entries()) {
-      const sock = `${a}/qsd.sock`;
-      const qsd = await spawnPeer("qemu-storage-daemon", [
-        "--chardev",
-        `socket,id=m,path=${sock},server=on,wait=off`,
-        "--monitor",
-        "chardev=m",
-      ], () => TestQmpClient.socketExists(sock));
-      try {
-        const q = await TestQmpClient.connectRetrying(sock);
-        await session(q, `${a}/o.qcow2`, steps);
-        await q.close();
-      } finally {
-        await qsd.stop();
-      }
-      const daemon = createDaemon();
-      addMonitor(daemon, `${b}/qmp.sock`);
-      try {
-        const q = await TestQmpClient.connect(`${b}/qmp.sock`);
-        await session(q, `${b}/o.qcow2`, steps);
-        await q.close();
-      } finally {
-        await daemon.shutdown();
-      }
+      await qsdSession(`${a}/qsd.sock`, (q) => session(q, `${a}/o.qcow2`, steps));
+      await ourDaemonSession(`${b}/qmp.sock`, (q) => session(q, `${b}/o.qcow2`, steps));
       assertEquals(
         { session: i, ...(await describe(`${b}/o.qcow2`) as object) },
         { session: i, ...(await describe(`${a}/o.qcow2`) as object) },
