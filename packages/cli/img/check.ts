@@ -100,6 +100,11 @@ export function reportCheck(
     } else io.err(line + "\n");
     if (line === REPAIR_END) toStdout = false;
   }
+  if (c.failure !== undefined) {
+    // qemu-img prints no summary when the check itself failed.
+    imgError(io, `Check failed: ${c.failure}`);
+    return 1;
+  }
   if (output === "json") io.out(qdictJson(checkJson(filename, format, c)));
   else if (!quiet) io.out(humanCheck(c));
   if (c["check-errors"]) {

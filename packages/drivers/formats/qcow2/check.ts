@@ -48,6 +48,12 @@ export interface Qcow2CheckResult {
   /** Of those, compressed clusters. */
   "compressed-clusters": number;
   /**
+   * Set when the check itself failed (QEMU's `bdrv_check` returning an error, such as
+   * refcount structures that need a rebuild under `-r leaks`): the error's text. qemu-img
+   * then prints the check's lines and "Check failed: " with it, and no summary.
+   */
+  failure?: string;
+  /**
    * The lines qemu-img prints, in its order: the check's own lines (stderr), and after a
    * repair "The following inconsistencies were found and repaired:", a blank line, the two
    * counts, a blank line and "Double checking the fixed image now..." (stdout), then the
@@ -104,6 +110,8 @@ class Pass {
   res: Counts = zeroCounts();
   imrt: Imrt;
   rebuild = false;
+  /** Why the check itself failed (QEMU's check returning an error), or null. */
+  failure: string | null = null;
   highest = 0;
 
   constructor(image: Qcow2Image, msgs: string[]) {
@@ -501,8 +509,10 @@ async function checkRefcounts(image: Qcow2Image, fix: Fix, msgs: string[]): Prom
     p.res.leaks += fresh;
   } else if (fix.leaks || fix.errors) {
     if (p.rebuild) {
+      // QEMU's qcow2_check_refcounts fails the check here (-EIO): no summary follows.
       msgs.push("ERROR need to rebuild refcount structures");
       p.res.checkErrors++;
+      p.failure = "Input/output error";
       return p;
     }
     if (p.res.leaks || p.res.corruptions) {
@@ -551,6 +561,7 @@ export async function checkOnce(
     "allocated-clusters": r.allocated,
     "fragmented-clusters": r.fragmented,
     "compressed-clusters": r.compressed,
+    ...(p.failure !== null ? { failure: p.failure } : {}),
     messages: msgs,
   };
 }
@@ -566,7 +577,10 @@ export async function checkImage(
 ): Promise<Qcow2CheckResult> {
   const msgs: string[] = [];
   const first = await checkOnce(image, mode, msgs);
-  if (mode === "none" || (first["corruptions-fixed"] === 0 && first["leaks-fixed"] === 0)) {
+  if (
+    mode === "none" || first.failure !== undefined ||
+    (first["corruptions-fixed"] === 0 && first["leaks-fixed"] === 0)
+  ) {
     return first;
   }
   msgs.push(
