@@ -7,7 +7,7 @@
  * @module
  */
 
-import { BlockError, BlockStatusFlags, type Graph, isZeroBuffer } from "@blockgraph/core";
+import { BlockError, BlockStatusFlags, type Graph, isZeroBuffer, strerror } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { parseCacheMode } from "../common/open_image.ts";
@@ -129,7 +129,8 @@ async function readAt(io: CliIo, side: Side, offset: number, buf: Uint8Array): P
     await side.image.node.read(offset, buf);
     return true;
   } catch (e) {
-    const why = BlockError.from(e).message;
+    // qemu-img says the errno's text (a corrupt image's own message came before).
+    const why = strerror(BlockError.from(e).code);
     imgError(io, `Error while reading offset ${offset} of ${side.name}: ${why}`);
     return false;
   }

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { BlockError, type Graph, parseKeyValue } from "@blockgraph/core";
+import { BlockError, type Graph, parseKeyValue, strerror } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { type OpenedImage, parseCacheMode } from "../common/open_image.ts";
@@ -406,7 +406,12 @@ export async function imgConvert(
       await target.node.flush();
     } catch (e) {
       progress.end();
-      imgError(io, `error while writing at byte 0: ${BlockError.from(e).message}`);
+      const b = BlockError.from(e);
+      // A copy failure says where; a failed flush at the end is a write QEMU reports so too.
+      imgError(
+        io,
+        b.op === "convert" ? b.message : `error while writing at byte 0: ${strerror(b.code)}`,
+      );
       return 1;
     }
     progress.end();

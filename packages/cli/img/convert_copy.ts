@@ -8,7 +8,14 @@
  * @module
  */
 
-import { BlockStatusFlags, isZeroBuffer, type Node, ReqFlags } from "@blockgraph/core";
+import {
+  BlockError,
+  BlockStatusFlags,
+  isZeroBuffer,
+  type Node,
+  ReqFlags,
+  strerror,
+} from "@blockgraph/core";
 import { allocateIoMemory } from "@blockgraph/drivers";
 import { chainStatus } from "./chain_status.ts";
 import type { Progress } from "./progress.ts";
@@ -45,6 +52,21 @@ interface Piece {
   readonly kind: Kind;
 }
 
+/**
+ * A copy failure as qemu-img convert reports it: what it was doing (`reading block status
+ * at offset`, `reading at byte`, `writing at byte`), where in the output, and the errno's
+ * `strerror` text, whatever the driver's own message said (it has said it already, if it
+ * marked an image corrupt).
+ */
+function copyError(e: unknown, doing: string, offset: number): BlockError {
+  const b = BlockError.from(e);
+  return new BlockError(b.code, `error while ${doing} ${offset}: ${strerror(b.code)}`, {
+    op: "convert",
+    offset,
+    cause: e,
+  });
+}
+
 /** Walks the sources by block status, yielding pieces of at most `plan.chunk` bytes. */
 async function* pieces(plan: CopyPlan): AsyncGenerator<Piece> {
   let base = 0;
@@ -59,9 +81,14 @@ async function* pieces(plan: CopyPlan): AsyncGenerator<Piece> {
         kind = "data";
         pnum = len - off;
       } else {
-        const st = plan.targetHasBacking
-          ? await src.blockStatus(off, len - off, true)
-          : await chainStatus(src, off, len - off);
+        let st;
+        try {
+          st = plan.targetHasBacking
+            ? await src.blockStatus(off, len - off, true)
+            : await chainStatus(src, off, len - off);
+        } catch (e) {
+          throw copyError(e, "reading block status at offset", base + off);
+        }
         pnum = st.pnum;
         if (st.status & BlockStatusFlags.ZERO) kind = plan.sparse === 0 ? "data" : "zero";
         else if (st.status & BlockStatusFlags.DATA) kind = "data";
@@ -115,13 +142,19 @@ export async function runCopy(plan: CopyPlan, progress: Progress): Promise<void>
       if (!plan.outOfOrder) lastWrite = new Promise<void>((res) => (release = res));
       try {
         const view = buf.subarray(0, p.bytes);
-        if (p.kind === "data") await p.src.read(p.srcOffset, view);
+        if (p.kind === "data") {
+          await p.src.read(p.srcOffset, view).catch((e) => {
+            throw copyError(e, "reading at byte", p.dstOffset);
+          });
+        }
         if (!plan.outOfOrder) await prev;
         // Issued in order; the next piece may start once this one is under way, so that
         // several writes are in flight while they still reach the driver in order.
         const w = failed === null ? writePiece(plan, p, view) : null;
         release();
-        await w;
+        await w?.catch((e) => {
+          throw copyError(e, "writing at byte", p.dstOffset);
+        });
       } finally {
         release();
       }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { BlockError, BlockStatusFlags, type Graph, type Node } from "@blockgraph/core";
+import { BlockError, BlockStatusFlags, type Graph, type Node, strerror } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import {
@@ -197,7 +197,7 @@ export async function imgMap(graph: Graph, args: readonly string[], io: CliIo): 
       try {
         next = await mapStatus(top, offset, Math.min(GIB, length - offset));
       } catch (e) {
-        imgError(io, `Could not read file metadata: ${BlockError.from(e).message}`);
+        imgError(io, `Could not read file metadata: ${strerror(BlockError.from(e).code)}`);
         return 1;
       }
       if (mergeable(curr, next)) {
