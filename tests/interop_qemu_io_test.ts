@@ -209,6 +209,16 @@ const SCENARIOS: { name: string; args: string[]; size?: number }[] = [
     ),
   },
   { name: "help", args: cmds("help", "help read", "help w", "help map") },
+  {
+    name: "snapshot mode: writes go to a temporary overlay, the image stays",
+    args: [
+      "-s",
+      "-f",
+      "raw",
+      ...cmds("write -P 7 4k 8k", "read -P 7 4k 8k", "read -P 0 0 4k", "map", "length"),
+      "IMG",
+    ],
+  },
 ];
 
 for (const sc of SCENARIOS) {

@@ -49,6 +49,8 @@ export class IoSession {
   readonly raise: SignalRaiser;
   /** The open image, or `null`. */
   image: OpenedImage | null = null;
+  /** The temporary overlay file of `-s`, deleted when the image closes. */
+  #overlayFile: string | null = null;
   /** Asynchronous requests (`aio_read`, `aio_write`) not yet completed. */
   readonly pending: Set<Promise<void>> = new Set();
   /** Set by `quit`: no further command runs. */
@@ -96,14 +98,10 @@ export class IoSession {
       return 1;
     }
     const prefix = name !== null ? `can't open device ${name}: ` : "can't open: ";
-    if (extras.snapshot) {
-      this.report(
-        prefix + "snapshot mode (-s) needs a temporary qcow2 overlay, which is not supported yet",
-      );
-      return 1;
-    }
     try {
-      this.image = await openImage(this.graph, req, (text) => this.err(text));
+      this.image = extras.snapshot
+        ? await this.#openUnderTemporaryOverlay(req)
+        : await openImage(this.graph, req, (text) => this.err(text));
     } catch (e) {
       this.report(prefix + BlockError.from(e).message);
       return 1;
@@ -118,6 +116,42 @@ export class IoSession {
     return 0;
   }
 
+  /**
+   * `-s` (QEMU's BDRV_O_SNAPSHOT, `bdrv_append_temp_snapshot`): the image opens read-only,
+   * under a temporary qcow2 overlay in `$TMPDIR` (else /var/tmp) of the same size that takes
+   * every write; the overlay file is deleted when the image closes, so the image itself never
+   * changes.
+   */
+  async #openUnderTemporaryOverlay(req: OpenRequest): Promise<OpenedImage> {
+    const warn = (text: string) => this.err(text);
+    const base = await openImage(this.graph, { ...req, readOnly: true }, warn);
+    let tmp: string | null = null;
+    try {
+      tmp = await Deno.makeTempFile({ dir: Deno.env.get("TMPDIR") || "/var/tmp", prefix: "vl." });
+      const registry = this.graph.registry;
+      await registry.get("qcow2").create!({ filename: tmp, size: base.node.getLength() }, registry);
+      const overlay = await openImage(this.graph, {
+        filename: null,
+        options: {
+          driver: "qcow2",
+          file: { driver: "file", filename: tmp },
+          backing: base.node.name,
+        },
+        readOnly: req.readOnly,
+        cache: req.cache,
+        discard: req.discard,
+      }, warn);
+      this.#overlayFile = tmp;
+      return overlay;
+    } catch (e) {
+      if (tmp !== null) await Deno.remove(tmp).catch(() => {});
+      throw e;
+    } finally {
+      // The overlay's backing child keeps the image's node; its own Backend goes.
+      await base.backend.unref();
+    }
+  }
+
   /** Waits for every asynchronous request to complete (`aio_flush`). */
   async drainAio(): Promise<void> {
     while (this.pending.size > 0) await Promise.all([...this.pending]);
@@ -130,6 +164,11 @@ export class IoSession {
     if (!image) return;
     this.image = null;
     await image.backend.unref();
+    const overlay = this.#overlayFile;
+    if (overlay !== null) {
+      this.#overlayFile = null;
+      await Deno.remove(overlay).catch(() => {});
+    }
   }
 
   /** Closes the image and the graph. */
