@@ -237,13 +237,13 @@ export class NbdExport {
     return f;
   }
 
-  /** The entry of query-block-exports. */
+  /** The entry of query-block-exports, its members in the order QEMU prints them. */
   info(): BlockExportInfo {
     return {
-      type: "nbd",
-      id: this.id,
       "node-name": this.nodeName,
       "shutting-down": this.#shuttingDown,
+      type: "nbd",
+      id: this.id,
     };
   }
 
