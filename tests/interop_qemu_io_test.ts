@@ -210,6 +210,10 @@ const SCENARIOS: { name: string; args: string[]; size?: number }[] = [
   },
   { name: "help", args: cmds("help", "help read", "help w", "help map") },
   {
+    name: "VM state on raw",
+    args: ["-f", "raw", ...cmds("write -b 0 512", "read -b 0 512"), "IMG"],
+  },
+  {
     name: "snapshot mode: writes go to a temporary overlay, the image stays",
     args: [
       "-s",
@@ -300,6 +304,48 @@ Deno.test("blockgraph io info matches qemu-io on qcow2 images (cluster size, VM 
         { status: theirs.code, out: mask(theirs.out, q), err: mask(theirs.err, q) },
         name,
       );
+    }
+  });
+});
+
+Deno.test("blockgraph io read -b/write -b reach qcow2's VM state area as qemu-io's, byte for byte", async () => {
+  await withDir(async (dir) => {
+    const cases: [string, string[]][] = [
+      ["v3", ["-o", "cluster_size=64k", "64M"]],
+      ["v2", ["-o", "compat=0.10", "1M"]],
+      ["extended L2", ["-o", "extended_l2=on", "1M"]],
+    ];
+    const commands = cmds(
+      "write -b -P 5 0 4k",
+      "read -b -P 5 0 4k",
+      "read -b -P 0 4k 4k",
+      "write -b -P 7 1M 128k",
+      "read -b -P 7 1M 128k",
+      "write -b 100 512",
+      "map",
+    );
+    for (const [name, opts] of cases) {
+      const q = `${dir}/q.qcow2`;
+      const b = `${dir}/b.qcow2`;
+      const r = await runPeer("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        ...opts.slice(0, -1),
+        q,
+        opts.at(-1)!,
+      ]);
+      assertEquals(r.code, 0, r.err);
+      await Deno.copyFile(q, b);
+      const theirs = await qemuIo([...commands, q]);
+      const mine = await runOurIo([...commands, b]);
+      assertEquals(
+        { status: mine.code, out: mask(mine.out, b), err: mask(mine.err, b) },
+        { status: theirs.code, out: mask(theirs.out, q), err: mask(theirs.err, q) },
+        name,
+      );
+      assertEquals(await Deno.readFile(b), await Deno.readFile(q), `${name}: the files`);
     }
   });
 });

@@ -119,6 +119,13 @@ export interface DriverInstance {
 
   /** The size in bytes. Drivers keep it current (truncate updates it). */
   getLength(): number;
+  /**
+   * Reads from the driver's VM state area (QEMU's `bdrv_load_vmstate`; see `vm_state.ts`),
+   * for drivers that have one.
+   */
+  loadVmState?(pos: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void>;
+  /** Writes into the driver's VM state area (QEMU's `bdrv_save_vmstate`). */
+  saveVmState?(pos: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void>;
   /** Reads `bytes` bytes at `offset` into `qiov` at `qiovOffset`. */
   preadv(
     offset: number,

@@ -27,12 +27,7 @@ export function driverInfo(node: Node): DriverInfo | null {
   for (let n: Node | null = node; n; n = n.primaryChild?.node ?? null) {
     const inst = n.instance;
     if (inst instanceof Qcow2Instance) {
-      const image = inst.image;
-      const span = image.cs * image.l2Entries;
-      return {
-        clusterSize: image.cs,
-        vmStateOffset: Math.ceil(image.header.size / span) * span,
-      };
+      return { clusterSize: inst.clusterSize, vmStateOffset: inst.vmStateOffset };
     }
     if (n.driver.name === "file") return { clusterSize: 0, vmStateOffset: 0 };
     if (n.driver.name !== "raw" && n.driver.kind !== "filter") return null;

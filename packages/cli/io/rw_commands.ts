@@ -106,8 +106,8 @@ export const readCommand: IoCommand = {
     const buf = new Uint8Array(count).fill(0xab);
     const t0 = performance.now();
     try {
-      if (b) throw new BlockError("ENOTSUP");
-      await s.backend!.preadv(offset, count, IoVector.of(buf), 0, 0);
+      if (b) await s.backend!.loadVmState(offset, buf);
+      else await s.backend!.preadv(offset, count, IoVector.of(buf), 0, 0);
     } catch (e) {
       s.out(`read failed: ${errText(e)}\n`);
       return FAILED;
@@ -314,8 +314,8 @@ export const writeCommand: IoCommand = {
     const blk = s.backend!;
     const t0 = performance.now();
     try {
-      if (b) throw new BlockError("ENOTSUP");
-      if (z) await blk.pwriteZeroes(offset, count, flags);
+      if (b) await blk.saveVmState(offset, buf!);
+      else if (z) await blk.pwriteZeroes(offset, count, flags);
       else if (c) {
         const inst = blk.node?.instance;
         if (!((inst?.supportedWriteFlags ?? 0) & ReqFlags.WRITE_COMPRESSED)) {

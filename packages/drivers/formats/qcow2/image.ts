@@ -610,3 +610,12 @@ export class Qcow2Image implements MetaIo {
     await this.refcounts.writeback();
   }
 }
+
+/**
+ * Where the VM state area begins (QEMU's `qcow2_vm_state_offset`): the virtual disk's size
+ * rounded up to what one L1 entry maps, so that the area has L2 tables of its own.
+ */
+export function vmStateOffset(image: Qcow2Image): number {
+  const span = image.cs * image.l2Entries;
+  return Math.ceil(image.header.size / span) * span;
+}

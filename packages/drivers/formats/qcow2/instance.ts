@@ -35,7 +35,7 @@ import { allocatingWrite, decompressExtent } from "./allocating_write.ts";
 import { discardSubclusters, zeroSubclusters } from "./subcluster_ops.ts";
 import { subclusterWriteStep } from "./subcluster_write.ts";
 import { classify, type Extent } from "./extent.ts";
-import type { Qcow2Image } from "./image.ts";
+import { type Qcow2Image, vmStateOffset } from "./image.ts";
 import {
   bitmapInfo,
   bitmapRemoved,
@@ -47,7 +47,7 @@ import {
 } from "./bitmaps.ts";
 import { makeEmptyImage } from "./make_empty.ts";
 import { prepareReopen } from "./reopen.ts";
-import { truncateImage } from "./resize.ts";
+import { growL1, truncateImage } from "./resize.ts";
 import {
   applySnapshot,
   createSnapshot,
@@ -202,6 +202,10 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
         (o, n, q) => this.pwritev(o, n, qiov, q),
       );
     }
+    await this.#writeLoop(offset, bytes, qiov, qiovOffset);
+  }
+
+  async #writeLoop(offset: number, bytes: number, qiov: IoVector, qiovOffset: number) {
     const ext = this.image.extL2;
     while (bytes > 0) {
       const n = ext
@@ -211,6 +215,38 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
       qiovOffset += n;
       bytes -= n;
     }
+  }
+
+  /**
+   * Reads the VM state area (QEMU's `qcow2_co_load_vmstate`): the clusters after the virtual
+   * disk, from {@link vmStateOffset}, mapped by L1 entries past the disk's; what was never
+   * written reads as zeros.
+   */
+  loadVmState(pos: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
+    if (this.image.broken) return Promise.reject(this.image.brokenError());
+    return this.#preadvExtents(vmStateOffset(this.image) + pos, bytes, qiov, qiovOffset);
+  }
+
+  /**
+   * Writes the VM state area (QEMU's `qcow2_co_save_vmstate`), allocating as guest writes
+   * do; the L1 table grows first when the area reaches past it.
+   */
+  async saveVmState(pos: number, bytes: number, qiov: IoVector, qiovOffset: number) {
+    const image = this.image;
+    if (image.broken) throw image.brokenError();
+    if (!image.writable) throw new BlockError("EACCES", "Image is read-only");
+    if (image.external) {
+      throw new BlockError("ENOTSUP", "No VM state area with an external data file");
+    }
+    if (image.autoclearPending) await this.#clearAutoclear();
+    const offset = vmStateOffset(image) + pos;
+    const entries = Math.ceil((offset + bytes) / (image.cs * image.l2Entries));
+    if (entries > image.l1.length) {
+      await this.#idle(() =>
+        entries > image.l1.length ? growL1(image, entries) : Promise.resolve()
+      );
+    }
+    await this.#writeLoop(offset, bytes, qiov, qiovOffset);
   }
 
   /** Writes the first extent of the range; returns the bytes done (0: waited, retry). */
@@ -464,6 +500,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   /** The cluster size (the default bitmap granularity comes from it). */
   get clusterSize(): number {
     return this.image.cs;
+  }
+
+  /** Where the VM state area begins, as `qemu-io info` shows it (see `vmStateOffset`). */
+  get vmStateOffset(): number {
+    return vmStateOffset(this.image);
   }
 
   /** Throws QEMU's error when a persistent bitmap `name` could not be stored (bitmaps.ts). */

@@ -1,0 +1,64 @@
+/**
+ * A node's VM state area, QEMU's `bdrv_load_vmstate`/`bdrv_save_vmstate`: where `savevm`
+ * keeps a snapshot's RAM and device state, and what qemu-io's `read -b`/`write -b` reach. A
+ * driver with such an area (qcow2: after the virtual disk) answers; raw and filters pass the
+ * request to the child whose data they present; anything else fails with ENOTSUP.
+ *
+ * @module
+ */
+
+import { BlockError } from "./errors.ts";
+import type { IoVector } from "./io_vector.ts";
+import type { Node } from "./node.ts";
+
+/** The node along `node`'s primary children whose driver has a VM state area. */
+function vmStateNode(node: Node, load: boolean): Node {
+  for (let n: Node | null = node; n; n = n.primaryChild?.node ?? null) {
+    const inst = n.instance;
+    if (!inst) throw new BlockError("ENOMEDIUM", `Node '${n.name}' is closed`);
+    if (load ? inst.loadVmState : inst.saveVmState) return n;
+    if (n.driver.name !== "raw" && n.driver.kind !== "filter") break;
+  }
+  throw new BlockError("ENOTSUP");
+}
+
+async function counted(node: Node, fn: () => Promise<void>): Promise<void> {
+  node.inFlight++;
+  try {
+    await fn();
+  } finally {
+    if (--node.inFlight === 0) node.graph.notifyIdle();
+  }
+}
+
+/** Reads `bytes` bytes of `node`'s VM state at `pos` into `qiov` at `qiovOffset`. */
+export function loadVmState(
+  node: Node,
+  pos: number,
+  bytes: number,
+  qiov: IoVector,
+  qiovOffset: number,
+): Promise<void> {
+  try {
+    const n = vmStateNode(node, true);
+    return counted(n, () => n.instance!.loadVmState!(pos, bytes, qiov, qiovOffset));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/** Writes `bytes` bytes from `qiov` at `qiovOffset` into `node`'s VM state at `pos`. */
+export function saveVmState(
+  node: Node,
+  pos: number,
+  bytes: number,
+  qiov: IoVector,
+  qiovOffset: number,
+): Promise<void> {
+  try {
+    const n = vmStateNode(node, false);
+    return counted(n, () => n.instance!.saveVmState!(pos, bytes, qiov, qiovOffset));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
