@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { Transaction } from "./transaction.ts";
 import type { Child } from "./child.ts";
 import { BlockError } from "./errors.ts";
 import type { IoVector } from "./io_vector.ts";
@@ -171,8 +172,11 @@ export interface DriverInstance {
    * `shared`. Left out: QEMU's defaults by role (see `defaultChildPerm`).
    */
   childPerm?(child: Child, role: number, perm: number, shared: number): [number, number];
-  /** Validates a permission change on this node; throw to refuse it (image locking). */
-  checkPerm?(perm: number, shared: number): void;
+  /**
+   * Validates a permission change on this node; throw to refuse it (image locking). What it
+   * changes outside the graph (lock bytes) it keeps or undoes with `tran`.
+   */
+  checkPerm?(perm: number, shared: number, tran: Transaction): void;
   /** The node entered a drained section: stop background activity. */
   drainBegin?(): void;
   /** The node left its drained section. */

@@ -115,7 +115,7 @@ function addEdge(
     );
   }
   const edge = new Child(name, role, parent, 0, 0xf);
-  [edge.perm, edge.shared] = childPerm(parent, edge, parent.perm, parent.shared);
+  [edge.perm, edge.shared] = childPerm(parent, edge, parent.perm, parent.shared, node);
   linkChild(edge, parent, node);
   node.ref(edge);
   syncEdgeQuiesce(edge);

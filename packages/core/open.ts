@@ -308,7 +308,7 @@ function attachDuringOpen(
     throw new BlockError("EEXIST", `Node '${parent.name}' already has a child named '${name}'`);
   }
   const edge = new Child(name, role, parent, 0, 0xf);
-  const [perm, shared] = childPerm(parent, edge, parent.perm, parent.shared);
+  const [perm, shared] = childPerm(parent, edge, parent.perm, parent.shared, child);
   edge.perm = perm;
   edge.shared = shared;
   attachEdge(edge, parent, child);

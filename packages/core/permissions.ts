@@ -95,18 +95,23 @@ export function defaultChildPerm(
   return [nperm, nshared];
 }
 
-/** The permissions `node` takes on `child` given its users' cumulative permissions. */
+/**
+ * The permissions `node` takes on `child` given its users' cumulative permissions; a child
+ * node with `force-share` shares everything (QEMU's `bdrv_child_perm`). `target` is the child
+ * node, for an edge not attached yet.
+ */
 export function childPerm(
   node: Node,
   child: Child,
   perm: number,
   shared: number,
+  target: Node | null = child.node,
 ): [number, number] {
   const inst = node.instance;
   const [p, s] = inst?.childPerm
     ? inst.childPerm(child, child.role, perm, shared)
     : defaultChildPerm(node, child.role, perm, shared);
-  return [p, child.node?.flags.forceShare ? Perm.ALL : s];
+  return [p, target?.flags.forceShare ? Perm.ALL : s];
 }
 
 /** Nodes reachable downward from `roots`, every parent before its children. */
@@ -160,7 +165,7 @@ export function refreshPermissions(roots: Iterable<Node>, tran: Transaction): vo
           `${user.describe()}; open the node read-write or use it read-only`,
       );
     }
-    node.instance?.checkPerm?.(perm, shared);
+    node.instance?.checkPerm?.(perm, shared, tran);
     const oldPerm = node.perm;
     const oldShared = node.shared;
     node.perm = perm;

@@ -11,20 +11,13 @@
 import { type BitmapSource, BlockError, DirtyBitmaps, type Graph } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
-import { imgCvtnum, imgError, imgOpen, imgOptionError } from "./img_common.ts";
+import { imgCvtnum, imgError, imgOpen, imgOptionError, imgReportError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
 
 /** One action of the command line, in order. */
 type BitmapAction =
   | { op: "add" | "remove" | "clear" | "enable" | "disable" }
   | { op: "merge"; source: string };
-
-/** Prints `e` as qemu-img's error_reportf_err does: prefix, message, then any hint. */
-function reportFailure(io: CliIo, prefix: string, e: unknown): void {
-  const err = BlockError.from(e);
-  imgError(io, `${prefix}${err.message}`);
-  if (err.hint) io.err(err.hint);
-}
 
 /** Runs `img bitmap` with `args` (after `bitmap`); returns the exit status. */
 export async function imgBitmap(
@@ -137,7 +130,7 @@ export async function imgBitmap(
         try {
           await runAction(bitmaps, node, name, src.node.name, a, granularity);
         } catch (e) {
-          reportFailure(io, `Operation ${a.op} on bitmap ${name} failed: `, e);
+          imgReportError(io, `Operation ${a.op} on bitmap ${name} failed: `, e);
           return 1;
         }
       }

@@ -23,6 +23,13 @@ export function imgError(io: CliIo, message: string): void {
   io.err(`qemu-img: ${message}\n`);
 }
 
+/** Prints `e` as qemu-img's error_reportf_err does: prefix, message, then any hint. */
+export function imgReportError(io: CliIo, prefix: string, e: unknown): void {
+  const err = BlockError.from(e);
+  imgError(io, `${prefix}${err.message}`);
+  if (err.hint) io.err(err.hint);
+}
+
 /**
  * The format driver `name` when it can create images; otherwise prints qemu-img's error
  * ("Unknown file format 'x'", "Format driver 'x' does not support image creation") and
@@ -143,8 +150,7 @@ export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<Open
       forCheck: o.forCheck ?? false,
     }, (text) => io.err(text));
   } catch (e) {
-    const prefix = o.failurePrefix ?? `Could not open '${o.filename}': `;
-    imgError(io, `${prefix}${BlockError.from(e).message}`);
+    imgReportError(io, o.failurePrefix ?? `Could not open '${o.filename}': `, e);
     return null;
   }
 }

@@ -103,7 +103,9 @@ export class IoSession {
         ? await this.#openUnderTemporaryOverlay(req)
         : await openImage(this.graph, req, (text) => this.err(text));
     } catch (e) {
-      this.report(prefix + BlockError.from(e).message);
+      const err = BlockError.from(e);
+      this.report(prefix + err.message);
+      if (err.hint) this.err(err.hint);
       return 1;
     }
     if (extras.copyOnRead && hasCowChild(this.image.node)) {

@@ -126,6 +126,8 @@ const SYMBOLS = {
     nonblocking: true,
   },
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
+  /** `fcntl(fd, cmd, struct flock *)`: open file description locks (image locking). */
+  fcntl: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   pread: { parameters: ["i32", "pointer", "usize", "i64"], result: "isize" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;

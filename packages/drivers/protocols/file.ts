@@ -25,11 +25,20 @@ import {
   type PreallocMode,
   type ReopenHandle,
   ReqFlags,
+  type Transaction,
 } from "@blockgraph/core";
 import { type EngineChoice, type EngineName, FALLOC, type IoEngine } from "../io/engine.ts";
 import { filesFor, type FileStat, type HostFiles, type OpenHow } from "../io/posix_file.ts";
 import { acquireEngine, reportSkipped } from "../io/select.ts";
 import { createThreadsEngine } from "../io/threads.ts";
+import {
+  applyLocks,
+  checkLocks,
+  type LockBits,
+  lockBits,
+  locksAvailable,
+  NO_LOCKS,
+} from "./file_lock.ts";
 import { fileBlockStatus, probeDirectAlignment, resizeFile, sysError } from "./file_posix.ts";
 
 /** The I/O engines the driver accepts (`aio=`); absent means the fastest that works. */
@@ -71,7 +80,7 @@ const readDone = (_n: number): void => {};
 export class FileInstance implements DriverInstance {
   /** The host path. */
   readonly path: string;
-  /** The `locking` option as given (image locking needs the FFI engines to take OFD locks). */
+  /** The `locking` option as given (image locks need the C library's `fcntl` through FFI). */
   readonly locking: (typeof FILE_LOCKING_MODES)[number];
   /** Whether the file is open read-only (a reopen may change it). */
   readOnly: boolean;
@@ -87,6 +96,10 @@ export class FileInstance implements DriverInstance {
   readonly #engine: IoEngine;
   readonly #files: HostFiles;
   #fd: number;
+  /** Whether this node takes QEMU's image locks (`locking` not off, and OFD locks work). */
+  readonly #useLocks: boolean;
+  /** The lock bytes the descriptor holds. */
+  #locked: LockBits = NO_LOCKS;
   /**
    * The file size, read at open and kept by this instance's writes and truncates. Growth by
    * another process is not seen; reads past the recorded end go to the file anyway when the
@@ -106,6 +119,40 @@ export class FileInstance implements DriverInstance {
     this.#files = setup.files;
     this.locking = setup.locking;
     this.limits = setup.direct ? { requestAlignment: setup.alignment, memAlignment: 4096 } : {};
+    this.#useLocks = setup.locking !== "off" && locksAvailable(fd);
+  }
+
+  /**
+   * Image locking (see `file_lock.ts`): takes the lock bytes of `perm` and of what `shared`
+   * leaves out, then fails with QEMU's message if another user of the file conflicts (the
+   * new bytes dropped again). The transaction's commit leaves exactly the bytes of the node's
+   * final permissions; its abort, the bytes held before.
+   */
+  checkPerm(perm: number, shared: number, tran: Transaction): void {
+    if (!this.#useLocks) return;
+    const fd = this.#fd;
+    const old = this.#locked;
+    const want = lockBits(perm, shared);
+    const union = { perm: old.perm | want.perm, unshared: old.unshared | want.unshared };
+    applyLocks(fd, old, union);
+    try {
+      checkLocks(fd, perm, shared, this.path);
+    } catch (e) {
+      applyLocks(fd, union, old);
+      throw e;
+    }
+    this.#locked = union;
+    tran.add({
+      commit: () => {
+        const final = lockBits(this.#node.perm, this.#node.shared);
+        applyLocks(this.#fd, this.#locked, final);
+        this.#locked = final;
+      },
+      abort: () => {
+        applyLocks(this.#fd, this.#locked, old);
+        this.#locked = old;
+      },
+    });
   }
 
   /** The I/O engine this node uses (`info` shows it). */
@@ -128,6 +175,8 @@ export class FileInstance implements DriverInstance {
     return Promise.resolve({
       commit: () => {
         const old = this.#fd;
+        // The locks move to the new descriptor before the old one (and its locks) goes.
+        if (this.#useLocks) applyLocks(fd, NO_LOCKS, this.#locked);
         this.#fd = fd;
         this.readOnly = readOnly;
         this.#files.close(old);
@@ -332,8 +381,9 @@ function openFd(files: HostFiles, path: string, how: OpenHow, verb: string): num
 /**
  * The `file` driver. Options: `filename` (required), `aio` (`io_uring`, `native`, `threads`;
  * absent: the fastest that starts here, and an engine that cannot start falls back to the
- * next with one line on stderr saying why), `locking` (`auto`, `on`, `off`; accepted and
- * kept). `cache.direct=on` opens with O_DIRECT.
+ * next with one line on stderr saying why), `locking` (`auto`, `on`: QEMU's image locks where
+ * open file description locks work, see `file_lock.ts`; `off`: none). `cache.direct=on` opens
+ * with O_DIRECT.
  *
  * @example
  * ```ts

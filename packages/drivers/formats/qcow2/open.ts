@@ -156,6 +156,13 @@ async function openHeaderBacking(ctx: OpenContext, h: Qcow2Header): Promise<void
     const err = BlockError.from(e);
     throw new BlockError(err.code, `Could not open backing file: ${err.message}`, { cause: e });
   }
+  // What QEMU's bdrv_backing_options passes down unless the name says otherwise: the cache
+  // mode and force-share (the backing file is then shared with other users as its image is).
+  const flags = ctx.node.flags;
+  if (flags.forceShare && options["force-share"] === undefined) options["force-share"] = true;
+  if ((flags.cacheDirect || flags.cacheNoFlush) && options.cache === undefined) {
+    options.cache = { direct: flags.cacheDirect, "no-flush": flags.cacheNoFlush };
+  }
   if (options.driver === undefined) {
     throw new BlockError(
       "EINVAL",
