@@ -8,7 +8,7 @@
  * @module
  */
 
-import { type BitmapSource, BlockError, DirtyBitmaps, type Graph } from "@blockgraph/core";
+import { type BitmapSource, DirtyBitmaps, type Graph } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { imgCvtnum, imgError, imgOpen, imgOptionError, imgReportError } from "./img_common.ts";
