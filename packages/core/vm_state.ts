@@ -31,6 +31,29 @@ async function counted(node: Node, fn: () => Promise<void>): Promise<void> {
   }
 }
 
+function request(
+  load: boolean,
+  node: Node,
+  pos: number,
+  bytes: number,
+  qiov: IoVector,
+  qiovOffset: number,
+): Promise<void> {
+  try {
+    const n = vmStateNode(node, load);
+    const inst = n.instance!;
+    return counted(
+      n,
+      () =>
+        load
+          ? inst.loadVmState!(pos, bytes, qiov, qiovOffset)
+          : inst.saveVmState!(pos, bytes, qiov, qiovOffset),
+    );
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
 /** Reads `bytes` bytes of `node`'s VM state at `pos` into `qiov` at `qiovOffset`. */
 export function loadVmState(
   node: Node,
@@ -39,12 +62,7 @@ export function loadVmState(
   qiov: IoVector,
   qiovOffset: number,
 ): Promise<void> {
-  try {
-    const n = vmStateNode(node, true);
-    return counted(n, () => n.instance!.loadVmState!(pos, bytes, qiov, qiovOffset));
-  } catch (e) {
-    return Promise.reject(e);
-  }
+  return request(true, node, pos, bytes, qiov, qiovOffset);
 }
 
 /** Writes `bytes` bytes from `qiov` at `qiovOffset` into `node`'s VM state at `pos`. */
@@ -55,10 +73,5 @@ export function saveVmState(
   qiov: IoVector,
   qiovOffset: number,
 ): Promise<void> {
-  try {
-    const n = vmStateNode(node, false);
-    return counted(n, () => n.instance!.saveVmState!(pos, bytes, qiov, qiovOffset));
-  } catch (e) {
-    return Promise.reject(e);
-  }
+  return request(false, node, pos, bytes, qiov, qiovOffset);
 }
