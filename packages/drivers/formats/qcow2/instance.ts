@@ -25,19 +25,19 @@ import {
   type ReopenHandle,
   ReqFlags,
 } from "@blockgraph/core";
-import { COMPAT_LAZY_REFCOUNTS, COPIED_HI, hex, Incompat, ZERO_LO } from "./format.ts";
-import { dataFileName } from "./header.ts";
+import { hex } from "./format.ts";
 import { amendImage, changeBackingFile } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
 import { cachedDataOffset } from "./read_fast_path.ts";
 import { allocatingWrite, decompressExtent } from "./allocating_write.ts";
+import { discardClusters, zeroClusters } from "./cluster_ops.ts";
+import { qcow2FormatInfo } from "./format_info.ts";
 import { discardSubclusters, zeroSubclusters } from "./subcluster_ops.ts";
 import { subclusterWriteStep } from "./subcluster_write.ts";
-import { classify, type Extent } from "./extent.ts";
+import type { Extent } from "./extent.ts";
 import { type Qcow2Image, vmStateOffset } from "./image.ts";
 import {
-  bitmapInfo,
   bitmapRemoved,
   canStoreBitmap,
   reopenBitmapsRo,
@@ -318,30 +318,13 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     const image = this.image;
     const cs = image.cs;
     const end = offset + bytes;
-    const clusterOp = this.#clusterOp.bind(this);
-    if (image.extL2) return zeroSubclusters(image, offset, end, flags, clusterOp);
+    if (image.extL2) return zeroSubclusters(image, offset, end, flags);
     if (offset % cs !== 0 || (end % cs !== 0 && end !== image.header.size)) {
       throw new BlockError("ENOTSUP", "qcow2 zeroes whole clusters only");
     }
-    const v3 = image.header.version >= 3;
-    const backing = this.#backing() !== null;
-    if (!v3 && !backing) return this.pdiscard(offset, bytes);
-    // A raw data file is zeroed first and keeps its mapping.
-    if (image.dataRaw) await image.data.pwriteZeroes(offset, bytes, flags & ReqFlags.MAY_UNMAP);
-    await clusterOp(offset, end, async (g, hi, lo) => {
-      const kind = classify(hi, lo, image.kindMode);
-      if (kind === "zero") return;
-      if (!v3) throw new BlockError("ENOTSUP", "qcow2 version 2 has no zero clusters");
-      const copied = (hi & COPIED_HI) !== 0;
-      const unmap = (flags & ReqFlags.MAY_UNMAP) !== 0 && !image.dataRaw;
-      if (kind === "zero-alloc" && copied && !unmap) return;
-      if (kind === "normal" && copied && !unmap) {
-        await image.setEntry(g, hi, (lo | ZERO_LO) >>> 0);
-        return;
-      }
-      await image.setEntry(g, 0, ZERO_LO);
-      image.releaseEntry(hi, lo);
-    });
+    // Version 2 has no zero flag: without a backing file, discarded clusters read as zeros.
+    if (image.header.version < 3 && this.#backing() === null) return this.pdiscard(offset, bytes);
+    await zeroClusters(image, offset, end, flags);
   }
 
   /**
@@ -367,52 +350,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     // A raw data file keeps its 1:1 mapping: the range is zeroed there and reads as zeros.
     if (image.dataRaw) return this.pwriteZeroes(start, end - start, ReqFlags.MAY_UNMAP);
     const backed = this.#backing() !== null;
-    if (image.extL2) {
-      return discardSubclusters(image, start, end, backed, this.#clusterOp.bind(this));
-    }
+    if (image.extL2) return discardSubclusters(image, start, end, backed);
     if (image.header.version < 3 && backed) {
       throw new BlockError("ENOTSUP", "qcow2 version 2 images with a backing file cannot discard");
     }
-    const newLo = image.header.version >= 3 ? ZERO_LO : 0;
-    await this.#clusterOp(start, end, async (g, hi, lo) => {
-      const kind = classify(hi, lo, image.kindMode);
-      if (!backed && (kind === "unallocated" || kind === "zero")) return;
-      if (hi === 0 && lo === newLo) return;
-      await image.setEntry(g, 0, newLo);
-      image.releaseEntry(hi, lo);
-    });
-  }
-
-  /**
-   * Runs `op` on every guest cluster of `[start, end)` under the metadata lock, after any
-   * allocation in flight on those clusters, then commits the frees it queued.
-   */
-  async #clusterOp(
-    start: number,
-    end: number,
-    op: (g: number, hi: number, lo: number, zeroBits: number, allocBits: number) => Promise<void>,
-  ): Promise<void> {
-    const image = this.image;
-    const cs = image.cs;
-    const first = start / cs;
-    const last = Math.ceil(end / cs);
-    for (;;) {
-      const busy = await image.lock.run(async () => {
-        const b = image.claims.busy(first, last - first);
-        if (b) return b;
-        try {
-          for (let g = first; g < last; g++) {
-            const [hi, lo, zeroBits, allocBits] = await image.entryAt(g);
-            await op(g, hi, lo, zeroBits, allocBits);
-          }
-        } finally {
-          await image.commitFrees();
-        }
-        return null;
-      });
-      if (!busy) return;
-      await busy;
-    }
+    await discardClusters(image, start, end, backed);
   }
 
   /** What this layer holds at `offset`: data (mapped into the file), zeros, or nothing. */
@@ -464,25 +406,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
 
   /** `info`'s format-specific facts, with QEMU's field names. */
   formatInfo(): FormatSpecificInfo {
-    const h = this.image.header;
-    const info: FormatSpecificInfo = {
-      compat: h.version >= 3 ? "1.1" : "0.10",
-      "compression-type": h.compressionType === 1 ? "zstd" : "zlib",
-    };
-    if (h.version >= 3) {
-      info["lazy-refcounts"] = (h.compatible & BigInt(COMPAT_LAZY_REFCOUNTS)) !== 0n;
-    }
-    info["refcount-bits"] = 2 ** h.refcountOrder;
-    const bitmaps = bitmapInfo(this.image);
-    if (bitmaps) info.bitmaps = bitmaps;
-    const dataFile = dataFileName(h);
-    if (dataFile !== undefined) info["data-file"] = dataFile;
-    if (this.image.external) info["data-file-raw"] = this.image.dataRaw;
-    if (h.version >= 3) {
-      info.corrupt = (h.incompatible & BigInt(Incompat.CORRUPT)) !== 0n;
-      info["extended-l2"] = (h.incompatible & BigInt(Incompat.EXTL2)) !== 0n;
-    }
-    return info;
+    return qcow2FormatInfo(this.image);
   }
 
   /** QEMU's corruption for a compressed cluster in an image with an external data file. */

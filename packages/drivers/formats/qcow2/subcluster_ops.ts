@@ -11,17 +11,8 @@
 import { BlockError, ReqFlags } from "@blockgraph/core";
 import { classify, invalidBitmap, invalidEntry } from "./extent.ts";
 import { ALL_SUBCLUSTERS, subMask } from "./format.ts";
+import { forEachCluster } from "./cluster_ops.ts";
 import type { Qcow2Image } from "./image.ts";
-
-/**
- * Runs `op` on every guest cluster of `[start, end)` under the metadata lock with its L2
- * entry and subcluster bitmap (the instance's `#clusterOp`).
- */
-export type ClusterOp = (
-  start: number,
-  end: number,
-  op: (g: number, hi: number, lo: number, zeroBits: number, allocBits: number) => Promise<void>,
-) => Promise<void>;
 
 /** Throws the corruption error when the entry of guest cluster `g` is invalid. */
 function checkEntry(image: Qcow2Image, g: number, hi: number, lo: number, zb: number, ab: number) {
@@ -48,7 +39,6 @@ export async function zeroSubclusters(
   offset: number,
   end: number,
   flags: number,
-  clusterOp: ClusterOp,
 ): Promise<void> {
   const cs = image.cs;
   const sc = image.sc;
@@ -60,7 +50,7 @@ export async function zeroSubclusters(
     await image.data.pwriteZeroes(offset, end - offset, flags & ReqFlags.MAY_UNMAP);
   }
   const start = Math.floor(offset / cs) * cs;
-  await clusterOp(start, end, async (g, hi, lo, zb, ab) => {
+  await forEachCluster(image, start, end, async (g, hi, lo, zb, ab) => {
     const kind = checkEntry(image, g, hi, lo, zb, ab);
     const gStart = g * cs;
     const a = Math.max(offset, gStart);
@@ -96,9 +86,8 @@ export async function discardSubclusters(
   start: number,
   end: number,
   backed: boolean,
-  clusterOp: ClusterOp,
 ): Promise<void> {
-  await clusterOp(start, end, async (g, hi, lo, zb, ab) => {
+  await forEachCluster(image, start, end, async (g, hi, lo, zb, ab) => {
     const kind = checkEntry(image, g, hi, lo, zb, ab);
     if (kind === "unallocated" && (!backed || zb >>> 0 === ALL_SUBCLUSTERS)) return;
     await image.setEntry(g, 0, 0, ALL_SUBCLUSTERS, 0);
