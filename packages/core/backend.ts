@@ -19,7 +19,6 @@ import { changeMedium, eject, insertMedium, removeMedium, Tray } from "./tray.ts
 import type { DeviceOps, RootListener } from "./device_ops.ts";
 import { errorAction, type ErrorPolicy, ioErrorEventData, type IoStatus } from "./error_policy.ts";
 import { checkRequest } from "./backend_check.ts";
-import { loadVmState, saveVmState } from "./vm_state.ts";
 
 /** Options of a new Backend. */
 export interface BackendOptions {
@@ -533,30 +532,6 @@ export class Backend implements ChildParent {
     if (err) return Promise.reject(err);
     this.inFlight++;
     return this.root!.node!.blockStatus(offset, bytes, wantZero).finally(this.#done);
-  }
-
-  /**
-   * Reads `buf.length` bytes of the medium's VM state at `pos` (QEMU's `blk_load_vmstate`;
-   * see `vm_state.ts`): ENOMEDIUM without a medium, ENOTSUP where the format has no area.
-   */
-  async loadVmState(pos: number, buf: Uint8Array): Promise<void> {
-    if (!this.isAvailable) {
-      throw new BlockError("ENOMEDIUM", "No medium found", { node: this.name });
-    }
-    await loadVmState(this.root!.node!, pos, buf.length, IoVector.of(buf), 0);
-  }
-
-  /**
-   * Writes `buf` into the medium's VM state at `pos` (QEMU's `blk_save_vmstate`), flushed
-   * when the write cache is off.
-   */
-  async saveVmState(pos: number, buf: Uint8Array): Promise<void> {
-    if (!this.isAvailable) {
-      throw new BlockError("ENOMEDIUM", "No medium found", { node: this.name });
-    }
-    const node = this.root!.node!;
-    await saveVmState(node, pos, buf.length, IoVector.of(buf), 0);
-    if (!this.enableWriteCache) await node.flush();
   }
 
   /** Resizes the medium; needs the RESIZE permission. */

@@ -85,7 +85,7 @@ export {
 } from "./refresh_filename.ts";
 export type { RefreshFilenameOptions } from "./refresh_filename.ts";
 export { isAllocatedAbove } from "./block_status.ts";
-export { loadVmState, saveVmState } from "./vm_state.ts";
+export { backendLoadVmState, backendSaveVmState, loadVmState, saveVmState } from "./vm_state.ts";
 export { findJob, Job, queryJobs } from "./job.ts";
 export { JobState } from "./job_state.ts";
 export type { JobInfo, JobOptions } from "./job_state.ts";

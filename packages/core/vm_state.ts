@@ -7,8 +7,9 @@
  * @module
  */
 
+import type { Backend } from "./backend.ts";
 import { BlockError } from "./errors.ts";
-import type { IoVector } from "./io_vector.ts";
+import { IoVector } from "./io_vector.ts";
 import type { Node } from "./node.ts";
 
 /** The node along `node`'s primary children whose driver has a VM state area. */
@@ -74,4 +75,36 @@ export function saveVmState(
   qiovOffset: number,
 ): Promise<void> {
   return request(false, node, pos, bytes, qiov, qiovOffset);
+}
+
+/** The medium's root node, or ENOMEDIUM when the drive has none. */
+function medium(blk: Backend): Node {
+  if (!blk.isAvailable) throw new BlockError("ENOMEDIUM", "No medium found", { node: blk.name });
+  return blk.root!.node!;
+}
+
+/**
+ * Reads `buf.length` bytes of `blk`'s medium's VM state at `pos` (QEMU's `blk_load_vmstate`):
+ * ENOMEDIUM without a medium, ENOTSUP where the format has no area.
+ */
+export async function backendLoadVmState(
+  blk: Backend,
+  pos: number,
+  buf: Uint8Array,
+): Promise<void> {
+  await loadVmState(medium(blk), pos, buf.length, IoVector.of(buf), 0);
+}
+
+/**
+ * Writes `buf` into `blk`'s medium's VM state at `pos` (QEMU's `blk_save_vmstate`), flushed
+ * when the write cache is off.
+ */
+export async function backendSaveVmState(
+  blk: Backend,
+  pos: number,
+  buf: Uint8Array,
+): Promise<void> {
+  const node = medium(blk);
+  await saveVmState(node, pos, buf.length, IoVector.of(buf), 0);
+  if (!blk.enableWriteCache) await node.flush();
 }

@@ -5,7 +5,15 @@
  * @module
  */
 
-import { BlockError, IoVector, Perm, ReqFlags, strerror } from "@blockgraph/core";
+import {
+  backendLoadVmState,
+  backendSaveVmState,
+  BlockError,
+  IoVector,
+  Perm,
+  ReqFlags,
+  strerror,
+} from "@blockgraph/core";
 import { dumpBuffer, report } from "../common/format.ts";
 import {
   type CommandResult,
@@ -106,7 +114,7 @@ export const readCommand: IoCommand = {
     const buf = new Uint8Array(count).fill(0xab);
     const t0 = performance.now();
     try {
-      if (b) await s.backend!.loadVmState(offset, buf);
+      if (b) await backendLoadVmState(s.backend!, offset, buf);
       else await s.backend!.preadv(offset, count, IoVector.of(buf), 0, 0);
     } catch (e) {
       s.out(`read failed: ${errText(e)}\n`);
@@ -314,7 +322,7 @@ export const writeCommand: IoCommand = {
     const blk = s.backend!;
     const t0 = performance.now();
     try {
-      if (b) await blk.saveVmState(offset, buf!);
+      if (b) await backendSaveVmState(blk, offset, buf!);
       else if (z) await blk.pwriteZeroes(offset, count, flags);
       else if (c) {
         const inst = blk.node?.instance;
