@@ -7,7 +7,7 @@
  * @module
  */
 
-import { BlockError, BlockStatusFlags, IoVector, ReqFlags } from "@blockgraph/core";
+import { BlockError, BlockStatusFlags, ReqFlags } from "@blockgraph/core";
 import {
   Cmd,
   CmdFlags,
@@ -17,7 +17,6 @@ import {
   encodeSimpleReply,
   NBD_MAX_BUFFER_SIZE,
   NbdErrno,
-  newRequestHeader,
   REPLY_FLAG_DONE,
   ReplyType,
   REQUEST_SIZE,
@@ -33,6 +32,7 @@ import {
   type X509Creds,
 } from "@blockgraph/drivers/nbd";
 import type { ExportClient, NbdExport } from "./export.ts";
+import { HEAD_ROOM, Slot, type SlotHandlers } from "./request_slot.ts";
 import { type ExportLookup, type Negotiated, serverHandshake } from "./handshake.ts";
 import { ALLOCATION_DEPTH_ID, type MetaContext } from "./meta_context.ts";
 import { allocationFlags, bitmapExtents, collectExtents, statusAbove } from "./extents.ts";
@@ -43,8 +43,6 @@ const DATA_OR_ZERO = BlockStatusFlags.DATA | BlockStatusFlags.ZERO;
 export const MAX_REQUESTS = 64;
 /** Block status replies carry at most this many extents per context. */
 const MAX_EXTENTS = 1024;
-/** Slot buffers larger than this are dropped after use rather than kept. */
-const KEEP_BUFFER = 1024 * 1024;
 /** Reads at least this long are sent sparse (holes as NBD_REPLY_TYPE_OFFSET_HOLE). */
 const SPARSE_READ_MIN = 64 * 1024;
 /** Pieces NBD_CMD_CACHE reads in. */
@@ -54,77 +52,6 @@ const CACHE_PIECE = 1024 * 1024;
  * covers the reads that follow in the same data run (see {@link DataRuns}).
  */
 const STATUS_WINDOW = 64 * 1024 * 1024;
-
-/**
- * Room in front of a slot's data for the reply header (simple 16 bytes, a data chunk 20 + 8),
- * so that a read reply goes out as one socket write, header and data together.
- */
-const HEAD_ROOM = 32;
-
-/** What a slot's completion callbacks call: its connection's handlers. */
-interface SlotHandlers {
-  /** A fast-path read finished: send its data. */
-  read(slot: Slot): void;
-  /** A fast-path write finished: acknowledge it. */
-  wrote(slot: Slot): void;
-  /** A fast-path request failed: answer the error. */
-  failed(slot: Slot, e: unknown): void;
-  /** The reply's buffer is free again: the slot can take the next request. */
-  done(slot: Slot): void;
-}
-
-/**
- * A request in progress: its header, its payload buffer and a vector over it, and the
- * callbacks the fast path hands the backend's promise (made once per slot, so that a read
- * or a write allocates no closure).
- */
-class Slot {
-  readonly header: RequestHeader = newRequestHeader();
-  /** The payload at {@link HEAD_ROOM}, the reply header right before it. */
-  buf: Uint8Array = new Uint8Array(0);
-  view: DataView = new DataView(this.buf.buffer);
-  readonly qiov: IoVector = new IoVector();
-  /** The backend read into the slot. */
-  readonly onRead: () => void;
-  /** The backend wrote from the slot. */
-  readonly onWrote: () => void;
-  /** The backend failed the request. */
-  readonly onFail: (e: unknown) => void;
-  /** The writer is done with the slot's buffer. */
-  readonly onSent: () => void;
-
-  constructor(handlers: SlotHandlers) {
-    this.onRead = () => handlers.read(this);
-    this.onWrote = () => handlers.wrote(this);
-    this.onFail = (e) => handlers.failed(this, e);
-    this.onSent = () => handlers.done(this);
-  }
-
-  /** A vector over the first `n` payload bytes of the slot's buffer, grown as needed. */
-  vector(n: number): IoVector {
-    if (this.buf.length < HEAD_ROOM + n) {
-      this.buf = new Uint8Array(HEAD_ROOM + Math.max(n, 64 * 1024));
-      this.view = new DataView(this.buf.buffer);
-    }
-    this.qiov.reset();
-    this.qiov.add(this.buf.subarray(HEAD_ROOM, HEAD_ROOM + n));
-    return this.qiov;
-  }
-
-  /** The `n` payload bytes preceded by the `head` header bytes before them. */
-  message(head: number, n: number): Uint8Array {
-    return this.buf.subarray(HEAD_ROOM - head, HEAD_ROOM + n);
-  }
-
-  /** Forgets a large buffer so an idle connection does not keep it. */
-  trim(): void {
-    if (this.buf.length > HEAD_ROOM + KEEP_BUFFER) {
-      this.buf = new Uint8Array(0);
-      this.view = new DataView(this.buf.buffer);
-    }
-    this.qiov.reset();
-  }
-}
 
 /** An error the server answers a request with: an NBD error value and a message. */
 class RequestError extends Error {
