@@ -138,12 +138,12 @@ async function linkAllocated(
       const host = target + k * cs;
       await image.setEntry(g0 + k, ...copiedEntry(host));
       if (!frees) continue;
-      if (ext.kind === "normal") image.freeLater(oldBase + k * cs, 1, true);
+      if (ext.kind === "normal") image.frees.add(oldBase + k * cs, 1, true);
       else if (ext.kind === "compressed" || ext.kind === "zero-alloc") {
-        image.releaseEntry(ext.hi, ext.lo);
+        image.frees.release(ext.hi, ext.lo);
       }
     }
-    await image.commitFrees();
+    await image.frees.commit();
   });
 }
 

@@ -44,7 +44,7 @@ export async function forEachCluster(
           await op(g, hi, lo, zeroBits, allocBits);
         }
       } finally {
-        await image.commitFrees();
+        await image.frees.commit();
       }
       return null;
     });
@@ -83,7 +83,7 @@ export async function zeroClusters(
       return;
     }
     await image.setEntry(g, 0, ZERO_LO);
-    image.releaseEntry(hi, lo);
+    image.frees.release(hi, lo);
   });
 }
 
@@ -105,6 +105,6 @@ export async function discardClusters(
     if (!backed && (kind === "unallocated" || kind === "zero")) return;
     if (hi === 0 && lo === newLo) return;
     await image.setEntry(g, 0, newLo);
-    image.releaseEntry(hi, lo);
+    image.frees.release(hi, lo);
   });
 }

@@ -1,8 +1,8 @@
 /**
  * The state of an open qcow2 image: header, L1 table, L2 cache, refcounts, overlap map,
  * locks, and the corrupt state. It answers "where is guest cluster N" (`lookup`), makes L2
- * tables writable (`l2ForWrite`), frees clusters in a crash-safe order (`freeLater`,
- * `commitFrees`) and flushes its caches.
+ * tables writable (`l2ForWrite`), frees clusters in a crash-safe order (`frees`,
+ * free_queue.ts) and flushes its caches.
  *
  * Metadata order on allocation (crash leaves at most leaked clusters):
  * 1. refcounts are raised in the refcount cache when clusters are allocated;
@@ -21,8 +21,7 @@
  */
 
 import { BlockError, type IoVector, type Node } from "@blockgraph/core";
-import { compressedPlace } from "./compressed.ts";
-import { classify, type Extent, extentIn, extentInExt } from "./extent.ts";
+import { type Extent, extentIn, extentInExt } from "./extent.ts";
 import {
   COPIED_HI,
   copiedEntry,
@@ -36,6 +35,7 @@ import {
   viewOf,
 } from "./format.ts";
 import { type Qcow2Header, serializeHeader } from "./header.ts";
+import { FreeQueue } from "./free_queue.ts";
 import { L2Cache } from "./l2_cache.ts";
 import { ClusterClaims, InflightWrites, Mutex } from "./locks.ts";
 import type { MetaIo } from "./meta_io.ts";
@@ -121,7 +121,8 @@ export class Qcow2Image implements MetaIo {
   #warned = false;
   #marking: Promise<void> | null = null;
   readonly #sink: CorruptionSink;
-  #pendingFrees: { first: number; count: number; discard: boolean; data?: boolean }[] = [];
+  /** Clusters to free once nothing on disk names them any more. */
+  readonly frees: FreeQueue = new FreeQueue(this);
 
   /** Puts guest data in the external data file `node` (`raw`: data-file-raw). */
   setDataFile(node: Node, raw: boolean): void {
@@ -440,7 +441,7 @@ export class Qcow2Image implements MetaIo {
     if (cur !== 0) {
       this.map.setL2(cur, false);
       this.l2.drop(cur);
-      this.freeLater(cur, 1, false);
+      this.frees.add(cur, 1, false);
     }
     return off;
   }
@@ -547,65 +548,9 @@ export class Qcow2Image implements MetaIo {
     return true;
   }
 
-  /** Queues the release of what an old L2 entry referenced (after the new entry is stable). */
-  releaseEntry(hi: number, lo: number): void {
-    const kind = classify(hi, lo, this.kindMode);
-    if (kind === "normal" || kind === "zero-alloc") {
-      if (this.external) {
-        this.#pendingFrees.push({
-          first: entryOffset(hi, lo) / this.cs,
-          count: 1,
-          discard: true,
-          data: true,
-        });
-        return;
-      }
-      this.freeLater(entryOffset(hi, lo), 1, true);
-    } else if (kind === "compressed") {
-      const p = compressedPlace(hi, lo, this.header.clusterBits);
-      const first = Math.floor(p.sectorStart / this.cs);
-      const last = Math.floor((p.offset + p.bytes - 1) / this.cs);
-      this.freeLater(first * this.cs, last - first + 1, false);
-    }
-  }
-
-  /** Queues a refcount decrement of `count` clusters from host `offset`. */
-  freeLater(offset: number, count: number, discard: boolean): void {
-    this.#pendingFrees.push({ first: offset / this.cs, count, discard });
-  }
-
-  /**
-   * Applies queued frees: writes the L2 cache and flushes (so nothing on disk still names the
-   * clusters), waits for in-place writes still in flight to them, then lowers the refcounts
-   * and discards freed data clusters in the file. A free stays queued until it is applied.
-   * Call with `lock` held (no new write can look the clusters up meanwhile).
-   */
-  async commitFrees(): Promise<void> {
-    if (this.#pendingFrees.length === 0) return;
-    await this.l2.flush();
-    await this.flush();
-    while (this.#pendingFrees.length > 0) {
-      const f = this.#pendingFrees[0]!;
-      await this.inflight.drain(f.first, f.count);
-      if (f.data) {
-        // Data file clusters have no refcounts; a raw data file keeps its data.
-        this.#pendingFrees.shift();
-        if (!this.dataRaw) {
-          await this.data.pdiscard(f.first * this.cs, f.count * this.cs).catch(() => {});
-        }
-        continue;
-      }
-      await this.refcounts.update(f.first, f.count, -1);
-      this.#pendingFrees.shift();
-      if (f.discard && (await this.refcounts.get(f.first)) === 0) {
-        await this.file.pdiscard(f.first * this.cs, f.count * this.cs).catch(() => {});
-      }
-    }
-  }
-
   /** Writes back the caches (L2 tables after the refcount blocks). Call with `lock` held. */
   async flushCaches(): Promise<void> {
-    await this.commitFrees();
+    await this.frees.commit();
     await this.l2.flush();
     await this.refcounts.writeback();
   }

@@ -40,7 +40,7 @@ export async function makeEmptyImage(image: Qcow2Image): Promise<void> {
     let runCount = 0;
     const endRun = () => {
       const [first, count] = [runStart, runCount];
-      if (count > 0) frees.push(() => image.freeLater(first, count, true));
+      if (count > 0) frees.push(() => image.frees.add(first, count, true));
       runCount = 0;
     };
     for (let j = 0; j < image.l2Entries; j++) {
@@ -48,7 +48,7 @@ export async function makeEmptyImage(image: Qcow2Image): Promise<void> {
       const lo = view.getUint32(j * image.l2Stride + 4);
       const kind = classify(hi, lo, image.kindMode);
       if ((kind === "normal" || kind === "zero-alloc") && image.external) {
-        frees.push(() => image.releaseEntry(hi, lo));
+        frees.push(() => image.frees.release(hi, lo));
       } else if (kind === "normal" || kind === "zero-alloc") {
         const host = entryOffset(hi, lo);
         if (runCount > 0 && host === runStart + runCount * cs) {
@@ -60,11 +60,11 @@ export async function makeEmptyImage(image: Qcow2Image): Promise<void> {
         runCount = 1;
       } else {
         endRun();
-        if (kind === "compressed") frees.push(() => image.releaseEntry(hi, lo));
+        if (kind === "compressed") frees.push(() => image.frees.release(hi, lo));
       }
     }
     endRun();
-    frees.push(() => image.freeLater(l2Off, 1, true));
+    frees.push(() => image.frees.add(l2Off, 1, true));
   }
   if (tables.length === 0) return;
   // The cleared L1 table reaches the disk before any refcount drops.
@@ -80,7 +80,7 @@ export async function makeEmptyImage(image: Qcow2Image): Promise<void> {
     image.l2.drop(off);
   }
   for (const f of frees) f();
-  await image.commitFrees();
+  await image.frees.commit();
   await image.refcounts.writeback();
   await image.flush();
 }

@@ -58,8 +58,8 @@ export async function writeSnapshotTable(
   mapSnapshots(image);
   if (old.bytes > 0) {
     // Freed with a discard to the file, as QEMU's pass-discard-snapshot (on by default).
-    image.freeLater(old.offset, Math.ceil(old.bytes / cs), true);
-    await image.commitFrees();
+    image.frees.add(old.offset, Math.ceil(old.bytes / cs), true);
+    await image.frees.commit();
     await image.refcounts.writeback();
   }
 }
@@ -168,8 +168,8 @@ export async function deleteSnapshot(image: Qcow2Image, key: string): Promise<vo
   await adjustTree(image, l1, -1);
   if (sn.l1Size > 0) {
     // Freed with a discard to the file, as QEMU's pass-discard-snapshot (on by default).
-    image.freeLater(sn.l1TableOffset, Math.ceil((sn.l1Size * 8) / image.cs), true);
-    await image.commitFrees();
+    image.frees.add(sn.l1TableOffset, Math.ceil((sn.l1Size * 8) / image.cs), true);
+    await image.frees.commit();
     await image.refcounts.writeback();
   }
   await adjustTree(image, activeL1(image), 0);

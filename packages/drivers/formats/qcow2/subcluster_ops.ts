@@ -60,7 +60,7 @@ export async function zeroSubclusters(
         (kind === "compressed" || ((flags & ReqFlags.MAY_UNMAP) !== 0 && kind === "normal"));
       if (unmap) {
         await image.setEntry(g, 0, 0, ALL_SUBCLUSTERS, 0);
-        image.releaseEntry(hi, lo);
+        image.frees.release(hi, lo);
       } else if (zb >>> 0 !== ALL_SUBCLUSTERS || ab !== 0) {
         await image.setEntry(g, hi, lo, ALL_SUBCLUSTERS, 0);
       }
@@ -91,6 +91,6 @@ export async function discardSubclusters(
     const kind = checkEntry(image, g, hi, lo, zb, ab);
     if (kind === "unallocated" && (!backed || zb >>> 0 === ALL_SUBCLUSTERS)) return;
     await image.setEntry(g, 0, 0, ALL_SUBCLUSTERS, 0);
-    image.releaseEntry(hi, lo);
+    image.frees.release(hi, lo);
   });
 }

@@ -150,9 +150,9 @@ async function allocateInCluster(
     const [hi, lo] = copiedEntry(host);
     await image.setEntry(g, hi, lo, e.zeroBits & ~mask, e.allocBits | mask);
     if (!inPlace && !image.external && e.kind !== "unallocated") {
-      image.releaseEntry(e.hi, e.lo);
+      image.frees.release(e.hi, e.lo);
     }
-    await image.commitFrees();
+    await image.frees.commit();
   });
 }
 

@@ -1,0 +1,90 @@
+/**
+ * The queue of qcow2 clusters waiting to be freed. A cluster an L2 entry or a table stopped
+ * naming is released only after the change is stable on disk (`commit`: L2 cache written
+ * and flushed) and after in-place writes still in flight to it have finished, so a crash
+ * leaves at most a leaked cluster, never one both freed and referenced.
+ *
+ * @module
+ */
+
+import { compressedPlace } from "./compressed.ts";
+import { classify } from "./extent.ts";
+import { entryOffset } from "./format.ts";
+import type { Qcow2Image } from "./image.ts";
+
+/** One queued free: `count` clusters from cluster `first` (of the data file when `data`). */
+interface PendingFree {
+  first: number;
+  count: number;
+  discard: boolean;
+  data?: boolean;
+}
+
+/** The clusters an image frees once nothing on disk names them (see the module doc). */
+export class FreeQueue {
+  readonly #image: Qcow2Image;
+  readonly #queue: PendingFree[] = [];
+
+  /** A queue for `image`. */
+  constructor(image: Qcow2Image) {
+    this.#image = image;
+  }
+
+  /** Queues the release of what an old L2 entry referenced (after the new entry is stable). */
+  release(hi: number, lo: number): void {
+    const image = this.#image;
+    const kind = classify(hi, lo, image.kindMode);
+    if (kind === "normal" || kind === "zero-alloc") {
+      if (image.external) {
+        this.#queue.push({
+          first: entryOffset(hi, lo) / image.cs,
+          count: 1,
+          discard: true,
+          data: true,
+        });
+        return;
+      }
+      this.add(entryOffset(hi, lo), 1, true);
+    } else if (kind === "compressed") {
+      const p = compressedPlace(hi, lo, image.header.clusterBits);
+      const first = Math.floor(p.sectorStart / image.cs);
+      const last = Math.floor((p.offset + p.bytes - 1) / image.cs);
+      this.add(first * image.cs, last - first + 1, false);
+    }
+  }
+
+  /** Queues a refcount decrement of `count` clusters from host `offset`. */
+  add(offset: number, count: number, discard: boolean): void {
+    this.#queue.push({ first: offset / this.#image.cs, count, discard });
+  }
+
+  /**
+   * Applies queued frees: writes the L2 cache and flushes (so nothing on disk still names the
+   * clusters), waits for in-place writes still in flight to them, then lowers the refcounts
+   * and discards freed data clusters in the file. A free stays queued until it is applied.
+   * Call with `lock` held (no new write can look the clusters up meanwhile).
+   */
+  async commit(): Promise<void> {
+    const image = this.#image;
+    if (this.#queue.length === 0) return;
+    await image.l2.flush();
+    await image.flush();
+    while (this.#queue.length > 0) {
+      const f = this.#queue[0]!;
+      await image.inflight.drain(f.first, f.count);
+      if (f.data) {
+        // Data file clusters have no refcounts; a raw data file keeps its data.
+        this.#queue.shift();
+        if (!image.dataRaw) {
+          await image.data.pdiscard(f.first * image.cs, f.count * image.cs).catch(() => {});
+        }
+        continue;
+      }
+      await image.refcounts.update(f.first, f.count, -1);
+      this.#queue.shift();
+      if (f.discard && (await image.refcounts.get(f.first)) === 0) {
+        await image.file.pdiscard(f.first * image.cs, f.count * image.cs).catch(() => {});
+      }
+    }
+  }
+}
