@@ -21,18 +21,13 @@
 
 import { BlockError, errnoCode, type IoVector, strerror } from "@blockgraph/core";
 import { BufferPool } from "./buffer_pool.ts";
+import { DirtyHeadroom } from "./dirty_headroom.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
 import { IOVEC_SIZE, NativeIovec } from "./iovec.ts";
 import { lastErrno, libc } from "./libc.ts";
 import { type HostFiles, hostFiles } from "./posix_file.ts";
 import { markTurn, nextTurn, sinceTurn, timersStarved } from "./loop_turn.ts";
-import {
-  SYNC_BUDGET_MS,
-  SYNC_COOL_MS,
-  SYNC_SLOW_MS,
-  uringTuning,
-  YIELD_MS,
-} from "./uring_tuning.ts";
+import { SYNC_COOL_MS, SYNC_SLOW_MS, uringTuning, YIELD_MS } from "./uring_tuning.ts";
 import {
   ENTER_GETEVENTS,
   FSYNC_DATASYNC,
@@ -62,6 +57,11 @@ const OP_NAMES: Record<number, string> = {
   [OP.FALLOCATE]: "fallocate",
 };
 
+/** {@link UringEngine}'s `#syncWhen` answers: through the ring, here, here after a loop turn. */
+const SYNC_NEVER = 0;
+const SYNC_NOW = 1;
+const SYNC_AFTER_TURN = 2;
+
 /** A request slot: the state of one request between submission and completion. */
 class Slot {
   readonly index: number;
@@ -74,6 +74,7 @@ class Slot {
   bytes = 0;
   cancelled = false;
   big = false;
+  mutating = false;
   resolve: ((n: number) => void) | null = null;
   reject: ((e: unknown) => void) | null = null;
 
@@ -109,6 +110,9 @@ class UringEngine {
   #inflight = 0;
   #bigInflight = 0;
   #bigWritesInflight = 0;
+  /** Page-cache writes, fallocates and flushes in the ring (they may hold the inode lock). */
+  #mutating = 0;
+  readonly #headroom = new DirtyHeadroom();
   #cqHead: number;
   #kickScheduled = false;
   #waiting: Promise<void> | null = null;
@@ -171,6 +175,17 @@ class UringEngine {
     direct: boolean,
   ): Promise<number> {
     if (this.#broken) return Promise.reject(this.#broken);
+    let inline = false;
+    if (
+      op === OP.WRITEV && !direct && rwFlags === 0 && uringTuning.syncWrites &&
+      bytes <= uringTuning.syncBytes
+    ) {
+      const how = this.#syncWhen();
+      if (how === SYNC_AFTER_TURN) {
+        return nextTurn().then(() => this.rw(op, fd, offset, qiov, qiovOffset, bytes, 0, false));
+      }
+      inline = how === SYNC_NOW;
+    }
     const slot = this.#free.pop();
     if (slot === undefined) {
       return this.#slotFreed(fd).then(() =>
@@ -185,10 +200,10 @@ class UringEngine {
       this.#free.push(slot);
       return Promise.reject(BlockError.from(e, { offset, op: OP_NAMES[op] ?? "io" }));
     }
-    if (
-      op === OP.WRITEV && !direct && rwFlags === 0 && uringTuning.syncWrites && this.#syncAllowed()
-    ) {
-      return this.#syncWrite(slot, fd, offset, count);
+    if (inline) return this.#syncWrite(slot, fd, offset, count);
+    if (op === OP.WRITEV && !direct) {
+      slot.mutating = true;
+      this.#mutating++;
     }
     slot.qiov = qiov;
     slot.qiovOffset = qiovOffset;
@@ -231,6 +246,10 @@ class UringEngine {
     if (slot === undefined) {
       return this.#slotFreed(fd).then(() => this.simple(op, fd, offset, addr, len, flags));
     }
+    if (op !== OP.NOP) {
+      slot.mutating = true;
+      this.#mutating++;
+    }
     return this.#start(slot, op, fd, offset, addr, len, flags, false);
   }
 
@@ -266,10 +285,18 @@ class UringEngine {
     return p;
   }
 
-  #syncAllowed(): boolean {
+  /**
+   * Whether a small page-cache write runs here with pwritev (see {@link SYNC_WRITES}): not
+   * while a write, fallocate or flush is in the ring (it may hold the inode lock the write
+   * needs), nor for a while after a slow one, nor while the host's dirty memory is near the
+   * kernel's throttling level; and once the chain has kept the event loop for
+   * `syncBudgetMs`, after the loop has turned.
+   */
+  #syncWhen(): number {
+    if (this.#mutating > 0) return SYNC_NEVER;
     const now = performance.now();
-    if (now < this.#syncOffUntil) return false;
-    return sinceTurn(now) < SYNC_BUDGET_MS;
+    if (now < this.#syncOffUntil || !this.#headroom.ok(now)) return SYNC_NEVER;
+    return sinceTurn(now) < uringTuning.syncBudgetMs ? SYNC_NOW : SYNC_AFTER_TURN;
   }
 
   /**
@@ -438,6 +465,10 @@ class UringEngine {
   }
 
   #releaseSlot(slot: Slot): void {
+    if (slot.mutating) {
+      slot.mutating = false;
+      this.#mutating--;
+    }
     if (slot.big) {
       slot.big = false;
       this.#bigInflight--;

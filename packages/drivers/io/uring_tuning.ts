@@ -84,6 +84,30 @@ const ASYNC_BYTES = 64 * 1024;
  * and page-cache reads within noise (depth 1 medians of 5: 23.1k -> 25.3k IOPS).
  */
 export const COOP_TASKRUN = true;
+/**
+ * Small page-cache writes run on the JS thread with pwritev when that cannot block for long
+ * (`uring.ts`'s `#syncWhen`, `dirty_headroom.ts`). ext4 refuses non-blocking buffered writes
+ * (RWF_NOWAIT gives EOPNOTSUPP), so io_uring hands every one to a single io-wq worker per
+ * file: a thread hand-off each way around a copy of a few microseconds.
+ *
+ * Measured (session 6): NBD 4 KiB random writes at depth 32 over TCP, 200k requests,
+ * alternating runs: 4.30-4.37 s through io-wq, 3.1-3.3 s inline (nbdkit's file plugin
+ * 2.75-2.94 s); `deno task bench`, 5 rounds: NBD TCP randwrite 0.61x -> 0.86x nbdkit, NBD unix
+ * randwrite 0.96x -> 1.27x qemu-nbd, page-cache randwrite 0.64x -> 0.70x fio at 1.32x -> 0.99x
+ * its CPU, loop lag p99 5.9 ms, max 7.6 ms. A loop of 2M 4 KiB pwrites over a cached 1 GiB
+ * file took 2 µs a write and at most 0.38 ms; 1M into new pages of a sparse 4 GiB file, at
+ * most 0.37 ms.
+ *
+ * What can stall a page-cache write: dirty throttling (pauses of up to 200 ms; commit 3aa06d1
+ * saw a 126 ms loop lag when these writes ran with no dirty check), a lock another request on
+ * the file holds (a write, fallocate or flush in the ring), and reclaim. The engine avoids the
+ * first two, stops for {@link SYNC_COOL_MS} after any write slower than {@link SYNC_SLOW_MS},
+ * and lets the loop turn every {@link SYNC_BUDGET_MS} (a write due after that waits for the
+ * turn rather than going to io-wq: page-cache randwrite 5.0 against 6.3-6.8 µs CPU per request).
+ */
+export const SYNC_WRITES = true;
+/** The largest page-cache write done on the JS thread (bytes): larger ones go to io-wq. */
+export const SYNC_BYTES = 16 * 1024;
 /** Page-cache writes done on the JS thread may keep the event loop for this long (ms). */
 export const SYNC_BUDGET_MS = 1;
 /** A page-cache write slower than this (ms) means writeback pressure... */
@@ -102,7 +126,8 @@ export const SYNC_COOL_MS = 100;
  *   the event loop last turned (NBD 4k randwrite at depth 32 against qemu-nbd and nbdkit, 5
  *   rounds: 2 ms, 0.3 ms and 0.1 ms all gave 0.85–0.88x, while O_DIRECT randwrite fell from
  *   0.92x to 0.79x);
- * - `syncWrites`: page-cache writes with pwritev on the JS thread;
+ * - `syncWrites`: small page-cache writes with pwritev on the JS thread ({@link SYNC_WRITES});
+ *   `syncBytes`: the largest such write; `syncBudgetMs`: how long after a loop turn they may;
  * - `submitBatch`: SQEs queued before an early submit (0: once per microtask round);
  * - `asyncBytes`: the size from which page-cache requests are marked large (0: none);
  *   `asyncOn`: large writes get IOSQE_ASYNC (off); `asyncReads`: large reads do (true,
@@ -117,7 +142,9 @@ export const uringTuning = {
   timedCoolMs: TIMED_COOL_MS,
   timedMinFrac: TIMED_MIN_FRACTION,
   timedTurnMs: YIELD_MS,
-  syncWrites: false,
+  syncWrites: SYNC_WRITES,
+  syncBytes: SYNC_BYTES,
+  syncBudgetMs: SYNC_BUDGET_MS,
   submitBatch: SUBMIT_BATCH,
   asyncBytes: ASYNC_BYTES,
   spinBig: false,
