@@ -2,10 +2,53 @@ import fs from "node:fs";
 import { IoVector } from "@blockgraph/core";
 import { assert, assertBytesEqual, assertEquals } from "../conformance/mod.ts";
 import { FALLOC } from "./engine.ts";
-import { openRw, rejectsAt, sharedEngineChecks, withDir } from "./engine_testing.ts";
+import type { IoEngine } from "./engine.ts";
+import {
+  type CreateEngine,
+  openRw,
+  rejectsAt,
+  sharedEngineChecks,
+  withDir,
+} from "./engine_testing.ts";
 import { createUringEngine } from "./uring.ts";
+import { uringTuning } from "./uring_tuning.ts";
 
 sharedEngineChecks("io_uring engine", createUringEngine, [1, 2]);
+
+/**
+ * The engine with small page-cache writes kept in the ring (they run inline by default while
+ * the host has dirty-memory headroom): the switch is off during each call, where the engine
+ * decides.
+ */
+function allThroughRing(create: CreateEngine): CreateEngine {
+  return (options) => {
+    const engine = create(options);
+    return new Proxy(engine, {
+      get(target, key) {
+        const v = Reflect.get(target, key);
+        if (typeof v !== "function") return v;
+        return (...args: unknown[]) => {
+          const saved = uringTuning.syncWrites;
+          uringTuning.syncWrites = false;
+          try {
+            return v.apply(target, args);
+          } finally {
+            uringTuning.syncWrites = saved;
+          }
+        };
+      },
+    }) as IoEngine;
+  };
+}
+
+sharedEngineChecks(
+  "io_uring engine, page-cache writes in the ring",
+  allThroughRing(createUringEngine),
+  [
+    3,
+    4,
+  ],
+);
 
 Deno.test("io_uring engine: fallocate punches holes and zeroes ranges; fsync both kinds", async () => {
   await withDir(async (dir) => {
