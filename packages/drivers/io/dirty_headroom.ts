@@ -75,6 +75,15 @@ function fields(text: string): Map<string, number> {
   return m;
 }
 
+/** Whether reads under `path` are granted already (a query, never a prompt). */
+function granted(path: string): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "read", path }).state === "granted";
+  } catch {
+    return false;
+  }
+}
+
 function readNumber(path: string): number {
   const n = Number(Deno.readTextFileSync(path).trim());
   if (!Number.isFinite(n)) throw new Error(`${path}: not a number`);
@@ -125,6 +134,7 @@ function cgroupDir(): string | null {
   }
   if (own === undefined) return null;
   const dir = `/sys/fs/cgroup${own.slice(3).trim()}`.replace(/\/$/, "");
+  if (!granted("/sys/fs/cgroup")) throw new Error("no read permission for /sys/fs/cgroup");
   try {
     return Deno.readTextFileSync(`${dir}/memory.max`).trim() === "max" ? null : dir;
   } catch {
@@ -167,6 +177,11 @@ export class DirtyHeadroom {
 
   #read(): boolean {
     if (this.#broken) return false;
+    if (this.#reads === 0 && !granted("/proc")) {
+      // Asking would prompt a user who did not grant reads; the ring never blocks anyway.
+      this.#broken = true;
+      return false;
+    }
     try {
       if (this.#reads++ % SYSCTL_EVERY === 0) this.#sysctls = readSysctls();
       if (this.#cgroup === undefined) this.#cgroup = cgroupDir();
