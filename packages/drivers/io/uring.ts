@@ -11,7 +11,8 @@
  * thread. The ring uses set-up flags 0, so that thread may wait while the JS thread submits.
  *
  * The policies (spin depth, wait lengths, submit batching, io-wq hand-offs) and what was
- * measured for each are in `uring_tuning.ts`.
+ * measured for each are in `uring_tuning.ts`. Small page-cache writes may skip the ring and
+ * run on the JS thread (`uring_inline.ts`).
  *
  * The hot path allocates only the request's promise: preallocated slots, one reused native
  * iovec array per slot, addresses as numbers, 64-bit fields written as 32-bit halves.
@@ -21,13 +22,12 @@
 
 import { BlockError, errnoCode, type IoVector, strerror } from "@blockgraph/core";
 import { BufferPool } from "./buffer_pool.ts";
-import { DirtyHeadroom } from "./dirty_headroom.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
 import { IOVEC_SIZE, NativeIovec } from "./iovec.ts";
-import { lastErrno, libc } from "./libc.ts";
 import { type HostFiles, hostFiles } from "./posix_file.ts";
 import { markTurn, nextTurn, sinceTurn, timersStarved } from "./loop_turn.ts";
-import { SYNC_COOL_MS, SYNC_SLOW_MS, uringTuning, YIELD_MS } from "./uring_tuning.ts";
+import { uringTuning, YIELD_MS } from "./uring_tuning.ts";
+import { INLINE_AFTER_TURN, INLINE_NOW, InlineWrites } from "./uring_inline.ts";
 import {
   ENTER_GETEVENTS,
   FSYNC_DATASYNC,
@@ -56,11 +56,6 @@ const OP_NAMES: Record<number, string> = {
   [OP.FSYNC]: "flush",
   [OP.FALLOCATE]: "fallocate",
 };
-
-/** {@link UringEngine}'s `#syncWhen` answers: through the ring, here, here after a loop turn. */
-const SYNC_NEVER = 0;
-const SYNC_NOW = 1;
-const SYNC_AFTER_TURN = 2;
 
 /** A request slot: the state of one request between submission and completion. */
 class Slot {
@@ -110,14 +105,11 @@ class UringEngine {
   #inflight = 0;
   #bigInflight = 0;
   #bigWritesInflight = 0;
-  /** Page-cache writes, fallocates and flushes in the ring (they may hold the inode lock). */
-  #mutating = 0;
-  readonly #headroom = new DirtyHeadroom();
+  readonly #inline = new InlineWrites();
   #cqHead: number;
   #kickScheduled = false;
   #waiting: Promise<void> | null = null;
   #broken: BlockError | null = null;
-  #syncOffUntil = 0;
   #timedOffUntil = 0;
   readonly #kick = (): void => {
     this.#kickScheduled = false;
@@ -176,15 +168,14 @@ class UringEngine {
   ): Promise<number> {
     if (this.#broken) return Promise.reject(this.#broken);
     let inline = false;
-    if (
-      op === OP.WRITEV && !direct && rwFlags === 0 && uringTuning.syncWrites &&
-      bytes <= uringTuning.syncBytes
-    ) {
-      const how = this.#syncWhen();
-      if (how === SYNC_AFTER_TURN) {
-        return nextTurn().then(() => this.rw(op, fd, offset, qiov, qiovOffset, bytes, 0, false));
+    if (op === OP.WRITEV && !direct && this.#inline.candidate(bytes, rwFlags)) {
+      const how = this.#inline.when();
+      if (how === INLINE_AFTER_TURN) {
+        return nextTurn().then(() =>
+          this.rw(op, fd, offset, qiov, qiovOffset, bytes, rwFlags, direct)
+        );
       }
-      inline = how === SYNC_NOW;
+      inline = how === INLINE_NOW;
     }
     const slot = this.#free.pop();
     if (slot === undefined) {
@@ -200,11 +191,13 @@ class UringEngine {
       this.#free.push(slot);
       return Promise.reject(BlockError.from(e, { offset, op: OP_NAMES[op] ?? "io" }));
     }
-    if (inline) return this.#syncWrite(slot, fd, offset, count);
-    if (op === OP.WRITEV && !direct) {
-      slot.mutating = true;
-      this.#mutating++;
+    if (inline) {
+      const p = this.#inline.write(fd, slot.iov.addr, count, offset);
+      slot.iov.release(this.#pool);
+      this.#free.push(slot);
+      return p;
     }
+    if (op === OP.WRITEV && !direct) this.#enteredInode(slot);
     slot.qiov = qiov;
     slot.qiovOffset = qiovOffset;
     slot.bytes = bytes;
@@ -246,10 +239,7 @@ class UringEngine {
     if (slot === undefined) {
       return this.#slotFreed(fd).then(() => this.simple(op, fd, offset, addr, len, flags));
     }
-    if (op !== OP.NOP) {
-      slot.mutating = true;
-      this.#mutating++;
-    }
+    if (op !== OP.NOP) this.#enteredInode(slot);
     return this.#start(slot, op, fd, offset, addr, len, flags, false);
   }
 
@@ -285,47 +275,10 @@ class UringEngine {
     return p;
   }
 
-  /**
-   * Whether a small page-cache write runs here with pwritev (see {@link SYNC_WRITES}): not
-   * while a write, fallocate or flush is in the ring (it may hold the inode lock the write
-   * needs), nor for a while after a slow one, nor while the host's dirty memory is near the
-   * kernel's throttling level; and once the chain has kept the event loop for
-   * `syncBudgetMs`, after the loop has turned.
-   */
-  #syncWhen(): number {
-    if (this.#mutating > 0) return SYNC_NEVER;
-    const now = performance.now();
-    if (now < this.#syncOffUntil || !this.#headroom.ok(now)) return SYNC_NEVER;
-    return sinceTurn(now) < uringTuning.syncBudgetMs ? SYNC_NOW : SYNC_AFTER_TURN;
-  }
-
-  /**
-   * A page-cache write done here with pwritev: io_uring hands buffered writes that cannot be
-   * done without blocking (ext4, for one) to its io-wq workers, which costs a thread hand-off
-   * each way and runs them one at a time per file.
-   */
-  #syncWrite(slot: Slot, fd: number, offset: number, count: number): Promise<number> {
-    const t0 = performance.now();
-    // Deno takes numbers for i64 parameters (its types say bigint only).
-    const rc = libc().pwritev(
-      fd,
-      slot.iov.addr as unknown as bigint,
-      count,
-      offset as unknown as bigint,
-    );
-    const errno = rc < 0 ? lastErrno() : 0;
-    const t1 = performance.now();
-    if (t1 - t0 > SYNC_SLOW_MS) this.#syncOffUntil = t1 + SYNC_COOL_MS;
-    slot.iov.release(this.#pool);
-    this.#free.push(slot);
-    if (rc >= 0) return Promise.resolve(rc);
-    const code = errnoCode(errno);
-    return Promise.reject(
-      new BlockError(code, `pwritev at offset ${offset}: ${strerror(code)}`, {
-        offset,
-        op: "write",
-      }),
-    );
+  /** `slot` may hold its file's inode lock while in the ring: no inline write meanwhile. */
+  #enteredInode(slot: Slot): void {
+    slot.mutating = true;
+    this.#inline.entered();
   }
 
   #slotFreed(fd: number): Promise<void> {
@@ -467,7 +420,7 @@ class UringEngine {
   #releaseSlot(slot: Slot): void {
     if (slot.mutating) {
       slot.mutating = false;
-      this.#mutating--;
+      this.#inline.left();
     }
     if (slot.big) {
       slot.big = false;

@@ -86,7 +86,7 @@ const ASYNC_BYTES = 64 * 1024;
 export const COOP_TASKRUN = true;
 /**
  * Small page-cache writes run on the JS thread with pwritev when that cannot block for long
- * (`uring.ts`'s `#syncWhen`, `dirty_headroom.ts`). ext4 refuses non-blocking buffered writes
+ * (`uring_inline.ts`, `dirty_headroom.ts`). ext4 refuses non-blocking buffered writes
  * (RWF_NOWAIT gives EOPNOTSUPP), so io_uring hands every one to a single io-wq worker per
  * file: a thread hand-off each way around a copy of a few microseconds.
  *

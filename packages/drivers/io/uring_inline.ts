@@ -1,0 +1,77 @@
+/**
+ * The io_uring engine's inline page-cache writes: when a small buffered write runs on the JS
+ * thread with `pwritev` instead of going through the ring, and the write itself. io_uring
+ * hands buffered writes that cannot be done without blocking (ext4, for one) to its io-wq
+ * workers, a thread hand-off each way around a copy of a few microseconds; `uring_tuning.ts`
+ * (`SYNC_WRITES`) has the measurements.
+ *
+ * @module
+ */
+
+import { BlockError, errnoCode, strerror } from "@blockgraph/core";
+import { DirtyHeadroom } from "./dirty_headroom.ts";
+import { lastErrno, libc } from "./libc.ts";
+import { sinceTurn } from "./loop_turn.ts";
+import { SYNC_COOL_MS, SYNC_SLOW_MS, uringTuning } from "./uring_tuning.ts";
+
+/** {@link InlineWrites.when}'s answers: through the ring, here, here after a loop turn. */
+export const INLINE_NEVER = 0;
+export const INLINE_NOW = 1;
+export const INLINE_AFTER_TURN = 2;
+
+/** The inline-write policy of one engine, and the requests in its ring that it waits for. */
+export class InlineWrites {
+  /** Page-cache writes, fallocates and flushes in the ring (they may hold the inode lock). */
+  #inRing = 0;
+  #offUntil = 0;
+  readonly #headroom = new DirtyHeadroom();
+
+  /** Whether a buffered write of `bytes` with these RWF flags may ever run inline. */
+  candidate(bytes: number, rwFlags: number): boolean {
+    return rwFlags === 0 && uringTuning.syncWrites && bytes <= uringTuning.syncBytes;
+  }
+
+  /**
+   * Whether a candidate runs here: not while a write, fallocate or flush is in the ring (it
+   * may hold the inode lock the write needs), nor for a while after a slow one, nor while the
+   * host's dirty memory is near the kernel's throttling level; and once the chain has kept the
+   * event loop for `syncBudgetMs`, after the loop has turned.
+   */
+  when(): number {
+    if (this.#inRing > 0) return INLINE_NEVER;
+    const now = performance.now();
+    if (now < this.#offUntil || !this.#headroom.ok(now)) return INLINE_NEVER;
+    return sinceTurn(now) < uringTuning.syncBudgetMs ? INLINE_NOW : INLINE_AFTER_TURN;
+  }
+
+  /** A request that may hold the inode lock entered the ring... */
+  entered(): void {
+    this.#inRing++;
+  }
+
+  /** ...and left it. */
+  left(): void {
+    this.#inRing--;
+  }
+
+  /**
+   * Writes `count` iovecs at native address `iovAddr` to `fd` at `offset` with pwritev; a
+   * write slower than `SYNC_SLOW_MS` sends the next ones to the ring for `SYNC_COOL_MS`.
+   */
+  write(fd: number, iovAddr: number, count: number, offset: number): Promise<number> {
+    const t0 = performance.now();
+    // Deno takes numbers for i64 parameters (its types say bigint only).
+    const rc = libc().pwritev(fd, iovAddr as unknown as bigint, count, offset as unknown as bigint);
+    const errno = rc < 0 ? lastErrno() : 0;
+    const t1 = performance.now();
+    if (t1 - t0 > SYNC_SLOW_MS) this.#offUntil = t1 + SYNC_COOL_MS;
+    if (rc >= 0) return Promise.resolve(rc);
+    const code = errnoCode(errno);
+    return Promise.reject(
+      new BlockError(code, `pwritev at offset ${offset}: ${strerror(code)}`, {
+        offset,
+        op: "write",
+      }),
+    );
+  }
+}
