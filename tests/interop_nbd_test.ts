@@ -7,6 +7,7 @@ import { Graph, type Node } from "@blockgraph/core";
 import { defaultRegistry } from "@blockgraph/drivers";
 import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/drivers/conformance";
 import { NbdServer } from "@blockgraph/devices";
+import { hostSendCounters } from "@blockgraph/drivers/nbd";
 import { ensurePeers } from "./peers.ts";
 import { mustPeer, PEER_TIMEOUT_MS, runPeer } from "./peer_run.ts";
 
@@ -161,6 +162,85 @@ Deno.test("our nbd client against qemu-nbd: read, write, zeroes, trim, block sta
       // It already exited.
     }
     await qemuNbd.output();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("large reads of a file export go out with sendfile over TCP and unix, as qemu-img, qemu-io and nbdcopy check", async () => {
+  await ensurePeers(["qemu-io", "qemu-img", "nbdcopy"]);
+  const dir = await Deno.makeTempDir({ prefix: "nbd-sendfile-" });
+  const img = `${dir}/disk.raw`;
+  const whole = pattern(SIZE, 9);
+  await Deno.writeFile(img, whole);
+  // raw with an offset over the file: replies come from the file at offset + 1 MiB.
+  const start = 1 << 20;
+  const size = 8 << 20;
+  await Deno.writeFile(`${dir}/expect.raw`, whole.subarray(start, start + size));
+  const graph = new Graph({ registry: defaultRegistry() });
+  const node = await graph.open({
+    driver: "raw",
+    "node-name": "disk",
+    offset: start,
+    size,
+    file: { driver: "file", filename: img },
+  }, "test");
+  try {
+    for (
+      const addr of [{ type: "inet", host: "127.0.0.1", port: 0 }, {
+        type: "unix",
+        path: `${dir}/s`,
+      }] as const
+    ) {
+      const server = new NbdServer({ addr });
+      server.start();
+      await server.addExport(graph, {
+        id: "e0",
+        "node-name": "disk",
+        name: "disk",
+        writable: true,
+      });
+      const a = server.address;
+      const uri = a.type === "inet"
+        ? `nbd://127.0.0.1:${a.port}/disk`
+        : `nbd+unix:///disk?socket=${a.path}`;
+      try {
+        const before = hostSendCounters.ranges;
+        await mustPeer("qemu-img", ["compare", "-f", "raw", "-F", "raw", `${dir}/expect.raw`, uri]);
+        await mustPeer("nbdcopy", [uri, `${dir}/out.raw`]);
+        assertBytesEqual(
+          await Deno.readFile(`${dir}/out.raw`),
+          whole.subarray(start, start + size),
+          `nbdcopy over ${a.type}`,
+        );
+        assert(hostSendCounters.ranges > before, `sendfile replies over ${a.type}`);
+        // What a write puts in the page cache is what the next sendfile reply carries.
+        const seed = a.type === "inet" ? "0x5c" : "0x6d";
+        await mustPeer("qemu-io", [
+          "-f",
+          "raw",
+          ...c(`write -P ${seed} 4096 1M`, `read -P ${seed} 4096 1M`),
+          uri,
+        ]);
+        whole.fill(Number(seed), start + 4096, start + 4096 + (1 << 20));
+        await Deno.writeFile(`${dir}/expect.raw`, whole.subarray(start, start + size));
+      } finally {
+        await server.stop();
+      }
+    }
+    await node.unref("test");
+    await graph.closeAll();
+    const file = await Deno.readFile(img);
+    assertBytesEqual(
+      file.subarray(start + 4096, start + 4096 + (1 << 20)),
+      new Uint8Array(1 << 20).fill(0x6d),
+      "in the file",
+    );
+    assertBytesEqual(
+      file.subarray(0, start),
+      whole.subarray(0, start),
+      "before the window: untouched",
+    );
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });

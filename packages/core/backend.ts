@@ -7,7 +7,7 @@
  */
 
 import { Child, type ChildParent, ChildRole } from "./child.ts";
-import { type BlockStatus, type PreallocMode, ReqFlags } from "./driver.ts";
+import { type BlockStatus, type HostReadSink, type PreallocMode, ReqFlags } from "./driver.ts";
 import { BlockError } from "./errors.ts";
 import type { Graph } from "./graph.ts";
 import { attachEdge } from "./graph_change.ts";
@@ -19,6 +19,8 @@ import { changeMedium, eject, insertMedium, removeMedium, Tray } from "./tray.ts
 import type { DeviceOps, RootListener } from "./device_ops.ts";
 import { errorAction, type ErrorPolicy, ioErrorEventData, type IoStatus } from "./error_policy.ts";
 import { checkRequest } from "./backend_check.ts";
+
+const NOT_SERVED: Promise<boolean> = Promise.resolve(false);
 
 /** Options of a new Backend. */
 export interface BackendOptions {
@@ -486,6 +488,24 @@ export class Backend implements ChildParent {
   /** Reads `bytes` bytes at `offset` into `qiov` at `qiovOffset`. */
   preadv(offset: number, bytes: number, qiov: IoVector, qiovOffset = 0, flags = 0): Promise<void> {
     return this.#request(Op.Read, offset, bytes, qiov, qiovOffset, flags);
+  }
+
+  /**
+   * Serves a read through `sink` as a host file range where the graph allows it (a file
+   * node, or raw over one, with the range in the page cache: see `DriverInstance.preadHost`).
+   * Resolves false, having called nothing, where it does not, and while requests wait
+   * (drained, or stopped by the error policy): then read with {@link Backend.preadv}, which
+   * waits and applies the error policy. The sink's failures pass through unchanged.
+   */
+  preadHost(offset: number, bytes: number, sink: HostReadSink): Promise<boolean> {
+    if (
+      this.root === null || this.#stopped || this.quiesceCounter > 0 ||
+      checkRequest(this, offset, bytes, "read", "read") !== null
+    ) {
+      return NOT_SERVED;
+    }
+    this.inFlight++;
+    return this.root.node!.preadHost(offset, bytes, sink).finally(this.#done);
   }
 
   /** Writes `bytes` bytes at `offset` from `qiov` at `qiovOffset`. */

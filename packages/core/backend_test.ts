@@ -242,3 +242,46 @@ Deno.test("Backend: errors under rerror/werror=report are events for devices, no
   await n.unref("t");
   await g.closeAll();
 });
+
+Deno.test("Backend.preadHost hands the sink the range, counted in flight until it is done", async () => {
+  const g = testGraph();
+  const n = await g.open({ driver: "ram", "host-fd": 77, align: 512 }, "t");
+  const f = await g.open({ driver: "pass", file: { driver: "ram", "host-fd": 78 } }, "t");
+  const blk = g.createBackend({ perm: Perm.CONSISTENT_READ });
+  await blk.insertRoot(n);
+  const calls: number[][] = [];
+  let release!: () => void;
+  const sink = (fd: number, offset: number, bytes: number) => {
+    calls.push([fd, offset, bytes]);
+    return new Promise<void>((r) => (release = r));
+  };
+  const served = blk.preadHost(1024, 2048, sink);
+  await Promise.resolve();
+  assertEquals(calls, [[77, 1024, 2048]], "the sink has the node's fd and range");
+  assertEquals([blk.inFlight, n.inFlight], [1, 1], "in flight while the sink runs");
+  // A drain waits for the sink.
+  const order: string[] = [];
+  const drained = g.drained([n], () => {
+    order.push("drained");
+    return blk.preadHost(0, 512, sink).then((ok) => order.push(`while drained: ${ok}`));
+  });
+  await new Promise((r) => setTimeout(r, 10));
+  assertEquals(order.length, 0, "the drain waits for the sink");
+  order.push("released");
+  release();
+  assertEquals(await served, true, "served");
+  await drained;
+  assertEquals(order, ["released", "drained", "while drained: false"]);
+  assertEquals(calls.length, 1, "nothing handed out while drained");
+  // Not served: unaligned, past the end, through a filter that does not pass it on.
+  assertEquals(await blk.preadHost(100, 512, sink), false, "unaligned");
+  assertEquals(await blk.preadHost(1 << 20, 512, sink), false, "past the end");
+  await blk.removeRoot();
+  await blk.insertRoot(f);
+  assertEquals(await blk.preadHost(0, 512, sink), false, "a filter without preadHost");
+  assertEquals(calls.length, 1, "the sink was not called");
+  assertEquals([blk.inFlight, n.inFlight], [0, 0], "nothing left in flight");
+  await n.unref("t");
+  await f.unref("t");
+  await g.closeAll();
+});

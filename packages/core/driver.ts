@@ -66,6 +66,14 @@ export interface BlockStatus {
   file?: Node;
 }
 
+/**
+ * Takes a read as a range of an open host file rather than as bytes in memory (see
+ * {@link DriverInstance.preadHost}): `bytes` bytes of descriptor `fd` from `offset`. The
+ * descriptor stays open until the returned promise settles and must not be used after it;
+ * the sink only reads from it (`sendfile(2)` to a socket, say).
+ */
+export type HostReadSink = (fd: number, offset: number, bytes: number) => Promise<void>;
+
 /** Request limits a driver declares; every field has a safe default. */
 export interface BlockLimits {
   /** Offsets and lengths of requests the driver sees are multiples of this (default 1). */
@@ -143,6 +151,15 @@ export interface DriverInstance {
     qiovOffset: number,
     flags: number,
   ): Promise<void>;
+  /**
+   * Serves a read by handing `sink` the host file range that holds it, when the whole range
+   * lies in one file this driver reads through unchanged and that file's pages are in the
+   * page cache (so the sink's reads of it do not wait for the disk). Resolves true once the
+   * sink is done, or false, having called nothing, when the range cannot be served so (the
+   * caller reads it with `preadv`). The sink's own failures pass through unchanged. Left
+   * out: false.
+   */
+  preadHost?(offset: number, bytes: number, sink: HostReadSink): Promise<boolean>;
   /**
    * Makes the range read as zeros. Throwing ENOTSUP (or leaving this out) makes the generic
    * layer write a zero buffer instead, unless NO_FALLBACK is set.

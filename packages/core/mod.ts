@@ -36,6 +36,7 @@ export type {
   DriverInstance,
   DriverKind,
   FormatSpecificInfo,
+  HostReadSink,
   OpenContext,
   PreallocMode,
   ReopenHandle,

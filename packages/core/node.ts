@@ -12,6 +12,7 @@ import {
   type BlockStatus,
   DEFAULT_LIMITS,
   type DriverInstance,
+  type HostReadSink,
   type PreallocMode,
 } from "./driver.ts";
 import type { DirtyBitmap } from "./dirty_bitmap.ts";
@@ -279,6 +280,14 @@ export class Node implements ChildParent {
   /** Reads `bytes` bytes at `offset` into `qiov` at `qiovOffset`. */
   preadv(offset: number, bytes: number, qiov: IoVector, qiovOffset = 0, flags = 0): Promise<void> {
     return req.preadv(this, offset, bytes, qiov, qiovOffset, flags);
+  }
+
+  /**
+   * Serves a read through `sink` as a host file range, where the driver can; resolves false,
+   * having called nothing, where it cannot (see {@link DriverInstance.preadHost}).
+   */
+  preadHost(offset: number, bytes: number, sink: HostReadSink): Promise<boolean> {
+    return req.preadHost(this, offset, bytes, sink);
   }
 
   /** Writes `bytes` bytes at `offset` from `qiov` at `qiovOffset`. */

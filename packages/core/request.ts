@@ -11,7 +11,7 @@
  * @module
  */
 
-import { type PreallocMode, ReqFlags } from "./driver.ts";
+import { type HostReadSink, type PreallocMode, ReqFlags } from "./driver.ts";
 import { markDirty, resizeDirtyBitmaps } from "./dirty_bitmap.ts";
 import { BlockError } from "./errors.ts";
 import { IoVector } from "./io_vector.ts";
@@ -129,6 +129,39 @@ async function alignedRead(
   }
   if (readable < bytes) qiov.fill(qiovOffset + readable, bytes - readable, 0);
 }
+
+/**
+ * Serves a read of `node` through `sink` as a host file range ({@link DriverInstance.preadHost}),
+ * counted in flight for as long as the sink runs, so a drain waits for it and the file stays
+ * open. False (nothing called) when the driver cannot, the range is unaligned or past the
+ * end, or a serialising request is in flight.
+ */
+export function preadHost(
+  node: Node,
+  offset: number,
+  bytes: number,
+  sink: HostReadSink,
+): Promise<boolean> {
+  const inst = node.instance;
+  if (inst === null || inst.preadHost === undefined || bytes <= 0) return NOT_SERVED;
+  const align = node.limits.requestAlignment;
+  if (
+    checkRange(node, offset, bytes, "read") !== null || !isAligned(offset, align) ||
+    !isAligned(bytes, align) || offset + bytes > inst.getLength() || node.tracked.hasSerialising
+  ) {
+    return NOT_SERVED;
+  }
+  node.inFlight++;
+  let p: Promise<boolean>;
+  try {
+    p = inst.preadHost(offset, bytes, sink);
+  } catch (e) {
+    p = Promise.reject(e);
+  }
+  return p.finally(node.ioDone);
+}
+
+const NOT_SERVED: Promise<boolean> = Promise.resolve(false);
 
 function maxChunk(maxTransfer: number, align: number): number {
   if (maxTransfer === 0) return 1 << 30;

@@ -46,6 +46,7 @@ const ram: BlockDriver = {
     zeroes: { type: "bool", description: "native write-zeroes", default: true },
     "fail-writes": { type: "string", description: "errno code for every write", default: "" },
     "deny-write": { type: "bool", description: "refuse read-write opens", default: false },
+    "host-fd": { type: "int", description: "serve preadHost with this fd (-1: no)", default: -1 },
   },
   open(ctx, o) {
     if (o["deny-write"] && !ctx.readOnly && !ctx.fallBackToReadOnly()) {
@@ -95,6 +96,14 @@ const ram: BlockDriver = {
         return Promise.resolve();
       },
     };
+    const hostFd = o["host-fd"] as number;
+    if (hostFd >= 0) {
+      inst.preadHost = async (offset, bytes, sink) => {
+        log.ops.push({ op: "host", offset, bytes, flags: 0 });
+        await sink(hostFd, offset, bytes);
+        return true;
+      };
+    }
     if (o["zeroes"]) {
       inst.pwriteZeroes = async (offset, bytes, flags) => {
         log.ops.push({ op: "zeroes", offset, bytes, flags });

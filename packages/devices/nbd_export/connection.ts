@@ -43,6 +43,12 @@ const DATA_OR_ZERO = BlockStatusFlags.DATA | BlockStatusFlags.ZERO;
 export const MAX_REQUESTS = 64;
 /** Block status replies carry at most this many extents per context. */
 const MAX_EXTENTS = 1024;
+/**
+ * Reads at least this long go out with `sendfile(2)` where the export allows it
+ * ({@link ServerConnection.constructor}); smaller ones cost less read into the slot and sent
+ * together with the replies around them.
+ */
+const HOST_READ_MIN = 64 * 1024;
 /** Reads at least this long are sent sparse (holes as NBD_REPLY_TYPE_OFFSET_HOLE). */
 const SPARSE_READ_MIN = 64 * 1024;
 /** Pieces NBD_CMD_CACHE reads in. */
@@ -93,6 +99,8 @@ export interface ServerTls {
 export class ServerConnection implements ExportClient {
   #conn: ServerConn;
   readonly #tls: ServerTls | null;
+  /** The descriptor under the connection, for sendfile replies; -1 for none. */
+  #sock: number;
   readonly #reader: WireReader;
   readonly #writer: WireWriter;
   readonly #lookup: ExportLookup;
@@ -122,11 +130,19 @@ export class ServerConnection implements ExportClient {
 
   /**
    * Wraps an accepted socket; {@link ServerConnection.run} serves it. With `tls` the client
-   * must upgrade with NBD_OPT_STARTTLS before anything else.
+   * must upgrade with NBD_OPT_STARTTLS before anything else. `sock` is the descriptor
+   * under `conn` (`ListenerSockets` finds it): large reads of cached host files then go out
+   * with `sendfile(2)`. The connection closes `conn` only after its last use of `sock`.
    */
-  constructor(conn: ServerConn, lookup: ExportLookup, tls: ServerTls | null = null) {
+  constructor(
+    conn: ServerConn,
+    lookup: ExportLookup,
+    tls: ServerTls | null = null,
+    sock = -1,
+  ) {
     this.#conn = conn;
     this.#tls = tls;
+    this.#sock = tls ? -1 : sock;
     this.#lookup = lookup;
     this.#reader = new WireReader(conn);
     this.#writer = new WireWriter(conn, () => this.#closeSocket());
@@ -177,6 +193,7 @@ export class ServerConnection implements ExportClient {
       }
     }
     this.#conn = t;
+    this.#sock = -1;
     this.#reader.setConn(t);
     this.#writer.setConn(t);
     if (this.#closing) this.#closeSocket();
@@ -215,6 +232,7 @@ export class ServerConnection implements ExportClient {
   async #transmission(n: Negotiated): Promise<void> {
     if (!n.exp.addClient(this)) return;
     this.#exp = n.exp;
+    if (this.#sock >= 0) this.#writer.setSocket(this.#sock);
     this.#structured = n.structured;
     this.#contexts = n.contexts;
     const reader = this.#reader;
@@ -263,7 +281,8 @@ export class ServerConnection implements ExportClient {
       const df = this.#structured ? CmdFlags.DF : 0;
       if (
         (flags & ~(CmdFlags.FUA | df)) !== 0 || length === 0 || length > NBD_MAX_BUFFER_SIZE ||
-        (this.#structured && length >= SPARSE_READ_MIN && (flags & df) === 0)
+        (this.#structured && length >= SPARSE_READ_MIN && (flags & df) === 0) ||
+        (length >= HOST_READ_MIN && this.#writer.sendsFiles)
       ) {
         return false;
       }
@@ -410,6 +429,11 @@ export class ServerConnection implements ExportClient {
     const backend = this.#exp!.backend;
     const { offset, length } = h;
     if (!this.#structured) {
+      if (length >= HOST_READ_MIN && this.#writer.sendsFiles) {
+        slot.vector(0);
+        encodeSimpleReply(slot.view, HEAD_ROOM - SIMPLE_REPLY_SIZE, 0, h.cookieHi, h.cookieLo);
+        if (await this.#sendHost(slot, offset, length, SIMPLE_REPLY_SIZE)) return;
+      }
       if (length > 0) await backend.preadv(offset, length, slot.vector(length), 0, 0);
       else slot.vector(0);
       encodeSimpleReply(slot.view, HEAD_ROOM - SIMPLE_REPLY_SIZE, 0, h.cookieHi, h.cookieLo);
@@ -450,15 +474,37 @@ export class ServerConnection implements ExportClient {
   }
 
   async #sendData(slot: Slot, offset: number, n: number, last: boolean): Promise<void> {
-    const h = slot.header;
+    const head = STRUCTURED_REPLY_SIZE + 8;
+    if (n >= HOST_READ_MIN && this.#writer.sendsFiles) {
+      slot.vector(0);
+      this.#dataHead(slot, offset, n, last);
+      if (await this.#sendHost(slot, offset, n, head)) return;
+    }
     await this.#exp!.backend.preadv(offset, n, slot.vector(n), 0, 0);
+    this.#dataHead(slot, offset, n, last); // after vector(): it may have replaced the buffer
+    await this.#writer.send(slot.message(head, n));
+  }
+
+  /** Writes an OFFSET_DATA chunk header for `n` bytes at `offset` in front of the slot's data. */
+  #dataHead(slot: Slot, offset: number, n: number, last: boolean): void {
+    const h = slot.header;
     const head = STRUCTURED_REPLY_SIZE + 8;
     const at = HEAD_ROOM - head;
     const flags = last ? REPLY_FLAG_DONE : 0;
     const v = slot.view;
     encodeChunkHeader(v, at, flags, ReplyType.OFFSET_DATA, h.cookieHi, h.cookieLo, n + 8);
     setU64(v, at + STRUCTURED_REPLY_SIZE, offset);
-    await this.#writer.send(slot.message(head, n));
+  }
+
+  /**
+   * Sends the reply header already in front of the slot's data (`head` bytes) and then the
+   * `n` bytes at `offset` straight from the host file under the export, when the backend can
+   * serve the read so (see `Backend.preadHost`). False, having sent nothing, when it cannot.
+   */
+  #sendHost(slot: Slot, offset: number, n: number, head: number): Promise<boolean> {
+    slot.hostWriter = this.#writer;
+    slot.hostHead = head;
+    return this.#exp!.backend.preadHost(offset, n, slot.hostSink);
   }
 
   #sendHole(h: RequestHeader, offset: number, n: number, last: boolean): void {

@@ -6,8 +6,8 @@
  * @module
  */
 
-import { IoVector } from "@blockgraph/core";
-import { newRequestHeader, type RequestHeader } from "@blockgraph/drivers/nbd";
+import { type HostReadSink, IoVector } from "@blockgraph/core";
+import { newRequestHeader, type RequestHeader, type WireWriter } from "@blockgraph/drivers/nbd";
 
 /** Slot buffers larger than this are dropped after use rather than kept. */
 const KEEP_BUFFER = 1024 * 1024;
@@ -49,12 +49,28 @@ export class Slot {
   readonly onFail: (e: unknown) => void;
   /** The writer is done with the slot's buffer. */
   readonly onSent: () => void;
+  /** The writer {@link Slot.hostSink} queues on. */
+  hostWriter: WireWriter | null = null;
+  /** The size of the reply header in front of the data that {@link Slot.hostSink} sends. */
+  hostHead = 0;
+  /**
+   * Sends the reply header in front of the slot's data, then the host file range it is
+   * given, with {@link Slot.hostWriter} (a read served by `Backend.preadHost`).
+   */
+  readonly hostSink: HostReadSink;
 
   constructor(handlers: SlotHandlers) {
     this.onRead = () => handlers.read(this);
     this.onWrote = () => handlers.wrote(this);
     this.onFail = (e) => handlers.failed(this, e);
     this.onSent = () => handlers.done(this);
+    this.hostSink = (fd, offset, bytes) =>
+      this.hostWriter!.sendFile(
+        this.buf.subarray(HEAD_ROOM - this.hostHead, HEAD_ROOM),
+        fd,
+        offset,
+        bytes,
+      );
   }
 
   /** A vector over the first `n` payload bytes of the slot's buffer, grown as needed. */

@@ -9,7 +9,7 @@
  */
 
 import { BlockError, type Graph } from "@blockgraph/core";
-import type { X509Creds } from "@blockgraph/drivers/nbd";
+import { ListenerSockets, type X509Creds } from "@blockgraph/drivers/nbd";
 import { ServerConnection } from "./connection.ts";
 import { type BlockExportAddArgs, type BlockExportInfo, NbdExport } from "./export.ts";
 import type { ExportLookup } from "./handshake.ts";
@@ -37,6 +37,12 @@ export interface NbdServerOptions {
   tlsAuthz?: (distinguishedName: string) => void;
   /** Where the server reports a client it refused (QEMU's "option negotiation failed"). */
   log?: (message: string) => void;
+  /**
+   * Answer reads of 64 KiB and more whose data lies, cached, in a host file under the export
+   * (a `file` node, or `raw` over one) with `sendfile(2)`, the data never passing through
+   * this process (default true; not over TLS). See `host_send.ts` in the drivers package.
+   */
+  sendfile?: boolean;
 }
 
 /** An NBD server and the exports it serves. */
@@ -46,6 +52,7 @@ export class NbdServer implements ExportLookup {
   readonly #exports = new Map<string, NbdExport>();
   readonly #connections = new Set<ServerConnection>();
   #acceptLoop: Promise<void> | null = null;
+  #sockets = new ListenerSockets();
   #slotWaiter: (() => void) | null = null;
   #stopping = false;
 
@@ -90,6 +97,7 @@ export class NbdServer implements ExportLookup {
       this.#listener = Deno.listen({ path: a.path, transport: "unix" });
     }
     this.#stopping = false;
+    this.#sockets = new ListenerSockets();
     this.#acceptLoop = this.#accept(this.#listener);
   }
 
@@ -150,13 +158,17 @@ export class NbdServer implements ExportLookup {
         }
       }
       const o = this.#options;
-      const c = new ServerConnection(
-        conn,
-        this,
-        o.tlsCreds ? { creds: o.tlsCreds, authz: o.tlsAuthz ?? null, log: o.log ?? null } : null,
-      );
+      // The socket under the connection, for sendfile replies; looked for before the next
+      // accept (unix sockets can only be told apart so).
+      const tls = o.tlsCreds
+        ? { creds: o.tlsCreds, authz: o.tlsAuthz ?? null, log: o.log ?? null }
+        : null;
+      const sock = tls || o.sendfile === false ? null : this.#sockets.find(conn);
+      const c = new ServerConnection(conn, this, tls, sock?.fd ?? -1);
       this.#connections.add(c);
+      const sockets = this.#sockets;
       void c.run().then(() => {
+        if (sock) sockets.release(sock);
         this.#connections.delete(c);
         const w = this.#slotWaiter;
         this.#slotWaiter = null;

@@ -15,6 +15,7 @@ import {
   ChildRole,
   type DriverInstance,
   type DriverRegistry,
+  type HostReadSink,
   type IoVector,
   type Node,
   type OpenContext,
@@ -129,6 +130,12 @@ export class RawInstance implements DriverInstance {
   ): Promise<void> {
     return this.#outside(offset, bytes, false) ??
       this.#fileNode().preadv(offset + this.#offset, bytes, qiov, qiovOffset, flags);
+  }
+
+  /** Serves a read as the file's range at `offset` + the window's start, where the file can. */
+  preadHost(offset: number, bytes: number, sink: HostReadSink): Promise<boolean> {
+    if (this.#outside(offset, bytes, false) !== null) return Promise.resolve(false);
+    return this.#fileNode().preadHost(offset + this.#offset, bytes, sink);
   }
 
   /** Writes to the file at `offset` + the window's start. */

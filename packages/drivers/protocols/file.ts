@@ -18,6 +18,7 @@ import {
   type BlockStatus,
   type DriverInstance,
   type DriverRegistry,
+  type HostReadSink,
   type IoVector,
   type Node,
   type OpenContext,
@@ -29,6 +30,7 @@ import {
 } from "@blockgraph/core";
 import { type EngineChoice, type EngineName, FALLOC, type IoEngine } from "../io/engine.ts";
 import { filesFor, type FileStat, type HostFiles, type OpenHow } from "../io/posix_file.ts";
+import { rangeCached } from "../io/host_send.ts";
 import { acquireEngine, reportSkipped } from "../io/select.ts";
 import { createThreadsEngine } from "../io/threads.ts";
 import {
@@ -72,6 +74,9 @@ export interface FileSetup {
   /** The `locking` option. */
   locking: (typeof FILE_LOCKING_MODES)[number];
 }
+
+const NOT_SERVED: Promise<boolean> = Promise.resolve(false);
+const served = (): boolean => true;
 
 /** A read's count is of no further use: the engine has filled what lay past the end. */
 const readDone = (_n: number): void => {};
@@ -214,6 +219,17 @@ export class FileInstance implements DriverInstance {
       readDone,
       this.#readFail,
     );
+  }
+
+  /**
+   * Hands `sink` the file's own range when every page of it is in the page cache (so the
+   * sink's `sendfile` does not wait for the disk) and the file is not open with O_DIRECT;
+   * false otherwise. See `host_send.ts`.
+   */
+  preadHost(offset: number, bytes: number, sink: HostReadSink): Promise<boolean> {
+    const fd = this.#fd;
+    if (this.direct || fd < 0 || !rangeCached(fd, offset, bytes)) return NOT_SERVED;
+    return sink(fd, offset, bytes).then(served);
   }
 
   /**

@@ -2,10 +2,13 @@
  * Buffered socket I/O for NBD, shared by the server and the client: a reader that parses
  * headers straight out of one receive buffer and reads large payloads directly into their
  * destination, and a writer that coalesces every message queued while a write is in flight
- * into the next single socket write.
+ * into the next single socket write, and on a server can send a header and a range of a
+ * host file with `sendfile(2)` in turn among the other messages.
  *
  * @module
  */
+
+import { sendHeadAndRange } from "../../io/host_send.ts";
 
 /** What the reader needs of a connection. */
 export interface ReadableConn {
@@ -131,6 +134,15 @@ const SEAL_COPY = 4096;
 interface Pending {
   data: Uint8Array;
   done: (() => void) | null;
+  /** A file range sent after `data` (see {@link WireWriter.sendFile}); -1 for none. */
+  fd: number;
+  offset: number;
+  bytes: number;
+  fail: ((e: Error) => void) | null;
+}
+
+function message(data: Uint8Array, done: (() => void) | null): Pending {
+  return { data, done, fd: -1, offset: 0, bytes: 0, fail: null };
 }
 
 /**
@@ -153,6 +165,7 @@ export class WireWriter {
   #failed: Error | null = null;
   readonly #onError: (e: Error) => void;
   #idleWaiters: (() => void)[] = [];
+  #sock = -1;
 
   /** Creates a writer; `onError` hears about the first failed write (the peer went away). */
   constructor(conn: WritableConn, onError: (e: Error) => void = () => {}, stageSize = 256 * 1024) {
@@ -169,6 +182,41 @@ export class WireWriter {
       throw new Error("The writer is busy: wait for idle() before switching connections");
     }
     this.#conn = conn;
+    this.#sock = -1;
+  }
+
+  /**
+   * Lets {@link WireWriter.sendFile} write straight to socket descriptor `fd`, the one under
+   * the connection (`ListenerSockets` finds it); -1 stops it. The descriptor is the
+   * connection's: the writer only sends on it, between its own writes, and the caller must
+   * not close the connection before {@link WireWriter.idle} resolves.
+   */
+  setSocket(fd: number): void {
+    this.#sock = fd;
+  }
+
+  /** Whether {@link WireWriter.sendFile} can be used: a socket is set and nothing failed. */
+  get sendsFiles(): boolean {
+    return this.#sock >= 0 && this.#failed === null;
+  }
+
+  /**
+   * Queues `head` followed by `bytes` bytes of host file `fd` from `offset`, sent with
+   * `sendfile(2)` on the socket (see `host_send.ts`) in its turn among the queued messages.
+   * Resolves once all of it is in the socket, when `head` and the file may be let go; rejects
+   * when the writer failed, before or during this message (the connection is then lost).
+   * Only while {@link WireWriter.sendsFiles}.
+   */
+  sendFile(head: Uint8Array, fd: number, offset: number, bytes: number): Promise<void> {
+    if (this.#failed) return Promise.reject(this.#failed);
+    if (this.#sock < 0) {
+      return Promise.reject(new Error("The writer has no socket to send files on"));
+    }
+    this.#sealStage();
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ data: head, done: resolve, fd, offset, bytes, fail: reject });
+      this.#kick();
+    });
   }
 
   /** The error that stopped the writer, if any. */
@@ -195,7 +243,7 @@ export class WireWriter {
   copy(data: Uint8Array): void {
     if (data.length >= LARGE) {
       this.#sealStage();
-      this.#queue.push({ data: data.slice(), done: null });
+      this.#queue.push(message(data.slice(), null));
       this.#kick();
       return;
     }
@@ -216,7 +264,7 @@ export class WireWriter {
     if (this.#failed) return null;
     this.#sealStage();
     return new Promise((resolve) => {
-      this.#queue.push({ data, done: resolve });
+      this.#queue.push(message(data, resolve));
       this.#kick();
     });
   }
@@ -235,11 +283,11 @@ export class WireWriter {
       // A few headers ahead of a large message: copy them out and keep the staging buffer,
       // rather than leave it to the queue and zero-fill a fresh one (a 256 KiB allocation
       // per 256 KiB read reply: nbdcopy spent 10% of the server's CPU in it).
-      this.#queue.push({ data: this.buf.slice(0, this.#used), done: null });
+      this.#queue.push(message(this.buf.slice(0, this.#used), null));
       this.#used = 0;
       return;
     }
-    this.#queue.push({ data: this.buf.subarray(0, this.#used), done: null });
+    this.#queue.push(message(this.buf.subarray(0, this.#used), null));
     this.buf = this.#spares.pop() ?? new Uint8Array(this.#stageSize);
     this.view = new DataView(this.buf.buffer);
     this.#used = 0;
@@ -259,13 +307,15 @@ export class WireWriter {
       if (!item) break;
       if (!this.#failed) {
         try {
-          await this.#writeAll(item.data);
+          if (item.fd < 0) await this.#writeAll(item.data);
+          else await sendHeadAndRange(this.#sock, item.data, item.fd, item.offset, item.bytes);
         } catch (e) {
           this.#failed = e instanceof Error ? e : new Error(String(e));
           this.#onError(this.#failed);
         }
       }
-      if (item.done) item.done();
+      if (item.fail && this.#failed) item.fail(this.#failed);
+      else if (item.done) item.done();
       else if (item.data.buffer.byteLength === this.#stageSize && this.#spares.length < 2) {
         this.#spares.push(new Uint8Array(item.data.buffer));
       }

@@ -1,0 +1,75 @@
+/**
+ * The C library's socket and page-cache calls: the second table of `libc.so.6` symbols, for
+ * sending host file ranges to sockets (`host_send.ts`) and finding the descriptor under a
+ * Deno connection (`socket_fd.ts`). It is opened apart from the engines' table in `libc.ts`
+ * (and only when first used) so that commands which never serve a socket do not pay for
+ * binding these symbols at start-up.
+ *
+ * Every call runs on the JS thread, where errno can be read after it (`lastErrno`), except
+ * `pollWait`, which blocks on a pool thread and whose result alone is used.
+ *
+ * @module
+ */
+
+/** Linux's `cachestat(2)` system call number (the same on x86-64 and arm64). */
+export const SYS_CACHESTAT = 451;
+
+/** send(2) flags. */
+export const MSG = {
+  /** MSG_DONTWAIT: fail with EAGAIN rather than block. */
+  DONTWAIT: 0x40,
+  /** MSG_NOSIGNAL: no SIGPIPE on a closed peer, EPIPE instead. */
+  NOSIGNAL: 0x4000,
+  /** MSG_MORE: more data follows; hold this in the socket until it does. */
+  MORE: 0x8000,
+} as const;
+
+/** poll(2) event bits. */
+export const POLL = {
+  /** Writable. */
+  OUT: 0x4,
+} as const;
+
+const SYMBOLS = {
+  /** `send(fd, buf, len, flags)`. */
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  /** `sendfile(out_fd, in_fd, off_t *offset, count)`. */
+  sendfile: { parameters: ["i32", "i32", "buffer", "usize"], result: "isize" },
+  /** `poll(fds, nfds, timeout)` on a pool thread. */
+  pollWait: {
+    name: "poll",
+    parameters: ["buffer", "u64", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  /** `cachestat(fd, range, cstat, flags)` through `syscall` (glibc has no wrapper). */
+  cachestat: {
+    name: "syscall",
+    parameters: ["i64", "u32", "buffer", "buffer", "u32"],
+    result: "i32",
+  },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The loaded symbols. */
+export type SocketLibcSymbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
+let loadError: string | null = null;
+
+/**
+ * The symbols, loaded at first use. Throws an Error saying why when FFI or `libc.so.6` is
+ * unavailable; the reason is kept, so later calls fail the same way without retrying.
+ */
+export function socketLibc(): SocketLibcSymbols {
+  if (lib) return lib.symbols;
+  if (loadError !== null) throw new Error(loadError);
+  try {
+    lib = Deno.dlopen("libc.so.6", SYMBOLS);
+  } catch (e) {
+    loadError = `cannot load libc.so.6: ${e instanceof Error ? e.message : String(e)}`;
+    throw new Error(loadError);
+  }
+  return lib.symbols;
+}
