@@ -244,3 +244,38 @@ Deno.test("large reads of a file export go out with sendfile over TCP and unix, 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a qcow2 export sends its contiguous data clusters with sendfile; holes read as zeros", async () => {
+  await ensurePeers(["qemu-img", "nbdcopy"]);
+  const dir = await Deno.makeTempDir({ prefix: "nbd-sendfile-qcow2-" });
+  const raw = `${dir}/half.raw`;
+  const qcow2 = `${dir}/half.qcow2`;
+  // Data in every other MiB; qemu-img stores it in order, so each data MiB is one run.
+  const content = new Uint8Array(SIZE);
+  for (let at = 0; at < SIZE; at += 2 << 20) content.set(pattern(1 << 20, at >> 20), at);
+  await Deno.writeFile(raw, content);
+  await mustPeer("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, qcow2]);
+  await Deno.readFile(qcow2); // into the page cache
+  const graph = new Graph({ registry: defaultRegistry() });
+  const node = await graph.open({
+    driver: "qcow2",
+    "node-name": "disk",
+    file: { driver: "file", filename: qcow2 },
+  }, "test");
+  const server = new NbdServer({ addr: { type: "unix", path: `${dir}/s` } });
+  server.start();
+  try {
+    await server.addExport(graph, { id: "e0", "node-name": "disk", name: "disk", writable: false });
+    const uri = `nbd+unix:///disk?socket=${dir}/s`;
+    const before = hostSendCounters.bytes;
+    await mustPeer("nbdcopy", [uri, `${dir}/out.raw`]);
+    assertBytesEqual(await Deno.readFile(`${dir}/out.raw`), content, "nbdcopy of the qcow2 export");
+    assert(hostSendCounters.bytes > before, "data clusters went out with sendfile");
+    await mustPeer("qemu-img", ["compare", "-f", "raw", "-F", "raw", raw, uri]);
+  } finally {
+    await server.stop();
+    await node.unref("test");
+    await graph.closeAll();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -18,6 +18,7 @@ import {
   type DirtyBitmapStore,
   type DriverInstance,
   type FormatSpecificInfo,
+  type HostReadSink,
   type IoVector,
   type Node,
   type OptionValues,
@@ -26,10 +27,12 @@ import {
   ReqFlags,
 } from "@blockgraph/core";
 import { hex } from "./format.ts";
+
+const NOT_SERVED: Promise<boolean> = Promise.resolve(false);
 import { amendImage, changeBackingFile } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
-import { cachedDataOffset } from "./read_fast_path.ts";
+import { cachedDataOffset, contiguousDataOffset } from "./read_fast_path.ts";
 import { allocatingWrite, decompressExtent } from "./allocating_write.ts";
 import { discardClusters, zeroClusters } from "./cluster_ops.ts";
 import { qcow2FormatInfo } from "./format_info.ts";
@@ -122,6 +125,21 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     const host = cachedDataOffset(this.image, offset, bytes);
     if (host >= 0) return this.image.data.preadv(host, bytes, qiov, qiovOffset);
     return this.#preadvExtents(offset, bytes, qiov, qiovOffset);
+  }
+
+  /**
+   * Serves a read as one range of the data file, where the data file can (a cached `file`:
+   * `sendfile` replies of the NBD server): when every cluster of the range holds data at
+   * consecutive host offsets, with its L2 table cached. Anything else (unallocated, zero or
+   * compressed clusters, extended L2 entries, a gap between clusters, a broken image):
+   * false, and the caller reads with `preadv`.
+   */
+  preadHost(offset: number, bytes: number, sink: HostReadSink): Promise<boolean> {
+    const size = this.image.header.size;
+    if (this.image.broken || offset > size || bytes > size - offset) return NOT_SERVED;
+    const host = contiguousDataOffset(this.image, offset, bytes);
+    if (host < 0) return NOT_SERVED;
+    return this.image.data.preadHost(host, bytes, sink);
   }
 
   async #preadvExtents(

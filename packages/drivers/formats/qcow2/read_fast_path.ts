@@ -2,6 +2,8 @@
  * The read fast path of qcow2: where a guest request lands in the data file, answered from
  * the cached L2 table without building an extent. Most random reads of an allocated image
  * take it; anything it does not answer goes through `lookupCached`/`lookup` and the extents.
+ * {@link contiguousDataOffset} answers the same for a range over several clusters stored
+ * one after another, for reads served as a data-file range (`preadHost`).
  *
  * @module
  */
@@ -33,4 +35,22 @@ export function cachedDataOffset(image: Qcow2Image, offset: number, bytes: numbe
   const base = entryOffset(hi, lo);
   if (base === 0 || base % cs !== 0) return -1;
   return base + inCluster;
+}
+
+/**
+ * The host offset of guest `offset` when all `bytes` from it lie in data clusters (as
+ * {@link cachedDataOffset} answers them: cached L2 tables, standard entries) stored one
+ * after another in the data file, so that one data-file range holds the whole read; -1
+ * otherwise. Images written in order (`img convert`, sequential writes) store most runs so.
+ */
+export function contiguousDataOffset(image: Qcow2Image, offset: number, bytes: number): number {
+  const cs = image.cs;
+  const firstLen = Math.min(bytes, cs - (offset % cs));
+  const host = cachedDataOffset(image, offset, firstLen);
+  if (host < 0) return -1;
+  for (let done = firstLen; done < bytes; done += cs) {
+    const n = Math.min(cs, bytes - done);
+    if (cachedDataOffset(image, offset + done, n) !== host + done) return -1;
+  }
+  return host;
 }
