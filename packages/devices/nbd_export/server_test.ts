@@ -29,6 +29,7 @@ import {
   WireReader,
   WireWriter,
 } from "@blockgraph/drivers/nbd";
+import { hostSendCounters } from "@blockgraph/drivers/nbd";
 import { NbdExport } from "./export.ts";
 import { NbdServer } from "./server.ts";
 
@@ -43,13 +44,18 @@ interface Fixture {
 
 async function withServer(
   fn: (f: Fixture) => Promise<void>,
-  opts: { writable?: boolean; maxConnections?: number; driver?: BlockDriver } = {},
+  opts: { writable?: boolean; maxConnections?: number; driver?: BlockDriver; file?: string } = {},
 ): Promise<void> {
   const registry = defaultRegistry();
   if (opts.driver) registry.register(opts.driver);
   const graph = new Graph({ registry });
   const node = await graph.open(
-    { driver: opts.driver?.name ?? "memory", size: SIZE, discard: "unmap", "node-name": "disk" },
+    opts.file ? { driver: "file", filename: opts.file, "node-name": "disk" } : {
+      driver: opts.driver?.name ?? "memory",
+      size: SIZE,
+      discard: "unmap",
+      "node-name": "disk",
+    },
     "test",
   );
   const dir = await Deno.makeTempDir({ prefix: "nbd-server-" });
@@ -564,4 +570,63 @@ Deno.test("NbdServer takes writes whose payload trickles in and writes pipelined
     }
     r.conn.close();
   });
+});
+
+Deno.test("NbdServer sendfile replies keep their turn among buffered ones; a client leaving mid-reply harms no one", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nbd-sendfile-" });
+  const file = `${dir}/disk.raw`;
+  const want = pattern(SIZE, 8);
+  await Deno.writeFile(file, want); // written, so in the page cache
+  try {
+    await withServer(async ({ sock }) => {
+      const before = hostSendCounters.ranges;
+      // A client that asks for 8 MiB and leaves without reading a byte.
+      const gone = await raw(sock);
+      for (let i = 0; i < 8; i++) send(gone, Cmd.READ, 0, i << 20, 1 << 20);
+      await gone.writer.idle();
+      gone.conn.close();
+      // One that pipelines large (sendfile) and small (buffered) reads and writes, and reads
+      // nothing until the replies have filled its socket.
+      const r = await raw(sock);
+      const expected = new Map<number, [number, number]>();
+      for (let i = 0; i < 60; i++) {
+        const big = i % 3 === 0;
+        const len = big ? (1 << 20) - 4096 : 4096;
+        const offset = (i * 131072 + 512) % (SIZE - len);
+        if (i % 7 === 6) {
+          expected.set(send(r, Cmd.WRITE, 0, SIZE - 4096, 4096, want.subarray(SIZE - 4096)), [
+            -1,
+            0,
+          ]);
+        } else {
+          expected.set(send(r, Cmd.READ, 0, offset, len), [offset, len]);
+        }
+      }
+      await new Promise((ok) => setTimeout(ok, 100));
+      const timer = setTimeout(() => r.conn.close(), 10_000);
+      for (let n = 0; n < 60; n++) {
+        const c = await chunk(r);
+        const e = expected.get(c.cookie);
+        assert(e !== undefined, `reply ${n}: unknown cookie ${c.cookie}`);
+        expected.delete(c.cookie);
+        const [offset, len] = e;
+        if (offset < 0) {
+          assertEquals(c.type, ReplyType.NONE, `reply ${n}: write acknowledged`);
+          continue;
+        }
+        assertEquals(c.type, ReplyType.OFFSET_DATA, `reply ${n}: data`);
+        assertEquals(
+          new DataView(c.data.buffer, c.data.byteOffset).getUint32(4),
+          offset,
+          `reply ${n}: offset`,
+        );
+        assertBytesEqual(c.data.subarray(8), want.subarray(offset, offset + len), `reply ${n}`);
+      }
+      clearTimeout(timer);
+      assert(hostSendCounters.ranges > before, "large replies went out with sendfile");
+      r.conn.close();
+    }, { file });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
