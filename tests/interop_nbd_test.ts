@@ -7,7 +7,7 @@ import { Graph, type Node } from "@blockgraph/core";
 import { defaultRegistry } from "@blockgraph/drivers";
 import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/drivers/conformance";
 import { NbdServer } from "@blockgraph/devices";
-import { hostSendCounters } from "@blockgraph/drivers/nbd";
+import { cachestatAvailable, hostSendCounters } from "@blockgraph/drivers/nbd";
 import { ensurePeers } from "./peers.ts";
 import { mustPeer, PEER_TIMEOUT_MS, runPeer } from "./peer_run.ts";
 
@@ -212,7 +212,10 @@ Deno.test("large reads of a file export go out with sendfile over TCP and unix, 
           whole.subarray(start, start + size),
           `nbdcopy over ${a.type}`,
         );
-        assert(hostSendCounters.ranges > before, `sendfile replies over ${a.type}`);
+        assert(
+          !cachestatAvailable() || hostSendCounters.ranges > before,
+          `sendfile replies over ${a.type}`,
+        );
         // What a write puts in the page cache is what the next sendfile reply carries.
         const seed = a.type === "inet" ? "0x5c" : "0x6d";
         await mustPeer("qemu-io", [
@@ -270,7 +273,10 @@ Deno.test("a qcow2 export sends its contiguous data clusters with sendfile; hole
     const before = hostSendCounters.bytes;
     await mustPeer("nbdcopy", [uri, `${dir}/out.raw`]);
     assertBytesEqual(await Deno.readFile(`${dir}/out.raw`), content, "nbdcopy of the qcow2 export");
-    assert(hostSendCounters.bytes > before, "data clusters went out with sendfile");
+    assert(
+      !cachestatAvailable() || hostSendCounters.bytes > before,
+      "data clusters went out with sendfile",
+    );
     await mustPeer("qemu-img", ["compare", "-f", "raw", "-F", "raw", raw, uri]);
   } finally {
     await server.stop();

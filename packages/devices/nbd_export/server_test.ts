@@ -29,7 +29,7 @@ import {
   WireReader,
   WireWriter,
 } from "@blockgraph/drivers/nbd";
-import { hostSendCounters } from "@blockgraph/drivers/nbd";
+import { cachestatAvailable, hostSendCounters } from "@blockgraph/drivers/nbd";
 import { NbdExport } from "./export.ts";
 import { NbdServer } from "./server.ts";
 
@@ -623,7 +623,10 @@ Deno.test("NbdServer sendfile replies keep their turn among buffered ones; a cli
         assertBytesEqual(c.data.subarray(8), want.subarray(offset, offset + len), `reply ${n}`);
       }
       clearTimeout(timer);
-      assert(hostSendCounters.ranges > before, "large replies went out with sendfile");
+      assert(
+        !cachestatAvailable() || hostSendCounters.ranges > before,
+        "large replies went out with sendfile",
+      );
       r.conn.close();
     }, { file });
   } finally {

@@ -88,6 +88,16 @@ export function rangeCached(fd: number, offset: number, bytes: number): boolean 
   return cstat[1] !== 0 || cstat[0]! >= pages;
 }
 
+/**
+ * Whether the kernel has `cachestat(2)` (Linux 6.5 and later). Without it {@link rangeCached}
+ * always answers no, so no read is ever sent with `sendfile`.
+ */
+export function cachestatAvailable(): boolean {
+  // No such descriptor: EBADF where the call exists, ENOSYS where it does not.
+  if (cachestatWorks) rangeCached(0x7fff_ffff, 0, 1);
+  return cachestatWorks;
+}
+
 function sendError(call: string, errno: number): BlockError {
   const code = errnoCode(errno);
   return new BlockError(code, `${call} to the socket failed: ${strerror(code)}`);

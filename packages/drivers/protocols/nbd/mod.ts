@@ -16,7 +16,7 @@ export {
   type WritableConn,
 } from "./wire_io.ts";
 export { type ConnSocket, ListenerSockets } from "../../io/socket_fd.ts";
-export { hostSendCounters } from "../../io/host_send.ts";
+export { cachestatAvailable, hostSendCounters } from "../../io/host_send.ts";
 export { type ClientConn, NbdClient, type NbdClientOptions, type StatusExtent } from "./client.ts";
 export { clientHandshake, type ExportInfo } from "./client_handshake.ts";
 export { nbdDriver, NbdInstance } from "./driver.ts";
