@@ -98,9 +98,22 @@ export function cachestatAvailable(): boolean {
   return cachestatWorks;
 }
 
-function sendError(call: string, errno: number): BlockError {
-  const code = errnoCode(errno);
-  return new BlockError(code, `${call} to the socket failed: ${strerror(code)}`);
+/**
+ * After `call` failed on the JS thread: true to call again (EINTR), false to wait for room in
+ * the socket (EAGAIN); any other errno is thrown as a BlockError.
+ */
+function retry(call: string): boolean {
+  const e = lastErrno();
+  if (e === EINTR) return true;
+  if (e === EAGAIN) return false;
+  const code = errnoCode(e);
+  throw new BlockError(code, `${call} to the socket failed: ${strerror(code)}`);
+}
+
+/** Counts a range sent completely. */
+function counted(bytes: number): void {
+  hostSendCounters.ranges++;
+  hostSendCounters.bytes += bytes;
 }
 
 /**
@@ -122,31 +135,22 @@ function advance(
     const n = Number(
       lib.send(sock, p === 0 ? head : head.subarray(p), (hl - p) as unknown as bigint, SEND_FLAGS),
     );
-    if (n >= 0) {
-      p += n;
-      continue;
-    }
-    const e = lastErrno();
-    if (e === EAGAIN) return p;
-    if (e !== EINTR) throw sendError("send", e);
+    if (n >= 0) p += n;
+    else if (!retry("send")) return p;
   }
   while (p < total) {
     setU64(fileOffset, 0, offset + p - hl);
     const n = Number(lib.sendfile(sock, fd, fileOffsetBytes, (total - p) as unknown as bigint));
-    if (n > 0) {
-      p += n;
-      continue;
-    }
-    if (n === 0) {
+    if (n > 0) p += n;
+    else if (n < 0) {
+      if (!retry("sendfile")) return p;
+    } else {
       throw new BlockError(
         "EIO",
         `sendfile: the file ended at ${offset + p - hl}, before the ${bytes} bytes at ${offset}`,
         { offset: offset + p - hl },
       );
     }
-    const e = lastErrno();
-    if (e === EAGAIN) return p;
-    if (e !== EINTR) throw sendError("sendfile", e);
   }
   return p;
 }
@@ -172,8 +176,7 @@ export function sendHeadAndRange(
     return Promise.reject(e);
   }
   if (p === head.length + bytes) {
-    hostSendCounters.ranges++;
-    hostSendCounters.bytes += bytes;
+    counted(bytes);
     return RESOLVED;
   }
   return sendRest(sock, head, fd, offset, bytes, p);
@@ -196,6 +199,5 @@ async function sendRest(
     await socketLibc().pollWait(pfdBytes, 1n, POLL_MS);
     p = advance(sock, head, fd, offset, bytes, p);
   }
-  hostSendCounters.ranges++;
-  hostSendCounters.bytes += bytes;
+  counted(bytes);
 }

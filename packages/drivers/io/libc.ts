@@ -135,26 +135,35 @@ const SYMBOLS = {
 /** The loaded symbols. */
 export type LibcSymbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
-let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
-let loadError: string | null = null;
 let errnoView: Deno.UnsafePointerView | null = null;
 
 /**
- * The C library's symbols, loaded at first use. Throws an Error whose message says why when
- * FFI or `libc.so.6` is unavailable (no `--allow-ffi`, not glibc); the reason is kept, so
- * later calls fail the same way without retrying.
+ * A loader of `symbols` from `libc.so.6`: the returned function opens the library at its
+ * first call and hands out the symbols. It throws an Error whose message says why when FFI or
+ * `libc.so.6` is unavailable (no `--allow-ffi`, not glibc); the reason is kept, so later calls
+ * fail the same way without retrying. Each table is opened apart, so a process binds only the
+ * symbols it uses.
  */
-export function libc(): LibcSymbols {
-  if (lib) return lib.symbols;
-  if (loadError !== null) throw new Error(loadError);
-  try {
-    lib = Deno.dlopen("libc.so.6", SYMBOLS);
-  } catch (e) {
-    loadError = `cannot load libc.so.6: ${e instanceof Error ? e.message : String(e)}`;
-    throw new Error(loadError);
-  }
-  return lib.symbols;
+export function libcLoader<S extends Deno.ForeignLibraryInterface>(
+  symbols: S,
+): () => Deno.DynamicLibrary<S>["symbols"] {
+  let lib: Deno.DynamicLibrary<S> | null = null;
+  let loadError: string | null = null;
+  return () => {
+    if (lib) return lib.symbols;
+    if (loadError !== null) throw new Error(loadError);
+    try {
+      lib = Deno.dlopen("libc.so.6", symbols);
+    } catch (e) {
+      loadError = `cannot load libc.so.6: ${e instanceof Error ? e.message : String(e)}`;
+      throw new Error(loadError);
+    }
+    return lib.symbols;
+  };
 }
+
+/** The C library's symbols of the engines and host-file calls, loaded at first use. */
+export const libc: () => LibcSymbols = libcLoader(SYMBOLS);
 
 /**
  * errno of the last failed call made on the JS thread. Read it immediately after the call:

@@ -11,6 +11,8 @@
  * @module
  */
 
+import { libcLoader } from "./libc.ts";
+
 /** Linux's `cachestat(2)` system call number (the same on x86-64 and arm64). */
 export const SYS_CACHESTAT = 451;
 
@@ -55,21 +57,5 @@ const SYMBOLS = {
 /** The loaded symbols. */
 export type SocketLibcSymbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
-let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
-let loadError: string | null = null;
-
-/**
- * The symbols, loaded at first use. Throws an Error saying why when FFI or `libc.so.6` is
- * unavailable; the reason is kept, so later calls fail the same way without retrying.
- */
-export function socketLibc(): SocketLibcSymbols {
-  if (lib) return lib.symbols;
-  if (loadError !== null) throw new Error(loadError);
-  try {
-    lib = Deno.dlopen("libc.so.6", SYMBOLS);
-  } catch (e) {
-    loadError = `cannot load libc.so.6: ${e instanceof Error ? e.message : String(e)}`;
-    throw new Error(loadError);
-  }
-  return lib.symbols;
-}
+/** The symbols, loaded at first use (see `libcLoader`). */
+export const socketLibc: () => SocketLibcSymbols = libcLoader(SYMBOLS);
