@@ -13,8 +13,7 @@ import type { Graph } from "./graph.ts";
 import { attachEdge } from "./graph_change.ts";
 import { IoVector } from "./io_vector.ts";
 import type { Node } from "./node.ts";
-import { Perm, refreshPermissions } from "./permissions.ts";
-import { Transaction } from "./transaction.ts";
+import { changeEdgePerm, Perm } from "./permissions.ts";
 import { changeMedium, eject, insertMedium, removeMedium, Tray } from "./tray.ts";
 import type { DeviceOps, RootListener } from "./device_ops.ts";
 import { errorAction, type ErrorPolicy, ioErrorEventData, type IoStatus } from "./error_policy.ts";
@@ -248,30 +247,9 @@ export class Backend implements ChildParent {
   /** Changes the permissions taken on the root; a conflict throws and changes nothing. */
   setPerm(perm: number, shared: number): void {
     const edge = this.root;
-    if (!edge?.node) {
-      this.perm = perm;
-      this.shared = shared;
-      return;
-    }
-    const tran = new Transaction();
-    const [op, os] = [edge.perm, edge.shared];
-    edge.perm = perm;
-    edge.shared = shared;
-    tran.add({
-      abort: () => {
-        edge.perm = op;
-        edge.shared = os;
-      },
-    });
-    try {
-      refreshPermissions([edge.node], tran);
-      tran.commit();
-      this.perm = perm;
-      this.shared = shared;
-    } catch (e) {
-      tran.abort();
-      throw e;
-    }
+    if (edge?.node) changeEdgePerm(edge, perm, shared);
+    this.perm = perm;
+    this.shared = shared;
   }
 
   // ---------------------------------------------------------------- media and tray

@@ -10,7 +10,7 @@
 
 import { type Child, ChildRole } from "./child.ts";
 import type { Node } from "./node.ts";
-import type { Transaction } from "./transaction.ts";
+import { Transaction } from "./transaction.ts";
 import { BlockError } from "./errors.ts";
 
 /** Permission bits, with QEMU's values. */
@@ -178,17 +178,37 @@ export function refreshPermissions(roots: Iterable<Node>, tran: Transaction): vo
     });
     for (const c of node.children) {
       const [np, ns] = childPerm(node, c, perm, shared);
-      if (np === c.perm && ns === c.shared) continue;
-      const op = c.perm;
-      const os = c.shared;
-      c.perm = np;
-      c.shared = ns;
-      tran.add({
-        abort: () => {
-          c.perm = op;
-          c.shared = os;
-        },
-      });
+      if (np !== c.perm || ns !== c.shared) setEdgePerm(c, np, ns, tran);
     }
+  }
+}
+
+/** Sets what `edge` takes and shares, recording in `tran` how to put it back. */
+function setEdgePerm(edge: Child, perm: number, shared: number, tran: Transaction): void {
+  const op = edge.perm;
+  const os = edge.shared;
+  edge.perm = perm;
+  edge.shared = shared;
+  tran.add({
+    abort: () => {
+      edge.perm = op;
+      edge.shared = os;
+    },
+  });
+}
+
+/**
+ * Changes what `edge` takes and shares and refreshes the permissions below it, as one
+ * transaction: on a conflict it throws with everything as it was.
+ */
+export function changeEdgePerm(edge: Child, perm: number, shared: number): void {
+  const tran = new Transaction();
+  try {
+    setEdgePerm(edge, perm, shared, tran);
+    if (edge.node) refreshPermissions([edge.node], tran);
+    tran.commit();
+  } catch (e) {
+    tran.abort();
+    throw e;
   }
 }
