@@ -12,19 +12,11 @@ import {
   Cmd,
   CmdFlags,
   decodeRequest,
-  encodeChunkHeader,
-  encodeErrorPayload,
-  encodeSimpleReply,
   NBD_MAX_BUFFER_SIZE,
   NbdErrno,
-  REPLY_FLAG_DONE,
-  ReplyType,
   REQUEST_SIZE,
   type RequestHeader,
-  setU64,
-  SIMPLE_REPLY_SIZE,
   startTlsServer,
-  STRUCTURED_REPLY_SIZE,
   type TlsConn,
   toNbdErrno,
   WireReader,
@@ -36,6 +28,14 @@ import { HEAD_ROOM, Slot, type SlotHandlers } from "./request_slot.ts";
 import { type ExportLookup, type Negotiated, serverHandshake } from "./handshake.ts";
 import { ALLOCATION_DEPTH_ID, type MetaContext } from "./meta_context.ts";
 import { allocationFlags, bitmapExtents, collectExtents, statusAbove } from "./extents.ts";
+import {
+  type ContextExtents,
+  dataHead,
+  replyBlockStatus,
+  replyError,
+  replyHole,
+  replyOk,
+} from "./replies.ts";
 
 const DATA_OR_ZERO = BlockStatusFlags.DATA | BlockStatusFlags.ZERO;
 
@@ -303,27 +303,8 @@ export class ServerConnection implements ExportClient {
 
   /** Sends the data a fast-path read put in `slot`, then frees the slot. */
   #sendRead(slot: Slot): void {
-    const h = slot.header;
-    const n = h.length;
-    let head: number;
-    if (this.#structured) {
-      head = STRUCTURED_REPLY_SIZE + 8;
-      const at = HEAD_ROOM - head;
-      const v = slot.view;
-      encodeChunkHeader(
-        v,
-        at,
-        REPLY_FLAG_DONE,
-        ReplyType.OFFSET_DATA,
-        h.cookieHi,
-        h.cookieLo,
-        n + 8,
-      );
-      setU64(v, at + STRUCTURED_REPLY_SIZE, h.offset);
-    } else {
-      head = SIMPLE_REPLY_SIZE;
-      encodeSimpleReply(slot.view, HEAD_ROOM - head, 0, h.cookieHi, h.cookieLo);
-    }
+    const n = slot.header.length;
+    const head = dataHead(slot, this.#structured, slot.header.offset, n, true);
     const sent = this.#writer.send(slot.message(head, n));
     if (sent) sent.then(slot.onSent);
     else this.#finish(slot);
@@ -428,24 +409,13 @@ export class ServerConnection implements ExportClient {
     const h = slot.header;
     const backend = this.#exp!.backend;
     const { offset, length } = h;
-    if (!this.#structured) {
-      if (length >= HOST_READ_MIN && this.#writer.sendsFiles) {
-        slot.vector(0);
-        encodeSimpleReply(slot.view, HEAD_ROOM - SIMPLE_REPLY_SIZE, 0, h.cookieHi, h.cookieLo);
-        if (await this.#sendHost(slot, offset, length, SIMPLE_REPLY_SIZE)) return;
-      }
-      if (length > 0) await backend.preadv(offset, length, slot.vector(length), 0, 0);
-      else slot.vector(0);
-      encodeSimpleReply(slot.view, HEAD_ROOM - SIMPLE_REPLY_SIZE, 0, h.cookieHi, h.cookieLo);
-      await this.#writer.send(slot.message(SIMPLE_REPLY_SIZE, length));
-      return;
-    }
+    if (!this.#structured) return this.#sendData(slot, offset, length, true);
     if (length === 0) return this.#replyOk(h);
     // Sparse reads: ranges that read as zeros go as holes, unless the client wants one chunk.
     // Small reads skip the status query: it costs more than the zeros it would save.
     const st = df || length < SPARSE_READ_MIN ? null : await this.#status(offset, length);
     if (st && st.pnum >= length) {
-      if (allocationFlags(st.status) & 2) return this.#sendHole(h, offset, length, true);
+      if (allocationFlags(st.status) & 2) return replyHole(this.#writer, h, offset, length, true);
       return this.#sendData(slot, offset, length, true);
     }
     if (!st) return this.#sendData(slot, offset, length, true);
@@ -456,7 +426,7 @@ export class ServerConnection implements ExportClient {
       const e = extents[i]!;
       const n = Math.min(e.length, end - at);
       const last = at + n === end;
-      if (e.flags & 2) this.#sendHole(h, at, n, last);
+      if (e.flags & 2) replyHole(this.#writer, h, at, n, last);
       else await this.#sendData(slot, at, n, last);
       at += n;
     }
@@ -473,27 +443,22 @@ export class ServerConnection implements ExportClient {
     return st;
   }
 
+  /**
+   * Sends the reply of `n` bytes at `offset`: from the host file under the export where the
+   * backend can serve it so (sendfile), else read into the slot and sent from there.
+   */
   async #sendData(slot: Slot, offset: number, n: number, last: boolean): Promise<void> {
-    const head = STRUCTURED_REPLY_SIZE + 8;
+    const structured = this.#structured;
     if (n >= HOST_READ_MIN && this.#writer.sendsFiles) {
       slot.vector(0);
-      this.#dataHead(slot, offset, n, last);
+      const head = dataHead(slot, structured, offset, n, last);
       if (await this.#sendHost(slot, offset, n, head)) return;
     }
-    await this.#exp!.backend.preadv(offset, n, slot.vector(n), 0, 0);
-    this.#dataHead(slot, offset, n, last); // after vector(): it may have replaced the buffer
+    if (n > 0) await this.#exp!.backend.preadv(offset, n, slot.vector(n), 0, 0);
+    else slot.vector(0);
+    // After vector(), which may have replaced the buffer.
+    const head = dataHead(slot, structured, offset, n, last);
     await this.#writer.send(slot.message(head, n));
-  }
-
-  /** Writes an OFFSET_DATA chunk header for `n` bytes at `offset` in front of the slot's data. */
-  #dataHead(slot: Slot, offset: number, n: number, last: boolean): void {
-    const h = slot.header;
-    const head = STRUCTURED_REPLY_SIZE + 8;
-    const at = HEAD_ROOM - head;
-    const flags = last ? REPLY_FLAG_DONE : 0;
-    const v = slot.view;
-    encodeChunkHeader(v, at, flags, ReplyType.OFFSET_DATA, h.cookieHi, h.cookieLo, n + 8);
-    setU64(v, at + STRUCTURED_REPLY_SIZE, offset);
   }
 
   /**
@@ -507,22 +472,6 @@ export class ServerConnection implements ExportClient {
     return this.#exp!.backend.preadHost(offset, n, slot.hostSink);
   }
 
-  #sendHole(h: RequestHeader, offset: number, n: number, last: boolean): void {
-    const w = this.#writer;
-    const at = w.claim(STRUCTURED_REPLY_SIZE + 12);
-    encodeChunkHeader(
-      w.view,
-      at,
-      last ? REPLY_FLAG_DONE : 0,
-      ReplyType.OFFSET_HOLE,
-      h.cookieHi,
-      h.cookieLo,
-      12,
-    );
-    setU64(w.view, at + STRUCTURED_REPLY_SIZE, offset);
-    w.view.setUint32(at + STRUCTURED_REPLY_SIZE + 8, n);
-  }
-
   async #blockStatus(h: RequestHeader): Promise<void> {
     if (!this.#structured || this.#contexts.length === 0) {
       throw new RequestError(NbdErrno.EINVAL, "No metadata context was negotiated");
@@ -530,7 +479,7 @@ export class ServerConnection implements ExportClient {
     if (h.length === 0) throw new RequestError(NbdErrno.EINVAL, "Block status of 0 bytes");
     const backend = this.#exp!.backend;
     const max = h.flags & CmdFlags.REQ_ONE ? 1 : MAX_EXTENTS;
-    const replies: { id: number; extents: { length: number; flags: number }[] }[] = [];
+    const replies: ContextExtents[] = [];
     for (const c of this.#contexts) {
       if (c.bitmap) {
         replies.push({ id: c.id, extents: bitmapExtents(c.bitmap, h.offset, h.length, max) });
@@ -542,62 +491,14 @@ export class ServerConnection implements ExportClient {
         extents: await collectExtents(backend, depth, h.offset, h.length, max),
       });
     }
-    const w = this.#writer;
-    replies.forEach((r, i) => {
-      const len = 4 + 8 * r.extents.length;
-      const at = w.claim(STRUCTURED_REPLY_SIZE + len);
-      const last = i === replies.length - 1;
-      encodeChunkHeader(
-        w.view,
-        at,
-        last ? REPLY_FLAG_DONE : 0,
-        ReplyType.BLOCK_STATUS,
-        h.cookieHi,
-        h.cookieLo,
-        len,
-      );
-      let p = at + STRUCTURED_REPLY_SIZE;
-      w.view.setUint32(p, r.id);
-      p += 4;
-      for (const e of r.extents) {
-        w.view.setUint32(p, e.length);
-        w.view.setUint32(p + 4, e.flags);
-        p += 8;
-      }
-    });
+    replyBlockStatus(this.#writer, h, replies);
   }
 
-  // claim() may move the writer to a fresh staging buffer: read `view` after it, never as an
-  // argument before it.
   #replyOk(h: RequestHeader): void {
-    const w = this.#writer;
-    if (this.#structured) {
-      const at = w.claim(STRUCTURED_REPLY_SIZE);
-      encodeChunkHeader(w.view, at, REPLY_FLAG_DONE, ReplyType.NONE, h.cookieHi, h.cookieLo, 0);
-    } else {
-      const at = w.claim(SIMPLE_REPLY_SIZE);
-      encodeSimpleReply(w.view, at, 0, h.cookieHi, h.cookieLo);
-    }
+    replyOk(this.#writer, this.#structured, h);
   }
 
   #replyError(h: RequestHeader, err: RequestError): void {
-    const w = this.#writer;
-    if (!this.#structured) {
-      const at = w.claim(SIMPLE_REPLY_SIZE);
-      encodeSimpleReply(w.view, at, err.errno, h.cookieHi, h.cookieLo);
-      return;
-    }
-    const payload = encodeErrorPayload(err.errno, err.message.slice(0, 256));
-    const at = w.claim(STRUCTURED_REPLY_SIZE + payload.length);
-    encodeChunkHeader(
-      w.view,
-      at,
-      REPLY_FLAG_DONE,
-      ReplyType.ERROR,
-      h.cookieHi,
-      h.cookieLo,
-      payload.length,
-    );
-    w.buf.set(payload, at + STRUCTURED_REPLY_SIZE);
+    replyError(this.#writer, this.#structured, h, err.errno, err.message);
   }
 }
