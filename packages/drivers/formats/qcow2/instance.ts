@@ -14,7 +14,6 @@ import {
   BlockError,
   type BlockLimits,
   type BlockStatus,
-  BlockStatusFlags,
   type DirtyBitmapStore,
   type DriverInstance,
   type FormatSpecificInfo,
@@ -26,13 +25,13 @@ import {
   type ReopenHandle,
   ReqFlags,
 } from "@blockgraph/core";
-import { hex } from "./format.ts";
 
 const NOT_SERVED: Promise<boolean> = Promise.resolve(false);
 import { amendImage, changeBackingFile } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
 import { cachedDataOffset, contiguousDataOffset } from "./read_fast_path.ts";
+import { compressedWithDataFile, extentStatus } from "./extent_status.ts";
 import { allocatingWrite, decompressExtent } from "./allocating_write.ts";
 import { discardClusters, zeroClusters } from "./cluster_ops.ts";
 import { qcow2FormatInfo } from "./format_info.ts";
@@ -176,7 +175,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
         qiov.fill(qiovOffset, bytes, 0);
         return;
       case "compressed": {
-        if (this.image.external) throw this.#compressedWithDataFile(offset);
+        if (this.image.external) throw compressedWithDataFile(this.image, offset);
         const data = await decompressExtent(this.image, ext);
         qiov.copyFrom(qiovOffset, data, offset % this.image.cs, bytes);
         return;
@@ -380,33 +379,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     if (this.image.broken) throw this.image.brokenError();
     const image = this.image;
     const ext = await image.lock.run(() => image.lookup(offset, bytes));
-    const file = image.data;
-    switch (ext.kind) {
-      case "normal":
-        return {
-          status: BlockStatusFlags.DATA | BlockStatusFlags.OFFSET_VALID,
-          pnum: ext.bytes,
-          map: ext.host,
-          file,
-        };
-      case "zero-alloc":
-        return {
-          status: BlockStatusFlags.ZERO | BlockStatusFlags.OFFSET_VALID,
-          pnum: ext.bytes,
-          map: ext.host,
-          file,
-        };
-      case "zero":
-        return { status: BlockStatusFlags.ZERO, pnum: ext.bytes };
-      case "unallocated-alloc":
-        // Reads go to the backing file, but the host cluster is there (QEMU reports it).
-        return { status: BlockStatusFlags.OFFSET_VALID, pnum: ext.bytes, map: ext.host, file };
-      case "compressed":
-        if (image.external) throw this.#compressedWithDataFile(offset);
-        return { status: BlockStatusFlags.DATA | BlockStatusFlags.COMPRESSED, pnum: ext.bytes };
-      default:
-        return { status: 0, pnum: ext.bytes };
-    }
+    return extentStatus(image, ext, offset);
   }
 
   /** Writes back the L2 and refcount caches (the generic layer then flushes `file`). */
@@ -425,18 +398,6 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   /** `info`'s format-specific facts, with QEMU's field names. */
   formatInfo(): FormatSpecificInfo {
     return qcow2FormatInfo(this.image);
-  }
-
-  /** QEMU's corruption for a compressed cluster in an image with an external data file. */
-  #compressedWithDataFile(offset: number): Error {
-    const image = this.image;
-    const g = Math.floor(offset / image.cs);
-    const l2Off = image.l1[Math.floor(g / image.l2Entries)] ?? 0;
-    return image.corrupt(
-      `Compressed cluster entry found in image with external data file (L2 offset: ${
-        hex(l2Off)
-      }, L2 index: ${hex(g % image.l2Entries)})`,
-    );
   }
 
   /** The cluster size (the default bitmap granularity comes from it). */
