@@ -6,12 +6,31 @@
 import { Graph, type Node } from "@blockgraph/core";
 import { defaultRegistry } from "@blockgraph/drivers";
 import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/drivers/conformance";
-import { NbdServer } from "@blockgraph/devices";
+import { NbdServer, type NbdServerAddress } from "@blockgraph/devices";
 import { cachestatAvailable, hostSendCounters } from "@blockgraph/drivers/nbd";
 import { ensurePeers } from "./peers.ts";
 import { mustPeer, PEER_TIMEOUT_MS, runPeer } from "./peer_run.ts";
 
 const SIZE = 16 << 20;
+
+/** Starts a server on `addr` exporting node `disk` of `graph` as `disk`; it and its URI. */
+async function serveDisk(
+  graph: Graph,
+  addr: NbdServerAddress,
+  writable: boolean,
+  allocationDepth = false,
+): Promise<{ server: NbdServer; uri: string }> {
+  const server = new NbdServer({ addr });
+  server.start();
+  const exp = { id: "e0", "node-name": "disk", name: "disk", writable };
+  await server.addExport(graph, allocationDepth ? { ...exp, "allocation-depth": true } : exp);
+  const a = server.address;
+  assert(a.type === "unix" || Number(a.port) > 0, "bound to a port");
+  const uri = a.type === "inet"
+    ? `nbd://127.0.0.1:${a.port}/disk`
+    : `nbd+unix:///disk?socket=${a.path}`;
+  return { server, uri };
+}
 async function withExport(
   fn: (uri: string, node: Node, dir: string) => Promise<void>,
 ): Promise<void> {
@@ -22,20 +41,14 @@ async function withExport(
     "test",
   );
   const dir = await Deno.makeTempDir({ prefix: "nbd-interop-" });
-  const server = new NbdServer({ addr: { type: "inet", host: "127.0.0.1", port: 0 } });
-  server.start();
-  await server.addExport(graph, {
-    id: "e0",
-    "node-name": "disk",
-    name: "disk",
-    writable: true,
-    "allocation-depth": true,
-  });
-  const addr = server.address;
-  const port = addr.type === "inet" ? Number(addr.port) : 0;
-  assert(port > 0, "bound to a port");
+  const { server, uri } = await serveDisk(
+    graph,
+    { type: "inet", host: "127.0.0.1", port: 0 },
+    true,
+    true,
+  );
   try {
-    await fn(`nbd://127.0.0.1:${port}/disk`, node, dir);
+    await fn(uri, node, dir);
   } finally {
     await server.stop();
     await node.unref("test");
@@ -191,18 +204,7 @@ Deno.test("large reads of a file export go out with sendfile over TCP and unix, 
         path: `${dir}/s`,
       }] as const
     ) {
-      const server = new NbdServer({ addr });
-      server.start();
-      await server.addExport(graph, {
-        id: "e0",
-        "node-name": "disk",
-        name: "disk",
-        writable: true,
-      });
-      const a = server.address;
-      const uri = a.type === "inet"
-        ? `nbd://127.0.0.1:${a.port}/disk`
-        : `nbd+unix:///disk?socket=${a.path}`;
+      const { server, uri } = await serveDisk(graph, addr, true);
       try {
         const before = hostSendCounters.ranges;
         await mustPeer("qemu-img", ["compare", "-f", "raw", "-F", "raw", `${dir}/expect.raw`, uri]);
@@ -210,14 +212,14 @@ Deno.test("large reads of a file export go out with sendfile over TCP and unix, 
         assertBytesEqual(
           await Deno.readFile(`${dir}/out.raw`),
           whole.subarray(start, start + size),
-          `nbdcopy over ${a.type}`,
+          `nbdcopy over ${addr.type}`,
         );
         assert(
           !cachestatAvailable() || hostSendCounters.ranges > before,
-          `sendfile replies over ${a.type}`,
+          `sendfile replies over ${addr.type}`,
         );
         // What a write puts in the page cache is what the next sendfile reply carries.
-        const seed = a.type === "inet" ? "0x5c" : "0x6d";
+        const seed = addr.type === "inet" ? "0x5c" : "0x6d";
         await mustPeer("qemu-io", [
           "-f",
           "raw",
@@ -265,11 +267,8 @@ Deno.test("a qcow2 export sends its contiguous data clusters with sendfile; hole
     "node-name": "disk",
     file: { driver: "file", filename: qcow2 },
   }, "test");
-  const server = new NbdServer({ addr: { type: "unix", path: `${dir}/s` } });
-  server.start();
+  const { server, uri } = await serveDisk(graph, { type: "unix", path: `${dir}/s` }, false);
   try {
-    await server.addExport(graph, { id: "e0", "node-name": "disk", name: "disk", writable: false });
-    const uri = `nbd+unix:///disk?socket=${dir}/s`;
     const before = hostSendCounters.bytes;
     await mustPeer("nbdcopy", [uri, `${dir}/out.raw`]);
     assertBytesEqual(await Deno.readFile(`${dir}/out.raw`), content, "nbdcopy of the qcow2 export");

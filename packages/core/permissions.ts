@@ -166,33 +166,31 @@ export function refreshPermissions(roots: Iterable<Node>, tran: Transaction): vo
       );
     }
     node.instance?.checkPerm?.(perm, shared, tran);
-    const oldPerm = node.perm;
-    const oldShared = node.shared;
-    node.perm = perm;
-    node.shared = shared;
-    tran.add({
-      abort: () => {
-        node.perm = oldPerm;
-        node.shared = oldShared;
-      },
-    });
+    setPerms(node, perm, shared, tran);
     for (const c of node.children) {
       const [np, ns] = childPerm(node, c, perm, shared);
-      if (np !== c.perm || ns !== c.shared) setEdgePerm(c, np, ns, tran);
+      if (np !== c.perm || ns !== c.shared) setPerms(c, np, ns, tran);
     }
   }
 }
 
-/** Sets what `edge` takes and shares, recording in `tran` how to put it back. */
-function setEdgePerm(edge: Child, perm: number, shared: number, tran: Transaction): void {
-  const op = edge.perm;
-  const os = edge.shared;
-  edge.perm = perm;
-  edge.shared = shared;
+/**
+ * Sets what a node or an edge takes and shares, recording in `tran` how to put it back.
+ */
+function setPerms(
+  holder: { perm: number; shared: number },
+  perm: number,
+  shared: number,
+  tran: Transaction,
+): void {
+  const op = holder.perm;
+  const os = holder.shared;
+  holder.perm = perm;
+  holder.shared = shared;
   tran.add({
     abort: () => {
-      edge.perm = op;
-      edge.shared = os;
+      holder.perm = op;
+      holder.shared = os;
     },
   });
 }
@@ -204,7 +202,7 @@ function setEdgePerm(edge: Child, perm: number, shared: number, tran: Transactio
 export function changeEdgePerm(edge: Child, perm: number, shared: number): void {
   const tran = new Transaction();
   try {
-    setEdgePerm(edge, perm, shared, tran);
+    setPerms(edge, perm, shared, tran);
     if (edge.node) refreshPermissions([edge.node], tran);
     tran.commit();
   } catch (e) {

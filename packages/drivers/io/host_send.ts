@@ -38,7 +38,6 @@ const PAGE = 4096;
 /** How long one wait for a full socket lasts before it looks again (ms). */
 const POLL_MS = 1000;
 
-const RESOLVED: Promise<void> = Promise.resolve();
 /** The header: without blocking, without SIGPIPE, and held for the data after it. */
 const SEND_FLAGS = MSG.DONTWAIT | MSG.NOSIGNAL | MSG.MORE;
 
@@ -162,42 +161,24 @@ function advance(
  * fails (EPIPE or ECONNRESET: the peer left; EIO: the file could not be read, or ended
  * early): the socket then holds part of the message, and the connection is beyond saving.
  */
-export function sendHeadAndRange(
+export async function sendHeadAndRange(
   sock: number,
   head: Uint8Array,
   fd: number,
   offset: number,
   bytes: number,
 ): Promise<void> {
-  let p: number;
-  try {
-    p = advance(sock, head, fd, offset, bytes, 0);
-  } catch (e) {
-    return Promise.reject(e);
-  }
-  if (p === head.length + bytes) {
-    counted(bytes);
-    return RESOLVED;
-  }
-  return sendRest(sock, head, fd, offset, bytes, p);
-}
-
-async function sendRest(
-  sock: number,
-  head: Uint8Array,
-  fd: number,
-  offset: number,
-  bytes: number,
-  p: number,
-): Promise<void> {
-  const pfd = new Int32Array(2); // struct pollfd { int fd; short events, revents; }
-  const pfdBytes = new Uint8Array(pfd.buffer);
   const total = head.length + bytes;
-  while (p < total) {
-    pfd[0] = sock;
-    pfd[1] = POLL.OUT;
-    await socketLibc().pollWait(pfdBytes, 1n, POLL_MS);
-    p = advance(sock, head, fd, offset, bytes, p);
+  let p = advance(sock, head, fd, offset, bytes, 0);
+  if (p < total) {
+    const pfd = new Int32Array(2); // struct pollfd { int fd; short events, revents; }
+    const pfdBytes = new Uint8Array(pfd.buffer);
+    while (p < total) {
+      pfd[0] = sock;
+      pfd[1] = POLL.OUT;
+      await socketLibc().pollWait(pfdBytes, 1n, POLL_MS);
+      p = advance(sock, head, fd, offset, bytes, p);
+    }
   }
   counted(bytes);
 }

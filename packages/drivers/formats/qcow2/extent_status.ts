@@ -28,19 +28,10 @@ export function extentStatus(image: Qcow2Image, ext: Extent, offset: number): Bl
   const file = image.data;
   switch (ext.kind) {
     case "normal":
-      return {
-        status: BlockStatusFlags.DATA | BlockStatusFlags.OFFSET_VALID,
-        pnum: ext.bytes,
-        map: ext.host,
-        file,
-      };
-    case "zero-alloc":
-      return {
-        status: BlockStatusFlags.ZERO | BlockStatusFlags.OFFSET_VALID,
-        pnum: ext.bytes,
-        map: ext.host,
-        file,
-      };
+    case "zero-alloc": {
+      const what = ext.kind === "normal" ? BlockStatusFlags.DATA : BlockStatusFlags.ZERO;
+      return { status: what | BlockStatusFlags.OFFSET_VALID, pnum: ext.bytes, map: ext.host, file };
+    }
     case "zero":
       return { status: BlockStatusFlags.ZERO, pnum: ext.bytes };
     case "unallocated-alloc":
