@@ -16,6 +16,7 @@ import {
   NbdErrno,
   REQUEST_SIZE,
   type RequestHeader,
+  shutdownSocket,
   startTlsServer,
   type TlsConn,
   toNbdErrno,
@@ -51,6 +52,12 @@ const MAX_EXTENTS = 1024;
 const HOST_READ_MIN = 64 * 1024;
 /** Reads at least this long are sent sparse (holes as NBD_REPLY_TYPE_OFFSET_HOLE). */
 const SPARSE_READ_MIN = 64 * 1024;
+/**
+ * How long a closing connection lets its last replies go out before it cuts the socket
+ * ({@link ServerConnection.close}): a client that has stopped reading must not hold up
+ * `block-export-del`, `nbd-server-stop` or the daemon's exit. QEMU cuts at once.
+ */
+export const CLOSE_GRACE_MS = 1000;
 /** Pieces NBD_CMD_CACHE reads in. */
 const CACHE_PIECE = 1024 * 1024;
 /**
@@ -109,6 +116,7 @@ export class ServerConnection implements ExportClient {
   #contexts: MetaContext[] = [];
   #closing = false;
   #socketClosed = false;
+  #cutTimer: ReturnType<typeof setTimeout> | undefined;
   readonly #free: Slot[] = [];
   #inFlight = 0;
   #slotWaiter: (() => void) | null = null;
@@ -201,11 +209,13 @@ export class ServerConnection implements ExportClient {
 
   /**
    * Ends the connection: no further requests are read, those in flight finish and are
-   * answered, then the socket closes.
+   * answered, then the socket closes. Replies not sent within {@link CLOSE_GRACE_MS} (the
+   * client stopped reading them) are dropped: the socket is cut, as QEMU cuts it at once.
    */
   close(): void {
     if (this.#closing) return;
     this.#closing = true;
+    if (!this.#socketClosed) this.#cutTimer = setTimeout(() => this.#cut(), CLOSE_GRACE_MS);
     if (this.#inFlight === 0) {
       // Nothing to wait for: closing the socket wakes a read that is waiting.
       void this.#writer.idle().then(() => this.#closeSocket());
@@ -214,9 +224,22 @@ export class ServerConnection implements ExportClient {
     }
   }
 
+  /**
+   * Cuts the connection now: writes and sendfile replies waiting on the client fail, a read
+   * sees the end, and the close goes on. A socket with a descriptor in use for sendfile is
+   * shut down rather than closed, so the descriptor stays valid until its last use.
+   */
+  #cut(): void {
+    this.#cutTimer = undefined;
+    if (this.#socketClosed) return;
+    if (this.#sock >= 0) shutdownSocket(this.#sock);
+    else this.#closeSocket();
+  }
+
   #closeSocket(): void {
     if (this.#socketClosed) return;
     this.#socketClosed = true;
+    clearTimeout(this.#cutTimer);
     try {
       this.#conn.close();
     } catch {

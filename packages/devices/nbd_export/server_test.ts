@@ -633,3 +633,62 @@ Deno.test("NbdServer sendfile replies keep their turn among buffered ones; a cli
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/**
+ * A client that pipelines 32 MiB of reads and stops reading the replies after two, on `file`
+ * (sendfile replies) or the memory driver (Deno's writes): deleting the export must still end.
+ */
+async function deleteUnderStuckClient(file?: string): Promise<void> {
+  await withServer(async ({ sock, server, node }) => {
+    if (!file) await node.write(0, pattern(SIZE, 9)); // data, not holes
+    const before = hostSendCounters.ranges;
+    const r = await raw(sock);
+    for (let i = 0; i < 32; i++) send(r, Cmd.READ, 0, (i % 8) << 20, 1 << 20);
+    await r.writer.idle();
+    // Two replies are read (so they went out whole); the rest fill the socket and wait.
+    let replies = 0;
+    for (; replies < 2; replies++) {
+      assertEquals((await chunk(r)).type, ReplyType.OFFSET_DATA, `reply ${replies}: data`);
+    }
+    await new Promise((ok) => setTimeout(ok, 200));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stuck = new Promise<"stuck">((ok) => (timer = setTimeout(() => ok("stuck"), 15_000)));
+    const outcome = await Promise.race([
+      server.deleteExport("e0", true).then(() => "deleted" as const),
+      stuck,
+    ]);
+    clearTimeout(timer);
+    assertEquals(outcome, "deleted", "block-export-del ended under a client not reading");
+    assertEquals(server.queryExports().length, 0, "export gone");
+    // What reached the client is whole replies and then the end of the stream.
+    for (;;) {
+      const head = await r.reader.need(20).catch(() => false);
+      if (!head) break;
+      const c = await chunk(r).catch(() => null);
+      if (c === null) break;
+      assertEquals(c.type, ReplyType.OFFSET_DATA, `reply ${replies}: data`);
+      replies++;
+    }
+    assert(replies < 32, `the server cut the connection (${replies} replies arrived)`);
+    assert(
+      !file || !cachestatAvailable() || hostSendCounters.ranges > before,
+      "replies went out with sendfile",
+    );
+    r.conn.close();
+  }, file ? { file } : {});
+}
+
+Deno.test("NbdServer block-export-del cuts a client that stopped reading its replies (buffered)", async () => {
+  await deleteUnderStuckClient();
+});
+
+Deno.test("NbdServer block-export-del cuts a client that stopped reading its replies (sendfile)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nbd-stuck-" });
+  const file = `${dir}/disk.raw`;
+  await Deno.writeFile(file, pattern(SIZE, 9)); // written, so in the page cache
+  try {
+    await deleteUnderStuckClient(file);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

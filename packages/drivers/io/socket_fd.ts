@@ -21,6 +21,7 @@
 
 import { socketLibc } from "./socket_libc.ts";
 
+const SHUT_RDWR = 2;
 const AF_UNIX = 1;
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -36,6 +37,17 @@ export interface ConnSocket {
 const addr = new Uint8Array(128);
 const addrLen = new Uint32Array(1);
 const addrLenBytes = new Uint8Array(addrLen.buffer);
+
+/**
+ * Shuts both directions of socket `fd` down (`shutdown(2)`) without closing the descriptor,
+ * which stays Deno's: a write or `sendfile` waiting on a peer that does not read fails at
+ * once (EPIPE), and a read sees the end of the stream. For ending a connection whose peer
+ * has stopped reading, where `close()` would have to wait for those writes first. A socket
+ * already disconnected is left as it is.
+ */
+export function shutdownSocket(fd: number): void {
+  socketLibc().shutdown(fd, SHUT_RDWR);
+}
 
 /** The address `call` reports for `fd` as a comparable string, or null. */
 function sockAddr(fd: number, peer: boolean): string | null {

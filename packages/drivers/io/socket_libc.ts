@@ -44,6 +44,8 @@ const SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
+  /** `shutdown(fd, how)`. */
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   /** `cachestat(fd, range, cstat, flags)` through `syscall` (glibc has no wrapper). */

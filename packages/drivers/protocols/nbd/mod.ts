@@ -15,7 +15,7 @@ export {
   WireWriter,
   type WritableConn,
 } from "./wire_io.ts";
-export { type ConnSocket, ListenerSockets } from "../../io/socket_fd.ts";
+export { type ConnSocket, ListenerSockets, shutdownSocket } from "../../io/socket_fd.ts";
 export { cachestatAvailable, hostSendCounters } from "../../io/host_send.ts";
 export { type ClientConn, NbdClient, type NbdClientOptions, type StatusExtent } from "./client.ts";
 export { clientHandshake, type ExportInfo } from "./client_handshake.ts";
