@@ -11,6 +11,7 @@ import { BlockError, BlockStatusFlags, ReqFlags } from "@blockgraph/core";
 import {
   Cmd,
   CmdFlags,
+  type ConnSocket,
   decodeRequest,
   NBD_MAX_BUFFER_SIZE,
   NbdErrno,
@@ -108,6 +109,8 @@ export class ServerConnection implements ExportClient {
   readonly #tls: ServerTls | null;
   /** The descriptor under the connection, for sendfile replies; -1 for none. */
   #sock: number;
+  /** The socket is a unix socket: each reply is sent once complete (`WireWriter.flush`). */
+  readonly #unix: boolean;
   readonly #reader: WireReader;
   readonly #writer: WireWriter;
   readonly #lookup: ExportLookup;
@@ -138,19 +141,21 @@ export class ServerConnection implements ExportClient {
 
   /**
    * Wraps an accepted socket; {@link ServerConnection.run} serves it. With `tls` the client
-   * must upgrade with NBD_OPT_STARTTLS before anything else. `sock` is the descriptor
-   * under `conn` (`ListenerSockets` finds it): large reads of cached host files then go out
-   * with `sendfile(2)`. The connection closes `conn` only after its last use of `sock`.
+   * must upgrade with NBD_OPT_STARTTLS before anything else. `sock` is the socket under
+   * `conn` (`ListenerSockets` finds it): large reads of cached host files then go out with
+   * `sendfile(2)`, and on a unix socket each small reply is sent as soon as it is complete
+   * (`WireWriter.flush`). The connection closes `conn` only after its last use of `sock`.
    */
   constructor(
     conn: ServerConn,
     lookup: ExportLookup,
     tls: ServerTls | null = null,
-    sock = -1,
+    sock: ConnSocket | null = null,
   ) {
     this.#conn = conn;
     this.#tls = tls;
-    this.#sock = tls ? -1 : sock;
+    this.#sock = tls || !sock ? -1 : sock.fd;
+    this.#unix = sock?.unix ?? false;
     this.#lookup = lookup;
     this.#reader = new WireReader(conn);
     this.#writer = new WireWriter(conn, () => this.#closeSocket());
@@ -255,7 +260,7 @@ export class ServerConnection implements ExportClient {
   async #transmission(n: Negotiated): Promise<void> {
     if (!n.exp.addClient(this)) return;
     this.#exp = n.exp;
-    if (this.#sock >= 0) this.#writer.setSocket(this.#sock);
+    if (this.#sock >= 0) this.#writer.setSocket(this.#sock, this.#unix);
     this.#structured = n.structured;
     this.#contexts = n.contexts;
     const reader = this.#reader;
@@ -342,8 +347,12 @@ export class ServerConnection implements ExportClient {
     this.#finish(slot);
   }
 
-  /** Returns `slot` to the free list and wakes whoever waits for a slot or for idle. */
+  /**
+   * Sends the request's reply on its way (`WireWriter.flush`), returns `slot` to the free list
+   * and wakes whoever waits for a slot or for idle.
+   */
   #finish(slot: Slot): void {
+    this.#writer.flush();
     slot.trim();
     this.#free.push(slot);
     this.#inFlight--;

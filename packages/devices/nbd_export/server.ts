@@ -41,6 +41,8 @@ export interface NbdServerOptions {
    * Answer reads of 64 KiB and more whose data lies, cached, in a host file under the export
    * (a `file` node, or `raw` over one) with `sendfile(2)`, the data never passing through
    * this process (default true; not over TLS). See `host_send.ts` in the drivers package.
+   * The same socket descriptor lets a unix socket connection send each small reply as soon
+   * as it is complete (`WireWriter.flush`); false turns both off.
    */
   sendfile?: boolean;
 }
@@ -164,7 +166,7 @@ export class NbdServer implements ExportLookup {
         ? { creds: o.tlsCreds, authz: o.tlsAuthz ?? null, log: o.log ?? null }
         : null;
       const sock = tls || o.sendfile === false ? null : this.#sockets.find(conn);
-      const c = new ServerConnection(conn, this, tls, sock?.fd ?? -1);
+      const c = new ServerConnection(conn, this, tls, sock);
       this.#connections.add(c);
       const sockets = this.#sockets;
       void c.run().then(() => {

@@ -109,6 +109,20 @@ function retry(call: string): boolean {
   throw new BlockError(code, `${call} to the socket failed: ${strerror(code)}`);
 }
 
+const NOW_FLAGS = MSG.DONTWAIT | MSG.NOSIGNAL;
+
+/**
+ * Sends as much of `data` on socket `sock` as it takes without blocking; returns the bytes
+ * sent (0 when the socket is full). Throws a BlockError when the call fails.
+ */
+export function sendNow(sock: number, data: Uint8Array): number {
+  for (;;) {
+    const n = Number(socketLibc().send(sock, data, data.length as unknown as bigint, NOW_FLAGS));
+    if (n >= 0) return n;
+    if (!retry("send")) return 0;
+  }
+}
+
 /** Counts a range sent completely. */
 function counted(bytes: number): void {
   hostSendCounters.ranges++;

@@ -32,6 +32,8 @@ export interface ConnSocket {
   readonly fd: number;
   /** The socket's inode, from `/proc/self/fd`. */
   readonly inode: number;
+  /** A unix socket (else TCP). */
+  readonly unix: boolean;
 }
 
 const addr = new Uint8Array(128);
@@ -144,7 +146,7 @@ export class ListenerSockets {
     if (found.size !== 1 || twice) return null;
     const [inode, fd] = found.entries().next().value!;
     if (unix) this.#claimed.add(inode);
-    return { fd, inode };
+    return { fd, inode, unix };
   }
 
   /** Forgets the claim on `s` once its connection is closed. */

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { sendHeadAndRange } from "../../io/host_send.ts";
+import { sendHeadAndRange, sendNow } from "../../io/host_send.ts";
 
 /** What the reader needs of a connection. */
 export interface ReadableConn {
@@ -162,10 +162,13 @@ export class WireWriter {
   readonly #spares: Uint8Array[] = [];
   readonly #queue: Pending[] = [];
   #running = false;
+  /** A write or sendfile of the queue is under way. */
+  #busy = false;
   #failed: Error | null = null;
   readonly #onError: (e: Error) => void;
   #idleWaiters: (() => void)[] = [];
   #sock = -1;
+  #flushes = false;
 
   /** Creates a writer; `onError` hears about the first failed write (the peer went away). */
   constructor(conn: WritableConn, onError: (e: Error) => void = () => {}, stageSize = 256 * 1024) {
@@ -183,16 +186,19 @@ export class WireWriter {
     }
     this.#conn = conn;
     this.#sock = -1;
+    this.#flushes = false;
   }
 
   /**
    * Lets {@link WireWriter.sendFile} write straight to socket descriptor `fd`, the one under
-   * the connection (`ListenerSockets` finds it); -1 stops it. The descriptor is the
-   * connection's: the writer only sends on it, between its own writes, and the caller must
-   * not close the connection before {@link WireWriter.idle} resolves.
+   * the connection (`ListenerSockets` finds it); -1 stops it. With `flushes`,
+   * {@link WireWriter.flush} sends on it too. The descriptor is the connection's: the writer
+   * only sends on it, between its own writes, and the caller must not close the connection
+   * before {@link WireWriter.idle} resolves.
    */
-  setSocket(fd: number): void {
+  setSocket(fd: number, flushes = false): void {
     this.#sock = fd;
+    this.#flushes = fd >= 0 && flushes;
   }
 
   /** Whether {@link WireWriter.sendFile} can be used: a socket is set and nothing failed. */
@@ -269,6 +275,38 @@ export class WireWriter {
     });
   }
 
+  /**
+   * Sends what is staged now, with one nonblocking `send(2)` on the socket's descriptor
+   * (set with `flushes`, see {@link WireWriter.setSocket}), when nothing else is queued or
+   * being written; otherwise, and for whatever the socket does not take, the queued write
+   * sends it at the end of the task as usual. A server calls it after each complete reply,
+   * so the client can start on one reply while the server works on the next: NBD 4 KiB
+   * random reads at depth 32 over a unix socket, medians of 6 warm runs beside qemu-nbd,
+   * 0.87-0.90x -> 0.96-0.98x its rate, writes 1.43x -> 1.51x. Over TCP loopback, where each
+   * send also delivers to the peer's socket, it cost more than it gained (reads 1.17x ->
+   * 0.98x nbdkit, writes 0.87x -> 0.76x), so TCP connections keep one write per task.
+   */
+  flush(): void {
+    if (
+      !this.#flushes || this.#busy || this.#used === 0 || this.#queue.length > 0 ||
+      this.#failed !== null
+    ) return;
+    let n: number;
+    try {
+      n = sendNow(this.#sock, this.buf.subarray(0, this.#used));
+    } catch (e) {
+      this.#fail(e);
+      return;
+    }
+    if (n < this.#used) this.buf.copyWithin(0, n, this.#used);
+    this.#used -= n;
+  }
+
+  #fail(e: unknown): void {
+    this.#failed = e instanceof Error ? e : new Error(String(e));
+    this.#onError(this.#failed);
+  }
+
   /** Resolves once everything queued so far has been written (or the writer failed). */
   idle(): Promise<void> {
     if (!this.#running && this.#used === 0 && this.#queue.length === 0) {
@@ -306,13 +344,14 @@ export class WireWriter {
       const item = this.#queue.shift();
       if (!item) break;
       if (!this.#failed) {
+        this.#busy = true;
         try {
           if (item.fd < 0) await this.#writeAll(item.data);
           else await sendHeadAndRange(this.#sock, item.data, item.fd, item.offset, item.bytes);
         } catch (e) {
-          this.#failed = e instanceof Error ? e : new Error(String(e));
-          this.#onError(this.#failed);
+          this.#fail(e);
         }
+        this.#busy = false;
       }
       if (item.fail && this.#failed) item.fail(this.#failed);
       else if (item.done) item.done();
