@@ -112,15 +112,20 @@ function retry(call: string): boolean {
 const NOW_FLAGS = MSG.DONTWAIT | MSG.NOSIGNAL;
 
 /**
- * Sends as much of `data` on socket `sock` as it takes without blocking; returns the bytes
- * sent (0 when the socket is full). Throws a BlockError when the call fails.
+ * Sends as much of `data` on socket `sock` as it takes without blocking (`flags` as for
+ * send(2), MSG_DONTWAIT among them; default: a message of its own); returns the bytes sent,
+ * fewer than `data.length` when the socket filled up. Throws a BlockError when a call fails.
  */
-export function sendNow(sock: number, data: Uint8Array): number {
-  for (;;) {
-    const n = Number(socketLibc().send(sock, data, data.length as unknown as bigint, NOW_FLAGS));
-    if (n >= 0) return n;
-    if (!retry("send")) return 0;
+export function sendNow(sock: number, data: Uint8Array, flags = NOW_FLAGS): number {
+  const lib = socketLibc();
+  let p = 0;
+  while (p < data.length) {
+    const rest = p === 0 ? data : data.subarray(p);
+    const n = Number(lib.send(sock, rest, rest.length as unknown as bigint, flags));
+    if (n >= 0) p += n;
+    else if (!retry("send")) break;
   }
+  return p;
 }
 
 /** Counts a range sent completely. */
@@ -144,12 +149,9 @@ function advance(
   const lib = socketLibc();
   const hl = head.length;
   const total = hl + bytes;
-  while (p < hl) {
-    const n = Number(
-      lib.send(sock, p === 0 ? head : head.subarray(p), (hl - p) as unknown as bigint, SEND_FLAGS),
-    );
-    if (n >= 0) p += n;
-    else if (!retry("send")) return p;
+  if (p < hl) {
+    p += sendNow(sock, p === 0 ? head : head.subarray(p), SEND_FLAGS);
+    if (p < hl) return p;
   }
   while (p < total) {
     setU64(fileOffset, 0, offset + p - hl);

@@ -280,11 +280,14 @@ export class WireWriter {
    * (set with `flushes`, see {@link WireWriter.setSocket}), when nothing else is queued or
    * being written; otherwise, and for whatever the socket does not take, the queued write
    * sends it at the end of the task as usual. A server calls it after each complete reply,
-   * so the client can start on one reply while the server works on the next: NBD 4 KiB
-   * random reads at depth 32 over a unix socket, medians of 6 warm runs beside qemu-nbd,
-   * 0.87-0.90x -> 0.96-0.98x its rate, writes 1.43x -> 1.51x. Over TCP loopback, where each
-   * send also delivers to the peer's socket, it cost more than it gained (reads 1.17x ->
-   * 0.98x nbdkit, writes 0.87x -> 0.76x), so TCP connections keep one write per task.
+   * so the client can start on one reply while the server works on the next. NBD 4 KiB
+   * random reads at depth 32 over a unix socket beside qemu-nbd: the bench case, 4 rounds in
+   * each tree, alternating, 0.83-0.84x -> 0.86-0.91x its rate; warm runs on one server,
+   * medians of 15 alternating rounds, 0.82x -> 0.92x (shorter series on a noisy machine
+   * ranged from slightly worse to 0.10x better); server CPU per read 10-20% higher (a send
+   * per reply); writes within noise (1.53x / 1.50x). Over TCP loopback, where each send also
+   * delivers to the peer's socket, it cost more than it gained (reads 1.17x -> 0.98x nbdkit,
+   * writes 0.87x -> 0.76x), so TCP connections keep one write per task.
    */
   flush(): void {
     if (
