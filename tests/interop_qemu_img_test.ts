@@ -376,3 +376,37 @@ Deno.test("img convert, map and compare report a corrupt or unreadable qcow2 as 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("img convert and dd with write-behind (-t writeback) write the same image as their source", async () => {
+  await ensurePeers(["qemu-img", "qemu-io"]);
+  const dir = await Deno.makeTempDir();
+  try {
+    const q = (args: string[]) => runPeer("qemu-img", args, { cwd: dir });
+    await q(["create", "-q", "-f", "raw", "src.raw", "48M"]);
+    // 24 MiB of data in three runs: a 16 MiB write-behind window, and a tail.
+    const io = await runPeer("qemu-io", [
+      "-f",
+      "raw",
+      "-c",
+      "write -P 7 0 10M",
+      "-c",
+      "write -P 9 20M 10M",
+      "-c",
+      "write -P 11 44M 4M",
+      "src.raw",
+    ], { cwd: dir });
+    assertEquals(io.code, 0, io.err);
+    const cases: [string[], string, string][] = [
+      [["convert", "-t", "writeback", "-O", "qcow2", "src.raw", "w.qcow2"], "w.qcow2", "qcow2"],
+      [["convert", "-t", "writeback", "-O", "raw", "w.qcow2", "w.raw"], "w.raw", "raw"],
+      [["dd", "-O", "raw", "bs=1M", "if=src.raw", "of=d.raw"], "d.raw", "raw"],
+    ];
+    for (const [args, out, fmt] of cases) {
+      assertEquals(await runOurImg(args, dir), { code: 0, out: "", err: "" }, args.join(" "));
+      if (fmt === "qcow2") assertEquals((await q(["check", out])).code, 0, `${out} checks clean`);
+      assertEquals((await q(["compare", "src.raw", out])).out, "Images are identical.\n", out);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -82,6 +82,8 @@ export interface OpenRequest {
   readonly discard: "ignore" | "unmap";
   /** The AIO engine for the protocol node, when chosen. */
   readonly aio?: string | undefined;
+  /** The `write-behind` window of a `file` protocol node (bytes; absent or 0: none). */
+  readonly writeBehind?: number;
   /** Share every permission with other users (needs `readOnly`). */
   readonly forceShare?: boolean;
   /** Open without the backing chain (QEMU's `BDRV_O_NO_BACKING`) when the format has one. */
@@ -157,15 +159,23 @@ function mergeDefaults(target: OptionValues, defaults: OptionValues): OptionValu
   return out;
 }
 
-/** Completes an inline `file` child: its driver from its filename, and the AIO engine. */
-function completeFile(graph: Graph, file: OptionValues, aio: string | undefined): OptionValues {
+/** What `req` asks of a `file` protocol node, under the options given for it. */
+function withFileExtras(req: OpenRequest, opts: OptionValues): OptionValues {
+  if (opts.driver !== "file") return opts;
+  const extras: OptionValues = {};
+  if (req.aio !== undefined) extras.aio = req.aio;
+  if (req.writeBehind) extras["write-behind"] = req.writeBehind;
+  return { ...extras, ...opts };
+}
+
+/** Completes an inline protocol child: its driver from its filename, and `req`'s extras. */
+function completeFile(graph: Graph, file: OptionValues, req: OpenRequest): OptionValues {
   let out = { ...file };
   if (out.driver === undefined && typeof out.filename === "string") {
     out = { ...protocolOptions(graph, out.filename), ...out };
     out.driver = graph.registry.protocolFor(file.filename as string).name;
   }
-  if (aio !== undefined && out.aio === undefined && out.driver === "file") out.aio = aio;
-  return out;
+  return withFileExtras(req, out);
 }
 
 /**
@@ -197,9 +207,9 @@ export async function openImage(
     const fileOpt = given.file;
     let protoOpts: OptionValues;
     if (typeof fileOpt === "object" && fileOpt !== null) {
-      protoOpts = completeFile(graph, fileOpt as OptionValues, req.aio);
+      protoOpts = completeFile(graph, fileOpt as OptionValues, req);
     } else if (named !== null) {
-      protoOpts = completeFile(graph, protocolOptions(graph, named), req.aio);
+      protoOpts = completeFile(graph, protocolOptions(graph, named), req);
     } else {
       throw new BlockError("EINVAL", "Must specify either driver or file");
     }
@@ -233,14 +243,13 @@ export async function openImage(
         : filename !== null
         ? { filename }
         : {};
-      top = mergeDefaults({ ...parsed, ...rest }, flags);
-      if (req.aio !== undefined && top.aio === undefined) top.aio = req.aio;
+      top = withFileExtras(req, mergeDefaults({ ...parsed, ...rest }, flags));
     } else {
       delete rest.filename;
       if (typeof rest.file === "object" && rest.file !== null) {
-        rest.file = completeFile(graph, rest.file as OptionValues, req.aio);
+        rest.file = completeFile(graph, rest.file as OptionValues, req);
       } else if (rest.file === undefined && filename !== null) {
-        rest.file = completeFile(graph, protocolOptions(graph, filename), req.aio);
+        rest.file = completeFile(graph, protocolOptions(graph, filename), req);
       }
       top = mergeDefaults(rest, flags);
     }

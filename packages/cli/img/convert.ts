@@ -373,6 +373,7 @@ export async function imgConvert(
       readOnly: false,
       cache: a.cache,
       noBacking: a.backing === undefined,
+      bulkWrite: true,
     });
     if (!target) return 1;
     if (a.bitmaps && !supportsPersistentBitmaps(target.node)) {

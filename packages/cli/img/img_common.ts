@@ -94,6 +94,18 @@ export function imgOutputFormat(io: CliIo, value: string): "human" | "json" | nu
   return null;
 }
 
+/**
+ * The `write-behind` window of the `file` nodes of an image written in bulk and flushed at the
+ * end (see {@link ImgOpen.bulkWrite}). qemu-img leaves the whole copy dirty in the page cache
+ * until its final flush, which then waits for the disk to write all of it; starting writeback
+ * every 16 MiB overlaps the disk's writing with the copy, and the flush waits for the tail.
+ * `img convert -t writeback` of a 1 GiB half-allocated image on this machine's disk, 5-6
+ * alternating runs of the bundled command: qcow2 -> raw 415-530 ms without, 309-378 ms with
+ * (qemu-img 401-774 ms); raw -> qcow2 485-537 ms without, 350-401 ms with (qemu-img 416-521
+ * ms). Python copies with 8 and 32 MiB windows were alike.
+ */
+export const BULK_WRITE_BEHIND = 16 << 20;
+
 /** How a subcommand opens an image. */
 export interface ImgOpen {
   /** The filename, or with `imageOpts` the option string. */
@@ -114,6 +126,12 @@ export interface ImgOpen {
   readonly unmap?: boolean;
   /** Open for `check`. */
   readonly forCheck?: boolean;
+  /**
+   * The command writes the image in bulk and flushes it at the end (`convert`, `dd`): with a
+   * cache mode that flushes and is not O_DIRECT, its `file` nodes start writeback behind the
+   * writes ({@link BULK_WRITE_BEHIND}).
+   */
+  readonly bulkWrite?: boolean;
   /** What precedes the reason when the open fails (default `Could not open 'filename': `). */
   readonly failurePrefix?: string;
 }
@@ -148,6 +166,7 @@ export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<Open
       forceShare: o.forceShare ?? false,
       noBacking: o.noBacking ?? false,
       forCheck: o.forCheck ?? false,
+      writeBehind: o.bulkWrite && !cache.direct && !cache.noFlush ? BULK_WRITE_BEHIND : 0,
     }, (text) => io.err(text));
   } catch (e) {
     imgReportError(io, o.failurePrefix ?? `Could not open '${o.filename}': `, e);

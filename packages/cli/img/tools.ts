@@ -176,7 +176,12 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
       verbose: false,
     });
     if (ret !== 0) return ret;
-    const dst = await imgOpen(graph, io, { filename: dd.of, format: outFmt, readOnly: false });
+    const dst = await imgOpen(graph, io, {
+      filename: dd.of,
+      format: outFmt,
+      readOnly: false,
+      bulkWrite: true,
+    });
     if (!dst) return 1;
     try {
       const buf = new Uint8Array(Math.min(bs, 4 << 20));

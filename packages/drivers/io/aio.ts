@@ -28,7 +28,7 @@ import { BlockError, errnoCode, type IoVector, strerror } from "@blockgraph/core
 import { type AioSlot, AioSlots, OP, type SlotOp } from "./aio_slots.ts";
 import { type AioWorkerReply, type AioWorkerRequest, startAioWorker } from "./aio_worker.ts";
 import { type AioSymbols, kernelAtLeast, libaio } from "./aio_ffi.ts";
-import type { EngineOptions, IoEngine } from "./engine.ts";
+import { type EngineOptions, type IoEngine, SYNC_FILE_RANGE_WRITE } from "./engine.ts";
 import { type HostFiles, hostFiles } from "./posix_file.ts";
 import { markTurn, nextTurn, sinceTurn, timersStarved } from "./loop_turn.ts";
 
@@ -38,6 +38,8 @@ export const AIO_SLOTS = 256;
 export const AIO_MAX_BUSY_MS = 3;
 /** How long one poll of the completion ring may spin, in milliseconds. */
 const SPIN_MS = 0.1;
+/** A hint's outcome, which nobody waits on. */
+const ignore = (): void => {};
 /** Microtask turns to let pass before spinning, so promise chains submit their next request. */
 const IDLE_TURNS = 16;
 /**
@@ -125,6 +127,11 @@ class AioEngine implements IoEngine {
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
     const c = this.#core;
     return c ? c.fallocate(fd, mode, offset, length) : this.#released();
+  }
+
+  startWriteback(fd: number, offset: number, length: number): Promise<void> {
+    const c = this.#core;
+    return c ? c.startWriteback(fd, offset, length) : Promise.resolve();
   }
 
   drainFd(fd: number): Promise<void> {
@@ -231,6 +238,12 @@ class AioContext {
     return new Promise<number>((resolve, reject) => {
       this.#start(OP.SYNC, fd, 0, null, 0, 0, datasync, false, resolve, reject);
     }).then(() => {});
+  }
+
+  /** sync_file_range(2) with SYNC_FILE_RANGE_WRITE on the helper thread; never rejects. */
+  startWriteback(fd: number, offset: number, length: number): Promise<void> {
+    return this.#job({ call: "sync_file_range", fd, mode: SYNC_FILE_RANGE_WRITE, offset, length })
+      .then(ignore, ignore);
   }
 
   /** fallocate(2) on the helper thread. */

@@ -21,15 +21,15 @@
 export interface AioWorkerRequest {
   /** Matches the reply to the request. */
   id: number;
-  /** `fallocate`, `fsync` or `fdatasync`. */
-  call: "fallocate" | "fsync" | "fdatasync";
+  /** `fallocate`, `sync_file_range`, `fsync` or `fdatasync`. */
+  call: "fallocate" | "sync_file_range" | "fsync" | "fdatasync";
   /** The file descriptor (shared by every thread of the process). */
   fd: number;
-  /** `fallocate` mode bits (0 for the others). */
+  /** `fallocate` mode bits, `sync_file_range` flags (0 for the others). */
   mode: number;
-  /** `fallocate` offset (0 for the others). */
+  /** `fallocate` and `sync_file_range` offset (0 for the others). */
   offset: number;
-  /** `fallocate` length (0 for the others). */
+  /** `fallocate` and `sync_file_range` length (0 for the others). */
   length: number;
 }
 
@@ -59,6 +59,7 @@ export function serveAioRequests(scope: AioWorkerScope): void {
     "libc.so.6",
     {
       fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
+      sync_file_range: { parameters: ["i32", "i64", "i64", "u32"], result: "i32" },
       fsync: { parameters: ["i32"], result: "i32" },
       fdatasync: { parameters: ["i32"], result: "i32" },
       __errno_location: { parameters: [], result: "pointer" },
@@ -73,7 +74,9 @@ export function serveAioRequests(scope: AioWorkerScope): void {
     const { id, call, fd, mode, offset, length } = e.data;
     let rc: number;
     if (call === "fallocate") rc = lib.symbols.fallocate(fd, mode, BigInt(offset), BigInt(length));
-    else if (call === "fsync") rc = lib.symbols.fsync(fd);
+    else if (call === "sync_file_range") {
+      rc = lib.symbols.sync_file_range(fd, BigInt(offset), BigInt(length), mode);
+    } else if (call === "fsync") rc = lib.symbols.fsync(fd);
     else rc = lib.symbols.fdatasync(fd);
     const result = rc === 0 ? 0 : -(errno?.[0] || 5);
     scope.postMessage({ id, result });

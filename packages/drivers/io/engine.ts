@@ -23,6 +23,9 @@ export const FALLOC = {
   ZERO_RANGE: 0x10,
 } as const;
 
+/** `sync_file_range(2)` flag: start writeback of the range's dirty pages, without waiting. */
+export const SYNC_FILE_RANGE_WRITE = 2;
+
 /**
  * One engine instance, shared by the file nodes that use it. Every method is asynchronous
  * and must not block the event loop; errors are `BlockError`s with the kernel's errno code
@@ -63,6 +66,14 @@ export interface IoEngine {
   fsync(fd: number, datasync: boolean): Promise<void>;
   /** `fallocate(fd, mode, offset, length)`; ENOTSUP when the file system cannot. */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
+  /**
+   * Starts writeback of the dirty page-cache pages of `length` bytes at `offset`
+   * (`sync_file_range(SYNC_FILE_RANGE_WRITE)`) without waiting for it: a hint, which resolves
+   * once the kernel has taken it and never rejects. Errors of the writeback itself are the
+   * next `fsync`'s to report, as they would be without the hint. An engine without the call
+   * (`threads`: `node:fs` has none) resolves at once.
+   */
+  startWriteback(fd: number, offset: number, length: number): Promise<void>;
   /**
    * Completes or cancels every request in flight on `fd` (cancelled ones reject with
    * ECANCELED) and resolves when none is left: called before the descriptor is closed.

@@ -11,6 +11,8 @@ import { BlockError, IoVector } from "@blockgraph/core";
 import { assert, assertBytesEqual, assertEquals } from "../conformance/mod.ts";
 import { BufferPool } from "./buffer_pool.ts";
 import type { EngineOptions, IoEngine } from "./engine.ts";
+import { lastErrno } from "./libc.ts";
+import { socketLibc, SYS_CACHESTAT } from "./socket_libc.ts";
 
 /** A factory under test. */
 export type CreateEngine = (options: EngineOptions) => IoEngine;
@@ -329,17 +331,144 @@ export async function pageCacheFlood(
 }
 
 /**
+ * The dirty page-cache pages of `[offset, offset + bytes)` of `fd` by `cachestat(2)`, or null
+ * where the kernel has no such call (before Linux 6.5).
+ */
+export function dirtyPages(fd: number, offset: number, bytes: number): number | null {
+  const range = new BigUint64Array([BigInt(offset), BigInt(bytes)]);
+  // struct cachestat: nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted.
+  const stat = new BigUint64Array(5);
+  const rc = socketLibc().cachestat(
+    BigInt(SYS_CACHESTAT),
+    fd,
+    new Uint8Array(range.buffer),
+    new Uint8Array(stat.buffer),
+    0,
+  );
+  if (rc !== 0) {
+    if (lastErrno() === 38) return null; // ENOSYS
+    throw new Error(`cachestat failed: errno ${lastErrno()}`);
+  }
+  return Number(stat[1]);
+}
+
+/** The file system type of the mount holding `path` (`/proc/self/mounts`), or "" if unknown. */
+export function fsTypeOf(path: string): string {
+  const real = Deno.realPathSync(path);
+  let best = "";
+  let type = "";
+  for (const line of Deno.readTextFileSync("/proc/self/mounts").split("\n")) {
+    const [, at, fstype] = line.split(" ");
+    if (at === undefined || fstype === undefined) continue;
+    const mount = at.replace(/\\040/g, " ");
+    const inside = mount === "/" || real === mount || real.startsWith(mount + "/");
+    if (inside && mount.length >= best.length) {
+      best = mount;
+      type = fstype;
+    }
+  }
+  return type;
+}
+
+/**
+ * Polls until `fd` has no dirty pages in `[offset, offset + bytes)`, for at most `ms`; returns
+ * the last count seen.
+ */
+export async function dirtyAfter(
+  fd: number,
+  offset: number,
+  bytes: number,
+  ms: number,
+): Promise<number> {
+  const until = performance.now() + ms;
+  for (;;) {
+    const n = dirtyPages(fd, offset, bytes) ?? 0;
+    if (n === 0 || performance.now() > until) return n;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/**
+ * Whether writeback can be watched in `dir`: the kernel has `cachestat(2)` and the file system
+ * writes back (not tmpfs or ramfs, whose pages stay in memory). Says why not on the console.
+ */
+export function writebackObservable(dir: string): boolean {
+  const type = fsTypeOf(dir);
+  if (type === "tmpfs" || type === "ramfs") {
+    console.log(`${dir} is on ${type}, which has no writeback: not checked`);
+    return false;
+  }
+  const fd = fs.openSync(dir, "r");
+  try {
+    if (dirtyPages(fd, 0, 1) === null) {
+      console.log("no cachestat(2) on this kernel: writeback not checked");
+      return false;
+    }
+  } catch {
+    // A directory has no page cache of its own on some kernels: the call still exists.
+  } finally {
+    fs.closeSync(fd);
+  }
+  return true;
+}
+
+/**
+ * `startWriteback` never rejects (not even on a descriptor that is not open); with `writesBack`
+ * it leaves no dirty pages behind in the range it names, where that can be watched, while the
+ * pages outside the range stay dirty.
+ */
+export async function startsWriteback(create: CreateEngine, writesBack: boolean): Promise<void> {
+  const engine = create({ direct: false });
+  try {
+    await engine.startWriteback(-1, 0, 4096);
+    await withDir(async (dir) => {
+      const path = `${dir}/w.img`;
+      await Deno.writeFile(path, new Uint8Array(0));
+      const fd = openRw(path, false);
+      try {
+        const MiB = 1 << 20;
+        const q = IoVector.of(new Uint8Array(MiB).fill(0xa5));
+        for (let i = 0; i < 4; i++) await engine.pwritev(fd, i * MiB, q, 0, MiB, false);
+        if (!writesBack || !writebackObservable(dir)) {
+          await engine.startWriteback(fd, 0, 2 * MiB);
+          return;
+        }
+        const before = dirtyPages(fd, 0, 4 * MiB)!;
+        if (before === 0) {
+          console.log("the writes left no dirty pages to watch: writeback not checked");
+          return;
+        }
+        await engine.startWriteback(fd, 0, 2 * MiB);
+        const left = await dirtyAfter(fd, 0, 2 * MiB, 5000);
+        assertEquals(left, 0, "dirty pages left in the range after writeback started");
+        // The kernel's own writeback waits some 30 s; the second half is still dirty.
+        const rest = dirtyPages(fd, 2 * MiB, 2 * MiB)!;
+        assert(
+          rest > 0,
+          `the range outside the hint was written back too (${before} dirty before)`,
+        );
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
+  } finally {
+    await engine.release();
+  }
+}
+
+/**
  * Registers the checks every engine shares as one test of steps, named after `label`: random
  * concurrent vectored I/O against the model, buffered (with `seeds[0]`) and O_DIRECT (with
  * `seeds[1]`); EBADF and EINVAL; ENOSPC; drainFd with requests in flight (buffered, and
- * O_DIRECT too unless `drainDirect` is false); and timers running beside a flood of
- * page-cache writes.
+ * O_DIRECT too unless `drainDirect` is false); timers running beside a flood of page-cache
+ * writes; and `startWriteback` (which starts writeback unless `writesBack` is false).
  */
 export function sharedEngineChecks(
   label: string,
   create: CreateEngine,
   seeds: readonly [number, number],
   drainDirect = true,
+  writesBack = true,
 ): void {
   Deno.test(`${label} passes the checks every engine shares`, async (t) => {
     await t.step("random concurrent vectored I/O agrees with the model", async () => {
@@ -355,6 +484,9 @@ export function sharedEngineChecks(
     await t.step("drainFd with requests in flight settles every one", async () => {
       await drainInFlight(create, false);
       if (drainDirect) await drainInFlight(create, true);
+    });
+    await t.step("startWriteback starts writeback of the range, and never rejects", async () => {
+      await startsWriteback(create, writesBack);
     });
     await t.step("a flood of page-cache writes lets timers run", async () => {
       const { writes, gaps } = await pageCacheFlood(create);

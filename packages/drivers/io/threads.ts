@@ -175,6 +175,11 @@ class ThreadsEngine implements IoEngine {
     );
   }
 
+  /** `node:fs` has no `sync_file_range`: the hint is dropped. */
+  startWriteback(_fd: number, _offset: number, _length: number): Promise<void> {
+    return Promise.resolve();
+  }
+
   /** Thread-pool requests cannot be cancelled: waits for those in flight on `fd`. */
   drainFd(fd: number): Promise<void> {
     if (!this.#inflight.has(fd)) return Promise.resolve();

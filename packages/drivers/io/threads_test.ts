@@ -4,7 +4,7 @@ import { FALLOC } from "./engine.ts";
 import { openRw, rejectsAt, sharedEngineChecks, withDir } from "./engine_testing.ts";
 import { createThreadsEngine } from "./threads.ts";
 
-sharedEngineChecks("threads engine", createThreadsEngine, [3, 4], false);
+sharedEngineChecks("threads engine", createThreadsEngine, [3, 4], false, false);
 
 Deno.test("threads engine: fallocate is ENOTSUP, fsync works", async () => {
   await withDir(async (dir) => {

@@ -22,7 +22,7 @@
 
 import { BlockError, errnoCode, type IoVector, strerror } from "@blockgraph/core";
 import { BufferPool } from "./buffer_pool.ts";
-import type { EngineOptions, IoEngine } from "./engine.ts";
+import { type EngineOptions, type IoEngine, SYNC_FILE_RANGE_WRITE } from "./engine.ts";
 import { IOVEC_SIZE, NativeIovec } from "./iovec.ts";
 import { type HostFiles, hostFiles } from "./posix_file.ts";
 import { markTurn, nextTurn, sinceTurn, timersStarved } from "./loop_turn.ts";
@@ -55,7 +55,11 @@ const OP_NAMES: Record<number, string> = {
   [OP.WRITEV]: "write",
   [OP.FSYNC]: "flush",
   [OP.FALLOCATE]: "fallocate",
+  [OP.SYNC_FILE_RANGE]: "writeback",
 };
+
+/** A hint's outcome, which nobody waits on. */
+const ignore = (): void => {};
 
 /** A request slot: the state of one request between submission and completion. */
 class Slot {
@@ -142,6 +146,7 @@ class UringEngine {
       OP.FSYNC,
       OP.ASYNC_CANCEL,
       OP.FALLOCATE,
+      OP.SYNC_FILE_RANGE,
     ], uringTuning.coopTaskrun ? SETUP_COOP_TASKRUN : 0);
     const n = Math.min(this.#ring.sqEntries, this.#ring.cqEntries >> 1);
     const iovMem = this.#pool.get(n * IOV_PER_SLOT * IOVEC_SIZE);
@@ -542,6 +547,13 @@ class UringHandle implements IoEngine {
     return this.#engine.simple(OP.FALLOCATE, fd, offset, length, mode, 0) as Promise<
       unknown
     > as Promise<void>;
+  }
+
+  startWriteback(fd: number, offset: number, length: number): Promise<void> {
+    // The SQE's length is 32 bits; 0 means through the end of the file.
+    const len = length > 0xffffffff ? 0 : length;
+    return this.#engine.simple(OP.SYNC_FILE_RANGE, fd, offset, 0, len, SYNC_FILE_RANGE_WRITE)
+      .then(ignore, ignore);
   }
 
   drainFd(fd: number): Promise<void> {

@@ -18,6 +18,7 @@ export const OP = {
   READV: 1,
   WRITEV: 2,
   FSYNC: 3,
+  SYNC_FILE_RANGE: 8,
   ASYNC_CANCEL: 14,
   FALLOCATE: 17,
 } as const;

@@ -73,6 +73,8 @@ export interface FileSetup {
   files: HostFiles;
   /** The `locking` option. */
   locking: (typeof FILE_LOCKING_MODES)[number];
+  /** The `write-behind` option: bytes written between writeback starts (0: none). */
+  writeBehind: number;
 }
 
 const NOT_SERVED: Promise<boolean> = Promise.resolve(false);
@@ -111,6 +113,12 @@ export class FileInstance implements DriverInstance {
    * request layer asks, and short reads fill zeros.
    */
   #length: number;
+  /** Write-behind (see the driver's `write-behind` option): its window, 0 when off... */
+  readonly #behind: number;
+  /** ...and the bytes written, and the span they lie in, since writeback last started. */
+  #behindBytes = 0;
+  #behindLo = Infinity;
+  #behindHi = 0;
 
   /** Wraps an open descriptor; use the driver's `open` rather than this. */
   constructor(fd: number, setup: FileSetup) {
@@ -125,6 +133,7 @@ export class FileInstance implements DriverInstance {
     this.locking = setup.locking;
     this.limits = setup.direct ? { requestAlignment: setup.alignment, memAlignment: 4096 } : {};
     this.#useLocks = setup.locking !== "off" && locksAvailable(fd);
+    this.#behind = setup.direct ? 0 : setup.writeBehind;
   }
 
   /**
@@ -247,14 +256,25 @@ export class FileInstance implements DriverInstance {
     return this.#engine.pwritev(this.#fd, offset, qiov, qiovOffset, bytes, fua).then(
       (n) =>
         n === bytes
-          ? this.#wrote(offset + bytes)
+          ? this.#wrote(offset, bytes)
           : this.#writeRest(offset, bytes, qiov, qiovOffset, fua, n),
       this.#writeFail,
     );
   }
 
-  #wrote(end: number): void {
+  /** `bytes` at `offset` were written: the file may have grown, and writeback may start. */
+  #wrote(offset: number, bytes: number): void {
+    const end = offset + bytes;
     if (end > this.#length) this.#length = end;
+    if (this.#behind === 0) return;
+    if (offset < this.#behindLo) this.#behindLo = offset;
+    if (end > this.#behindHi) this.#behindHi = end;
+    this.#behindBytes += bytes;
+    if (this.#behindBytes < this.#behind) return;
+    void this.#engine.startWriteback(this.#fd, this.#behindLo, this.#behindHi - this.#behindLo);
+    this.#behindBytes = 0;
+    this.#behindLo = Infinity;
+    this.#behindHi = 0;
   }
 
   /** The rest of a write that came back short after `done` bytes. */
@@ -284,7 +304,7 @@ export class FileInstance implements DriverInstance {
       ).catch(this.#writeFail);
       done += n;
     }
-    this.#wrote(offset + bytes);
+    this.#wrote(offset, bytes);
   }
 
   /**
@@ -398,8 +418,11 @@ function openFd(files: HostFiles, path: string, how: OpenHow, verb: string): num
  * The `file` driver. Options: `filename` (required), `aio` (`io_uring`, `native`, `threads`;
  * absent: the fastest that starts here, and an engine that cannot start falls back to the
  * next with one line on stderr saying why), `locking` (`auto`, `on`: QEMU's image locks where
- * open file description locks work, see `file_lock.ts`; `off`: none). `cache.direct=on` opens
- * with O_DIRECT.
+ * open file description locks work, see `file_lock.ts`; `off`: none), `write-behind` (bytes,
+ * default 0: a blockgraph option, not QEMU's; each time that many bytes have been written, the
+ * node asks the kernel to start writing the span they lie in back to the disk, so that a flush
+ * after a bulk copy waits for the tail only; `img convert` and `img dd` set it). `cache.direct=on`
+ * opens with O_DIRECT, and write-behind is then off.
  *
  * @example
  * ```ts
@@ -432,6 +455,12 @@ export const fileDriver: BlockDriver = {
       description: "file locking mode (on/off/auto, default: auto)",
       values: FILE_LOCKING_MODES,
       default: "auto",
+    },
+    "write-behind": {
+      type: "size",
+      description:
+        "start writeback of written data each time this many bytes have been written (0: leave it to the kernel)",
+      default: 0,
     },
   },
   createOptions: {
@@ -497,6 +526,7 @@ export const fileDriver: BlockDriver = {
         engine,
         files,
         locking: options.locking as (typeof FILE_LOCKING_MODES)[number],
+        writeBehind: options["write-behind"] as number,
       });
     } catch (e) {
       if (fd >= 0) files?.close(fd);
