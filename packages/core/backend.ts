@@ -7,7 +7,13 @@
  */
 
 import { Child, type ChildParent, ChildRole } from "./child.ts";
-import { type BlockStatus, type HostReadSink, type PreallocMode, ReqFlags } from "./driver.ts";
+import {
+  type BlockStatus,
+  HOST_READ_DECLINED,
+  type HostReadSink,
+  type PreallocMode,
+  ReqFlags,
+} from "./driver.ts";
 import { BlockError } from "./errors.ts";
 import type { Graph } from "./graph.ts";
 import { attachEdge } from "./graph_change.ts";
@@ -18,8 +24,6 @@ import { changeMedium, eject, insertMedium, removeMedium, Tray } from "./tray.ts
 import type { DeviceOps, RootListener } from "./device_ops.ts";
 import { errorAction, type ErrorPolicy, ioErrorEventData, type IoStatus } from "./error_policy.ts";
 import { checkRequest } from "./backend_check.ts";
-
-const NOT_SERVED: Promise<boolean> = Promise.resolve(false);
 
 /** Options of a new Backend. */
 export interface BackendOptions {
@@ -480,7 +484,7 @@ export class Backend implements ChildParent {
       this.root === null || this.#stopped || this.quiesceCounter > 0 ||
       checkRequest(this, offset, bytes, "read", "read") !== null
     ) {
-      return NOT_SERVED;
+      return HOST_READ_DECLINED;
     }
     this.inFlight++;
     return this.root.node!.preadHost(offset, bytes, sink).finally(this.#done);

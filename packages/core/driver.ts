@@ -74,6 +74,13 @@ export interface BlockStatus {
  */
 export type HostReadSink = (fd: number, offset: number, bytes: number) => Promise<void>;
 
+/**
+ * The answer of a `preadHost` that cannot serve a read (see
+ * {@link DriverInstance.preadHost}): one settled promise shared by every caller, so that
+ * declining allocates nothing.
+ */
+export const HOST_READ_DECLINED: Promise<boolean> = Promise.resolve(false);
+
 /** Request limits a driver declares; every field has a safe default. */
 export interface BlockLimits {
   /** Offsets and lengths of requests the driver sees are multiples of this (default 1). */

@@ -28,7 +28,13 @@ export { errorAction } from "./error_policy.ts";
 export type { ErrorAction, ErrorPolicy, IoStatus } from "./error_policy.ts";
 export { Child, ChildRole, roleNames } from "./child.ts";
 export type { ChildParent, ParentKind } from "./child.ts";
-export { BlockStatusFlags, DEFAULT_LIMITS, DriverRegistry, ReqFlags } from "./driver.ts";
+export {
+  BlockStatusFlags,
+  DEFAULT_LIMITS,
+  DriverRegistry,
+  HOST_READ_DECLINED,
+  ReqFlags,
+} from "./driver.ts";
 export type {
   BlockDriver,
   BlockLimits,

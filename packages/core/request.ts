@@ -11,7 +11,7 @@
  * @module
  */
 
-import { type HostReadSink, type PreallocMode, ReqFlags } from "./driver.ts";
+import { HOST_READ_DECLINED, type HostReadSink, type PreallocMode, ReqFlags } from "./driver.ts";
 import { markDirty, resizeDirtyBitmaps } from "./dirty_bitmap.ts";
 import { BlockError } from "./errors.ts";
 import { IoVector } from "./io_vector.ts";
@@ -143,13 +143,13 @@ export function preadHost(
   sink: HostReadSink,
 ): Promise<boolean> {
   const inst = node.instance;
-  if (inst === null || inst.preadHost === undefined || bytes <= 0) return NOT_SERVED;
+  if (inst === null || inst.preadHost === undefined || bytes <= 0) return HOST_READ_DECLINED;
   const align = node.limits.requestAlignment;
   if (
     checkRange(node, offset, bytes, "read") !== null || !isAligned(offset, align) ||
     !isAligned(bytes, align) || offset + bytes > inst.getLength() || node.tracked.hasSerialising
   ) {
-    return NOT_SERVED;
+    return HOST_READ_DECLINED;
   }
   node.inFlight++;
   let p: Promise<boolean>;
@@ -160,8 +160,6 @@ export function preadHost(
   }
   return p.finally(node.ioDone);
 }
-
-const NOT_SERVED: Promise<boolean> = Promise.resolve(false);
 
 function maxChunk(maxTransfer: number, align: number): number {
   if (maxTransfer === 0) return 1 << 30;

@@ -15,6 +15,7 @@ import {
   ChildRole,
   type DriverInstance,
   type DriverRegistry,
+  HOST_READ_DECLINED,
   type HostReadSink,
   type IoVector,
   type Node,
@@ -134,7 +135,7 @@ export class RawInstance implements DriverInstance {
 
   /** Serves a read as the file's range at `offset` + the window's start, where the file can. */
   preadHost(offset: number, bytes: number, sink: HostReadSink): Promise<boolean> {
-    if (this.#outside(offset, bytes, false) !== null) return Promise.resolve(false);
+    if (this.#outside(offset, bytes, false) !== null) return HOST_READ_DECLINED;
     return this.#fileNode().preadHost(offset + this.#offset, bytes, sink);
   }
 

@@ -18,6 +18,7 @@ import {
   type BlockStatus,
   type DriverInstance,
   type DriverRegistry,
+  HOST_READ_DECLINED,
   type HostReadSink,
   type IoVector,
   type Node,
@@ -77,7 +78,6 @@ export interface FileSetup {
   writeBehind: number;
 }
 
-const NOT_SERVED: Promise<boolean> = Promise.resolve(false);
 const served = (): boolean => true;
 
 /** A read's count is of no further use: the engine has filled what lay past the end. */
@@ -237,7 +237,7 @@ export class FileInstance implements DriverInstance {
    */
   preadHost(offset: number, bytes: number, sink: HostReadSink): Promise<boolean> {
     const fd = this.#fd;
-    if (this.direct || fd < 0 || !rangeCached(fd, offset, bytes)) return NOT_SERVED;
+    if (this.direct || fd < 0 || !rangeCached(fd, offset, bytes)) return HOST_READ_DECLINED;
     return sink(fd, offset, bytes).then(served);
   }
 

@@ -17,6 +17,7 @@ import {
   type DirtyBitmapStore,
   type DriverInstance,
   type FormatSpecificInfo,
+  HOST_READ_DECLINED,
   type HostReadSink,
   type IoVector,
   type Node,
@@ -26,7 +27,6 @@ import {
   ReqFlags,
 } from "@blockgraph/core";
 
-const NOT_SERVED: Promise<boolean> = Promise.resolve(false);
 import { amendImage, changeBackingFile } from "./amend.ts";
 import { checkImage, type Qcow2CheckResult } from "./check.ts";
 import { writeCompressed } from "./compressed_write.ts";
@@ -135,9 +135,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
    */
   preadHost(offset: number, bytes: number, sink: HostReadSink): Promise<boolean> {
     const size = this.image.header.size;
-    if (this.image.broken || offset > size || bytes > size - offset) return NOT_SERVED;
+    if (this.image.broken || offset > size || bytes > size - offset) return HOST_READ_DECLINED;
     const host = contiguousDataOffset(this.image, offset, bytes);
-    if (host < 0) return NOT_SERVED;
+    if (host < 0) return HOST_READ_DECLINED;
     return this.image.data.preadHost(host, bytes, sink);
   }
 
