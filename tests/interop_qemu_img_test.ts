@@ -254,6 +254,47 @@ Deno.test("img commit empties a qcow2 top as qemu-img commit does", async () => 
   }
 });
 
+Deno.test("img commit grows a base shorter than the top, as qemu-img commit does", async () => {
+  await ensurePeers(["qemu-img", "qemu-io"]);
+  const dirs = [await Deno.makeTempDir(), await Deno.makeTempDir()];
+  try {
+    const maps: string[] = [];
+    for (const [i, dir] of dirs.entries()) {
+      const q = (args: string[]) => runPeer("qemu-img", args, { cwd: dir });
+      await q(["create", "-q", "-f", "qcow2", "b.qcow2", "1M"]);
+      await q(["create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2", "4M"]);
+      // Data below and past the base's end, and zeros past it.
+      await runPeer("qemu-io", [
+        "-c",
+        "write -P 7 0 64k",
+        "-c",
+        "write -z 1M 64k",
+        "-c",
+        "write -P 9 3M 64k",
+        "t.qcow2",
+      ], { cwd: dir });
+      await q(["convert", "-O", "raw", "t.qcow2", "want.raw"]);
+      const r = i === 0
+        ? await runOurImg(["commit", "t.qcow2"], dir)
+        : await q(["commit", "t.qcow2"]);
+      assertEquals([i, r.code, r.out, r.err], [i, 0, "Image committed.\n", ""]);
+      const check = await q(["check", "b.qcow2"]);
+      assertEquals([i, check.code], [i, 0]);
+      const cmp = await q(["compare", "-f", "qcow2", "-F", "raw", "b.qcow2", "want.raw"]);
+      assertEquals([i, cmp.code, cmp.out], [i, 0, "Images are identical.\n"]);
+      const info = JSON.parse((await q(["info", "--output=json", "b.qcow2"])).out);
+      const map = JSON.parse((await q(["map", "--output=json", "b.qcow2"])).out) as Record<
+        string,
+        unknown
+      >[];
+      maps.push(JSON.stringify([info["virtual-size"], map.map((e) => [e.start, e.zero, e.data])]));
+    }
+    assertEquals(maps[0], maps[1]);
+  } finally {
+    for (const dir of dirs) await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("img convert -l reads an internal snapshot as qemu-img convert -l does", async () => {
   await ensurePeers(["qemu-img", "qemu-io"]);
   const dir = await Deno.makeTempDir();

@@ -8,18 +8,12 @@
  * @module
  */
 
-import {
-  BlockError,
-  BlockStatusFlags,
-  type Graph,
-  type Node,
-  pathHasProtocol,
-  ReqFlags,
-} from "@blockgraph/core";
+import { BlockError, type Graph, type Node, pathHasProtocol, strerror } from "@blockgraph/core";
 import type { Qcow2Instance } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
-import { belowLayer, chainStatus } from "./chain_status.ts";
+import { belowLayer } from "./chain_status.ts";
+import { runCopy } from "./convert_copy.ts";
 import { imageFacts } from "./image_facts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
@@ -27,13 +21,18 @@ import { displayFilename } from "./info.ts";
 import { skipFilters } from "./map.ts";
 import { Progress } from "./progress.ts";
 
+/** Bytes per request, as `img convert`'s. */
 const CHUNK = 4 << 20;
+/** Requests in flight, as `img convert`'s default `-m`. */
+const WORKERS = 8;
 
 /**
  * Copies what `top` reads where the chain above `base` holds something into `target` (the
- * base, opened for writing), as QEMU's active commit (a mirror) does: ranges that read as
- * zeros become write-zeroes that may unmap (a zero cluster in a qcow2 base with a backing
- * file), the rest is read and written.
+ * base, opened for writing), as QEMU's active commit (a mirror) does: several requests in
+ * flight, completing in any order; ranges that read as zeros become write-zeroes that may
+ * unmap (a zero cluster in a qcow2 base with a backing file), the rest is read and written,
+ * at most `rate` bytes a second (0: unlimited). A base shorter than `top` grows to its length
+ * first, as the mirror grows it.
  */
 export async function copyAbove(
   top: Node,
@@ -42,30 +41,20 @@ export async function copyAbove(
   progress: Progress,
   rate = 0,
 ): Promise<void> {
-  const len = Math.min(top.getLength(), base.getLength());
-  const buf = new Uint8Array(CHUNK);
-  const started = performance.now();
-  let copied = 0;
-  for (let off = 0; off < len;) {
-    const st = await chainStatus(top, off, Math.min(len - off, CHUNK), base, true);
-    const n = st.pnum;
-    if (st.status & BlockStatusFlags.ALLOCATED) {
-      if (st.status & BlockStatusFlags.ZERO) {
-        await target.pwriteZeroes(off, n, ReqFlags.MAY_UNMAP);
-      } else {
-        const view = buf.subarray(0, n);
-        await top.read(off, view);
-        await target.write(off, view);
-      }
-      copied += n;
-      if (rate > 0) {
-        const due = copied / rate * 1000 - (performance.now() - started);
-        if (due > 0) await new Promise((r) => setTimeout(r, due));
-      }
-    }
-    off += n;
-    progress.print(n / len * 100, 100);
-  }
+  if (target.getLength() < top.getLength()) await target.truncate(top.getLength(), false);
+  await runCopy({
+    sources: [top],
+    target,
+    above: base,
+    sparse: 0,
+    compressCluster: 0,
+    zeroInit: false,
+    targetHasBacking: false,
+    workers: WORKERS,
+    outOfOrder: true,
+    chunk: CHUNK,
+    rate,
+  }, progress);
 }
 
 /**
@@ -160,6 +149,7 @@ export async function imgCommit(
       readOnly: false,
       unmap: true,
       cache,
+      bulkWrite: true,
     });
     if (!writer) return 1;
     try {
@@ -167,7 +157,8 @@ export async function imgCommit(
       await copyAbove(top, base, writer.node, prog, rate);
       await writer.node.flush();
     } catch (e) {
-      imgError(io, BlockError.from(e).message);
+      // qemu-img runs the copy as a block job and reports its failure so.
+      imgError(io, `Block job failed: ${strerror(BlockError.from(e).code)}`);
       return 1;
     } finally {
       await writer.backend.unref();

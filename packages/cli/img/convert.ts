@@ -39,6 +39,7 @@ interface ConvertArgs {
   sparse: number;
   workers: number;
   outOfOrder: boolean;
+  rate: number;
   cache: string;
   srcCache: string;
   forceShare: boolean;
@@ -77,6 +78,7 @@ function parseArgs(
     sparse: 4096,
     workers: 8,
     outOfOrder: false,
+    rate: 0,
     cache: "unsafe",
     srcCache: "writeback",
     forceShare: false,
@@ -179,10 +181,12 @@ function parseArgs(
       case "W":
         a.outOfOrder = true;
         break;
-      case "r":
-        // The copy runs unthrottled; the rate is checked as qemu-img checks it.
-        if (imgCvtnum(io, "rate limit", v) === null) return 1;
+      case "r": {
+        const n = imgCvtnum(io, "rate limit", v);
+        if (n === null) return 1;
+        a.rate = n;
         break;
+      }
       case "U":
         a.forceShare = true;
         break;
@@ -403,6 +407,7 @@ export async function imgConvert(
         workers: a.workers,
         outOfOrder: a.outOfOrder,
         chunk: compressCluster ? Math.max(compressCluster, CHUNK) : CHUNK,
+        rate: a.rate,
       }, progress);
       await target.node.flush();
     } catch (e) {

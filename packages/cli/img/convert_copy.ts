@@ -1,9 +1,10 @@
 /**
- * The copy loop of `img convert`: the sources, one after another, walked by block status in
- * runs (data, zeros, or left to the target's backing file); data read in large chunks by
- * several workers, scanned for zero blocks of the sparse size, and written in order (or out
- * of order with `-W`); zeros skipped on a target known to read as zeros, else written as
- * write-zeroes.
+ * The copy loop of `img convert` and `img commit`: the sources, one after another, walked by
+ * block status in runs (data, zeros, or left to the target's backing file, or for commit left
+ * where no layer above the base holds anything); data read in large chunks by several
+ * workers, scanned for zero blocks of the sparse size, and written in order (or out of order
+ * with `-W`, and always for commit, as QEMU's mirror does); zeros skipped on a target known to
+ * read as zeros, else written as write-zeroes; at most `-r` bytes a second when asked.
  *
  * @module
  */
@@ -40,6 +41,14 @@ export interface CopyPlan {
   readonly outOfOrder: boolean;
   /** Bytes per read and write. */
   readonly chunk: number;
+  /**
+   * Copy only what the chain of the (single) source holds above this layer, commit's base
+   * (exclusive): ranges no layer above it allocates are left alone, ranges held as zeros
+   * become write-zeroes that may unmap, the rest is copied as data.
+   */
+  readonly above?: Node;
+  /** Bytes a second the copy stays under (`-r`); 0 or absent: unlimited. */
+  readonly rate?: number;
 }
 
 type Kind = "data" | "zero" | "backing";
@@ -77,7 +86,17 @@ async function* pieces(plan: CopyPlan): AsyncGenerator<Piece> {
     while (off < len) {
       let kind: Kind;
       let pnum: number;
-      if (plan.sparse === 0 && !plan.targetHasBacking) {
+      if (plan.above !== undefined) {
+        let st;
+        try {
+          st = await chainStatus(src, off, len - off, plan.above);
+        } catch (e) {
+          throw copyError(e, "reading block status at offset", base + off);
+        }
+        pnum = st.pnum;
+        if (!(st.status & BlockStatusFlags.ALLOCATED)) kind = "backing";
+        else kind = st.status & BlockStatusFlags.ZERO ? "zero" : "data";
+      } else if (plan.sparse === 0 && !plan.targetHasBacking) {
         kind = "data";
         pnum = len - off;
       } else {
@@ -120,6 +139,9 @@ export async function runCopy(plan: CopyPlan, progress: Progress): Promise<void>
   const total = plan.sources.reduce((s, n) => s + n.getLength(), 0);
   const iter = pieces(plan);
   let failed: unknown = null;
+  const rate = plan.rate ?? 0;
+  const started = performance.now();
+  let copied = 0;
   // In order: each piece's write waits for the write of the piece taken before it.
   let lastWrite: Promise<void> = Promise.resolve();
   const worker = async () => {
@@ -157,6 +179,11 @@ export async function runCopy(plan: CopyPlan, progress: Progress): Promise<void>
         });
       } finally {
         release();
+      }
+      if (rate > 0 && p.kind !== "backing") {
+        copied += p.bytes;
+        const due = copied / rate * 1000 - (performance.now() - started);
+        if (due > 0) await new Promise((r) => setTimeout(r, due));
       }
       progress.print(p.bytes / total * 100, 100);
     }

@@ -127,7 +127,8 @@ export interface ImgOpen {
   /** Open for `check`. */
   readonly forCheck?: boolean;
   /**
-   * The command writes the image in bulk and flushes it at the end (`convert`, `dd`): with a
+   * The command writes the image in bulk and flushes it at the end (`convert`, `dd`, the
+   * base of `commit`): with a
    * cache mode that flushes and is not O_DIRECT, its `file` nodes start writeback behind the
    * writes ({@link BULK_WRITE_BEHIND}).
    */

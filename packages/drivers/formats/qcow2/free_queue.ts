@@ -82,8 +82,24 @@ export class FreeQueue {
       }
       await image.refcounts.update(f.first, f.count, -1);
       this.#queue.shift();
-      if (f.discard && (await image.refcounts.get(f.first)) === 0) {
-        await image.file.pdiscard(f.first * image.cs, f.count * image.cs).catch(() => {});
+      if (f.discard) await this.#discardFreed(f.first, f.count);
+    }
+  }
+
+  /**
+   * Discards, a run at a time, the clusters from `first` whose refcount has reached zero. A
+   * run freed together may hold clusters that something else still names (an internal
+   * snapshot's, next to the freed ones in the file), and those keep their data.
+   */
+  async #discardFreed(first: number, count: number): Promise<void> {
+    const image = this.#image;
+    let start = -1;
+    for (let c = first; c <= first + count; c++) {
+      const free = c < first + count && (await image.refcounts.get(c)) === 0;
+      if (free && start < 0) start = c;
+      else if (!free && start >= 0) {
+        await image.file.pdiscard(start * image.cs, (c - start) * image.cs).catch(() => {});
+        start = -1;
       }
     }
   }

@@ -288,3 +288,33 @@ Deno.test("qcow2 makeEmpty keeps the clusters of internal snapshots", () =>
     );
     await top.unref("t");
   }));
+
+Deno.test("qcow2 makeEmpty discards only what it frees, not a snapshot's clusters next to them in the file", () =>
+  withGraph(registry, async (graph) => {
+    // 64 KiB clusters, so that a discard drops the memory node's chunks; the file passes
+    // discards down.
+    const mem = await graph.open({ driver: "memory", "node-name": "dm", discard: "unmap" }, "t");
+    await formatQcow2(mem, params());
+    const top = await graph.open({ driver: "qcow2", file: "dm", discard: "unmap" }, "t");
+    const inst = top.instance as Qcow2Instance;
+    const CS = 65536;
+    const hostOf = async (g: number) => (await inst.image.lookup(g * CS, CS)).host / CS;
+    await top.write(0, pattern(12 * CS, 5));
+    await top.pdiscard(0, 6 * CS);
+    await inst.snapshotCreate("s1");
+    // Guest clusters 3-5 get the file's free clusters just before those of the snapshot's
+    // 6-11: one run in the file and in the L2 table, refcounts 1 then 2.
+    for (let g = 3; g < 6; g++) await top.write(g * CS, pattern(CS, 6 + g));
+    const hosts: number[] = [];
+    for (const g of [3, 4, 5, 6]) hosts.push(await hostOf(g));
+    assertEquals(hosts.map((h) => h - hosts[0]!).join(), "0,1,2,3", "one host run, 3-5 then 6");
+    await inst.makeEmpty();
+    await inst.snapshotApply("s1");
+    const want = new Uint8Array(SIZE);
+    want.set(pattern(12 * CS, 5).subarray(6 * CS), 6 * CS);
+    assertBytesEqual(await readAll(top, 0, SIZE), want, "the snapshot's data");
+    const r = await inst.check("none");
+    assertEquals(JSON.stringify([r.corruptions, r.leaks]), "[0,0]", "check");
+    await top.unref("t");
+    await mem.unref("t");
+  }));
