@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
-import { IoVector, isZeroBuffer } from "./io_vector.ts";
+import { IoVector, isZeroBuffer, sameBytes } from "./io_vector.ts";
 
 Deno.test("isZeroBuffer finds one non-zero byte anywhere in any range of any view", () => {
   const backing = new Uint8Array(96);
@@ -21,6 +21,22 @@ Deno.test("isZeroBuffer finds one non-zero byte anywhere in any range of any vie
   }
   assert(isZeroBuffer(backing), "all zero again");
   assert(isZeroBuffer(backing, 10, 0), "an empty range is zero");
+});
+
+Deno.test("sameBytes compares views of any offset byte for byte, lengths included", () => {
+  const one = new Uint8Array(100).map((_, i) => i * 7);
+  const two = new Uint8Array(103);
+  two.set(one, 3);
+  const a = one.subarray(1, 90);
+  const b = two.subarray(4, 93);
+  assert(sameBytes(a, b), "same bytes at different offsets of different buffers");
+  for (const pos of [0, 1, 44, 87, 88]) {
+    b[pos]! ^= 1;
+    assert(!sameBytes(a, b), `byte ${pos} differs`);
+    b[pos]! ^= 1;
+  }
+  assert(!sameBytes(a, b.subarray(0, 88)), "one shorter");
+  assert(sameBytes(a.subarray(5, 5), b.subarray(9, 9)), "empty views");
 });
 
 Deno.test("isZeroBuffer sees a buffer grown after it was first scanned", () => {

@@ -7,7 +7,15 @@
  * @module
  */
 
-import { BlockError, BlockStatusFlags, type Graph, isZeroBuffer, strerror } from "@blockgraph/core";
+import {
+  BlockError,
+  BlockStatusFlags,
+  type Graph,
+  isZeroBuffer,
+  sameBytes,
+  strerror,
+} from "@blockgraph/core";
+import { allocateIoMemory } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { parseCacheMode } from "../common/open_image.ts";
@@ -29,8 +37,7 @@ export function findNonzero(buf: Uint8Array): number {
 }
 
 function sectorEqual(a: Uint8Array, b: Uint8Array, from: number, to: number): boolean {
-  for (let i = from; i < to; i++) if (a[i] !== b[i]) return false;
-  return true;
+  return sameBytes(a.subarray(from, to), b.subarray(from, to));
 }
 
 /**
@@ -39,6 +46,7 @@ function sectorEqual(a: Uint8Array, b: Uint8Array, from: number, to: number): bo
  */
 export function compareBuffers(a: Uint8Array, b: Uint8Array): { differ: boolean; pnum: number } {
   const n = a.length;
+  if (sameBytes(a, b)) return { differ: false, pnum: n };
   let i = Math.min(n, SECTOR);
   const differ = !sectorEqual(a, b, 0, i);
   while (i < n) {
@@ -124,16 +132,41 @@ export async function imgCompare(
   }
 }
 
-async function readAt(io: CliIo, side: Side, offset: number, buf: Uint8Array): Promise<boolean> {
+/** Reads `buf` at `offset` of `side`; the failure's message, or null. */
+async function tryRead(side: Side, offset: number, buf: Uint8Array): Promise<string | null> {
   try {
     await side.image.node.read(offset, buf);
-    return true;
+    return null;
   } catch (e) {
     // qemu-img says the errno's text (a corrupt image's own message came before).
     const why = strerror(BlockError.from(e).code);
-    imgError(io, `Error while reading offset ${offset} of ${side.name}: ${why}`);
-    return false;
+    return `Error while reading offset ${offset} of ${side.name}: ${why}`;
   }
+}
+
+/** Reads `buf` at `offset` of `side`; false after reporting a failure. */
+async function readAt(io: CliIo, side: Side, offset: number, buf: Uint8Array): Promise<boolean> {
+  const failed = await tryRead(side, offset, buf);
+  if (failed !== null) imgError(io, failed);
+  return failed === null;
+}
+
+/**
+ * Reads the same range of both sides at once (qemu-img reads one, then the other); reports
+ * the first side's failure before the second's, as qemu-img would meet them.
+ */
+async function readBoth(
+  io: CliIo,
+  a: Side,
+  b: Side,
+  offset: number,
+  v1: Uint8Array,
+  v2: Uint8Array,
+): Promise<boolean> {
+  const failed = (await Promise.all([tryRead(a, offset, v1), tryRead(b, offset, v2)]))
+    .find((f) => f !== null);
+  if (failed !== undefined) imgError(io, failed);
+  return failed === undefined;
 }
 
 /** qemu-img's `check_empty_sectors`: 0 when zero, 1 after the mismatch line, 4 on errors. */
@@ -172,8 +205,26 @@ async function compareSides(
   io: CliIo,
   prog: Progress,
 ): Promise<number> {
-  const buf1 = new Uint8Array(IO_BUF_SIZE);
-  const buf2 = new Uint8Array(IO_BUF_SIZE);
+  // Aligned native memory, in huge pages: copies out of the page cache run faster into it.
+  const mem = [allocateIoMemory(IO_BUF_SIZE), allocateIoMemory(IO_BUF_SIZE)];
+  try {
+    return await compareIn(a, b, strict, say, io, prog, mem[0]!.bytes, mem[1]!.bytes);
+  } finally {
+    for (const m of mem) m.release();
+  }
+}
+
+/** The comparison itself, in `buf1` and `buf2`; the exit status. */
+async function compareIn(
+  a: Side,
+  b: Side,
+  strict: boolean,
+  say: (t: string) => void,
+  io: CliIo,
+  prog: Progress,
+  buf1: Uint8Array,
+  buf2: Uint8Array,
+): Promise<number> {
   const total = Math.min(a.size, b.size);
   const progressBase = Math.max(a.size, b.size);
   let offset = 0;
@@ -196,7 +247,7 @@ async function compareSides(
         chunk = Math.min(chunk, IO_BUF_SIZE);
         const v1 = buf1.subarray(0, chunk);
         const v2 = buf2.subarray(0, chunk);
-        if (!await readAt(io, a, offset, v1) || !await readAt(io, b, offset, v2)) return 4;
+        if (!await readBoth(io, a, b, offset, v1, v2)) return 4;
         const c = compareBuffers(v1, v2);
         if (c.differ || c.pnum !== chunk) {
           say(`Content mismatch at offset ${offset + (c.differ ? 0 : c.pnum)}!\n`);
