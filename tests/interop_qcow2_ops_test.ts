@@ -16,6 +16,7 @@ import {
   withImage,
   writeBytes,
 } from "./interop_qcow2_helpers.ts";
+import { runOurImg } from "./cli_run.ts";
 import { qemuCreateQcow2 } from "./peer_run.ts";
 
 Deno.test("qcow2 interop: our snapshots list, apply and check in qemu-img, and theirs in ours", () =>
@@ -95,6 +96,35 @@ Deno.test("qcow2 interop: resize grows and shrinks like qemu-img resize", () =>
       await must("qemu-img", args);
       await expectQemuClean(ours, `ours at ${size}`);
       await must("qemu-img", ["compare", "-q", ours, theirs]);
+    }
+  }));
+
+Deno.test("qcow2 interop: falloc and full preallocation past the first L2 table fill the file as qemu-img's do", () =>
+  withDir(async (dir) => {
+    // 4 KiB clusters: an L2 table covers 2 MiB, so 6 MiB of data needs three, written as
+    // they are allocated.
+    const blocks = async (p: string) => (await Deno.stat(p)).blocks! * 512;
+    for (const mode of ["falloc", "full"]) {
+      const o = `cluster_size=4096,preallocation=${mode}`;
+      const [ours, theirs] = [`${dir}/ours-${mode}.qcow2`, `${dir}/theirs-${mode}.qcow2`];
+      const r = await runOurImg(["create", "-q", "-f", "qcow2", "-o", o, ours, "6M"]);
+      expect(r.code === 0, `our create: ${r.err}`);
+      await must("qemu-img", ["create", "-q", "-f", "qcow2", "-o", o, theirs, "6M"]);
+      for (const [grow, from] of [[false, 6 << 20], [true, 7 << 20]] as const) {
+        if (grow) {
+          const g = await runOurImg(["resize", "-q", `--preallocation=${mode}`, ours, "+7M"]);
+          expect(g.code === 0, `our resize: ${g.err}`);
+          await must("qemu-img", ["resize", "-q", `--preallocation=${mode}`, theirs, "+7M"]);
+        }
+        const label = `${mode} ${grow ? "resize" : "create"}`;
+        await expectQemuClean(ours, label);
+        await must("qemu-img", ["compare", "-q", ours, theirs]);
+        const [a, b] = [await blocks(ours), await blocks(theirs)];
+        expect(
+          a >= from && Math.abs(a - b) <= 256 * KIB,
+          `${label}: ours ${a} bytes, qemu-img's ${b}`,
+        );
+      }
     }
   }));
 

@@ -32,7 +32,7 @@ import { type Qcow2Header, serializeHeader, setBackingFormat, setDataFileName } 
 import type { Qcow2Image } from "./image.ts";
 import type { Qcow2Instance } from "./instance.ts";
 import { resolveBackingName } from "./open.ts";
-import { preallocateRange } from "./resize.ts";
+import { preallocate } from "./resize.ts";
 
 /** The options `create` takes, as qemu-img names them. */
 export const QCOW2_CREATE_OPTIONS: OptionSchema = {
@@ -282,14 +282,9 @@ export async function preallocateMetadata(
   image: Qcow2Image,
   mode: PreallocMode = "metadata",
 ): Promise<void> {
-  const cs = image.cs;
-  await image.lock.run(() => preallocateRange(image, 0, Math.ceil(image.header.size / cs)));
-  const end = image.refcounts.endCluster * cs;
-  if (image.file.getLength() < end) {
-    // With an external data file, preallocation went to the data file at its creation.
-    const fileMode = mode === "metadata" || image.external ? "off" : mode;
-    await image.file.truncate(end, false, fileMode);
-  }
+  // With an external data file, preallocation went to the data file at its creation.
+  const to = Math.ceil(image.header.size / image.cs);
+  await image.lock.run(() => preallocate(image, 0, to, mode));
 }
 
 /** Creates `filename` through the protocol driver it names, `size` bytes long. */

@@ -85,6 +85,53 @@ export async function preallocateRange(image: Qcow2Image, from: number, to: numb
   await image.flushCaches();
 }
 
+/**
+ * An upper bound of the clusters that preallocating guest clusters `[from, to)` adds to the
+ * image file: their data clusters, an L2 table per L1 entry they span, the refcount blocks
+ * covering all of it, and the refcount table moved to the end (twice, at twice the size).
+ */
+function preallocBound(image: Qcow2Image, from: number, to: number): number {
+  const rc = image.refcounts;
+  const E = rc.entriesPerBlock;
+  const data = to - from;
+  const tables = Math.floor((to - 1) / image.l2Entries) - Math.floor(from / image.l2Entries) + 1;
+  const entries = Math.max(
+    2 * rc.table.length,
+    Math.ceil((2 * (rc.endCluster + data + tables)) / E) + 4,
+  );
+  const tableClusters = 2 * Math.ceil((8 * entries) / image.cs) + 2;
+  const grown = data + tables + tableClusters;
+  return grown + Math.ceil((grown + 2 * E) / (E - 1));
+}
+
+/**
+ * Preallocates guest clusters `[from, to)` with `mode` (metadata, falloc or full): an L2 table
+ * and a data cluster for each ({@link preallocateRange}), and with falloc or full the file
+ * space under them, reserved or written with zeros. That space is given to the file first,
+ * counted generously, and what is left over is cut off at the end: the tables are written as
+ * they are allocated, and one written past the file's end would leave the file a hole below
+ * it that growing the file afterwards never fills (a 1 GiB image's second L2 table, half way,
+ * left half the data clusters unallocated in the file). With an external data file the data
+ * file holds the preallocation; the image file gets only the tables.
+ */
+export async function preallocate(
+  image: Qcow2Image,
+  from: number,
+  to: number,
+  mode: PreallocMode,
+): Promise<void> {
+  const cs = image.cs;
+  const fileMode = mode === "metadata" || image.external ? "off" : mode;
+  if (fileMode !== "off") {
+    const reserve = (image.refcounts.endCluster + preallocBound(image, from, to)) * cs;
+    if (reserve > image.file.getLength()) await image.file.truncate(reserve, false, fileMode);
+  }
+  await preallocateRange(image, from, to);
+  const end = image.refcounts.endCluster * cs;
+  if (image.file.getLength() < end) await image.file.truncate(end, false, fileMode);
+  else if (fileMode !== "off") await trimFile(image);
+}
+
 async function writeSize(image: Qcow2Image, size: number): Promise<void> {
   const buf = new Uint8Array(8);
   setU64(viewOf(buf), 0, size);
@@ -146,11 +193,7 @@ export async function truncateImage(
       await preallocateRange(image, Math.ceil(old / cs), Math.ceil(size / cs));
     }
   } else if (prealloc !== "off") {
-    await preallocateRange(image, Math.ceil(old / cs), Math.ceil(size / cs));
-    const end = image.refcounts.endCluster * cs;
-    if (end > image.file.getLength()) {
-      await image.file.truncate(end, false, prealloc === "metadata" ? "off" : prealloc);
-    }
+    await preallocate(image, Math.ceil(old / cs), Math.ceil(size / cs), prealloc);
   }
   await writeSize(image, size);
 }
