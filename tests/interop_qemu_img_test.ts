@@ -123,6 +123,22 @@ Deno.test("img subcommands answer byte for byte as qemu-img on the same images",
   for (const args of CASES) await differential(args);
 });
 
+/**
+ * The allocation a `map --output=json` shows, without host offsets (they differ with the
+ * metadata layout), runs re-merged.
+ */
+function allocation(json: string): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = [];
+  for (const { offset: _o, ...e } of JSON.parse(json) as Record<string, unknown>[]) {
+    const last = out[out.length - 1];
+    const key = (x: Record<string, unknown>) => `${x.depth}${x.present}${x.zero}${x.data}`;
+    if (last && key(last) === key(e)) {
+      last.length = (last.length as number) + (e.length as number);
+    } else out.push(e);
+  }
+  return out;
+}
+
 Deno.test("images img convert, resize, commit and rebase write pass qemu-img check and compare", async () => {
   await ensurePeers(["qemu-img", "qemu-io"]);
   const dir = await Deno.makeTempDir();
@@ -139,18 +155,6 @@ Deno.test("images img convert, resize, commit and rebase write pass qemu-img che
     };
     const same = async (a: string, b: string) => {
       assertEquals([a, b, (await q(["compare", a, b])).out], [a, b, "Images are identical.\n"]);
-    };
-    // Allocation only: host offsets differ with the metadata layout, so runs are re-merged.
-    const allocation = (json: string) => {
-      const out: Record<string, unknown>[] = [];
-      for (const { offset: _o, ...e } of JSON.parse(json) as Record<string, unknown>[]) {
-        const last = out[out.length - 1];
-        const key = (x: Record<string, unknown>) => `${x.depth}${x.present}${x.zero}${x.data}`;
-        if (last && key(last) === key(e)) {
-          last.length = (last.length as number) + (e.length as number);
-        } else out.push(e);
-      }
-      return out;
     };
     for (const extra of [[], ["-c"], ["-W", "-m", "2", "-o", "cluster_size=4k"], ["-S", "0"]]) {
       const r = await runOurImg(["convert", ...extra, "-O", "qcow2", "top.qcow2", "c.qcow2"], dir);
@@ -202,6 +206,37 @@ Deno.test("images img convert, resize, commit and rebase write pass qemu-img che
     await same("other.qcow2", "flat.raw");
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("img rebase copies what differs, where qemu-img rebase does", async () => {
+  await ensurePeers(["qemu-img", "qemu-io"]);
+  const dirs = [await Deno.makeTempDir(), await Deno.makeTempDir()];
+  try {
+    const maps: unknown[] = [];
+    for (const [i, dir] of dirs.entries()) {
+      const q = (args: string[]) => runPeer("qemu-img", args, { cwd: dir });
+      const io = (img: string, ...c: string[]) =>
+        runPeer("qemu-io", [...c.flatMap((x) => ["-c", x]), img], { cwd: dir });
+      await q(["create", "-q", "-f", "qcow2", "old.qcow2", "4M"]);
+      await io("old.qcow2", "write -P 1 0 1M", "write -P 2 2M 512k");
+      // Shorter than the overlay; the same as the old base in its first 512 KiB.
+      await q(["create", "-q", "-f", "qcow2", "new.qcow2", "2M"]);
+      await io("new.qcow2", "write -P 1 0 512k", "write -P 9 1536k 256k", "write -P 1 800k 3k");
+      await q(["create", "-q", "-f", "qcow2", "-b", "old.qcow2", "-F", "qcow2", "top.qcow2"]);
+      await io("top.qcow2", "write -P 3 256k 64k");
+      await q(["convert", "-O", "raw", "top.qcow2", "want.raw"]);
+      const args = ["rebase", "-b", "new.qcow2", "-F", "qcow2", "top.qcow2"];
+      const r = i === 0 ? await runOurImg(args, dir) : await q(args);
+      assertEquals([i, r.code, r.out, r.err], [i, 0, "", ""]);
+      assertEquals([i, (await q(["check", "top.qcow2"])).code], [i, 0]);
+      const cmp = await q(["compare", "-F", "raw", "top.qcow2", "want.raw"]);
+      assertEquals([i, cmp.out], [i, "Images are identical.\n"]);
+      maps.push(allocation((await q(["map", "--output=json", "top.qcow2"])).out));
+    }
+    assertEquals(maps[0], maps[1]);
+  } finally {
+    for (const dir of dirs) await Deno.remove(dir, { recursive: true });
   }
 });
 

@@ -147,7 +147,6 @@ export class IoVector {
 
 /** A word view over the whole of each buffer {@link isZeroBuffer} has scanned. */
 const wordViews = new WeakMap<ArrayBufferLike, Uint32Array>();
-
 function wordsOf(buffer: ArrayBufferLike): Uint32Array {
   let w = wordViews.get(buffer);
   if (w === undefined || w.length !== buffer.byteLength >>> 2) {
@@ -183,16 +182,43 @@ export function isZeroBuffer(
   return true;
 }
 
+/** From this many bytes on, {@link sameBytesAt} compares natively. */
+const NATIVE_COMPARE = 2048;
+
 /**
- * Whether `a` and `b` hold the same bytes (and as many). Compared natively (`memcmp`, through
- * `node:buffer`): about 40 GB/s on cached 2 MiB buffers, where a loop over 32-bit words makes
- * 7 GB/s and one over bytes 1.8 GB/s.
+ * Whether `length` bytes of `a` from `aOffset` equal those of `b` from `bOffset`, without
+ * allocating views. Long ranges are compared natively (`memcmp`, through `node:buffer`: about
+ * 40 GB/s on cached 2 MiB buffers, where a loop over 32-bit words makes 7 GB/s and one over
+ * bytes 1.8 GB/s); short ones, where the native call's cost would dominate, in a loop over
+ * words when both sides are 4-byte aligned, else over bytes.
  */
+export function sameBytesAt(
+  a: Uint8Array,
+  aOffset: number,
+  b: Uint8Array,
+  bOffset: number,
+  length: number,
+): boolean {
+  const i = a.byteOffset + aOffset;
+  const j = b.byteOffset + bOffset;
+  if (length >= NATIVE_COMPARE) {
+    return Buffer.from(a.buffer, i, length).equals(Buffer.from(b.buffer, j, length));
+  }
+  if (((i | j | length) & 3) === 0) {
+    const wa = wordsOf(a.buffer);
+    const wb = wordsOf(b.buffer);
+    for (let x = i >>> 2, y = j >>> 2, end = x + (length >>> 2); x < end; x++, y++) {
+      if (wa[x] !== wb[y]) return false;
+    }
+    return true;
+  }
+  for (let k = 0; k < length; k++) if (a[aOffset + k] !== b[bOffset + k]) return false;
+  return true;
+}
+
+/** Whether `a` and `b` hold the same bytes (and as many); see {@link sameBytesAt}. */
 export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  return Buffer.from(a.buffer, a.byteOffset, a.length).equals(
-    Buffer.from(b.buffer, b.byteOffset, b.length),
-  );
+  return a.length === b.length && sameBytesAt(a, 0, b, 0, a.length);
 }
 
 /** A shared read-only block of zeros, for writing zeros without allocating. */

@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
-import { IoVector, isZeroBuffer, sameBytes } from "./io_vector.ts";
+import { IoVector, isZeroBuffer, sameBytes, sameBytesAt } from "./io_vector.ts";
 
 Deno.test("isZeroBuffer finds one non-zero byte anywhere in any range of any view", () => {
   const backing = new Uint8Array(96);
@@ -23,20 +23,27 @@ Deno.test("isZeroBuffer finds one non-zero byte anywhere in any range of any vie
   assert(isZeroBuffer(backing, 10, 0), "an empty range is zero");
 });
 
-Deno.test("sameBytes compares views of any offset byte for byte, lengths included", () => {
-  const one = new Uint8Array(100).map((_, i) => i * 7);
-  const two = new Uint8Array(103);
-  two.set(one, 3);
-  const a = one.subarray(1, 90);
-  const b = two.subarray(4, 93);
-  assert(sameBytes(a, b), "same bytes at different offsets of different buffers");
-  for (const pos of [0, 1, 44, 87, 88]) {
-    b[pos]! ^= 1;
-    assert(!sameBytes(a, b), `byte ${pos} differs`);
-    b[pos]! ^= 1;
+Deno.test("sameBytes and sameBytesAt find one differing byte, short or long, aligned or not", () => {
+  // Lengths on both sides of the native threshold; offsets aligned (words) and not (bytes).
+  for (const length of [0, 1, 92, 512, 2047, 2048, 5000]) {
+    for (const [da, db] of [[0, 4], [1, 7], [8, 8]] as const) {
+      const one = new Uint8Array(length + 16).map((_, i) => i * 7);
+      const two = new Uint8Array(length + 16);
+      two.set(one.subarray(da, da + length), db);
+      const label = `${length} bytes at ${da} and ${db}`;
+      assert(sameBytesAt(one, da, two, db, length), `${label}: same`);
+      assert(sameBytes(one.subarray(da, da + length), two.subarray(db, db + length)), label);
+      for (const pos of new Set([0, 1, length >> 1, length - 2, length - 1])) {
+        if (pos < 0 || pos >= length) continue;
+        two[db + pos]! ^= 1;
+        assert(!sameBytesAt(one, da, two, db, length), `${label}: byte ${pos} differs`);
+        two[db + pos]! ^= 1;
+      }
+      if (length > 0) {
+        assert(!sameBytes(one.subarray(da, da + length), two.subarray(db, db + length - 1)), label);
+      }
+    }
   }
-  assert(!sameBytes(a, b.subarray(0, 88)), "one shorter");
-  assert(sameBytes(a.subarray(5, 5), b.subarray(9, 9)), "empty views");
 });
 
 Deno.test("isZeroBuffer sees a buffer grown after it was first scanned", () => {

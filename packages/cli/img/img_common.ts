@@ -128,7 +128,7 @@ export interface ImgOpen {
   readonly forCheck?: boolean;
   /**
    * The command writes the image in bulk and flushes it at the end (`convert`, `dd`, the
-   * base of `commit`): with a
+   * base of `commit`, the overlay of a safe `rebase`): with a
    * cache mode that flushes and is not O_DIRECT, its `file` nodes start writeback behind the
    * writes ({@link BULK_WRITE_BEHIND}).
    */

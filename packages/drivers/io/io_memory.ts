@@ -21,7 +21,8 @@ export interface IoMemory {
 }
 
 /**
- * `bytes` bytes of I/O memory aligned to `align` (a power of two, default 4096).
+ * `bytes` bytes of I/O memory aligned to `align` (a power of two, default 4096). Its contents
+ * are undefined: it comes from `malloc`, which hands out freed chunks again as they were.
  *
  * @example
  * ```ts
