@@ -115,7 +115,9 @@ async function* pieces(plan: CopyPlan): AsyncGenerator<Piece> {
       }
       let end = off + pnum;
       while (off < end) {
-        let n = Math.min(end - off, plan.chunk);
+        // Only data goes through a buffer; zeros and what is left alone go in one piece
+        // (a 16 TiB empty image in 4 MiB pieces took 2 s where qemu-img took 0.15).
+        let n = kind === "data" ? Math.min(end - off, plan.chunk) : end - off;
         // Data chunks end on an aligned boundary when they can, so that zero scans and
         // compressed clusters line up; the rest joins the next piece.
         if (kind === "data" && off + n < len) {

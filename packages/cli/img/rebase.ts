@@ -25,17 +25,57 @@ const CHUNK = 2 << 20;
 /** Chunks in flight. */
 const WORKERS = 4;
 
-/** The ranges of at most {@link CHUNK} bytes where `top` holds nothing; `skip` sees the rest. */
-async function* unallocated(
+/** A range of at most {@link CHUNK} bytes that `top` does not hold, and what reads as zeros. */
+interface Piece {
+  readonly off: number;
+  readonly bytes: number;
+  /** The old chain reads it as zeros (by block status). */
+  readonly oldZero: boolean;
+  /** The new base reads it as zeros (by block status, or past its end). */
+  readonly newZero: boolean;
+}
+
+function readsZero(st: { status: number }): boolean {
+  return (st.status & BlockStatusFlags.ZERO) !== 0;
+}
+
+/**
+ * The pieces of `top` where it holds nothing and the old chain or the new base may hold
+ * something; `skip` sees the bytes passed over (in one step however long a run is: a large,
+ * mostly empty image costs block status calls, not a walk in chunks).
+ */
+async function* pieces(
   top: Node,
+  newBase: Node | null,
   skip: (bytes: number) => void,
-): AsyncGenerator<[number, number]> {
+): AsyncGenerator<Piece> {
   const len = top.getLength();
+  const newLen = newBase?.getLength() ?? 0;
   for (let off = 0; off < len;) {
-    const st = await top.blockStatus(off, Math.min(len - off, CHUNK), false);
-    if (st.status & BlockStatusFlags.ALLOCATED) skip(st.pnum);
-    else yield [off, st.pnum];
-    off += st.pnum;
+    const st = await top.blockStatus(off, len - off, false);
+    const end = off + st.pnum;
+    if (st.status & BlockStatusFlags.ALLOCATED) {
+      skip(st.pnum);
+      off = end;
+      continue;
+    }
+    while (off < end) {
+      // `top` holds nothing here, so its chain answers for the old backing file.
+      const old = await chainStatus(top, off, end - off);
+      let n = old.pnum;
+      let newZero = true;
+      if (off < newLen) {
+        const neu = await chainStatus(newBase!, off, Math.min(n, newLen - off));
+        n = Math.min(n, neu.pnum);
+        newZero = readsZero(neu);
+      }
+      if (readsZero(old) && newZero) skip(n);
+      else {
+        n = Math.min(n, CHUNK);
+        yield { off, bytes: n, oldZero: readsZero(old), newZero };
+      }
+      off += n;
+    }
   }
 }
 
@@ -49,14 +89,10 @@ async function copyDifferences(top: Node, newBase: Node | null, prog: Progress):
   const len = top.getLength();
   const newLen = newBase?.getLength() ?? 0;
   const done = (n: number) => prog.print(n / len * 100, 100);
-  const iter = unallocated(top, done);
-  // What reads as zeros (by block status) is compared from here rather than read. Not I/O
-  // memory: that comes from malloc, whose recycled chunks hold what they last held.
+  const iter = pieces(top, newBase, done);
+  // What reads as zeros is compared from here rather than read. Not I/O memory: that comes
+  // from malloc, whose recycled chunks hold what they last held.
   const zeros = new Uint8Array(CHUNK);
-  const readsZero = async (n: Node, off: number, bytes: number) => {
-    const st = await chainStatus(n, off, bytes);
-    return (st.status & BlockStatusFlags.ZERO) !== 0 && st.pnum >= bytes;
-  };
   let failed: unknown = null;
   const worker = async () => {
     const mem = allocateIoMemory(2 * CHUNK);
@@ -64,16 +100,8 @@ async function copyDifferences(top: Node, newBase: Node | null, prog: Progress):
       while (failed === null) {
         const r = await iter.next();
         if (r.done) return;
-        const [off, n] = r.value;
+        const { off, bytes: n, oldZero, newZero } = r.value;
         const fromNew = Math.max(0, Math.min(n, newLen - off));
-        const [oldZero, newZero] = await Promise.all([
-          readsZero(top, off, n),
-          fromNew === 0 || readsZero(newBase!, off, fromNew),
-        ]);
-        if (oldZero && newZero) {
-          done(n);
-          continue;
-        }
         const old = oldZero ? zeros.subarray(0, n) : mem.bytes.subarray(0, n);
         const neu = newZero ? zeros.subarray(0, n) : mem.bytes.subarray(CHUNK, CHUNK + n);
         if (!newZero) neu.fill(0, fromNew);
