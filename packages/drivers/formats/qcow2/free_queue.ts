@@ -61,29 +61,35 @@ export class FreeQueue {
   /**
    * Applies queued frees: writes the L2 cache and flushes (so nothing on disk still names the
    * clusters), waits for in-place writes still in flight to them, then lowers the refcounts
-   * and discards freed data clusters in the file. A free stays queued until it is applied.
-   * Call with `lock` held (no new write can look the clusters up meanwhile).
+   * and discards freed data clusters in the file, adjacent frees merged into one discard (a
+   * 256 MiB guest discard was 4096 discards of one cluster). A free stays queued until its
+   * refcounts are lowered. Call with `lock` held (no new write can look the clusters up
+   * meanwhile).
    */
   async commit(): Promise<void> {
     const image = this.#image;
     if (this.#queue.length === 0) return;
     await image.l2.flush();
     await image.flush();
+    const fileRuns: [number, number][] = [];
+    const dataRuns: [number, number][] = [];
     while (this.#queue.length > 0) {
       const f = this.#queue[0]!;
       await image.inflight.drain(f.first, f.count);
       if (f.data) {
         // Data file clusters have no refcounts; a raw data file keeps its data.
         this.#queue.shift();
-        if (!image.dataRaw) {
-          await image.data.pdiscard(f.first * image.cs, f.count * image.cs).catch(() => {});
-        }
+        if (!image.dataRaw) dataRuns.push([f.first, f.count]);
         continue;
       }
       await image.refcounts.update(f.first, f.count, -1);
       this.#queue.shift();
-      if (f.discard) await this.#discardFreed(f.first, f.count);
+      if (f.discard) fileRuns.push([f.first, f.count]);
     }
+    for (const [first, count] of merged(dataRuns)) {
+      await image.data.pdiscard(first * image.cs, count * image.cs).catch(() => {});
+    }
+    for (const [first, count] of merged(fileRuns)) await this.#discardFreed(first, count);
   }
 
   /**
@@ -103,4 +109,17 @@ export class FreeQueue {
       }
     }
   }
+}
+
+/** Runs of clusters `[first, count]`, sorted, with adjacent and overlapping ones joined. */
+function merged(runs: [number, number][]): [number, number][] {
+  runs.sort((a, b) => a[0] - b[0]);
+  const out: [number, number][] = [];
+  for (const [first, count] of runs) {
+    const last = out[out.length - 1];
+    if (last && first <= last[0] + last[1]) {
+      last[1] = Math.max(last[1], first + count - last[0]);
+    } else out.push([first, count]);
+  }
+  return out;
 }

@@ -289,6 +289,29 @@ Deno.test("qcow2 makeEmpty keeps the clusters of internal snapshots", () =>
     await top.unref("t");
   }));
 
+Deno.test("qcow2 frees adjacent clusters with one discard of the file", () =>
+  withGraph(registry, async (graph) => {
+    const mem = await graph.open({ driver: "memory", "node-name": "dd", discard: "unmap" }, "t");
+    await formatQcow2(mem, params());
+    const top = await graph.open({ driver: "qcow2", file: "dd", discard: "unmap" }, "t");
+    const CS = 65536;
+    await top.write(0, pattern(32 * CS, 4));
+    const inst = mem.instance as { pdiscard(offset: number, bytes: number): Promise<void> };
+    const real = inst.pdiscard.bind(inst);
+    const seen: string[] = [];
+    inst.pdiscard = (offset, bytes) => {
+      seen.push(`${offset / CS}+${bytes / CS}`);
+      return real(offset, bytes);
+    };
+    await top.pdiscard(0, 32 * CS);
+    assertEquals(seen.length, 1, `discards of the file (cluster+count): ${seen.join(" ")}`);
+    assertBytesEqual(await readAll(top, 0, 32 * CS), new Uint8Array(32 * CS), "reads zeros");
+    const r = await (top.instance as Qcow2Instance).check("none");
+    assertEquals(JSON.stringify([r.corruptions, r.leaks]), "[0,0]", "check");
+    await top.unref("t");
+    await mem.unref("t");
+  }));
+
 Deno.test("qcow2 makeEmpty discards only what it frees, not a snapshot's clusters next to them in the file", () =>
   withGraph(registry, async (graph) => {
     // 64 KiB clusters, so that a discard drops the memory node's chunks; the file passes
