@@ -12,5 +12,14 @@ if (import.meta.main) {
   // they typed the command.
   const cwd = Deno.env.get("INIT_CWD");
   if (cwd) Deno.chdir(cwd);
-  Deno.exit(await runMain(Deno.args, denoIo()));
+  let status: number;
+  try {
+    status = await runMain(Deno.args, denoIo());
+  } catch (e) {
+    // The reader went away (`| head`): end as a C tool that SIGPIPE kills does, quietly and
+    // with the shell's 128 + 13, once the graph has been closed on the way out.
+    if (e instanceof Deno.errors.BrokenPipe) Deno.exit(141);
+    throw e;
+  }
+  Deno.exit(status);
 }

@@ -84,20 +84,36 @@ function isAlnum(b: number): boolean {
   return (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a);
 }
 
-/** qemu-io's `-v` dump: offset, sixteen hex bytes, two spaces of gap, the printable ones. */
+const HEX_DIGITS = new TextEncoder().encode("0123456789abcdef");
+const LATIN1 = new TextDecoder("latin1");
+
+/**
+ * qemu-io's `-v` dump: offset, sixteen hex bytes, two spaces of gap, the printable ones.
+ * Built as bytes and decoded once: a 1 MiB dump took 250 ms as string concatenation (qemu-io:
+ * 60 ms for the whole command).
+ */
 export function dumpBuffer(buf: Uint8Array, offset: number): string {
-  let out = "";
+  // Each row: an offset of up to 16 digits, ": ", 16 x "xx ", " ", 16 characters, "\n".
+  const out = new Uint8Array(Math.ceil(buf.length / 16) * 86);
+  let p = 0;
   for (let i = 0; i < buf.length; i += 16) {
-    const row = buf.subarray(i, Math.min(i + 16, buf.length));
-    let hex = "";
-    let text = "";
-    for (const b of row) {
-      hex += b.toString(16).padStart(2, "0") + " ";
-      text += isAlnum(b) ? String.fromCharCode(b) : ".";
+    const at = (offset + i).toString(16).padStart(8, "0");
+    for (let k = 0; k < at.length; k++) out[p++] = at.charCodeAt(k);
+    out[p++] = 0x3a;
+    out[p++] = 0x20;
+    out[p++] = 0x20;
+    const end = Math.min(i + 16, buf.length);
+    for (let j = i; j < end; j++) {
+      const b = buf[j]!;
+      out[p++] = HEX_DIGITS[b >> 4]!;
+      out[p++] = HEX_DIGITS[b & 15]!;
+      out[p++] = 0x20;
     }
-    out += `${(offset + i).toString(16).padStart(8, "0")}:  ${hex} ${text}\n`;
+    out[p++] = 0x20;
+    for (let j = i; j < end; j++) out[p++] = isAlnum(buf[j]!) ? buf[j]! : 0x2e;
+    out[p++] = 0x0a;
   }
-  return out;
+  return LATIN1.decode(out.subarray(0, p));
 }
 
 /** qemu-io's elapsed-time text: `00.12 sec`, or `H:MM:SS.CC` (always so with `-C`). */
