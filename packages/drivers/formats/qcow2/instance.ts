@@ -378,7 +378,10 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   async blockStatus(_wantZero: boolean, offset: number, bytes: number): Promise<BlockStatus> {
     if (this.image.broken) throw this.image.brokenError();
     const image = this.image;
-    const ext = await image.lock.run(() => image.lookup(offset, bytes));
+    // A cached table answers without the lock, as the read fast path does (entries change
+    // only synchronously under it).
+    const ext = image.lookupCached(offset, bytes) ??
+      await image.lock.run(() => image.lookup(offset, bytes));
     return extentStatus(image, ext, offset);
   }
 

@@ -21,6 +21,12 @@ export class L2Cache {
   /** How many tables the cache holds. */
   readonly capacity: number;
   readonly #entries = new Map<number, Entry>();
+  /**
+   * The key inserted last and still present (NaN: none): the most recently used table, which
+   * a hit need not move. Moving a Map entry is a delete and a set, whose garbage cost more
+   * than the lookup itself when `map` walked a fragmented image one extent at a time.
+   */
+  #mru = NaN;
   readonly #load: (offset: number) => Promise<Uint8Array>;
   readonly #store: (offset: number, table: Uint8Array) => Promise<void>;
   readonly #beforeWrite: () => Promise<void>;
@@ -53,23 +59,22 @@ export class L2Cache {
   async get(offset: number): Promise<Uint8Array> {
     const e = this.#entries.get(offset);
     if (e) {
-      this.#entries.delete(offset);
-      this.#entries.set(offset, e);
+      this.#use(offset, e);
       return e.table;
     }
     await this.#makeRoom();
     const table = await this.#load(offset);
     const again = this.#entries.get(offset);
     if (again) return again.table;
-    this.#entries.set(offset, { table, dirty: false });
+    this.#set(offset, { table, dirty: false });
     return table;
   }
 
   /** Puts a table (a new or copied one) into the cache. */
   async put(offset: number, table: Uint8Array, dirty: boolean): Promise<void> {
     if (!this.#entries.has(offset)) await this.#makeRoom();
-    this.#entries.delete(offset);
-    this.#entries.set(offset, { table, dirty });
+    this.#delete(offset);
+    this.#set(offset, { table, dirty });
   }
 
   /** Marks the cached table at `offset` as changed. */
@@ -82,6 +87,7 @@ export class L2Cache {
   clear(): void {
     if (this.dirty) throw new Error("L2 tables were dirty when the cache was cleared");
     this.#entries.clear();
+    this.#mru = NaN;
   }
 
   /** The cached table at `offset` without waiting or reordering, or undefined. */
@@ -93,14 +99,30 @@ export class L2Cache {
   touch(offset: number): Uint8Array | undefined {
     const e = this.#entries.get(offset);
     if (!e) return undefined;
-    this.#entries.delete(offset);
-    this.#entries.set(offset, e);
+    this.#use(offset, e);
     return e.table;
   }
 
   /** Forgets the table at `offset` without writing it (it was freed). */
   drop(offset: number): void {
+    this.#delete(offset);
+  }
+
+  /** Makes `e`, cached at `offset`, the most recently used. */
+  #use(offset: number, e: Entry): void {
+    if (offset === this.#mru) return;
     this.#entries.delete(offset);
+    this.#set(offset, e);
+  }
+
+  #set(offset: number, e: Entry): void {
+    this.#entries.set(offset, e);
+    this.#mru = offset;
+  }
+
+  #delete(offset: number): void {
+    this.#entries.delete(offset);
+    if (offset === this.#mru) this.#mru = NaN;
   }
 
   async #makeRoom(): Promise<void> {
@@ -111,7 +133,7 @@ export class L2Cache {
         await this.#store(offset, victim.table);
         victim.dirty = false;
       }
-      if (this.#entries.get(offset) === victim) this.#entries.delete(offset);
+      if (this.#entries.get(offset) === victim) this.#delete(offset);
     }
   }
 
