@@ -11,7 +11,6 @@
  * @module
  */
 
-import { denoIo } from "../packages/cli/common/cli_io.ts";
-import { runMain } from "../packages/cli/run_main.ts";
+import { runProcess } from "../packages/cli/run_process.ts";
 
-Deno.exit(await runMain(Deno.args, denoIo()));
+await runProcess(Deno.args);

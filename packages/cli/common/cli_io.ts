@@ -17,6 +17,8 @@ export interface CliIo {
   readonly stdinIsTerminal: boolean;
   /** Whether standard output is a terminal (progress bars are drawn only there). */
   readonly stdoutIsTerminal?: boolean;
+  /** Writes out what `out` holds back (see {@link denoIo}); call before the process exits. */
+  flush?(): void;
 }
 
 const encoder = new TextEncoder();
@@ -52,15 +54,67 @@ function lineReader(stream: ReadableStream<Uint8Array>): () => Promise<string | 
   };
 }
 
-/** The process's own streams. */
+/** Standard output held back before a write, in UTF-16 units. */
+const OUT_BUFFER = 64 * 1024;
+
+/**
+ * The process's own streams. Standard output that is not a terminal is buffered as C's stdio
+ * buffers it: written when 64 KiB are held, when the event loop next turns, before anything
+ * goes to standard error or a line is read, and on `flush`. `img map` of a fragmented image
+ * printed 131072 lines with as many write calls. A reader that has gone away (`| head`) makes
+ * `out` and `flush` throw `Deno.errors.BrokenPipe`, also when a timed write met it first.
+ */
 export function denoIo(): CliIo {
   let read: (() => Promise<string | null>) | null = null;
+  const buffered = !Deno.stdout.isTerminal();
+  let held: string[] = [];
+  let heldLength = 0;
+  let timer: ReturnType<typeof setTimeout> | null = null;
+  let broken = false;
+  const flush = () => {
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+    if (broken) throw new Deno.errors.BrokenPipe("standard output was closed");
+    if (heldLength === 0) return;
+    const text = held.join("");
+    held = [];
+    heldLength = 0;
+    try {
+      writeAll(Deno.stdout, text);
+    } catch (e) {
+      if (e instanceof Deno.errors.BrokenPipe) broken = true;
+      throw e;
+    }
+  };
+  const flushLater = () => {
+    timer = null;
+    try {
+      flush();
+    } catch (e) {
+      // Met again by the next `out` or `flush`, in the command's own flow.
+      if (!broken) throw e;
+    }
+  };
   return {
-    out: (text) => writeAll(Deno.stdout, text),
-    err: (text) => writeAll(Deno.stderr, text),
-    readLine: () => (read ??= lineReader(Deno.stdin.readable))(),
+    out: (text) => {
+      if (!buffered) return writeAll(Deno.stdout, text);
+      if (broken) throw new Deno.errors.BrokenPipe("standard output was closed");
+      held.push(text);
+      heldLength += text.length;
+      if (heldLength >= OUT_BUFFER) flush();
+      else timer ??= setTimeout(flushLater, 0);
+    },
+    err: (text) => {
+      if (heldLength > 0) flush();
+      writeAll(Deno.stderr, text);
+    },
+    readLine: () => {
+      if (heldLength > 0) flush();
+      return (read ??= lineReader(Deno.stdin.readable))();
+    },
     stdinIsTerminal: Deno.stdin.isTerminal(),
-    stdoutIsTerminal: Deno.stdout.isTerminal(),
+    stdoutIsTerminal: !buffered,
+    flush,
   };
 }
 
