@@ -147,15 +147,24 @@ class Pass {
     }
   }
 
-  /** The refcount on disk, or null when its refcount block cannot be read. */
-  async refcount(c: number): Promise<number | null> {
+  /**
+   * The refcount on disk, or null when its refcount block cannot be read; undefined when the
+   * block must be loaded first (then `refcount` waits for it).
+   */
+  refcountNow(c: number): number | null | undefined {
     const rc = this.image.refcounts;
     const i = Math.floor(c / rc.entriesPerBlock);
     const off = i < rc.table.length ? rc.table[i]! : 0;
     if (off === 0) return 0;
     if (off % this.image.cs !== 0) return null;
     if (off + this.image.cs > this.image.file.getLength()) return 0;
-    return await rc.get(c);
+    return rc.peek(c);
+  }
+
+  /** The refcount on disk, or null when its refcount block cannot be read. */
+  async refcount(c: number): Promise<number | null> {
+    const now = this.refcountNow(c);
+    return now !== undefined ? now : await this.image.refcounts.get(c);
   }
 
   async l2(l2Off: number, active: boolean, fix: Fix): Promise<void> {
@@ -383,7 +392,8 @@ class Pass {
   async compare(fix: Fix): Promise<void> {
     this.highest = 0;
     for (let i = 0; i < this.imrt.length; i++) {
-      const r1 = await this.refcount(i);
+      let r1 = this.refcountNow(i);
+      if (r1 === undefined) r1 = await this.refcount(i);
       if (r1 === null) {
         this.msgs.push(`Can't get refcount for cluster ${i}: Input/output error`);
         this.res.checkErrors++;

@@ -82,6 +82,8 @@ export class Refcounts {
   /** How many refcount blocks the cache holds (least recently used go first). */
   readonly capacity: number;
   readonly #blocks = new Map<number, Uint8Array>();
+  /** The block inserted last and still cached (-1: none), which a hit need not move. */
+  #mru = -1;
   readonly #dirty = new Set<number>();
   /**
    * Where the search for free clusters starts (QEMU's free_cluster_index): just past the last
@@ -154,8 +156,11 @@ export class Refcounts {
   async #block(i: number): Promise<Uint8Array | null> {
     const cached = this.#blocks.get(i);
     if (cached) {
-      this.#blocks.delete(i);
-      this.#blocks.set(i, cached);
+      if (i !== this.#mru) {
+        this.#blocks.delete(i);
+        this.#blocks.set(i, cached);
+        this.#mru = i;
+      }
       return cached;
     }
     const off = i < this.#table.length ? this.#table[i]! : 0;
@@ -192,10 +197,14 @@ export class Refcounts {
           throw e;
         }
       }
-      if (this.#blocks.get(victim) === block) this.#blocks.delete(victim);
+      if (this.#blocks.get(victim) === block) {
+        this.#blocks.delete(victim);
+        if (victim === this.#mru) this.#mru = -1;
+      }
     }
     this.#blocks.delete(i);
     this.#blocks.set(i, buf);
+    this.#mru = i;
   }
 
   /** How many refcount blocks are cached. */
@@ -210,6 +219,7 @@ export class Refcounts {
   reload(table: number[], place: RefcountTablePlace, fileLength: number): void {
     if (this.#dirty.size > 0) throw new Error("refcount blocks were dirty on reload");
     this.#blocks.clear();
+    this.#mru = -1;
     this.#table = table;
     this.#place = place;
     this.#freeHint = 0;
@@ -217,6 +227,16 @@ export class Refcounts {
     this.endCluster = Math.ceil(fileLength / this.#cs);
     this.#map.clearRefblocks();
     for (const off of table) if (off !== 0) this.#map.addRefblock(off);
+  }
+
+  /**
+   * The refcount of cluster `c` when its refcount block is cached (the cache's order left as
+   * it is), else undefined: a walk over every cluster (`check`) need not wait once per
+   * cluster.
+   */
+  peek(c: number): number | undefined {
+    const block = this.#blocks.get(Math.floor(c / this.entriesPerBlock));
+    return block === undefined ? undefined : this.#entry(block, c % this.entriesPerBlock);
   }
 
   /** The refcount of cluster `c` (0 past the table's reach). */
