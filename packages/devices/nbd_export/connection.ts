@@ -43,8 +43,12 @@ const DATA_OR_ZERO = BlockStatusFlags.DATA | BlockStatusFlags.ZERO;
 
 /** Requests one connection processes at once; further requests wait in the socket. */
 export const MAX_REQUESTS = 64;
-/** Block status replies carry at most this many extents per context. */
-const MAX_EXTENTS = 1024;
+/**
+ * Block status replies carry at most this many extents per context: QEMU's server's limit
+ * (1 MiB of them). With 1024, `nbdinfo --map` of an image in 262144 extents took 256 round
+ * trips and 264-418 ms against qemu-nbd's 100-128.
+ */
+const MAX_EXTENTS = 131072;
 /**
  * Reads at least this long go out with `sendfile(2)` where the export allows it
  * ({@link ServerConnection.constructor}); smaller ones cost less read into the slot and sent

@@ -112,16 +112,25 @@ export function replyBlockStatus(
 ): void {
   replies.forEach((r, i) => {
     const len = 4 + 8 * r.extents.length;
-    const at = w.claim(STRUCTURED_REPLY_SIZE + len);
+    const size = STRUCTURED_REPLY_SIZE + len;
+    // A chunk larger than the writer's staging buffer takes, up to QEMU's 1 MiB of extents,
+    // is encoded on its own and queued whole.
+    const own = size > BIG_CHUNK ? new Uint8Array(size) : null;
+    const at = own ? 0 : w.claim(size);
+    const view = own ? new DataView(own.buffer) : w.view;
     const flags = i === replies.length - 1 ? REPLY_FLAG_DONE : 0;
-    encodeChunkHeader(w.view, at, flags, ReplyType.BLOCK_STATUS, h.cookieHi, h.cookieLo, len);
+    encodeChunkHeader(view, at, flags, ReplyType.BLOCK_STATUS, h.cookieHi, h.cookieLo, len);
     let p = at + STRUCTURED_REPLY_SIZE;
-    w.view.setUint32(p, r.id);
+    view.setUint32(p, r.id);
     p += 4;
     for (const e of r.extents) {
-      w.view.setUint32(p, e.length);
-      w.view.setUint32(p + 4, e.flags);
+      view.setUint32(p, e.length);
+      view.setUint32(p + 4, e.flags);
       p += 8;
     }
+    if (own) void w.send(own);
   });
 }
+
+/** Chunks up to this size are encoded into the writer's staging buffer. */
+const BIG_CHUNK = 64 * 1024;

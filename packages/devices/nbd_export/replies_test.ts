@@ -13,14 +13,21 @@ import { dataHead, replyBlockStatus, replyError, replyHole, replyOk } from "./re
 
 /** A writer whose written bytes are kept. */
 function capture() {
-  const out: number[] = [];
+  const out: Uint8Array[] = [];
   const w = new WireWriter({
     write: (p: Uint8Array) => {
-      out.push(...p);
+      out.push(p.slice());
       return Promise.resolve(p.length);
     },
   });
-  return { w, bytes: async () => (await w.idle(), new Uint8Array(out)) };
+  const bytes = async () => {
+    await w.idle();
+    const all = new Uint8Array(out.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of out) all.set(p, (at += p.length) - p.length);
+    return all;
+  };
+  return { w, bytes };
 }
 
 /** Splits `bytes` into replies: each header, and its payload for structured chunks. */
@@ -70,6 +77,33 @@ Deno.test("replies: done, errors, holes and block status as the client negotiate
   assertEquals(err.getUint16(4), 256, "message cut to 256 bytes");
   assertBytesEqual(r[4]!.payload, new Uint8Array([0, 0, 0, 0, 0, 16, 0, 0, 0, 1, 0, 0]), "hole");
   assertBytesEqual(r[5]!.payload, new Uint8Array([0, 0, 0, 1, 0, 0, 16, 0, 0, 0, 0, 3]), "extent");
+});
+
+Deno.test("replies: block status of QEMU's 131072 extents, past the staging buffer, goes out whole and in order", async () => {
+  const { w, bytes } = capture();
+  const many = Array.from({ length: 131072 }, (_, i) => ({ length: 4096, flags: i & 3 }));
+  replyOk(w, true, request);
+  replyBlockStatus(w, request, [{ id: 7, extents: many }, {
+    id: 8,
+    extents: [{ length: 1, flags: 1 }],
+  }]);
+  replyOk(w, true, request);
+  const r = replies(await bytes());
+  assertEquals(
+    JSON.stringify(r.map((x) => [x.type, x.flags, x.length])),
+    JSON.stringify([
+      [ReplyType.NONE, REPLY_FLAG_DONE, 0],
+      [ReplyType.BLOCK_STATUS, 0, 4 + 8 * 131072],
+      [ReplyType.BLOCK_STATUS, REPLY_FLAG_DONE, 12],
+      [ReplyType.NONE, REPLY_FLAG_DONE, 0],
+    ]),
+    "chunks",
+  );
+  const v = new DataView(r[1]!.payload.buffer);
+  assertEquals(v.getUint32(0), 7, "context id");
+  for (const i of [0, 1, 77777, 131071]) {
+    assertEquals(`${v.getUint32(4 + 8 * i)},${v.getUint32(8 + 8 * i)}`, `4096,${i & 3}`, `${i}`);
+  }
 });
 
 Deno.test("replies: a read reply's header sits right in front of the slot's data", () => {
