@@ -536,6 +536,23 @@ export class Backend implements ChildParent {
     return this.root!.node!.blockStatus(offset, bytes, wantZero).finally(this.#done);
   }
 
+  /**
+   * {@link Backend.blockStatus} at once when the graph has the answer at hand, else its
+   * promise (see {@link Node.blockStatusNow}); throws what it finds wrong at once.
+   */
+  blockStatusNow(
+    offset: number,
+    bytes: number,
+    wantZero = true,
+  ): BlockStatus | Promise<BlockStatus> {
+    const err = checkRequest(this, offset, bytes, "block-status", "read");
+    if (err) throw err;
+    const now = this.root!.node!.blockStatusNow(offset, bytes, wantZero);
+    if (!(now instanceof Promise)) return now;
+    this.inFlight++;
+    return now.finally(this.#done);
+  }
+
   /** Resizes the medium; needs the RESIZE permission. */
   async truncate(size: number, exact = true, prealloc: PreallocMode = "off"): Promise<void> {
     if (!this.isAvailable) {

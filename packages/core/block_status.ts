@@ -14,42 +14,62 @@ import { checkRange, closed } from "./request_check.ts";
  * Allocation status of `node` at `offset` for this layer, with the generic bits (ALLOCATED,
  * EOF) added and RAW answers resolved through the child they name.
  */
-export async function blockStatus(
+export function blockStatus(
   node: Node,
   offset: number,
   bytes: number,
   wantZero: boolean,
 ): Promise<BlockStatus> {
+  try {
+    const r = blockStatusNow(node, offset, bytes, wantZero);
+    return r instanceof Promise ? r : Promise.resolve(r);
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/**
+ * {@link blockStatus} answered at once where every layer it asks answers at once (a qcow2
+ * whose L2 table is cached, a memory node), else its promise: a walk over many small extents
+ * (`img map`, an NBD client's block status) need not wait once per extent. What it finds
+ * wrong at once it throws.
+ */
+export function blockStatusNow(
+  node: Node,
+  offset: number,
+  bytes: number,
+  wantZero: boolean,
+): BlockStatus | Promise<BlockStatus> {
   if (!node.instance) return closed(node, "block-status");
   const err = checkRange(node, offset, bytes, "block-status");
   if (err) throw err;
+  const r = statusOf(node, offset, bytes, wantZero, 0);
+  if (!(r instanceof Promise)) return r;
   // Counted in flight like any request: drain and close wait for it.
   node.inFlight++;
-  try {
-    return await statusOf(node, offset, bytes, wantZero, 0);
-  } finally {
+  return r.finally(() => {
     if (--node.inFlight === 0) node.graph.notifyIdle();
-  }
+  });
 }
 
 /** RAW answers may name another node; a chain this deep is a driver bug (a loop). */
 const MAX_RAW_DEPTH = 64;
 
-async function statusOf(
+function statusOf(
   node: Node,
   offset: number,
   bytes: number,
   wantZero: boolean,
   depth: number,
-): Promise<BlockStatus> {
+): BlockStatus | Promise<BlockStatus> {
   const inst = node.instance;
   if (!inst) return closed(node, "block-status");
   const length = inst.getLength();
   if (offset >= length || bytes === 0) return { status: BlockStatusFlags.EOF, pnum: 0 };
   bytes = Math.min(bytes, length - offset);
-  let st: BlockStatus;
+  let st: BlockStatus | Promise<BlockStatus>;
   if (inst.blockStatus) {
-    st = await inst.blockStatus(wantZero, offset, bytes);
+    st = inst.blockStatus(wantZero, offset, bytes);
   } else if (node.children.length === 0) {
     st = {
       status: BlockStatusFlags.DATA | BlockStatusFlags.OFFSET_VALID,
@@ -68,27 +88,57 @@ async function statusOf(
       }
       : { status: BlockStatusFlags.DATA, pnum: bytes };
   }
+  const answer = (s: BlockStatus) => resolved(node, offset, bytes, length, wantZero, depth, s);
+  return st instanceof Promise ? st.then(answer) : answer(st);
+}
+
+/** A driver's answer checked, a RAW one resolved through its file, and the generic bits set. */
+function resolved(
+  node: Node,
+  offset: number,
+  bytes: number,
+  length: number,
+  wantZero: boolean,
+  depth: number,
+  st: BlockStatus,
+): BlockStatus | Promise<BlockStatus> {
   if (st.pnum <= 0 || st.pnum > bytes) {
     throw new BlockError(
       "EIO",
       `Driver of node '${node.name}' answered block status with ${st.pnum} bytes`,
     );
   }
-  if (st.status & BlockStatusFlags.RAW) {
-    if (!st.file || st.map === undefined) {
-      throw new BlockError("EIO", `Driver of node '${node.name}' answered RAW without a file`);
-    }
-    if (st.file === node || depth >= MAX_RAW_DEPTH) {
-      throw new BlockError("EIO", `Block status of node '${node.name}' loops through RAW answers`);
-    }
-    const inner = await statusOf(st.file, st.map, st.pnum, wantZero, depth + 1);
-    if (inner.status & BlockStatusFlags.EOF && inner.pnum === 0) {
-      // Past the end of the file: reads there return zeros.
-      st = { status: BlockStatusFlags.ZERO, pnum: st.pnum };
-    } else {
-      st = { ...inner, status: inner.status & ~BlockStatusFlags.EOF };
-    }
+  if (!(st.status & BlockStatusFlags.RAW)) return generic(node, offset, length, wantZero, st);
+  if (!st.file || st.map === undefined) {
+    throw new BlockError("EIO", `Driver of node '${node.name}' answered RAW without a file`);
   }
+  if (st.file === node || depth >= MAX_RAW_DEPTH) {
+    throw new BlockError("EIO", `Block status of node '${node.name}' loops through RAW answers`);
+  }
+  const pnum = st.pnum;
+  const through = (inner: BlockStatus) =>
+    generic(
+      node,
+      offset,
+      length,
+      wantZero,
+      // Past the end of the file: reads there return zeros.
+      inner.status & BlockStatusFlags.EOF && inner.pnum === 0
+        ? { status: BlockStatusFlags.ZERO, pnum }
+        : { ...inner, status: inner.status & ~BlockStatusFlags.EOF },
+    );
+  const inner = statusOf(st.file, st.map, pnum, wantZero, depth + 1);
+  return inner instanceof Promise ? inner.then(through) : through(inner);
+}
+
+/** Sets ALLOCATED, ZERO where an unallocated range reads zeros, and EOF. */
+function generic(
+  node: Node,
+  offset: number,
+  length: number,
+  wantZero: boolean,
+  st: BlockStatus,
+): BlockStatus {
   if (st.status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO)) {
     // Allocated means: this layer answered for the range.
     st.status |= BlockStatusFlags.ALLOCATED;

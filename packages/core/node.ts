@@ -20,7 +20,7 @@ import { BlockError } from "./errors.ts";
 import type { Graph } from "./graph.ts";
 import { IoVector } from "./io_vector.ts";
 import type { OptionValues } from "./options.ts";
-import { blockStatus } from "./block_status.ts";
+import { blockStatus, blockStatusNow } from "./block_status.ts";
 import * as req from "./request.ts";
 import { TrackedRequests } from "./tracked_requests.ts";
 
@@ -323,6 +323,19 @@ export class Node implements ChildParent {
   /** Allocation status of this layer at `offset` (see {@link BlockStatus}). */
   blockStatus(offset: number, bytes: number, wantZero = true): Promise<BlockStatus> {
     return blockStatus(this, offset, bytes, wantZero);
+  }
+
+  /**
+   * {@link Node.blockStatus} at once when every layer it asks has the answer at hand (a
+   * cached qcow2 L2 table), else its promise; throws what it finds wrong at once. For walks
+   * over many small extents.
+   */
+  blockStatusNow(
+    offset: number,
+    bytes: number,
+    wantZero = true,
+  ): BlockStatus | Promise<BlockStatus> {
+    return blockStatusNow(this, offset, bytes, wantZero);
   }
 
   /** Resizes the node to `size` bytes. */

@@ -6,7 +6,14 @@
  * @module
  */
 
-import { BlockError, BlockStatusFlags, type Graph, type Node, strerror } from "@blockgraph/core";
+import {
+  BlockError,
+  type BlockStatus,
+  BlockStatusFlags,
+  type Graph,
+  type Node,
+  strerror,
+} from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import {
@@ -46,44 +53,41 @@ export function skipFilters(node: Node): Node {
   return n;
 }
 
-/** qemu-img's `get_block_status`: the status at `offset`, from the first layer that answers. */
-export async function mapStatus(top: Node, offset: number, bytes: number): Promise<MapEntry> {
-  let depth = 0;
-  let node: Node | null = top;
-  let status = 0;
-  let pnum = bytes;
-  let map: number | undefined;
-  let file: Node | undefined;
-  for (;;) {
-    node = skipFilters(node);
-    const st = await node.blockStatus(offset, bytes, true);
-    status = st.status;
-    pnum = bytes = st.pnum;
-    map = st.map;
-    file = st.file;
-    if (status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO)) break;
-    const cow: Node | null = node.cowChild?.node ?? null;
-    if (!cow) {
+/**
+ * qemu-img's `get_block_status`: the status at `offset`, from the first layer that answers
+ * (`depth` layers below the top it started at). At once when the layers have their answers
+ * at hand, else a promise (see {@link Node.blockStatusNow}).
+ */
+export function mapStatus(
+  top: Node,
+  offset: number,
+  bytes: number,
+  depth = 0,
+): MapEntry | Promise<MapEntry> {
+  const node = skipFilters(top);
+  const then = (st: BlockStatus): MapEntry | Promise<MapEntry> => {
+    let status = st.status;
+    if (!(status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO))) {
+      const cow = node.cowChild?.node;
+      if (cow) return mapStatus(cow, offset, st.pnum, depth + 1);
       status = 0;
-      break;
     }
-    node = cow;
-    depth++;
-  }
-  const hasOffset = (status & BlockStatusFlags.OFFSET_VALID) !== 0 && map !== undefined;
-  const e: MapEntry = {
-    start: offset,
-    length: pnum,
-    depth,
-    present: (status & BlockStatusFlags.ALLOCATED) !== 0,
-    zero: (status & BlockStatusFlags.ZERO) !== 0,
-    data: (status & BlockStatusFlags.DATA) !== 0,
+    const e: MapEntry = {
+      start: offset,
+      length: st.pnum,
+      depth,
+      present: (status & BlockStatusFlags.ALLOCATED) !== 0,
+      zero: (status & BlockStatusFlags.ZERO) !== 0,
+      data: (status & BlockStatusFlags.DATA) !== 0,
+    };
+    if ((status & BlockStatusFlags.OFFSET_VALID) !== 0 && st.map !== undefined) {
+      e.offset = st.map;
+      if (st.file) e.filename = st.file.filename;
+    }
+    return e;
   };
-  if (hasOffset) {
-    e.offset = map!;
-    if (file) e.filename = file.filename;
-  }
-  return e;
+  const now = node.blockStatusNow(offset, bytes, true);
+  return now instanceof Promise ? now.then(then) : then(now);
 }
 
 /** qemu-img's `entry_mergeable`: whether `next` continues `curr`. */
@@ -195,7 +199,8 @@ export async function imgMap(graph: Graph, args: readonly string[], io: CliIo): 
       const offset = curr.start + curr.length;
       let next: MapEntry;
       try {
-        next = await mapStatus(top, offset, Math.min(GIB, length - offset));
+        const now = mapStatus(top, offset, Math.min(GIB, length - offset));
+        next = now instanceof Promise ? await now : now;
       } catch (e) {
         imgError(io, `Could not read file metadata: ${strerror(BlockError.from(e).code)}`);
         return 1;

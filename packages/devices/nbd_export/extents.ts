@@ -9,6 +9,7 @@
 
 import {
   type Backend,
+  type BlockStatus,
   BlockStatusFlags,
   type DirtyBitmap,
   isAllocatedAbove,
@@ -32,28 +33,41 @@ function below(n: Node): Node | null {
 }
 
 /**
- * Block status of the whole chain under `backend` at `offset`: the first layer that has data
- * or zeros there answers. Returns BlockStatusFlags bits and how many bytes they cover.
+ * The status of `[offset, offset+bytes)` through the backend's chain (QEMU's
+ * `bdrv_block_status_above` with no base): the top's answer when it holds the range, else
+ * that of the first layer below that does; past a lower layer's end, zeros. At once when the
+ * layers have their answers at hand, else a promise (see `Node.blockStatusNow`).
  */
-export async function statusAbove(
+export function statusAbove(
   backend: Backend,
   offset: number,
   bytes: number,
-): Promise<{ status: number; pnum: number }> {
-  const top = await backend.blockStatus(offset, bytes, true);
-  if (top.status & DATA_OR_ZERO) return top;
-  let pnum = top.pnum;
-  let n = backend.node ? below(backend.node) : null;
-  while (n) {
-    const len = n.getLength();
-    // Past a lower layer's end the chain reads zeros.
-    if (offset >= len) return { status: BlockStatusFlags.ZERO, pnum };
-    const st = await n.blockStatus(offset, Math.min(pnum, len - offset), true);
+): { status: number; pnum: number } | Promise<{ status: number; pnum: number }> {
+  const top = backend.blockStatusNow(offset, bytes, true);
+  const then = (st: BlockStatus) => {
+    if (st.status & DATA_OR_ZERO) return st;
+    const n = backend.node ? below(backend.node) : null;
+    return n ? lowerStatus(n, offset, st.pnum) : { status: 0, pnum: st.pnum };
+  };
+  return top instanceof Promise ? top.then(then) : then(top);
+}
+
+/** {@link statusAbove} from layer `n` down, for the first `pnum` bytes. */
+function lowerStatus(
+  n: Node,
+  offset: number,
+  pnum: number,
+): { status: number; pnum: number } | Promise<{ status: number; pnum: number }> {
+  const len = n.getLength();
+  // Past a lower layer's end the chain reads zeros.
+  if (offset >= len) return { status: BlockStatusFlags.ZERO, pnum };
+  const now = n.blockStatusNow(offset, Math.min(pnum, len - offset), true);
+  const then = (st: BlockStatus) => {
     if (st.status & DATA_OR_ZERO) return { status: st.status, pnum: st.pnum };
-    pnum = st.pnum;
-    n = below(n);
-  }
-  return { status: 0, pnum };
+    const next = below(n);
+    return next ? lowerStatus(next, offset, st.pnum) : { status: 0, pnum: st.pnum };
+  };
+  return now instanceof Promise ? now.then(then) : then(now);
 }
 
 /** How many data runs an export remembers: one per client stream (nbdcopy opens four). */
@@ -127,7 +141,8 @@ export async function collectExtents(
       flags = a.allocated ? a.depth : 0;
       pnum = a.pnum;
     } else {
-      const st = await statusAbove(backend, offset, end - offset);
+      const now = statusAbove(backend, offset, end - offset);
+      const st = now instanceof Promise ? await now : now;
       flags = allocationFlags(st.status);
       pnum = st.pnum;
     }

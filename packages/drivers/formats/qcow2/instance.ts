@@ -375,14 +375,20 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   }
 
   /** What this layer holds at `offset`: data (mapped into the file), zeros, or nothing. */
-  async blockStatus(_wantZero: boolean, offset: number, bytes: number): Promise<BlockStatus> {
+  blockStatus(
+    _wantZero: boolean,
+    offset: number,
+    bytes: number,
+  ): BlockStatus | Promise<BlockStatus> {
     if (this.image.broken) throw this.image.brokenError();
     const image = this.image;
-    // A cached table answers without the lock, as the read fast path does (entries change
-    // only synchronously under it).
-    const ext = image.lookupCached(offset, bytes) ??
-      await image.lock.run(() => image.lookup(offset, bytes));
-    return extentStatus(image, ext, offset);
+    // A cached table answers at once and without the lock, as the read fast path does
+    // (entries change only synchronously under it).
+    const ext = image.lookupCached(offset, bytes);
+    if (ext) return extentStatus(image, ext, offset);
+    return image.lock.run(() => image.lookup(offset, bytes)).then((e) =>
+      extentStatus(image, e, offset)
+    );
   }
 
   /** Writes back the L2 and refcount caches (the generic layer then flushes `file`). */
