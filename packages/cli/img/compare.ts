@@ -152,11 +152,16 @@ async function tryRead(side: Side, offset: number, buf: Uint8Array): Promise<str
   }
 }
 
+/** Reports the first of `failures` there is; whether there was none. */
+function noFailure(io: CliIo, failures: readonly (string | null)[]): boolean {
+  const failed = failures.find((f) => f !== null);
+  if (failed) imgError(io, failed);
+  return !failed;
+}
+
 /** Reads `buf` at `offset` of `side`; false after reporting a failure. */
 async function readAt(io: CliIo, side: Side, offset: number, buf: Uint8Array): Promise<boolean> {
-  const failed = await tryRead(side, offset, buf);
-  if (failed !== null) imgError(io, failed);
-  return failed === null;
+  return noFailure(io, [await tryRead(side, offset, buf)]);
 }
 
 /**
@@ -165,16 +170,12 @@ async function readAt(io: CliIo, side: Side, offset: number, buf: Uint8Array): P
  */
 async function readBoth(
   io: CliIo,
-  a: Side,
-  b: Side,
+  [a, b]: [Side, Side],
   offset: number,
   v1: Uint8Array,
   v2: Uint8Array,
 ): Promise<boolean> {
-  const failed = (await Promise.all([tryRead(a, offset, v1), tryRead(b, offset, v2)]))
-    .find((f) => f !== null);
-  if (failed !== undefined) imgError(io, failed);
-  return failed === undefined;
+  return noFailure(io, await Promise.all([tryRead(a, offset, v1), tryRead(b, offset, v2)]));
 }
 
 /** qemu-img's `check_empty_sectors`: 0 when zero, 1 after the mismatch line, 4 on errors. */
@@ -215,76 +216,64 @@ async function compareSides(
 ): Promise<number> {
   // Aligned native memory, in huge pages: copies out of the page cache run faster into it.
   const mem = [allocateIoMemory(IO_BUF_SIZE), allocateIoMemory(IO_BUF_SIZE)];
+  const buf1 = mem[0]!.bytes;
+  const buf2 = mem[1]!.bytes;
   try {
-    return await compareIn(a, b, strict, say, io, prog, mem[0]!.bytes, mem[1]!.bytes);
-  } finally {
-    for (const m of mem) m.release();
-  }
-}
-
-/** The comparison itself, in `buf1` and `buf2`; the exit status. */
-async function compareIn(
-  a: Side,
-  b: Side,
-  strict: boolean,
-  say: (t: string) => void,
-  io: CliIo,
-  prog: Progress,
-  buf1: Uint8Array,
-  buf2: Uint8Array,
-): Promise<number> {
-  const total = Math.min(a.size, b.size);
-  const progressBase = Math.max(a.size, b.size);
-  let offset = 0;
-  while (offset < total) {
-    const s1 = await statusOf(io, a, offset, a.size - offset);
-    if (!s1) return 3;
-    const s2 = await statusOf(io, b, offset, b.size - offset);
-    if (!s2) return 3;
-    const alloc1 = (s1.status & BlockStatusFlags.ALLOCATED) !== 0;
-    const alloc2 = (s2.status & BlockStatusFlags.ALLOCATED) !== 0;
-    let chunk = Math.min(s1.pnum, s2.pnum);
-    if (strict && s1.status !== s2.status) {
-      say(`Strict mode: Offset ${offset} block status mismatch!\n`);
-      return 1;
-    }
-    if (s1.status & s2.status & BlockStatusFlags.ZERO) {
-      // Both read as zeros.
-    } else if (alloc1 === alloc2) {
-      if (alloc1) {
-        chunk = Math.min(chunk, IO_BUF_SIZE);
-        const v1 = buf1.subarray(0, chunk);
-        const v2 = buf2.subarray(0, chunk);
-        if (!await readBoth(io, a, b, offset, v1, v2)) return 4;
-        const c = compareBuffers(v1, v2);
-        if (c.differ || c.pnum !== chunk) {
-          say(`Content mismatch at offset ${offset + (c.differ ? 0 : c.pnum)}!\n`);
-          return 1;
-        }
+    const total = Math.min(a.size, b.size);
+    const progressBase = Math.max(a.size, b.size);
+    let offset = 0;
+    while (offset < total) {
+      const s1 = await statusOf(io, a, offset, a.size - offset);
+      if (!s1) return 3;
+      const s2 = await statusOf(io, b, offset, b.size - offset);
+      if (!s2) return 3;
+      const alloc1 = (s1.status & BlockStatusFlags.ALLOCATED) !== 0;
+      const alloc2 = (s2.status & BlockStatusFlags.ALLOCATED) !== 0;
+      let chunk = Math.min(s1.pnum, s2.pnum);
+      if (strict && s1.status !== s2.status) {
+        say(`Strict mode: Offset ${offset} block status mismatch!\n`);
+        return 1;
       }
-    } else {
-      chunk = Math.min(chunk, IO_BUF_SIZE);
-      const ret = await checkEmpty(io, alloc1 ? a : b, offset, chunk, buf1, say);
-      if (ret) return ret;
-    }
-    offset += chunk;
-    prog.print(chunk / total * 100, 100);
-  }
-  if (a.size !== b.size) {
-    say("Warning: Image size mismatch!\n");
-    const over = a.size > b.size ? a : b;
-    while (offset < progressBase) {
-      const s = await statusOf(io, over, offset, progressBase - offset);
-      if (!s) return 3;
-      let chunk = s.pnum;
-      if (s.status & BlockStatusFlags.ALLOCATED) {
+      if (s1.status & s2.status & BlockStatusFlags.ZERO) {
+        // Both read as zeros.
+      } else if (alloc1 === alloc2) {
+        if (alloc1) {
+          chunk = Math.min(chunk, IO_BUF_SIZE);
+          const v1 = buf1.subarray(0, chunk);
+          const v2 = buf2.subarray(0, chunk);
+          if (!await readBoth(io, [a, b], offset, v1, v2)) return 4;
+          const c = compareBuffers(v1, v2);
+          if (c.differ || c.pnum !== chunk) {
+            say(`Content mismatch at offset ${offset + (c.differ ? 0 : c.pnum)}!\n`);
+            return 1;
+          }
+        }
+      } else {
         chunk = Math.min(chunk, IO_BUF_SIZE);
-        const ret = await checkEmpty(io, over, offset, chunk, buf1, say);
+        const ret = await checkEmpty(io, alloc1 ? a : b, offset, chunk, buf1, say);
         if (ret) return ret;
       }
       offset += chunk;
-      prog.print(chunk / progressBase * 100, 100);
+      prog.print(chunk / total * 100, 100);
     }
+    if (a.size !== b.size) {
+      say("Warning: Image size mismatch!\n");
+      const over = a.size > b.size ? a : b;
+      while (offset < progressBase) {
+        const s = await statusOf(io, over, offset, progressBase - offset);
+        if (!s) return 3;
+        let chunk = s.pnum;
+        if (s.status & BlockStatusFlags.ALLOCATED) {
+          chunk = Math.min(chunk, IO_BUF_SIZE);
+          const ret = await checkEmpty(io, over, offset, chunk, buf1, say);
+          if (ret) return ret;
+        }
+        offset += chunk;
+        prog.print(chunk / progressBase * 100, 100);
+      }
+    }
+    return 0;
+  } finally {
+    for (const m of mem) m.release();
   }
-  return 0;
 }
