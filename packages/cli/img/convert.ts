@@ -8,7 +8,7 @@
  * @module
  */
 
-import { BlockError, type Graph, parseKeyValue, strerror } from "@blockgraph/core";
+import { BlockError, type Graph, type Node, parseKeyValue, strerror } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { type OpenedImage, parseCacheMode } from "../common/open_image.ts";
@@ -408,6 +408,8 @@ export async function imgConvert(
         outOfOrder: a.outOfOrder,
         chunk: compressCluster ? Math.max(compressCluster, CHUNK) : CHUNK,
         rate: a.rate,
+        // Unless a dirty bitmap records the writes: then it ends as qemu-img's does.
+        skipTargetZeros: !recordsWrites(target.node),
       }, progress);
       await target.node.flush();
     } catch (e) {
@@ -445,4 +447,10 @@ function targetDriverName(opts: string): string {
   } catch {
     return "";
   }
+}
+
+/** Whether an enabled dirty bitmap on `node` or below it records what is written to it. */
+function recordsWrites(node: Node): boolean {
+  return node.dirtyBitmaps.some((b) => b.enabled) ||
+    node.children.some((c) => c.node !== null && recordsWrites(c.node));
 }

@@ -87,3 +87,28 @@ Deno.test("runCopy stays under its rate (-r)", async () => {
     await graph.closeAll();
   }
 });
+
+Deno.test("runCopy writes zeros only where the target does not read as zeros (convert -n)", async () => {
+  const graph = new Graph({ registry: defaultRegistry() });
+  try {
+    const src = await graph.open({ driver: "memory", "node-name": "src", size: 4 * MIB }, "t");
+    await src.write(0, new Uint8Array(64 * KIB).fill(5));
+    const dst = await graph.open({ driver: "memory", "node-name": "dst", size: 4 * MIB }, "t");
+    await dst.write(MIB, new Uint8Array(64 * KIB).fill(0xee));
+    const zeroed: string[] = [];
+    const real = dst.pwriteZeroes.bind(dst);
+    dst.pwriteZeroes = (offset, bytes, flags) => {
+      zeroed.push(`${offset / KIB}K+${bytes / KIB}K`);
+      return real(offset, bytes, flags);
+    };
+    await runCopy(plan(src, dst, { sparse: 4096, skipTargetZeros: true }), quiet());
+    const want = new Uint8Array(4 * MIB);
+    want.fill(5, 0, 64 * KIB);
+    const got = await readAll(dst);
+    assertEquals(got.findIndex((b, i) => b !== want[i]), -1, "reads as the source");
+    assertEquals(zeroed.join(" "), "1024K+64K", "zeros written only over the old data");
+    for (const n of [src, dst]) await n.unref("t");
+  } finally {
+    await graph.closeAll();
+  }
+});
