@@ -24,6 +24,7 @@ import { changeMedium, eject, insertMedium, removeMedium, Tray } from "./tray.ts
 import type { DeviceOps, RootListener } from "./device_ops.ts";
 import { errorAction, type ErrorPolicy, ioErrorEventData, type IoStatus } from "./error_policy.ts";
 import { checkRequest } from "./backend_check.ts";
+import { promised } from "./block_status.ts";
 
 /** Options of a new Backend. */
 export interface BackendOptions {
@@ -189,12 +190,7 @@ export class Backend implements ChildParent {
    * everything as it was.
    */
   insertRoot(node: Node): Promise<void> {
-    try {
-      this.#insertRoot(node);
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    return promised(() => this.#insertRoot(node));
   }
 
   #insertRoot(node: Node): void {
@@ -530,10 +526,7 @@ export class Backend implements ChildParent {
 
   /** Allocation status at `offset` of the root node. */
   blockStatus(offset: number, bytes: number, wantZero = true): Promise<BlockStatus> {
-    const err = checkRequest(this, offset, bytes, "block-status", "read");
-    if (err) return Promise.reject(err);
-    this.inFlight++;
-    return this.root!.node!.blockStatus(offset, bytes, wantZero).finally(this.#done);
+    return promised(() => this.blockStatusNow(offset, bytes, wantZero));
   }
 
   /**

@@ -20,8 +20,13 @@ export function blockStatus(
   bytes: number,
   wantZero: boolean,
 ): Promise<BlockStatus> {
+  return promised(() => blockStatusNow(node, offset, bytes, wantZero));
+}
+
+/** What `f` answers or promises, as a promise; what it throws, as a rejection. */
+export function promised<T>(f: () => T | Promise<T>): Promise<T> {
   try {
-    const r = blockStatusNow(node, offset, bytes, wantZero);
+    const r = f();
     return r instanceof Promise ? r : Promise.resolve(r);
   } catch (e) {
     return Promise.reject(e);
@@ -88,8 +93,9 @@ function statusOf(
       }
       : { status: BlockStatusFlags.DATA, pnum: bytes };
   }
-  const answer = (s: BlockStatus) => resolved(node, offset, bytes, length, wantZero, depth, s);
-  return st instanceof Promise ? st.then(answer) : answer(st);
+  return st instanceof Promise
+    ? st.then((s) => resolved(node, offset, bytes, length, wantZero, depth, s))
+    : resolved(node, offset, bytes, length, wantZero, depth, st);
 }
 
 /** A driver's answer checked, a RAW one resolved through its file, and the generic bits set. */
@@ -116,19 +122,31 @@ function resolved(
     throw new BlockError("EIO", `Block status of node '${node.name}' loops through RAW answers`);
   }
   const pnum = st.pnum;
-  const through = (inner: BlockStatus) =>
-    generic(
-      node,
-      offset,
-      length,
-      wantZero,
-      // Past the end of the file: reads there return zeros.
-      inner.status & BlockStatusFlags.EOF && inner.pnum === 0
-        ? { status: BlockStatusFlags.ZERO, pnum }
-        : { ...inner, status: inner.status & ~BlockStatusFlags.EOF },
-    );
   const inner = statusOf(st.file, st.map, pnum, wantZero, depth + 1);
-  return inner instanceof Promise ? inner.then(through) : through(inner);
+  return inner instanceof Promise
+    ? inner.then((i) => throughFile(node, offset, length, wantZero, pnum, i))
+    : throughFile(node, offset, length, wantZero, pnum, inner);
+}
+
+/** A RAW answer for `pnum` bytes, from what its file answered (`inner`). */
+function throughFile(
+  node: Node,
+  offset: number,
+  length: number,
+  wantZero: boolean,
+  pnum: number,
+  inner: BlockStatus,
+): BlockStatus {
+  return generic(
+    node,
+    offset,
+    length,
+    wantZero,
+    // Past the end of the file: reads there return zeros.
+    inner.status & BlockStatusFlags.EOF && inner.pnum === 0
+      ? { status: BlockStatusFlags.ZERO, pnum }
+      : { ...inner, status: inner.status & ~BlockStatusFlags.EOF },
+  );
 }
 
 /** Sets ALLOCATED, ZERO where an unallocated range reads zeros, and EOF. */

@@ -65,29 +65,38 @@ export function mapStatus(
   depth = 0,
 ): MapEntry | Promise<MapEntry> {
   const node = skipFilters(top);
-  const then = (st: BlockStatus): MapEntry | Promise<MapEntry> => {
-    let status = st.status;
-    if (!(status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO))) {
-      const cow = node.cowChild?.node;
-      if (cow) return mapStatus(cow, offset, st.pnum, depth + 1);
-      status = 0;
-    }
-    const e: MapEntry = {
-      start: offset,
-      length: st.pnum,
-      depth,
-      present: (status & BlockStatusFlags.ALLOCATED) !== 0,
-      zero: (status & BlockStatusFlags.ZERO) !== 0,
-      data: (status & BlockStatusFlags.DATA) !== 0,
-    };
-    if ((status & BlockStatusFlags.OFFSET_VALID) !== 0 && st.map !== undefined) {
-      e.offset = st.map;
-      if (st.file) e.filename = st.file.filename;
-    }
-    return e;
-  };
   const now = node.blockStatusNow(offset, bytes, true);
-  return now instanceof Promise ? now.then(then) : then(now);
+  return now instanceof Promise
+    ? now.then((st) => entryOf(node, offset, depth, st))
+    : entryOf(node, offset, depth, now);
+}
+
+/** The entry for `node`'s answer `st`, or, where it holds nothing, that of its backing file. */
+function entryOf(
+  node: Node,
+  offset: number,
+  depth: number,
+  st: BlockStatus,
+): MapEntry | Promise<MapEntry> {
+  let status = st.status;
+  if (!(status & (BlockStatusFlags.DATA | BlockStatusFlags.ZERO))) {
+    const cow = node.cowChild?.node;
+    if (cow) return mapStatus(cow, offset, st.pnum, depth + 1);
+    status = 0;
+  }
+  const e: MapEntry = {
+    start: offset,
+    length: st.pnum,
+    depth,
+    present: (status & BlockStatusFlags.ALLOCATED) !== 0,
+    zero: (status & BlockStatusFlags.ZERO) !== 0,
+    data: (status & BlockStatusFlags.DATA) !== 0,
+  };
+  if ((status & BlockStatusFlags.OFFSET_VALID) !== 0 && st.map !== undefined) {
+    e.offset = st.map;
+    if (st.file) e.filename = st.file.filename;
+  }
+  return e;
 }
 
 /** qemu-img's `entry_mergeable`: whether `next` continues `curr`. */

@@ -42,32 +42,37 @@ export function statusAbove(
   backend: Backend,
   offset: number,
   bytes: number,
-): { status: number; pnum: number } | Promise<{ status: number; pnum: number }> {
+): ChainStatus | Promise<ChainStatus> {
+  const n = backend.node;
   const top = backend.blockStatusNow(offset, bytes, true);
-  const then = (st: BlockStatus) => {
-    if (st.status & DATA_OR_ZERO) return st;
-    const n = backend.node ? below(backend.node) : null;
-    return n ? lowerStatus(n, offset, st.pnum) : { status: 0, pnum: st.pnum };
-  };
-  return top instanceof Promise ? top.then(then) : then(top);
+  return top instanceof Promise
+    ? top.then((st) => orBelow(n, offset, st))
+    : orBelow(n, offset, top);
+}
+
+/** A status through the chain: BlockStatusFlags bits and the bytes they cover. */
+type ChainStatus = { status: number; pnum: number };
+
+/** `st`, layer `n`'s answer, when it holds the range; else the answer of the layers below. */
+function orBelow(
+  n: Node | null,
+  offset: number,
+  st: BlockStatus,
+): ChainStatus | Promise<ChainStatus> {
+  if (st.status & DATA_OR_ZERO) return st;
+  const next = n ? below(n) : null;
+  return next ? lowerStatus(next, offset, st.pnum) : { status: 0, pnum: st.pnum };
 }
 
 /** {@link statusAbove} from layer `n` down, for the first `pnum` bytes. */
-function lowerStatus(
-  n: Node,
-  offset: number,
-  pnum: number,
-): { status: number; pnum: number } | Promise<{ status: number; pnum: number }> {
+function lowerStatus(n: Node, offset: number, pnum: number): ChainStatus | Promise<ChainStatus> {
   const len = n.getLength();
   // Past a lower layer's end the chain reads zeros.
   if (offset >= len) return { status: BlockStatusFlags.ZERO, pnum };
   const now = n.blockStatusNow(offset, Math.min(pnum, len - offset), true);
-  const then = (st: BlockStatus) => {
-    if (st.status & DATA_OR_ZERO) return { status: st.status, pnum: st.pnum };
-    const next = below(n);
-    return next ? lowerStatus(next, offset, st.pnum) : { status: 0, pnum: st.pnum };
-  };
-  return now instanceof Promise ? now.then(then) : then(now);
+  return now instanceof Promise
+    ? now.then((st) => orBelow(n, offset, st))
+    : orBelow(n, offset, now);
 }
 
 /** How many data runs an export remembers: one per client stream (nbdcopy opens four). */
