@@ -28,7 +28,8 @@ import {
 } from "@blockgraph/core";
 
 import { amendImage, changeBackingFile } from "./amend.ts";
-import { checkImage, type Qcow2CheckResult } from "./check.ts";
+import { checkImage } from "./check.ts";
+import type { Qcow2CheckResult } from "./check_result.ts";
 import { writeCompressed } from "./compressed_write.ts";
 import { cachedDataOffset, contiguousDataOffset } from "./read_fast_path.ts";
 import { compressedWithDataFile, extentStatus } from "./extent_status.ts";

@@ -11,7 +11,7 @@ import { openQcow2 } from "./open.ts";
 
 export { createParams, formatQcow2, type Qcow2CreateParams } from "./create.ts";
 export { Qcow2Instance } from "./instance.ts";
-export type { Qcow2CheckResult, Qcow2RepairMode } from "./check.ts";
+export type { Qcow2CheckResult, Qcow2RepairMode } from "./check_result.ts";
 export type { Qcow2Snapshot } from "./snapshot_table.ts";
 export { QCOW2_AMEND_OPTIONS } from "./amend.ts";
 
