@@ -169,37 +169,3 @@ function generic(
   if (offset + st.pnum === length) st.status |= BlockStatusFlags.EOF;
   return st;
 }
-
-/**
- * Whether `[offset, offset+bytes)` is allocated in `top` or any backing layer above `base`
- * (exclusive; `null`: the whole chain). Returns the answer for the first `pnum` bytes.
- */
-export async function isAllocatedAbove(
-  top: Node,
-  base: Node | null,
-  offset: number,
-  bytes: number,
-): Promise<{ allocated: boolean; pnum: number; depth: number }> {
-  let pnum = bytes;
-  let depth = 0;
-  for (let n: Node | null = top; n && n !== base; n = n.cowChild?.node ?? filteredNext(n)) {
-    const len = n.getLength();
-    if (offset >= len) {
-      // Past the end of the top there is nothing; past a lower layer's end the zeros it reads
-      // are that layer's answer, and nothing below shows through it.
-      if (n === top) return { allocated: false, pnum: bytes, depth: 0 };
-      return { allocated: true, pnum, depth: depth + 1 };
-    }
-    const st = await blockStatus(n, offset, Math.min(pnum, len - offset), false);
-    if (st.status & BlockStatusFlags.ALLOCATED) {
-      return { allocated: true, pnum: st.pnum, depth: depth + 1 };
-    }
-    pnum = Math.min(pnum, st.pnum);
-    depth++;
-  }
-  return { allocated: false, pnum, depth: 0 };
-}
-
-function filteredNext(n: Node): Node | null {
-  return n.filteredChild?.node ?? null;
-}

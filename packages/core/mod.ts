@@ -91,7 +91,13 @@ export {
   refreshFilename,
 } from "./refresh_filename.ts";
 export type { RefreshFilenameOptions } from "./refresh_filename.ts";
-export { isAllocatedAbove } from "./block_status.ts";
+export {
+  blockStatusAbove,
+  blockStatusAboveNow,
+  type ChainStatus,
+  isAllocatedAbove,
+  statusBelow,
+} from "./block_status_above.ts";
 export { backendLoadVmState, backendSaveVmState, loadVmState, saveVmState } from "./vm_state.ts";
 export { findJob, Job, queryJobs } from "./job.ts";
 export { JobState } from "./job_state.ts";

@@ -233,6 +233,14 @@ export class Node implements ChildParent {
   }
 
   /**
+   * The node whose data shows through where this one holds none: the COW child, or the
+   * child a filter passes through (QEMU's `bdrv_filter_or_cow_bs`); `null` at the bottom.
+   */
+  get layerBelow(): Node | null {
+    return this.cowChild?.node ?? this.filteredChild?.node ?? null;
+  }
+
+  /**
    * Takes a reference. `holder` says who holds it, for the ledger: a name, or the child edge
    * that holds it.
    */

@@ -2,7 +2,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { BlockStatusFlags, ReqFlags } from "./driver.ts";
 import { BlockError } from "./errors.ts";
 import { IoVector } from "./io_vector.ts";
-import { isAllocatedAbove } from "./block_status.ts";
+import { isAllocatedAbove } from "./block_status_above.ts";
 import { assertRejects, pattern, ramLogs, testGraph } from "./test_util.ts";
 
 Deno.test("request layer: unaligned writes become aligned read-modify-write", async () => {

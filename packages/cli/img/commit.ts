@@ -12,7 +12,6 @@ import { BlockError, type Graph, type Node, pathHasProtocol, strerror } from "@b
 import type { Qcow2Instance } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
-import { belowLayer } from "./chain_status.ts";
 import { runCopy } from "./convert_copy.ts";
 import { imageFacts } from "./image_facts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
@@ -63,7 +62,7 @@ export async function copyAbove(
  */
 export function findInChain(top: Node, name: string): Node | null {
   const protocol = pathHasProtocol(name);
-  for (let above = top, n = belowLayer(top); n; above = n, n = belowLayer(n)) {
+  for (let above = top, n = top.layerBelow; n; above = n, n = n.layerBelow) {
     if (displayFilename(n) === name || n.name === name) return n;
     if (protocol && imageFacts(above).backingFile === name) return n;
   }

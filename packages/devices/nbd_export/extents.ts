@@ -9,11 +9,11 @@
 
 import {
   type Backend,
-  type BlockStatus,
   BlockStatusFlags,
+  type ChainStatus,
   type DirtyBitmap,
   isAllocatedAbove,
-  type Node,
+  statusBelow,
 } from "@blockgraph/core";
 import { StateFlags } from "@blockgraph/drivers/nbd";
 
@@ -25,54 +25,21 @@ export interface Extent {
   flags: number;
 }
 
-const DATA_OR_ZERO = BlockStatusFlags.DATA | BlockStatusFlags.ZERO;
-
-/** The layer below `n` whose data shows through where `n` has none. */
-function below(n: Node): Node | null {
-  return n.cowChild?.node ?? n.filteredChild?.node ?? null;
-}
-
 /**
- * The status of `[offset, offset+bytes)` through the backend's chain (QEMU's
- * `bdrv_block_status_above` with no base): the top's answer when it holds the range, else
- * that of the first layer below that does; past a lower layer's end, zeros. At once when the
- * layers have their answers at hand, else a promise (see `Node.blockStatusNow`).
+ * The status of `[offset, offset+bytes)` through the backend's chain (core's
+ * `blockStatusAbove` with no base, after the backend's own checks). At once when the layers
+ * have their answers at hand, else a promise (see `Node.blockStatusNow`).
  */
 export function statusAbove(
   backend: Backend,
   offset: number,
   bytes: number,
 ): ChainStatus | Promise<ChainStatus> {
-  const n = backend.node;
+  const n = backend.node!;
   const top = backend.blockStatusNow(offset, bytes, true);
   return top instanceof Promise
-    ? top.then((st) => orBelow(n, offset, st))
-    : orBelow(n, offset, top);
-}
-
-/** A status through the chain: BlockStatusFlags bits and the bytes they cover. */
-type ChainStatus = { status: number; pnum: number };
-
-/** `st`, layer `n`'s answer, when it holds the range; else the answer of the layers below. */
-function orBelow(
-  n: Node | null,
-  offset: number,
-  st: BlockStatus,
-): ChainStatus | Promise<ChainStatus> {
-  if (st.status & DATA_OR_ZERO) return st;
-  const next = n ? below(n) : null;
-  return next ? lowerStatus(next, offset, st.pnum) : { status: 0, pnum: st.pnum };
-}
-
-/** {@link statusAbove} from layer `n` down, for the first `pnum` bytes. */
-function lowerStatus(n: Node, offset: number, pnum: number): ChainStatus | Promise<ChainStatus> {
-  const len = n.getLength();
-  // Past a lower layer's end the chain reads zeros.
-  if (offset >= len) return { status: BlockStatusFlags.ZERO, pnum };
-  const now = n.blockStatusNow(offset, Math.min(pnum, len - offset), true);
-  return now instanceof Promise
-    ? now.then((st) => orBelow(n, offset, st))
-    : orBelow(n, offset, now);
+    ? top.then((st) => statusBelow(n, null, offset, st))
+    : statusBelow(n, null, offset, top);
 }
 
 /** How many data runs an export remembers: one per client stream (nbdcopy opens four). */
