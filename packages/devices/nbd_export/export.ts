@@ -308,7 +308,7 @@ function findExportBitmap(
     while (holder) {
       bm = findDirtyBitmap(holder, ref);
       if (bm) break;
-      holder = holder.filteredChild?.node ?? holder.cowChild?.node ?? null;
+      holder = holder.layerBelow;
     }
     if (!bm || !holder) throw new BlockError("ENOENT", `Bitmap '${ref}' is not found`);
     const err = bm.check(BitmapCheck.ALLOW_RO);
