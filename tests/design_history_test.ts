@@ -70,9 +70,9 @@ Deno.test("media change replaces the whole tree under an attached device, which 
       file: { driver: "file", "node-name": "disc1-file", filename: path },
     }, "monitor");
     g.addMonitorNode(disc1, "monitor");
-    cd.openTray();
+    cd.tray.open();
     await cd.insertMedium(disc1);
-    cd.closeTray();
+    cd.tray.close();
     const buf = new Uint8Array(512);
     await cd.read(0, buf);
     assertEquals(buf[0], 0x11);

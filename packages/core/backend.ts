@@ -74,7 +74,10 @@ export class Backend implements ChildParent {
   #writePolicy: ErrorPolicy = "report";
   #policySet = false;
   #device: { id: string; ops: DeviceOps } | null = null;
-  /** The drive's tray and lock. */
+  /**
+   * The drive's tray and lock: their state, the guest's moves (`lock`, `move`) and QMP's
+   * blockdev-open-tray and -close-tray (`open`, `close`).
+   */
   readonly tray: Tray;
   #stopped = false;
   #parked: (() => void)[] = [];
@@ -253,49 +256,6 @@ export class Backend implements ChildParent {
   }
 
   // ---------------------------------------------------------------- media and tray
-
-  /** Whether the tray is open. */
-  get trayOpen(): boolean {
-    return this.tray.isOpen;
-  }
-
-  /** Whether the guest has locked the medium. */
-  get locked(): boolean {
-    return this.tray.locked;
-  }
-
-  /** Whether the device's medium is removable (no device: the drive is freely changeable). */
-  get removable(): boolean {
-    return this.tray.removable;
-  }
-
-  /** Whether the device has a tray. */
-  get hasTray(): boolean {
-    return this.tray.hasTray;
-  }
-
-  /** The guest locks or unlocks the medium (ATAPI PREVENT ALLOW MEDIUM REMOVAL). */
-  lockMedium(locked: boolean): void {
-    this.tray.lock(locked);
-  }
-
-  /** The guest opened or closed the tray itself (ATAPI START STOP UNIT). */
-  guestMoveTray(open: boolean): void {
-    this.tray.move(open);
-  }
-
-  /**
-   * blockdev-open-tray: opens the tray. A locked medium is asked to eject and the call fails
-   * (EINPROGRESS) unless `force`.
-   */
-  openTray(force = false): void {
-    this.tray.open(force);
-  }
-
-  /** blockdev-close-tray: closes the tray. */
-  closeTray(): void {
-    this.tray.close();
-  }
 
   /** blockdev-remove-medium: the tray must be open (for devices with one). */
   removeMedium(): Promise<void> {

@@ -68,23 +68,23 @@ Deno.test("Backend tray: open, remove, insert, close; events only on real moves"
     BlockError,
     "Tray of device 'cd0' is not open",
   );
-  blk.openTray();
-  blk.openTray();
+  blk.tray.open();
+  blk.tray.open();
   await blk.insertMedium(disc1);
   await assertRejects(() => blk.read(0, new Uint8Array(1)), BlockError, "No medium found");
-  blk.closeTray();
+  blk.tray.close();
   await blk.read(0, new Uint8Array(1));
-  blk.lockMedium(true);
+  blk.tray.lock(true);
   const err = assertThrows(
-    () => blk.openTray(),
+    () => blk.tray.open(),
     BlockError,
     "Device 'cd0' is locked and force was not specified",
   );
   assertEquals(err.code, "EINPROGRESS");
-  assert(!blk.trayOpen);
+  assert(!blk.tray.isOpen);
   await assertRejects(() => blk.removeMedium(), BlockError, "Tray of device 'cd0' is not open");
   await blk.eject(true);
-  assert(blk.trayOpen && !blk.isInserted);
+  assert(blk.tray.isOpen && !blk.isInserted);
   assertEquals(dev.calls, [
     "changeMedia(false)",
     "changeMedia(true)",
@@ -103,7 +103,7 @@ Deno.test("Backend tray: a disk without removable media refuses tray operations"
   const g = testGraph();
   const blk = g.createBackend({ name: "vda" });
   blk.attachDevice("virtio0", { removable: false });
-  assertThrows(() => blk.openTray(), BlockError, "Device 'vda' is not removable");
+  assertThrows(() => blk.tray.open(), BlockError, "Device 'vda' is not removable");
   assertThrows(() => blk.attachDevice("x", {}), BlockError, "already has a device attached");
   await g.closeAll();
 });

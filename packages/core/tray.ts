@@ -90,7 +90,7 @@ export class Tray {
   }
 
   /** blockdev-open-tray; a locked medium is asked to eject, and only `force` opens it now. */
-  open(force: boolean): void {
+  open(force = false): void {
     this.#checkTray();
     if (this.#open) return;
     const locked = this.#locked;

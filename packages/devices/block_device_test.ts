@@ -29,9 +29,9 @@ Deno.test("BlockDevice records media events until the guest takes them", async (
     resized: false,
   });
   assertEquals(dev.peekPendingEvents().mediumChanged, false);
-  blk.lockMedium(true);
+  blk.tray.lock(true);
   try {
-    blk.openTray();
+    blk.tray.open();
     throw new Error("a locked tray opened");
   } catch (e) {
     assert(e instanceof BlockError && e.code === "EINPROGRESS");

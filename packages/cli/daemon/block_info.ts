@@ -83,11 +83,11 @@ export async function blockInfo(b: Backend): Promise<Record<string, unknown>> {
   const info: Record<string, unknown> = { device: b.name };
   if (b.deviceId) info.qdev = b.deviceId;
   info.type = "unknown";
-  info.removable = b.removable;
-  info.locked = b.locked;
+  info.removable = b.tray.removable;
+  info.locked = b.tray.locked;
   const node = b.node;
   if (node) info.inserted = await blockDeviceInfo(node, false, b.enableWriteCache);
-  if (b.hasTray) info.tray_open = b.trayOpen;
+  if (b.tray.hasTray) info.tray_open = b.tray.isOpen;
   if (b.deviceId) info["io-status"] = b.iostatus;
   return info;
 }

@@ -35,11 +35,11 @@ function hasDevice(b: Backend): boolean {
  */
 function openTray(t: Target, force: boolean): "ok" | "ENOSYS" | "EINPROGRESS" {
   const b = t.backend;
-  if (!b.removable) throw genericError(`Device '${t.name}' is not removable`);
-  if (!b.hasTray) return "ENOSYS";
-  if (b.trayOpen) return "ok";
+  if (!b.tray.removable) throw genericError(`Device '${t.name}' is not removable`);
+  if (!b.tray.hasTray) return "ENOSYS";
+  if (b.tray.isOpen) return "ok";
   try {
-    b.openTray(force);
+    b.tray.open(force);
   } catch (e) {
     if (e instanceof BlockError && e.code === "EINPROGRESS") {
       throw genericError(
@@ -54,15 +54,15 @@ function openTray(t: Target, force: boolean): "ok" | "ENOSYS" | "EINPROGRESS" {
 
 function closeTray(t: Target): void {
   const b = t.backend;
-  if (!b.removable) throw genericError(`Device '${t.name}' is not removable`);
-  if (!b.hasTray || !b.trayOpen) return;
-  b.closeTray();
+  if (!b.tray.removable) throw genericError(`Device '${t.name}' is not removable`);
+  if (!b.tray.hasTray || !b.tray.isOpen) return;
+  b.tray.close();
 }
 
 async function removeMedium(t: Target): Promise<void> {
   const b = t.backend;
-  if (hasDevice(b) && !b.removable) throw genericError(`Device '${t.name}' is not removable`);
-  if (hasDevice(b) && b.hasTray && !b.trayOpen) {
+  if (hasDevice(b) && !b.tray.removable) throw genericError(`Device '${t.name}' is not removable`);
+  if (hasDevice(b) && b.tray.hasTray && !b.tray.isOpen) {
     throw genericError(`Tray of device '${t.name}' is not open`);
   }
   if (!b.node) return;
@@ -70,8 +70,8 @@ async function removeMedium(t: Target): Promise<void> {
 }
 
 async function insertAnonMedium(b: Backend, node: Node): Promise<void> {
-  if (hasDevice(b) && !b.removable) throw genericError("Device is not removable");
-  if (hasDevice(b) && b.hasTray && !b.trayOpen) {
+  if (hasDevice(b) && !b.tray.removable) throw genericError("Device is not removable");
+  if (hasDevice(b) && b.tray.hasTray && !b.tray.isOpen) {
     throw genericError("Tray of the device is not open");
   }
   if (b.node) throw genericError("There already is a medium in the device");

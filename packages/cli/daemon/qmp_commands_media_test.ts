@@ -112,7 +112,7 @@ Deno.test("a locked tray: open-tray asks the guest and succeeds, eject needs for
   await using s = await setup();
   const q = s.q;
   const drive = s.daemon.drives.get("cd0")!;
-  drive.backend.lockMedium(true);
+  drive.backend.tray.lock(true);
   await q.ok("blockdev-open-tray", { id: "cd0" });
   assertEquals(trayEvents(q), []);
   assert(drive.takePendingEvents().ejectRequested);
