@@ -49,6 +49,9 @@ async function makeImages(dir: string): Promise<void> {
   await Deno.copyFile(`${dir}/small.qcow2`, `${dir}/bm.qcow2`);
   await q(["bitmap", "--add", "bm.qcow2", "b0"]);
   await q(["bitmap", "--add", "--disable", "-g", "4096", "bm.qcow2", "b1"]);
+  // Metadata preallocation: every cluster mapped, most of them holes in the file.
+  await q(["create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", "pm.qcow2", "4M"]);
+  await io(["-c", "write -P 5 64k 4k", "pm.qcow2"]);
 }
 
 /** Runs `args` through both tools, each on its own copy of the images. */
@@ -80,6 +83,9 @@ const CASES: string[][] = [
   ["map", "-f", "raw", "flat.raw"],
   ["map", "--output=json", "comp.qcow2"],
   ["map", "comp.qcow2"],
+  ["map", "pm.qcow2"],
+  ["map", "--output=json", "pm.qcow2"],
+  ["compare", "pm.qcow2", "flat.raw"],
   ["compare", "top.qcow2", "flat.raw"],
   ["compare", "top.qcow2", "flat.qcow2"],
   ["compare", "-s", "top.qcow2", "flat.qcow2"],
