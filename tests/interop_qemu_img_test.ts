@@ -118,6 +118,9 @@ const CASES: string[][] = [
   ["resize", "-f", "raw", "flat.raw", "+1M"],
   ["snapshot", "-l", "snap.qcow2"],
   ["snapshot", "-d", "nonexistent", "snap.qcow2"],
+  // -d takes names only (-a takes IDs too).
+  ["snapshot", "-d", "1", "snap.qcow2"],
+  ["snapshot", "-a", "1", "snap.qcow2"],
   ["convert", "-m", "17", "flat.raw", "out.raw"],
   ["convert", "-n", "--target-image-opts", "flat.raw", "driver=raw,file.filename=other.raw"],
   ["dd", "if=flat.raw", "of=out.raw", "foo=1"],

@@ -525,9 +525,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     return this.#idle(() => applySnapshot(this.image, nameOrId));
   }
 
-  /** Deletes a snapshot, by ID or name (`qemu-img snapshot -d`). */
-  snapshotDelete(nameOrId: string): Promise<void> {
-    return this.#idle(() => deleteSnapshot(this.image, nameOrId));
+  /** Deletes the first snapshot named `name` (`qemu-img snapshot -d`: names only, not IDs). */
+  snapshotDelete(name: string): Promise<void> {
+    return this.#idle(() => deleteSnapshot(this.image, name));
   }
 
   /**
