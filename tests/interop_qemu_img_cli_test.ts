@@ -426,6 +426,11 @@ function cases(): string[][] {
     ["rebase", "-f", "raw", "-b", "r.raw", "-F", "raw", "t.qcow2"],
     ["rebase", "-t", "bogus", "-b", "r.raw", "-F", "raw", "t.qcow2"],
     ["rebase", "-b", "r.raw", "-F", "raw", "t.qcow2", "q.qcow2"],
+    // The new backing file is opened without sharing writes (unless -U): the image itself is
+    // refused for its lock.
+    ["rebase", "-b", "t.qcow2", "-F", "qcow2", "t.qcow2"],
+    ["rebase", "-b", "q.qcow2", "q.qcow2"],
+    ["rebase", "-U", "-b", "q.qcow2", "-F", "qcow2", "t.qcow2"],
     ["snapshot", "q.qcow2"],
     ["snapshot", "-l", "-c", "x", "q.qcow2"],
     ["snapshot", "-a", "nosuch", "s.qcow2"],
