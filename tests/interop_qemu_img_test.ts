@@ -218,6 +218,24 @@ Deno.test("images img convert, resize, commit and rebase write pass qemu-img che
   }
 });
 
+Deno.test("img convert -o backing_file= copies only the source's top layer, as -B and qemu-img", async () => {
+  await ensurePeers(["qemu-img", "qemu-io"]);
+  const dir = await Deno.makeTempDir();
+  try {
+    await makeImages(dir);
+    const q = (args: string[]) => runPeer("qemu-img", args, { cwd: dir });
+    const target = ["-O", "qcow2", "-o", "backing_file=base.qcow2,backing_fmt=qcow2"];
+    await q(["convert", ...target, "top.qcow2", "ref.qcow2"]);
+    const r = await runOurImg(["convert", ...target, "top.qcow2", "o.qcow2"], dir);
+    assertEquals(r, { code: 0, out: "", err: "" });
+    const map = async (img: string) => (await q(["map", "--output=json", img])).out;
+    assertEquals(allocation(await map("o.qcow2")), allocation(await map("ref.qcow2")));
+    assertEquals((await q(["compare", "o.qcow2", "top.qcow2"])).out, "Images are identical.\n");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("img rebase copies what differs, where qemu-img rebase does", async () => {
   await ensurePeers(["qemu-img", "qemu-io"]);
   const dirs = [await Deno.makeTempDir(), await Deno.makeTempDir()];
