@@ -165,6 +165,9 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
       return 1;
     }
     const inSize = src.node.getLength();
+    // count= counts the blocks copied after skip=, as dd(1) and qemu-img's documentation say
+    // (qemu-img 7.2 counts them from the start of the input: see the README).
+    const skipsPast = skip * bs > inSize;
     const start = Math.min(skip * bs, inSize);
     let size = inSize - start;
     if (count >= 0) size = Math.min(size, count * bs);
@@ -174,6 +177,7 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
       options: {},
       size,
       verbose: false,
+      dd: true,
     });
     if (ret !== 0) return ret;
     const dst = await imgOpen(graph, io, {
@@ -183,6 +187,8 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
       bulkWrite: true,
     });
     if (!dst) return 1;
+    // Past the end of the input: an empty output image, as dd(1) makes, with qemu-img's warning.
+    if (skipsPast) imgError(io, `${dd.if}: cannot skip to specified offset`);
     try {
       const buf = new Uint8Array(Math.min(bs, 4 << 20));
       for (let at = 0; at < size; at += buf.length) {
