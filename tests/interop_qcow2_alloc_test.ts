@@ -89,3 +89,40 @@ for (const cluster of [65536, 4096]) {
     });
   });
 }
+
+/**
+ * A small write into a new cluster of an overlay whose backing chain holds nothing there:
+ * QEMU zeroes the cluster with write-zeroes (`is_zero_cow`) rather than copying the zeros the
+ * backing file reads, so the rest of the cluster stays a hole in the host file. Ours must too.
+ */
+Deno.test("qcow2 allocating write over an unallocated backing range leaves the rest of the cluster a hole, as QEMU", async () => {
+  await withDir(async (dir) => {
+    const base = `${dir}/base.qcow2`;
+    await qemuCreateQcow2(base, "4M", "cluster_size=65536");
+    await must("qemu-io", [...cmds(["write -P 9 1M 64k"]), base]);
+    const theirs = `${dir}/q.qcow2`;
+    const ours = `${dir}/o.qcow2`;
+    // 4 KiB in the middle of clusters: over nothing, then over the backing's data (copied).
+    const writes: [number, number][] = [[(2 << 20) + 8 * KIB, 4 * KIB], [
+      (1 << 20) + 8 * KIB,
+      4 * KIB,
+    ]];
+    for (const p of [theirs, ours]) {
+      await must("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", p]);
+    }
+    await must("qemu-io", [...cmds(writes.map(([o, n]) => `write -P 1 ${o} ${n}`)), theirs]);
+    await withImage(ours, {}, async (node) => {
+      for (const [o, n] of writes) await node.write(o, new Uint8Array(n).fill(1));
+    });
+    // The host files' data and holes, as a raw image maps them.
+    const host = async (p: string) =>
+      await must("qemu-img", ["map", "-f", "raw", "--output=json", p]);
+    expect(
+      (await host(ours)) === (await host(theirs)),
+      `host layout of ours:\n${await host(ours)}\ntheirs:\n${await host(theirs)}`,
+    );
+    await qemuRead(ours, 2 << 20, 8 * KIB, 0);
+    await qemuRead(ours, (1 << 20) + 16 * KIB, 48 * KIB, 9);
+    await expectQemuClean(ours, "ours");
+  });
+});

@@ -49,6 +49,9 @@ async function makeImages(dir: string): Promise<void> {
   await Deno.copyFile(`${dir}/small.qcow2`, `${dir}/bm.qcow2`);
   await q(["bitmap", "--add", "bm.qcow2", "b0"]);
   await q(["bitmap", "--add", "--disable", "-g", "4096", "bm.qcow2", "b1"]);
+  // Metadata preallocation: every cluster mapped, most of them holes in the file.
+  await q(["create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", "pm.qcow2", "4M"]);
+  await io(["-c", "write -P 5 64k 4k", "pm.qcow2"]);
 }
 
 /** Runs `args` through both tools, each on its own copy of the images. */
@@ -80,6 +83,9 @@ const CASES: string[][] = [
   ["map", "-f", "raw", "flat.raw"],
   ["map", "--output=json", "comp.qcow2"],
   ["map", "comp.qcow2"],
+  ["map", "pm.qcow2"],
+  ["map", "--output=json", "pm.qcow2"],
+  ["compare", "pm.qcow2", "flat.raw"],
   ["compare", "top.qcow2", "flat.raw"],
   ["compare", "top.qcow2", "flat.qcow2"],
   ["compare", "-s", "top.qcow2", "flat.qcow2"],
@@ -112,6 +118,9 @@ const CASES: string[][] = [
   ["resize", "-f", "raw", "flat.raw", "+1M"],
   ["snapshot", "-l", "snap.qcow2"],
   ["snapshot", "-d", "nonexistent", "snap.qcow2"],
+  // -d takes names only (-a takes IDs too).
+  ["snapshot", "-d", "1", "snap.qcow2"],
+  ["snapshot", "-a", "1", "snap.qcow2"],
   ["convert", "-m", "17", "flat.raw", "out.raw"],
   ["convert", "-n", "--target-image-opts", "flat.raw", "driver=raw,file.filename=other.raw"],
   ["dd", "if=flat.raw", "of=out.raw", "foo=1"],
@@ -204,6 +213,24 @@ Deno.test("images img convert, resize, commit and rebase write pass qemu-img che
     assertEquals((await runOurImg(["commit", "top.qcow2"], dir)).out, "Image committed.\n");
     await clean("other.qcow2");
     await same("other.qcow2", "flat.raw");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("img convert -o backing_file= copies only the source's top layer, as -B and qemu-img", async () => {
+  await ensurePeers(["qemu-img", "qemu-io"]);
+  const dir = await Deno.makeTempDir();
+  try {
+    await makeImages(dir);
+    const q = (args: string[]) => runPeer("qemu-img", args, { cwd: dir });
+    const target = ["-O", "qcow2", "-o", "backing_file=base.qcow2,backing_fmt=qcow2"];
+    await q(["convert", ...target, "top.qcow2", "ref.qcow2"]);
+    const r = await runOurImg(["convert", ...target, "top.qcow2", "o.qcow2"], dir);
+    assertEquals(r, { code: 0, out: "", err: "" });
+    const map = async (img: string) => (await q(["map", "--output=json", img])).out;
+    assertEquals(allocation(await map("o.qcow2")), allocation(await map("ref.qcow2")));
+    assertEquals((await q(["compare", "o.qcow2", "top.qcow2"])).out, "Images are identical.\n");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -114,6 +114,20 @@ function resolved(
       `Driver of node '${node.name}' answered block status with ${st.pnum} bytes`,
     );
   }
+  if (st.status & BlockStatusFlags.RECURSE) {
+    st.status &= ~BlockStatusFlags.RECURSE;
+    const F = BlockStatusFlags;
+    if (
+      wantZero && st.file && st.file !== node && st.map !== undefined &&
+      (st.status & (F.DATA | F.ZERO | F.OFFSET_VALID)) === (F.DATA | F.OFFSET_VALID)
+    ) {
+      const outer = st;
+      const inner = statusOf(st.file, st.map, st.pnum, wantZero, depth + 1);
+      return inner instanceof Promise
+        ? inner.then((i) => recursed(node, offset, length, wantZero, outer, i))
+        : recursed(node, offset, length, wantZero, outer, inner);
+    }
+  }
   if (!(st.status & BlockStatusFlags.RAW)) return generic(node, offset, length, wantZero, st);
   if (!st.file || st.map === undefined) {
     throw new BlockError("EIO", `Driver of node '${node.name}' answered RAW without a file`);
@@ -147,6 +161,30 @@ function throughFile(
       ? { status: BlockStatusFlags.ZERO, pnum }
       : { ...inner, status: inner.status & ~BlockStatusFlags.EOF },
   );
+}
+
+/**
+ * A data answer (`outer`) refined by what its file says at the mapped offset (`inner`), as
+ * QEMU's `bdrv_co_block_status` does for BDRV_BLOCK_RECURSE: a hole there makes the range
+ * read as zeros, and the answer ends where the file's does. Past the file's end (or in a
+ * hole that reaches it) the whole range reads as zeros.
+ */
+function recursed(
+  node: Node,
+  offset: number,
+  length: number,
+  wantZero: boolean,
+  outer: BlockStatus,
+  inner: BlockStatus,
+): BlockStatus {
+  const F = BlockStatusFlags;
+  if (inner.status & F.EOF && (inner.pnum === 0 || inner.status & F.ZERO)) {
+    outer.status |= F.ZERO;
+  } else {
+    outer.pnum = inner.pnum;
+    outer.status |= inner.status & F.ZERO;
+  }
+  return generic(node, offset, length, wantZero, outer);
 }
 
 /** Sets ALLOCATED, ZERO where an unallocated range reads zeros, and EOF. */

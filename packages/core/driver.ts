@@ -50,6 +50,12 @@ export const BlockStatusFlags = {
   ALLOCATED: 0x10,
   /** The range reaches the end of the node (set by the generic layer). */
   EOF: 0x20,
+  /**
+   * With DATA and OFFSET_VALID: when zeros are wanted, the generic layer also asks `file` at
+   * `map`, which may say the range reads as zeros (a hole under metadata preallocation). It
+   * never reaches the caller.
+   */
+  RECURSE: 0x40,
   /** The range is stored compressed. */
   COMPRESSED: 0x80,
 } as const;

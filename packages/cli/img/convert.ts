@@ -340,13 +340,31 @@ export async function imgConvert(
       imgError(io, `Unknown file format '${fmtName}'`);
       return 1;
     }
-    if (a.compress && fmt.name !== "qcow2") {
-      imgError(io, "Compression not supported for this file format");
-      return 1;
-    }
     const total = sources.reduce((s, i) => s + i.node.getLength(), 0);
     if (!a.skipCreate && a.backing !== undefined && !fmt.supportsBacking) {
       imgError(io, `Backing file not supported for file format '${fmt.name}'`);
+      return 1;
+    }
+    if (!a.skipCreate && fmt.supportsBacking) {
+      // `-o backing_file=` makes a target with a backing file as -B does (-B wins).
+      const { backing_file: file, backing_fmt: fmt } = a.options;
+      if (a.backing === undefined && file !== undefined) a.backing = file;
+      if (a.backingFmt === undefined && fmt !== undefined) a.backingFmt = fmt;
+    }
+    if (sources.length > 1 && a.backing !== undefined) {
+      imgError(
+        io,
+        "Having a backing file for the target makes no sense when concatenating multiple " +
+          "input images",
+      );
+      return 1;
+    }
+    if (!a.skipCreate && a.backing !== undefined && a.backingFmt === undefined) {
+      imgError(io, "Use of backing file requires explicit backing format");
+      return 1;
+    }
+    if (a.compress && fmt.name !== "qcow2") {
+      imgError(io, "Compression not supported for this file format");
       return 1;
     }
     if (a.bitmaps) {

@@ -75,6 +75,8 @@ export interface CreateRequest {
   readonly verbose: boolean;
   /** The target of `convert`: errors are worded as qemu-img convert words them. */
   readonly convert?: boolean;
+  /** The target of `dd`: the driver's errors as `filename: error while creating output image`. */
+  readonly dd?: boolean;
 }
 
 /** The "Formatting" line: the options in QEMU's order, then the protocol's. */
@@ -104,7 +106,13 @@ export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): 
     return 1;
   };
   const failCreate = (message: string): number =>
-    fail(req.convert ? `${filename}: error while converting ${req.fmt}: ${message}` : message);
+    fail(
+      req.convert
+        ? `${filename}: error while converting ${req.fmt}: ${message}`
+        : req.dd
+        ? `error while creating output image: ${message}`
+        : message,
+    );
   const fmt = graph.registry.find(req.fmt);
   if (!fmt) return fail(`Unknown file format '${req.fmt}'`);
   let proto: BlockDriver;

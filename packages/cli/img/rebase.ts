@@ -147,6 +147,7 @@ export async function imgRebase(
   let quiet = false;
   let cache = "writeback";
   let imageOpts = false;
+  let forceShare = false;
   for (const o of r.options) {
     const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
@@ -159,6 +160,7 @@ export async function imgRebase(
     else if (o.key === "q") quiet = true;
     else if (o.key === "t") cache = v;
     else if (o.key === "image-opts") imageOpts = true;
+    else if (o.key === "U") forceShare = true;
   }
   if (r.error) return imgOptionError(io, r.error);
   if (quiet) progress = false;
@@ -194,7 +196,9 @@ export async function imgRebase(
         filename: name,
         format: backingFmt,
         readOnly: true,
-        forceShare: true,
+        // Shared only under -U, as qemu-img: a new backing file that something writes (the
+        // image itself, say) is refused for its lock.
+        forceShare,
         failurePrefix: `Could not open new backing file '${name}': `,
       });
       if (!newBase) return 1;

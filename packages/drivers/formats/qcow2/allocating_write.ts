@@ -7,7 +7,7 @@
  * @module
  */
 
-import { BlockError, IoVector, type Node, ReqFlags } from "@blockgraph/core";
+import { BlockError, IoVector, isAllocatedAbove, type Node, ReqFlags } from "@blockgraph/core";
 import { allocDataCached, unallocData } from "./data_alloc.ts";
 import { compressedPlace, decompressCluster } from "./compressed.ts";
 import type { Extent } from "./extent.ts";
@@ -61,10 +61,10 @@ export async function allocatingWrite(
 
 /**
  * Writes the guest data at `offset` with the old head and tail of its clusters. When those
- * read as zeros (nothing below, or a zero cluster), the new clusters are zeroed with one
- * write-zeroes that may not fall back to writing buffers (`fallocate` ZERO_RANGE on a file)
- * and only the guest data is written, as QEMU does: 4 KiB allocating writes into 64 KiB
- * clusters then move 4 KiB, not 64.
+ * read as zeros (a zero cluster, or nothing allocated in the whole backing chain), the new
+ * clusters are zeroed with one write-zeroes that may not fall back to writing buffers
+ * (`fallocate` ZERO_RANGE on a file) and only the guest data is written, as QEMU does: 4 KiB
+ * allocating writes into 64 KiB clusters then move 4 KiB, not 64.
  */
 async function writeWithCow(
   image: Qcow2Image,
@@ -82,7 +82,9 @@ async function writeWithCow(
   if (
     (offset > gStart || gEnd > offset + bytes) && image.zeroCowAllowed &&
     (ext.kind === "zero" || ext.kind === "zero-alloc" ||
-      (ext.kind === "unallocated" && backing === null)) &&
+      (ext.kind === "unallocated" &&
+        await unallocatedBelow(backing, gStart, offset - gStart) &&
+        await unallocatedBelow(backing, offset + bytes, gEnd - offset - bytes))) &&
     await zeroClusters(image, target, gEnd - gStart)
   ) {
     await image.writeData(target + (offset - gStart), bytes, qiov, qiovOffset);
@@ -98,6 +100,23 @@ async function writeWithCow(
     parts.add(await oldContent(image, backing, ext, offset + bytes, gEnd - offset - bytes, offset));
   }
   await image.writeData(target, parts.size, parts, 0);
+}
+
+/**
+ * Whether `bytes` at `offset` are allocated nowhere in the chain from `backing` down (so
+ * they read as zeros), as QEMU's `is_zero_cow` asks before zeroing new clusters instead of
+ * copying their head and tail; a range past the backing file's end counts as allocated
+ * there, as in QEMU.
+ */
+async function unallocatedBelow(
+  backing: Node | null,
+  offset: number,
+  bytes: number,
+): Promise<boolean> {
+  if (bytes === 0 || backing === null) return true;
+  if (offset + bytes > backing.getLength()) return false;
+  const r = await isAllocatedAbove(backing, null, offset, bytes);
+  return !r.allocated && r.pnum === bytes;
 }
 
 /**

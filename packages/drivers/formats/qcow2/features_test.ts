@@ -116,7 +116,7 @@ Deno.test("qcow2 snapshots: create, write, apply and delete keep refcounts exact
     await q(node).snapshotApply("two");
     assertBytesEqual(await readAll(node, 100 * CS, CS), pattern(CS, 3), "snapshot 2 data");
     await q(node).snapshotDelete("two");
-    await q(node).snapshotDelete("1");
+    await q(node).snapshotDelete("one");
     await expectClean(node, "after deletes");
     await assertRejectsWith(q(node).snapshotApply("two"), "ENOENT", "apply deleted");
     await assertRejectsWith(q(node).snapshotDelete("9"), "ENOENT", "delete unknown");

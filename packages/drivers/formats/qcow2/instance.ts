@@ -14,6 +14,7 @@ import {
   BlockError,
   type BlockLimits,
   type BlockStatus,
+  BlockStatusFlags,
   type DirtyBitmapStore,
   type DriverInstance,
   type FormatSpecificInfo,
@@ -49,6 +50,7 @@ import {
   truncateBitmapsCheck,
 } from "./bitmaps.ts";
 import { makeEmptyImage } from "./make_empty.ts";
+import { detectMetadataPreallocation } from "./metadata_prealloc.ts";
 import { prepareReopen } from "./reopen.ts";
 import { growL1, truncateImage } from "./resize.ts";
 import {
@@ -81,6 +83,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   /** Compressed writes (`qemu-io write -c`), except with an external data file. */
   readonly supportedWriteFlags: number;
   readonly #node: Node;
+  /**
+   * Whether the image looks metadata-preallocated (asked at the first block status, as QEMU
+   * does): its data answers then ask the file for holes.
+   */
+  #metadataPrealloc: boolean | undefined;
 
   /** Wraps an opened image for `node`. */
   constructor(node: Node, image: Qcow2Image) {
@@ -383,12 +390,19 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   ): BlockStatus | Promise<BlockStatus> {
     if (this.image.broken) throw this.image.brokenError();
     const image = this.image;
+    const prealloc = this.#metadataPrealloc;
+    if (prealloc === undefined) {
+      return image.lock.run(() => detectMetadataPreallocation(image)).then((p) => {
+        this.#metadataPrealloc ??= p;
+        return this.blockStatus(_wantZero, offset, bytes);
+      });
+    }
     // A cached table answers at once and without the lock, as the read fast path does
     // (entries change only synchronously under it).
     const ext = image.lookupCached(offset, bytes);
-    if (ext) return extentStatus(image, ext, offset);
+    if (ext) return recurseIf(prealloc, extentStatus(image, ext, offset));
     return image.lock.run(() => image.lookup(offset, bytes)).then((e) =>
-      extentStatus(image, e, offset)
+      recurseIf(prealloc, extentStatus(image, e, offset))
     );
   }
 
@@ -511,9 +525,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     return this.#idle(() => applySnapshot(this.image, nameOrId));
   }
 
-  /** Deletes a snapshot, by ID or name (`qemu-img snapshot -d`). */
-  snapshotDelete(nameOrId: string): Promise<void> {
-    return this.#idle(() => deleteSnapshot(this.image, nameOrId));
+  /** Deletes the first snapshot named `name` (`qemu-img snapshot -d`: names only, not IDs). */
+  snapshotDelete(name: string): Promise<void> {
+    return this.#idle(() => deleteSnapshot(this.image, name));
   }
 
   /**
@@ -575,4 +589,13 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     }
     await image.settle();
   }
+}
+
+/** `st` with RECURSE added to a data answer mapped into the file, when `prealloc`. */
+function recurseIf(prealloc: boolean, st: BlockStatus): BlockStatus {
+  const F = BlockStatusFlags;
+  if (prealloc && (st.status & (F.DATA | F.OFFSET_VALID)) === (F.DATA | F.OFFSET_VALID)) {
+    st.status |= F.RECURSE;
+  }
+  return st;
 }

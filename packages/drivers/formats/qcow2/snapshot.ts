@@ -158,7 +158,9 @@ export async function applySnapshot(image: Qcow2Image, key: string): Promise<voi
 /** QEMU's `qcow2_snapshot_delete` for `qemu-img snapshot -d`. Call with `lock` held. */
 export async function deleteSnapshot(image: Qcow2Image, key: string): Promise<void> {
   refuseExternal(image);
-  const idx = findSnapshot(image.snapshots, key);
+  // By name only, the first that has it: qemu-img 7.2 finds the snapshot to delete with
+  // `bdrv_snapshot_find`, which does not match IDs (`-a` does).
+  const idx = image.snapshots.findIndex((e) => e.name === key);
   if (idx < 0) throw new BlockError("ENOENT", "snapshot not found");
   await image.quiesce();
   const sn = image.snapshots[idx]!;
