@@ -435,13 +435,19 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
    * Resizes the virtual disk (QEMU's `qcow2_co_truncate`): growth moves the L1 table as
    * needed and preallocates with `metadata`, `falloc` or `full`; shrinking frees everything
    * past the new end (the `--shrink` confirmation is the caller's). Sizes are multiples of
-   * 512, as QEMU's.
+   * 512, as QEMU's; a version 2 image with internal snapshots cannot be resized.
    */
   truncate(offset: number, _exact: boolean, prealloc: PreallocMode): Promise<void> {
     const image = this.image;
     if (image.broken) return Promise.reject(image.brokenError());
     if (offset % 512 !== 0) {
       return Promise.reject(new BlockError("EINVAL", "The new size must be a multiple of 512"));
+    }
+    if (image.header.version < 3 && image.snapshots.length > 0) {
+      // A version 2 snapshot table has no disk size: its snapshots take the image's.
+      return Promise.reject(
+        new BlockError("ENOTSUP", "Can't resize a v2 image which has snapshots"),
+      );
     }
     try {
       truncateBitmapsCheck(image, this.#node);

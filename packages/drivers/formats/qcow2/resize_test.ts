@@ -1,5 +1,5 @@
 import { assertBytesEqual, pattern } from "../../conformance/mod.ts";
-import { expectClean, qcow2Params, readAll, rejects, withImage } from "./test_fixtures.ts";
+import { expectClean, q, qcow2Params, readAll, rejects, withImage } from "./test_fixtures.ts";
 
 const MIB = 1 << 20;
 
@@ -50,4 +50,19 @@ Deno.test("qcow2 version 2 cannot grow past its last cluster over a longer backi
     await expectClean(node, "after the refused resize");
     await node.unref("t");
     await base.unref("t");
+  }));
+
+Deno.test("qcow2 version 2 with internal snapshots cannot be resized, as QEMU", () =>
+  withImage(qcow2Params({ size: MIB, version: 2 }), async ({ open }) => {
+    const node = await open();
+    await node.write(0, pattern(4096, 1));
+    await q(node).snapshotCreate("s");
+    // Its snapshot table has no disk sizes: a resize would resize the snapshots too.
+    for (const size of [2 * MIB, MIB / 2]) {
+      await rejects(node.truncate(size, true, "off"), "ENOTSUP", "Can't resize a v2 image which");
+    }
+    await q(node).snapshotDelete("s");
+    await node.truncate(2 * MIB, true, "off");
+    await expectClean(node, "grown without snapshots");
+    await node.unref("t");
   }));
