@@ -478,9 +478,13 @@ export async function pdiscard(node: Node, offset: number, bytes: number): Promi
   if (bytes === 0 || node.flags.discard !== "unmap" || !inst.pdiscard) return;
   const l = node.limits;
   const align = Math.max(l.pdiscardAlignment || l.requestAlignment, l.requestAlignment);
-  // Discard is advisory: the unaligned head and tail are left alone.
+  // Discard is advisory: the unaligned head and tail are left alone, except a tail that ends
+  // the disk: QEMU's bdrv_co_pdiscard passes it down too, and a format whose last cluster is
+  // partial (qcow2) discards it.
   const start = alignUp(offset, align);
-  const end = alignDown(offset + bytes, align);
+  const end = offset + bytes === inst.getLength() && isAligned(offset + bytes, l.requestAlignment)
+    ? offset + bytes
+    : alignDown(offset + bytes, align);
   if (end <= start) return;
   const max = l.maxPdiscard > 0 ? maxChunk(l.maxPdiscard, align) : 1 << 30;
   const marked = end - start;

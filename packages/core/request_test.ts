@@ -325,3 +325,25 @@ Deno.test("block status is in flight: a drained section waits for it", async () 
   await n.unref("t");
   await g.closeAll();
 });
+
+Deno.test("request layer: discard drops unaligned heads and tails, but not a tail that ends the disk", async () => {
+  const g = testGraph();
+  const n = await g.open({
+    driver: "ram",
+    "node-name": "dtail",
+    size: 10 * 4096 + 1536,
+    "discard-align": 4096,
+    discard: "unmap",
+  }, "t");
+  const ops = ramLogs.get("dtail")!.ops;
+  await n.pdiscard(1000, 3 * 4096);
+  await n.pdiscard(8 * 4096 - 100, 2 * 4096 + 1636);
+  await n.pdiscard(10 * 4096, 1536);
+  assertEquals(ops.filter((o) => o.op === "discard").map((o) => [o.offset, o.bytes]), [
+    [4096, 2 * 4096],
+    [8 * 4096, 2 * 4096 + 1536],
+    [10 * 4096, 1536],
+  ]);
+  await n.unref("t");
+  await g.closeAll();
+});

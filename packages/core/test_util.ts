@@ -47,6 +47,7 @@ const ram: BlockDriver = {
     "fail-writes": { type: "string", description: "errno code for every write", default: "" },
     "deny-write": { type: "bool", description: "refuse read-write opens", default: false },
     "host-fd": { type: "int", description: "serve preadHost with this fd (-1: no)", default: -1 },
+    "discard-align": { type: "int", description: "discard alignment (0: no discard)", default: 0 },
   },
   open(ctx, o) {
     if (o["deny-write"] && !ctx.readOnly && !ctx.fallBackToReadOnly()) {
@@ -102,6 +103,14 @@ const ram: BlockDriver = {
         log.ops.push({ op: "host", offset, bytes, flags: 0 });
         await sink(hostFd, offset, bytes);
         return true;
+      };
+    }
+    const discardAlign = o["discard-align"] as number;
+    if (discardAlign > 0) {
+      inst.limits!.pdiscardAlignment = discardAlign;
+      inst.pdiscard = (offset, bytes) => {
+        log.ops.push({ op: "discard", offset, bytes, flags: 0 });
+        return Promise.resolve();
       };
     }
     if (o["zeroes"]) {

@@ -67,11 +67,19 @@ export async function zeroClusters(
   end: number,
   flags: number,
 ): Promise<void> {
-  const v3 = image.header.version >= 3;
   if (image.dataRaw) {
     await image.data.pwriteZeroes(offset, end - offset, flags & ReqFlags.MAY_UNMAP);
   }
-  await forEachCluster(image, offset, end, async (g, hi, lo) => {
+  await forEachCluster(image, offset, end, zeroClusterStep(image, flags));
+}
+
+/**
+ * The step of {@link zeroClusters} for one whole cluster (the data file of a raw external
+ * one is the caller's): run under the metadata lock, and commit the frees it queues.
+ */
+export function zeroClusterStep(image: Qcow2Image, flags: number): ClusterStep {
+  const v3 = image.header.version >= 3;
+  return async (g, hi, lo) => {
     const kind = classify(hi, lo, image.kindMode);
     if (kind === "zero") return;
     if (!v3) throw new BlockError("ENOTSUP", "qcow2 version 2 has no zero clusters");
@@ -84,7 +92,7 @@ export async function zeroClusters(
     }
     await image.setEntry(g, 0, ZERO_LO);
     image.frees.release(hi, lo);
-  });
+  };
 }
 
 /**

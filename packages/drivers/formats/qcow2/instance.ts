@@ -20,12 +20,13 @@ import {
   type FormatSpecificInfo,
   HOST_READ_DECLINED,
   type HostReadSink,
-  type IoVector,
+  IoVector,
   type Node,
   type OptionValues,
   type PreallocMode,
   type ReopenHandle,
   ReqFlags,
+  strerror,
 } from "@blockgraph/core";
 
 import { amendImage, changeBackingFile } from "./amend.ts";
@@ -448,7 +449,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
    * Resizes the virtual disk (QEMU's `qcow2_co_truncate`): growth moves the L1 table as
    * needed and preallocates with `metadata`, `falloc` or `full`; shrinking frees everything
    * past the new end (the `--shrink` confirmation is the caller's). Sizes are multiples of
-   * 512, as QEMU's.
+   * 512, as QEMU's; a version 2 image with internal snapshots cannot be resized.
    */
   truncate(offset: number, _exact: boolean, prealloc: PreallocMode): Promise<void> {
     const image = this.image;
@@ -456,12 +457,43 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     if (offset % 512 !== 0) {
       return Promise.reject(new BlockError("EINVAL", "The new size must be a multiple of 512"));
     }
+    if (image.header.version < 3 && image.snapshots.length > 0) {
+      // A version 2 snapshot table has no disk size: its snapshots take the image's.
+      return Promise.reject(
+        new BlockError("ENOTSUP", "Can't resize a v2 image which has snapshots"),
+      );
+    }
     try {
       truncateBitmapsCheck(image, this.#node);
     } catch (e) {
       return Promise.reject(e);
     }
+    const old = image.header.size;
+    const backing = this.#backing();
+    if (offset > old && backing !== null && backing.getLength() > old) {
+      return this.#growOverBacking(offset, prealloc);
+    }
     return this.#idle(() => truncateImage(image, offset, prealloc));
+  }
+
+  /**
+   * Grows the disk over a backing file longer than it (QEMU's `bdrv_co_truncate` asks for
+   * BDRV_REQ_ZERO_WRITE then): the new area reads as zeros, not as the backing file. Zeros
+   * are written from the old end to the next (sub)cluster boundary before the size changes,
+   * and the (sub)clusters after it become zero clusters (version 2 has none: ENOTSUP, as
+   * QEMU's "Failed to zero out new clusters").
+   */
+  async #growOverBacking(size: number, prealloc: PreallocMode): Promise<void> {
+    const image = this.image;
+    const old = image.header.size;
+    const boundary = Math.ceil(old / image.sc) * image.sc;
+    if (image.header.version < 3 && size > boundary) {
+      throw new BlockError("ENOTSUP", `Failed to zero out new clusters: ${strerror("ENOTSUP")}`);
+    }
+    const head = Math.min(boundary, size) - old;
+    // Past the old end: the write loop, not pwritev, which checks the range against it.
+    if (head > 0) await this.#writeLoop(old, head, IoVector.of(new Uint8Array(head)), 0);
+    await this.#idle(() => truncateImage(image, size, prealloc, true));
   }
 
   /** Runs `fn` under the metadata lock once no allocation and no in-place write is in flight. */

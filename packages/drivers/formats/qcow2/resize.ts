@@ -11,7 +11,9 @@
  */
 
 import { allocDataLocked } from "./data_alloc.ts";
-import { BlockError, type PreallocMode } from "@blockgraph/core";
+import { BlockError, type PreallocMode, strerror } from "@blockgraph/core";
+import { zeroClusterStep } from "./cluster_ops.ts";
+import { zeroSubclusterStep } from "./subcluster_ops.ts";
 import { copiedEntry, MAX_L1_BYTES, setU64, viewOf } from "./format.ts";
 import { classify } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
@@ -162,11 +164,44 @@ async function zeroTail(image: Qcow2Image, from: number, to: number): Promise<vo
   else await image.write("data", ext.host, new Uint8Array(to - from));
 }
 
-/** Resizes the image to `size` bytes. Call with `lock` held. */
+/**
+ * Makes the whole (sub)clusters of the grown area `[from, size)` read as zeros (`from` is
+ * (sub)cluster aligned), as QEMU's truncate with BDRV_REQ_ZERO_WRITE: preallocated clusters
+ * keep their host cluster. Version 2 has no zero clusters: ENOTSUP. Call with `lock` held,
+ * before the new size is written.
+ */
+async function zeroGrown(image: Qcow2Image, from: number, size: number): Promise<void> {
+  if (from >= size) return;
+  const cs = image.cs;
+  try {
+    if (image.dataRaw) await image.data.pwriteZeroes(from, size - from, 0);
+    const step = image.extL2
+      ? zeroSubclusterStep(image, from, size, size, 0)
+      : zeroClusterStep(image, 0);
+    try {
+      for (let g = Math.floor(from / cs); g < Math.ceil(size / cs); g++) {
+        const [hi, lo, zb, ab] = await image.entryAt(g);
+        await step(g, hi, lo, zb, ab);
+      }
+    } finally {
+      await image.frees.commit();
+    }
+  } catch (e) {
+    const code = BlockError.from(e).code;
+    throw new BlockError(code, `Failed to zero out new clusters: ${strerror(code)}`);
+  }
+}
+
+/**
+ * Resizes the image to `size` bytes. Call with `lock` held. `zeroNew`: the grown area must
+ * read as zeros, not as the backing file below it (whole (sub)clusters from the first
+ * boundary after the old size: the caller has written the zeros before that).
+ */
 export async function truncateImage(
   image: Qcow2Image,
   size: number,
   prealloc: PreallocMode,
+  zeroNew = false,
 ): Promise<void> {
   const cs = image.cs;
   const old = image.header.size;
@@ -195,6 +230,7 @@ export async function truncateImage(
   } else if (prealloc !== "off") {
     await preallocate(image, Math.ceil(old / cs), Math.ceil(size / cs), prealloc);
   }
+  if (zeroNew) await zeroGrown(image, Math.ceil(old / image.sc) * image.sc, size);
   await writeSize(image, size);
 }
 

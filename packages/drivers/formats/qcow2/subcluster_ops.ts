@@ -11,7 +11,7 @@
 import { BlockError, ReqFlags } from "@blockgraph/core";
 import { classify, invalidBitmap, invalidEntry } from "./extent.ts";
 import { ALL_SUBCLUSTERS, subMask } from "./format.ts";
-import { forEachCluster } from "./cluster_ops.ts";
+import { type ClusterStep, forEachCluster } from "./cluster_ops.ts";
 import type { Qcow2Image } from "./image.ts";
 
 /** Throws the corruption error when the entry of guest cluster `g` is invalid. */
@@ -42,15 +42,32 @@ export async function zeroSubclusters(
 ): Promise<void> {
   const cs = image.cs;
   const sc = image.sc;
-  const size = image.header.size;
-  if (offset % sc !== 0 || (end % sc !== 0 && end !== size)) {
+  if (offset % sc !== 0 || (end % sc !== 0 && end !== image.header.size)) {
     throw new BlockError("ENOTSUP", "qcow2 zeroes whole subclusters only");
   }
   if (image.dataRaw) {
     await image.data.pwriteZeroes(offset, end - offset, flags & ReqFlags.MAY_UNMAP);
   }
   const start = Math.floor(offset / cs) * cs;
-  await forEachCluster(image, start, end, async (g, hi, lo, zb, ab) => {
+  const step = zeroSubclusterStep(image, offset, end, image.header.size, flags);
+  await forEachCluster(image, start, end, step);
+}
+
+/**
+ * The step of {@link zeroSubclusters} over `[offset, end)` of a disk of `size` bytes (the
+ * data file of a raw external one is the caller's): run under the metadata lock on every
+ * cluster the range touches, and commit the frees it queues.
+ */
+export function zeroSubclusterStep(
+  image: Qcow2Image,
+  offset: number,
+  end: number,
+  size: number,
+  flags: number,
+): ClusterStep {
+  const cs = image.cs;
+  const sc = image.sc;
+  return async (g, hi, lo, zb, ab) => {
     const kind = checkEntry(image, g, hi, lo, zb, ab);
     const gStart = g * cs;
     const a = Math.max(offset, gStart);
@@ -72,7 +89,7 @@ export async function zeroSubclusters(
     const mask = subMask((a - gStart) / sc, Math.ceil((b - gStart) / sc));
     if ((zb & mask) >>> 0 === mask && (ab & mask) === 0) return;
     await image.setEntry(g, hi, lo, zb | mask, ab & ~mask);
-  });
+  };
 }
 
 /**
