@@ -98,15 +98,11 @@ async function expectModel(node: Node, model: Uint8Array, off: number, len: numb
   }
 }
 
-/**
- * `qemu-img map --output=json` runs without the zero flag of data runs (QEMU asks the image
- * file whether a data cluster is a hole in it; blockgraph does not), merged again.
- */
+/** `qemu-img map --output=json` runs, neighbours that continue each other merged. */
 function mapRuns(json: string): string[] {
   const runs: Record<string, unknown>[] = [];
   for (const e of JSON.parse(json) as Record<string, number | boolean>[]) {
     const k: Record<string, unknown> = { ...e };
-    if (k.data) delete k.zero;
     const last = runs.at(-1);
     const len = (x: Record<string, unknown>) => x.length as number;
     if (
