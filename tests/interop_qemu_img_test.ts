@@ -432,6 +432,51 @@ Deno.test("img check -r leaks fails as qemu-img when the refcounts need a rebuil
   }
 });
 
+Deno.test("img refuses a backing chain that loops back on itself, where qemu-img map and check hang", async () => {
+  await ensurePeers(["qemu-img"]);
+  const dir = await Deno.makeTempDir();
+  try {
+    const q = (args: string[]) => runPeer("qemu-img", args, { cwd: dir });
+    await q(["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
+    await q(["create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2"]);
+    await q(["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"]);
+    await q(["create", "-q", "-f", "qcow2", "s.qcow2", "1M"]);
+    await q(["rebase", "-u", "-b", "s.qcow2", "-F", "qcow2", "s.qcow2"]);
+    const loop = "Backing file 'b.qcow2' creates an infinite loop";
+    const cases: [string[], string][] = [
+      [
+        ["check", "b.qcow2"],
+        `qemu-img: Could not open 'b.qcow2': Could not open backing file: ${loop}\n`,
+      ],
+      [
+        ["map", "a.qcow2"],
+        "qemu-img: Could not open 'a.qcow2': Could not open backing file: " +
+        "Backing file 'a.qcow2' creates an infinite loop\n",
+      ],
+      [
+        ["check", "s.qcow2"],
+        "qemu-img: Could not open 's.qcow2': Backing file 's.qcow2' creates an infinite loop\n",
+      ],
+      // The one place qemu-img names the loop itself, with the same words.
+      [["info", "--backing-chain", "b.qcow2"], `qemu-img: ${loop}.\n`],
+    ];
+    for (const [args, err] of cases) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const hung = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`img ${args.join(" ")} hangs`)), 20_000);
+      });
+      try {
+        const r = await Promise.race([runOurImg(args, dir), hung]);
+        assertEquals({ args, code: r.code, err: r.err }, { args, code: 1, err });
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("img convert, map and compare report a corrupt or unreadable qcow2 as qemu-img", async () => {
   await ensurePeers(["qemu-img", "qemu-io"]);
   const dir = await Deno.makeTempDir();

@@ -249,6 +249,11 @@ export interface OpenContext {
   /** Attaches an existing node as a child. */
   attachChild(node: Node, name: string, role: number): Child;
   /**
+   * Opens a node that the image names (a backing file in its header) as `graph.open` does,
+   * with `holder` holding the reference; while it opens, its `openingFor` is this node.
+   */
+  openNamed(options: OptionValues, holder: string): Promise<Node>;
+  /**
    * How the child option `name` was given, before `openChild` consumes it: `absent` (left
    * out: a format may open what its image names, such as the header's backing file), `none`
    * (`null`: explicitly no child, as `"backing": null`), or `given`.

@@ -95,6 +95,12 @@ export class Node implements ChildParent {
    * of the parent passes inherited options (read-only) down to it.
    */
   inheritsFrom: { parent: Node; role: number } | null = null;
+  /**
+   * While this node opens as a file another image names (a backing file in a header), the
+   * node whose open opened it; `null` otherwise. An image can follow the chain up to refuse
+   * a loop of images naming each other, which would otherwise open forever.
+   */
+  openingFor: Node | null = null;
   /** The common options (read-only, discard, ...) given explicitly when it was opened. */
   explicitCommon: OptionValues = {};
   /**

@@ -139,6 +139,7 @@ export async function openNode(
   raw: OptionValues,
   holder: string,
   inherited: Inherited | null,
+  openingFor: Node | null = null,
 ): Promise<Node> {
   const options: OptionValues = { ...raw };
   let driverName = options["driver"];
@@ -190,6 +191,7 @@ export async function openNode(
 
   const node = new Node(graph, name, autoNamed, driver, validated, flags);
   if (inherited) node.inheritsFrom = { parent: inherited.parent, role: inherited.role };
+  node.openingFor = openingFor;
   for (const k of COMMON_KEYS) {
     if (k !== "driver" && k !== "node-name" && k !== "cache" && options[k] !== undefined) {
       node.explicitCommon[k] = options[k];
@@ -211,6 +213,7 @@ export async function openNode(
     },
     attachChild: (child: Node, childName: string, role: number) =>
       attachDuringOpen(node, child, childName, role),
+    openNamed: (o: OptionValues, h: string) => openNode(graph, o, h, null, node),
     childOption: (childName: string) => {
       if (!childSpecs.has(childName)) return "absent";
       return childSpecs.get(childName) === null ? "none" : "given";
@@ -288,6 +291,8 @@ export async function openNode(
     for (const c of [...node.children]) await graph.releaseChild(c).catch(() => {});
     graph.unregisterNode(node);
     throw BlockError.from(e, { node: name, op: "open" });
+  } finally {
+    node.openingFor = null;
   }
 }
 

@@ -171,11 +171,16 @@ async function openHeaderBacking(ctx: OpenContext, h: Qcow2Header): Promise<void
         "(-F), or give the 'backing' option",
     );
   }
-  const graph = ctx.node.graph;
+  // An image that names itself, or one of the images that named it, would open forever.
+  for (let n: Node | null = ctx.node; n; n = n.openingFor) {
+    if (n.file?.node?.filename === filename) {
+      throw new BlockError("ELOOP", `Backing file '${name}' creates an infinite loop`);
+    }
+  }
   const holder = `opening backing of '${ctx.node.name}'`;
   let node: Node;
   try {
-    node = await graph.open(options, holder);
+    node = await ctx.openNamed(options, holder);
   } catch (e) {
     const err = BlockError.from(e);
     throw new BlockError(err.code, `Could not open backing file: ${err.message}`, { cause: e });
