@@ -199,3 +199,16 @@ Deno.test("block-export-add: QEMU 7.2's checks in its order; a refused export em
   await q.ok("query-version");
   assertEquals(q.events.slice(before).map((e) => e.event), []);
 });
+
+Deno.test("an exported node cannot be resized: clients learnt its size at the handshake", async () => {
+  await using s = await setup();
+  const q = s.q;
+  await q.ok("nbd-server-start", { addr: { type: "unix", data: { path: `${s.dir}/n.sock` } } });
+  await q.ok("block-export-add", { type: "nbd", id: "e0", "node-name": "m0", writable: true });
+  const desc = (await q.fails("block_resize", { "node-name": "m0", size: 2 << 20 })).desc;
+  assert(desc.startsWith("Permission conflict on node 'm0': permissions 'resize'"), desc);
+  assertEquals(s.daemon.graph.findNode("m0")!.getLength(), 1 << 20);
+  await q.ok("block-export-del", { id: "e0" });
+  await q.waitEvent("BLOCK_EXPORT_DELETED", 0);
+  await q.ok("block_resize", { "node-name": "m0", size: 2 << 20 });
+});

@@ -181,9 +181,10 @@ export class NbdExport {
       throw new BlockError("EPERM", "Cannot export read-only node as writable");
     }
     const bitmaps = (args.bitmaps ?? []).map((b) => findExportBitmap(graph, node, b, writable));
+    // Clients learn the size once, at the handshake: nobody may resize the node under them.
     const backend = graph.createBackend({
       perm: Perm.CONSISTENT_READ | (writable ? Perm.WRITE : 0),
-      shared: Perm.ALL,
+      shared: Perm.ALL & ~Perm.RESIZE,
     });
     try {
       await backend.insertRoot(node);
