@@ -79,7 +79,7 @@ Deno.test("runDaemon refuses bad options with qemu-storage-daemon's messages and
     );
     assertEquals(
       await fails(["--export", "type=nbd,id=e,node-name=zz"]),
-      `${p}--export type=nbd,id=e,node-name=zz: NBD server not running\n`,
+      `${p}--export type=nbd,id=e,node-name=zz: Cannot find device='' nor node-name='zz'\n`,
     );
     assertEquals(
       await fails(["--export", "type=nbd"]),
