@@ -310,6 +310,13 @@ Deno.test("block_resize grows a node by node-name or device, with QEMU's lookup 
     (await q.fails("block_resize", { "node-name": "zz", size: 1 })).desc,
     "Cannot find device='' nor node-name='zz'",
   );
+  // Beyond int64 a JSON number is no integer to QEMU, whatever it spells.
+  for (const size of [1e30, 2 ** 64 - 1, 2 ** 63]) {
+    assertEquals(
+      (await q.fails("block_resize", { "node-name": "zz", size })).desc,
+      "Invalid parameter type for 'size', expected: integer",
+    );
+  }
   assertEquals(
     (await q.fails("block_resize", { device: "zz", size: 1 })).desc,
     "Cannot find device='zz' nor node-name=''",

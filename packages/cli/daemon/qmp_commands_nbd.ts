@@ -20,7 +20,7 @@ const INET_DATA: ArgsSchema = {
   host: "str",
   port: "any",
   "*numeric": "bool",
-  "*to": "int",
+  "*to": "uint16",
   "*ipv4": "bool",
   "*ipv6": "bool",
   "*keep-alive": "bool",
@@ -44,7 +44,7 @@ export function parseSocketAddress(
     throw genericError(`Invalid parameter type for '${prefix}type', expected: string`);
   }
   if (!ADDRESS_TYPES.includes(type)) {
-    throw genericError(`Parameter '${prefix}type' does not accept value '${type}'`);
+    throw genericError(`Parameter 'type' does not accept value '${type}'`);
   }
   let members: Record<string, unknown>;
   let at = prefix;
@@ -115,7 +115,7 @@ const SERVER_ARGS: ArgsSchema = {
   addr: "object",
   "*tls-creds": "str",
   "*tls-authz": "str",
-  "*max-connections": "int",
+  "*max-connections": "uint32",
 };
 
 /** Starts the NBD server from nbd-server-start (`legacy`) or `--nbd-server` arguments. */
@@ -162,13 +162,13 @@ const EXPORT_TYPE_ARGS: Readonly<Record<string, ArgsSchema>> = {
     "*bitmaps": "any",
     "*allocation-depth": "bool",
   },
-  "vhost-user-blk": { addr: "object", "*logical-block-size": "int", "*num-queues": "int" },
+  "vhost-user-blk": { addr: "object", "*logical-block-size": "uint64", "*num-queues": "uint16" },
   fuse: { mountpoint: "str", "*growable": "bool", "*allow-other": ["off", "on", "auto"] },
   "vduse-blk": {
     name: "str",
-    "*num-queues": "int",
-    "*queue-size": "int",
-    "*logical-block-size": "int",
+    "*num-queues": "uint16",
+    "*queue-size": "uint16",
+    "*logical-block-size": "uint64",
     "*serial": "str",
   },
 };

@@ -25,7 +25,7 @@ Deno.test("nbd-server-start/-stop: legacy and flat addresses, QEMU's refusals", 
   );
   assertEquals(
     (await q.fails("nbd-server-start", { addr: { type: "tcp", data: {} } })).desc,
-    "Parameter 'addr.type' does not accept value 'tcp'",
+    "Parameter 'type' does not accept value 'tcp'",
   );
   assertEquals(
     (await q.fails("nbd-server-start", { addr: { type: "inet", data: { host: "127.0.0.1" } } }))
@@ -39,7 +39,29 @@ Deno.test("nbd-server-start/-stop: legacy and flat addresses, QEMU's refusals", 
     })).desc,
     "No TLS credentials with id 'tls0'",
   );
-  await q.ok("nbd-server-start", { addr: { type: "unix", data: { path: `${s.dir}/n.sock` } } });
+  // max-connections is a uint32 and addr.data.to a uint16: QEMU's unsigned visitor messages.
+  const unix = { type: "unix", data: { path: `${s.dir}/n.sock` } };
+  for (
+    const [n, desc] of [
+      [-1, "Parameter 'max-connections' expects uint32_t"],
+      [2 ** 32, "Parameter 'max-connections' expects uint32_t"],
+      ["2", "Parameter 'max-connections' expects uint64"],
+      [true, "Parameter 'max-connections' expects uint64"],
+      [1.5, "Parameter 'max-connections' expects uint64"],
+    ] as const
+  ) {
+    assertEquals(
+      (await q.fails("nbd-server-start", { addr: unix, "max-connections": n })).desc,
+      desc,
+    );
+  }
+  assertEquals(
+    (await q.fails("nbd-server-start", {
+      addr: { type: "inet", data: { host: "127.0.0.1", port: "0", to: -1 } },
+    })).desc,
+    "Parameter 'to' expects uint16_t",
+  );
+  await q.ok("nbd-server-start", { addr: unix });
   assert((await Deno.lstat(`${s.dir}/n.sock`)).isSocket);
   assertEquals(
     (await q.fails("nbd-server-start", {
