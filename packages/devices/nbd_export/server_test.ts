@@ -19,6 +19,7 @@ import {
   CmdFlags,
   decodeOptionReplyHeader,
   encodeInfoRequest,
+  encodeMetaContextRequest,
   encodeOption,
   encodeRequest,
   type ExportInfo,
@@ -407,6 +408,68 @@ Deno.test("NbdServer handshake: LIST, unknown exports, options out of order", as
     writer.copy(encodeOption(Opt.ABORT));
     assertEquals(await reply(), Rep.ACK, "ABORT");
     assertEquals(await reader.need(1).catch(() => false), false, "closed after ABORT");
+    conn.close();
+  });
+});
+
+Deno.test("NbdServer option errors in QEMU 7.2's words; LIST_META_CONTEXT without structured replies", async () => {
+  await withServer(async ({ sock }) => {
+    const conn = await Deno.connect({ transport: "unix", path: sock });
+    const reader = new WireReader(conn);
+    const writer = new WireWriter(conn);
+    await reader.readBytes(18);
+    writer.copy(new Uint8Array([0, 0, 0, 3]));
+    const reply = async () => {
+      const h = decodeOptionReplyHeader(await reader.readBytes(20));
+      const data = await reader.readBytes(h.length);
+      return h.type >= 0x80000000
+        ? `${h.type - 0x80000000} ${new TextDecoder().decode(data)}`
+        : `${h.type} ${data.length}`;
+    };
+    const ask = async (option: number, data?: Uint8Array) => {
+      writer.copy(encodeOption(option, data));
+      return await reply();
+    };
+    const meta = (name: string, q: string[]) => encodeMetaContextRequest(name, q);
+    assertEquals(await ask(Opt.LIST, new Uint8Array(1)), "3 option 'list' has unexpected length");
+    assertEquals(await ask(Opt.STARTTLS), "2 TLS not configured");
+    assertEquals(
+      await ask(Opt.STRUCTURED_REPLY, new Uint8Array(1)),
+      "3 option 'structured reply' has unexpected length",
+    );
+    assertEquals(await ask(Opt.GO, new Uint8Array(3)), "3 Inconsistent lengths in option go");
+    assertEquals(await ask(Opt.INFO, encodeInfoRequest("zz", [])), "6 export 'zz' not present");
+    assertEquals(
+      await ask(Opt.SET_META_CONTEXT, meta("disk", ["base:allocation"])),
+      "3 request option 'set meta context' when structured reply is not negotiated",
+    );
+    // Listing is answered without structured replies, each context with id 0 (QEMU 7.2).
+    writer.copy(encodeOption(Opt.LIST_META_CONTEXT, meta("disk", [])));
+    const h = decodeOptionReplyHeader(await reader.readBytes(20));
+    assertEquals(h.type, Rep.META_CONTEXT);
+    assertEquals(new DataView((await reader.readBytes(h.length)).buffer).getUint32(0), 0);
+    assertEquals(await reply(), `${Rep.ACK} 0`);
+    assertEquals(await ask(Opt.STRUCTURED_REPLY), `${Rep.ACK} 0`);
+    assertEquals(
+      await ask(Opt.STRUCTURED_REPLY),
+      "3 structured reply already negotiated",
+    );
+    assertEquals(
+      await ask(Opt.SET_META_CONTEXT, new Uint8Array(6)),
+      "3 Inconsistent lengths in option set meta context",
+    );
+    assertEquals(
+      await ask(Opt.SET_META_CONTEXT, meta("zz", ["base:allocation"])),
+      "6 export 'zz' not present",
+    );
+    assertEquals(await ask(99, new Uint8Array(5)), "1 Unsupported option 99 (<unknown>)");
+    assertEquals(await ask(4), "1 Unsupported option 4 (peek export)");
+    // STARTTLS with data: refused, and the connection ends.
+    assertEquals(
+      await ask(Opt.STARTTLS, new Uint8Array(1)),
+      "3 option 'starttls' has unexpected length",
+    );
+    assertEquals(await reader.need(1).catch(() => false), false, "closed after a bad STARTTLS");
     conn.close();
   });
 });
