@@ -130,10 +130,13 @@ async function chunk(
   };
 }
 
-async function expectError(r: Raw, errno: number, what: string): Promise<void> {
+/** Reads an error chunk with `errno`; returns its message. */
+async function expectError(r: Raw, errno: number, what: string): Promise<string> {
   const c = await chunk(r);
   assertEquals(c.type, ReplyType.ERROR, `${what}: chunk type`);
-  assertEquals(new DataView(c.data.buffer).getUint32(0), errno, `${what}: error value`);
+  const v = new DataView(c.data.buffer);
+  assertEquals(v.getUint32(0), errno, `${what}: error value`);
+  return new TextDecoder().decode(c.data.subarray(6, 6 + v.getUint16(4)));
 }
 
 /** Whether the server closed the connection (a read sees the end of the stream). */
@@ -148,20 +151,30 @@ async function closedByServer(r: Raw): Promise<boolean> {
 Deno.test("NbdServer answers bad requests with the protocol's errors and keeps serving", async () => {
   await withServer(async ({ sock }) => {
     const r = await raw(sock);
+    // The messages are qemu-nbd 7.2's.
     send(r, 42, 0, 0, 0);
-    await expectError(r, 22, "unknown command");
+    assertEquals(await expectError(r, 22, "unknown command"), "invalid request type (42) received");
     send(r, Cmd.READ, 0, SIZE - 10, 11);
-    await expectError(r, 22, "read past the end");
+    assertEquals(
+      await expectError(r, 22, "read past the end"),
+      `operation past EOF; From: ${SIZE - 10}, Len: 11, Size: ${SIZE}`,
+    );
     send(r, Cmd.WRITE, 0, SIZE - 1, 2, new Uint8Array(2));
     await expectError(r, 28, "write past the end");
     send(r, Cmd.WRITE_ZEROES, 0, SIZE, 1);
     await expectError(r, 28, "write zeroes past the end");
     send(r, Cmd.READ, 0, 0, 33 << 20);
-    await expectError(r, 22, "read over the 32 MiB limit");
+    assertEquals(
+      await expectError(r, 22, "read over the 32 MiB limit"),
+      `len (${33 << 20} ) is larger than max len (33554432)`,
+    );
     send(r, Cmd.READ, CmdFlags.REQ_ONE, 0, 512);
-    await expectError(r, 22, "a flag the command does not take");
+    assertEquals(
+      await expectError(r, 22, "a flag the command does not take"),
+      "unsupported flags for command read (got 0x8)",
+    );
     send(r, Cmd.BLOCK_STATUS, 0, 0, 0);
-    await expectError(r, 22, "block status of nothing");
+    assertEquals(await expectError(r, 22, "block status of nothing"), "need non-zero length");
     send(r, Cmd.WRITE, CmdFlags.FUA, 4096, 3, new Uint8Array([1, 2, 3]));
     assertEquals((await chunk(r)).type, ReplyType.NONE, "a good write after the errors");
     send(r, Cmd.READ, CmdFlags.DF, 4095, 5);
@@ -288,6 +301,7 @@ Deno.test("NbdServer ends a connection on bad magic or an oversized write, servi
     assert(await closedByServer(bad), "bad magic closes the connection");
     const big = await raw(sock);
     send(big, Cmd.WRITE, 0, 0, (32 << 20) + 1);
+    await expectError(big, 22, "a write over 32 MiB is refused");
     assert(await closedByServer(big), "a write over 32 MiB closes the connection");
     send(good, Cmd.FLUSH, 0, 0, 0);
     assertEquals((await chunk(good)).type, ReplyType.NONE, "the other client is served");
