@@ -258,6 +258,60 @@ Deno.test("query-named-block-nodes, query-block and x-debug-query-block-graph", 
   assertEquals([file.parent, file.child], [byName("r0").id, byName("m0").id]);
 });
 
+Deno.test("blockdev-add checks QEMU 7.2's BlockdevOptions schema before opening anything", async () => {
+  await using f = await fixture();
+  const q = f.qmp;
+  const cases: [Record<string, unknown>, string][] = [
+    [{ driver: "file" }, "Parameter 'filename' is missing"],
+    [
+      { driver: "file", "node-name": "f", filename: 5 },
+      "Invalid parameter type for 'filename', expected: string",
+    ],
+    [
+      { driver: "file", "node-name": "f", filename: "x", bogus: 1 },
+      "Parameter 'bogus' is unexpected",
+    ],
+    [
+      { driver: "file", "node-name": "f", filename: "x", discard: "on" },
+      "Parameter 'discard' does not accept value 'on'",
+    ],
+    [
+      { driver: "file", "node-name": "f", filename: "x", cache: { direct: 1 } },
+      "Invalid parameter type for 'cache.direct', expected: boolean",
+    ],
+    [
+      { driver: "file", "node-name": 5, filename: "x" },
+      "Invalid parameter type for 'node-name', expected: string",
+    ],
+    [{ driver: "qcow2", "node-name": "q" }, "Parameter 'file' is missing"],
+    [
+      { driver: "qcow2", "node-name": "q", file: 5 },
+      "Invalid parameter type for 'file', expected: BlockdevRef",
+    ],
+    [
+      { driver: "qcow2", "node-name": "q", file: { driver: "file" } },
+      "Parameter 'file.filename' is missing",
+    ],
+    [
+      { driver: "qcow2", "node-name": "q", file: { filename: "x" } },
+      "Parameter 'file.driver' is missing",
+    ],
+    [
+      { driver: "raw", "node-name": "r", file: "m0", offset: "1" },
+      "Invalid parameter type for 'offset', expected: integer",
+    ],
+    [
+      { driver: "null-co", "node-name": "n", "latency-ns": "1" },
+      "Parameter 'latency-ns' expects uint64",
+    ],
+    [{ driver: "nbd", "node-name": "n" }, "Parameter 'server' is missing"],
+  ];
+  for (const [args, desc] of cases) {
+    assertEquals((await q.fails("blockdev-add", args)).desc, desc, JSON.stringify(args));
+  }
+  assertEquals(f.daemon.graph.nodes().length, 0);
+});
+
 Deno.test("blockdev-reopen changes read-only and refuses what QEMU refuses", async () => {
   await using f = await fixture();
   const q = f.qmp;
@@ -274,8 +328,21 @@ Deno.test("blockdev-reopen changes read-only and refuses what QEMU refuses", asy
     "node-name not specified",
   );
   assertEquals(
-    (await q.fails("blockdev-reopen", { options: [{ driver: "raw", "node-name": "zz" }] })).desc,
+    (await q.fails("blockdev-reopen", {
+      options: [{ driver: "raw", "node-name": "zz", file: "m0" }],
+    })).desc,
     "Failed to find node with node-name='zz'",
+  );
+  // QEMU checks the BlockdevOptions schema first, with the list position in the names.
+  assertEquals(
+    (await q.fails("blockdev-reopen", { options: [{ driver: "raw", "node-name": "zz" }] })).desc,
+    "Parameter 'options[0].file' is missing",
+  );
+  assertEquals(
+    (await q.fails("blockdev-reopen", {
+      options: [{ driver: "raw", "node-name": "r0", file: "m0", bogus: 1 }],
+    })).desc,
+    "Parameter 'options[0].bogus' is unexpected",
   );
   assertEquals(
     (await q.fails("blockdev-reopen", { options: [{ "node-name": "r0" }] })).desc,

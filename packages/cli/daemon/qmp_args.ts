@@ -24,7 +24,8 @@ export type ArgType =
   | "object"
   | readonly string[]
   | { readonly list: ArgType }
-  | { readonly members: ArgsSchema };
+  | { readonly members: ArgsSchema }
+  | { readonly check: (value: unknown, path: string, opts: CheckOptions) => unknown };
 
 /** Members by name; a leading `*` marks an optional member (QAPI's spelling). */
 export type ArgsSchema = Readonly<Record<string, ArgType>>;
@@ -51,7 +52,7 @@ function isEnum(t: ArgType): t is readonly string[] {
 function typeName(t: ArgType): string {
   if (typeof t === "string") return TYPE_NAMES[t] ?? t;
   if (isEnum(t)) return "string";
-  return "list" in (t as object) ? "array" : "object";
+  return "list" in t ? "array" : "object";
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -106,12 +107,16 @@ function checkValue(value: unknown, type: ArgType, path: string, opts: CheckOpti
     return value;
   }
   if (typeof type === "object") {
+    if ("check" in type) return type.check(value, path, opts);
     if ("list" in type) {
       if (!Array.isArray(value)) throw wrong();
       return value.map((v, i) => checkValue(v, type.list, `${path}[${i}]`, opts));
     }
     if (!isObject(value)) throw wrong();
-    return checkArgs(value, type.members, { ...opts, prefix: `${path}.` });
+    return checkArgs(value, (type as { members: ArgsSchema }).members, {
+      ...opts,
+      prefix: `${path}.`,
+    });
   }
   switch (type) {
     case "str":
