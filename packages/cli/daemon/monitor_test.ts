@@ -48,7 +48,8 @@ Deno.test("QMP monitor greets, requires qmp_capabilities first, echoes ids", asy
     // The QEMU release whose QMP is spoken; blockgraph's own version is the package string.
     assertEquals(g.version.qemu, { micro: 0, minor: 2, major: 7 });
     assertEquals(g.version.package, "blockgraph 0.1.0");
-    assertEquals((c.greeting.QMP as { capabilities: unknown[] }).capabilities, []);
+    // qemu-storage-daemon offers oob.
+    assertEquals((c.greeting.QMP as { capabilities: unknown[] }).capabilities, ["oob"]);
     assertEquals(await c.fails("query-version"), {
       class: "CommandNotFound",
       desc: "Expecting capabilities negotiation with 'qmp_capabilities'",
@@ -88,6 +89,42 @@ Deno.test("QMP monitor greets, requires qmp_capabilities first, echoes ids", asy
         "quit",
       ]
     ) assert(names.includes(n), n);
+  } finally {
+    await c.close();
+  }
+});
+
+Deno.test("QMP monitor: the oob capability as qemu-storage-daemon 7.2 has it (no command runs out of band)", async () => {
+  await using f = await fixture();
+  const c = await TestQmpClient.connect(f.sock, false);
+  try {
+    assertEquals(await c.fails("qmp_capabilities", { enable: ["bogus"] }), {
+      class: "GenericError",
+      desc: "Parameter 'null' does not accept value 'bogus'",
+    });
+    await c.sendRaw('{"exec-oob": "query-version"}\n');
+    assertEquals((await c.reply()).error, {
+      class: "GenericError",
+      desc: "QMP input member 'exec-oob' is unexpected",
+    });
+    assertEquals(await c.ok("qmp_capabilities", { enable: ["oob"] }), {});
+    await c.sendRaw('{"exec-oob": "query-version", "id": "o1"}\n');
+    const r = await c.reply();
+    assertEquals([r.id, r.error], ["o1", {
+      class: "GenericError",
+      desc: "The command query-version does not support OOB",
+    }]);
+    await c.sendRaw('{"exec-oob": "nosuch"}\n');
+    assertEquals((await c.reply()).error, {
+      class: "CommandNotFound",
+      desc: "The command nosuch has not been found",
+    });
+    await c.sendRaw('{"exec-oob": "quit", "execute": "quit"}\n');
+    assertEquals((await c.reply()).error, {
+      class: "GenericError",
+      desc: "QMP input member 'execute' clashes with 'exec-oob'",
+    });
+    assert("return" in await c.execute("query-version"));
   } finally {
     await c.close();
   }
