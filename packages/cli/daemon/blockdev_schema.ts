@@ -107,8 +107,10 @@ const OUR_TYPES: Record<OptionSpec["type"], ArgType> = {
 
 /**
  * Checks one node's options (and its children's) as QEMU's input visitor reads
- * `BlockdevOptions`; returns them unchanged. `opts.prefix` places them (`file.`,
- * `options[0].`). Drivers QEMU does not have are checked against their own options.
+ * `BlockdevOptions`; returns them with their values typed (`--blockdev`'s key=value text,
+ * `opts.keyval`, becomes numbers and booleans, as QEMU's keyval visitor makes it).
+ * `opts.prefix` places them (`file.`, `options[0].`). Drivers QEMU does not have are checked
+ * against their own options.
  */
 export function checkBlockdevOptions(
   registry: DriverRegistry,
@@ -128,10 +130,13 @@ export function checkBlockdevOptions(
   if (theirs) {
     Object.assign(schema, theirs);
   } else {
+    // Key=value text is left for the driver to read (its sizes take suffixes).
     for (const [key, spec] of Object.entries(ours.options)) {
       const top = key.split(".")[0]!;
       if (top !== key) schema[`*${top}`] = "object";
-      else schema[`${spec.required ? "" : "*"}${key}`] = OUR_TYPES[spec.type];
+      else {
+        schema[`${spec.required ? "" : "*"}${key}`] = opts.keyval ? "any" : OUR_TYPES[spec.type];
+      }
     }
     for (const child of ours.childOptions ?? []) schema[`*${child}`] = ref(registry, false);
     if (ours.supportsBacking) schema["*backing"] = ref(registry, true);
@@ -141,6 +146,5 @@ export function checkBlockdevOptions(
     const top = key.split(".")[0]!;
     if (!(top in schema) && !(`*${top}` in schema)) schema[`*${top}`] = "any";
   }
-  checkArgs(options, schema, opts);
-  return options;
+  return checkArgs(options, schema, opts);
 }

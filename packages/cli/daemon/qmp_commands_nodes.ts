@@ -73,8 +73,7 @@ export const nodeCommands: readonly QmpCommand[] = [
     name: "blockdev-add",
     args: null,
     async run(args, { daemon }) {
-      checkBlockdevOptions(daemon.graph.registry, args);
-      await blockdevAdd(daemon.graph, args);
+      await blockdevAdd(daemon.graph, checkBlockdevOptions(daemon.graph.registry, args));
       return {};
     },
   },
