@@ -68,3 +68,64 @@ Deno.test("query-named-block-nodes names nodes as qemu-storage-daemon does, json
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** `v` as JSON with every object's keys sorted (QEMU's key order is its hash order). */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
+  if (typeof v === "object" && v !== null) {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`)}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/** Every node query-named-block-nodes lists (flat or not), keyed and sorted for comparing. */
+async function nodeInfos(q: TestQmpClient, dir: string): Promise<unknown[]> {
+  await q.ok("blockdev-add", {
+    driver: "qcow2",
+    "node-name": "top",
+    "read-only": true,
+    file: { driver: "file", filename: `${dir}/top.qcow2` },
+  });
+  await q.ok("blockdev-add", {
+    driver: "file",
+    "node-name": "f0",
+    filename: `${dir}/base.qcow2`,
+    "read-only": true,
+  });
+  const out = [];
+  for (const flat of [false, true]) {
+    const nodes = await q.ok("query-named-block-nodes", { flat }) as Record<string, unknown>[];
+    out.push(
+      nodes.map((n) => {
+        const name = String(n["node-name"]).startsWith("#") ? "#" : n["node-name"];
+        return canonical({ ...n, "node-name": name });
+      }).sort(),
+    );
+  }
+  return out;
+}
+
+Deno.test("query-named-block-nodes reports each node's ImageInfo as qemu-storage-daemon does", async () => {
+  await ensurePeers(["qemu-img", "qemu-storage-daemon"]);
+  const dir = await Deno.makeTempDir();
+  try {
+    await mustPeer("qemu-img", ["create", "-q", "-f", "qcow2", `${dir}/base.qcow2`, "1M"]);
+    await mustPeer("qemu-img", [
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-b",
+      "base.qcow2",
+      "-F",
+      "qcow2",
+      `${dir}/top.qcow2`,
+    ]);
+    const theirs = await qsdSession(`${dir}/qsd.sock`, (q) => nodeInfos(q, dir));
+    const mine = await ourDaemonSession(`${dir}/qmp.sock`, (q) => nodeInfos(q, dir));
+    assertEquals(mine, theirs);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -7,7 +7,7 @@
  */
 
 import { deepStrictEqual as assertEquals } from "node:assert";
-import { addMonitor, createDaemon } from "../packages/cli/daemon/run_daemon.ts";
+import { addMonitor, applyAction, createDaemon } from "../packages/cli/daemon/run_daemon.ts";
 import { TestQmpClient } from "../packages/cli/daemon/testing_qmp_client.ts";
 import { runOurImg, runOurIo } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
@@ -79,6 +79,47 @@ Deno.test("image locks: our daemon's image is refused by qemu-img and qemu-io, a
     });
     await both(dir, "our daemon serves the image");
     await q.close();
+  } finally {
+    await daemon.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("image locks: blockdev-change-medium of an image qemu-nbd serves says so as QEMU does", async () => {
+  await ensurePeers(["qemu-img", "qemu-nbd"]);
+  const dir = await Deno.makeTempDir();
+  const daemon = createDaemon();
+  try {
+    await runPeer("qemu-img", ["create", "-q", "-f", "qcow2", "disk.qcow2", "16M"], { cwd: dir });
+    const sock = `${dir}/nbd.sock`;
+    const qnbd = await spawnPeer(
+      "qemu-nbd",
+      ["-f", "qcow2", "-t", "-x", "disk", "-k", sock, `${dir}/disk.qcow2`],
+      () => listening(sock),
+    );
+    try {
+      addMonitor(daemon, `${dir}/qmp.sock`);
+      await applyAction(daemon, { kind: "drive", text: "", options: { id: "cd0" } });
+      const q = await TestQmpClient.connect(`${dir}/qmp.sock`);
+      for (const mode of ["read-write", "read-only"]) {
+        const e = await q.fails("blockdev-change-medium", {
+          id: "cd0",
+          filename: `${dir}/disk.qcow2`,
+          "read-only-mode": mode,
+        });
+        // qemu-system-x86_64 7.2 says the same (no "Could not open" in front).
+        assertEquals(
+          e.desc,
+          mode === "read-write"
+            ? 'Failed to get "write" lock'
+            : 'Failed to get shared "write" lock',
+        );
+      }
+      assertEquals(q.events.filter((m) => m.event === "DEVICE_TRAY_MOVED"), []);
+      await q.close();
+    } finally {
+      await qnbd.stop();
+    }
   } finally {
     await daemon.shutdown();
     await Deno.remove(dir, { recursive: true });

@@ -7,29 +7,17 @@
  */
 
 import { type Backend, type Child, type Graph, type Node, Perm } from "@blockgraph/core";
-import { allocatedSize, displayFilename } from "../img/info.ts";
+import { displayFilename, imageInfo as imgImageInfo } from "../img/info.ts";
 
-/** QEMU's ImageInfo of `node`; with `chain`, the backing chain as nested `backing-image`. */
+/**
+ * QEMU's ImageInfo of `node` (what `img info --output=json` shows of it, with the node's own
+ * filename); with `chain`, the backing chain as nested `backing-image`.
+ */
 export async function imageInfo(node: Node, chain: boolean): Promise<Record<string, unknown>> {
-  const info: Record<string, unknown> = {
-    "virtual-size": node.getLength(),
-    filename: displayFilename(node),
-    format: node.driver.name,
-  };
-  const actual = await allocatedSize(node);
-  if (actual !== null) info["actual-size"] = actual;
-  const specific = node.instance?.formatInfo?.();
-  if (specific && "dirty-flag" in specific) info["dirty-flag"] = specific["dirty-flag"] === true;
+  const info = await imgImageInfo(node);
+  info.filename = displayFilename(node);
   const backing = node.backing?.node;
-  if (backing) {
-    info["backing-filename"] = displayFilename(backing);
-    if (chain) info["backing-image"] = await imageInfo(backing, true);
-  }
-  if (specific && Object.keys(specific).length > 0) {
-    const data = { ...specific };
-    delete data["dirty-flag"];
-    if (Object.keys(data).length > 0) info["format-specific"] = { type: node.driver.name, data };
-  }
+  if (backing && chain) info["backing-image"] = await imageInfo(backing, true);
   return info;
 }
 
@@ -54,7 +42,8 @@ export async function blockDeviceInfo(
   const backing = node.backing?.node;
   if (backing) info["backing_file"] = displayFilename(backing);
   Object.assign(info, {
-    backing_file_depth: backingDepth(node),
+    // QEMU counts the chain only where it reports it (not with `flat`).
+    backing_file_depth: flat ? 0 : backingDepth(node),
     encrypted: false,
     detect_zeroes: node.flags.detectZeroes,
     bps: 0,

@@ -81,6 +81,8 @@ export class QmpSession {
   readonly #daemon: Daemon;
   readonly #conn: Deno.Conn;
   #negotiated = false;
+  /** Whether the client enabled the `oob` capability (`exec-oob` is then accepted). */
+  #oob = false;
   #writing: Promise<void> = Promise.resolve();
   #unsubscribe: (() => void) | null = null;
   #done: Promise<void> | null = null;
@@ -182,11 +184,17 @@ export class QmpSession {
     if (typeof req !== "object" || req === null || Array.isArray(req)) {
       throw new QmpError("GenericError", "QMP input must be a JSON object");
     }
+    let execKey: string | undefined;
     for (const [k, v] of Object.entries(req)) {
-      if (k === "execute") {
+      if (k === "execute" || (k === "exec-oob" && this.#oob)) {
         if (typeof v !== "string") {
-          throw new QmpError("GenericError", "QMP input member 'execute' must be a string");
+          throw new QmpError("GenericError", `QMP input member '${k}' must be a string`);
         }
+        // QEMU meets the members in its hash order, which puts exec-oob first.
+        if (execKey !== undefined) {
+          throw new QmpError("GenericError", "QMP input member 'execute' clashes with 'exec-oob'");
+        }
+        execKey = k;
       } else if (k === "arguments") {
         if (typeof v !== "object" || v === null || Array.isArray(v)) {
           throw new QmpError("GenericError", "QMP input member 'arguments' must be an object");
@@ -195,8 +203,10 @@ export class QmpSession {
         throw new QmpError("GenericError", `QMP input member '${k}' is unexpected`);
       }
     }
-    const name = req.execute as string | undefined;
-    if (name === undefined) throw new QmpError("GenericError", "QMP input lacks member 'execute'");
+    if (execKey === undefined) {
+      throw new QmpError("GenericError", "QMP input lacks member 'execute'");
+    }
+    const name = req[execKey] as string;
     const args = (req.arguments ?? {}) as Record<string, unknown>;
     const daemon = this.#daemon;
     if (!this.#negotiated && name !== "qmp_capabilities") {
@@ -213,11 +223,15 @@ export class QmpSession {
     }
     const cmd = daemon.commands.get(name);
     if (!cmd) throw new QmpError("CommandNotFound", `The command ${name} has not been found`);
+    if (execKey === "exec-oob") {
+      throw new QmpError("GenericError", `The command ${name} does not support OOB`);
+    }
     const checked = cmd.args === null ? args : checkArgs(args, cmd.args);
     return async () => {
       const result = await cmd.run(checked, { daemon });
       if (name === "qmp_capabilities") {
         this.#negotiated = true;
+        this.#oob = ((checked.enable as string[] | undefined) ?? []).includes("oob");
         this.#unsubscribe = daemon.graph.events.on("*", (e) => this.#sendEvent(e));
       }
       return result;

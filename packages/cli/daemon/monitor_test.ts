@@ -48,7 +48,8 @@ Deno.test("QMP monitor greets, requires qmp_capabilities first, echoes ids", asy
     // The QEMU release whose QMP is spoken; blockgraph's own version is the package string.
     assertEquals(g.version.qemu, { micro: 0, minor: 2, major: 7 });
     assertEquals(g.version.package, "blockgraph 0.1.0");
-    assertEquals((c.greeting.QMP as { capabilities: unknown[] }).capabilities, []);
+    // qemu-storage-daemon offers oob.
+    assertEquals((c.greeting.QMP as { capabilities: unknown[] }).capabilities, ["oob"]);
     assertEquals(await c.fails("query-version"), {
       class: "CommandNotFound",
       desc: "Expecting capabilities negotiation with 'qmp_capabilities'",
@@ -88,6 +89,42 @@ Deno.test("QMP monitor greets, requires qmp_capabilities first, echoes ids", asy
         "quit",
       ]
     ) assert(names.includes(n), n);
+  } finally {
+    await c.close();
+  }
+});
+
+Deno.test("QMP monitor: the oob capability as qemu-storage-daemon 7.2 has it (no command runs out of band)", async () => {
+  await using f = await fixture();
+  const c = await TestQmpClient.connect(f.sock, false);
+  try {
+    assertEquals(await c.fails("qmp_capabilities", { enable: ["bogus"] }), {
+      class: "GenericError",
+      desc: "Parameter 'null' does not accept value 'bogus'",
+    });
+    await c.sendRaw('{"exec-oob": "query-version"}\n');
+    assertEquals((await c.reply()).error, {
+      class: "GenericError",
+      desc: "QMP input member 'exec-oob' is unexpected",
+    });
+    assertEquals(await c.ok("qmp_capabilities", { enable: ["oob"] }), {});
+    await c.sendRaw('{"exec-oob": "query-version", "id": "o1"}\n');
+    const r = await c.reply();
+    assertEquals([r.id, r.error], ["o1", {
+      class: "GenericError",
+      desc: "The command query-version does not support OOB",
+    }]);
+    await c.sendRaw('{"exec-oob": "nosuch"}\n');
+    assertEquals((await c.reply()).error, {
+      class: "CommandNotFound",
+      desc: "The command nosuch has not been found",
+    });
+    await c.sendRaw('{"exec-oob": "quit", "execute": "quit"}\n');
+    assertEquals((await c.reply()).error, {
+      class: "GenericError",
+      desc: "QMP input member 'execute' clashes with 'exec-oob'",
+    });
+    assert("return" in await c.execute("query-version"));
   } finally {
     await c.close();
   }
@@ -258,6 +295,60 @@ Deno.test("query-named-block-nodes, query-block and x-debug-query-block-graph", 
   assertEquals([file.parent, file.child], [byName("r0").id, byName("m0").id]);
 });
 
+Deno.test("blockdev-add checks QEMU 7.2's BlockdevOptions schema before opening anything", async () => {
+  await using f = await fixture();
+  const q = f.qmp;
+  const cases: [Record<string, unknown>, string][] = [
+    [{ driver: "file" }, "Parameter 'filename' is missing"],
+    [
+      { driver: "file", "node-name": "f", filename: 5 },
+      "Invalid parameter type for 'filename', expected: string",
+    ],
+    [
+      { driver: "file", "node-name": "f", filename: "x", bogus: 1 },
+      "Parameter 'bogus' is unexpected",
+    ],
+    [
+      { driver: "file", "node-name": "f", filename: "x", discard: "on" },
+      "Parameter 'discard' does not accept value 'on'",
+    ],
+    [
+      { driver: "file", "node-name": "f", filename: "x", cache: { direct: 1 } },
+      "Invalid parameter type for 'cache.direct', expected: boolean",
+    ],
+    [
+      { driver: "file", "node-name": 5, filename: "x" },
+      "Invalid parameter type for 'node-name', expected: string",
+    ],
+    [{ driver: "qcow2", "node-name": "q" }, "Parameter 'file' is missing"],
+    [
+      { driver: "qcow2", "node-name": "q", file: 5 },
+      "Invalid parameter type for 'file', expected: BlockdevRef",
+    ],
+    [
+      { driver: "qcow2", "node-name": "q", file: { driver: "file" } },
+      "Parameter 'file.filename' is missing",
+    ],
+    [
+      { driver: "qcow2", "node-name": "q", file: { filename: "x" } },
+      "Parameter 'file.driver' is missing",
+    ],
+    [
+      { driver: "raw", "node-name": "r", file: "m0", offset: "1" },
+      "Invalid parameter type for 'offset', expected: integer",
+    ],
+    [
+      { driver: "null-co", "node-name": "n", "latency-ns": "1" },
+      "Parameter 'latency-ns' expects uint64",
+    ],
+    [{ driver: "nbd", "node-name": "n" }, "Parameter 'server' is missing"],
+  ];
+  for (const [args, desc] of cases) {
+    assertEquals((await q.fails("blockdev-add", args)).desc, desc, JSON.stringify(args));
+  }
+  assertEquals(f.daemon.graph.nodes().length, 0);
+});
+
 Deno.test("blockdev-reopen changes read-only and refuses what QEMU refuses", async () => {
   await using f = await fixture();
   const q = f.qmp;
@@ -274,8 +365,21 @@ Deno.test("blockdev-reopen changes read-only and refuses what QEMU refuses", asy
     "node-name not specified",
   );
   assertEquals(
-    (await q.fails("blockdev-reopen", { options: [{ driver: "raw", "node-name": "zz" }] })).desc,
+    (await q.fails("blockdev-reopen", {
+      options: [{ driver: "raw", "node-name": "zz", file: "m0" }],
+    })).desc,
     "Failed to find node with node-name='zz'",
+  );
+  // QEMU checks the BlockdevOptions schema first, with the list position in the names.
+  assertEquals(
+    (await q.fails("blockdev-reopen", { options: [{ driver: "raw", "node-name": "zz" }] })).desc,
+    "Parameter 'options[0].file' is missing",
+  );
+  assertEquals(
+    (await q.fails("blockdev-reopen", {
+      options: [{ driver: "raw", "node-name": "r0", file: "m0", bogus: 1 }],
+    })).desc,
+    "Parameter 'options[0].bogus' is unexpected",
   );
   assertEquals(
     (await q.fails("blockdev-reopen", { options: [{ "node-name": "r0" }] })).desc,
@@ -310,6 +414,13 @@ Deno.test("block_resize grows a node by node-name or device, with QEMU's lookup 
     (await q.fails("block_resize", { "node-name": "zz", size: 1 })).desc,
     "Cannot find device='' nor node-name='zz'",
   );
+  // Beyond int64 a JSON number is no integer to QEMU, whatever it spells.
+  for (const size of [1e30, 2 ** 64 - 1, 2 ** 63]) {
+    assertEquals(
+      (await q.fails("block_resize", { "node-name": "zz", size })).desc,
+      "Invalid parameter type for 'size', expected: integer",
+    );
+  }
   assertEquals(
     (await q.fails("block_resize", { device: "zz", size: 1 })).desc,
     "Cannot find device='zz' nor node-name=''",

@@ -9,16 +9,23 @@
 
 import { genericError } from "./qmp_error.ts";
 
-/** A member type: scalars, an enum (its values), a list, a nested object, or anything. */
+/**
+ * A member type: scalars, an enum (its values), a list, a nested object, or anything. `int`
+ * is QAPI's int64; `uint16`, `uint32` and `uint64` its unsigned integers.
+ */
 export type ArgType =
   | "str"
   | "int"
+  | "uint16"
+  | "uint32"
+  | "uint64"
   | "bool"
   | "any"
   | "object"
   | readonly string[]
   | { readonly list: ArgType }
-  | { readonly members: ArgsSchema };
+  | { readonly members: ArgsSchema }
+  | { readonly check: (value: unknown, path: string, opts: CheckOptions) => unknown };
 
 /** Members by name; a leading `*` marks an optional member (QAPI's spelling). */
 export type ArgsSchema = Readonly<Record<string, ArgType>>;
@@ -45,11 +52,47 @@ function isEnum(t: ArgType): t is readonly string[] {
 function typeName(t: ArgType): string {
   if (typeof t === "string") return TYPE_NAMES[t] ?? t;
   if (isEnum(t)) return "string";
-  return "list" in (t as object) ? "array" : "object";
+  return "list" in t ? "array" : "object";
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+const UINT_MAX: Record<string, number> = { uint16: 0xffff, uint32: 0xffffffff };
+
+/**
+ * The member's own name, as QEMU's visitors name it in some messages (enum values, unsigned
+ * ranges) where others give the whole path: `type` for `addr.type`, `null` in a list.
+ */
+function bareName(path: string): string {
+  if (path.endsWith("]")) return "null";
+  return path.slice(path.lastIndexOf(".") + 1);
+}
+
+/**
+ * An unsigned integer as QEMU's input visitor reads it: any JSON integer within 64 bits
+ * (a negative one wraps around, as QEMU takes it "for backward compatibility"), then the
+ * type's range. Messages: `expects uint64` for anything else (keyval: `expects integer`),
+ * `expects uint32_t` out of range, the latter with the member's own name.
+ */
+function checkUint(value: unknown, type: string, path: string, opts: CheckOptions): number {
+  let n: number | undefined;
+  if (opts.keyval && typeof value === "string") {
+    if (!/^\s*-?[0-9]+$/.test(value)) throw genericError(`Parameter '${path}' expects integer`);
+    n = Number(value);
+  } else if (typeof value === "number" && Number.isInteger(value)) {
+    n = value;
+  }
+  if (n === undefined || n >= 2 ** 64 || n < -(2 ** 63)) {
+    throw genericError(`Parameter '${path}' expects uint64`);
+  }
+  if (n < 0) n += 2 ** 64;
+  const max = UINT_MAX[type];
+  if (max !== undefined && n > max) {
+    throw genericError(`Parameter '${bareName(path)}' expects ${type}_t`);
+  }
+  return n;
 }
 
 function checkValue(value: unknown, type: ArgType, path: string, opts: CheckOptions): unknown {
@@ -59,17 +102,21 @@ function checkValue(value: unknown, type: ArgType, path: string, opts: CheckOpti
   if (isEnum(type)) {
     if (typeof value !== "string") throw wrong();
     if (!type.includes(value)) {
-      throw genericError(`Parameter '${path}' does not accept value '${value}'`);
+      throw genericError(`Parameter '${bareName(path)}' does not accept value '${value}'`);
     }
     return value;
   }
   if (typeof type === "object") {
+    if ("check" in type) return type.check(value, path, opts);
     if ("list" in type) {
       if (!Array.isArray(value)) throw wrong();
       return value.map((v, i) => checkValue(v, type.list, `${path}[${i}]`, opts));
     }
     if (!isObject(value)) throw wrong();
-    return checkArgs(value, type.members, { ...opts, prefix: `${path}.` });
+    return checkArgs(value, (type as { members: ArgsSchema }).members, {
+      ...opts,
+      prefix: `${path}.`,
+    });
   }
   switch (type) {
     case "str":
@@ -85,8 +132,14 @@ function checkValue(value: unknown, type: ArgType, path: string, opts: CheckOpti
         }
         return Number(value);
       }
+      // QEMU's int64: a JSON number out of its range is not an integer to it.
       if (typeof value !== "number" || !Number.isInteger(value)) throw wrong();
+      if (value >= 2 ** 63 || value < -(2 ** 63)) throw wrong();
       return value;
+    case "uint16":
+    case "uint32":
+    case "uint64":
+      return checkUint(value, type, path, opts);
     case "bool":
       if (opts.keyval && typeof value === "string") {
         if (value === "on" || value === "yes" || value === "true") return true;

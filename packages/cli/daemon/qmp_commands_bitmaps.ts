@@ -24,7 +24,7 @@ const REF_ARGS: ArgsSchema = { node: "str", name: "str" };
 const ADD_ARGS: ArgsSchema = {
   node: "str",
   name: "str",
-  "*granularity": "int",
+  "*granularity": "uint32",
   "*persistent": "bool",
   "*disabled": "bool",
 };
@@ -63,12 +63,7 @@ function checkBitmapArgs(
 ): Record<string, unknown> {
   switch (type) {
     case "block-dirty-bitmap-add": {
-      const a = checkArgs(data, ADD_ARGS, { prefix });
-      const g = a.granularity as number | undefined;
-      if (g !== undefined && (g < 0 || g > 0xffffffff)) {
-        throw genericError(`Parameter '${prefix}granularity' expects uint32_t`);
-      }
-      return a;
+      return checkArgs(data, ADD_ARGS, { prefix });
     }
     case "block-dirty-bitmap-merge": {
       const a = checkArgs(data, MERGE_ARGS, { prefix });

@@ -6,7 +6,6 @@
 
 import { PACKAGE_STRING, QEMU_COMPAT } from "../common/version.ts";
 import type { QmpCommand } from "./daemon.ts";
-import { genericError } from "./qmp_error.ts";
 
 /**
  * QEMU's VersionInfo: the QEMU release whose QMP the monitor speaks, and blockgraph's version
@@ -20,20 +19,20 @@ export function versionInfo(): {
   return { qemu: { micro, minor, major }, package: PACKAGE_STRING };
 }
 
-/** Capabilities the monitor offers in its greeting (none: no out-of-band execution). */
-export const QMP_CAPABILITIES: readonly string[] = [];
+/**
+ * Capabilities the monitor offers in its greeting: `oob`, as qemu-storage-daemon offers it.
+ * A client may enable it and send `exec-oob`; no command runs out of band (none of
+ * qemu-storage-daemon 7.2's does either), so each answers that it does not support OOB.
+ */
+export const QMP_CAPABILITIES: readonly string[] = ["oob"];
 
 /** The core commands. */
 export const coreCommands: readonly QmpCommand[] = [
   {
     // The session runs it only during negotiation; afterwards it answers CommandNotFound.
     name: "qmp_capabilities",
-    args: { "*enable": { list: "any" } },
-    run(args) {
-      for (const cap of (args.enable as unknown[] | undefined) ?? []) {
-        if (cap !== "oob") throw genericError(`Parameter 'enable' does not accept value '${cap}'`);
-        throw genericError("Capability 'oob' not available");
-      }
+    args: { "*enable": { list: ["oob"] } },
+    run() {
       return {};
     },
   },

@@ -103,9 +103,12 @@ async function openMedium(
       discard: "ignore",
     }, () => {});
   } catch (e) {
+    // A lock held elsewhere is reported as it is, as QEMU reports it.
     const msg = BlockError.from(e).message;
     throw genericError(
-      msg.startsWith("Could not open") ? msg : `Could not open '${filename}': ${msg}`,
+      msg.startsWith("Could not open") || /^Failed to get (shared )?"\w+" lock/.test(msg)
+        ? msg
+        : `Could not open '${filename}': ${msg}`,
     );
   }
   const node = image.node;

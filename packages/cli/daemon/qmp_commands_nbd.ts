@@ -20,7 +20,7 @@ const INET_DATA: ArgsSchema = {
   host: "str",
   port: "any",
   "*numeric": "bool",
-  "*to": "int",
+  "*to": "uint16",
   "*ipv4": "bool",
   "*ipv6": "bool",
   "*keep-alive": "bool",
@@ -44,7 +44,7 @@ export function parseSocketAddress(
     throw genericError(`Invalid parameter type for '${prefix}type', expected: string`);
   }
   if (!ADDRESS_TYPES.includes(type)) {
-    throw genericError(`Parameter '${prefix}type' does not accept value '${type}'`);
+    throw genericError(`Parameter 'type' does not accept value '${type}'`);
   }
   let members: Record<string, unknown>;
   let at = prefix;
@@ -115,7 +115,7 @@ const SERVER_ARGS: ArgsSchema = {
   addr: "object",
   "*tls-creds": "str",
   "*tls-authz": "str",
-  "*max-connections": "int",
+  "*max-connections": "uint32",
 };
 
 /** Starts the NBD server from nbd-server-start (`legacy`) or `--nbd-server` arguments. */
@@ -144,7 +144,7 @@ export async function nbdServerStartArgs(
   );
 }
 
-const EXPORT_ARGS: ArgsSchema = {
+const EXPORT_BASE: ArgsSchema = {
   type: ["nbd", "vhost-user-blk", "fuse", "vduse-blk"],
   id: "str",
   "*fixed-iothread": "bool",
@@ -152,32 +152,64 @@ const EXPORT_ARGS: ArgsSchema = {
   "node-name": "str",
   "*writable": "bool",
   "*writethrough": "bool",
-  "*name": "str",
-  "*description": "str",
-  "*bitmaps": "any",
-  "*allocation-depth": "bool",
 };
 
-/** block-export-add (and `--export`): an NBD export of a node on the running server. */
+/** The members of each export type after the common ones (QEMU 7.2's BlockExportOptions). */
+const EXPORT_TYPE_ARGS: Readonly<Record<string, ArgsSchema>> = {
+  nbd: {
+    "*name": "str",
+    "*description": "str",
+    "*bitmaps": "any",
+    "*allocation-depth": "bool",
+  },
+  "vhost-user-blk": { addr: "object", "*logical-block-size": "uint64", "*num-queues": "uint16" },
+  fuse: { mountpoint: "str", "*growable": "bool", "*allow-other": ["off", "on", "auto"] },
+  "vduse-blk": {
+    name: "str",
+    "*num-queues": "uint16",
+    "*queue-size": "uint16",
+    "*logical-block-size": "uint64",
+    "*serial": "str",
+  },
+};
+
+/** QEMU's id_wellformed: a letter, then letters, digits, '-', '.' and '_'. */
+function idWellformed(id: string): boolean {
+  return /^[A-Za-z][A-Za-z0-9._-]*$/.test(id);
+}
+
+/**
+ * block-export-add (and `--export`): an NBD export of a node on the running server. The
+ * checks come in QEMU 7.2's order (blk_exp_add, then nbd_export_create).
+ */
 export async function blockExportAdd(
   daemon: Daemon,
   args: Record<string, unknown>,
   opts: CheckOptions = {},
 ): Promise<void> {
-  if (args.type !== undefined && args.type !== "nbd" && typeof args.type === "string") {
-    checkArgs({ type: args.type }, { type: EXPORT_ARGS.type! });
-    throw genericError("No driver found for the requested export type");
-  }
-  const a = checkArgs(args, EXPORT_ARGS, opts);
-  if (a.iothread !== undefined) throw genericError(`Cannot find iothread ${a.iothread}`);
+  const type = checkArgs({ type: args.type }, { type: EXPORT_BASE.type! }, opts).type as string;
+  const a = checkArgs(args, { ...EXPORT_BASE, ...EXPORT_TYPE_ARGS[type] }, opts);
   const bitmaps = a.bitmaps === undefined
     ? undefined
     : checkBitmapList(a.bitmaps, "bitmaps", opts.keyval ?? false);
+  const id = a.id as string;
+  if (!idWellformed(id)) throw genericError("Invalid block export id");
+  if (daemon.nbd?.exportById(id)) {
+    throw genericError(`Block export id '${id}' is already in use`);
+  }
+  if (type !== "nbd") throw genericError("No driver found for the requested export type");
+  const nodeName = a["node-name"] as string;
+  const node = daemon.graph.findNode(nodeName);
+  if (!node) throw genericError(`Cannot find device='' nor node-name='${nodeName}'`);
+  if (a.writable === true && !node.writable) {
+    throw genericError("Cannot export read-only node as writable");
+  }
+  if (a.iothread !== undefined) throw genericError(`iothread "${a.iothread}" not found`);
   const server = daemon.nbd;
   if (!server) throw genericError("NBD server not running");
   const exp = await server.addExport(daemon.graph, {
-    id: a.id as string,
-    "node-name": a["node-name"] as string,
+    id,
+    "node-name": nodeName,
     ...(a.name === undefined ? {} : { name: a.name as string }),
     ...(a.writable === undefined ? {} : { writable: a.writable as boolean }),
     ...(a.description === undefined ? {} : { description: a.description as string }),

@@ -25,7 +25,7 @@ Deno.test("nbd-server-start/-stop: legacy and flat addresses, QEMU's refusals", 
   );
   assertEquals(
     (await q.fails("nbd-server-start", { addr: { type: "tcp", data: {} } })).desc,
-    "Parameter 'addr.type' does not accept value 'tcp'",
+    "Parameter 'type' does not accept value 'tcp'",
   );
   assertEquals(
     (await q.fails("nbd-server-start", { addr: { type: "inet", data: { host: "127.0.0.1" } } }))
@@ -39,7 +39,29 @@ Deno.test("nbd-server-start/-stop: legacy and flat addresses, QEMU's refusals", 
     })).desc,
     "No TLS credentials with id 'tls0'",
   );
-  await q.ok("nbd-server-start", { addr: { type: "unix", data: { path: `${s.dir}/n.sock` } } });
+  // max-connections is a uint32 and addr.data.to a uint16: QEMU's unsigned visitor messages.
+  const unix = { type: "unix", data: { path: `${s.dir}/n.sock` } };
+  for (
+    const [n, desc] of [
+      [-1, "Parameter 'max-connections' expects uint32_t"],
+      [2 ** 32, "Parameter 'max-connections' expects uint32_t"],
+      ["2", "Parameter 'max-connections' expects uint64"],
+      [true, "Parameter 'max-connections' expects uint64"],
+      [1.5, "Parameter 'max-connections' expects uint64"],
+    ] as const
+  ) {
+    assertEquals(
+      (await q.fails("nbd-server-start", { addr: unix, "max-connections": n })).desc,
+      desc,
+    );
+  }
+  assertEquals(
+    (await q.fails("nbd-server-start", {
+      addr: { type: "inet", data: { host: "127.0.0.1", port: "0", to: -1 } },
+    })).desc,
+    "Parameter 'to' expects uint16_t",
+  );
+  await q.ok("nbd-server-start", { addr: unix });
   assert((await Deno.lstat(`${s.dir}/n.sock`)).isSocket);
   assertEquals(
     (await q.fails("nbd-server-start", {
@@ -72,7 +94,12 @@ Deno.test("block-export-add/-del: serving a node, BLOCK_EXPORT_DELETED, safe and
     "Parameter 'type' does not accept value 'bogus'",
   );
   assertEquals(
-    (await q.fails("block-export-add", { type: "fuse", id: "e9", "node-name": "m0" })).desc,
+    (await q.fails("block-export-add", {
+      type: "fuse",
+      id: "e9",
+      "node-name": "m0",
+      mountpoint: s.dir,
+    })).desc,
     "No driver found for the requested export type",
   );
   await q.ok("block-export-add", { type: "nbd", id: "e0", "node-name": "m0", writable: true });
@@ -131,4 +158,79 @@ Deno.test("nbd-server-stop deletes the exports (BLOCK_EXPORT_DELETED) and frees 
   await q.ok("nbd-server-stop");
   assertEquals((await q.waitEvent("BLOCK_EXPORT_DELETED", before)).data, { id: "e0" });
   await q.ok("blockdev-del", { "node-name": "m0" });
+});
+
+Deno.test("block-export-add: QEMU 7.2's checks in its order; a refused export emits no event", async () => {
+  await using s = await setup();
+  const q = s.q;
+  await q.ok("blockdev-add", {
+    driver: "memory",
+    "node-name": "ro0",
+    size: 1 << 20,
+    "read-only": true,
+  });
+  const add = async (args: Record<string, unknown>) =>
+    (await q.fails("block-export-add", { type: "nbd", ...args })).desc;
+  // Before the server runs: the id and the node come first.
+  assertEquals(await add({ id: "", "node-name": "m0" }), "Invalid block export id");
+  assertEquals(await add({ id: "#e", "node-name": "m0" }), "Invalid block export id");
+  assertEquals(
+    await add({ id: "e0", "node-name": "zz" }),
+    "Cannot find device='' nor node-name='zz'",
+  );
+  assertEquals(
+    await add({ id: "e0", "node-name": "ro0", writable: true }),
+    "Cannot export read-only node as writable",
+  );
+  assertEquals(await add({ id: "e0", "node-name": "m0", iothread: "x" }), 'iothread "x" not found');
+  assertEquals(await add({ id: "e0", "node-name": "m0" }), "NBD server not running");
+  assertEquals(
+    (await q.fails("block-export-add", { type: "fuse", id: "e0", "node-name": "m0" })).desc,
+    "Parameter 'mountpoint' is missing",
+  );
+  assertEquals(
+    (await q.fails("block-export-add", { type: "vduse-blk", id: "e0", "node-name": "m0" })).desc,
+    "Parameter 'name' is missing",
+  );
+  assertEquals(
+    await add({ id: "e0", "node-name": "m0", description: "x".repeat(4097) }),
+    "NBD server not running",
+  );
+
+  await q.ok("nbd-server-start", { addr: { type: "unix", data: { path: `${s.dir}/n.sock` } } });
+  assertEquals(
+    await add({ id: "e0", "node-name": "m0", description: "x".repeat(4097) }),
+    `description '${"x".repeat(4097)}' too long`,
+  );
+  assertEquals(
+    await add({ id: "e0", "node-name": "m0", name: "n".repeat(4097) }),
+    `export name '${"n".repeat(4097)}' too long`,
+  );
+  await q.ok("block-export-add", { type: "nbd", id: "e0", "node-name": "m0" });
+  const before = q.events.length;
+  assertEquals(
+    await add({ id: "e1", "node-name": "ro0", name: "m0" }),
+    "NBD server already has export named 'm0'",
+  );
+  await q.ok("block-export-add", { type: "nbd", id: "e1", "node-name": "ro0" });
+  // Newest first, as QEMU lists them.
+  assertEquals((await q.ok("query-block-exports") as { id: string }[]).map((e) => e.id), [
+    "e1",
+    "e0",
+  ]);
+  await q.ok("query-version");
+  assertEquals(q.events.slice(before).map((e) => e.event), []);
+});
+
+Deno.test("an exported node cannot be resized: clients learnt its size at the handshake", async () => {
+  await using s = await setup();
+  const q = s.q;
+  await q.ok("nbd-server-start", { addr: { type: "unix", data: { path: `${s.dir}/n.sock` } } });
+  await q.ok("block-export-add", { type: "nbd", id: "e0", "node-name": "m0", writable: true });
+  const desc = (await q.fails("block_resize", { "node-name": "m0", size: 2 << 20 })).desc;
+  assert(desc.startsWith("Permission conflict on node 'm0': permissions 'resize'"), desc);
+  assertEquals(s.daemon.graph.findNode("m0")!.getLength(), 1 << 20);
+  await q.ok("block-export-del", { id: "e0" });
+  await q.waitEvent("BLOCK_EXPORT_DELETED", 0);
+  await q.ok("block_resize", { "node-name": "m0", size: 2 << 20 });
 });

@@ -9,6 +9,7 @@ import { type Graph, type Node, type OptionValues, Perm } from "@blockgraph/core
 import { blockDeviceInfo, blockGraphDump, blockInfo, isMonitorVisible } from "./block_info.ts";
 import type { QmpCommand } from "./daemon.ts";
 import { genericError } from "./qmp_error.ts";
+import { checkBlockdevOptions } from "./blockdev_schema.ts";
 
 /**
  * blockdev-add: opens the node tree `options` describes (children inline or by node name)
@@ -72,7 +73,7 @@ export const nodeCommands: readonly QmpCommand[] = [
     name: "blockdev-add",
     args: null,
     async run(args, { daemon }) {
-      await blockdevAdd(daemon.graph, args);
+      await blockdevAdd(daemon.graph, checkBlockdevOptions(daemon.graph.registry, args));
       return {};
     },
   },
@@ -91,17 +92,10 @@ export const nodeCommands: readonly QmpCommand[] = [
       const graph = daemon.graph;
       const list = args.options as Record<string, unknown>[];
       const targets: [Node, OptionValues][] = [];
-      list.forEach((o, i) => {
-        if (o.driver === undefined) {
-          throw genericError(`Parameter 'options[${i}].driver' is missing`);
-        }
+      list.forEach((o, i) => checkBlockdevOptions(graph.registry, o, { prefix: `options[${i}].` }));
+      list.forEach((o) => {
         const name = o["node-name"];
-        if (name === undefined) throw genericError("node-name not specified");
-        if (typeof name !== "string") {
-          throw genericError(
-            `Invalid parameter type for 'options[${i}].node-name', expected: string`,
-          );
-        }
+        if (typeof name !== "string") throw genericError("node-name not specified");
         const node = graph.findNode(name);
         if (!node) throw genericError(`Failed to find node with node-name='${name}'`);
         targets.push([node, o as OptionValues]);

@@ -27,6 +27,7 @@ import { mediaCommands } from "./qmp_commands_media.ts";
 import { blockExportAdd, nbdCommands, nbdServerStartArgs } from "./qmp_commands_nbd.ts";
 import { objectAdd, objectCommands } from "./qmp_commands_objects.ts";
 import { blockdevAdd, nodeCommands } from "./qmp_commands_nodes.ts";
+import { checkBlockdevOptions } from "./blockdev_schema.ts";
 
 /** A daemon with every QMP command registered. */
 export function createDaemon(graph?: Graph): Daemon {
@@ -85,7 +86,13 @@ export async function applyAction(
 ): Promise<void> {
   switch (action.kind) {
     case "blockdev":
-      await blockdevAdd(daemon.graph, action.options);
+      // Typed as QEMU types them: key=value text by its keyval visitor, JSON as it is.
+      await blockdevAdd(
+        daemon.graph,
+        checkBlockdevOptions(daemon.graph.registry, action.options, {
+          keyval: !action.text.trimStart().startsWith("{"),
+        }),
+      );
       return;
     case "object":
       await objectAdd(daemon, action.options, { keyval: true });

@@ -1,7 +1,8 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { captureIo } from "../common/cli_io.ts";
 import { parseDaemonArgs } from "./daemon_options.ts";
-import { runDaemon } from "./run_daemon.ts";
+import { applyAction, createDaemon, runDaemon } from "./run_daemon.ts";
+import { blockDeviceInfo } from "./block_info.ts";
 import { TestQmpClient } from "./testing_qmp_client.ts";
 
 Deno.test("parseDaemonArgs reads qemu-storage-daemon's option shapes in order", () => {
@@ -65,6 +66,20 @@ Deno.test("runDaemon refuses bad options with qemu-storage-daemon's messages and
       await fails(["--blockdev", "node-name=x"]),
       `${p}--blockdev node-name=x: Parameter 'driver' is missing\n`,
     );
+    // Key=value text is typed by QEMU's schema, as qemu-storage-daemon's keyval visitor does.
+    assertEquals(
+      await fails(["--blockdev", "driver=null-co,node-name=n,size=1M"]),
+      `${p}--blockdev driver=null-co,node-name=n,size=1M: Parameter 'size' expects integer\n`,
+    );
+    assertEquals(
+      await fails(["--blockdev", "driver=null-co,node-name=n,read-zeroes=maybe"]),
+      `${p}--blockdev driver=null-co,node-name=n,read-zeroes=maybe: ` +
+        "Parameter 'read-zeroes' expects 'on' or 'off'\n",
+    );
+    assertEquals(
+      await fails(["--blockdev", "driver=file,node-name=n,filename=x,bogus=1"]),
+      `${p}--blockdev driver=file,node-name=n,filename=x,bogus=1: Parameter 'bogus' is unexpected\n`,
+    );
     assertEquals(
       await fails(["--blockdev", "{bad"]),
       `${p}--blockdev {bad: JSON parse error, invalid keyword 'bad'\n`,
@@ -79,7 +94,7 @@ Deno.test("runDaemon refuses bad options with qemu-storage-daemon's messages and
     );
     assertEquals(
       await fails(["--export", "type=nbd,id=e,node-name=zz"]),
-      `${p}--export type=nbd,id=e,node-name=zz: NBD server not running\n`,
+      `${p}--export type=nbd,id=e,node-name=zz: Cannot find device='' nor node-name='zz'\n`,
     );
     assertEquals(
       await fails(["--export", "type=nbd"]),
@@ -167,5 +182,21 @@ Deno.test("runDaemon serves --chardev/--monitor and exits 0 after quit, removing
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--blockdev key=value options are typed as QEMU types them (json: names show numbers)", async () => {
+  const daemon = createDaemon();
+  try {
+    const c = parseDaemonArgs([
+      "--blockdev",
+      "driver=null-co,node-name=n,size=1048576,read-zeroes=on",
+    ]);
+    for (const a of c.actions) await applyAction(daemon, a);
+    const info = await blockDeviceInfo(daemon.graph.findNode("n")!, true);
+    // qemu-storage-daemon 7.2's query-named-block-nodes names this node the same.
+    assertEquals(info.file, 'json:{"read-zeroes": true, "driver": "null-co", "size": 1048576}');
+  } finally {
+    await daemon.shutdown();
   }
 });

@@ -72,6 +72,22 @@ const CACHE_PIECE = 1024 * 1024;
 const STATUS_WINDOW = 64 * 1024 * 1024;
 
 /** An error the server answers a request with: an NBD error value and a message. */
+/** QEMU's names of the commands (nbd_cmd_lookup), for its error messages. */
+const COMMAND_NAMES = [
+  "read",
+  "write",
+  "disconnect",
+  "flush",
+  "trim",
+  "cache",
+  "write zeroes",
+  "block status",
+];
+
+function cmdName(type: number): string {
+  return COMMAND_NAMES[type] ?? "<unknown>";
+}
+
 class RequestError extends Error {
   readonly errno: number;
   constructor(errno: number, message: string) {
@@ -282,8 +298,18 @@ export class ServerConnection implements ExportClient {
       reader.consume(REQUEST_SIZE);
       if (h.type === Cmd.DISC) return;
       if (h.type === Cmd.WRITE) {
-        // A payload this large cannot be skipped safely: end the connection.
-        if (h.length > NBD_MAX_BUFFER_SIZE) return;
+        // A payload this large cannot be skipped safely: the client is told why (as QEMU
+        // does), then the connection ends.
+        if (h.length > NBD_MAX_BUFFER_SIZE) {
+          replyError(
+            this.#writer,
+            this.#structured,
+            h,
+            NbdErrno.EINVAL,
+            `len (${h.length} ) is larger than max len (${NBD_MAX_BUFFER_SIZE})`,
+          );
+          return;
+        }
         const q = slot.vector(h.length);
         if (reader.available >= h.length) {
           slot.buf.set(reader.buf.subarray(reader.pos, reader.pos + h.length), HEAD_ROOM);
@@ -377,36 +403,42 @@ export class ServerConnection implements ExportClient {
     const exp = this.#exp!;
     const backend = exp.backend;
     const { type, flags, offset, length } = h;
-    let valid = CmdFlags.FUA;
-    if (type === Cmd.READ && this.#structured) valid |= CmdFlags.DF;
-    if (type === Cmd.WRITE_ZEROES) valid |= CmdFlags.NO_HOLE | CmdFlags.FAST_ZERO;
-    if (type === Cmd.BLOCK_STATUS) valid |= CmdFlags.REQ_ONE;
-    if (flags & ~valid) {
-      throw new RequestError(NbdErrno.EINVAL, `Unsupported flags 0x${flags.toString(16)}`);
+    // QEMU 7.2's checks in its order (nbd_co_receive_request, then nbd_handle_request) and
+    // words; the errno is the one the protocol names (EPERM, ENOSPC), as later QEMU sends.
+    if (type === Cmd.READ && length > NBD_MAX_BUFFER_SIZE) {
+      throw new RequestError(
+        NbdErrno.EINVAL,
+        `len (${length} ) is larger than max len (${NBD_MAX_BUFFER_SIZE})`,
+      );
     }
     const writes = type === Cmd.WRITE || type === Cmd.TRIM || type === Cmd.WRITE_ZEROES;
-    if (writes && !exp.writable) {
-      throw new RequestError(NbdErrno.EPERM, `Export '${exp.name}' is read-only`);
-    }
-    if (type > Cmd.BLOCK_STATUS || type === Cmd.DISC) {
-      throw new RequestError(NbdErrno.EINVAL, `Unknown command ${type}`);
-    }
+    if (writes && !exp.writable) throw new RequestError(NbdErrno.EPERM, "Export is read-only");
     if (type !== Cmd.FLUSH) {
       const size = backend.getLength();
       if (offset > size || length > size - offset) {
         const grow = type === Cmd.WRITE || type === Cmd.WRITE_ZEROES;
         throw new RequestError(
           grow ? NbdErrno.ENOSPC : NbdErrno.EINVAL,
-          `Request of ${length} bytes at ${offset} is beyond the end of the export (${size})`,
+          `operation past EOF; From: ${offset}, Len: ${length}, Size: ${size}`,
         );
       }
+    }
+    let valid = CmdFlags.FUA;
+    if (type === Cmd.READ && this.#structured) valid |= CmdFlags.DF;
+    if (type === Cmd.WRITE_ZEROES) valid |= CmdFlags.NO_HOLE | CmdFlags.FAST_ZERO;
+    if (type === Cmd.BLOCK_STATUS) valid |= CmdFlags.REQ_ONE;
+    if (flags & ~valid) {
+      throw new RequestError(
+        NbdErrno.EINVAL,
+        `unsupported flags for command ${cmdName(type)} (got 0x${flags.toString(16)})`,
+      );
+    }
+    if (type > Cmd.BLOCK_STATUS || type === Cmd.DISC) {
+      throw new RequestError(NbdErrno.EINVAL, `invalid request type (${type}) received`);
     }
     const fua = flags & CmdFlags.FUA ? ReqFlags.FUA : 0;
     switch (type) {
       case Cmd.READ:
-        if (length > NBD_MAX_BUFFER_SIZE) {
-          throw new RequestError(NbdErrno.EINVAL, `Read of ${length} bytes is over the limit`);
-        }
         return this.#read(slot, (flags & CmdFlags.DF) !== 0);
       case Cmd.WRITE:
         await backend.pwritev(offset, length, slot.qiov, 0, fua);
@@ -509,10 +541,10 @@ export class ServerConnection implements ExportClient {
   }
 
   async #blockStatus(h: RequestHeader): Promise<void> {
+    if (h.length === 0) throw new RequestError(NbdErrno.EINVAL, "need non-zero length");
     if (!this.#structured || this.#contexts.length === 0) {
-      throw new RequestError(NbdErrno.EINVAL, "No metadata context was negotiated");
+      throw new RequestError(NbdErrno.EINVAL, "CMD_BLOCK_STATUS not negotiated");
     }
-    if (h.length === 0) throw new RequestError(NbdErrno.EINVAL, "Block status of 0 bytes");
     const backend = this.#exp!.backend;
     const max = h.flags & CmdFlags.REQ_ONE ? 1 : MAX_EXTENTS;
     const replies: ContextExtents[] = [];

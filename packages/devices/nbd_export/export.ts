@@ -126,6 +126,7 @@ export class NbdExport {
   readonly #ownsBackend: boolean;
   readonly #clients = new Set<ExportClient>();
   #shuttingDown = false;
+  #quiet = false;
   #deleted: Promise<void> | null = null;
   readonly #unsubscribe: () => void;
   readonly #onDeleted = new Set<(exp: NbdExport) => void>();
@@ -134,7 +135,10 @@ export class NbdExport {
   constructor(options: NbdExportOptions) {
     const name = options.name ?? options.id;
     if (utf8(name).length > NBD_MAX_STRING_SIZE) {
-      throw new BlockError("EINVAL", `Export name '${name.slice(0, 64)}...' is too long`);
+      throw new BlockError("EINVAL", `export name '${name}' too long`);
+    }
+    if (utf8(options.description ?? "").length > NBD_MAX_STRING_SIZE) {
+      throw new BlockError("EINVAL", `description '${options.description}' too long`);
     }
     this.id = options.id;
     this.name = name;
@@ -174,12 +178,13 @@ export class NbdExport {
     }
     const writable = args.writable ?? false;
     if (writable && !node.writable) {
-      throw new BlockError("EPERM", `Cannot export node '${node.name}' writable: it is read-only`);
+      throw new BlockError("EPERM", "Cannot export read-only node as writable");
     }
     const bitmaps = (args.bitmaps ?? []).map((b) => findExportBitmap(graph, node, b, writable));
+    // Clients learn the size once, at the handshake: nobody may resize the node under them.
     const backend = graph.createBackend({
       perm: Perm.CONSISTENT_READ | (writable ? Perm.WRITE : 0),
-      shared: Perm.ALL,
+      shared: Perm.ALL & ~Perm.RESIZE,
     });
     try {
       await backend.insertRoot(node);
@@ -275,6 +280,15 @@ export class NbdExport {
     return this.#deleted;
   }
 
+  /**
+   * Undoes an export that was never served (block-export-add failed after making it): as
+   * {@link NbdExport.delete}, without `BLOCK_EXPORT_DELETED`, as QEMU emits none then.
+   */
+  discard(): Promise<void> {
+    this.#quiet = true;
+    return this.delete();
+  }
+
   async #delete(): Promise<void> {
     this.#shuttingDown = true;
     this.#unsubscribe();
@@ -285,7 +299,7 @@ export class NbdExport {
     const graph = this.backend.graph;
     if (this.#ownsBackend) await this.backend.unref();
     for (const fn of [...this.#onDeleted]) fn(this);
-    graph.events.emit("BLOCK_EXPORT_DELETED", { id: this.id });
+    if (!this.#quiet) graph.events.emit("BLOCK_EXPORT_DELETED", { id: this.id });
   }
 }
 

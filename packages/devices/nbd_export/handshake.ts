@@ -63,6 +63,24 @@ export interface ExportLookup {
 
 const ALL_CLIENT_FLAGS = ClientFlags.FIXED_NEWSTYLE | ClientFlags.NO_ZEROES;
 
+/** QEMU's names of the options (nbd_opt_lookup), for its error messages. */
+const OPTION_NAMES: Readonly<Record<number, string>> = {
+  1: "export name",
+  2: "abort",
+  3: "list",
+  4: "peek export",
+  5: "starttls",
+  6: "info",
+  7: "go",
+  8: "structured reply",
+  9: "list meta context",
+  10: "set meta context",
+};
+
+function optionName(option: number): string {
+  return OPTION_NAMES[option] ?? "<unknown>";
+}
+
 /**
  * Runs the handshake. Resolves to what was settled when the client entered transmission, or
  * null when the client aborted, broke the protocol or asked for an export that does not
@@ -90,6 +108,13 @@ export async function serverHandshake(
     writer.copy(encodeOptionReply(option, type, data));
   const fail = (option: number, type: number, message: string) =>
     reply(option, type, utf8(message));
+  // QEMU's words for an option whose data does not parse or should not be there.
+  const badLength = (option: number) =>
+    fail(option, Rep.ERR_INVALID, `option '${optionName(option)}' has unexpected length`);
+  const inconsistent = (option: number) =>
+    fail(option, Rep.ERR_INVALID, `Inconsistent lengths in option ${optionName(option)}`);
+  const notPresent = (option: number, name: string) =>
+    fail(option, Rep.ERR_UNKNOWN, `export '${name}' not present`);
 
   for (;;) {
     if (!(await reader.need(OPTION_REQUEST_SIZE))) return null;
@@ -101,7 +126,7 @@ export async function serverHandshake(
     if (!tlsDone && option !== Opt.STARTTLS && option !== Opt.ABORT) {
       // NBD_OPT_EXPORT_NAME cannot be refused: the connection ends instead.
       if (option === Opt.EXPORT_NAME || !fixed) return null;
-      fail(option, Rep.ERR_TLS_REQD, "Option not permitted before TLS");
+      fail(option, Rep.ERR_TLS_REQD, `Option 0x${option.toString(16)} not permitted before TLS`);
       continue;
     }
     if (option === Opt.EXPORT_NAME) {
@@ -126,7 +151,7 @@ export async function serverHandshake(
         return null;
       case Opt.LIST:
         if (length !== 0) {
-          fail(option, Rep.ERR_INVALID, "NBD_OPT_LIST takes no data");
+          badLength(option);
           break;
         }
         for (const exp of lookup.exports()) {
@@ -137,9 +162,14 @@ export async function serverHandshake(
         reply(option, Rep.ACK);
         break;
       case Opt.STARTTLS:
-        if (tls === null) fail(option, Rep.ERR_POLICY, "TLS is not configured on this server");
-        else if (tlsDone) fail(option, Rep.ERR_INVALID, "TLS is already negotiated");
-        else if (length !== 0) fail(option, Rep.ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+        // A client that cannot start TLS correctly is dropped, as QEMU does.
+        if (length !== 0) {
+          badLength(option);
+          await writer.idle();
+          return null;
+        }
+        if (tls === null) fail(option, Rep.ERR_POLICY, "TLS not configured");
+        else if (tlsDone) fail(option, Rep.ERR_INVALID, "TLS already enabled");
         else {
           reply(option, Rep.ACK);
           await writer.idle();
@@ -149,8 +179,8 @@ export async function serverHandshake(
         }
         break;
       case Opt.STRUCTURED_REPLY:
-        if (length !== 0) fail(option, Rep.ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
-        else if (structured) fail(option, Rep.ERR_INVALID, "Structured replies are already on");
+        if (length !== 0) badLength(option);
+        else if (structured) fail(option, Rep.ERR_INVALID, "structured reply already negotiated");
         else {
           structured = true;
           reply(option, Rep.ACK);
@@ -160,12 +190,12 @@ export async function serverHandshake(
       case Opt.GO: {
         const req = decodeInfoRequest(data);
         if (!req) {
-          fail(option, Rep.ERR_INVALID, "Malformed NBD_OPT_INFO/GO data");
+          inconsistent(option);
           break;
         }
         const exp = lookup.findExport(req.name);
         if (!exp || exp.shuttingDown) {
-          fail(option, Rep.ERR_UNKNOWN, `Export '${req.name}' not present`);
+          notPresent(option, req.name);
           break;
         }
         const sizes = exp.blockSizes();
@@ -173,7 +203,7 @@ export async function serverHandshake(
           fail(
             option,
             Rep.ERR_BLOCK_SIZE_REQD,
-            `Export '${req.name}' needs requests aligned to ${sizes.minimum} bytes`,
+            "request NBD_INFO_BLOCK_SIZE to use this export",
           );
           break;
         }
@@ -194,34 +224,40 @@ export async function serverHandshake(
       }
       case Opt.LIST_META_CONTEXT:
       case Opt.SET_META_CONTEXT: {
-        if (!structured) {
-          fail(option, Rep.ERR_INVALID, "Metadata contexts need structured replies first");
+        const list = option === Opt.LIST_META_CONTEXT;
+        // Listing needs no structured replies (QEMU answers it without them); setting does.
+        if (!list && !structured) {
+          fail(
+            option,
+            Rep.ERR_INVALID,
+            `request option '${optionName(option)}' when structured reply is not negotiated`,
+          );
           break;
         }
         const req = decodeMetaContextRequest(data);
         if (!req) {
-          fail(option, Rep.ERR_INVALID, "Malformed metadata context request");
+          inconsistent(option);
           break;
         }
         const exp = lookup.findExport(req.name);
         if (!exp || exp.shuttingDown) {
-          fail(option, Rep.ERR_UNKNOWN, `Export '${req.name}' not present`);
+          notPresent(option, req.name);
           break;
         }
-        const list = option === Opt.LIST_META_CONTEXT;
         const chosen = selectContexts(req.queries, list, exp);
         if (!list) {
           contexts = chosen;
           contextsFor = req.name;
         }
+        // A listed context has no id yet: QEMU sends 0 for each.
         for (const c of chosen) {
-          reply(option, Rep.META_CONTEXT, encodeMetaContextReply(c.id, c.name));
+          reply(option, Rep.META_CONTEXT, encodeMetaContextReply(list ? 0 : c.id, c.name));
         }
         reply(option, Rep.ACK);
         break;
       }
       default:
-        fail(option, Rep.ERR_UNSUP, `Option ${option} is not supported`);
+        fail(option, Rep.ERR_UNSUP, `Unsupported option ${option} (${optionName(option)})`);
     }
   }
 }

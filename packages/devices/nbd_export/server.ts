@@ -223,11 +223,15 @@ export class NbdServer implements ExportLookup {
     if (this.#exports.has(args.id)) {
       throw new BlockError("EEXIST", `Block export id '${args.id}' is already in use`);
     }
+    const name = args.name ?? args["node-name"];
+    if (this.findExport(name)) {
+      throw new BlockError("EEXIST", `NBD server already has export named '${name}'`);
+    }
     const exp = await NbdExport.fromNode(graph, args);
     try {
       this.serveExport(exp);
     } catch (e) {
-      await exp.delete();
+      await exp.discard();
       throw e;
     }
     return exp;
@@ -262,8 +266,8 @@ export class NbdServer implements ExportLookup {
     return [...this.#exports.values()];
   }
 
-  /** query-block-exports. */
+  /** query-block-exports: the newest export first, as QEMU lists them. */
   queryExports(): BlockExportInfo[] {
-    return this.exports().map((e) => e.info());
+    return this.exports().reverse().map((e) => e.info());
   }
 }

@@ -19,6 +19,7 @@ import {
   CmdFlags,
   decodeOptionReplyHeader,
   encodeInfoRequest,
+  encodeMetaContextRequest,
   encodeOption,
   encodeRequest,
   type ExportInfo,
@@ -129,10 +130,13 @@ async function chunk(
   };
 }
 
-async function expectError(r: Raw, errno: number, what: string): Promise<void> {
+/** Reads an error chunk with `errno`; returns its message. */
+async function expectError(r: Raw, errno: number, what: string): Promise<string> {
   const c = await chunk(r);
   assertEquals(c.type, ReplyType.ERROR, `${what}: chunk type`);
-  assertEquals(new DataView(c.data.buffer).getUint32(0), errno, `${what}: error value`);
+  const v = new DataView(c.data.buffer);
+  assertEquals(v.getUint32(0), errno, `${what}: error value`);
+  return new TextDecoder().decode(c.data.subarray(6, 6 + v.getUint16(4)));
 }
 
 /** Whether the server closed the connection (a read sees the end of the stream). */
@@ -147,20 +151,30 @@ async function closedByServer(r: Raw): Promise<boolean> {
 Deno.test("NbdServer answers bad requests with the protocol's errors and keeps serving", async () => {
   await withServer(async ({ sock }) => {
     const r = await raw(sock);
+    // The messages are qemu-nbd 7.2's.
     send(r, 42, 0, 0, 0);
-    await expectError(r, 22, "unknown command");
+    assertEquals(await expectError(r, 22, "unknown command"), "invalid request type (42) received");
     send(r, Cmd.READ, 0, SIZE - 10, 11);
-    await expectError(r, 22, "read past the end");
+    assertEquals(
+      await expectError(r, 22, "read past the end"),
+      `operation past EOF; From: ${SIZE - 10}, Len: 11, Size: ${SIZE}`,
+    );
     send(r, Cmd.WRITE, 0, SIZE - 1, 2, new Uint8Array(2));
     await expectError(r, 28, "write past the end");
     send(r, Cmd.WRITE_ZEROES, 0, SIZE, 1);
     await expectError(r, 28, "write zeroes past the end");
     send(r, Cmd.READ, 0, 0, 33 << 20);
-    await expectError(r, 22, "read over the 32 MiB limit");
+    assertEquals(
+      await expectError(r, 22, "read over the 32 MiB limit"),
+      `len (${33 << 20} ) is larger than max len (33554432)`,
+    );
     send(r, Cmd.READ, CmdFlags.REQ_ONE, 0, 512);
-    await expectError(r, 22, "a flag the command does not take");
+    assertEquals(
+      await expectError(r, 22, "a flag the command does not take"),
+      "unsupported flags for command read (got 0x8)",
+    );
     send(r, Cmd.BLOCK_STATUS, 0, 0, 0);
-    await expectError(r, 22, "block status of nothing");
+    assertEquals(await expectError(r, 22, "block status of nothing"), "need non-zero length");
     send(r, Cmd.WRITE, CmdFlags.FUA, 4096, 3, new Uint8Array([1, 2, 3]));
     assertEquals((await chunk(r)).type, ReplyType.NONE, "a good write after the errors");
     send(r, Cmd.READ, CmdFlags.DF, 4095, 5);
@@ -287,6 +301,7 @@ Deno.test("NbdServer ends a connection on bad magic or an oversized write, servi
     assert(await closedByServer(bad), "bad magic closes the connection");
     const big = await raw(sock);
     send(big, Cmd.WRITE, 0, 0, (32 << 20) + 1);
+    await expectError(big, 22, "a write over 32 MiB is refused");
     assert(await closedByServer(big), "a write over 32 MiB closes the connection");
     send(good, Cmd.FLUSH, 0, 0, 0);
     assertEquals((await chunk(good)).type, ReplyType.NONE, "the other client is served");
@@ -407,6 +422,68 @@ Deno.test("NbdServer handshake: LIST, unknown exports, options out of order", as
     writer.copy(encodeOption(Opt.ABORT));
     assertEquals(await reply(), Rep.ACK, "ABORT");
     assertEquals(await reader.need(1).catch(() => false), false, "closed after ABORT");
+    conn.close();
+  });
+});
+
+Deno.test("NbdServer option errors in QEMU 7.2's words; LIST_META_CONTEXT without structured replies", async () => {
+  await withServer(async ({ sock }) => {
+    const conn = await Deno.connect({ transport: "unix", path: sock });
+    const reader = new WireReader(conn);
+    const writer = new WireWriter(conn);
+    await reader.readBytes(18);
+    writer.copy(new Uint8Array([0, 0, 0, 3]));
+    const reply = async () => {
+      const h = decodeOptionReplyHeader(await reader.readBytes(20));
+      const data = await reader.readBytes(h.length);
+      return h.type >= 0x80000000
+        ? `${h.type - 0x80000000} ${new TextDecoder().decode(data)}`
+        : `${h.type} ${data.length}`;
+    };
+    const ask = async (option: number, data?: Uint8Array) => {
+      writer.copy(encodeOption(option, data));
+      return await reply();
+    };
+    const meta = (name: string, q: string[]) => encodeMetaContextRequest(name, q);
+    assertEquals(await ask(Opt.LIST, new Uint8Array(1)), "3 option 'list' has unexpected length");
+    assertEquals(await ask(Opt.STARTTLS), "2 TLS not configured");
+    assertEquals(
+      await ask(Opt.STRUCTURED_REPLY, new Uint8Array(1)),
+      "3 option 'structured reply' has unexpected length",
+    );
+    assertEquals(await ask(Opt.GO, new Uint8Array(3)), "3 Inconsistent lengths in option go");
+    assertEquals(await ask(Opt.INFO, encodeInfoRequest("zz", [])), "6 export 'zz' not present");
+    assertEquals(
+      await ask(Opt.SET_META_CONTEXT, meta("disk", ["base:allocation"])),
+      "3 request option 'set meta context' when structured reply is not negotiated",
+    );
+    // Listing is answered without structured replies, each context with id 0 (QEMU 7.2).
+    writer.copy(encodeOption(Opt.LIST_META_CONTEXT, meta("disk", [])));
+    const h = decodeOptionReplyHeader(await reader.readBytes(20));
+    assertEquals(h.type, Rep.META_CONTEXT);
+    assertEquals(new DataView((await reader.readBytes(h.length)).buffer).getUint32(0), 0);
+    assertEquals(await reply(), `${Rep.ACK} 0`);
+    assertEquals(await ask(Opt.STRUCTURED_REPLY), `${Rep.ACK} 0`);
+    assertEquals(
+      await ask(Opt.STRUCTURED_REPLY),
+      "3 structured reply already negotiated",
+    );
+    assertEquals(
+      await ask(Opt.SET_META_CONTEXT, new Uint8Array(6)),
+      "3 Inconsistent lengths in option set meta context",
+    );
+    assertEquals(
+      await ask(Opt.SET_META_CONTEXT, meta("zz", ["base:allocation"])),
+      "6 export 'zz' not present",
+    );
+    assertEquals(await ask(99, new Uint8Array(5)), "1 Unsupported option 99 (<unknown>)");
+    assertEquals(await ask(4), "1 Unsupported option 4 (peek export)");
+    // STARTTLS with data: refused, and the connection ends.
+    assertEquals(
+      await ask(Opt.STARTTLS, new Uint8Array(1)),
+      "3 option 'starttls' has unexpected length",
+    );
+    assertEquals(await reader.need(1).catch(() => false), false, "closed after a bad STARTTLS");
     conn.close();
   });
 });

@@ -96,6 +96,33 @@ export function zeroClusterStep(image: Qcow2Image, flags: number): ClusterStep {
 }
 
 /**
+ * Zeroes the whole of guest cluster `[start, end)` for a write-zeroes of part of it, when it
+ * holds no data: unallocated (the caller found the backing chain reading zeros beside the
+ * request) or already a zero cluster. A cluster with data fails with ENOTSUP (the generic
+ * layer writes zeros where asked), as QEMU's `qcow2_co_pwrite_zeroes`. On version 2 (only
+ * called without a backing file) an unallocated cluster reads as zeros as it is.
+ */
+export async function zeroWholeCluster(
+  image: Qcow2Image,
+  start: number,
+  end: number,
+  flags: number,
+): Promise<void> {
+  let zeroed = false;
+  await forEachCluster(image, start, end, async (g, hi, lo) => {
+    const kind = classify(hi, lo, image.kindMode);
+    if (kind !== "unallocated" && kind !== "zero" && kind !== "zero-alloc") return;
+    zeroed = true;
+    if (kind === "zero" || image.header.version < 3) return;
+    const unmap = (flags & ReqFlags.MAY_UNMAP) !== 0;
+    if (kind === "zero-alloc" && (hi & COPIED_HI) !== 0 && !unmap) return;
+    await image.setEntry(g, 0, ZERO_LO);
+    image.frees.release(hi, lo);
+  });
+  if (!zeroed) throw new BlockError("ENOTSUP", "qcow2 zeroes whole clusters only");
+}
+
+/**
  * Discards the whole clusters of `[start, end)` as QEMU's `discard_in_l2_slice` (not a full
  * discard): on version 3 a discarded cluster becomes a zero cluster when it was allocated or
  * a backing file (`backed`) is below; on version 2, which has no zero flag, it becomes

@@ -36,7 +36,7 @@ import { writeCompressed } from "./compressed_write.ts";
 import { cachedDataOffset, contiguousDataOffset } from "./read_fast_path.ts";
 import { compressedWithDataFile, extentStatus } from "./extent_status.ts";
 import { allocatingWrite, decompressExtent } from "./allocating_write.ts";
-import { discardClusters, zeroClusters } from "./cluster_ops.ts";
+import { discardClusters, zeroClusters, zeroWholeCluster } from "./cluster_ops.ts";
 import { qcow2FormatInfo } from "./format_info.ts";
 import { discardSubclusters, zeroSubclusters } from "./subcluster_ops.ts";
 import { subclusterWriteStep } from "./subcluster_write.ts";
@@ -70,6 +70,32 @@ function noSnapshots(): BlockError {
 /** Whether a write to `ext` goes to the clusters it already has. */
 function inPlace(ext: Extent): boolean {
   return ext.kind === "normal" && ext.copied;
+}
+
+/**
+ * Whether `[offset, end)` reads as zeros through the backing chain from `node` down (no
+ * node: zeros), as QEMU's `is_zero` asks block status without probing for zeros: a range is
+ * zero when some layer says so, is unallocated down to the bottom, or lies beyond a layer's
+ * end.
+ */
+async function chainReadsZero(node: Node | null, offset: number, end: number): Promise<boolean> {
+  while (offset < end) {
+    if (!node || offset >= node.getLength()) return true;
+    const n = Math.min(end, node.getLength()) - offset;
+    const st = await node.blockStatus(offset, n, false);
+    const pnum = Math.min(st.pnum, n);
+    if (st.status & BlockStatusFlags.ZERO) {
+      offset += pnum;
+    } else if (st.status & (BlockStatusFlags.DATA | BlockStatusFlags.ALLOCATED)) {
+      return false;
+    } else {
+      if (!(await chainReadsZero(node.cowChild?.node ?? null, offset, offset + pnum))) {
+        return false;
+      }
+      offset += pnum;
+    }
+  }
+  return true;
 }
 
 /** An open qcow2 node. */
@@ -335,7 +361,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
    * without MAY_UNMAP, is left as it is), and COPIED clusters stay preallocated zero clusters
    * unless MAY_UNMAP frees them. Version 2 has no zero flag: without a backing file the
    * clusters are discarded (they read as zeros unallocated), with one ENOTSUP (the generic
-   * layer writes zero buffers), as QEMU's `qcow2_subcluster_zeroize`. Partial clusters:
+   * layer writes zero buffers), as QEMU's `qcow2_subcluster_zeroize`. Part of one cluster:
+   * the whole cluster is zeroed when the rest of it reads as zeros already and it holds no
+   * data (unallocated or a zero cluster), as QEMU's `qcow2_co_pwrite_zeroes`; otherwise
    * ENOTSUP (the generic layer writes zeros there).
    */
   async pwriteZeroes(offset: number, bytes: number, flags: number): Promise<void> {
@@ -346,7 +374,20 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     const end = offset + bytes;
     if (image.extL2) return zeroSubclusters(image, offset, end, flags);
     if (offset % cs !== 0 || (end % cs !== 0 && end !== image.header.size)) {
-      throw new BlockError("ENOTSUP", "qcow2 zeroes whole clusters only");
+      const start = Math.floor(offset / cs) * cs;
+      const clusterEnd = Math.min(start + cs, image.header.size);
+      const backing = this.#backing();
+      if (
+        end > clusterEnd || image.dataRaw ||
+        (image.header.version < 3 && backing !== null) ||
+        !(await chainReadsZero(backing, start, offset) &&
+          await chainReadsZero(backing, end, clusterEnd))
+      ) {
+        throw new BlockError("ENOTSUP", "qcow2 zeroes whole clusters only");
+      }
+      // The backing chain reads zeros beside the request: the cluster may become a zero
+      // cluster if this layer holds no data in it (checked under the metadata lock).
+      return zeroWholeCluster(image, start, clusterEnd, flags);
     }
     // Version 2 has no zero flag: without a backing file, discarded clusters read as zeros.
     if (image.header.version < 3 && this.#backing() === null) return this.pdiscard(offset, bytes);
