@@ -35,9 +35,11 @@ export async function forEachCluster(
   const first = start / cs;
   const last = Math.ceil(end / cs);
   for (;;) {
+    // The claim comes out of the lock boxed: a promise returned as it is would be awaited
+    // inside the lock, which the allocation holding the claim needs to finish.
     const busy = await image.lock.run(async () => {
       const b = image.claims.busy(first, last - first);
-      if (b) return b;
+      if (b) return { claim: b };
       try {
         for (let g = first; g < last; g++) {
           const [hi, lo, zeroBits, allocBits] = await image.entryAt(g);
@@ -49,7 +51,7 @@ export async function forEachCluster(
       return null;
     });
     if (!busy) return;
-    await busy;
+    await busy.claim;
   }
 }
 

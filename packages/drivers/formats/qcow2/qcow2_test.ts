@@ -134,6 +134,35 @@ Deno.test("qcow2 concurrent writes to one unallocated cluster both land", () =>
     await node.unref("t");
   }));
 
+Deno.test("qcow2 write-zeroes and discard of a cluster a write is allocating wait for it, and neither hangs", () =>
+  withGraph(registry, async (graph) => {
+    const node = await openOnMemory(
+      graph,
+      params({ clusterSize: 65536 }),
+      { discard: "unmap" },
+      "t",
+    );
+    // The L2 table exists, so the write claims cluster 1 at once, before the zeroes ask.
+    await node.write(0, pattern(512, 9));
+    for (
+      const [what, op] of [
+        ["write-zeroes", () => node.pwriteZeroes(65536, 65536, ReqFlags.MAY_UNMAP)],
+        ["discard", () => node.pdiscard(65536, 65536)],
+      ] as const
+    ) {
+      const write = node.write(65536 + 4096, pattern(4096, 3));
+      const second = op();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const hung = new Promise<string>((r) => (timer = setTimeout(() => r("hung"), 5000)));
+      const done = await Promise.race([Promise.all([write, second]).then(() => "done"), hung]);
+      clearTimeout(timer);
+      assertEquals(done, "done", `a write and a ${what} of its cluster`);
+      // The second request came after the write: the cluster reads as zeros.
+      assertBytesEqual(await readAll(node, 65536, 65536), new Uint8Array(65536), what);
+    }
+    await node.unref("t");
+  }));
+
 Deno.test("qcow2 allocations at depth 32 without the lock reuse freed clusters and stay consistent", () =>
   withGraph(registry, async (graph) => {
     // 4k clusters, 16-bit refcounts: a refcount block covers 2048 clusters; 4 MiB disk.
