@@ -115,6 +115,8 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
    * does): its data answers then ask the file for holes.
    */
   #metadataPrealloc: boolean | undefined;
+  /** The detection under way: requests that come meanwhile wait for the same one. */
+  #detecting: Promise<boolean> | null = null;
 
   /** Wraps an opened image for `node`. */
   constructor(node: Node, image: Qcow2Image) {
@@ -434,8 +436,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     const image = this.image;
     const prealloc = this.#metadataPrealloc;
     if (prealloc === undefined) {
-      return image.lock.run(() => detectMetadataPreallocation(image)).then((p) => {
-        this.#metadataPrealloc ??= p;
+      this.#detecting ??= image.lock.run(() => detectMetadataPreallocation(image));
+      return this.#detecting.then((p) => {
+        this.#metadataPrealloc = p;
         return this.blockStatus(_wantZero, offset, bytes);
       });
     }
