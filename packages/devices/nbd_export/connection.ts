@@ -71,7 +71,6 @@ const CACHE_PIECE = 1024 * 1024;
  */
 const STATUS_WINDOW = 64 * 1024 * 1024;
 
-/** An error the server answers a request with: an NBD error value and a message. */
 /** QEMU's names of the commands (nbd_cmd_lookup), for its error messages. */
 const COMMAND_NAMES = [
   "read",
@@ -88,6 +87,7 @@ function cmdName(type: number): string {
   return COMMAND_NAMES[type] ?? "<unknown>";
 }
 
+/** An error the server answers a request with: an NBD error value and a message. */
 class RequestError extends Error {
   readonly errno: number;
   constructor(errno: number, message: string) {
