@@ -245,6 +245,9 @@ export class Qcow2Image implements MetaIo {
     rc.onFreed = (c) => {
       if (Math.floor(this.freeByte / this.cs) === c) this.freeByte = 0;
     };
+    rc.onOldTableFreed = async (first, count) => {
+      if (this.passDiscard.other) await this.frees.discardFreed([[first, count]]);
+    };
     rc.onTableMoved = async (p) => {
       const buf = new Uint8Array(12);
       setU64(viewOf(buf), 0, p.offset);

@@ -109,6 +109,11 @@ export class Refcounts {
   onFreed: (c: number) => void = () => {};
   /** Called after the table moved (the header must point to it). */
   onTableMoved: (place: RefcountTablePlace) => Promise<void> = () => Promise.resolve();
+  /**
+   * Called after the old table's clusters were freed (`count` from cluster `first`), which
+   * nothing names any more: QEMU's discard type `other` for them.
+   */
+  onOldTableFreed: (first: number, count: number) => Promise<void> = () => Promise.resolve();
 
   /** Wraps the table read at open; `fileLength` bounds what is allocated. */
   constructor(
@@ -510,6 +515,7 @@ export class Refcounts {
     }
     this.endCluster = area + nb + tc;
     await this.update(oldPlace.offset / cs, oldPlace.clusters, -1);
+    await this.onOldTableFreed(oldPlace.offset / cs, oldPlace.clusters);
   }
 
   /** Writes every dirty refcount block; returns whether it wrote any. */
