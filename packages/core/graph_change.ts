@@ -360,7 +360,8 @@ export async function reopen(graph: Graph, node: Node, options: OptionValues): P
       } else {
         throw new BlockError("EINVAL", `Cannot change the option '${k}'`);
       }
-    } else if (REOPEN_COMMON.includes(k) || k.startsWith("cache")) {
+    } else if (REOPEN_COMMON.includes(k) || k === "cache" || k.startsWith("cache.")) {
+      // `cache` and `cache.*` only: qcow2's cache-size and cache-clean-interval are its own.
       common[k] = v;
     } else {
       own[k] = v;

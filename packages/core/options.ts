@@ -114,13 +114,15 @@ export function validateOptions(
 
 /**
  * The entries of `raw`, with nested objects spelled out as dotted keys when the schema
- * declares dotted options under them (`server: {type: "unix"}` for `server.type`).
+ * declares dotted options under them (`server: {type: "unix"}` for `server.type`), also
+ * under an option that is itself a scalar in its other form (qcow2's `overlap-check`, a
+ * template name or `{template, main-header, ...}`).
  */
 function expandDotted(schema: OptionSchema, raw: OptionValues): [string, unknown][] {
   const out: [string, unknown][] = [];
   for (const [key, value] of Object.entries(raw)) {
     const nested = typeof value === "object" && value !== null && !Array.isArray(value) &&
-      !schema[key] && Object.keys(schema).some((k) => k.startsWith(`${key}.`));
+      Object.keys(schema).some((k) => k.startsWith(`${key}.`));
     if (nested) out.push(...Object.entries(flatten(value as OptionValues, `${key}.`)));
     else out.push([key, value]);
   }
@@ -149,7 +151,10 @@ function convert(key: string, spec: OptionSpec, value: unknown): string | number
       }
       throw new BlockError("EINVAL", `Parameter '${key}' expects an integer`);
     case "size": {
-      if (typeof value === "number" && Number.isSafeInteger(value) && value >= 0) return value;
+      // QEMU's sizes are unsigned 64-bit: larger JavaScript integers lose precision.
+      if (typeof value === "number" && Number.isInteger(value) && value >= 0 && value < 2 ** 64) {
+        return value;
+      }
       const n = typeof value === "string" ? parseSize(value) : undefined;
       if (n !== undefined) return n;
       throw new BlockError(

@@ -47,6 +47,44 @@ function ref(registry: DriverRegistry, nullable: boolean): ArgType {
   };
 }
 
+const OVERLAP_MODES = ["none", "constant", "cached", "all"];
+
+/** Qcow2OverlapCheckFlags: a template and a switch per structure. */
+const OVERLAP_FLAGS: ArgsSchema = {
+  "*template": OVERLAP_MODES,
+  "*main-header": "bool",
+  "*active-l1": "bool",
+  "*active-l2": "bool",
+  "*refcount-table": "bool",
+  "*refcount-block": "bool",
+  "*snapshot-table": "bool",
+  "*inactive-l1": "bool",
+  "*inactive-l2": "bool",
+  "*bitmap-directory": "bool",
+};
+
+/**
+ * qcow2's `overlap-check`, QAPI's alternate Qcow2OverlapChecks: a template name
+ * (Qcow2OverlapCheckMode) or an object of flags (Qcow2OverlapCheckFlags).
+ */
+const OVERLAP_CHECKS: ArgType = {
+  check(value, path, opts) {
+    if (typeof value === "string") {
+      if (!OVERLAP_MODES.includes(value)) {
+        throw genericError(`Parameter '${path}' does not accept value '${value}'`);
+      }
+      return value;
+    }
+    if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+      return checkArgs(value as Record<string, unknown>, OVERLAP_FLAGS, {
+        ...opts,
+        prefix: `${path}.`,
+      });
+    }
+    throw genericError(`Invalid parameter type for '${path}', expected: Qcow2OverlapChecks`);
+  },
+};
+
 /** Each driver's own members, in QEMU 7.2's order. */
 function branch(registry: DriverRegistry, driver: string): ArgsSchema | null {
   switch (driver) {
@@ -73,7 +111,7 @@ function branch(registry: DriverRegistry, driver: string): ArgsSchema | null {
         "*pass-discard-request": "bool",
         "*pass-discard-snapshot": "bool",
         "*pass-discard-other": "bool",
-        "*overlap-check": "any",
+        "*overlap-check": OVERLAP_CHECKS,
         "*cache-size": "int",
         "*l2-cache-size": "int",
         "*l2-cache-entry-size": "int",

@@ -157,9 +157,9 @@ async function linkAllocated(
       const host = target + k * cs;
       await image.setEntry(g0 + k, ...copiedEntry(host));
       if (!frees) continue;
-      if (ext.kind === "normal") image.frees.add(oldBase + k * cs, 1, true);
+      if (ext.kind === "normal") image.frees.add(oldBase + k * cs, 1, "never");
       else if (ext.kind === "compressed" || ext.kind === "zero-alloc") {
-        image.frees.release(ext.hi, ext.lo);
+        image.frees.release(ext.hi, ext.lo, "never");
       }
     }
     await image.frees.commit();

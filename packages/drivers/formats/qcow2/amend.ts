@@ -189,7 +189,8 @@ export async function amendImage(
     if (!lazy) await image.markClean();
     if (lazy) h.compatible |= BigInt(COMPAT_LAZY_REFCOUNTS);
     else h.compatible &= ~BigInt(COMPAT_LAZY_REFCOUNTS);
-    image.lazy = lazy;
+    image.useLazy = lazy;
+    image.lazy = image.writable && lazy;
     await image.writeHeader();
   }
   if (options.data_file !== undefined) {

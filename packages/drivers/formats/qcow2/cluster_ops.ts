@@ -93,7 +93,7 @@ export function zeroClusterStep(image: Qcow2Image, flags: number): ClusterStep {
       return;
     }
     await image.setEntry(g, 0, ZERO_LO);
-    image.frees.release(hi, lo);
+    image.frees.release(hi, lo, "request");
   };
 }
 
@@ -119,7 +119,7 @@ export async function zeroWholeCluster(
     const unmap = (flags & ReqFlags.MAY_UNMAP) !== 0;
     if (kind === "zero-alloc" && (hi & COPIED_HI) !== 0 && !unmap) return;
     await image.setEntry(g, 0, ZERO_LO);
-    image.frees.release(hi, lo);
+    image.frees.release(hi, lo, "request");
   });
   if (!zeroed) throw new BlockError("ENOTSUP", "qcow2 zeroes whole clusters only");
 }
@@ -142,6 +142,6 @@ export async function discardClusters(
     if (!backed && (kind === "unallocated" || kind === "zero")) return;
     if (hi === 0 && lo === newLo) return;
     await image.setEntry(g, 0, newLo);
-    image.frees.release(hi, lo);
+    image.frees.release(hi, lo, "request");
   });
 }

@@ -2,7 +2,10 @@
  * The queue of qcow2 clusters waiting to be freed. A cluster an L2 entry or a table stopped
  * naming is released only after the change is stable on disk (`commit`: L2 cache written
  * and flushed) and after in-place writes still in flight to it have finished, so a crash
- * leaves at most a leaked cluster, never one both freed and referenced.
+ * leaves at most a leaked cluster, never one both freed and referenced. Each free says why
+ * (QEMU's discard types: `request` for guest discards and write-zeroes, `snapshot`, `other`,
+ * `never`, `always`), and the node's `pass-discard-*` options (`image.passDiscard`) decide
+ * whether its clusters are discarded in the file once free.
  *
  * @module
  */
@@ -11,12 +14,16 @@ import { compressedPlace } from "./compressed.ts";
 import { classify } from "./extent.ts";
 import { entryOffset } from "./format.ts";
 import type { Qcow2Image } from "./image.ts";
+import type { DiscardType } from "./runtime_options.ts";
 
-/** One queued free: `count` clusters from cluster `first` (of the data file when `data`). */
+/**
+ * One queued free: `count` clusters from cluster `first` (of the data file when `data`),
+ * freed for `type`.
+ */
 interface PendingFree {
   first: number;
   count: number;
-  discard: boolean;
+  type: DiscardType;
   data?: boolean;
 }
 
@@ -30,8 +37,11 @@ export class FreeQueue {
     this.#image = image;
   }
 
-  /** Queues the release of what an old L2 entry referenced (after the new entry is stable). */
-  release(hi: number, lo: number): void {
+  /**
+   * Queues the release of what an old L2 entry referenced (after the new entry is stable),
+   * freed for `type`.
+   */
+  release(hi: number, lo: number, type: DiscardType): void {
     const image = this.#image;
     const kind = classify(hi, lo, image.kindMode);
     if (kind === "normal" || kind === "zero-alloc") {
@@ -39,30 +49,31 @@ export class FreeQueue {
         this.#queue.push({
           first: entryOffset(hi, lo) / image.cs,
           count: 1,
-          discard: true,
+          type,
           data: true,
         });
         return;
       }
-      this.add(entryOffset(hi, lo), 1, true);
+      this.add(entryOffset(hi, lo), 1, type);
     } else if (kind === "compressed") {
       const p = compressedPlace(hi, lo, image.header.clusterBits);
       const first = Math.floor(p.sectorStart / image.cs);
       const last = Math.floor((p.offset + p.bytes - 1) / image.cs);
-      this.add(first * image.cs, last - first + 1, false);
+      this.add(first * image.cs, last - first + 1, type);
     }
   }
 
-  /** Queues a refcount decrement of `count` clusters from host `offset`. */
-  add(offset: number, count: number, discard: boolean): void {
-    this.#queue.push({ first: offset / this.#image.cs, count, discard });
+  /** Queues a refcount decrement of `count` clusters from host `offset`, freed for `type`. */
+  add(offset: number, count: number, type: DiscardType): void {
+    this.#queue.push({ first: offset / this.#image.cs, count, type });
   }
 
   /**
    * Applies queued frees: writes the L2 cache and flushes (so nothing on disk still names the
    * clusters), waits for in-place writes still in flight to them, then lowers the refcounts
-   * and discards freed data clusters in the file, adjacent frees merged into one discard (a
-   * 256 MiB guest discard was 4096 discards of one cluster). A free stays queued until its
+   * and discards the freed clusters in the file where the free's type passes discards,
+   * adjacent frees merged into one discard (a 256 MiB guest discard was 4096 discards of one
+   * cluster). A free stays queued until its
    * refcounts are lowered. Call with `lock` held (no new write can look the clusters up
    * meanwhile).
    */
@@ -79,17 +90,26 @@ export class FreeQueue {
       if (f.data) {
         // Data file clusters have no refcounts; a raw data file keeps its data.
         this.#queue.shift();
-        if (!image.dataRaw) dataRuns.push([f.first, f.count]);
+        if (!image.dataRaw && image.passDiscard[f.type]) dataRuns.push([f.first, f.count]);
         continue;
       }
       await image.refcounts.update(f.first, f.count, -1);
       this.#queue.shift();
-      if (f.discard) fileRuns.push([f.first, f.count]);
+      if (image.passDiscard[f.type]) fileRuns.push([f.first, f.count]);
     }
     for (const [first, count] of merged(dataRuns)) {
       await image.data.pdiscard(first * image.cs, count * image.cs).catch(() => {});
     }
-    for (const [first, count] of merged(fileRuns)) await this.#discardFreed(first, count);
+    await this.discardFreed(fileRuns);
+  }
+
+  /**
+   * Discards in the file the clusters of `runs` (`[first, count]`, in any order) whose
+   * refcount is zero: freed elsewhere (a snapshot's clusters, by `adjustTree`), with their
+   * refcounts already stable on disk.
+   */
+  async discardFreed(runs: [number, number][]): Promise<void> {
+    for (const [first, count] of merged(runs)) await this.#discardFreed(first, count);
   }
 
   /**

@@ -15,7 +15,11 @@
  * With lazy refcounts (compat 1.1 `lazy_refcounts=on`) step 3 and 4 skip the refcount writes
  * and flushes: the dirty bit is set on disk first, refcount blocks are written on flush, and
  * a clean close clears the bit. A crash leaves a dirty image that the next read/write open
- * repairs (QEMU's iotest 039).
+ * repairs (QEMU's iotest 039). The `lazy-refcounts` option overrides the header's bit for
+ * one open (`useLazy`), as QEMU's `use_lazy_refcounts`.
+ *
+ * Runtime options (runtime_options.ts) set the cache sizes, the overlap checks, which frees
+ * are discarded in the file and the cache cleaning timer (`applyOptions`).
  *
  * @module
  */
@@ -39,9 +43,13 @@ import { FreeQueue } from "./free_queue.ts";
 import { L2Cache } from "./l2_cache.ts";
 import { ClusterClaims, InflightWrites, Mutex } from "./locks.ts";
 import type { MetaIo } from "./meta_io.ts";
+import type { DiscardType, Qcow2RuntimeOptions } from "./runtime_options.ts";
 import { MetadataMap, type WriteKind } from "./overlap.ts";
 import { Refcounts, type RefcountTablePlace } from "./refcount.ts";
 import type { SnapshotEntry } from "./snapshot_table.ts";
+
+/** The longest delay a timer takes, in milliseconds. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Where an image's corruption is reported. */
 export interface CorruptionSink {
@@ -86,7 +94,7 @@ export class Qcow2Image implements MetaIo {
   readonly map: MetadataMap;
   /** The refcount structures. */
   refcounts: Refcounts;
-  readonly #refcountCacheBlocks: number;
+  #refcountCacheBlocks: number;
   /**
    * Where the next compressed cluster may go (0: start a new cluster). Reset whenever that
    * cluster is freed, so compressed data never lands in a cluster allocated since.
@@ -109,8 +117,31 @@ export class Qcow2Image implements MetaIo {
   snapshots: SnapshotEntry[] = [];
   /** The snapshot table's length in bytes. */
   snapshotsBytes = 0;
-  /** Refcount updates are deferred behind the dirty bit (compat 1.1 lazy_refcounts). */
+  /**
+   * Refcount updates are deferred behind the dirty bit (compat 1.1 lazy_refcounts): while
+   * writable, with `useLazy`.
+   */
   lazy = false;
+  /**
+   * Lazy refcounts are in use when the image is writable (QEMU's `use_lazy_refcounts`): the
+   * `lazy-refcounts` option, by default the header's bit.
+   */
+  useLazy = false;
+  /**
+   * Whether clusters freed for each reason are discarded in the file (the `pass-discard-*`
+   * options; QEMU's `discard_passthrough`).
+   */
+  passDiscard: Record<DiscardType, boolean> = {
+    never: false,
+    always: true,
+    request: false,
+    snapshot: true,
+    other: false,
+  };
+  /** Seconds between cache cleanings (`cache-clean-interval`; 0: none). */
+  cacheCleanInterval = 0;
+  #cleanTimer: ReturnType<typeof setTimeout> | undefined;
+  #cleaning: Promise<void> | null = null;
   /** Set once corruption was found in a writable image: all I/O fails from then on. */
   broken = false;
   /**
@@ -213,6 +244,9 @@ export class Qcow2Image implements MetaIo {
     this.freeByte = 0;
     rc.onFreed = (c) => {
       if (Math.floor(this.freeByte / this.cs) === c) this.freeByte = 0;
+    };
+    rc.onOldTableFreed = async (first, count) => {
+      if (this.passDiscard.other) await this.frees.discardFreed([[first, count]]);
     };
     rc.onTableMoved = async (p) => {
       const buf = new Uint8Array(12);
@@ -441,7 +475,7 @@ export class Qcow2Image implements MetaIo {
     if (cur !== 0) {
       this.map.setL2(cur, false);
       this.l2.drop(cur);
-      this.frees.add(cur, 1, false);
+      this.frees.add(cur, 1, "other");
     }
     return off;
   }
@@ -485,6 +519,61 @@ export class Qcow2Image implements MetaIo {
   async writeHeaderField(at: number, buf: Uint8Array): Promise<void> {
     await this.write("qcow2_header", at, buf);
     await this.flush();
+  }
+
+  /**
+   * Applies runtime options read by `readRuntimeOptions` (at open, and when a reopen commits):
+   * cache sizes, overlap checks, discard passing, lazy refcounts (in use while writable) and
+   * the cache cleaning timer, restarted only when its interval changes.
+   */
+  applyOptions(o: Qcow2RuntimeOptions): void {
+    this.l2.resize(o.l2CacheTables);
+    this.#refcountCacheBlocks = o.refcountCacheBlocks;
+    this.refcounts.resize(o.refcountCacheBlocks);
+    this.map.mask = o.overlapCheck;
+    this.passDiscard = o.passDiscard;
+    this.useLazy = o.lazyRefcounts;
+    this.lazy = this.writable && o.lazyRefcounts;
+    if (o.cacheCleanInterval !== this.cacheCleanInterval) {
+      this.stopCacheCleaning();
+      this.cacheCleanInterval = o.cacheCleanInterval;
+    }
+    if (this.cacheCleanInterval > 0 && this.#cleanTimer === undefined) {
+      this.#armCleaning(this.cacheCleanInterval * 1000);
+    }
+  }
+
+  /** Runs `cleanCaches` every `cacheCleanInterval` seconds (`ms` from now first). */
+  #armCleaning(ms: number): void {
+    // Timers take at most 2^31 - 1 ms; a longer interval waits in steps.
+    const step = Math.min(ms, MAX_TIMER_MS);
+    const timer = setTimeout(() => {
+      if (ms > step) return this.#armCleaning(ms - step);
+      this.#armCleaning(this.cacheCleanInterval * 1000);
+      this.cleanCaches().catch(() => {});
+    }, step);
+    // The timer alone does not keep the process running.
+    Deno.unrefTimer(timer);
+    this.#cleanTimer = timer;
+  }
+
+  /** Stops the cache cleaning timer (close; a reopen that changes the interval). */
+  stopCacheCleaning(): void {
+    if (this.#cleanTimer !== undefined) clearTimeout(this.#cleanTimer);
+    this.#cleanTimer = undefined;
+  }
+
+  /**
+   * One tick of the cache cleaning timer (QEMU's `cache_clean_timer_cb`): under the metadata
+   * lock, drops the clean L2 tables and refcount blocks not used since the previous tick. A
+   * tick that finds the previous one still waiting for the lock joins it.
+   */
+  cleanCaches(): Promise<void> {
+    return this.#cleaning ??= this.lock.run(() => {
+      this.l2.cleanUnused();
+      this.refcounts.cleanUnused();
+      return Promise.resolve();
+    }).finally(() => (this.#cleaning = null));
   }
 
   /**

@@ -53,6 +53,7 @@ import {
 import { makeEmptyImage } from "./make_empty.ts";
 import { detectMetadataPreallocation } from "./metadata_prealloc.ts";
 import { prepareReopen } from "./reopen.ts";
+import { readRuntimeOptions } from "./runtime_options.ts";
 import { growL1, truncateImage } from "./resize.ts";
 import {
   applySnapshot,
@@ -623,9 +624,29 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     return this.#idle(() => changeBackingFile(this.image, file, format));
   }
 
-  /** Switches between read-only and read-write (see reopen.ts). */
-  async reopenPrepare(_options: OptionValues, readOnly: boolean): Promise<ReopenHandle> {
+  /**
+   * Switches between read-only and read-write (see reopen.ts) and takes the runtime options
+   * anew (runtime_options.ts; left out: their defaults), as QEMU's `qcow2_reopen_prepare`:
+   * they are checked first, the caches are written back, and turning lazy refcounts off
+   * marks the image clean.
+   */
+  async reopenPrepare(options: OptionValues, readOnly: boolean): Promise<ReopenHandle> {
     const image = this.image;
+    const node = this.#node;
+    const read = () =>
+      readRuntimeOptions(
+        options,
+        image.header,
+        image.file.getLength(),
+        node.flags.discard === "unmap",
+      );
+    const runtime = read();
+    if (image.writable && !image.broken) {
+      await this.#idle(async () => {
+        await image.flushCaches();
+        if (image.lazy && !runtime.lazyRefcounts) await image.markClean();
+      });
+    }
     let bitmapsRo = () => {};
     if (readOnly && image.writable && !image.broken) {
       // The bitmaps are stored first, as QEMU's reopen does (bitmaps.ts).
@@ -636,6 +657,8 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
       commit: () => {
         handle.commit();
         bitmapsRo();
+        // Read again: the node's new discard mode is the default of pass-discard-request.
+        image.applyOptions(read());
       },
       abort: () => handle.abort(),
     };
@@ -655,6 +678,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   /** Writes back the caches (unless the image was found corrupt); a clean close ends dirt. */
   async close(): Promise<void> {
     const image = this.image;
+    image.stopCacheCleaning();
     if (image.writable && !image.broken) {
       await image.lock.run(async () => {
         await storeBitmapsAtClose(image, this.#node);

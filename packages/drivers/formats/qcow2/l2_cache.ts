@@ -7,6 +7,10 @@
  * Callers hold the image's metadata mutex: a table returned by `get` stays valid until the
  * next call that may evict.
  *
+ * `cleanUnused` (the `cache-clean-interval` timer, QEMU's `qcow2_cache_clean_unused`) drops
+ * the clean tables nobody used since the previous cleaning. A use stamps the entry with the
+ * current cleaning generation: one store, no allocation, on the lookup paths.
+ *
  * @module
  */
 
@@ -14,12 +18,14 @@
 interface Entry {
   table: Uint8Array;
   dirty: boolean;
+  /** The cleaning generation of its last use. */
+  used: number;
 }
 
 /** An LRU cache of L2 tables. */
 export class L2Cache {
-  /** How many tables the cache holds. */
-  readonly capacity: number;
+  /** How many tables the cache holds (a reopen may change it: `resize`). */
+  capacity: number;
   readonly #entries = new Map<number, Entry>();
   /**
    * The key inserted last and still present (NaN: none): the most recently used table, which
@@ -30,6 +36,8 @@ export class L2Cache {
   readonly #load: (offset: number) => Promise<Uint8Array>;
   readonly #store: (offset: number, table: Uint8Array) => Promise<void>;
   readonly #beforeWrite: () => Promise<void>;
+  /** The cleaning generation: a table not used since the last cleaning has an older one. */
+  #gen = 1;
 
   /** A cache of `capacity` tables (at least 2) over the given table I/O. */
   constructor(
@@ -66,7 +74,7 @@ export class L2Cache {
     const table = await this.#load(offset);
     const again = this.#entries.get(offset);
     if (again) return again.table;
-    this.#set(offset, { table, dirty: false });
+    this.#set(offset, { table, dirty: false, used: this.#gen });
     return table;
   }
 
@@ -74,7 +82,7 @@ export class L2Cache {
   async put(offset: number, table: Uint8Array, dirty: boolean): Promise<void> {
     if (!this.#entries.has(offset)) await this.#makeRoom();
     this.#delete(offset);
-    this.#set(offset, { table, dirty });
+    this.#set(offset, { table, dirty, used: this.#gen });
   }
 
   /** Marks the cached table at `offset` as changed. */
@@ -90,9 +98,15 @@ export class L2Cache {
     this.#mru = NaN;
   }
 
-  /** The cached table at `offset` without waiting or reordering, or undefined. */
+  /**
+   * The cached table at `offset` without waiting or reordering, or undefined. It counts as a
+   * use for `cleanUnused`.
+   */
   peek(offset: number): Uint8Array | undefined {
-    return this.#entries.get(offset)?.table;
+    const e = this.#entries.get(offset);
+    if (e === undefined) return undefined;
+    e.used = this.#gen;
+    return e.table;
   }
 
   /** The cached table at `offset`, made most recently used, or undefined (no loading). */
@@ -108,8 +122,37 @@ export class L2Cache {
     this.#delete(offset);
   }
 
+  /**
+   * Drops the clean tables not used since the previous call (QEMU's
+   * `qcow2_cache_clean_unused`): loading a table is a use, so the first call drops nothing.
+   * Returns how many it dropped. Call with the metadata lock held.
+   */
+  cleanUnused(): number {
+    let dropped = 0;
+    for (const [offset, e] of this.#entries) {
+      if (e.dirty || e.used >= this.#gen) continue;
+      this.#delete(offset);
+      dropped++;
+    }
+    this.#gen++;
+    return dropped;
+  }
+
+  /**
+   * Holds `capacity` tables (at least 2) from now on, dropping the least recently used clean
+   * ones beyond it (dirty ones go at the next eviction, written first).
+   */
+  resize(capacity: number): void {
+    this.capacity = Math.max(2, capacity);
+    for (const [offset, e] of this.#entries) {
+      if (this.#entries.size <= this.capacity) break;
+      if (!e.dirty) this.#delete(offset);
+    }
+  }
+
   /** Makes `e`, cached at `offset`, the most recently used. */
   #use(offset: number, e: Entry): void {
+    e.used = this.#gen;
     if (offset === this.#mru) return;
     this.#entries.delete(offset);
     this.#set(offset, e);

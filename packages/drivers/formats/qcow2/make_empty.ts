@@ -43,7 +43,7 @@ export async function makeEmptyImage(image: Qcow2Image): Promise<void> {
     let runCount = 0;
     const endRun = () => {
       const [first, count] = [runStart, runCount];
-      if (count > 0) frees.push(() => image.frees.add(first, count, true));
+      if (count > 0) frees.push(() => image.frees.add(first, count, "snapshot"));
       runCount = 0;
     };
     for (let j = 0; j < image.l2Entries; j++) {
@@ -51,7 +51,7 @@ export async function makeEmptyImage(image: Qcow2Image): Promise<void> {
       const lo = view.getUint32(j * image.l2Stride + 4);
       const kind = classify(hi, lo, image.kindMode);
       if ((kind === "normal" || kind === "zero-alloc") && image.external) {
-        frees.push(() => image.frees.release(hi, lo));
+        frees.push(() => image.frees.release(hi, lo, "snapshot"));
       } else if (kind === "normal" || kind === "zero-alloc") {
         const host = entryOffset(hi, lo);
         if (runCount > 0 && host === runStart + runCount * cs) {
@@ -62,11 +62,11 @@ export async function makeEmptyImage(image: Qcow2Image): Promise<void> {
         runStart = host;
         runCount = 1;
       } else if (kind === "compressed") {
-        frees.push(() => image.frees.release(hi, lo));
+        frees.push(() => image.frees.release(hi, lo, "snapshot"));
       }
     }
     endRun();
-    frees.push(() => image.frees.add(l2Off, 1, true));
+    frees.push(() => image.frees.add(l2Off, 1, "snapshot"));
   }
   if (tables.length === 0) return;
   // The cleared L1 table reaches the disk before any refcount drops.

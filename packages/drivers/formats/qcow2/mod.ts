@@ -8,6 +8,7 @@ import type { BlockDriver } from "@blockgraph/core";
 import { createQcow2, QCOW2_CREATE_OPTIONS } from "./create.ts";
 import { QCOW2_MAGIC } from "./format.ts";
 import { openQcow2 } from "./open.ts";
+import { QCOW2_RUNTIME_OPTIONS } from "./runtime_options.ts";
 
 export { createParams, formatQcow2, type Qcow2CreateParams } from "./create.ts";
 export { Qcow2Instance } from "./instance.ts";
@@ -20,8 +21,12 @@ export { QCOW2_AMEND_OPTIONS } from "./amend.ts";
  * backing file the header names is opened with the format its header extension names) and
  * `data-file` (images with an external data file; without it, the file the header names,
  * relative to the image).
- * Option `l2-cache-size` bounds the L2 cache (default: the whole image, up to 1 TiB),
- * `refcount-cache-size` the refcount block cache (default: the file, up to 1 TiB), and
+ * Runtime options are QEMU 7.2's (`BlockdevOptionsQcow2`, with its checks and messages; see
+ * runtime_options.ts), and a reopen may change them: `cache-size`, `l2-cache-size` (default:
+ * the whole image, up to 1 TiB), `l2-cache-entry-size` (the cache holds whole tables),
+ * `refcount-cache-size` (default: the file, up to 1 TiB), `cache-clean-interval` (default 600
+ * seconds), `lazy-refcounts`, `overlap-check` (a template name, or `overlap-check.template`
+ * and one switch per structure) and `pass-discard-request|snapshot|other`. Ours:
  * `check-open: true` opens for `check`: a corrupt image opens read/write and a dirty one is
  * not repaired on open.
  *
@@ -47,14 +52,14 @@ export const qcow2Driver: BlockDriver = {
   supportsBacking: true,
   childOptions: ["file", "data-file"],
   options: {
-    "l2-cache-size": { type: "size", description: "Maximum L2 table cache size" },
-    "refcount-cache-size": { type: "size", description: "Maximum refcount block cache size" },
+    ...QCOW2_RUNTIME_OPTIONS,
     "check-open": {
       type: "bool",
       description: "Open for check: allow a corrupt image read/write and do not repair a " +
         "dirty one on open",
     },
   },
+  mutableOptions: Object.keys(QCOW2_RUNTIME_OPTIONS),
   createOptions: QCOW2_CREATE_OPTIONS,
   /** QEMU's score for the qcow2 magic with a version it knows. */
   probe(header: Uint8Array): number {

@@ -1,6 +1,7 @@
 /**
  * Opening a qcow2 image: the header and its checks, the tables it points to (inside the
- * file, clear of the header), the snapshot table, the cache sizes, the repair of a dirty
+ * file, clear of the header), the snapshot table, the runtime options (runtime_options.ts:
+ * cache sizes, lazy refcounts, overlap checks, discards, cache cleaning), the repair of a dirty
  * image (lazy refcounts), and the backing file (`backing: null` opens none; a left-out
  * `backing` opens the one the header names).
  *
@@ -20,22 +21,14 @@ import {
 } from "@blockgraph/core";
 import { loadBitmaps } from "./bitmaps.ts";
 import { checkOnce } from "./check.ts";
-import {
-  AUTOCLEAR_DATA_FILE_RAW,
-  COMPAT_LAZY_REFCOUNTS,
-  getU64,
-  hex,
-  Incompat,
-  viewOf,
-} from "./format.ts";
+import { AUTOCLEAR_DATA_FILE_RAW, getU64, hex, Incompat, viewOf } from "./format.ts";
 import { backingFormat, dataFileName, parseHeader, type Qcow2Header } from "./header.ts";
 import { Qcow2Image } from "./image.ts";
 import { Qcow2Instance } from "./instance.ts";
+import { readRuntimeOptions } from "./runtime_options.ts";
 import { mapSnapshots } from "./snapshot.ts";
 import { readSnapshotTable } from "./snapshot_table.ts";
 
-/** The L2 cache covers at most this much guest data by default (1 TiB). */
-const DEFAULT_L2_COVERAGE = 2 ** 40;
 /** Bits 0..8 of a refcount table entry are reserved: offsets are multiples of this. */
 const REFT_OFFSET_ALIGN = 512;
 
@@ -92,28 +85,6 @@ async function readRefTable(
     if (low !== 0) reserved.add(i);
   }
   return { table, reserved };
-}
-
-/** The number of L2 tables the cache holds: the option, or the whole image up to 1 TiB. */
-function l2CacheTables(options: OptionValues, h: Qcow2Header): number {
-  const cs = 2 ** h.clusterBits;
-  const given = options["l2-cache-size"] as number | undefined;
-  if (given !== undefined) return Math.max(2, Math.ceil(given / cs));
-  const extL2 = (h.incompatible & BigInt(Incompat.EXTL2)) !== 0n;
-  const perTable = cs * (cs / (extL2 ? 16 : 8));
-  return Math.max(2, Math.min(h.l1Size, Math.ceil(DEFAULT_L2_COVERAGE / perTable)));
-}
-
-/**
- * The number of refcount blocks the cache holds: the `refcount-cache-size` option, or enough
- * to cover the file up to 1 TiB.
- */
-function refcountCacheBlocks(options: OptionValues, h: Qcow2Header, fileLen: number): number {
-  const cs = 2 ** h.clusterBits;
-  const given = options["refcount-cache-size"] as number | undefined;
-  if (given !== undefined) return Math.max(4, Math.ceil(given / cs));
-  const perBlock = cs * ((cs * 8) / 2 ** h.refcountOrder);
-  return Math.max(4, Math.ceil(Math.max(fileLen, DEFAULT_L2_COVERAGE) / perBlock));
 }
 
 /** QEMU's repair of a dirty image on a read/write open (lazy refcounts, iotest 039). */
@@ -256,6 +227,8 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   );
   const l1 = new Uint8Array(h.l1Size * 8);
   await file.read(h.l1TableOffset, l1);
+  // Where QEMU reads them: after the L1 table, before the refcounts and the data file.
+  const runtime = readRuntimeOptions(options, h, fileLen, ctx.node.flags.discard === "unmap");
   const refTable = await readRefTable(file, h);
   const snaps = await readSnapshotTable(
     file,
@@ -272,17 +245,17 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
     l1,
     refTable.table,
     writable,
-    l2CacheTables(options, h),
+    runtime.l2CacheTables,
     { nodeName: node.name, emit: (name, data) => node.graph.events.emit(name, data) },
-    refcountCacheBlocks(options, h, fileLen),
+    runtime.refcountCacheBlocks,
   );
+  // Everything but the cleaning timer, which starts once the open can no longer fail.
+  image.applyOptions({ ...runtime, cacheCleanInterval: 0 });
   image.refcounts.reserved = refTable.reserved;
   if (hasDataFile) await openDataFile(ctx, image, file);
   image.snapshots = snaps.entries;
   image.snapshotsBytes = snaps.bytes;
   mapSnapshots(image);
-  image.lazy = writable && h.version >= 3 &&
-    (h.compatible & BigInt(COMPAT_LAZY_REFCOUNTS)) !== 0n;
   if (writable && !checkOpen && (h.incompatible & BigInt(Incompat.DIRTY))) {
     await repairDirty(image);
   }
@@ -292,5 +265,7 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   if (given === "absent" && h.backingFile !== undefined) await openHeaderBacking(ctx, h);
   // Bitmaps (autoclear bit 0) are kept; the other autoclear bits are cleared on read/write.
   await loadBitmaps(image, node);
-  return new Qcow2Instance(node, image);
+  const instance = new Qcow2Instance(node, image);
+  image.applyOptions(runtime);
+  return instance;
 }

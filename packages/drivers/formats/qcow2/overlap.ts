@@ -2,10 +2,13 @@
  * Overlap checks: where the metadata of an image lies, so that no write (metadata or guest
  * data) lands on a structure it must not touch. Covers QEMU's "cached" template: the
  * header, the active L1 table, the refcount table, every refcount block, every active L2
- * table, the snapshot table and the snapshots' L1 tables.
+ * table, the snapshot table and the snapshots' L1 tables. The node's `overlap-check` option
+ * (runtime_options.ts) turns the check of each kind of structure on or off (`mask`).
  *
  * @module
  */
+
+import { Overlap } from "./runtime_options.ts";
 
 /** What a write to the image file carries. */
 export type WriteKind =
@@ -20,8 +23,23 @@ export type WriteKind =
 
 interface Range {
   name: string;
+  /** The structure's {@link Overlap} bit. */
+  bit: number;
   start: number;
   end: number;
+}
+
+/** The {@link Overlap} bit of each structure a range names. */
+const BITS: Readonly<Record<string, number>> = {
+  "qcow2_header": Overlap.MAIN_HEADER,
+  "active L1 table": Overlap.ACTIVE_L1,
+  "refcount table": Overlap.REFCOUNT_TABLE,
+  "snapshot table": Overlap.SNAPSHOT_TABLE,
+  "inactive L1 table": Overlap.INACTIVE_L1,
+};
+
+function bitOf(name: string): number {
+  return BITS[name] ?? 0;
 }
 
 /** The metadata layout of an open image, kept current as structures move. */
@@ -34,6 +52,13 @@ export class MetadataMap {
   readonly #l2 = new Set<number>();
   /** Cluster indices of refcount blocks. */
   readonly #refblocks = new Set<number>();
+  /**
+   * The structures `check` protects, as {@link Overlap} bits (QEMU's `overlap_check`); the
+   * default is QEMU's "cached" template.
+   */
+  mask: number = Overlap.MAIN_HEADER | Overlap.ACTIVE_L1 | Overlap.ACTIVE_L2 |
+    Overlap.REFCOUNT_TABLE | Overlap.REFCOUNT_BLOCK | Overlap.SNAPSHOT_TABLE |
+    Overlap.INACTIVE_L1 | Overlap.BITMAP_DIRECTORY;
 
   /** An empty map for clusters of `2^clusterBits` bytes. */
   constructor(clusterBits: number) {
@@ -44,12 +69,12 @@ export class MetadataMap {
   /** Replaces the range called `name` (or adds it); a size of 0 removes it. */
   setRange(name: string, start: number, size: number): void {
     this.#ranges = this.#ranges.filter((r) => r.name !== name);
-    if (size > 0) this.#ranges.push({ name, start, end: start + size });
+    if (size > 0) this.#ranges.push({ name, bit: bitOf(name), start, end: start + size });
   }
 
   /** Adds a range without replacing others of the same name (inactive L1 tables). */
   addRange(name: string, start: number, size: number): void {
-    if (size > 0) this.#ranges.push({ name, start, end: start + size });
+    if (size > 0) this.#ranges.push({ name, bit: bitOf(name), start, end: start + size });
   }
 
   /** Records an active L2 table at `offset` (or with `present` false forgets it). */
@@ -81,28 +106,34 @@ export class MetadataMap {
 
   /**
    * The name of the metadata structure a write of `size` bytes at `offset` would hit, or
-   * null. A write of `kind` to its own structure (an L2 table at its own offset) is allowed.
+   * null. A write of `kind` to its own structure (an L2 table at its own offset) is allowed,
+   * and structures whose bit `mask` leaves out are not checked.
    */
   check(kind: WriteKind, offset: number, size: number): string | null {
+    const mask = this.mask;
+    if (mask === 0) return null;
     const end = offset + size;
     for (const r of this.#ranges) {
-      if (r.name === kind) continue;
+      if (r.name === kind || (mask & r.bit) === 0) continue;
       if (offset < r.end && r.start < end) return r.name;
     }
+    const l2 = kind !== "active L2 table" && (mask & Overlap.ACTIVE_L2) !== 0;
+    const rb = kind !== "refcount block" && (mask & Overlap.REFCOUNT_BLOCK) !== 0;
+    if (!l2 && !rb) return null;
     const first = Math.floor(offset / this.#cs);
     const last = Math.floor((end - 1) / this.#cs);
     if (last - first > this.#l2.size + this.#refblocks.size) {
-      for (const c of this.#l2) {
-        if (c >= first && c <= last && kind !== "active L2 table") return "active L2 table";
+      if (l2) {
+        for (const c of this.#l2) if (c >= first && c <= last) return "active L2 table";
       }
-      for (const c of this.#refblocks) {
-        if (c >= first && c <= last && kind !== "refcount block") return "refcount block";
+      if (rb) {
+        for (const c of this.#refblocks) if (c >= first && c <= last) return "refcount block";
       }
       return null;
     }
     for (let c = first; c <= last; c++) {
-      if (kind !== "active L2 table" && this.#l2.has(c)) return "active L2 table";
-      if (kind !== "refcount block" && this.#refblocks.has(c)) return "refcount block";
+      if (l2 && this.#l2.has(c)) return "active L2 table";
+      if (rb && this.#refblocks.has(c)) return "refcount block";
     }
     return null;
   }

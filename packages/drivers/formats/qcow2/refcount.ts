@@ -79,9 +79,15 @@ export class Refcounts {
   readonly max: number;
   #table: number[];
   #place: RefcountTablePlace;
-  /** How many refcount blocks the cache holds (least recently used go first). */
-  readonly capacity: number;
+  /** How many refcount blocks the cache holds (least recently used go first; see `resize`). */
+  capacity: number;
   readonly #blocks = new Map<number, Uint8Array>();
+  /**
+   * The cleaning generation of each cached block's last use, by table index (`cleanUnused`):
+   * a use is one array store, no allocation.
+   */
+  readonly #used: number[] = [];
+  #gen = 1;
   /** The block inserted last and still cached (-1: none), which a hit need not move. */
   #mru = -1;
   readonly #dirty = new Set<number>();
@@ -103,6 +109,11 @@ export class Refcounts {
   onFreed: (c: number) => void = () => {};
   /** Called after the table moved (the header must point to it). */
   onTableMoved: (place: RefcountTablePlace) => Promise<void> = () => Promise.resolve();
+  /**
+   * Called after the old table's clusters were freed (`count` from cluster `first`), which
+   * nothing names any more: QEMU's discard type `other` for them.
+   */
+  onOldTableFreed: (first: number, count: number) => Promise<void> = () => Promise.resolve();
 
   /** Wraps the table read at open; `fileLength` bounds what is allocated. */
   constructor(
@@ -156,6 +167,7 @@ export class Refcounts {
   async #block(i: number): Promise<Uint8Array | null> {
     const cached = this.#blocks.get(i);
     if (cached) {
+      this.#used[i] = this.#gen;
       if (i !== this.#mru) {
         this.#blocks.delete(i);
         this.#blocks.set(i, cached);
@@ -204,7 +216,39 @@ export class Refcounts {
     }
     this.#blocks.delete(i);
     this.#blocks.set(i, buf);
+    this.#used[i] = this.#gen;
     this.#mru = i;
+  }
+
+  /**
+   * Drops the clean blocks not used since the previous call (QEMU's
+   * `qcow2_cache_clean_unused`; loading is a use, so the first call drops nothing). Returns how
+   * many it dropped. Call with the metadata lock held.
+   */
+  cleanUnused(): number {
+    let dropped = 0;
+    for (const i of this.#blocks.keys()) {
+      if (this.#dirty.has(i) || (this.#used[i] ?? 0) >= this.#gen) continue;
+      this.#blocks.delete(i);
+      if (i === this.#mru) this.#mru = -1;
+      dropped++;
+    }
+    this.#gen++;
+    return dropped;
+  }
+
+  /**
+   * Holds `capacity` blocks (at least 4) from now on, dropping the least recently used clean
+   * ones beyond it (dirty ones go at the next eviction, written first).
+   */
+  resize(capacity: number): void {
+    this.capacity = Math.max(4, capacity);
+    for (const i of this.#blocks.keys()) {
+      if (this.#blocks.size <= this.capacity) break;
+      if (this.#dirty.has(i)) continue;
+      this.#blocks.delete(i);
+      if (i === this.#mru) this.#mru = -1;
+    }
   }
 
   /** How many refcount blocks are cached. */
@@ -235,8 +279,11 @@ export class Refcounts {
    * cluster.
    */
   peek(c: number): number | undefined {
-    const block = this.#blocks.get(Math.floor(c / this.entriesPerBlock));
-    return block === undefined ? undefined : this.#entry(block, c % this.entriesPerBlock);
+    const i = Math.floor(c / this.entriesPerBlock);
+    const block = this.#blocks.get(i);
+    if (block === undefined) return undefined;
+    this.#used[i] = this.#gen;
+    return this.#entry(block, c % this.entriesPerBlock);
   }
 
   /** The refcount of cluster `c` (0 past the table's reach). */
@@ -311,8 +358,11 @@ export class Refcounts {
     const E = this.entriesPerBlock;
     const blocks = this.#blocks;
     const inUse = (c: number): boolean | null => {
-      const b = blocks.get(Math.floor(c / E));
-      return b === undefined ? null : this.#entry(b, c % E) !== 0;
+      const i = Math.floor(c / E);
+      const b = blocks.get(i);
+      if (b === undefined) return null;
+      this.#used[i] = this.#gen;
+      return this.#entry(b, c % E) !== 0;
     };
     let start = this.#freeHint;
     for (; start < this.endCluster; start++) {
@@ -465,6 +515,7 @@ export class Refcounts {
     }
     this.endCluster = area + nb + tc;
     await this.update(oldPlace.offset / cs, oldPlace.clusters, -1);
+    await this.onOldTableFreed(oldPlace.offset / cs, oldPlace.clusters);
   }
 
   /** Writes every dirty refcount block; returns whether it wrote any. */

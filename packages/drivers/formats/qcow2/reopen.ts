@@ -9,7 +9,7 @@
  */
 
 import { BlockError, type ReopenHandle } from "@blockgraph/core";
-import { COMPAT_LAZY_REFCOUNTS, Incompat } from "./format.ts";
+import { Incompat } from "./format.ts";
 import type { Qcow2Image } from "./image.ts";
 
 /**
@@ -51,7 +51,7 @@ export async function prepareReopen(
   return {
     commit: () => {
       image.writable = true;
-      image.lazy = h.version >= 3 && (h.compatible & BigInt(COMPAT_LAZY_REFCOUNTS)) !== 0n;
+      image.lazy = image.useLazy;
       image.autoclearPending = h.version >= 3 && h.autoclear !== 0n;
     },
     abort() {},

@@ -244,7 +244,7 @@ async function shrink(image: Qcow2Image, size: number): Promise<void> {
     const [hi, lo, zb] = await image.entryAt(g);
     if (classify(hi, lo, image.kindMode) === "unallocated" && zb === 0) continue;
     await image.setEntry(g, 0, 0);
-    image.frees.release(hi, lo);
+    image.frees.release(hi, lo, "always");
   }
   await image.frees.commit();
   for (let i = keepL1; i < image.l1.length; i++) {
@@ -255,14 +255,14 @@ async function shrink(image: Qcow2Image, size: number): Promise<void> {
     for (let j = 0; j < image.l2Entries; j++) {
       const hi = v.getUint32(j * image.l2Stride);
       const lo = v.getUint32(j * image.l2Stride + 4);
-      if (classify(hi, lo, image.kindMode) !== "unallocated") image.frees.release(hi, lo);
+      if (classify(hi, lo, image.kindMode) !== "unallocated") image.frees.release(hi, lo, "always");
     }
     image.l1[i] = 0;
     image.l1Copied[i] = false;
     await image.writeL1Entry(i);
     image.map.setL2(off, false);
     image.l2.drop(off);
-    image.frees.add(off, 1, false);
+    image.frees.add(off, 1, "always");
   }
   await image.flush();
   await image.frees.commit();

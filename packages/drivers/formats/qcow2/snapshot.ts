@@ -58,7 +58,7 @@ export async function writeSnapshotTable(
   mapSnapshots(image);
   if (old.bytes > 0) {
     // Freed with a discard to the file, as QEMU's pass-discard-snapshot (on by default).
-    image.frees.add(old.offset, Math.ceil(old.bytes / cs), true);
+    image.frees.add(old.offset, Math.ceil(old.bytes / cs), "snapshot");
     await image.frees.commit();
     await image.refcounts.writeback();
   }
@@ -170,7 +170,7 @@ export async function deleteSnapshot(image: Qcow2Image, key: string): Promise<vo
   await adjustTree(image, l1, -1);
   if (sn.l1Size > 0) {
     // Freed with a discard to the file, as QEMU's pass-discard-snapshot (on by default).
-    image.frees.add(sn.l1TableOffset, Math.ceil((sn.l1Size * 8) / image.cs), true);
+    image.frees.add(sn.l1TableOffset, Math.ceil((sn.l1Size * 8) / image.cs), "snapshot");
     await image.frees.commit();
     await image.refcounts.writeback();
   }

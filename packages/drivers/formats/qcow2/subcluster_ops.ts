@@ -77,7 +77,7 @@ export function zeroSubclusterStep(
         (kind === "compressed" || ((flags & ReqFlags.MAY_UNMAP) !== 0 && kind === "normal"));
       if (unmap) {
         await image.setEntry(g, 0, 0, ALL_SUBCLUSTERS, 0);
-        image.frees.release(hi, lo);
+        image.frees.release(hi, lo, "request");
       } else if (zb >>> 0 !== ALL_SUBCLUSTERS || ab !== 0) {
         await image.setEntry(g, hi, lo, ALL_SUBCLUSTERS, 0);
       }
@@ -108,6 +108,6 @@ export async function discardSubclusters(
     const kind = checkEntry(image, g, hi, lo, zb, ab);
     if (kind === "unallocated" && (!backed || zb >>> 0 === ALL_SUBCLUSTERS)) return;
     await image.setEntry(g, 0, 0, ALL_SUBCLUSTERS, 0);
-    image.frees.release(hi, lo);
+    image.frees.release(hi, lo, "request");
   });
 }

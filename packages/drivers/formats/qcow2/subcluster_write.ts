@@ -150,7 +150,7 @@ async function allocateInCluster(
     const [hi, lo] = copiedEntry(host);
     await image.setEntry(g, hi, lo, e.zeroBits & ~mask, e.allocBits | mask);
     if (!inPlace && !image.external && e.kind !== "unallocated") {
-      image.frees.release(e.hi, e.lo);
+      image.frees.release(e.hi, e.lo, "never");
     }
     await image.frees.commit();
   });

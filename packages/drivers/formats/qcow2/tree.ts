@@ -72,7 +72,9 @@ interface ChangedTable {
  * of its L2 entries (written to disk) and of `l1` itself (in memory; the caller writes it).
  * The refcounts reach the disk before the tables (QEMU's L2-after-refcount dependency): a
  * crash between leaves at most a COPIED flag clear on a cluster whose refcount is one, never
- * one set on a shared cluster; tables freed by the walk are not written. When a refcount
+ * one set on a shared cluster; tables freed by the walk are not written. Clusters a negative
+ * `addend` frees (a deleted snapshot's, the old tree of a snapshot applied) are discarded in
+ * the file with `pass-discard-snapshot`, QEMU's discard type for them. When a refcount
  * would overflow (EINVAL), the increments made so far are undone and
  * nothing is written. Call with `lock` held, on a quiesced image.
  */
@@ -98,6 +100,7 @@ export async function adjustTree(image: Qcow2Image, l1: L1Table, addend: number)
     if ((await rc.get(t.off / image.cs)) > 0) await image.write("active L2 table", t.off, t.buf);
   }
   await image.flush();
+  if (addend < 0 && image.passDiscard.snapshot) await image.frees.discardFreed(done);
 }
 
 /**
