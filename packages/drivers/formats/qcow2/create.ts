@@ -115,10 +115,9 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
   else if (compat !== undefined && compat !== "1.1" && compat !== "v3") {
     fail(`Invalid parameter '${compat}'`);
   }
+  // The checks come in the order of QEMU's qcow2_co_create, so that the first one failing
+  // is the one QEMU reports.
   const cs = options.cluster_size as number;
-  if (cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) !== 0) {
-    fail("Cluster size must be a power of two between 512 and 2048k");
-  }
   const extendedL2 = options.extended_l2 === true;
   if (extendedL2 && version < 3) {
     fail(
@@ -126,10 +125,34 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
         "version=v3 or greater)",
     );
   }
+  if (cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) !== 0) {
+    fail("Cluster size must be a power of two between 512 and 2048k");
+  }
   if (extendedL2 && cs < MIN_EXTL2_CREATE_CLUSTER_SIZE) {
     fail(
       "Extended L2 entries are only supported with cluster sizes of at least " +
         `${MIN_EXTL2_CREATE_CLUSTER_SIZE} bytes`,
+    );
+  }
+  const backingFile = options.backing_file as string | undefined;
+  const backingFormat = options.backing_fmt as string | undefined;
+  const prealloc = options.preallocation as string | undefined ?? "off";
+  if (backingFile !== undefined && prealloc !== "off" && !extendedL2) {
+    fail(
+      "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+    );
+  }
+  if (backingFormat !== undefined && backingFile === undefined) {
+    fail("Backing format cannot be used without backing file");
+  }
+  if (backingFile !== undefined && backingFormat === undefined) {
+    fail("Backing file specified without backing format");
+  }
+  const lazy = options.lazy_refcounts === true;
+  if (version === 2 && lazy) {
+    fail(
+      "Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 " +
+        "or greater)",
     );
   }
   const rb = options.refcount_bits as number;
@@ -139,28 +162,7 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
   if (version === 2 && rb !== 16) {
     fail(
       "Different refcount widths than 16 bits require compatibility level 1.1 or above " +
-        "(use compat=1.1 or greater)",
-    );
-  }
-  const lazy = options.lazy_refcounts === true;
-  if (version === 2 && lazy) {
-    fail(
-      "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 " +
-        "or greater)",
-    );
-  }
-  const backingFile = options.backing_file as string | undefined;
-  const backingFormat = options.backing_fmt as string | undefined;
-  if (backingFormat !== undefined && backingFile === undefined) {
-    fail("Backing format cannot be used without backing file");
-  }
-  if (backingFile !== undefined && backingFormat === undefined) {
-    fail("Backing file specified without backing format");
-  }
-  const prealloc = options.preallocation as string | undefined ?? "off";
-  if (backingFile !== undefined && prealloc !== "off" && !extendedL2) {
-    fail(
-      "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+        "(use version=v3 or greater)",
     );
   }
   const dataFile = options.data_file as string | undefined;
@@ -175,6 +177,13 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
         "version=v3 or greater)",
     );
   }
+  const zstd = options.compression_type === "zstd";
+  if (zstd && version < 3) {
+    fail(
+      "Non-zlib compression type is only supported with compatibility level 1.1 and above " +
+        "(use version=v3 or greater)",
+    );
+  }
   const size = (options.size as number | undefined) ?? backingSize;
   if (size === undefined) fail("Image creation needs a size parameter");
   const params: Qcow2CreateParams = {
@@ -185,12 +194,7 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
     refcountBits: rb,
     lazyRefcounts: lazy,
   };
-  if (options.compression_type === "zstd") {
-    if (version < 3) {
-      fail("Compression type can only be specified with compatibility level 1.1 and above");
-    }
-    params.compressionType = 1;
-  }
+  if (zstd) params.compressionType = 1;
   if (backingFile !== undefined) params.backingFile = backingFile;
   if (backingFormat !== undefined) params.backingFormat = backingFormat;
   if (extendedL2) params.extendedL2 = true;
