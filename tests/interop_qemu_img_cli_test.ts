@@ -148,8 +148,8 @@ function normalise(r: PeerResult): PeerResult {
 
 /*
  * Known differences, left out of the cases:
- * - `create -f qcow2 -o encrypt.format=luks` / `-o nocow=on`: blockgraph has neither
- *   encryption nor btrfs nocow; it lists them in `-o help` but refuses them.
+ * - `create -f qcow2 -o encrypt.format=luks`: blockgraph has no encryption; it lists the
+ *   options in `-o help` but refuses them.
  * - `convert -O qcow2 -o compat=0.9`: the qcow2 driver says "Invalid parameter '0.9'" where
  *   QEMU says "Parameter 'version' does not accept value '0.9'".
  * - `create x.raw -1M`: glibc names the word before a bad clustered option ('x.raw').

@@ -8,6 +8,7 @@
 
 import {
   BlockError,
+  type CreateContext,
   type DriverRegistry,
   Graph,
   isJsonFilename,
@@ -291,12 +292,17 @@ export async function preallocateMetadata(
   await image.lock.run(() => preallocate(image, 0, to, mode));
 }
 
-/** Creates `filename` through the protocol driver it names, `size` bytes long. */
+/**
+ * Creates `filename` through the protocol driver it names, `size` bytes long, with the
+ * protocol's own options `extra` (`nocow`, `extent_size_hint`).
+ */
 async function createProtocolFile(
   registry: DriverRegistry,
   filename: string,
   size: number,
   preallocation: string,
+  extra: OptionValues,
+  ctx: CreateContext | undefined,
 ): Promise<void> {
   const proto = registry.protocolFor(filename);
   if (!proto.create) {
@@ -305,18 +311,32 @@ async function createProtocolFile(
       `Protocol driver '${proto.name}' does not support image creation`,
     );
   }
-  const opts: OptionValues = { filename, size };
+  const opts: OptionValues = { ...extra, filename, size };
   if (preallocation !== "off") opts.preallocation = preallocation;
   await proto.create(
     validateOptions(proto.createOptions ?? {}, opts, `Protocol driver '${proto.name}'`),
     registry,
+    ctx,
   );
 }
 
-/** Creates a qcow2 image file through the protocol driver its filename names. */
-export async function createQcow2(given: OptionValues, registry: DriverRegistry): Promise<void> {
+/**
+ * Creates a qcow2 image file through the protocol driver its filename names. Options that
+ * are not qcow2's go to the protocol driver, for the image file and the data file alike (as
+ * QEMU hands them on).
+ */
+export async function createQcow2(
+  given: OptionValues,
+  registry: DriverRegistry,
+  ctx?: CreateContext,
+): Promise<void> {
   const defined: OptionValues = {};
-  for (const [k, v] of Object.entries(given)) if (v !== undefined) defined[k] = v;
+  const protoExtra: OptionValues = {};
+  for (const [k, v] of Object.entries(given)) {
+    if (v === undefined) continue;
+    if (k in QCOW2_CREATE_OPTIONS) defined[k] = v;
+    else protoExtra[k] = v;
+  }
   const options = validateOptions(QCOW2_CREATE_OPTIONS, defined, "Format driver 'qcow2'");
   const filename = options.filename as string;
   const prealloc = (options.preallocation as string | undefined) ?? "off";
@@ -343,9 +363,9 @@ export async function createQcow2(given: OptionValues, registry: DriverRegistry)
     // The data file takes the virtual size and the preallocation (QEMU creates it first).
     const dataName = resolveBackingName(params.dataFile, filename);
     const dataPrealloc = prealloc === "falloc" || prealloc === "full" ? prealloc : "off";
-    await createProtocolFile(registry, dataName, params.size, dataPrealloc);
+    await createProtocolFile(registry, dataName, params.size, dataPrealloc, protoExtra, ctx);
   }
-  await createProtocolFile(registry, filename, 0, "off");
+  await createProtocolFile(registry, filename, 0, "off", protoExtra, ctx);
   const graph = new Graph({ registry });
   try {
     const node = await graph.open(
