@@ -17,7 +17,7 @@ import {
   writeBytes,
 } from "./interop_qcow2_helpers.ts";
 import { runOurImg } from "./cli_run.ts";
-import { qemuCreateQcow2 } from "./peer_run.ts";
+import { qemuCreateQcow2, runPeer } from "./peer_run.ts";
 
 Deno.test("qcow2 interop: our snapshots list, apply and check in qemu-img, and theirs in ours", () =>
   withDir(async (dir) => {
@@ -176,4 +176,110 @@ Deno.test("qcow2 interop: a lazy-refcount image left dirty is repaired on our ne
     await withImage(img, {}, async () => {});
     await expectQemuClean(img, "after repair on open");
     await qemuRead(img, 0, 128 * KIB, 9);
+  }));
+
+/** Images qemu-img 7.2 downgrades to compat=0.10, made by qemu-img and qemu-io in `dir`. */
+const DOWNGRADABLE: Record<string, string[][]> = {
+  // Lazy refcounts: QEMU makes the image clean, then drops the bit.
+  "lazy.qcow2": [
+    ["qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", "lazy.qcow2", "1M"],
+    ["qemu-io", "-c", "write -P 1 0 64k", "-c", "write -z 64k 64k", "lazy.qcow2"],
+  ],
+  // zstd without compressed clusters: the compression type goes back to zlib.
+  "zstd.qcow2": [
+    ["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", "zstd.qcow2", "1M"],
+    ["qemu-io", "-c", "write -P 1 0 64k", "-c", "write -z 128k 64k", "zstd.qcow2"],
+  ],
+  // Snapshots of the current size, with zero clusters in their tables and in shared ones
+  // (one zero cluster with an allocation the first snapshot still reads as data).
+  "snap.qcow2": [
+    ["qemu-img", "create", "-q", "-f", "qcow2", "snap.qcow2", "1M"],
+    ["qemu-io", "-c", "write -P 1 0 128k", "-c", "write -z 256k 64k", "snap.qcow2"],
+    ["qemu-img", "snapshot", "-c", "s1", "snap.qcow2"],
+    [
+      "qemu-io",
+      ...["-c", "write -z 0 64k", "-c", "write -P 9 64k 4k", "-c", "write -z 512k 64k"],
+      ...["-c", "write -z -u 256k 64k", "snap.qcow2"],
+    ],
+    ["qemu-img", "snapshot", "-c", "s2", "snap.qcow2"],
+    ["qemu-io", "-c", "write -P 3 768k 64k", "-c", "write -z 832k 64k", "snap.qcow2"],
+  ],
+  // Over a backing file, zero clusters must become clusters of zeros (in snapshots too).
+  "over.qcow2": [
+    ["qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "1M"],
+    ["qemu-io", "-c", "write -P 5 0 1M", "base.qcow2"],
+    ["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "over.qcow2"],
+    ["qemu-io", "-c", "write -z 0 64k", "-c", "write -P 6 64k 64k", "over.qcow2"],
+    ["qemu-img", "snapshot", "-c", "s1", "over.qcow2"],
+    ["qemu-io", "-c", "write -z 64k 64k", "-c", "write -z 128k 64k", "over.qcow2"],
+  ],
+};
+
+for (const [name, steps] of Object.entries(DOWNGRADABLE)) {
+  Deno.test(`qcow2 interop: img amend -o compat=0.10 downgrades ${name} as qemu-img 7.2 does, its content and snapshots kept`, () =>
+    withDir(async (dir) => {
+      for (const [cmd, ...args] of steps) {
+        const r = await runPeer(cmd!, args, { cwd: dir });
+        expect(r.code === 0, `${cmd} ${args.join(" ")}: ${r.err}`);
+      }
+      const img = `${dir}/${name}`;
+      // What the image and each snapshot read, before.
+      await must("qemu-img", ["convert", "-O", "raw", img, `${dir}/active.raw`]);
+      const list = await must("qemu-img", ["snapshot", "-l", img]);
+      const snaps = [...list.matchAll(/^\d+\s+(\S+)\s/gm)].map((m) => m[1]!);
+      for (const s of snaps) {
+        await must("qemu-img", ["convert", "-l", s, "-O", "raw", img, `${dir}/${s}.raw`]);
+      }
+      const r = await runOurImg(["amend", "-o", "compat=0.10", img]);
+      expect(r.code === 0 && r.out === "" && r.err === "", `amend: ${r.code} ${r.err}`);
+      const info = await must("qemu-img", ["info", img]);
+      expect(info.includes("compat: 0.10"), `qemu-img info:\n${info}`);
+      await expectQemuClean(img, "downgraded");
+      await must("qemu-img", ["compare", "-f", "qcow2", "-F", "raw", img, `${dir}/active.raw`]);
+      for (const s of snaps) {
+        await Deno.copyFile(img, `${dir}/applied.qcow2`);
+        await must("qemu-img", ["snapshot", "-a", s, `${dir}/applied.qcow2`]);
+        await must("qemu-img", ["compare", "-F", "raw", `${dir}/applied.qcow2`, `${dir}/${s}.raw`]);
+      }
+    }));
+}
+
+Deno.test("qcow2 interop: img amend -o compat=0.10 refuses what qemu-img 7.2 refuses, in its words", () =>
+  withDir(async (dir) => {
+    const q = (...args: string[]) => must("qemu-img", args);
+    await q("create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", `${dir}/zc.qcow2`, "1M");
+    await must("qemu-io", ["-c", "write -c -P 1 0 64k", `${dir}/zc.qcow2`]);
+    await q("create", "-q", "-f", "qcow2", `${dir}/grown.qcow2`, "1M");
+    await q("snapshot", "-c", "s1", `${dir}/grown.qcow2`);
+    await q("resize", "-q", `${dir}/grown.qcow2`, "2M");
+    await q("create", "-q", "-f", "qcow2", "-o", "refcount_bits=8", `${dir}/r8.qcow2`, "1M");
+    for (
+      const [image, opts] of [["zc", "compat=0.10"], ["grown", "compat=0.10"], [
+        "r8",
+        "compat=0.10",
+      ]]
+    ) {
+      await Deno.copyFile(`${dir}/${image}.qcow2`, `${dir}/theirs.qcow2`);
+      const theirs = await runPeer("qemu-img", ["amend", "-o", opts!, `${dir}/theirs.qcow2`]);
+      const mine = await runOurImg(["amend", "-o", opts!, `${dir}/${image}.qcow2`]);
+      const norm = (s: string) => s.replaceAll(`${dir}/theirs.qcow2`, `${dir}/${image}.qcow2`);
+      expect(
+        mine.code === theirs.code && mine.err === norm(theirs.err) && mine.out === theirs.out,
+        `${image}: ours ${mine.code} ${mine.err} / qemu-img ${theirs.code} ${theirs.err}`,
+      );
+      await expectQemuClean(`${dir}/${image}.qcow2`, `${image} after a refused downgrade`);
+    }
+  }));
+
+Deno.test("qcow2 interop: img amend -o size=2M resizes to 2 MiB as qemu-img amend does", () =>
+  withDir(async (dir) => {
+    const img = `${dir}/s.qcow2`;
+    await qemuCreateQcow2(img, "1M", "cluster_size=65536");
+    await must("qemu-io", ["-f", "qcow2", "-c", "write -P 4 0 64k", img]);
+    const r = await runOurImg(["amend", "-o", "size=2M", img]);
+    expect(r.code === 0, `amend: ${r.err}`);
+    const info = await must("qemu-img", ["info", img]);
+    expect(info.includes("virtual size: 2 MiB"), `qemu-img info:\n${info}`);
+    await expectQemuClean(img, "resized");
+    await qemuRead(img, 0, 64 * KIB, 4);
   }));

@@ -148,8 +148,8 @@ function normalise(r: PeerResult): PeerResult {
 
 /*
  * Known differences, left out of the cases:
- * - `create -f qcow2 -o encrypt.format=luks` / `-o nocow=on`: blockgraph has neither
- *   encryption nor btrfs nocow; it lists them in `-o help` but refuses them.
+ * - `create -f qcow2 -o encrypt.format=luks`: blockgraph has no encryption; it lists the
+ *   options in `-o help` but refuses them.
  * - `convert -O qcow2 -o compat=0.9`: the qcow2 driver says "Invalid parameter '0.9'" where
  *   QEMU says "Parameter 'version' does not accept value '0.9'".
  * - `create x.raw -1M`: glibc names the word before a bad clustered option ('x.raw').
@@ -495,6 +495,22 @@ function cases(): string[][] {
     ["create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", "x.qcow2", "1M"],
     ["create", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=4k", "x.qcow2", "1M"],
     ["create", "-f", "qcow2", "-o", "data_file=d.raw,data_file_raw=on", "x.qcow2", "1M"],
+    // compat=0.10 with what needs version 3: qcow2_co_create's order and words.
+    ["create", "-f", "qcow2", "-o", "compat=0.10,lazy_refcounts=on", "x.qcow2", "1M"],
+    ["create", "-f", "qcow2", "-o", "compat=0.10,refcount_bits=8", "x.qcow2", "1M"],
+    ["create", "-f", "qcow2", "-o", "compat=0.10,compression_type=zstd", "x.qcow2", "1M"],
+    ["create", "-f", "qcow2", "-o", "compat=0.10,compression_type=zlib", "x.qcow2", "1M"],
+    [
+      "create",
+      "-f",
+      "qcow2",
+      "-o",
+      "compat=0.10,refcount_bits=8,lazy_refcounts=on",
+      "x.qcow2",
+      "1M",
+    ],
+    ["create", "-f", "qcow2", "-o", "compat=0.10,data_file=d.raw,refcount_bits=8", "x.qcow2", "1M"],
+    ["create", "-f", "qcow2", "-o", "cluster_size=3k,compat=0.10,extended_l2=on", "x.qcow2", "1M"],
     ["convert", "--target-image-opts", "-o", "help", "r.raw", "x"],
     ["convert", "-O", "qcow2", "-o", "cluster_size=4k,,", "r.raw", "x.qcow2"],
     ["convert", "-O", "qcow2", "-o", "backing_fmt=qcow2", "r.raw", "x.qcow2"],
@@ -502,6 +518,16 @@ function cases(): string[][] {
     ["amend", "-o", "cluster_size=4k", "q.qcow2"],
     ["amend", "-o", "lazy_refcounts=maybe", "q.qcow2"],
     ["amend", "-o", "compat=0.10", "-o", "lazy_refcounts=on", "q.qcow2"],
+    // -p: qemu-img's progress line on standard output, terminal or not.
+    ["amend", "-p", "-o", "compat=0.10", "q.qcow2"],
+    ["amend", "-p", "-o", "compat=0.10", "s.qcow2"],
+    ["amend", "-p", "-o", "compat=1.1", "v2.qcow2"],
+    ["amend", "-p", "-o", "lazy_refcounts=on", "q.qcow2"],
+    ["amend", "-p", "-q", "-o", "compat=0.10", "q.qcow2"],
+    ["amend", "-p", "-o", "bogus=1", "q.qcow2"],
+    ["amend", "-p", "-o", "help", "q.qcow2"],
+    ["amend", "-p", "-o", "encrypt.state=active", "q.qcow2"],
+    ["amend", "-p", "-o", "compat=0.10", "nonexist.qcow2"],
     ["dd", "-O", "null-co", "if=r.raw", "of=o.raw"],
     ["measure", "-O", "file", "--size", "1M"],
     ["measure", "-f", "raw", "--size", "1M"],

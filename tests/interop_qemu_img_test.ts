@@ -11,6 +11,7 @@ import { deepStrictEqual as assertEquals } from "node:assert";
 import { runOurImg } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
 import { runPeer } from "./peer_run.ts";
+import { extentSizeHintOf } from "../packages/drivers/protocols/file_posix.ts";
 
 /** Makes the images both tools run on: a qcow2 chain with data, zeros and a snapshot, a raw. */
 async function makeImages(dir: string): Promise<void> {
@@ -556,5 +557,51 @@ Deno.test("img convert and dd with write-behind (-t writeback) write the same im
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("img create -o nocow, extent_size_hint answer as qemu-img and set the same extent size hint", async () => {
+  await ensurePeers(["qemu-img"]);
+  // The temporary directory's file system, and tmpfs where there is one: tmpfs refuses a
+  // non-zero hint, which qemu-img reports as a warning.
+  const parents: Deno.MakeTempOptions[] = [{}];
+  if ((await Deno.stat("/dev/shm").catch(() => null))?.isDirectory) {
+    parents.push({ dir: "/dev/shm" });
+  }
+  const cases = [
+    ["create", "-f", "raw", "x.img", "1M"],
+    ["create", "-f", "raw", "-o", "extent_size_hint=2M", "x.img", "1M"],
+    ["create", "-f", "raw", "-o", "extent_size_hint=0,nocow=on", "x.img", "1M"],
+    ["create", "-f", "raw", "-o", "nocow=on,preallocation=falloc", "x.img", "1M"],
+    ["create", "-f", "qcow2", "-o", "extent_size_hint=64k,nocow=on", "x.img", "1M"],
+    ["create", "-f", "qcow2", "-o", "extent_size_hint=3M,data_file=d.img", "x.img", "1M"],
+    ["create", "-f", "qcow2", "-o", "extent_size_hint=5G", "x.img", "1M"],
+    ["create", "-f", "raw", "-o", "nocow=maybe", "x.img", "1M"],
+    ["convert", "-O", "qcow2", "-o", "nocow=on,extent_size_hint=2M", "x.img", "y.img"],
+  ];
+  for (const parent of parents) {
+    const a = await Deno.makeTempDir(parent);
+    const b = await Deno.makeTempDir(parent);
+    try {
+      for (const args of cases) {
+        if (args[0] === "convert") {
+          for (const d of [a, b]) {
+            await runPeer("qemu-img", ["create", "-q", "x.img", "1M"], { cwd: d });
+          }
+        }
+        const theirs = await runPeer("qemu-img", args, { cwd: a });
+        const mine = await runOurImg(args, b);
+        assertEquals({ args, ...mine }, { args, ...theirs });
+        for (const name of ["x.img", "y.img", "d.img"]) {
+          const hint = [extentSizeHintOf(`${a}/${name}`), extentSizeHintOf(`${b}/${name}`)];
+          assertEquals({ args, name, hint: hint[1] }, { args, name, hint: hint[0] });
+          await Deno.remove(`${a}/${name}`).catch(() => {});
+          await Deno.remove(`${b}/${name}`).catch(() => {});
+        }
+      }
+    } finally {
+      await Deno.remove(a, { recursive: true });
+      await Deno.remove(b, { recursive: true });
+    }
   }
 });

@@ -11,6 +11,7 @@ import { BlockError } from "./errors.ts";
 import type { IoVector } from "./io_vector.ts";
 import type { Node } from "./node.ts";
 import type { OptionSchema, OptionValues } from "./options.ts";
+import type { UserObjects } from "./user_objects.ts";
 
 /** Request flags, with QEMU's values. */
 export const ReqFlags = {
@@ -317,10 +318,31 @@ export interface BlockDriver {
   dirname?(node: Node): string;
   /** Opens an instance. Options are validated and converted by the schema already. */
   open(ctx: OpenContext, options: OptionValues): Promise<DriverInstance>;
-  /** Creates an image (`img create`); absent for drivers that cannot create. */
-  create?(options: OptionValues, registry: DriverRegistry): Promise<void>;
+  /**
+   * Creates an image (`img create`); absent for drivers that cannot create. A format driver
+   * passes `ctx` on to the protocol drivers that create its files.
+   */
+  create?(options: OptionValues, registry: DriverRegistry, ctx?: CreateContext): Promise<void>;
   /** The options `create` takes. */
   readonly createOptions?: OptionSchema;
+}
+
+/**
+ * What an image's creation may use besides its options: where its warnings go (QEMU's
+ * `warn_report`, which creation goes on after) and the user-creatable objects (secrets) its
+ * options name.
+ */
+export interface CreateContext {
+  /** Reports a warning; creation goes on. Left out: warnings go to standard error. */
+  warn?(message: string): void;
+  /** The user-creatable objects by id (`--object`), for options that name one. */
+  objects?: UserObjects;
+}
+
+/** Reports `message` through `ctx`, or on standard error without one (`warning: ...`). */
+export function createWarning(ctx: CreateContext | undefined, message: string): void {
+  if (ctx?.warn) ctx.warn(message);
+  else console.error(`warning: ${message}`);
 }
 
 /** A set of drivers by name. Graphs look drivers up here; nothing else branches on names. */

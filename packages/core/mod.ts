@@ -30,6 +30,7 @@ export { Child, ChildRole, roleNames } from "./child.ts";
 export type { ChildParent, ParentKind } from "./child.ts";
 export {
   BlockStatusFlags,
+  createWarning,
   DEFAULT_LIMITS,
   DriverRegistry,
   HOST_READ_DECLINED,
@@ -39,6 +40,7 @@ export type {
   BlockDriver,
   BlockLimits,
   BlockStatus,
+  CreateContext,
   DriverInstance,
   DriverKind,
   FormatSpecificInfo,

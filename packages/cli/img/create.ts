@@ -51,8 +51,15 @@ const FORMATTING_ORDER: Record<string, [string, string | undefined][]> = {
     ["data_file_raw", undefined],
     ["lazy_refcounts", "off"],
     ["refcount_bits", "16"],
+    ["nocow", undefined],
+    ["extent_size_hint", undefined],
   ],
-  raw: [["size", undefined], ["preallocation", undefined]],
+  raw: [
+    ["size", undefined],
+    ["nocow", undefined],
+    ["preallocation", undefined],
+    ["extent_size_hint", undefined],
+  ],
 };
 
 /** What to create: qemu-img's `bdrv_img_create` arguments. */
@@ -201,7 +208,10 @@ export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): 
     );
   }
   try {
-    await fmt.create({ ...values, filename }, graph.registry);
+    await fmt.create({ ...values, filename }, graph.registry, {
+      warn: (message) => imgError(io, `warning: ${message}`),
+      objects: graph.objects,
+    });
   } catch (e) {
     return failCreate(BlockError.from(e).message);
   }

@@ -3,9 +3,8 @@
  * lists qemu-img refuses ("Invalid option list"), `-o help` / `-o ?`, and the option help
  * qemu-img 7.2 prints for a format: its create (or amend) options sorted by name, then,
  * given a filename, the protocol's. Types and descriptions come from the drivers' option
- * schemas; options QEMU lists that blockgraph's drivers do not take (encryption, btrfs
- * nocow, extent size hints) are listed with QEMU's words so the list stays the one scripts
- * know, and are refused when given.
+ * schemas; options QEMU lists that blockgraph's drivers do not take (encryption) are listed
+ * with QEMU's words so the list stays the one scripts know, and are refused when given.
  *
  * @module
  */
@@ -104,18 +103,6 @@ const QEMU_ONLY: Record<string, readonly HelpEntry[]> = {
       type: "bool (on/off)",
       description:
         "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
-    },
-  ],
-  file: [
-    {
-      name: "extent_size_hint",
-      type: "size",
-      description: "Extent size hint for the image file, 0 to disable",
-    },
-    {
-      name: "nocow",
-      type: "bool (on/off)",
-      description: "Turn off copy-on-write (valid only on btrfs)",
     },
   ],
 };

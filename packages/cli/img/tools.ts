@@ -15,6 +15,7 @@ import { accumulateOptions, amendOptionsHelp, hasHelpOption } from "./img_option
 import { qcow2Of } from "./image_facts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
+import { Progress } from "./progress.ts";
 
 /**
  * qcow2's encryption options in QEMU 7.2: those only create takes (we create no encrypted
@@ -40,8 +41,7 @@ const ENCRYPT_AMEND = new Set([
 
 /**
  * What QemuOpts finds wrong in amend options before the driver sees them: names amend does
- * not know (hinting at those only create takes) and values of the wrong type; then amending
- * encryption options of an image without encryption; or `null`.
+ * not know (hinting at those only create takes) and values of the wrong type; or `null`.
  */
 function amendOptionError(create: OptionSchema, opts: Record<string, string>): string | null {
   for (const [key, value] of Object.entries(opts)) {
@@ -63,9 +63,6 @@ function amendOptionError(create: OptionSchema, opts: Record<string, string>): s
         "and exabytes, respectively.";
     }
   }
-  if (Object.keys(opts).some((k) => ENCRYPT_AMEND.has(k))) {
-    return "Can't amend encryption options - encryption not present";
-  }
   return null;
 }
 
@@ -81,6 +78,8 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
   let cache = "writeback";
   let imageOpts = false;
   let optText: string | undefined;
+  let progress = false;
+  let quiet = false;
   for (const o of r.options) {
     const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
@@ -91,19 +90,50 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
     } else if (o.key === "f") format = o.value!;
     else if (o.key === "t") cache = o.value!;
     else if (o.key === "image-opts") imageOpts = true;
+    else if (o.key === "p") progress = true;
+    else if (o.key === "q") quiet = true;
   }
   if (r.error) return imgOptionError(io, r.error);
   if (optText === undefined) return imgErrorExit(io, "Must specify options (-o)");
+  // From here on, -p's line ends with a newline whatever happens (qemu-img's `out:`).
+  const prog = new Progress(io, progress && !quiet, 1);
+  try {
+    return await amend(graph, io, prog, {
+      format,
+      cache,
+      imageOpts,
+      optText,
+      operands: r.operands,
+    });
+  } finally {
+    prog.end();
+  }
+}
+
+/** `img amend` once its arguments are parsed, reporting progress to `prog`. */
+async function amend(
+  graph: Graph,
+  io: CliIo,
+  prog: Progress,
+  a: {
+    format: string | undefined;
+    cache: string;
+    imageOpts: boolean;
+    optText: string;
+    operands: readonly string[];
+  },
+): Promise<number> {
+  const { format, cache, imageOpts, optText } = a;
   const help = hasHelpOption(optText);
   // With -f, help needs no image.
   if (help && format !== undefined) return amendOptionsHelp(graph, io, format);
-  if (r.operands.length !== 1) {
+  if (a.operands.length !== 1) {
     imgError(io, "Expecting one image file name");
     return 1;
   }
   const opts = parseQemuOpts(optText).values;
   const image = await imgOpen(graph, io, {
-    filename: r.operands[0]!,
+    filename: a.operands[0]!,
     format,
     imageOpts,
     readOnly: false,
@@ -122,10 +152,20 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
       imgError(io, bad);
       return 1;
     }
+    // In case the driver reports nothing, as qemu-img.
+    prog.print(0, 0);
+    let failure: string | null = null;
     try {
-      await q.amend(opts);
+      if (Object.keys(opts).some((k) => ENCRYPT_AMEND.has(k))) {
+        throw new BlockError("EINVAL", "Can't amend encryption options - encryption not present");
+      }
+      await q.amend(opts, (done, total) => prog.print(100 * done / total, 0));
     } catch (e) {
-      imgError(io, BlockError.from(e).message);
+      failure = BlockError.from(e).message;
+    }
+    prog.print(100, 0);
+    if (failure !== null) {
+      imgError(io, failure);
       return 1;
     }
     return 0;

@@ -13,6 +13,7 @@ import {
   BlockStatusFlags,
   type Child,
   ChildRole,
+  type CreateContext,
   type DriverInstance,
   type DriverRegistry,
   HOST_READ_DECLINED,
@@ -262,8 +263,15 @@ export const rawDriver: BlockDriver = {
     checkWindow(window, file.node!.getLength());
     return new RawInstance(file, window);
   },
-  /** Creates the file through the protocol driver its filename names. */
-  async create(options: OptionValues, registry: DriverRegistry): Promise<void> {
+  /**
+   * Creates the file through the protocol driver its filename names, which takes every
+   * option (raw's own are the protocol's too).
+   */
+  async create(
+    options: OptionValues,
+    registry: DriverRegistry,
+    ctx?: CreateContext,
+  ): Promise<void> {
     const filename = options.filename as string;
     const proto = registry.protocolFor(filename);
     if (!proto.create) {
@@ -272,13 +280,13 @@ export const rawDriver: BlockDriver = {
         `Protocol driver '${proto.name}' does not support image creation`,
       );
     }
-    const given: OptionValues = { filename, size: options.size };
-    if (options.preallocation !== undefined) given.preallocation = options.preallocation;
+    const given: OptionValues = {};
+    for (const [k, v] of Object.entries(options)) if (v !== undefined) given[k] = v;
     const protoOptions = validateOptions(
       proto.createOptions ?? {},
       given,
       `Protocol driver '${proto.name}'`,
     );
-    await proto.create(protoOptions, registry);
+    await proto.create(protoOptions, registry, ctx);
   },
 };

@@ -129,6 +129,8 @@ const SYMBOLS = {
   /** `fcntl(fd, cmd, struct flock *)`: open file description locks (image locking). */
   fcntl: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   pread: { parameters: ["i32", "pointer", "usize", "i64"], result: "isize" },
+  /** `ioctl(fd, request, arg)` with a buffer argument: file attributes (`file_posix.ts`). */
+  ioctl: { parameters: ["i32", "usize", "buffer"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 

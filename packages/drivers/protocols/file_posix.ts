@@ -11,6 +11,7 @@ import {
   type BlockStatus,
   BlockStatusFlags,
   errnoCode,
+  type ErrorCode,
   type Node,
   type PreallocMode,
   strerror,
@@ -91,6 +92,74 @@ export function fileBlockStatus(
   const h = seek(fd, offset, SEEK.HOLE);
   const pnum = h > offset ? Math.min(bytes, h - offset) : bytes;
   return { status: data, pnum, map: offset, file: node };
+}
+
+/** `FS_IOC_GETFLAGS` and `FS_IOC_SETFLAGS` (x86-64 and arm64 encode them alike). */
+const FS_IOC_GETFLAGS = 0x80086601n;
+const FS_IOC_SETFLAGS = 0x40086602n;
+/** The inode flag that turns copy-on-write off (btrfs). */
+const FS_NOCOW_FL = 0x00800000;
+/** `FS_IOC_FSGETXATTR` and `FS_IOC_FSSETXATTR`, on a 28-byte `struct fsxattr`. */
+const FS_IOC_FSGETXATTR = 0x801c581fn;
+const FS_IOC_FSSETXATTR = 0x401c5820n;
+/** `fsx_xflags`: the extent size hint in `fsx_extsize` applies. */
+const FS_XFLAG_EXTSIZE = 0x800;
+
+/**
+ * Sets the NOCOW attribute of `fd` (QEMU's `nocow` create option): copy-on-write file
+ * systems (btrfs) then write the file in place. Failures are ignored, as QEMU ignores them:
+ * most file systems have no such attribute, and it is only an optimisation.
+ */
+export function setNocow(fd: number): void {
+  try {
+    const attr = new Int32Array(2);
+    const buf = new Uint8Array(attr.buffer);
+    if (libc().ioctl(fd, FS_IOC_GETFLAGS, buf) !== 0) return;
+    attr[0]! |= FS_NOCOW_FL;
+    libc().ioctl(fd, FS_IOC_SETFLAGS, buf);
+  } catch {
+    // No FFI here: the file keeps copy-on-write.
+  }
+}
+
+/**
+ * Sets the extent size hint of `fd` to `bytes` (XFS's `fsx_extsize`, with the EXTSIZE flag)
+ * as QEMU's file-posix create does: read the attributes, then write them back with the
+ * hint. Returns `null` on success, else the error code of the call that failed.
+ */
+export function setExtentSizeHint(fd: number, bytes: number): ErrorCode | null {
+  let lib;
+  try {
+    lib = libc();
+  } catch {
+    return "ENOTSUP";
+  }
+  const attr = new Uint32Array(7);
+  const buf = new Uint8Array(attr.buffer);
+  if (lib.ioctl(fd, FS_IOC_FSGETXATTR, buf) !== 0) return errnoCode(lastErrno());
+  attr[0]! |= FS_XFLAG_EXTSIZE;
+  attr[1] = bytes;
+  if (lib.ioctl(fd, FS_IOC_FSSETXATTR, buf) !== 0) return errnoCode(lastErrno());
+  return null;
+}
+
+/**
+ * The extent size hint of the file at `path` (`fsx_extsize` when the EXTSIZE flag is set,
+ * else 0), or `null` when it cannot be read (no such attributes on its file system, no FFI).
+ */
+export function extentSizeHintOf(path: string): number | null {
+  const attr = new Uint32Array(7);
+  let fd = -1;
+  try {
+    fd = libc().open(new TextEncoder().encode(`${path}\0`), 0, 0);
+    if (fd < 0) return null;
+    if (libc().ioctl(fd, FS_IOC_FSGETXATTR, new Uint8Array(attr.buffer)) !== 0) return null;
+  } catch {
+    return null;
+  } finally {
+    if (fd >= 0) libc().close(fd);
+  }
+  return attr[0]! & FS_XFLAG_EXTSIZE ? attr[1]! : 0;
 }
 
 let zeroBuffer: Uint8Array | null = null;

@@ -7,15 +7,17 @@
  * @module
  */
 
-import { BlockError, type OptionValues } from "@blockgraph/core";
-import { checkOnce } from "./check.ts";
+import { BlockError, type OptionValues, parseSize } from "@blockgraph/core";
 import {
+  AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
+  COPIED_HI,
   copiedEntry,
   entryOffset,
   Incompat,
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
+  viewOf,
 } from "./format.ts";
 import { backingFormat, serializeHeader, setBackingFormat, setDataFileName } from "./header.ts";
 import { classify } from "./extent.ts";
@@ -84,38 +86,264 @@ async function changeRefcountOrder(image: Qcow2Image, order: number): Promise<vo
   await image.flush();
 }
 
-/** Turns zero clusters into data or unallocated clusters for version 2. */
-async function expandZeroClusters(image: Qcow2Image, backing: boolean): Promise<void> {
-  const clusters = Math.ceil(image.header.size / image.cs);
-  for (let g = 0; g < clusters; g++) {
-    const [hi, lo] = await image.entryAt(g);
-    const kind = classify(hi, lo, image.kindMode);
-    if (kind === "zero") {
-      if (!backing) {
-        await image.setEntry(g, 0, 0);
-        continue;
+/**
+ * The progress of an amend (QEMU's `BlockDriverAmendStatusCB`): `done` of `total` units of
+ * work, called as the work goes on.
+ */
+export type AmendProgress = (done: number, total: number) => void;
+
+/**
+ * QEMU's `qcow2_amend_helper_cb`: turns the progress of each step of an amend (upgrade,
+ * refcount width, downgrade) into the progress of the whole, projecting the steps still to
+ * come from the work of those done.
+ */
+class AmendSteps {
+  readonly #report: AmendProgress | undefined;
+  readonly #total: number;
+  #current = "";
+  #last = "";
+  #completed = 0;
+  #offsetCompleted = 0;
+  #lastWork = 0;
+
+  constructor(report: AmendProgress | undefined, total: number) {
+    this.#report = report;
+    this.#total = total;
+  }
+
+  /** Starts step `name`; its progress comes through {@link progress}. */
+  step(name: string): AmendProgress {
+    this.#current = name;
+    return (done, work) => this.#progress(done, work);
+  }
+
+  #progress(done: number, work: number): void {
+    if (this.#current !== this.#last) {
+      if (this.#last !== "") {
+        this.#offsetCompleted += this.#lastWork;
+        this.#completed++;
       }
-      const off = await image.refcounts.alloc(1);
-      await image.write("data", off, new Uint8Array(image.cs));
-      await image.setEntry(g, ...copiedEntry(off));
-    } else if (kind === "zero-alloc") {
-      await image.write("data", entryOffset(hi, lo), new Uint8Array(image.cs));
-      await image.setEntry(g, hi, (lo & ~1) >>> 0);
+      this.#last = this.#current;
+    }
+    this.#lastWork = work;
+    const current = this.#offsetCompleted + work;
+    const projected = Math.floor(
+      current * (this.#total - this.#completed - 1) / (this.#completed + 1),
+    );
+    this.#report?.(this.#offsetCompleted + done, current + projected);
+  }
+}
+
+/** The L1 tables of the image: the active one, then each snapshot's (read from disk). */
+async function l1Tables(image: Qcow2Image): Promise<number[][]> {
+  const out: number[][] = [image.l1.slice()];
+  for (const sn of image.snapshots) {
+    const buf = new Uint8Array(sn.l1Size * 8);
+    if (buf.length > 0) await image.read(sn.l1TableOffset, buf);
+    const view = viewOf(buf);
+    const l1: number[] = [];
+    for (let i = 0; i < sn.l1Size; i++) {
+      l1.push(entryOffset(view.getUint32(i * 8), view.getUint32(i * 8 + 4)));
+    }
+    out.push(l1);
+  }
+  return out;
+}
+
+/** Reads the L2 table at `l2Off`, after checking that it is where an L2 table can be. */
+async function readL2(image: Qcow2Image, l2Off: number): Promise<Uint8Array> {
+  if (l2Off % image.cs !== 0) {
+    throw image.corrupt(`L2 table offset ${hexOf(l2Off)} unaligned`, l2Off, image.cs);
+  }
+  const table = new Uint8Array(image.cs);
+  await image.read(l2Off, table);
+  return table;
+}
+
+function hexOf(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
+/** Whether any L2 table, the active image's or a snapshot's, holds a compressed cluster. */
+async function hasCompressedClusters(image: Qcow2Image): Promise<boolean> {
+  const seen = new Set<number>();
+  for (const l1 of await l1Tables(image)) {
+    for (const l2Off of l1) {
+      if (l2Off === 0 || seen.has(l2Off)) continue;
+      seen.add(l2Off);
+      const view = viewOf(await readL2(image, l2Off));
+      for (let j = 0; j < image.l2Entries; j++) {
+        if (classify(view.getUint32(j * 8), view.getUint32(j * 8 + 4)) === "compressed") {
+          return true;
+        }
+      }
     }
   }
-  await image.flushCaches();
-  await image.flush();
+  return false;
 }
 
 /**
- * Applies `options` (qemu-img's names) to the image. `backing` says whether the image has a
- * backing file (zero clusters of a downgraded image must then hold zeros). Call with `lock`
- * held.
+ * Turns the zero clusters of every L2 table (the active image's, then each snapshot's) into
+ * what version 2 can say (QEMU's `qcow2_expand_zero_clusters`): without a backing file a
+ * plain zero cluster becomes unallocated; with one it gets a new cluster of zeros; a zero
+ * cluster with an allocation gets zeros written into it. A table shared by several L1
+ * tables (refcount over 1) is changed in place for all of them, a new cluster taking the
+ * table's refcount. Unlike QEMU 7.2, a zero cluster whose host cluster is also referenced
+ * from another table (a snapshot's data) is not zeroed in place, which would change the
+ * snapshot: it is given up (its refcount dropped) and handled as a plain zero cluster.
+ * Reports one unit of `progress` per L1 entry. Call with `lock` held and the caches empty.
+ */
+async function expandZeroClusters(
+  image: Qcow2Image,
+  backing: boolean,
+  progress: AmendProgress,
+): Promise<void> {
+  const cs = image.cs;
+  const tables = await l1Tables(image);
+  const total = tables.reduce((n, l1) => n + l1.length, 0);
+  const zeros = new Uint8Array(cs);
+  let visited = 0;
+  for (const l1 of tables) {
+    for (const l2Off of l1) {
+      if (l2Off !== 0) {
+        const table = await readL2(image, l2Off);
+        const view = viewOf(table);
+        const shared = await image.refcounts.get(l2Off / cs);
+        // Host clusters given up, whose references go only once the table no longer names them.
+        const dropped: number[] = [];
+        let dirty = false;
+        for (let j = 0; j < image.l2Entries; j++) {
+          const hi = view.getUint32(j * 8);
+          const lo = view.getUint32(j * 8 + 4);
+          const kind = classify(hi, lo);
+          if (kind !== "zero" && kind !== "zero-alloc") continue;
+          let host = kind === "zero-alloc" ? entryOffset(hi, lo) : 0;
+          if (host % cs !== 0) {
+            throw image.corrupt(
+              `Cluster allocation offset ${hexOf(host)} unaligned (L2 offset: ${
+                hexOf(l2Off)
+              }, L2 index: ${hexOf(j)})`,
+            );
+          }
+          if (host !== 0 && await image.refcounts.get(host / cs) > shared) {
+            dropped.push(host);
+            host = 0;
+          }
+          dirty = true;
+          if (host === 0 && !backing) {
+            view.setUint32(j * 8, 0);
+            view.setUint32(j * 8 + 4, 0);
+            continue;
+          }
+          if (host === 0) {
+            host = await image.refcounts.alloc(1);
+            if (shared > 1) await image.refcounts.update(host / cs, 1, shared - 1);
+          }
+          await image.write("data", host, zeros);
+          const [eh, el] = copiedEntry(host);
+          view.setUint32(j * 8, shared === 1 ? eh : (eh & ~COPIED_HI) >>> 0);
+          view.setUint32(j * 8 + 4, el);
+        }
+        if (dirty) {
+          // New clusters are counted, and hold their zeros, before the table names them.
+          await image.refcounts.writeback();
+          await image.flush();
+          await image.write("active L2 table", l2Off, table);
+          await image.flush();
+          for (const host of dropped) await image.refcounts.update(host / cs, 1, -shared);
+        }
+      }
+      progress(++visited, total);
+    }
+  }
+  await image.refcounts.writeback();
+  await image.flush();
+  image.l2.clear();
+}
+
+/**
+ * QEMU's `qcow2_downgrade` to version 2: refused for what version 2 cannot hold (refcounts
+ * other than 16 bits, a data file, snapshots of another size or with a VM state over 4 GiB,
+ * incompatible features, zstd-compressed clusters), after making the image clean and
+ * expanding its zero clusters. Call with `lock` held.
+ */
+async function downgrade(
+  image: Qcow2Image,
+  backing: boolean,
+  progress: AmendProgress,
+): Promise<void> {
+  const h = image.header;
+  if (h.refcountOrder !== 4) {
+    throw new BlockError("ENOTSUP", "compat=0.10 requires refcount_bits=16");
+  }
+  if (image.external) throw new BlockError("ENOTSUP", "Cannot downgrade an image with a data file");
+  for (const sn of image.snapshots) {
+    if (sn.vmStateSize > 0xffffffff || sn.diskSize !== h.size) {
+      throw new BlockError("ENOTSUP", "Internal snapshots prevent downgrade of image");
+    }
+  }
+  // Making the image clean writes what lazy refcounts held back.
+  await image.markClean();
+  const features = h.incompatible & ~BigInt(Incompat.COMPRESSION);
+  if (features !== 0n) {
+    throw new BlockError(
+      "ENOTSUP",
+      `Cannot downgrade an image with incompatible features 0x${features.toString(16)} set`,
+    );
+  }
+  // Lazy refcounts were made good by cleaning the image; compatible and autoclear
+  // features can simply be dropped.
+  h.compatible = 0n;
+  image.useLazy = false;
+  image.lazy = false;
+  h.autoclear = 0n;
+  await image.quiesce();
+  await expandZeroClusters(image, backing, progress);
+  if (h.compressionType !== 0) {
+    // QEMU 7.2 looks at the active image only; a snapshot's compressed clusters would be
+    // left unreadable, so they count too.
+    if (await hasCompressedClusters(image)) {
+      throw new BlockError(
+        "ENOTSUP",
+        "Cannot downgrade an image with zstd compression type and existing compressed clusters",
+      );
+    }
+    h.compressionType = 0;
+  }
+  h.version = 2;
+  h.headerLength = V2_HEADER_LENGTH;
+  h.incompatible = 0n;
+  // serializeHeader drops the feature name table of a v2 header.
+  await image.writeHeader();
+}
+
+/**
+ * QEMU's `qcow2_upgrade` to version 3: the header (with QEMU's feature name table) in two
+ * reported steps.
+ */
+async function upgrade(image: Qcow2Image, progress: AmendProgress): Promise<void> {
+  const h = image.header;
+  progress(0, 2);
+  progress(1, 2);
+  h.version = 3;
+  h.headerLength = V3_HEADER_LENGTH;
+  h.tail = new Uint8Array(V3_HEADER_LENGTH - 105);
+  // serializeHeader adds QEMU's feature name table (clusters over 4 KiB).
+  await image.writeHeader();
+  progress(2, 2);
+}
+
+/**
+ * Applies `options` (qemu-img's names) to the image, step by step in QEMU's order (upgrade,
+ * refcount width, data file name, lazy refcounts, size, downgrade), reporting the steps'
+ * progress to `progress`. `backing` says whether the image has a backing file (zero
+ * clusters of a downgraded image must then hold zeros). Call with `lock` held.
  */
 export async function amendImage(
   image: Qcow2Image,
   options: OptionValues,
   backing: boolean,
+  progress?: AmendProgress,
 ): Promise<void> {
   if (!image.writable) throw new BlockError("EACCES", "Image is read-only");
   for (const k of Object.keys(options)) {
@@ -125,15 +353,8 @@ export async function amendImage(
     }
   }
   const h = image.header;
-  // QEMU 7.2 no longer changes the backing file through amend (rebase does, below).
-  const file = options.backing_file as string | undefined;
-  const fmt = options.backing_fmt as string | undefined;
-  if (
-    (file !== undefined || fmt !== undefined) &&
-    (file !== h.backingFile || fmt !== backingFormat(h))
-  ) {
-    einval("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");
-  }
+  const oldVersion = h.version;
+  // The options in QEMU's order (its amend option list), each checked as it comes.
   let version = h.version;
   const compat = options.compat as string | undefined;
   if (compat !== undefined) {
@@ -141,6 +362,13 @@ export async function amendImage(
     else if (compat === "1.1" || compat === "v3") version = 3;
     else einval(`Unknown compatibility level ${compat}`);
   }
+  if (options.data_file !== undefined && !image.external) {
+    einval("data-file can only be set for images that use an external data file");
+  }
+  if (options.data_file_raw !== undefined && isOn(options.data_file_raw) && !image.dataRaw) {
+    einval("data-file-raw cannot be set on existing images");
+  }
+  // What the header says: the lazy-refcounts open option may differ for this open only.
   const lazyNow = (h.compatible & BigInt(COMPAT_LAZY_REFCOUNTS)) !== 0n;
   const lazy = options.lazy_refcounts === undefined ? lazyNow : isOn(options.lazy_refcounts);
   let order = h.refcountOrder;
@@ -151,46 +379,29 @@ export async function amendImage(
     }
     order = Math.log2(rb);
   }
-  if (version < 3 && lazy) {
-    einval(
-      "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 " +
-        "or greater)",
-    );
-  }
-  if (version < 3 && order !== 4) einval("compat=0.10 requires refcount_bits=16");
-  if (options.data_file !== undefined && !image.external) {
-    einval("data-file can only be set for images that use an external data file");
-  }
-  if (options.data_file_raw !== undefined && isOn(options.data_file_raw) !== image.dataRaw) {
-    einval("data-file-raw cannot be set on existing images");
-  }
-  if (version < h.version) {
-    if (image.external) einval("Cannot downgrade an image with a data file");
-    const features = h.incompatible &
-      ~BigInt(Incompat.DIRTY | Incompat.CORRUPT | Incompat.COMPRESSION);
-    if (features !== 0n) {
-      einval(`Cannot downgrade an image with incompatible features 0x${features.toString(16)} set`);
-    }
-    if (image.snapshots.length > 0) einval("Internal snapshots prevent downgrade of image");
-    if (h.compressionType !== 0) {
-      einval("Cannot downgrade an image with a compression type other than zlib");
-    }
-  }
+  const steps = new AmendSteps(
+    progress,
+    (version !== oldVersion ? 1 : 0) + (order !== h.refcountOrder ? 1 : 0),
+  );
   await image.quiesce();
-  if (version > h.version) {
-    h.version = 3;
-    h.headerLength = V3_HEADER_LENGTH;
-    h.tail = new Uint8Array(V3_HEADER_LENGTH - 105);
-    // serializeHeader adds QEMU's feature name table (clusters over 4 KiB).
-    await image.writeHeader();
+  // Upgrade first: what follows may need version 3.
+  if (version > oldVersion) await upgrade(image, steps.step("upgrade"));
+  if (order !== h.refcountOrder) {
+    if (version < 3 && order !== 4) {
+      einval(
+        "Refcount widths other than 16 bits require compatibility level 1.1 or above (use " +
+          "compat=1.1 or greater)",
+      );
+    }
+    // QEMU reports the refcount walks of its rewrite; this rewrite is one step.
+    const report = steps.step("refcount order");
+    report(0, 1);
+    await changeRefcountOrder(image, order);
+    report(1, 1);
   }
-  if (order !== h.refcountOrder) await changeRefcountOrder(image, order);
-  if (lazy !== lazyNow) {
-    if (!lazy) await image.markClean();
-    if (lazy) h.compatible |= BigInt(COMPAT_LAZY_REFCOUNTS);
-    else h.compatible &= ~BigInt(COMPAT_LAZY_REFCOUNTS);
-    image.useLazy = lazy;
-    image.lazy = image.writable && lazy;
+  if (options.data_file_raw !== undefined && !isOn(options.data_file_raw) && image.dataRaw) {
+    h.autoclear &= ~BigInt(AUTOCLEAR_DATA_FILE_RAW);
+    image.dataRaw = false;
     await image.writeHeader();
   }
   if (options.data_file !== undefined) {
@@ -198,19 +409,35 @@ export async function amendImage(
     setDataFileName(h, options.data_file as string);
     await image.writeHeader();
   }
-  if (options.size !== undefined) await truncateImage(image, Number(options.size), "off");
-  if (version < h.version) {
-    if ((h.incompatible & BigInt(Incompat.DIRTY)) !== 0n) await checkOnce(image, "all", []);
-    await expandZeroClusters(image, backing);
-    await image.quiesce();
-    h.version = 2;
-    h.headerLength = V2_HEADER_LENGTH;
-    h.incompatible = 0n;
-    h.compatible = 0n;
-    h.autoclear = 0n;
-    // serializeHeader drops the feature name table of a v2 header.
+  // QEMU 7.2 no longer changes the backing file through amend (rebase does).
+  const file = options.backing_file as string | undefined;
+  const fmt = options.backing_fmt as string | undefined;
+  if (
+    (file !== undefined || fmt !== undefined) &&
+    (file !== h.backingFile || fmt !== backingFormat(h))
+  ) {
+    einval("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");
+  }
+  if (lazy !== lazyNow) {
+    if (lazy && version < 3) {
+      einval(
+        "Lazy refcounts only supported with compatibility level 1.1 and above (use " +
+          "compat=1.1 or greater)",
+      );
+    }
+    if (!lazy) await image.markClean();
+    if (lazy) h.compatible |= BigInt(COMPAT_LAZY_REFCOUNTS);
+    else h.compatible &= ~BigInt(COMPAT_LAZY_REFCOUNTS);
+    image.useLazy = lazy;
+    image.lazy = image.writable && lazy;
     await image.writeHeader();
   }
+  // qemu-img passes the size as typed ("2M"); 0 leaves the size alone, as QEMU.
+  const size = typeof options.size === "string" ? parseSize(options.size) : options.size;
+  if (size !== undefined && typeof size !== "number") einval("Parameter 'size' expects a size");
+  if (size) await truncateImage(image, size, "off");
+  // Downgrade last, once what version 2 cannot hold has been removed.
+  if (version < oldVersion) await downgrade(image, backing, steps.step("downgrade"));
 }
 
 /**

@@ -8,6 +8,7 @@
 
 import {
   BlockError,
+  type CreateContext,
   type DriverRegistry,
   Graph,
   isJsonFilename,
@@ -115,10 +116,9 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
   else if (compat !== undefined && compat !== "1.1" && compat !== "v3") {
     fail(`Invalid parameter '${compat}'`);
   }
+  // The checks come in the order of QEMU's qcow2_co_create, so that the first one failing
+  // is the one QEMU reports.
   const cs = options.cluster_size as number;
-  if (cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) !== 0) {
-    fail("Cluster size must be a power of two between 512 and 2048k");
-  }
   const extendedL2 = options.extended_l2 === true;
   if (extendedL2 && version < 3) {
     fail(
@@ -126,10 +126,34 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
         "version=v3 or greater)",
     );
   }
+  if (cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) !== 0) {
+    fail("Cluster size must be a power of two between 512 and 2048k");
+  }
   if (extendedL2 && cs < MIN_EXTL2_CREATE_CLUSTER_SIZE) {
     fail(
       "Extended L2 entries are only supported with cluster sizes of at least " +
         `${MIN_EXTL2_CREATE_CLUSTER_SIZE} bytes`,
+    );
+  }
+  const backingFile = options.backing_file as string | undefined;
+  const backingFormat = options.backing_fmt as string | undefined;
+  const prealloc = options.preallocation as string | undefined ?? "off";
+  if (backingFile !== undefined && prealloc !== "off" && !extendedL2) {
+    fail(
+      "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+    );
+  }
+  if (backingFormat !== undefined && backingFile === undefined) {
+    fail("Backing format cannot be used without backing file");
+  }
+  if (backingFile !== undefined && backingFormat === undefined) {
+    fail("Backing file specified without backing format");
+  }
+  const lazy = options.lazy_refcounts === true;
+  if (version === 2 && lazy) {
+    fail(
+      "Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 " +
+        "or greater)",
     );
   }
   const rb = options.refcount_bits as number;
@@ -139,28 +163,7 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
   if (version === 2 && rb !== 16) {
     fail(
       "Different refcount widths than 16 bits require compatibility level 1.1 or above " +
-        "(use compat=1.1 or greater)",
-    );
-  }
-  const lazy = options.lazy_refcounts === true;
-  if (version === 2 && lazy) {
-    fail(
-      "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 " +
-        "or greater)",
-    );
-  }
-  const backingFile = options.backing_file as string | undefined;
-  const backingFormat = options.backing_fmt as string | undefined;
-  if (backingFormat !== undefined && backingFile === undefined) {
-    fail("Backing format cannot be used without backing file");
-  }
-  if (backingFile !== undefined && backingFormat === undefined) {
-    fail("Backing file specified without backing format");
-  }
-  const prealloc = options.preallocation as string | undefined ?? "off";
-  if (backingFile !== undefined && prealloc !== "off" && !extendedL2) {
-    fail(
-      "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+        "(use version=v3 or greater)",
     );
   }
   const dataFile = options.data_file as string | undefined;
@@ -175,6 +178,13 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
         "version=v3 or greater)",
     );
   }
+  const zstd = options.compression_type === "zstd";
+  if (zstd && version < 3) {
+    fail(
+      "Non-zlib compression type is only supported with compatibility level 1.1 and above " +
+        "(use version=v3 or greater)",
+    );
+  }
   const size = (options.size as number | undefined) ?? backingSize;
   if (size === undefined) fail("Image creation needs a size parameter");
   const params: Qcow2CreateParams = {
@@ -185,12 +195,7 @@ export function createParams(options: OptionValues, backingSize?: number): Qcow2
     refcountBits: rb,
     lazyRefcounts: lazy,
   };
-  if (options.compression_type === "zstd") {
-    if (version < 3) {
-      fail("Compression type can only be specified with compatibility level 1.1 and above");
-    }
-    params.compressionType = 1;
-  }
+  if (zstd) params.compressionType = 1;
   if (backingFile !== undefined) params.backingFile = backingFile;
   if (backingFormat !== undefined) params.backingFormat = backingFormat;
   if (extendedL2) params.extendedL2 = true;
@@ -287,12 +292,17 @@ export async function preallocateMetadata(
   await image.lock.run(() => preallocate(image, 0, to, mode));
 }
 
-/** Creates `filename` through the protocol driver it names, `size` bytes long. */
+/**
+ * Creates `filename` through the protocol driver it names, `size` bytes long, with the
+ * protocol's own options `extra` (`nocow`, `extent_size_hint`).
+ */
 async function createProtocolFile(
   registry: DriverRegistry,
   filename: string,
   size: number,
   preallocation: string,
+  extra: OptionValues,
+  ctx: CreateContext | undefined,
 ): Promise<void> {
   const proto = registry.protocolFor(filename);
   if (!proto.create) {
@@ -301,18 +311,32 @@ async function createProtocolFile(
       `Protocol driver '${proto.name}' does not support image creation`,
     );
   }
-  const opts: OptionValues = { filename, size };
+  const opts: OptionValues = { ...extra, filename, size };
   if (preallocation !== "off") opts.preallocation = preallocation;
   await proto.create(
     validateOptions(proto.createOptions ?? {}, opts, `Protocol driver '${proto.name}'`),
     registry,
+    ctx,
   );
 }
 
-/** Creates a qcow2 image file through the protocol driver its filename names. */
-export async function createQcow2(given: OptionValues, registry: DriverRegistry): Promise<void> {
+/**
+ * Creates a qcow2 image file through the protocol driver its filename names. Options that
+ * are not qcow2's go to the protocol driver, for the image file and the data file alike (as
+ * QEMU hands them on).
+ */
+export async function createQcow2(
+  given: OptionValues,
+  registry: DriverRegistry,
+  ctx?: CreateContext,
+): Promise<void> {
   const defined: OptionValues = {};
-  for (const [k, v] of Object.entries(given)) if (v !== undefined) defined[k] = v;
+  const protoExtra: OptionValues = {};
+  for (const [k, v] of Object.entries(given)) {
+    if (v === undefined) continue;
+    if (k in QCOW2_CREATE_OPTIONS) defined[k] = v;
+    else protoExtra[k] = v;
+  }
   const options = validateOptions(QCOW2_CREATE_OPTIONS, defined, "Format driver 'qcow2'");
   const filename = options.filename as string;
   const prealloc = (options.preallocation as string | undefined) ?? "off";
@@ -339,9 +363,9 @@ export async function createQcow2(given: OptionValues, registry: DriverRegistry)
     // The data file takes the virtual size and the preallocation (QEMU creates it first).
     const dataName = resolveBackingName(params.dataFile, filename);
     const dataPrealloc = prealloc === "falloc" || prealloc === "full" ? prealloc : "off";
-    await createProtocolFile(registry, dataName, params.size, dataPrealloc);
+    await createProtocolFile(registry, dataName, params.size, dataPrealloc, protoExtra, ctx);
   }
-  await createProtocolFile(registry, filename, 0, "off");
+  await createProtocolFile(registry, filename, 0, "off", protoExtra, ctx);
   const graph = new Graph({ registry });
   try {
     const node = await graph.open(

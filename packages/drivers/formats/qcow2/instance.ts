@@ -29,7 +29,7 @@ import {
   strerror,
 } from "@blockgraph/core";
 
-import { amendImage, changeBackingFile } from "./amend.ts";
+import { amendImage, type AmendProgress, changeBackingFile } from "./amend.ts";
 import { checkImage } from "./check.ts";
 import type { Qcow2CheckResult } from "./check_result.ts";
 import { writeCompressed } from "./compressed_write.ts";
@@ -611,9 +611,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
    * `qemu-img amend -o`: compat, lazy_refcounts, refcount_bits, size, data_file; backing_file
    * and backing_fmt only as they are (QEMU 7.2 refuses changing them: see
    * {@link Qcow2Instance.changeBackingFile}); any other option fails with QEMU's message.
+   * `progress` hears how far the work has come (`done` of `total`), as QEMU's status
+   * callback.
    */
-  amend(options: OptionValues): Promise<void> {
-    return this.#idle(() => amendImage(this.image, options, this.#backing() !== null));
+  amend(options: OptionValues, progress?: AmendProgress): Promise<void> {
+    return this.#idle(() => amendImage(this.image, options, this.#backing() !== null, progress));
   }
 
   /**
