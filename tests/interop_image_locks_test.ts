@@ -36,17 +36,22 @@ async function both(dir: string, what: string): Promise<void> {
   }
 }
 
+/** qemu-nbd serving a new 16 MiB `disk.qcow2` in `dir`, holding its image locks. */
+async function servedByQemuNbd(dir: string) {
+  await runPeer("qemu-img", ["create", "-q", "-f", "qcow2", "disk.qcow2", "16M"], { cwd: dir });
+  const sock = `${dir}/nbd.sock`;
+  return await spawnPeer(
+    "qemu-nbd",
+    ["-f", "qcow2", "-t", "-x", "disk", "-k", sock, `${dir}/disk.qcow2`],
+    () => listening(sock),
+  );
+}
+
 Deno.test("image locks: qemu-nbd's image is refused by our img and io as by qemu-img and qemu-io", async () => {
   await ensurePeers(["qemu-img", "qemu-io", "qemu-nbd"]);
   const dir = await Deno.makeTempDir();
   try {
-    await runPeer("qemu-img", ["create", "-q", "-f", "qcow2", "disk.qcow2", "16M"], { cwd: dir });
-    const sock = `${dir}/nbd.sock`;
-    const qnbd = await spawnPeer(
-      "qemu-nbd",
-      ["-f", "qcow2", "-t", "-x", "disk", "-k", sock, `${dir}/disk.qcow2`],
-      () => listening(sock),
-    );
+    const qnbd = await servedByQemuNbd(dir);
     try {
       await both(dir, "qemu-nbd serves the image");
     } finally {
@@ -90,13 +95,7 @@ Deno.test("image locks: blockdev-change-medium of an image qemu-nbd serves says 
   const dir = await Deno.makeTempDir();
   const daemon = createDaemon();
   try {
-    await runPeer("qemu-img", ["create", "-q", "-f", "qcow2", "disk.qcow2", "16M"], { cwd: dir });
-    const sock = `${dir}/nbd.sock`;
-    const qnbd = await spawnPeer(
-      "qemu-nbd",
-      ["-f", "qcow2", "-t", "-x", "disk", "-k", sock, `${dir}/disk.qcow2`],
-      () => listening(sock),
-    );
+    const qnbd = await servedByQemuNbd(dir);
     try {
       addMonitor(daemon, `${dir}/qmp.sock`);
       await applyAction(daemon, { kind: "drive", text: "", options: { id: "cd0" } });

@@ -393,13 +393,22 @@ Deno.test("NbdExport goes away when the medium under it is removed (iotest 140)"
   });
 });
 
+/**
+ * A raw client in the option phase of `sock`: the greeting read, the fixed newstyle and
+ * no-zeroes client flags sent.
+ */
+async function optionPhase(sock: string) {
+  const conn = await Deno.connect({ transport: "unix", path: sock });
+  const reader = new WireReader(conn);
+  const writer = new WireWriter(conn);
+  await reader.readBytes(18);
+  writer.copy(new Uint8Array([0, 0, 0, 3]));
+  return { conn, reader, writer };
+}
+
 Deno.test("NbdServer handshake: LIST, unknown exports, options out of order", async () => {
   await withServer(async ({ sock }) => {
-    const conn = await Deno.connect({ transport: "unix", path: sock });
-    const reader = new WireReader(conn);
-    const writer = new WireWriter(conn);
-    await reader.readBytes(18);
-    writer.copy(new Uint8Array([0, 0, 0, 3]));
+    const { conn, reader, writer } = await optionPhase(sock);
     const reply = async () => {
       const h = decodeOptionReplyHeader(await reader.readBytes(20));
       await reader.readBytes(h.length);
@@ -428,11 +437,7 @@ Deno.test("NbdServer handshake: LIST, unknown exports, options out of order", as
 
 Deno.test("NbdServer option errors in QEMU 7.2's words; LIST_META_CONTEXT without structured replies", async () => {
   await withServer(async ({ sock }) => {
-    const conn = await Deno.connect({ transport: "unix", path: sock });
-    const reader = new WireReader(conn);
-    const writer = new WireWriter(conn);
-    await reader.readBytes(18);
-    writer.copy(new Uint8Array([0, 0, 0, 3]));
+    const { conn, reader, writer } = await optionPhase(sock);
     const reply = async () => {
       const h = decodeOptionReplyHeader(await reader.readBytes(20));
       const data = await reader.readBytes(h.length);
