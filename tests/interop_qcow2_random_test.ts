@@ -11,6 +11,7 @@
  */
 import { Graph, IoVector, type Node, ReqFlags } from "@blockgraph/core";
 import { defaultRegistry, type Qcow2Instance } from "@blockgraph/drivers";
+import { rng } from "@blockgraph/drivers/conformance";
 import { runOurImg } from "./cli_run.ts";
 import { expect, must, qemuCheck, run, withDir } from "./interop_qcow2_helpers.ts";
 
@@ -45,17 +46,9 @@ const SHAPES: Shape[] = [
   { opts: "cluster_size=65536", size: 8 * MIB, cs: 65536, dataFile: true, seed: 18 },
 ];
 
-/** A small deterministic generator (xorshift32). */
-function rng(seed: number): (limit: number) => number {
-  let x = (seed * 2654435761) >>> 0 || 1;
-  return (limit) => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x % limit;
-  };
+/** The generator of a shape's operations: the conformance suite's, its seed spread. */
+function shapeRng(seed: number): (limit: number) => number {
+  return rng((seed * 2654435761) >>> 0);
 }
 
 /** `n` bytes of one of a few patterns (some compress, some do not). */
@@ -141,7 +134,7 @@ async function workload(
   start: Uint8Array,
   ops: number,
 ): Promise<{ model: Uint8Array; snaps: Snap[] }> {
-  const r = rng(shape.seed);
+  const r = shapeRng(shape.seed);
   const cs = shape.cs;
   const sc = shape.opts.includes("extended_l2=on") ? cs / 32 : cs;
   let model = start;
@@ -289,7 +282,7 @@ for (const shape of SHAPES) {
   Deno.test(`qcow2 interop: random workload with snapshots and resizes (${label})`, () =>
     withDir(async (dir) => {
       const img = `${dir}/w.qcow2`;
-      const r = rng(shape.seed * 3);
+      const r = shapeRng(shape.seed * 3);
       const start = new Uint8Array(shape.size);
       const args = ["create", "-q", "-f", "qcow2"];
       if (shape.backing) {

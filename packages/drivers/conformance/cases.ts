@@ -107,8 +107,11 @@ async function discardAndCheck(ctx: CaseContext, offset: number, bytes: number):
   model.write(offset, after);
 }
 
-/** A small deterministic generator (xorshift32), so a failing sequence can be replayed. */
-function rng(seed: number): (limit: number) => number {
+/**
+ * A small deterministic generator (xorshift32), so a failing sequence can be replayed: each
+ * call returns an integer in `[0, limit)`.
+ */
+export function rng(seed: number): (limit: number) => number {
   let x = seed >>> 0 || 1;
   return (limit: number) => {
     x ^= x << 13;

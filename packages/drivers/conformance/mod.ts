@@ -12,7 +12,7 @@ export {
   AssertionError,
   assertRejectsWith,
 } from "./assertions.ts";
-export { caseApplies, conformanceCases, pattern } from "./cases.ts";
+export { caseApplies, conformanceCases, pattern, rng } from "./cases.ts";
 export { DiskModel } from "./disk_model.ts";
 export { runCase, runConformance } from "./suite.ts";
 export {
