@@ -50,28 +50,60 @@ for (const [kind, opts] of KINDS) {
               `write -z -u ${range}`,
             ])
         ) {
-          const theirs = `${dir}/q.qcow2`;
-          const ours = `${dir}/o.qcow2`;
-          await Deno.copyFile(image, theirs);
-          await Deno.copyFile(image, ours);
-          await must("qemu-io", ["-c", op, theirs]);
-          const r = await runOurIo(["-c", op, ours]);
-          expect(r.code === 0, `our ${op}: ${r.err}`);
           const what = `${kind} ${image === top ? "over a backing file" : "alone"}, ${op}`;
-          const map = (p: string) => must("qemu-img", ["map", "--output=json", p]);
-          expect(
-            withoutOffsets(await map(ours)) === withoutOffsets(await map(theirs)),
-            `${what}: map of ours\n${await map(ours)}theirs\n${await map(theirs)}`,
-          );
-          expect(
-            (await run("qemu-img", ["compare", "-q", ours, theirs])).code === 0,
-            `${what}: compare`,
-          );
-          const check = async (p: string) =>
-            (await run("qemu-img", ["check", p])).out.replaceAll(p, "X");
-          expect((await check(ours)) === (await check(theirs)), `${what}: check`);
+          await sameAsQemuIo(dir, image, op, what);
         }
       }
     });
   });
 }
+
+/**
+ * `op` run by qemu-io and by ours on copies of `image` (in `dir`): `qemu-img map` (but host
+ * offsets), `compare` and `check` must agree.
+ */
+async function sameAsQemuIo(dir: string, image: string, op: string, what: string) {
+  const theirs = `${dir}/q.qcow2`;
+  const ours = `${dir}/o.qcow2`;
+  await Deno.copyFile(image, theirs);
+  await Deno.copyFile(image, ours);
+  await must("qemu-io", ["-c", op, theirs]);
+  const r = await runOurIo(["-c", op, ours]);
+  expect(r.code === 0, `our ${op}: ${r.err}`);
+  const map = (p: string) => must("qemu-img", ["map", "--output=json", p]);
+  expect(
+    withoutOffsets(await map(ours)) === withoutOffsets(await map(theirs)),
+    `${what}: map of ours\n${await map(ours)}theirs\n${await map(theirs)}`,
+  );
+  expect(
+    (await run("qemu-img", ["compare", "-q", ours, theirs])).code === 0,
+    `${what}: compare`,
+  );
+  const check = async (p: string) => (await run("qemu-img", ["check", p])).out.replaceAll(p, "X");
+  expect((await check(ours)) === (await check(theirs)), `${what}: check`);
+}
+
+Deno.test("qcow2 write-zeroes of part of a cluster asks whether the rest reads as zeros as QEMU's is_zero: through filters, holes of a raw base, and this layer's zero clusters", async () => {
+  await withDir(async (dir) => {
+    const q = (...args: string[]) => must("qemu-img", args);
+    await q("create", "-q", "-f", "qcow2", `${dir}/base.qcow2`, "4M");
+    await must("qemu-io", [...cmds(["write -P 0x55 0 4M"]), `${dir}/base.qcow2`]);
+    await q("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", `${dir}/mid.qcow2`);
+    // A raw node over mid is a filter: the base's data below it must not be taken for zeros.
+    const filtered = `json:{"driver":"raw","file":{"driver":"qcow2","file":` +
+      `{"driver":"file","filename":"${dir}/mid.qcow2"}}}`;
+    await q("create", "-q", "-f", "qcow2", "-b", filtered, "-F", "raw", `${dir}/f.qcow2`, "4M");
+    // A raw base whose holes read as zeros: block status must look for them.
+    await q("create", "-q", "-f", "raw", `${dir}/sparse.raw`, "4M");
+    await must("qemu-io", [...cmds(["write -P 7 0 64k"]), "-f", "raw", `${dir}/sparse.raw`]);
+    await q("create", "-q", "-f", "qcow2", "-b", "sparse.raw", "-F", "raw", `${dir}/s.qcow2`);
+    // A zero cluster in this layer over data: zeroing part of it again changes nothing.
+    await q("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", `${dir}/z.qcow2`);
+    await must("qemu-io", [...cmds(["write -z 1536k 64k"]), `${dir}/z.qcow2`]);
+    for (const image of ["f.qcow2", "s.qcow2", "z.qcow2"]) {
+      for (const op of ["write -z 1540k 4k", "write -z -u 1540k 4k"]) {
+        await sameAsQemuIo(dir, `${dir}/${image}`, op, `${image}, ${op}`);
+      }
+    }
+  });
+});

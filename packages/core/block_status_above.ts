@@ -114,6 +114,24 @@ function answer(
 }
 
 /**
+ * Whether `[offset, offset+bytes)` reads as zeros through `top` and everything below it, as
+ * far as block status (looking for zeros) can tell: QEMU's `is_zero`, which a format asks
+ * before it turns a partly written range into zeros wholesale. The range is clamped to
+ * `top`'s length.
+ */
+export async function isZeroAbove(top: Node, offset: number, bytes: number): Promise<boolean> {
+  bytes = Math.max(0, Math.min(bytes, top.getLength() - offset));
+  while (bytes > 0) {
+    const now = blockStatusAboveNow(top, null, offset, bytes, true);
+    const st = now instanceof Promise ? await now : now;
+    if (!(st.status & ZERO) || st.pnum === 0) return false;
+    offset += st.pnum;
+    bytes -= st.pnum;
+  }
+  return true;
+}
+
+/**
  * Whether `[offset, offset+bytes)` is allocated in `top` or any backing layer above `base`
  * (exclusive; `null`: the whole chain). Returns the answer for the first `pnum` bytes.
  */

@@ -1,5 +1,10 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
-import { blockStatusAbove, blockStatusAboveNow, statusBelow } from "./block_status_above.ts";
+import {
+  blockStatusAbove,
+  blockStatusAboveNow,
+  isZeroAbove,
+  statusBelow,
+} from "./block_status_above.ts";
 import { BlockStatusFlags } from "./driver.ts";
 import { pattern, testGraph } from "./test_util.ts";
 
@@ -84,5 +89,15 @@ Deno.test("blockStatusAboveNow answers at once when every layer does, and status
   const through = await blockStatusAbove(f, null, 4 * KIB, 4 * KIB);
   assertEquals([through.status & (DATA | ALLOCATED), through.depth], [DATA | ALLOCATED, 3]);
   await f.unref("t");
+  await close();
+});
+
+Deno.test("isZeroAbove sees zeros only where every layer a reader reaches says so, clamped to the top", async () => {
+  const { top, close } = await chain();
+  assertEquals(await isZeroAbove(top, 64 * KIB, 64 * KIB), true, "past mid's end");
+  assertEquals(await isZeroAbove(top, 4 * KIB, 4 * KIB), false, "base's data below two layers");
+  assertEquals(await isZeroAbove(top, 60 * KIB, 8 * KIB), false, "a run that starts in data");
+  assertEquals(await isZeroAbove(top, (1 << 20) - 4 * KIB, 64 * KIB), true, "clamped at the end");
+  assertEquals(await isZeroAbove(top, 64 * KIB, 0), true, "nothing to check");
   await close();
 });

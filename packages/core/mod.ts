@@ -98,6 +98,7 @@ export {
   blockStatusAboveNow,
   type ChainStatus,
   isAllocatedAbove,
+  isZeroAbove,
   statusBelow,
 } from "./block_status_above.ts";
 export { backendLoadVmState, backendSaveVmState, loadVmState, saveVmState } from "./vm_state.ts";

@@ -21,6 +21,7 @@ import {
   HOST_READ_DECLINED,
   type HostReadSink,
   IoVector,
+  isZeroAbove,
   type Node,
   type OptionValues,
   type PreallocMode,
@@ -71,32 +72,6 @@ function noSnapshots(): BlockError {
 /** Whether a write to `ext` goes to the clusters it already has. */
 function inPlace(ext: Extent): boolean {
   return ext.kind === "normal" && ext.copied;
-}
-
-/**
- * Whether `[offset, end)` reads as zeros through the backing chain from `node` down (no
- * node: zeros), as QEMU's `is_zero` asks block status without probing for zeros: a range is
- * zero when some layer says so, is unallocated down to the bottom, or lies beyond a layer's
- * end.
- */
-async function chainReadsZero(node: Node | null, offset: number, end: number): Promise<boolean> {
-  while (offset < end) {
-    if (!node || offset >= node.getLength()) return true;
-    const n = Math.min(end, node.getLength()) - offset;
-    const st = await node.blockStatus(offset, n, false);
-    const pnum = Math.min(st.pnum, n);
-    if (st.status & BlockStatusFlags.ZERO) {
-      offset += pnum;
-    } else if (st.status & (BlockStatusFlags.DATA | BlockStatusFlags.ALLOCATED)) {
-      return false;
-    } else {
-      if (!(await chainReadsZero(node.cowChild?.node ?? null, offset, offset + pnum))) {
-        return false;
-      }
-      offset += pnum;
-    }
-  }
-  return true;
 }
 
 /** An open qcow2 node. */
@@ -379,17 +354,18 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     if (offset % cs !== 0 || (end % cs !== 0 && end !== image.header.size)) {
       const start = Math.floor(offset / cs) * cs;
       const clusterEnd = Math.min(start + cs, image.header.size);
-      const backing = this.#backing();
+      const node = this.#node;
       if (
         end > clusterEnd || image.dataRaw ||
-        (image.header.version < 3 && backing !== null) ||
-        !(await chainReadsZero(backing, start, offset) &&
-          await chainReadsZero(backing, end, clusterEnd))
+        (image.header.version < 3 && this.#backing() !== null) ||
+        !(await isZeroAbove(node, start, offset - start) &&
+          await isZeroAbove(node, end, clusterEnd - end))
       ) {
         throw new BlockError("ENOTSUP", "qcow2 zeroes whole clusters only");
       }
-      // The backing chain reads zeros beside the request: the cluster may become a zero
-      // cluster if this layer holds no data in it (checked under the metadata lock).
+      // The rest of the cluster reads as zeros (this layer and all below): the cluster may
+      // become a zero cluster if this layer holds no data in it (checked again under the
+      // metadata lock: a write may have come meanwhile).
       return zeroWholeCluster(image, start, clusterEnd, flags);
     }
     // Version 2 has no zero flag: without a backing file, discarded clusters read as zeros.
