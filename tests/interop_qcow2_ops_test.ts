@@ -283,3 +283,29 @@ Deno.test("qcow2 interop: img amend -o size=2M resizes to 2 MiB as qemu-img amen
     await expectQemuClean(img, "resized");
     await qemuRead(img, 0, 64 * KIB, 4);
   }));
+
+Deno.test("qcow2 interop: img amend -o size= resizes as img resize does: zeros over a longer backing file, and a v2 image with snapshots refused", () =>
+  withDir(async (dir) => {
+    const base = `${dir}/base.raw`;
+    await must("qemu-img", ["create", "-q", "-f", "raw", base, "8M"]);
+    await must("qemu-io", ["-f", "raw", "-c", "write -P 0x55 0 8M", base]);
+    const top = `${dir}/top.qcow2`;
+    await must("qemu-img", ["create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", top, "4M"]);
+    const r = await runOurImg(["amend", "-o", "size=6M", top]);
+    expect(r.code === 0, `amend: ${r.err}`);
+    await qemuRead(top, 4 * 1024 * KIB, 2 * 1024 * KIB, 0);
+    await qemuRead(top, 0, 4 * 1024 * KIB, 0x55);
+    await expectQemuClean(top, "grown over a longer backing file");
+    const v2 = `${dir}/v2.qcow2`;
+    await qemuCreateQcow2(v2, "1M", "compat=0.10");
+    await must("qemu-img", ["snapshot", "-c", "s", v2]);
+    const theirs = `${dir}/theirs.qcow2`;
+    await Deno.copyFile(v2, theirs);
+    const q = await runPeer("qemu-img", ["amend", "-o", "size=2M", theirs]);
+    const mine = await runOurImg(["amend", "-o", "size=2M", v2]);
+    expect(
+      mine.code === q.code && mine.err === q.err.replaceAll(theirs, v2),
+      `v2 with a snapshot: ours ${mine.code} ${mine.err} / qemu-img ${q.code} ${q.err}`,
+    );
+    await must("qemu-img", ["snapshot", "-a", "s", v2]);
+  }));

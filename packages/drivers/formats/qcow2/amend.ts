@@ -23,7 +23,6 @@ import { backingFormat, serializeHeader, setBackingFormat, setDataFileName } fro
 import { classify } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
 import { Imrt, writeRefcountStructure } from "./rebuild.ts";
-import { truncateImage } from "./resize.ts";
 
 /** The options `amend` changes, as qemu-img names them. */
 export const QCOW2_AMEND_OPTIONS = [
@@ -291,25 +290,35 @@ async function downgrade(
       `Cannot downgrade an image with incompatible features 0x${features.toString(16)} set`,
     );
   }
+  // QEMU asks after expanding zero clusters, which cannot add compressed ones: asked first,
+  // a refusal changes nothing. QEMU 7.2 looks at the active image only; a snapshot's
+  // compressed clusters would be left unreadable, so they count too.
+  if (h.compressionType !== 0 && await hasCompressedClusters(image)) {
+    throw new BlockError(
+      "ENOTSUP",
+      "Cannot downgrade an image with zstd compression type and existing compressed clusters",
+    );
+  }
   // Lazy refcounts were made good by cleaning the image; compatible and autoclear
   // features can simply be dropped.
+  const before = { compatible: h.compatible, autoclear: h.autoclear, lazy: image.useLazy };
   h.compatible = 0n;
   image.useLazy = false;
   image.lazy = false;
   h.autoclear = 0n;
-  await image.quiesce();
-  await expandZeroClusters(image, backing, progress);
-  if (h.compressionType !== 0) {
-    // QEMU 7.2 looks at the active image only; a snapshot's compressed clusters would be
-    // left unreadable, so they count too.
-    if (await hasCompressedClusters(image)) {
-      throw new BlockError(
-        "ENOTSUP",
-        "Cannot downgrade an image with zstd compression type and existing compressed clusters",
-      );
-    }
-    h.compressionType = 0;
+  try {
+    await image.quiesce();
+    await expandZeroClusters(image, backing, progress);
+  } catch (e) {
+    // The image stays the version 3 image it was (its zero clusters, where expanded, hold
+    // the same zeros): a later header write must not drop its features.
+    h.compatible = before.compatible;
+    h.autoclear = before.autoclear;
+    image.useLazy = before.lazy;
+    image.lazy = image.writable && before.lazy;
+    throw e;
   }
+  h.compressionType = 0;
   h.version = 2;
   h.headerLength = V2_HEADER_LENGTH;
   h.incompatible = 0n;
@@ -333,18 +342,28 @@ async function upgrade(image: Qcow2Image, progress: AmendProgress): Promise<void
   progress(2, 2);
 }
 
+/** What is left of an amend after {@link amendImage}: the size step, then the downgrade. */
+export interface AmendRest {
+  /** The new virtual size, or 0 to leave it: the caller resizes as a guest resize does. */
+  readonly size: number;
+  /** The downgrade, if one was asked for: call with `lock` held, after the resize. */
+  readonly finish: (() => Promise<void>) | null;
+}
+
 /**
  * Applies `options` (qemu-img's names) to the image, step by step in QEMU's order (upgrade,
  * refcount width, data file name, lazy refcounts, size, downgrade), reporting the steps'
  * progress to `progress`. `backing` says whether the image has a backing file (zero
- * clusters of a downgraded image must then hold zeros). Call with `lock` held.
+ * clusters of a downgraded image must then hold zeros). Call with `lock` held. It stops
+ * before the size: a resize goes through the node's own truncate (its checks, and zeros over
+ * a longer backing file, which need the lock free), then the caller runs `finish`.
  */
 export async function amendImage(
   image: Qcow2Image,
   options: OptionValues,
   backing: boolean,
   progress?: AmendProgress,
-): Promise<void> {
+): Promise<AmendRest> {
   if (!image.writable) throw new BlockError("EACCES", "Image is read-only");
   for (const k of Object.keys(options)) {
     if (options[k] === undefined) continue;
@@ -435,9 +454,12 @@ export async function amendImage(
   // qemu-img passes the size as typed ("2M"); 0 leaves the size alone, as QEMU.
   const size = typeof options.size === "string" ? parseSize(options.size) : options.size;
   if (size !== undefined && typeof size !== "number") einval("Parameter 'size' expects a size");
-  if (size) await truncateImage(image, size, "off");
   // Downgrade last, once what version 2 cannot hold has been removed.
-  if (version < oldVersion) await downgrade(image, backing, steps.step("downgrade"));
+  const report = version < oldVersion ? steps.step("downgrade") : null;
+  return {
+    size: size ?? 0,
+    finish: report && (() => downgrade(image, backing, report)),
+  };
 }
 
 /**

@@ -590,8 +590,13 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
    * `progress` hears how far the work has come (`done` of `total`), as QEMU's status
    * callback.
    */
-  amend(options: OptionValues, progress?: AmendProgress): Promise<void> {
-    return this.#idle(() => amendImage(this.image, options, this.#backing() !== null, progress));
+  async amend(options: OptionValues, progress?: AmendProgress): Promise<void> {
+    const backed = this.#backing() !== null;
+    const rest = await this.#idle(() => amendImage(this.image, options, backed, progress));
+    // The size as a resize does it (QEMU's amend calls blk_truncate): its checks, and zeros
+    // where a longer backing file would show.
+    if (rest.size) await this.truncate(rest.size, false, "off");
+    if (rest.finish) await this.#idle(rest.finish);
   }
 
   /**
