@@ -121,10 +121,18 @@ function resolved(
       wantZero && st.file && st.file !== node && st.map !== undefined &&
       (st.status & (F.DATA | F.ZERO | F.OFFSET_VALID)) === (F.DATA | F.OFFSET_VALID)
     ) {
+      // The file's answer only adds to this one: when it fails, this one stands (QEMU
+      // ignores the error too).
       const outer = st;
-      const inner = statusOf(st.file, st.map, st.pnum, wantZero, depth + 1);
+      const plain = () => generic(node, offset, length, wantZero, outer);
+      let inner: BlockStatus | Promise<BlockStatus>;
+      try {
+        inner = statusOf(st.file, st.map, st.pnum, wantZero, depth + 1);
+      } catch {
+        return plain();
+      }
       return inner instanceof Promise
-        ? inner.then((i) => recursed(node, offset, length, wantZero, outer, i))
+        ? inner.then((i) => recursed(node, offset, length, wantZero, outer, i), plain)
         : recursed(node, offset, length, wantZero, outer, inner);
     }
   }

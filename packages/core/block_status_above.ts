@@ -98,7 +98,11 @@ function walk(
   }
 }
 
-/** `st`, layer `n`'s answer, as the chain's: EOF only where the top ends. */
+/**
+ * `st`, layer `n`'s answer, as the chain's: EOF only where the top ends. The answer is the
+ * driver's own object, completed in place (each block status call makes its own, and the
+ * generic layer sets bits in it already): a walk over many extents allocates nothing more.
+ */
 function answer(
   n: Node,
   depth: number,
@@ -106,10 +110,10 @@ function answer(
   eof: number,
   st: BlockStatus,
 ): ChainStatus {
-  const status = offset + st.pnum === eof ? st.status | EOF : st.status & ~EOF;
-  const r: ChainStatus = { status, pnum: st.pnum, depth, node: n };
-  if (st.map !== undefined) r.map = st.map;
-  if (st.file !== undefined) r.file = st.file;
+  const r = st as ChainStatus;
+  r.status = offset + st.pnum === eof ? st.status | EOF : st.status & ~EOF;
+  r.depth = depth;
+  r.node = n;
   return r;
 }
 

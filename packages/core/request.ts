@@ -479,8 +479,9 @@ export async function pdiscard(node: Node, offset: number, bytes: number): Promi
   const l = node.limits;
   const align = Math.max(l.pdiscardAlignment || l.requestAlignment, l.requestAlignment);
   // Discard is advisory: the unaligned head and tail are left alone, except a tail that ends
-  // the disk: QEMU's bdrv_co_pdiscard passes it down too, and a format whose last cluster is
-  // partial (qcow2) discards it.
+  // the disk, which a format whose last cluster is partial (qcow2) discards. QEMU's
+  // bdrv_co_pdiscard passes every unaligned head and tail down as requests of their own
+  // (drivers then ignore what they cannot discard); this is the one that changes anything.
   const start = alignUp(offset, align);
   const end = offset + bytes === inst.getLength() && isAligned(offset + bytes, l.requestAlignment)
     ? offset + bytes

@@ -84,9 +84,10 @@ export class Refcounts {
   readonly #blocks = new Map<number, Uint8Array>();
   /**
    * The cleaning generation of each cached block's last use, by table index (`cleanUnused`):
-   * a use is one array store, no allocation.
+   * a use is one store into a typed array (grown when the table reaches past it), no
+   * allocation and no sparse-array dictionary.
    */
-  readonly #used: number[] = [];
+  #used = new Uint32Array(0);
   #gen = 1;
   /** The block inserted last and still cached (-1: none), which a hit need not move. */
   #mru = -1;
@@ -163,11 +164,22 @@ export class Refcounts {
     setRefcountEntry(block, idx, this.#order, v);
   }
 
+  /** Records a use of block `i` for `cleanUnused`. */
+  #stamp(i: number): void {
+    let used = this.#used;
+    if (i >= used.length) {
+      const grown = new Uint32Array(Math.max(i + 1, used.length * 2, 64));
+      grown.set(used);
+      this.#used = used = grown;
+    }
+    used[i] = this.#gen;
+  }
+
   /** The refcount block for table index `i`, or null when it has none. */
   async #block(i: number): Promise<Uint8Array | null> {
     const cached = this.#blocks.get(i);
     if (cached) {
-      this.#used[i] = this.#gen;
+      this.#stamp(i);
       if (i !== this.#mru) {
         this.#blocks.delete(i);
         this.#blocks.set(i, cached);
@@ -216,7 +228,7 @@ export class Refcounts {
     }
     this.#blocks.delete(i);
     this.#blocks.set(i, buf);
-    this.#used[i] = this.#gen;
+    this.#stamp(i);
     this.#mru = i;
   }
 
@@ -228,7 +240,7 @@ export class Refcounts {
   cleanUnused(): number {
     let dropped = 0;
     for (const i of this.#blocks.keys()) {
-      if (this.#dirty.has(i) || (this.#used[i] ?? 0) >= this.#gen) continue;
+      if (this.#dirty.has(i) || (i < this.#used.length ? this.#used[i]! : 0) >= this.#gen) continue;
       this.#blocks.delete(i);
       if (i === this.#mru) this.#mru = -1;
       dropped++;
@@ -282,7 +294,7 @@ export class Refcounts {
     const i = Math.floor(c / this.entriesPerBlock);
     const block = this.#blocks.get(i);
     if (block === undefined) return undefined;
-    this.#used[i] = this.#gen;
+    this.#stamp(i);
     return this.#entry(block, c % this.entriesPerBlock);
   }
 
@@ -361,7 +373,7 @@ export class Refcounts {
       const i = Math.floor(c / E);
       const b = blocks.get(i);
       if (b === undefined) return null;
-      this.#used[i] = this.#gen;
+      this.#stamp(i);
       return this.#entry(b, c % E) !== 0;
     };
     let start = this.#freeHint;
