@@ -111,15 +111,13 @@ export async function zeroWholeCluster(
   flags: number,
 ): Promise<void> {
   let zeroed = false;
-  await forEachCluster(image, start, end, async (g, hi, lo) => {
+  const zero = zeroClusterStep(image, flags);
+  await forEachCluster(image, start, end, async (g, hi, lo, zeroBits, allocBits) => {
     const kind = classify(hi, lo, image.kindMode);
     if (kind !== "unallocated" && kind !== "zero" && kind !== "zero-alloc") return;
     zeroed = true;
-    if (kind === "zero" || image.header.version < 3) return;
-    const unmap = (flags & ReqFlags.MAY_UNMAP) !== 0;
-    if (kind === "zero-alloc" && (hi & COPIED_HI) !== 0 && !unmap) return;
-    await image.setEntry(g, 0, ZERO_LO);
-    image.frees.release(hi, lo, "request");
+    // Version 2 (only without a backing file here): unallocated reads as zeros as it is.
+    if (image.header.version >= 3) await zero(g, hi, lo, zeroBits, allocBits);
   });
   if (!zeroed) throw new BlockError("ENOTSUP", "qcow2 zeroes whole clusters only");
 }
