@@ -19,7 +19,7 @@
  * one open (`useLazy`), as QEMU's `use_lazy_refcounts`.
  *
  * Runtime options (runtime_options.ts) set the cache sizes, the overlap checks, which frees
- * are discarded in the file and the cache cleaning timer (`applyOptions`).
+ * are discarded in the file and the cache cleaning timer (`applyOptions`, `cleaner`).
  *
  * @module
  */
@@ -42,14 +42,12 @@ import { type Qcow2Header, serializeHeader } from "./header.ts";
 import { FreeQueue } from "./free_queue.ts";
 import { L2Cache } from "./l2_cache.ts";
 import { ClusterClaims, InflightWrites, Mutex } from "./locks.ts";
+import { CacheCleaner } from "./cache_cleaner.ts";
 import type { MetaIo } from "./meta_io.ts";
 import type { DiscardType, Qcow2RuntimeOptions } from "./runtime_options.ts";
 import { MetadataMap, type WriteKind } from "./overlap.ts";
 import { Refcounts, type RefcountTablePlace } from "./refcount.ts";
 import type { SnapshotEntry } from "./snapshot_table.ts";
-
-/** The longest delay a timer takes, in milliseconds. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Where an image's corruption is reported. */
 export interface CorruptionSink {
@@ -138,10 +136,8 @@ export class Qcow2Image implements MetaIo {
     snapshot: true,
     other: false,
   };
-  /** Seconds between cache cleanings (`cache-clean-interval`; 0: none). */
-  cacheCleanInterval = 0;
-  #cleanTimer: ReturnType<typeof setTimeout> | undefined;
-  #cleaning: Promise<void> | null = null;
+  /** The `cache-clean-interval` timer of the L2 and refcount caches. */
+  readonly cleaner: CacheCleaner = new CacheCleaner(this.lock, () => [this.l2, this.refcounts]);
   /** Set once corruption was found in a writable image: all I/O fails from then on. */
   broken = false;
   /**
@@ -534,46 +530,7 @@ export class Qcow2Image implements MetaIo {
     this.passDiscard = o.passDiscard;
     this.useLazy = o.lazyRefcounts;
     this.lazy = this.writable && o.lazyRefcounts;
-    if (o.cacheCleanInterval !== this.cacheCleanInterval) {
-      this.stopCacheCleaning();
-      this.cacheCleanInterval = o.cacheCleanInterval;
-    }
-    if (this.cacheCleanInterval > 0 && this.#cleanTimer === undefined) {
-      this.#armCleaning(this.cacheCleanInterval * 1000);
-    }
-  }
-
-  /** Runs `cleanCaches` every `cacheCleanInterval` seconds (`ms` from now first). */
-  #armCleaning(ms: number): void {
-    // Timers take at most 2^31 - 1 ms; a longer interval waits in steps.
-    const step = Math.min(ms, MAX_TIMER_MS);
-    const timer = setTimeout(() => {
-      if (ms > step) return this.#armCleaning(ms - step);
-      this.#armCleaning(this.cacheCleanInterval * 1000);
-      this.cleanCaches().catch(() => {});
-    }, step);
-    // The timer alone does not keep the process running.
-    Deno.unrefTimer(timer);
-    this.#cleanTimer = timer;
-  }
-
-  /** Stops the cache cleaning timer (close; a reopen that changes the interval). */
-  stopCacheCleaning(): void {
-    if (this.#cleanTimer !== undefined) clearTimeout(this.#cleanTimer);
-    this.#cleanTimer = undefined;
-  }
-
-  /**
-   * One tick of the cache cleaning timer (QEMU's `cache_clean_timer_cb`): under the metadata
-   * lock, drops the clean L2 tables and refcount blocks not used since the previous tick. A
-   * tick that finds the previous one still waiting for the lock joins it.
-   */
-  cleanCaches(): Promise<void> {
-    return this.#cleaning ??= this.lock.run(() => {
-      this.l2.cleanUnused();
-      this.refcounts.cleanUnused();
-      return Promise.resolve();
-    }).finally(() => (this.#cleaning = null));
+    this.cleaner.setInterval(o.cacheCleanInterval);
   }
 
   /**

@@ -252,24 +252,24 @@ Deno.test("qcow2 cache cleaning drops the clean tables not used since the previo
   withImage(qcow2Params({ size: 1 << 30 }), async ({ open }) => {
     const n = await open({ "cache-clean-interval": 0 });
     const image = q(n).image;
-    assertEquals(image.cacheCleanInterval, 0, "no timer");
+    assertEquals(image.cleaner.interval, 0, "no timer");
     // Three L2 tables (512 MiB each), one of them dirty at the end.
     for (const at of [0, 512 * MIB, 1024 * MIB - CS]) await n.write(at, new Uint8Array(512));
     await n.flush();
     assertEquals(image.l2.size, 2, "two tables cover 1 GiB");
-    await image.cleanCaches();
+    await image.cleaner.clean();
     assertEquals(image.l2.size, 2, "the first tick keeps what was used since open");
     await readAll(n, 0, 512);
-    await image.cleanCaches();
+    await image.cleaner.clean();
     assertEquals(image.l2.size, 1, "the second drops the table unused since the first");
     await n.write(0, new Uint8Array(512).fill(3));
     await n.write(5 * CS, new Uint8Array(512).fill(3));
     assert(image.l2.dirty, "a table waits to be written");
-    await image.cleanCaches();
-    await image.cleanCaches();
+    await image.cleaner.clean();
+    await image.cleaner.clean();
     assertEquals(image.l2.size, 1, "a dirty table stays");
     await n.flush();
-    await image.cleanCaches();
+    await image.cleaner.clean();
     assertEquals(image.l2.size, 0, "clean and unused: dropped");
     assertEquals(image.refcounts.cachedBlocks, 0, "refcount blocks too");
     assertEquals((await readAll(n, 0, 1)).join(), "3", "reloaded on use");
@@ -280,7 +280,7 @@ Deno.test("qcow2 runtime options change in a reopen; left out, they return to th
   withImage(qcow2Params({ size: 64 * MIB }), async ({ graph, mem, open }) => {
     const n = await open({ "lazy-refcounts": true, "cache-clean-interval": 5 });
     const image = q(n).image;
-    assertEquals(image.cacheCleanInterval, 5, "interval at open");
+    assertEquals(image.cleaner.interval, 5, "interval at open");
     await n.write(0, new Uint8Array(CS).fill(1));
     await n.flush();
     assert(((await diskHeader(mem)).incompatible & BigInt(Incompat.DIRTY)) !== 0n, "dirty");
@@ -290,7 +290,7 @@ Deno.test("qcow2 runtime options change in a reopen; left out, they return to th
       "EINVAL",
       "l2-cache-size may not exceed cache-size",
     );
-    assertEquals(image.cacheCleanInterval, 5, "a failed reopen changes nothing");
+    assertEquals(image.cleaner.interval, 5, "a failed reopen changes nothing");
     await graph.reopen(n, {
       ...base,
       "refcount-cache-size": 9 * CS,
@@ -299,12 +299,12 @@ Deno.test("qcow2 runtime options change in a reopen; left out, they return to th
     });
     assertEquals(image.refcounts.capacity, 9, "refcount cache resized");
     assertEquals(image.map.check("data", 0, 512), null, "overlap checks off");
-    assertEquals(image.cacheCleanInterval, 0, "timer stopped");
+    assertEquals(image.cleaner.interval, 0, "timer stopped");
     // lazy-refcounts left out: the header's (off), so the reopen marked the image clean.
     assertEquals((await diskHeader(mem)).incompatible & BigInt(Incompat.DIRTY), 0n, "clean");
     assertEquals(image.lazy, false, "refcounts written as they go");
     await graph.reopen(n, base);
     assertEquals(image.map.check("data", 0, 512), "qcow2_header", "default checks again");
-    assertEquals(image.cacheCleanInterval, 600, "default interval");
+    assertEquals(image.cleaner.interval, 600, "default interval");
     await n.unref("t");
   }));

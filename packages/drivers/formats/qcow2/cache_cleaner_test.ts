@@ -1,0 +1,29 @@
+import { assertEquals } from "../../conformance/mod.ts";
+import { CacheCleaner } from "./cache_cleaner.ts";
+import { Mutex } from "./locks.ts";
+
+Deno.test("CacheCleaner cleans under the lock, joins a tick still waiting, and restarts only on a new interval", async () => {
+  const lock = new Mutex();
+  let calls = 0;
+  const cleaner = new CacheCleaner(lock, () => [{ cleanUnused: () => ++calls }]);
+  assertEquals(cleaner.interval, 0, "stopped at first");
+  // While the lock is held, ticks wait; two of them are one cleaning.
+  let release!: () => void;
+  const held = lock.run(() => new Promise<void>((r) => (release = r)));
+  const a = cleaner.clean();
+  const b = cleaner.clean();
+  await new Promise((r) => setTimeout(r, 0));
+  assertEquals(calls, 0, "nothing while the lock is held");
+  release();
+  await Promise.all([held, a, b]);
+  assertEquals(calls, 1, "the waiting ticks joined");
+  await cleaner.clean();
+  assertEquals(calls, 2, "a later tick cleans again");
+  // A 1 s interval arms an unref'd timer; the same interval again keeps it, 0 stops it.
+  cleaner.setInterval(1);
+  cleaner.setInterval(1);
+  assertEquals(cleaner.interval, 1);
+  cleaner.setInterval(0);
+  assertEquals(cleaner.interval, 0);
+  cleaner.stop();
+});
