@@ -14,7 +14,6 @@ import {
   BlockError,
   type BlockLimits,
   type BlockStatus,
-  BlockStatusFlags,
   type DirtyBitmapStore,
   type DriverInstance,
   type FormatSpecificInfo,
@@ -52,7 +51,7 @@ import {
   truncateBitmapsCheck,
 } from "./bitmaps.ts";
 import { makeEmptyImage } from "./make_empty.ts";
-import { detectMetadataPreallocation } from "./metadata_prealloc.ts";
+import { MetadataPreallocation } from "./metadata_prealloc.ts";
 import { prepareReopen } from "./reopen.ts";
 import { readRuntimeOptions } from "./runtime_options.ts";
 import { growL1, truncateImage } from "./resize.ts";
@@ -86,18 +85,14 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   /** Compressed writes (`qemu-io write -c`), except with an external data file. */
   readonly supportedWriteFlags: number;
   readonly #node: Node;
-  /**
-   * Whether the image looks metadata-preallocated (asked at the first block status, as QEMU
-   * does): its data answers then ask the file for holes.
-   */
-  #metadataPrealloc: boolean | undefined;
-  /** The detection under way: requests that come meanwhile wait for the same one. */
-  #detecting: Promise<boolean> | null = null;
+  /** Whether the image looks metadata-preallocated: then data answers ask the file too. */
+  readonly #prealloc: MetadataPreallocation;
 
   /** Wraps an opened image for `node`. */
   constructor(node: Node, image: Qcow2Image) {
     this.#node = node;
     this.image = image;
+    this.#prealloc = new MetadataPreallocation(image);
     this.limits = { pwriteZeroesAlignment: image.sc, pdiscardAlignment: image.cs };
     this.supportedWriteFlags = image.external ? 0 : ReqFlags.WRITE_COMPRESSED;
   }
@@ -411,20 +406,16 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   ): BlockStatus | Promise<BlockStatus> {
     if (this.image.broken) throw this.image.brokenError();
     const image = this.image;
-    const prealloc = this.#metadataPrealloc;
-    if (prealloc === undefined) {
-      this.#detecting ??= image.lock.run(() => detectMetadataPreallocation(image));
-      return this.#detecting.then((p) => {
-        this.#metadataPrealloc = p;
-        return this.blockStatus(_wantZero, offset, bytes);
-      });
+    const prealloc = this.#prealloc;
+    if (prealloc.known === undefined) {
+      return prealloc.detect().then(() => this.blockStatus(_wantZero, offset, bytes));
     }
     // A cached table answers at once and without the lock, as the read fast path does
     // (entries change only synchronously under it).
     const ext = image.lookupCached(offset, bytes);
-    if (ext) return recurseIf(prealloc, extentStatus(image, ext, offset));
+    if (ext) return prealloc.mark(extentStatus(image, ext, offset));
     return image.lock.run(() => image.lookup(offset, bytes)).then((e) =>
-      recurseIf(prealloc, extentStatus(image, e, offset))
+      prealloc.mark(extentStatus(image, e, offset))
     );
   }
 
@@ -672,13 +663,4 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     }
     await image.settle();
   }
-}
-
-/** `st` with RECURSE added to a data answer mapped into the file, when `prealloc`. */
-function recurseIf(prealloc: boolean, st: BlockStatus): BlockStatus {
-  const F = BlockStatusFlags;
-  if (prealloc && (st.status & (F.DATA | F.OFFSET_VALID)) === (F.DATA | F.OFFSET_VALID)) {
-    st.status |= F.RECURSE;
-  }
-  return st;
 }

@@ -8,7 +8,49 @@
  * @module
  */
 
+import { type BlockStatus, BlockStatusFlags } from "@blockgraph/core";
 import type { Qcow2Image } from "./image.ts";
+
+/**
+ * An open image's answer to "does it look metadata-preallocated?", found once, at the first
+ * block status (as QEMU's `metadata_preallocation_checked`), and what it does to block status.
+ */
+export class MetadataPreallocation {
+  readonly #image: Qcow2Image;
+  #known: boolean | undefined;
+  /** The detection under way: requests that come meanwhile wait for the same one. */
+  #detecting: Promise<boolean> | null = null;
+
+  /** Not yet known for `image`. */
+  constructor(image: Qcow2Image) {
+    this.#image = image;
+  }
+
+  /** The answer once found, else undefined: {@link MetadataPreallocation.detect} first. */
+  get known(): boolean | undefined {
+    return this.#known;
+  }
+
+  /** Finds the answer under the image's lock (once; later callers share it). */
+  detect(): Promise<boolean> {
+    const image = this.#image;
+    return this.#detecting ??= image.lock.run(() => detectMetadataPreallocation(image)).then(
+      (p) => (this.#known = p),
+    );
+  }
+
+  /**
+   * `st` with RECURSE added when the image looks preallocated and `st` is data mapped into
+   * the file: the generic layer then asks the file whether it is a hole there.
+   */
+  mark(st: BlockStatus): BlockStatus {
+    const F = BlockStatusFlags;
+    if (this.#known && (st.status & (F.DATA | F.OFFSET_VALID)) === (F.DATA | F.OFFSET_VALID)) {
+      st.status |= F.RECURSE;
+    }
+    return st;
+  }
+}
 
 /**
  * True when at least `max(n × 10/9, n + 2)` clusters of the image file have a nonzero
