@@ -45,15 +45,13 @@ import { type Qcow2Image, vmStateOffset } from "./image.ts";
 import {
   bitmapRemoved,
   canStoreBitmap,
-  reopenBitmapsRo,
   reopenBitmapsRw,
   storeBitmapsAtClose,
   truncateBitmapsCheck,
 } from "./bitmaps.ts";
 import { makeEmptyImage } from "./make_empty.ts";
 import { MetadataPreallocation } from "./metadata_prealloc.ts";
-import { prepareReopen } from "./reopen.ts";
-import { readRuntimeOptions } from "./runtime_options.ts";
+import { reopenQcow2 } from "./reopen.ts";
 import { growL1, truncateImage } from "./resize.ts";
 import {
   applySnapshot,
@@ -599,43 +597,11 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   }
 
   /**
-   * Switches between read-only and read-write (see reopen.ts) and takes the runtime options
-   * anew (runtime_options.ts; left out: their defaults), as QEMU's `qcow2_reopen_prepare`:
-   * they are checked first, the caches are written back, and turning lazy refcounts off
-   * marks the image clean.
+   * Switches between read-only and read-write and takes the runtime options anew, as QEMU's
+   * `qcow2_reopen_prepare` (see reopen.ts `reopenQcow2`).
    */
-  async reopenPrepare(options: OptionValues, readOnly: boolean): Promise<ReopenHandle> {
-    const image = this.image;
-    const node = this.#node;
-    const read = () =>
-      readRuntimeOptions(
-        options,
-        image.header,
-        image.file.getLength(),
-        node.flags.discard === "unmap",
-      );
-    const runtime = read();
-    if (image.writable && !image.broken) {
-      await this.#idle(async () => {
-        await image.flushCaches();
-        if (image.lazy && !runtime.lazyRefcounts) await image.markClean();
-      });
-    }
-    let bitmapsRo = () => {};
-    if (readOnly && image.writable && !image.broken) {
-      // The bitmaps are stored first, as QEMU's reopen does (bitmaps.ts).
-      bitmapsRo = await this.#idle(() => reopenBitmapsRo(image, this.#node));
-    }
-    const handle = await prepareReopen(image, readOnly, (fn) => this.#idle(fn));
-    return {
-      commit: () => {
-        handle.commit();
-        bitmapsRo();
-        // Read again: the node's new discard mode is the default of pass-discard-request.
-        image.applyOptions(read());
-      },
-      abort: () => handle.abort(),
-    };
+  reopenPrepare(options: OptionValues, readOnly: boolean): Promise<ReopenHandle> {
+    return reopenQcow2(this.image, this.#node, options, readOnly, (fn) => this.#idle(fn));
   }
 
   #autoclear: Promise<void> | null = null;

@@ -8,9 +8,56 @@
  * @module
  */
 
-import { BlockError, type ReopenHandle } from "@blockgraph/core";
+import { BlockError, type Node, type OptionValues, type ReopenHandle } from "@blockgraph/core";
+import { reopenBitmapsRo } from "./bitmaps.ts";
 import { Incompat } from "./format.ts";
 import type { Qcow2Image } from "./image.ts";
+import { readRuntimeOptions } from "./runtime_options.ts";
+
+/**
+ * A reopen of the qcow2 node `node` (QEMU's `qcow2_reopen_prepare`): the runtime options
+ * (runtime_options.ts; left out: their defaults) are checked first, the caches are written
+ * back and turning lazy refcounts off marks the image clean, a change to read-only stores the
+ * bitmaps first (bitmaps.ts), then {@link prepareReopen} changes the mode. The options apply
+ * when the reopen commits. `idle` runs a function once no write is in flight, under the
+ * metadata lock.
+ */
+export async function reopenQcow2(
+  image: Qcow2Image,
+  node: Node,
+  options: OptionValues,
+  readOnly: boolean,
+  idle: <T>(fn: () => Promise<T>) => Promise<T>,
+): Promise<ReopenHandle> {
+  const read = () =>
+    readRuntimeOptions(
+      options,
+      image.header,
+      image.file.getLength(),
+      node.flags.discard === "unmap",
+    );
+  const runtime = read();
+  if (image.writable && !image.broken) {
+    await idle(async () => {
+      await image.flushCaches();
+      if (image.lazy && !runtime.lazyRefcounts) await image.markClean();
+    });
+  }
+  let bitmapsRo = () => {};
+  if (readOnly && image.writable && !image.broken) {
+    bitmapsRo = await idle(() => reopenBitmapsRo(image, node));
+  }
+  const handle = await prepareReopen(image, readOnly, idle);
+  return {
+    commit: () => {
+      handle.commit();
+      bitmapsRo();
+      // Read again: the node's new discard mode is the default of pass-discard-request.
+      image.applyOptions(read());
+    },
+    abort: () => handle.abort(),
+  };
+}
 
 /**
  * Prepares a change of `image` to `readOnly`. `idle` runs a function once no write is in
