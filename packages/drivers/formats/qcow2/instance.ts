@@ -335,7 +335,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
    * layer writes zero buffers), as QEMU's `qcow2_subcluster_zeroize`. Part of one cluster:
    * the whole cluster is zeroed when the rest of it reads as zeros already and it holds no
    * data (unallocated or a zero cluster), as QEMU's `qcow2_co_pwrite_zeroes`; otherwise
-   * ENOTSUP (the generic layer writes zeros there).
+   * ENOTSUP (the generic layer writes zeros there). With extended L2 entries the same is done
+   * per subcluster by subcluster_ops.ts, except that part of a subcluster is always ENOTSUP
+   * (QEMU asks `is_zero` there too).
    */
   async pwriteZeroes(offset: number, bytes: number, flags: number): Promise<void> {
     this.#check(offset, bytes, true);
