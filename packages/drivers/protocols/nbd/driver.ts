@@ -44,6 +44,8 @@ export class NbdInstance implements DriverInstance {
   readonly supportedZeroFlags: number;
   /** The connection. */
   readonly client: NbdClient;
+  /** NBD_CMD_FLUSH hands the writes to the server: sent under cache.no-flush too, as QEMU's. */
+  readonly flushesToOs = true;
   readonly #node: Node;
 
   /** Wraps a connected client for `node`. */
