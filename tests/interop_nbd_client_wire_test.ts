@@ -119,3 +119,78 @@ Deno.test("NBD_CMD_FLUSH goes out on every flush, under cache=unsafe too, as QEM
     assertEquals(ours.wire.at(-2), "Flush ...", ours.wire.join("\n"));
   });
 });
+
+Deno.test("write zeroes: NO_HOLE, FAST_ZERO and the fallbacks as QEMU's client, by what the server offers", async () => {
+  const cmds = c(
+    "write -P 1 0 64k",
+    "write -z -n 0 64k",
+    "write -z -n -u 64k 64k",
+    "write -z 128k 4k",
+    "write -z -u 132k 4k",
+    "read -P 0 0 136k",
+  );
+  for (
+    const filter of [
+      [],
+      ["--filter=nozero", "zeromode=none"],
+      ["--filter=nozero", "zeromode=emulate"],
+      ["--filter=nozero", "fastzeromode=none"],
+    ]
+  ) {
+    const [f, ...params] = filter;
+    await withLoggedNbdkit([...(f ? [f] : []), "memory", "4M", ...params], async (s) => {
+      await sameAsQemu(s, "io", ["-f", "raw", ...cmds, s.uri]);
+    });
+  }
+});
+
+Deno.test("requests are split and aligned to the server's block sizes as QEMU's client does", async () => {
+  await withLoggedNbdkit([
+    "--filter=blocksize-policy",
+    "memory",
+    "1M",
+    "blocksize-minimum=4096",
+    "blocksize-preferred=65536",
+    "blocksize-maximum=65536",
+    "blocksize-error-policy=error",
+  ], async (s) => {
+    await sameAsQemu(s, "io", [
+      "-f",
+      "raw",
+      ...c(
+        "write -P 1 100 1000",
+        "read -P 1 100 1000",
+        "write -P 2 0 200k",
+        "write -z 5000 3000",
+        "write -z -u 4096 300k",
+        "discard 4096 256k",
+        "read -P 0 4096 300k",
+        "alloc 0 1M",
+        "map",
+      ),
+      s.uri,
+    ]);
+    await sameAsQemu(s, "img", ["map", "--output=json", "-f", "raw", s.uri]);
+  });
+});
+
+Deno.test("an export whose size is not whole sectors: QEMU's rounded size, zeros past the end", async () => {
+  await withLoggedNbdkit(["memory", "1000"], async (s) => {
+    await sameAsQemu(s, "io", [
+      "-f",
+      "raw",
+      ...c(
+        "write -P 1 100 900",
+        "read -P 1 100 900",
+        "write -z 500 500",
+        "alloc 0 1024",
+        "map",
+        "read -v 990 34",
+        "discard 0 1000",
+      ),
+      s.uri,
+    ]);
+    await sameAsQemu(s, "img", ["map", "--output=json", "-f", "raw", s.uri]);
+    await sameAsQemu(s, "img", ["info", "-f", "raw", s.uri]);
+  });
+});

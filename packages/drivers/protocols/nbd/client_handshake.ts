@@ -41,9 +41,11 @@ export interface ExportInfo {
   structured: boolean;
   /** The id of `base:allocation`, or null when the server offers none. */
   baseAllocationId: number | null;
-  /** The minimum block size (request alignment). */
+  /** The minimum block size (request alignment); 1 when the server gave none. */
   minBlock: number;
-  /** The preferred block size. */
+  /** Whether the server sent NBD_INFO_BLOCK_SIZE (else the sizes here are defaults). */
+  blockSizeGiven: boolean;
+  /** The preferred block size (0: the server gave none). */
   preferredBlock: number;
   /** The largest request payload. */
   maxBlock: number;
@@ -121,7 +123,8 @@ export async function clientHandshake(
     structured: false,
     baseAllocationId: null,
     minBlock: 1,
-    preferredBlock: 4096,
+    blockSizeGiven: false,
+    preferredBlock: 0,
     maxBlock: NBD_MAX_BUFFER_SIZE,
   };
   if (fixed) {
@@ -155,6 +158,7 @@ export async function clientHandshake(
           info.size = getU64(v, 2);
           info.flags = v.getUint16(10);
         } else if (type === Info.BLOCK_SIZE && r.data.length >= 14) {
+          info.blockSizeGiven = true;
           info.minBlock = v.getUint32(2);
           info.preferredBlock = v.getUint32(6);
           info.maxBlock = v.getUint32(10);

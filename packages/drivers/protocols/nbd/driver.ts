@@ -31,8 +31,8 @@ import { nbdFilename, parseNbdFilename } from "./filename.ts";
 import { loadX509Creds, type X509Creds } from "./tls.ts";
 import { findX509Creds } from "./tls_objects.ts";
 
-/** Requests for more than this are split; lengths on the wire are 32-bit. */
-const MAX_U32_REQUEST = 2 ** 31;
+/** QEMU's INT_MAX: it splits discards and block status requests at this, aligned down. */
+const INT_MAX = 2 ** 31 - 1;
 
 /** An open `nbd` node: a client connection to one export. */
 export class NbdInstance implements DriverInstance {
@@ -40,7 +40,10 @@ export class NbdInstance implements DriverInstance {
   readonly limits: Partial<BlockLimits>;
   /** FUA when the server takes it. */
   readonly supportedWriteFlags: number;
-  /** FUA when the server takes it; MAY_UNMAP decides NBD_CMD_FLAG_NO_HOLE. */
+  /**
+   * FUA when the server takes it; MAY_UNMAP (decides NBD_CMD_FLAG_NO_HOLE); NO_FALLBACK
+   * (NBD_CMD_FLAG_FAST_ZERO, refused when the server has none).
+   */
   readonly supportedZeroFlags: number;
   /** The connection. */
   readonly client: NbdClient;
@@ -53,31 +56,51 @@ export class NbdInstance implements DriverInstance {
     this.#node = node;
     this.client = client;
     const info = client.info;
-    const align = info.minBlock;
-    const big = Math.floor(MAX_U32_REQUEST / align) * align;
+    // As QEMU's: without block sizes from the server, requests are byte-granular when the
+    // size is not whole sectors or block status is on (its extents need not be aligned),
+    // and whole sectors otherwise (an old server, safer so).
+    const align = info.blockSizeGiven
+      ? info.minBlock
+      : info.size % 512 !== 0 || info.baseAllocationId !== null
+      ? 1
+      : 512;
+    const max = Math.floor(info.maxBlock / align) * align;
     this.limits = {
       requestAlignment: align,
-      maxTransfer: Math.floor(info.maxBlock / align) * align,
+      maxTransfer: max,
       optTransfer: info.preferredBlock,
-      maxPwriteZeroes: big,
-      maxPdiscard: big,
+      // Write zeroes is split as writes are; discards at INT_MAX (QEMU 7.2's limits).
+      maxPwriteZeroes: max,
+      maxPdiscard: Math.floor(INT_MAX / align) * align,
     };
     const fua = info.flags & TransmissionFlags.SEND_FUA ? ReqFlags.FUA : 0;
     this.supportedWriteFlags = fua;
-    this.supportedZeroFlags = fua | ReqFlags.MAY_UNMAP;
+    // NO_FALLBACK is taken in every case: it becomes NBD_CMD_FLAG_FAST_ZERO, or ENOTSUP
+    // without a request when the server has no fast zeroes (QEMU refuses so too).
+    this.supportedZeroFlags = fua | ReqFlags.MAY_UNMAP | ReqFlags.NO_FALLBACK;
   }
 
   #has(flag: number): boolean {
     return (this.client.info.flags & flag) !== 0;
   }
 
-  /** The export's size. */
+  /**
+   * The export's size rounded up to whole sectors, as QEMU's block layer has it (an export
+   * of 1000 bytes is 1024); the bytes past the server's size read as zeros.
+   */
   getLength(): number {
-    return this.client.info.size;
+    return Math.ceil(this.client.info.size / 512) * 512;
   }
 
-  /** NBD_CMD_READ. */
+  /** NBD_CMD_READ; what lies past the server's size (in the last sector) reads as zeros. */
   async preadv(offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
+    const size = this.client.info.size;
+    if (offset + bytes > size) {
+      const inside = Math.max(0, size - offset);
+      qiov.fill(qiovOffset + inside, bytes - inside, 0);
+      if (inside === 0) return;
+      bytes = inside;
+    }
     await this.client.request(Cmd.READ, 0, offset, bytes, qiov, qiovOffset);
   }
 
@@ -93,13 +116,22 @@ export class NbdInstance implements DriverInstance {
     await this.client.request(Cmd.WRITE, f, offset, bytes, qiov, qiovOffset);
   }
 
-  /** NBD_CMD_WRITE_ZEROES (NO_HOLE unless MAY_UNMAP); ENOTSUP when the server has none. */
+  /**
+   * NBD_CMD_WRITE_ZEROES (NO_HOLE unless MAY_UNMAP, FAST_ZERO for NO_FALLBACK); ENOTSUP when
+   * the server has none.
+   */
   async pwriteZeroes(offset: number, bytes: number, flags: number): Promise<void> {
     if (!this.#has(TransmissionFlags.SEND_WRITE_ZEROES)) {
       throw new BlockError("ENOTSUP", "The NBD server does not support write zeroes");
     }
     let f = flags & ReqFlags.FUA ? CmdFlags.FUA : 0;
     if (!(flags & ReqFlags.MAY_UNMAP)) f |= CmdFlags.NO_HOLE;
+    if (flags & ReqFlags.NO_FALLBACK) {
+      if (!this.#has(TransmissionFlags.SEND_FAST_ZERO)) {
+        throw new BlockError("ENOTSUP", "The NBD server does not support fast zeroes");
+      }
+      f |= CmdFlags.FAST_ZERO;
+    }
     await this.client.request(Cmd.WRITE_ZEROES, f, offset, bytes, null, 0);
   }
 
@@ -124,16 +156,31 @@ export class NbdInstance implements DriverInstance {
     if (this.client.info.baseAllocationId === null) {
       return { status: BlockStatusFlags.DATA | BlockStatusFlags.OFFSET_VALID, pnum: bytes, ...map };
     }
-    const len = Math.min(bytes, MAX_U32_REQUEST);
+    const size = this.client.info.size;
+    // The tail of the last sector, past the server's size: zeros, and no offset to map.
+    if (offset >= size) return { status: BlockStatusFlags.ZERO, pnum: bytes };
+    const align = this.limits.requestAlignment!;
+    const len = Math.min(bytes, size - offset, Math.floor(INT_MAX / align) * align);
     const e = await this.client.request(Cmd.BLOCK_STATUS, CmdFlags.REQ_ONE, offset, len, null, 0);
     if (!e || e.length === 0) {
       throw new BlockError("EIO", "The NBD server answered block status with an empty extent");
     }
-    let pnum = Math.min(e.length, len);
-    const align = this.client.info.minBlock;
-    if (pnum >= align) pnum -= pnum % align;
-    const status = (e.flags & StateFlags.HOLE ? 0 : BlockStatusFlags.DATA) |
-      (e.flags & StateFlags.ZERO ? BlockStatusFlags.ZERO : 0) | BlockStatusFlags.OFFSET_VALID;
+    let pnum = e.length;
+    let flags = e.flags;
+    // An extent not a multiple of the server's minimum block (qemu-nbd 3.1 sent such at the
+    // end of a file): shortened to whole blocks, or, when shorter than one, taken as one
+    // block of data (always safe), as QEMU does.
+    const min = this.client.info.blockSizeGiven ? this.client.info.minBlock : 1;
+    if (pnum % min !== 0) {
+      if (pnum > min) pnum -= pnum % min;
+      else {
+        pnum = min;
+        flags = 0;
+      }
+    }
+    pnum = Math.min(pnum, len);
+    const status = (flags & StateFlags.HOLE ? 0 : BlockStatusFlags.DATA) |
+      (flags & StateFlags.ZERO ? BlockStatusFlags.ZERO : 0) | BlockStatusFlags.OFFSET_VALID;
     return { status, pnum, ...map };
   }
 
