@@ -43,7 +43,7 @@ export interface ClientConn {
 
 /** How to reach the export. */
 export interface NbdClientOptions {
-  /** Opens a new socket to the server. */
+  /** Opens a new socket to the server (a BlockError it throws is passed on as it is). */
   dial(): Promise<ClientConn>;
   /** The export name. */
   exportName: string;
@@ -131,6 +131,7 @@ export class NbdClient {
     try {
       conn = await options.dial();
     } catch (e) {
+      if (e instanceof BlockError) throw e;
       const be = BlockError.from(e);
       throw new BlockError(be.code, `Failed to connect to '${options.describe}': ${be.message}`);
     }

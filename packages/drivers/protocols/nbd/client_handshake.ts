@@ -6,7 +6,7 @@
  * @module
  */
 
-import { BlockError } from "@blockgraph/core";
+import { BlockError, type ErrorCode } from "@blockgraph/core";
 import {
   decodeGreeting,
   decodeMetaContextReply,
@@ -66,19 +66,68 @@ async function readReply(
   return { type: h.type, data: await reader.readBytes(h.length) };
 }
 
-function replyError(what: string, type: number, data: Uint8Array): BlockError {
+/** QEMU's names of options, in its messages (`option 7 (go)`). */
+const OPTION_NAMES: Record<number, string> = {
+  [Opt.EXPORT_NAME]: "export name",
+  [Opt.ABORT]: "abort",
+  [Opt.LIST]: "list",
+  [Opt.STARTTLS]: "starttls",
+  [Opt.INFO]: "info",
+  [Opt.GO]: "go",
+  [Opt.STRUCTURED_REPLY]: "structured reply",
+  [Opt.LIST_META_CONTEXT]: "list meta context",
+  [Opt.SET_META_CONTEXT]: "set meta context",
+};
+
+/**
+ * The error an option's error reply means, in QEMU's words: the reply type says what went
+ * wrong, and the server's own text follows as a hint (`server reported: ...`).
+ */
+function replyError(option: number, type: number, data: Uint8Array): BlockError {
   let text = "";
   try {
     text = fromUtf8(data);
   } catch {
     text = "";
   }
-  if (type === Rep.ERR_TLS_REQD) {
-    return new BlockError("EACCES", "The NBD server requires TLS: give tls-creds");
+  const opt = `option ${option} (${OPTION_NAMES[option] ?? "<unknown>"})`;
+  let code: ErrorCode = "EIO";
+  let message: string;
+  let hint = "";
+  switch (type) {
+    case Rep.ERR_POLICY:
+      code = "EACCES";
+      message = `Denied by server for ${opt}`;
+      break;
+    case Rep.ERR_INVALID:
+      code = "EINVAL";
+      message = `Invalid parameters for ${opt}`;
+      break;
+    case Rep.ERR_PLATFORM:
+      code = "ENOTSUP";
+      message = `Server lacks support for ${opt}`;
+      break;
+    case Rep.ERR_TLS_REQD:
+      code = "EACCES";
+      message = `TLS negotiation required before ${opt}`;
+      hint = "Did you forget a valid tls-creds?\n";
+      break;
+    case Rep.ERR_UNKNOWN:
+      code = "ENOENT";
+      message = "Requested export not available";
+      break;
+    case Rep.ERR_SHUTDOWN:
+      code = "ESHUTDOWN";
+      message = `Server shutting down before ${opt}`;
+      break;
+    case Rep.ERR_BLOCK_SIZE_REQD:
+      message = `Server requires INFO_BLOCK_SIZE for ${opt}`;
+      break;
+    default:
+      message = `Unknown error code when asking for ${opt}`;
   }
-  const code = type === Rep.ERR_UNKNOWN ? "ENOENT" : type === Rep.ERR_UNSUP ? "ENOTSUP" : "EIO";
-  const why = type === Rep.ERR_UNKNOWN ? "Requested export not available" : `${what} failed`;
-  return new BlockError(code, text ? `${why}: ${text}` : why);
+  if (text !== "") hint += `server reported: ${text}\n`;
+  return new BlockError(code, message, hint === "" ? {} : { hint });
 }
 
 /** TLS for the client's handshake: how to switch the socket over after STARTTLS. */
@@ -110,9 +159,15 @@ export async function clientHandshake(
     if (!fixed) throw new BlockError("ENOTSUP", "The NBD server does not support STARTTLS");
     writer.copy(encodeOption(Opt.STARTTLS));
     const r = await readReply(reader, Opt.STARTTLS);
+    if (r.type === Rep.ERR_UNSUP) {
+      throw new BlockError("ENOTSUP", "Server don't support STARTTLS option");
+    }
+    if (r.type & REP_ERR) throw replyError(Opt.STARTTLS, r.type, r.data);
     if (r.type !== Rep.ACK) {
-      const e = replyError("NBD_OPT_STARTTLS", r.type, r.data);
-      throw new BlockError("ENOTSUP", `The NBD server does not support STARTTLS: ${e.message}`);
+      throw new BlockError(
+        "EIO",
+        `Server answered option 5 (starttls) with unexpected reply ${r.type}`,
+      );
     }
     await writer.idle();
     await tls.upgrade();
@@ -142,9 +197,7 @@ export async function clientHandshake(
           if (c.name === META_BASE_ALLOCATION) info.baseAllocationId = c.id;
           continue;
         }
-        if (r.type === Rep.ERR_UNKNOWN) {
-          throw replyError("NBD_OPT_SET_META_CONTEXT", r.type, r.data);
-        }
+        // Errors here are not fatal (QEMU ignores them too): NBD_OPT_GO says what is wrong.
         break;
       }
     }
@@ -167,7 +220,7 @@ export async function clientHandshake(
       }
       if (r.type === Rep.ACK) return checked(info);
       if (r.type === Rep.ERR_UNSUP) break;
-      if (r.type & REP_ERR) throw replyError("NBD_OPT_GO", r.type, r.data);
+      if (r.type & REP_ERR) throw replyError(Opt.GO, r.type, r.data);
     }
   }
   // Servers without NBD_OPT_GO: the old way, which ends the connection on an unknown name.

@@ -24,6 +24,7 @@ import {
   type OpenContext,
   type OptionValues,
   ReqFlags,
+  strerror,
 } from "@blockgraph/core";
 import { NbdClient } from "./client.ts";
 import { Cmd, CmdFlags, StateFlags, TransmissionFlags } from "./constants.ts";
@@ -190,6 +191,13 @@ export class NbdInstance implements DriverInstance {
   }
 }
 
+/** QEMU's message for a socket that would not connect to `where` (a path, `host:port`). */
+function connectFailed(e: unknown, where: string): never {
+  const be = BlockError.from(e);
+  const why = be.code === "EIO" ? be.message.replace(/ \(os error \d+\)$/, "") : strerror(be.code);
+  throw new BlockError(be.code, `Failed to connect to '${where}': ${why}`);
+}
+
 function dialer(
   options: OptionValues,
 ): { dial: () => Promise<Deno.Conn>; server: Parameters<typeof nbdFilename>[0] } {
@@ -200,7 +208,7 @@ function dialer(
       throw new BlockError("EINVAL", "Parameter 'server.path' is missing");
     }
     return {
-      dial: () => Deno.connect({ transport: "unix", path }),
+      dial: () => Deno.connect({ transport: "unix", path }).catch((e) => connectFailed(e, path)),
       server: { type: "unix", path },
     };
   }
@@ -216,7 +224,16 @@ function dialer(
   }
   return {
     dial: async () => {
-      const c = await Deno.connect({ hostname: host, port: p, transport: "tcp" });
+      let c: Deno.TcpConn;
+      try {
+        c = await Deno.connect({ hostname: host, port: p, transport: "tcp" });
+      } catch (e) {
+        const gai = /^failed to lookup address information: (.*)$/.exec((e as Error).message);
+        if (gai) {
+          throw new BlockError("EIO", `address resolution failed for ${host}:${port}: ${gai[1]}`);
+        }
+        return connectFailed(e, `${host}:${port}`);
+      }
       c.setNoDelay(true);
       return c;
     },
@@ -314,7 +331,9 @@ export const nbdDriver: BlockDriver = {
     if (client.info.flags & TransmissionFlags.READ_ONLY && !ctx.readOnly) {
       if (!ctx.fallBackToReadOnly()) {
         await client.close();
-        throw new BlockError("EACCES", "NBD export does not accept writes");
+        // QEMU 7.2 loses its own message ("NBD export is read-only") on the way out, and
+        // says what bdrv_open_driver says of a failure without one.
+        throw new BlockError("EACCES", "Could not open image: Permission denied");
       }
     }
     ctx.node.filename = describe;
