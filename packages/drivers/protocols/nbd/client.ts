@@ -56,6 +56,8 @@ export interface NbdClientOptions {
    * the certificate must chain to the CA, its names are not checked).
    */
   tls?: { creds: X509Creds; hostname: string | null } | null;
+  /** The metadata context block status reads (default `base:allocation`). */
+  metaContext?: string;
 }
 
 /** One extent of `base:allocation` status. */
@@ -148,7 +150,13 @@ export class NbdClient {
       },
     };
     try {
-      const info = await clientHandshake(reader, session.writer, options.exportName, upgrade);
+      const info = await clientHandshake(
+        reader,
+        session.writer,
+        options.exportName,
+        upgrade,
+        options.metaContext,
+      );
       return { session, info };
     } catch (e) {
       try {
@@ -268,7 +276,10 @@ export class NbdClient {
       if (data.length < 12) throw new Error("short block status chunk");
       const v = viewOf(data);
       if (v.getUint32(0) === this.info.baseAllocationId && !p.extent) {
-        p.extent = { length: v.getUint32(4), flags: v.getUint32(8) };
+        let flags = v.getUint32(8);
+        // qemu:allocation-depth read as base:allocation: depths past 2 count as 2 (QEMU's).
+        if (this.#options.metaContext === "qemu:allocation-depth" && flags > 2) flags = 2;
+        p.extent = { length: v.getUint32(4), flags };
       }
     } else if (type & REPLY_TYPE_ERROR_BIT) {
       const e = decodeErrorPayload(await r.readBytes(h.length));

@@ -39,7 +39,10 @@ export interface ExportInfo {
   flags: number;
   /** Whether structured replies are on. */
   structured: boolean;
-  /** The id of `base:allocation`, or null when the server offers none. */
+  /**
+   * The id of the block status context asked for (`base:allocation`, or the one of
+   * `x-dirty-bitmap`), or null when the server offers none.
+   */
   baseAllocationId: number | null;
   /** The minimum block size (request alignment); 1 when the server gave none. */
   minBlock: number;
@@ -139,12 +142,15 @@ export interface ClientHandshakeTls {
 /**
  * Runs the handshake for export `name`; throws a BlockError the user can act on. With `tls`
  * the connection is upgraded first (NBD_OPT_STARTTLS), and a server that cannot is refused.
+ * Block status comes from the one metadata `context` (QEMU's x-dirty-bitmap asks for another
+ * than `base:allocation`, read as if it were).
  */
 export async function clientHandshake(
   reader: WireReader,
   writer: WireWriter,
   name: string,
   tls: ClientHandshakeTls | null = null,
+  context: string = META_BASE_ALLOCATION,
 ): Promise<ExportInfo> {
   const serverFlags = decodeGreeting(await reader.readBytes(18));
   const fixed = (serverFlags & HandshakeFlags.FIXED_NEWSTYLE) !== 0;
@@ -188,13 +194,23 @@ export async function clientHandshake(
     info.structured = sr.type === Rep.ACK;
     if (info.structured) {
       writer.copy(
-        encodeOption(Opt.SET_META_CONTEXT, encodeMetaContextRequest(name, [META_BASE_ALLOCATION])),
+        encodeOption(Opt.SET_META_CONTEXT, encodeMetaContextRequest(name, [context])),
       );
       for (;;) {
         const r = await readReply(reader, Opt.SET_META_CONTEXT);
         if (r.type === Rep.META_CONTEXT) {
           const c = decodeMetaContextReply(r.data);
-          if (c.name === META_BASE_ALLOCATION) info.baseAllocationId = c.id;
+          if (c.name !== context) {
+            throw new BlockError(
+              "EIO",
+              `Failed to negotiate meta context '${context}', server answered with different ` +
+                `context '${c.name}'`,
+            );
+          }
+          if (info.baseAllocationId !== null) {
+            throw new BlockError("EIO", "Server answered with more than one context");
+          }
+          info.baseAllocationId = c.id;
           continue;
         }
         // Errors here are not fatal (QEMU ignores them too): NBD_OPT_GO says what is wrong.

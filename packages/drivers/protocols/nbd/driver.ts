@@ -1,8 +1,9 @@
 /**
  * The `nbd` protocol driver: a node whose data lives in an NBD export. Filenames
  * `nbd://host:port/name` and `nbd+unix:///name?socket=PATH`; options `server.type`,
- * `server.host`, `server.port`, `server.path`, `export`, `reconnect-delay`, `tls-creds` and
- * `tls-hostname`, as QEMU's. `tls-creds=ID` names a `tls-creds-x509` object with a client
+ * `server.host`, `server.port`, `server.path`, `export`, `reconnect-delay`, `tls-creds`,
+ * `tls-hostname` and `x-dirty-bitmap` (block status from another metadata context, read as
+ * `base:allocation`: a dirty bitmap's dirty ranges show as holes), as QEMU's. `tls-creds=ID` names a `tls-creds-x509` object with a client
  * endpoint among the graph's user-creatable objects (`--object`, `object-add`), as QEMU's
  * does; see `tls_objects.ts` for the lookup and its messages. Our shortcut `tls-creds-dir`
  * names the directory of the client's x509 credentials without an object (its `dir`, with
@@ -305,6 +306,11 @@ export const nbdDriver: BlockDriver = {
       type: "string",
       description: "host name the server's certificate must name (default: server.host)",
     },
+    "x-dirty-bitmap": {
+      type: "string",
+      description: "experimental: expose a dirty bitmap (a metadata context, " +
+        "qemu:dirty-bitmap:NAME or qemu:allocation-depth) as block status",
+    },
   },
   parseFilename: parseNbdFilename,
   strongOptions: ["path", "host", "port", "export", "tls-creds", "tls-hostname", "server."],
@@ -321,13 +327,21 @@ export const nbdDriver: BlockDriver = {
     }
     const describe = nbdFilename(server, name);
     const tls = await tlsOptions(ctx.node.graph, options, server);
+    const bitmap = options["x-dirty-bitmap"] as string | undefined;
     const client = await NbdClient.connect({
       dial,
       exportName: name,
       reconnectDelay: delay,
       describe,
       tls,
+      ...(bitmap === undefined ? {} : { metaContext: bitmap }),
     });
+    if (bitmap !== undefined && client.info.baseAllocationId === null) {
+      await client.close();
+      // QEMU 7.2 means to say "requested x-dirty-bitmap NAME not found" but loses it on the
+      // way out, as the read-only refusal below.
+      throw new BlockError("EINVAL", "Could not open image: Invalid argument");
+    }
     if (client.info.flags & TransmissionFlags.READ_ONLY && !ctx.readOnly) {
       if (!ctx.fallBackToReadOnly()) {
         await client.close();
