@@ -95,3 +95,20 @@ Deno.test("nbd open failures around TLS: a server requiring it, a server without
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("an export past QEMU's largest image size is refused in QEMU's words", async () => {
+  await ensurePeers(["nbdkit", "qemu-img"]);
+  const dir = await Deno.makeTempDir({ prefix: "nbd-messages-big-" });
+  const sock = `${dir}/big.sock`;
+  const kit = await spawnPeer(
+    "nbdkit",
+    ["-f", "-U", sock, "memory", `${2n ** 63n - 512n}`],
+    () => listening(sock),
+  );
+  try {
+    await sameAsQemu("img", ["info", `nbd+unix:///?socket=${sock}`]);
+  } finally {
+    await kit.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

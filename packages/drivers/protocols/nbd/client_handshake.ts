@@ -224,7 +224,7 @@ export async function clientHandshake(
         const v = viewOf(r.data);
         const type = v.getUint16(0);
         if (type === Info.EXPORT && r.data.length >= 12) {
-          info.size = getU64(v, 2);
+          info.size = exportSize(v, 2);
           info.flags = v.getUint16(10);
         } else if (type === Info.BLOCK_SIZE && r.data.length >= 14) {
           info.blockSizeGiven = true;
@@ -248,9 +248,23 @@ export async function clientHandshake(
     throw new BlockError("ENOENT", "Requested export not available");
   }
   const v = viewOf(reply);
-  info.size = getU64(v, 0);
+  info.size = exportSize(v, 0);
   info.flags = v.getUint16(8);
   return checked(info);
+}
+
+/** QEMU's largest image: INT64_MAX aligned down to its largest alignment (1 GiB). */
+const BDRV_MAX_LENGTH = 2n ** 63n - 2n ** 30n;
+
+/**
+ * The export size at `at` of `v`: refused as QEMU refuses it past its largest image, and as
+ * this client must past 2^53 (`Infinity`, refused by {@link checked}).
+ */
+function exportSize(v: DataView, at: number): number {
+  if (v.getBigUint64(at) > BDRV_MAX_LENGTH) {
+    throw new BlockError("EFBIG", "Could not refresh total sector count: File too large");
+  }
+  return getU64(v, at);
 }
 
 function checked(info: ExportInfo): ExportInfo {
