@@ -198,6 +198,12 @@ export interface DriverInstance {
     offset: number,
     bytes: number,
   ): Promise<BlockStatus> | BlockStatus;
+  /**
+   * Whether a newly created image reads as zeros (QEMU's `bdrv_has_zero_init`), so that
+   * `convert` can skip writing zeros into it. Left out: true; false for storage that `create`
+   * only opens (an NBD export keeps its old contents).
+   */
+  hasZeroInit?(): boolean;
   /** Changes the size. Left out: ENOTSUP. */
   truncate?(offset: number, exact: boolean, prealloc: PreallocMode): Promise<void>;
   /** Bytes the node takes on its storage (`actual-size`); left out: the sum over children. */

@@ -159,6 +159,11 @@ export class RawInstance implements DriverInstance {
       this.#fileNode().pwriteZeroes(offset + this.#offset, bytes, flags);
   }
 
+  /** As the file's: a raw image is zero where its file is. */
+  hasZeroInit(): boolean {
+    return this.#fileNode().instance?.hasZeroInit?.() ?? true;
+  }
+
   /** Passes discard down to the file. */
   pdiscard(offset: number, bytes: number): Promise<void> {
     return this.#outside(offset, bytes, true) ??

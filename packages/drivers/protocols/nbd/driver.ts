@@ -18,12 +18,15 @@ import {
   type BlockLimits,
   type BlockStatus,
   BlockStatusFlags,
+  type CreateContext,
   type DriverInstance,
-  type Graph,
+  type DriverRegistry,
+  Graph,
   type IoVector,
   type Node,
   type OpenContext,
   type OptionValues,
+  type PreallocMode,
   ReqFlags,
   strerror,
 } from "@blockgraph/core";
@@ -186,6 +189,24 @@ export class NbdInstance implements DriverInstance {
     return { status, pnum, ...map };
   }
 
+  /** False: `create` only opens an export, which keeps what it held (QEMU's default). */
+  hasZeroInit(): boolean {
+    return false;
+  }
+
+  /**
+   * An export's size is the server's: shrinking is taken as a no-op and growing refused, as
+   * QEMU's NBD client does (what `img create` on an export relies on).
+   */
+  truncate(offset: number, exact: boolean, _prealloc: PreallocMode): Promise<void> {
+    const size = this.getLength();
+    if (offset !== size && exact) {
+      return Promise.reject(new BlockError("ENOTSUP", "Cannot resize NBD nodes"));
+    }
+    if (offset > size) return Promise.reject(new BlockError("EINVAL", "Cannot grow NBD nodes"));
+    return Promise.resolve();
+  }
+
   /** Disconnects (NBD_CMD_DISC). */
   close(): Promise<void> {
     return this.client.close();
@@ -313,6 +334,59 @@ export const nbdDriver: BlockDriver = {
     },
   },
   parseFilename: parseNbdFilename,
+  createOptions: {
+    filename: { type: "string", description: "The NBD URI of the export", required: true },
+    size: { type: "size", description: "Virtual disk size" },
+    preallocation: { type: "string", description: "Preallocation mode (allowed values: off)" },
+  },
+  /**
+   * `img create` on an export, as QEMU's create for protocols that cannot create: the export
+   * must exist and be at least `size` bytes; its first sector is zeroed (so no format probe
+   * finds an old header there).
+   */
+  async create(options: OptionValues, registry: DriverRegistry, ctx?: CreateContext) {
+    const prealloc = options.preallocation as string | undefined;
+    if (prealloc !== undefined && prealloc !== "off") {
+      throw new BlockError("EINVAL", `Unsupported preallocation mode '${prealloc}'`);
+    }
+    const filename = options.filename as string;
+    const size = (options.size as number | undefined) ?? 0;
+    const graph = new Graph({ registry });
+    for (const o of ctx?.objects ?? []) graph.objects.add(o);
+    try {
+      let node: Node;
+      try {
+        node = await graph.open({ driver: "nbd", filename }, "create");
+      } catch (e) {
+        const be = BlockError.from(e);
+        throw new BlockError(
+          be.code,
+          "Protocol driver 'nbd' does not support image creation, and opening the image " +
+            `failed: ${be.message}`,
+          be.hint === undefined ? {} : { hint: be.hint },
+        );
+      }
+      try {
+        await node.truncate(size, false, "off");
+        const first = Math.min(node.getLength(), 512);
+        if (first > 0) {
+          try {
+            await node.pwriteZeroes(0, first, ReqFlags.MAY_UNMAP);
+          } catch (e) {
+            const code = BlockError.from(e).code;
+            throw new BlockError(
+              code,
+              `Failed to clear the new image's first sector: ${strerror(code)}`,
+            );
+          }
+        }
+      } finally {
+        await node.unref("create");
+      }
+    } finally {
+      await graph.closeAll();
+    }
+  },
   strongOptions: ["path", "host", "port", "export", "tls-creds", "tls-hostname", "server."],
   /** NBD exports have no directories: relative backing file names cannot be resolved. */
   dirname(): string {
