@@ -127,3 +127,48 @@ Deno.test("an export past QEMU's largest image size is refused in QEMU's words",
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("nbd filenames: QEMU's URIs and its legacy nbd: syntax, and the filename info shows", async () => {
+  await ensurePeers(["nbdkit", "qemu-img"]);
+  const dir = await Deno.makeTempDir({ prefix: "nbd-messages-uri-" });
+  const sock = `${dir}/kit.sock`;
+  const kit = await spawnPeer(
+    "nbdkit",
+    ["-f", "-U", sock, "memory", "1M"],
+    () => listening(sock),
+  );
+  try {
+    for (
+      const f of [
+        `nbd+unix:///a%2Fb%20c?socket=${sock}`,
+        `nbd+unix:///?socket=${sock}`,
+        `nbd:unix:${sock}`,
+        `nbd:unix:${sock}:exportname=x y`,
+        `nbd:unix:${sock}:exportname=`,
+        "nbd:",
+        "nbd::10809",
+        "nbd:localhost",
+        "nbd://127.0.0.1/x?foo=1",
+        `nbd+unix:///x?socket=${sock}&a=b`,
+        "nbd+unix:///x",
+        "nbd+unix://host/x?socket=/a",
+        "nbd://127.0.0.1:abc/",
+      ]
+    ) {
+      await sameAsQemu("img", ["info", f]);
+    }
+    for (
+      const o of [
+        "driver=nbd,server.path=/x",
+        "driver=nbd,server.type=unix",
+        "driver=nbd,server.type=inet",
+        "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=abc",
+      ]
+    ) {
+      await sameAsQemu("img", ["info", "--image-opts", o]);
+    }
+  } finally {
+    await kit.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

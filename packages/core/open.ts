@@ -156,16 +156,6 @@ export async function openNode(
     throw new BlockError("EINVAL", "Parameter 'driver' is missing");
   }
   const driver = graph.registry.get(driverName);
-  // A filename given with the driver of a protocol that parses it (`driver=nbd,filename=
-  // nbd://...`) is parsed the same, as QEMU's bdrv_fill_options does.
-  if (
-    options["driver"] !== undefined && typeof options["filename"] === "string" &&
-    driver.parseFilename && !("filename" in driver.options)
-  ) {
-    const parsed = driver.parseFilename(options["filename"]);
-    delete options["filename"];
-    for (const [k, v] of Object.entries(parsed)) options[k] ??= v;
-  }
   const flags = parseFlags(options, inherited);
 
   let name: string;

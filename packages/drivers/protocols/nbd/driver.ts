@@ -213,6 +213,26 @@ export class NbdInstance implements DriverInstance {
   }
 }
 
+/**
+ * The TCP port `service` names, as getaddrinfo finds it: a number (taken modulo 2^16, as
+ * glibc does), or a name in /etc/services; null when there is none.
+ */
+async function servicePort(service: string): Promise<number | null> {
+  if (/^\d+$/.test(service)) return Number(service) % 65536;
+  let table = "";
+  try {
+    table = await Deno.readTextFile("/etc/services");
+  } catch {
+    return null;
+  }
+  for (const line of table.split("\n")) {
+    const [name, portProto, ...aliases] = (line.split("#")[0] ?? "").trim().split(/\s+/);
+    const m = /^(\d+)\/tcp$/.exec(portProto ?? "");
+    if (m && (name === service || aliases.includes(service))) return Number(m[1]);
+  }
+  return null;
+}
+
 /** QEMU's message for a socket that would not connect to `where` (a path, `host:port`). */
 function connectFailed(e: unknown, where: string): never {
   const be = BlockError.from(e);
@@ -224,29 +244,43 @@ function dialer(
   options: OptionValues,
 ): { dial: () => Promise<Deno.Conn>; server: Parameters<typeof nbdFilename>[0] } {
   const type = options["server.type"] as string | undefined;
+  if (!Object.keys(options).some((k) => k.startsWith("server."))) {
+    throw new BlockError("EINVAL", "NBD server address missing");
+  }
   if (type === "unix") {
     const path = options["server.path"];
     if (typeof path !== "string") {
-      throw new BlockError("EINVAL", "Parameter 'server.path' is missing");
+      throw new BlockError("EINVAL", "Parameter 'path' is missing");
     }
     return {
       dial: () => Deno.connect({ transport: "unix", path }).catch((e) => connectFailed(e, path)),
       server: { type: "unix", path },
     };
   }
-  if (type !== "inet") throw new BlockError("EINVAL", "Parameter 'server.type' is missing");
+  // QEMU names the members of its SocketAddress, which `server` is.
+  if (type !== "inet") throw new BlockError("EINVAL", "Parameter 'type' is missing");
   const host = options["server.host"];
   if (typeof host !== "string") {
-    throw new BlockError("EINVAL", "Parameter 'server.host' is missing");
+    throw new BlockError("EINVAL", "Parameter 'host' is missing");
   }
   const port = (options["server.port"] as string | undefined) ?? "10809";
-  const p = Number(port);
-  if (!Number.isInteger(p) || p <= 0 || p > 65535) {
-    throw new BlockError("EINVAL", `Invalid port '${port}'`);
-  }
   return {
     dial: async () => {
       let c: Deno.TcpConn;
+      if (host === "") {
+        // getaddrinfo's answer for no host, as QEMU reports it.
+        throw new BlockError(
+          "EIO",
+          `address resolution failed for ${host}:${port}: Name or service not known`,
+        );
+      }
+      const p = await servicePort(port);
+      if (p === null) {
+        throw new BlockError(
+          "EIO",
+          `address resolution failed for ${host}:${port}: Servname not supported for ai_socktype`,
+        );
+      }
       try {
         c = await Deno.connect({ hostname: host, port: p, transport: "tcp" });
       } catch (e) {
@@ -356,7 +390,7 @@ export const nbdDriver: BlockDriver = {
     try {
       let node: Node;
       try {
-        node = await graph.open({ driver: "nbd", filename }, "create");
+        node = await graph.open({ driver: "nbd", ...parseNbdFilename(filename) }, "create");
       } catch (e) {
         const be = BlockError.from(e);
         throw new BlockError(
