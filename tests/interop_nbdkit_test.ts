@@ -192,3 +192,46 @@ Deno.test("nbd client without reconnect-delay fails fast with EIO when nbdkit go
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("reconnect-delay counts from the first request after the loss, as QEMU's", async () => {
+  await ensurePeers(["nbdkit"]);
+  const dir = await Deno.makeTempDir({ prefix: "nbdkit-idle-loss-" });
+  const sock = `${dir}/nbdkit.sock`;
+  const args = ["memory", `${SIZE}`];
+  let peer = await nbdkit(sock, args);
+  const graph = new Graph({ registry: defaultRegistry() });
+  try {
+    const node = await graph.open(
+      { driver: "nbd", "server.type": "unix", "server.path": sock, "reconnect-delay": 1 },
+      "test",
+    );
+    await node.write(0, pattern(4096, 1));
+    await peer.stop();
+    await Deno.remove(sock).catch(() => {});
+    // Idle for longer than reconnect-delay: the request that finds the connection gone still
+    // waits up to reconnect-delay for the server.
+    await new Promise((r) => setTimeout(r, 1500));
+    const pending = node.write(8192, pattern(4096, 2));
+    await new Promise((r) => setTimeout(r, 300));
+    peer = await nbdkit(sock, args);
+    await pending;
+    await node.unref("test");
+  } finally {
+    await graph.closeAll();
+    await peer.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("without reconnect-delay a request in flight when the connection drops fails, as QEMU's", async () => {
+  await withNbdkit(["--filter=delay", "memory", `${SIZE}`, "delay-read=500ms"], async (node) => {
+    const inst = node.instance as NbdInstance;
+    const pending = node.read(0, new Uint8Array(4096)).then(() => null, (e) => e);
+    await new Promise((r) => setTimeout(r, 100));
+    inst.client.breakConnection();
+    const err = await pending;
+    assert(err instanceof BlockError && err.code === "EIO", `EIO: ${err}`);
+    // The next request connects again.
+    await node.read(0, new Uint8Array(4096));
+  });
+});

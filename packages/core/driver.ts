@@ -184,6 +184,12 @@ export interface DriverInstance {
   /** Makes completed writes of this layer stable. Children are flushed by the generic layer. */
   flush?(): Promise<void>;
   /**
+   * Whether {@link DriverInstance.flush} only hands the writes on to another host (QEMU's
+   * `bdrv_co_flush_to_os`, as its NBD client's flush): then it runs even under
+   * `cache.no-flush`, which only skips flushes to this host's disk.
+   */
+  readonly flushesToOs?: boolean;
+  /**
    * Answers allocation status for this layer only. Left out: protocols report DATA with
    * OFFSET_VALID; others report the range as RAW from their primary child.
    */
@@ -192,6 +198,12 @@ export interface DriverInstance {
     offset: number,
     bytes: number,
   ): Promise<BlockStatus> | BlockStatus;
+  /**
+   * Whether a newly created image reads as zeros (QEMU's `bdrv_has_zero_init`), so that
+   * `convert` can skip writing zeros into it. Left out: true; false for storage that `create`
+   * only opens (an NBD export keeps its old contents).
+   */
+  hasZeroInit?(): boolean;
   /** Changes the size. Left out: ENOTSUP. */
   truncate?(offset: number, exact: boolean, prealloc: PreallocMode): Promise<void>;
   /** Bytes the node takes on its storage (`actual-size`); left out: the sum over children. */

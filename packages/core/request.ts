@@ -525,10 +525,21 @@ async function flushLocked(node: Node): Promise<void> {
   // One flush at a time per node, so the flushed generation only moves forward.
   while (node.activeFlush) await node.activeFlush.catch(() => {});
   const gen = node.writeGen;
-  if (gen === node.flushedGen) return;
+  const written = gen !== node.flushedGen;
+  if (!written && node.flags.readOnly) return;
+  // As QEMU's bdrv_co_flush: a flush that only hands the writes on to another host (its
+  // flush_to_os, NBD's) is sent whenever asked, even under cache.no-flush, which skips only
+  // a protocol's flush to disk; a layer with nothing written since its last flush skips its
+  // own flush, and the children are asked in every case (each checks its own writes).
+  const toOs = inst.flushesToOs === true && !node.flags.readOnly;
+  const skip = node.flags.cacheNoFlush && node.driver.kind === "protocol" && !toOs;
   const body = (async () => {
-    const skip = node.flags.cacheNoFlush && node.driver.kind === "protocol";
-    if (inst.flush && !skip) await inst.flush();
+    if (inst.flush && written && !skip) await inst.flush();
+    else if (inst.flush && toOs) {
+      // Nothing was written since the last flush succeeded: its failure loses nothing (a
+      // server gone since then), so the node still closes cleanly.
+      await inst.flush().catch(() => {});
+    }
     for (const c of node.children) {
       if ((c.perm & WRITE_PERMS) !== 0 && c.node) await flush(c.node);
     }

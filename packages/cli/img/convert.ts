@@ -420,7 +420,9 @@ export async function imgConvert(
         target: target.node,
         sparse: a.sparse,
         compressCluster,
-        zeroInit: a.targetIsZero || (!a.skipCreate && !hasBacking),
+        // A created image reads as zeros unless its driver says otherwise (raw on NBD).
+        zeroInit: a.targetIsZero ||
+          (!a.skipCreate && !hasBacking && (target.node.instance?.hasZeroInit?.() ?? true)),
         targetHasBacking: a.backing !== undefined,
         workers: a.workers,
         outOfOrder: a.outOfOrder,

@@ -213,7 +213,11 @@ export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): 
       objects: graph.objects,
     });
   } catch (e) {
-    return failCreate(BlockError.from(e).message);
+    const be = BlockError.from(e);
+    const status = failCreate(be.message);
+    // QEMU's hints follow the message (`server reported: ...` of an NBD server).
+    if (be.hint) io.err(be.hint);
+    return status;
   }
   return 0;
 }

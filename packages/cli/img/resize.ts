@@ -97,7 +97,9 @@ export async function imgResize(
       return 1;
     }
     try {
-      await image.node.truncate(total, false, prealloc);
+      // exact, as qemu-img's: the image must have the size asked for afterwards (an NBD
+      // export, which cannot change, refuses rather than reports success).
+      await image.node.truncate(total, true, prealloc);
     } catch (e) {
       imgError(io, BlockError.from(e).message);
       return 1;

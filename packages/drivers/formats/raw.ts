@@ -70,7 +70,7 @@ function windowOf(options: OptionValues): RawWindow {
 export class RawInstance implements DriverInstance {
   /** WRITE_UNCHANGED always; FUA when the file handles it. */
   readonly supportedWriteFlags: number;
-  /** WRITE_UNCHANGED always; FUA and MAY_UNMAP when the file handles them. */
+  /** WRITE_UNCHANGED always; FUA, MAY_UNMAP and NO_FALLBACK when the file handles them. */
   readonly supportedZeroFlags: number;
   readonly #file: Child;
   #offset: number;
@@ -85,7 +85,8 @@ export class RawInstance implements DriverInstance {
     this.supportedWriteFlags = ReqFlags.WRITE_UNCHANGED |
       ((inst.supportedWriteFlags ?? 0) & ReqFlags.FUA);
     this.supportedZeroFlags = ReqFlags.WRITE_UNCHANGED |
-      ((inst.supportedZeroFlags ?? 0) & (ReqFlags.FUA | ReqFlags.MAY_UNMAP));
+      ((inst.supportedZeroFlags ?? 0) &
+        (ReqFlags.FUA | ReqFlags.MAY_UNMAP | ReqFlags.NO_FALLBACK));
   }
 
   /** Where the image starts in the file. */
@@ -156,6 +157,11 @@ export class RawInstance implements DriverInstance {
   pwriteZeroes(offset: number, bytes: number, flags: number): Promise<void> {
     return this.#outside(offset, bytes, true) ??
       this.#fileNode().pwriteZeroes(offset + this.#offset, bytes, flags);
+  }
+
+  /** As the file's: a raw image is zero where its file is. */
+  hasZeroInit(): boolean {
+    return this.#fileNode().instance?.hasZeroInit?.() ?? true;
   }
 
   /** Passes discard down to the file. */

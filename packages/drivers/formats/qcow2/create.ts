@@ -368,10 +368,8 @@ export async function createQcow2(
   await createProtocolFile(registry, filename, 0, "off", protoExtra, ctx);
   const graph = new Graph({ registry });
   try {
-    const node = await graph.open(
-      { driver: registry.protocolFor(filename).name, filename },
-      "create",
-    );
+    // The protocol from the filename, parsed as it parses it (an nbd:// URI).
+    const node = await graph.open({ filename }, "create");
     try {
       await formatQcow2(node, params);
       if (prealloc !== "off" || params.dataFileRaw) {

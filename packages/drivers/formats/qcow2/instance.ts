@@ -426,10 +426,13 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     return image.lock.run(() => image.flushCaches());
   }
 
-  /** The bytes the image file takes. */
+  /** The bytes the image file takes; ENOTSUP when its driver cannot say (NBD), as QEMU's. */
   async allocatedSize(): Promise<number> {
-    const file = this.image.file;
-    return await file.instance?.allocatedSize?.() ?? file.getLength();
+    const inst = this.image.file.instance;
+    if (!inst?.allocatedSize) {
+      throw new BlockError("ENOTSUP", "The image file's allocated size is unknown");
+    }
+    return await inst.allocatedSize();
   }
 
   /** `info`'s format-specific facts, with QEMU's field names. */

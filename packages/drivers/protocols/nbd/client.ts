@@ -1,9 +1,11 @@
 /**
  * The client side of one NBD export: the connection, pipelined requests matched to their
- * replies by cookie, simple and structured replies, and reconnection. When the connection is
- * lost, requests in flight and new ones wait while the client reconnects for up to
- * `reconnectDelay` seconds and are then sent again; after that they fail with EIO, and each
- * later request tries to reconnect once before it fails.
+ * replies by cookie, simple and structured replies, and reconnection, as QEMU 7.2's client
+ * does it. When the connection is lost, requests in flight and new ones wait while the client
+ * reconnects for up to `reconnectDelay` seconds, counted from the first request that needs
+ * the connection, and are then sent again; after that they fail with EIO, and each later
+ * request tries to reconnect once before it fails. Without `reconnectDelay` requests in
+ * flight fail at once and each new request tries to reconnect once.
  *
  * @module
  */
@@ -43,7 +45,7 @@ export interface ClientConn {
 
 /** How to reach the export. */
 export interface NbdClientOptions {
-  /** Opens a new socket to the server. */
+  /** Opens a new socket to the server (a BlockError it throws is passed on as it is). */
   dial(): Promise<ClientConn>;
   /** The export name. */
   exportName: string;
@@ -56,6 +58,8 @@ export interface NbdClientOptions {
    * the certificate must chain to the CA, its names are not checked).
    */
   tls?: { creds: X509Creds; hostname: string | null } | null;
+  /** The metadata context block status reads (default `base:allocation`). */
+  metaContext?: string;
 }
 
 /** One extent of `base:allocation` status. */
@@ -107,6 +111,8 @@ export class NbdClient {
   #waiting: Pending[] = [];
   #nextCookie = 1;
   #reconnecting = false;
+  /** Whether requests may wait for a reconnect (until one reconnect-delay ran out). */
+  #mayWait = true;
   #closed = false;
   #timer: ReturnType<typeof setTimeout> | null = null;
   #wakeTimer: (() => void) | null = null;
@@ -131,6 +137,7 @@ export class NbdClient {
     try {
       conn = await options.dial();
     } catch (e) {
+      if (e instanceof BlockError) throw e;
       const be = BlockError.from(e);
       throw new BlockError(be.code, `Failed to connect to '${options.describe}': ${be.message}`);
     }
@@ -147,7 +154,13 @@ export class NbdClient {
       },
     };
     try {
-      const info = await clientHandshake(reader, session.writer, options.exportName, upgrade);
+      const info = await clientHandshake(
+        reader,
+        session.writer,
+        options.exportName,
+        upgrade,
+        options.metaContext,
+      );
       return { session, info };
     } catch (e) {
       try {
@@ -191,7 +204,7 @@ export class NbdClient {
       if (s && !s.lost) this.#send(s, p);
       else {
         this.#waiting.push(p);
-        if (!this.#reconnecting) void this.#reconnect(0);
+        if (!this.#reconnecting) void this.#reconnect();
       }
     });
   }
@@ -267,7 +280,10 @@ export class NbdClient {
       if (data.length < 12) throw new Error("short block status chunk");
       const v = viewOf(data);
       if (v.getUint32(0) === this.info.baseAllocationId && !p.extent) {
-        p.extent = { length: v.getUint32(4), flags: v.getUint32(8) };
+        let flags = v.getUint32(8);
+        // qemu:allocation-depth read as base:allocation: depths past 2 count as 2 (QEMU's).
+        if (this.#options.metaContext === "qemu:allocation-depth" && flags > 2) flags = 2;
+        p.extent = { length: v.getUint32(4), flags };
       }
     } else if (type & REPLY_TYPE_ERROR_BIT) {
       const e = decodeErrorPayload(await r.readBytes(h.length));
@@ -323,22 +339,34 @@ export class NbdClient {
       // Already closed.
     }
     if (this.#session === s) this.#session = null;
-    // Requests in flight are sent again on the next connection, in their original order.
     const again = [...this.#inFlight.entries()].sort((a, b) => a[0] - b[0]).map(([, p]) => p);
     this.#inFlight.clear();
-    this.#waiting = [...again, ...this.#waiting];
     if (this.#closed) {
+      this.#waiting = [...again, ...this.#waiting];
       this.#failWaiting("closed");
       return;
     }
-    if (this.#waiting.length > 0 || this.#options.reconnectDelay > 0) {
-      if (!this.#reconnecting) void this.#reconnect(this.#options.reconnectDelay);
+    if (this.#options.reconnectDelay > 0 && this.#mayWait) {
+      // Requests in flight are sent again on the next connection, in their original order.
+      this.#waiting = [...again, ...this.#waiting];
+    } else {
+      // Without reconnect-delay (or once it ran out) they fail at once, as QEMU's.
+      const text = `Connection to NBD server '${this.#options.describe}' lost`;
+      for (const p of again) p.reject(new BlockError("EIO", text));
     }
+    // An idle client reconnects when the next request comes, as QEMU's notices the loss then:
+    // reconnect-delay counts from there.
+    if (this.#waiting.length > 0 && !this.#reconnecting) void this.#reconnect();
   }
 
-  /** Reconnects, trying for `delay` seconds (0: once); fails the waiting requests if it can't. */
-  async #reconnect(delay: number): Promise<void> {
+  /**
+   * Reconnects, trying for reconnect-delay seconds while requests may wait (else once); fails
+   * the waiting requests if it can't, and lets later requests try once each until a
+   * connection is made again.
+   */
+  async #reconnect(): Promise<void> {
     this.#reconnecting = true;
+    const delay = this.#mayWait ? this.#options.reconnectDelay : 0;
     const deadline = Date.now() + delay * 1000;
     let pause = 50;
     for (;;) {
@@ -356,16 +384,19 @@ export class NbdClient {
         this.info = info;
         this.#session = session;
         this.#reconnecting = false;
+        this.#mayWait = true;
         void this.#receive(session);
         const waiting = this.#waiting;
         this.#waiting = [];
         for (const p of waiting) this.#send(session, p);
         return;
       } catch {
-        if (Date.now() + pause > deadline) break;
+        // Up to the deadline, and once more at it.
+        const left = deadline - Date.now();
+        if (left <= 0) break;
         await new Promise<void>((r) => {
           this.#wakeTimer = r;
-          this.#timer = setTimeout(r, pause);
+          this.#timer = setTimeout(r, Math.min(pause, left));
         });
         this.#timer = null;
         this.#wakeTimer = null;
@@ -373,6 +404,7 @@ export class NbdClient {
       }
     }
     this.#reconnecting = false;
+    this.#mayWait = false;
     this.#failWaiting(this.#closed ? "closed" : "lost");
   }
 

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { BlockError } from "@blockgraph/core";
+import { BlockError, type ErrorCode } from "@blockgraph/core";
 import {
   decodeGreeting,
   decodeMetaContextReply,
@@ -39,11 +39,16 @@ export interface ExportInfo {
   flags: number;
   /** Whether structured replies are on. */
   structured: boolean;
-  /** The id of `base:allocation`, or null when the server offers none. */
+  /**
+   * The id of the block status context asked for (`base:allocation`, or the one of
+   * `x-dirty-bitmap`), or null when the server offers none.
+   */
   baseAllocationId: number | null;
-  /** The minimum block size (request alignment). */
+  /** The minimum block size (request alignment); 1 when the server gave none. */
   minBlock: number;
-  /** The preferred block size. */
+  /** Whether the server sent NBD_INFO_BLOCK_SIZE (else the sizes here are defaults). */
+  blockSizeGiven: boolean;
+  /** The preferred block size (0: the server gave none). */
   preferredBlock: number;
   /** The largest request payload. */
   maxBlock: number;
@@ -64,19 +69,68 @@ async function readReply(
   return { type: h.type, data: await reader.readBytes(h.length) };
 }
 
-function replyError(what: string, type: number, data: Uint8Array): BlockError {
+/** QEMU's names of options, in its messages (`option 7 (go)`). */
+const OPTION_NAMES: Record<number, string> = {
+  [Opt.EXPORT_NAME]: "export name",
+  [Opt.ABORT]: "abort",
+  [Opt.LIST]: "list",
+  [Opt.STARTTLS]: "starttls",
+  [Opt.INFO]: "info",
+  [Opt.GO]: "go",
+  [Opt.STRUCTURED_REPLY]: "structured reply",
+  [Opt.LIST_META_CONTEXT]: "list meta context",
+  [Opt.SET_META_CONTEXT]: "set meta context",
+};
+
+/**
+ * The error an option's error reply means, in QEMU's words: the reply type says what went
+ * wrong, and the server's own text follows as a hint (`server reported: ...`).
+ */
+function replyError(option: number, type: number, data: Uint8Array): BlockError {
   let text = "";
   try {
     text = fromUtf8(data);
   } catch {
     text = "";
   }
-  if (type === Rep.ERR_TLS_REQD) {
-    return new BlockError("EACCES", "The NBD server requires TLS: give tls-creds");
+  const opt = `option ${option} (${OPTION_NAMES[option] ?? "<unknown>"})`;
+  let code: ErrorCode = "EIO";
+  let message: string;
+  let hint = "";
+  switch (type) {
+    case Rep.ERR_POLICY:
+      code = "EACCES";
+      message = `Denied by server for ${opt}`;
+      break;
+    case Rep.ERR_INVALID:
+      code = "EINVAL";
+      message = `Invalid parameters for ${opt}`;
+      break;
+    case Rep.ERR_PLATFORM:
+      code = "ENOTSUP";
+      message = `Server lacks support for ${opt}`;
+      break;
+    case Rep.ERR_TLS_REQD:
+      code = "EACCES";
+      message = `TLS negotiation required before ${opt}`;
+      hint = "Did you forget a valid tls-creds?\n";
+      break;
+    case Rep.ERR_UNKNOWN:
+      code = "ENOENT";
+      message = "Requested export not available";
+      break;
+    case Rep.ERR_SHUTDOWN:
+      code = "ESHUTDOWN";
+      message = `Server shutting down before ${opt}`;
+      break;
+    case Rep.ERR_BLOCK_SIZE_REQD:
+      message = `Server requires INFO_BLOCK_SIZE for ${opt}`;
+      break;
+    default:
+      message = `Unknown error code when asking for ${opt}`;
   }
-  const code = type === Rep.ERR_UNKNOWN ? "ENOENT" : type === Rep.ERR_UNSUP ? "ENOTSUP" : "EIO";
-  const why = type === Rep.ERR_UNKNOWN ? "Requested export not available" : `${what} failed`;
-  return new BlockError(code, text ? `${why}: ${text}` : why);
+  if (text !== "") hint += `server reported: ${text}\n`;
+  return new BlockError(code, message, hint === "" ? {} : { hint });
 }
 
 /** TLS for the client's handshake: how to switch the socket over after STARTTLS. */
@@ -88,12 +142,15 @@ export interface ClientHandshakeTls {
 /**
  * Runs the handshake for export `name`; throws a BlockError the user can act on. With `tls`
  * the connection is upgraded first (NBD_OPT_STARTTLS), and a server that cannot is refused.
+ * Block status comes from the one metadata `context` (QEMU's x-dirty-bitmap asks for another
+ * than `base:allocation`, read as if it were).
  */
 export async function clientHandshake(
   reader: WireReader,
   writer: WireWriter,
   name: string,
   tls: ClientHandshakeTls | null = null,
+  context: string = META_BASE_ALLOCATION,
 ): Promise<ExportInfo> {
   const serverFlags = decodeGreeting(await reader.readBytes(18));
   const fixed = (serverFlags & HandshakeFlags.FIXED_NEWSTYLE) !== 0;
@@ -108,9 +165,15 @@ export async function clientHandshake(
     if (!fixed) throw new BlockError("ENOTSUP", "The NBD server does not support STARTTLS");
     writer.copy(encodeOption(Opt.STARTTLS));
     const r = await readReply(reader, Opt.STARTTLS);
+    if (r.type === Rep.ERR_UNSUP) {
+      throw new BlockError("ENOTSUP", "Server don't support STARTTLS option");
+    }
+    if (r.type & REP_ERR) throw replyError(Opt.STARTTLS, r.type, r.data);
     if (r.type !== Rep.ACK) {
-      const e = replyError("NBD_OPT_STARTTLS", r.type, r.data);
-      throw new BlockError("ENOTSUP", `The NBD server does not support STARTTLS: ${e.message}`);
+      throw new BlockError(
+        "EIO",
+        `Server answered option 5 (starttls) with unexpected reply ${r.type}`,
+      );
     }
     await writer.idle();
     await tls.upgrade();
@@ -121,7 +184,8 @@ export async function clientHandshake(
     structured: false,
     baseAllocationId: null,
     minBlock: 1,
-    preferredBlock: 4096,
+    blockSizeGiven: false,
+    preferredBlock: 0,
     maxBlock: NBD_MAX_BUFFER_SIZE,
   };
   if (fixed) {
@@ -130,18 +194,26 @@ export async function clientHandshake(
     info.structured = sr.type === Rep.ACK;
     if (info.structured) {
       writer.copy(
-        encodeOption(Opt.SET_META_CONTEXT, encodeMetaContextRequest(name, [META_BASE_ALLOCATION])),
+        encodeOption(Opt.SET_META_CONTEXT, encodeMetaContextRequest(name, [context])),
       );
       for (;;) {
         const r = await readReply(reader, Opt.SET_META_CONTEXT);
         if (r.type === Rep.META_CONTEXT) {
           const c = decodeMetaContextReply(r.data);
-          if (c.name === META_BASE_ALLOCATION) info.baseAllocationId = c.id;
+          if (c.name !== context) {
+            throw new BlockError(
+              "EIO",
+              `Failed to negotiate meta context '${context}', server answered with different ` +
+                `context '${c.name}'`,
+            );
+          }
+          if (info.baseAllocationId !== null) {
+            throw new BlockError("EIO", "Server answered with more than one context");
+          }
+          info.baseAllocationId = c.id;
           continue;
         }
-        if (r.type === Rep.ERR_UNKNOWN) {
-          throw replyError("NBD_OPT_SET_META_CONTEXT", r.type, r.data);
-        }
+        // Errors here are not fatal (QEMU ignores them too): NBD_OPT_GO says what is wrong.
         break;
       }
     }
@@ -152,9 +224,10 @@ export async function clientHandshake(
         const v = viewOf(r.data);
         const type = v.getUint16(0);
         if (type === Info.EXPORT && r.data.length >= 12) {
-          info.size = getU64(v, 2);
+          info.size = exportSize(v, 2);
           info.flags = v.getUint16(10);
         } else if (type === Info.BLOCK_SIZE && r.data.length >= 14) {
+          info.blockSizeGiven = true;
           info.minBlock = v.getUint32(2);
           info.preferredBlock = v.getUint32(6);
           info.maxBlock = v.getUint32(10);
@@ -163,7 +236,7 @@ export async function clientHandshake(
       }
       if (r.type === Rep.ACK) return checked(info);
       if (r.type === Rep.ERR_UNSUP) break;
-      if (r.type & REP_ERR) throw replyError("NBD_OPT_GO", r.type, r.data);
+      if (r.type & REP_ERR) throw replyError(Opt.GO, r.type, r.data);
     }
   }
   // Servers without NBD_OPT_GO: the old way, which ends the connection on an unknown name.
@@ -175,9 +248,23 @@ export async function clientHandshake(
     throw new BlockError("ENOENT", "Requested export not available");
   }
   const v = viewOf(reply);
-  info.size = getU64(v, 0);
+  info.size = exportSize(v, 0);
   info.flags = v.getUint16(8);
   return checked(info);
+}
+
+/** QEMU's largest image: INT64_MAX aligned down to its largest alignment (1 GiB). */
+const BDRV_MAX_LENGTH = 2n ** 63n - 2n ** 30n;
+
+/**
+ * The export size at `at` of `v`: refused as QEMU refuses it past its largest image, and as
+ * this client must past 2^53 (`Infinity`, refused by {@link checked}).
+ */
+function exportSize(v: DataView, at: number): number {
+  if (v.getBigUint64(at) > BDRV_MAX_LENGTH) {
+    throw new BlockError("EFBIG", "Could not refresh total sector count: File too large");
+  }
+  return getU64(v, at);
 }
 
 function checked(info: ExportInfo): ExportInfo {
