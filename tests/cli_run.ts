@@ -6,8 +6,9 @@
  * @module
  */
 
+import { deepStrictEqual as assertEquals } from "node:assert";
 import { captureIo, runImg, runIo } from "@blockgraph/cli";
-import type { PeerResult } from "./peer_run.ts";
+import { type PeerResult, runPeer } from "./peer_run.ts";
 
 type Main = (args: string[], io: ReturnType<typeof captureIo>) => Promise<number>;
 
@@ -41,4 +42,19 @@ export async function mustOurIo(args: string[]): Promise<string> {
     throw new Error(`blockgraph io ${args.join(" ")} failed (${r.code}):\n${r.out}${r.err}`);
   }
   return r.out + r.err;
+}
+
+/** qemu-io's timing lines, which differ from run to run. */
+const STATS = /^\S+ \S*, \d+ ops; .*\n/gm;
+
+/**
+ * Runs qemu-`tool` and our `tool` with `args`: the same exit status and output, qemu-io's
+ * timing lines aside.
+ */
+export async function sameAsQemu(tool: "io" | "img", args: string[]): Promise<void> {
+  const theirs = await runPeer(`qemu-${tool}`, args);
+  const ours = await (tool === "io" ? runOurIo(args) : runOurImg(args));
+  theirs.out = theirs.out.replace(STATS, "");
+  ours.out = ours.out.replace(STATS, "");
+  assertEquals(ours, theirs, `${tool} ${args.join(" ")}`);
 }

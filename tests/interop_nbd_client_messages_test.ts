@@ -9,23 +9,10 @@
  * @module
  */
 
-import { deepStrictEqual as assertEquals } from "node:assert";
-import { runOurImg, runOurIo } from "./cli_run.ts";
+import { sameAsQemu } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
 import { freePort, listening, runPeer, spawnPeer } from "./peer_run.ts";
 import { makeTestPki } from "./tls_certs.ts";
-
-/** qemu-io's timing lines, which differ from run to run. */
-const STATS = /^\S+ \S*, \d+ ops; .*\n/gm;
-
-/** Runs qemu-`tool` and ours with `args`: the same exit status and output. */
-async function sameAsQemu(tool: "io" | "img", args: string[]): Promise<void> {
-  const theirs = await runPeer(`qemu-${tool}`, args);
-  const ours = await (tool === "io" ? runOurIo(args) : runOurImg(args));
-  theirs.out = theirs.out.replace(STATS, "");
-  ours.out = ours.out.replace(STATS, "");
-  assertEquals(ours, theirs, `${tool} ${args.join(" ")}`);
-}
 
 Deno.test("nbd open failures: connection, export name and read-only export, in QEMU's words", async () => {
   await ensurePeers(["qemu-nbd", "qemu-io", "qemu-img"]);

@@ -10,21 +10,9 @@
  * @module
  */
 
-import { deepStrictEqual as assertEquals } from "node:assert";
-import { runOurImg, runOurIo } from "./cli_run.ts";
+import { sameAsQemu } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
-import { listening, mustPeer, type PeerServer, runPeer, spawnPeer } from "./peer_run.ts";
-
-/** qemu-io's timing lines, which differ from run to run. */
-const STATS = /^\S+ \S*, \d+ ops; .*\n/gm;
-
-async function sameAsQemu(tool: "io" | "img", args: string[]): Promise<void> {
-  const theirs = await runPeer(`qemu-${tool}`, args);
-  const ours = await (tool === "io" ? runOurIo(args) : runOurImg(args));
-  theirs.out = theirs.out.replace(STATS, "");
-  ours.out = ours.out.replace(STATS, "");
-  assertEquals(ours, theirs, `${tool} ${args.join(" ")}`);
-}
+import { listening, mustPeer, type PeerServer, spawnPeer } from "./peer_run.ts";
 
 const qcow2 = (path: string, extra: string[] = []) =>
   mustPeer("qemu-img", ["create", "-q", "-f", "qcow2", ...extra, path, "4M"]);
