@@ -124,3 +124,38 @@ Deno.test("image locks: blockdev-change-medium of an image qemu-nbd serves says 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("image locks: convert will not copy a raw image qemu-nbd writes, as qemu-img convert; info and -U still read it", async () => {
+  await ensurePeers(["qemu-img", "qemu-nbd"]);
+  const dir = await Deno.makeTempDir();
+  try {
+    await runPeer("qemu-img", ["create", "-q", "-f", "raw", "r.raw", "1M"], { cwd: dir });
+    const sock = `${dir}/nbd.sock`;
+    const qnbd = await spawnPeer(
+      "qemu-nbd",
+      ["-f", "raw", "-t", "-x", "disk", "-k", sock, `${dir}/r.raw`],
+      () => listening(sock),
+    );
+    try {
+      // A raw node passes its parent's sharing down to the file, so only convert's own
+      // refusal to share writes (BDRV_O_NO_SHARE) keeps it from copying a moving image.
+      for (
+        const args of [
+          ["convert", "-O", "raw", "r.raw", "o.raw"],
+          ["convert", "-U", "-O", "raw", "r.raw", "o.raw"],
+          ["info", "r.raw"],
+        ]
+      ) {
+        await Deno.remove(`${dir}/o.raw`).catch(() => {});
+        const theirs = await runPeer("qemu-img", args, { cwd: dir });
+        await Deno.remove(`${dir}/o.raw`).catch(() => {});
+        const mine = await runOurImg(args, dir);
+        assertEquals({ args, ...norm(mine) }, { args, ...norm(theirs) });
+      }
+    } finally {
+      await qnbd.stop();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -86,6 +86,11 @@ export interface OpenRequest {
   readonly writeBehind?: number;
   /** Share every permission with other users (needs `readOnly`). */
   readonly forceShare?: boolean;
+  /**
+   * Share only consistent reads and unchanged writes with other users (QEMU's
+   * `BDRV_O_NO_SHARE`): another process that writes the image keeps it from opening.
+   */
+  readonly noShare?: boolean;
   /** Open without the backing chain (QEMU's `BDRV_O_NO_BACKING`) when the format has one. */
   readonly noBacking?: boolean;
   /** Open for a consistency check (`check-open`, where the format takes it). */
@@ -268,7 +273,7 @@ export async function openImage(
   }
   const backend = graph.createBackend({
     perm: Perm.CONSISTENT_READ | (req.readOnly ? 0 : Perm.WRITE),
-    shared: Perm.ALL,
+    shared: req.noShare ? Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED : Perm.ALL,
   });
   try {
     await backend.insertRoot(node);

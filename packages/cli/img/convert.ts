@@ -318,6 +318,7 @@ export async function imgConvert(
         imageOpts: a.imageOpts,
         readOnly: true,
         forceShare: a.forceShare,
+        noShare: true,
         cache: a.srcCache,
       });
       if (!img) return 1;

@@ -118,6 +118,11 @@ export interface ImgOpen {
   readonly readOnly: boolean;
   /** `-U`. */
   readonly forceShare?: boolean;
+  /**
+   * Let no one else write the image while it is open (QEMU's `BDRV_O_NO_SHARE`, which
+   * `convert` takes for its sources: a copy of an image someone writes is no copy).
+   */
+  readonly noShare?: boolean;
   /** The cache mode name (default `writeback`). */
   readonly cache?: string;
   /** Open without the backing chain (`backing: null`). */
@@ -165,6 +170,7 @@ export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<Open
       cache,
       discard: o.unmap ? "unmap" : "ignore",
       forceShare: o.forceShare ?? false,
+      noShare: o.noShare ?? false,
       noBacking: o.noBacking ?? false,
       forCheck: o.forCheck ?? false,
       writeBehind: o.bulkWrite && !cache.direct && !cache.noFlush ? BULK_WRITE_BEHIND : 0,
