@@ -11,7 +11,7 @@
 
 import { sameAsQemu } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
-import { freePort, listening, runPeer, spawnPeer } from "./peer_run.ts";
+import { freePort, listening, spawnPeer } from "./peer_run.ts";
 import { makeTestPki } from "./tls_certs.ts";
 
 Deno.test("nbd open failures: connection, export name and read-only export, in QEMU's words", async () => {
