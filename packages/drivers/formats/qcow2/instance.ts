@@ -35,7 +35,8 @@ import type { Qcow2CheckResult } from "./check_result.ts";
 import { writeCompressed } from "./compressed_write.ts";
 import { cachedDataOffset, contiguousDataOffset } from "./read_fast_path.ts";
 import { compressedWithDataFile, extentStatus } from "./extent_status.ts";
-import { allocatingWrite, decompressExtent } from "./allocating_write.ts";
+import { decompressExtent } from "./allocating_write.ts";
+import { clusterWriteStep } from "./cluster_write.ts";
 import { discardClusters, zeroClusters, zeroWholeCluster } from "./cluster_ops.ts";
 import { qcow2FormatInfo } from "./format_info.ts";
 import { discardSubclusters, zeroSubclusters } from "./subcluster_ops.ts";
@@ -49,6 +50,7 @@ import {
   storeBitmapsAtClose,
   truncateBitmapsCheck,
 } from "./bitmaps.ts";
+import { whenIdle } from "./locks.ts";
 import { makeEmptyImage } from "./make_empty.ts";
 import { MetadataPreallocation } from "./metadata_prealloc.ts";
 import { reopenQcow2 } from "./reopen.ts";
@@ -64,11 +66,6 @@ import { type Qcow2Snapshot, snapshotInfo } from "./snapshot_table.ts";
 /** QEMU's answer to internal snapshots with an external data file (-ENOTSUP). */
 function noSnapshots(): BlockError {
   return new BlockError("ENOTSUP", "-95 (Operation not supported)");
-}
-
-/** Whether a write to `ext` goes to the clusters it already has. */
-function inPlace(ext: Extent): boolean {
-  return ext.kind === "normal" && ext.copied;
 }
 
 /** An open qcow2 node. */
@@ -233,7 +230,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     while (bytes > 0) {
       const n = ext
         ? await subclusterWriteStep(this.image, this.#backing(), offset, bytes, qiov, qiovOffset)
-        : await this.#writeStep(offset, bytes, qiov, qiovOffset);
+        : await clusterWriteStep(this.image, this.#backing(), offset, bytes, qiov, qiovOffset);
       offset += n;
       qiovOffset += n;
       bytes -= n;
@@ -270,60 +267,6 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
       );
     }
     await this.#writeLoop(offset, bytes, qiov, qiovOffset);
-  }
-
-  /** Writes the first extent of the range; returns the bytes done (0: waited, retry). */
-  async #writeStep(
-    offset: number,
-    bytes: number,
-    qiov: IoVector,
-    qiovOffset: number,
-  ): Promise<number> {
-    const image = this.image;
-    const cs = image.cs;
-    const decide = (ext: Extent) => {
-      if (inPlace(ext)) {
-        const first = Math.floor(ext.host / cs);
-        const end = image.inflight.begin(first, Math.ceil((ext.host + ext.bytes) / cs) - first);
-        return { ext, release: null, busy: null, end };
-      }
-      // One allocation stays within one L2 table, as QEMU's handle_alloc does: each table is
-      // made just before the data it maps, so the file's layout is QEMU's (small clusters).
-      const span = image.l2Entries * cs;
-      const l2End = (Math.floor(offset / span) + 1) * span;
-      if (offset + ext.bytes > l2End) ext = { ...ext, bytes: l2End - offset };
-      const first = Math.floor(offset / cs);
-      const count = Math.ceil((offset + ext.bytes) / cs) - first;
-      const busy = image.claims.busy(first, count);
-      if (busy) return { ext, release: null, busy, end: null };
-      return { ext, release: image.claims.claim(first, count), busy: null, end: null };
-    };
-    // With the metadata lock free and the L2 table cached, the lookup and the claim (or the
-    // in-flight record) happen in one synchronous step: as if the lock were taken and given
-    // back at once, without the queue and the microtask hops of taking it.
-    const cached = image.lock.held ? null : image.lookupCached(offset, bytes);
-    const step = cached
-      ? decide(cached)
-      : await image.lock.run(async () => decide(await image.lookup(offset, bytes)));
-    if (step.busy) {
-      await step.busy;
-      return 0;
-    }
-    const ext = step.ext;
-    if (step.end) {
-      try {
-        await image.writeData(ext.host, ext.bytes, qiov, qiovOffset);
-      } finally {
-        step.end();
-      }
-      return ext.bytes;
-    }
-    try {
-      await allocatingWrite(this.image, this.#backing(), ext, offset, qiov, qiovOffset);
-    } finally {
-      step.release!();
-    }
-    return ext.bytes;
   }
 
   /**
@@ -512,16 +455,8 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   }
 
   /** Runs `fn` under the metadata lock once no allocation and no in-place write is in flight. */
-  async #idle<T>(fn: () => Promise<T>): Promise<T> {
-    const image = this.image;
-    for (;;) {
-      const r = await image.lock.run(async () => {
-        const busy = image.claims.any() ?? image.inflight.any();
-        return busy ? { busy } : { busy: null, value: await fn() };
-      });
-      if (!r.busy) return r.value as T;
-      await r.busy;
-    }
+  #idle<T>(fn: () => Promise<T>): Promise<T> {
+    return whenIdle(this.image, fn);
   }
 
   /**

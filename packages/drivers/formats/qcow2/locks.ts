@@ -135,3 +135,29 @@ export class InflightWrites {
     return this.#ended.promise;
   }
 }
+
+/** What {@link whenIdle} waits on: an image's metadata lock, claims and in-place writes. */
+export interface IdleGate {
+  /** The metadata lock. */
+  readonly lock: Mutex;
+  /** Guest clusters being allocated. */
+  readonly claims: ClusterClaims;
+  /** Host clusters with in-place writes in flight. */
+  readonly inflight: InflightWrites;
+}
+
+/**
+ * Runs `fn` under the metadata lock once no allocation and no in-place write is in flight
+ * (resize, snapshots, check, amend: work on the structures as a whole).
+ */
+export async function whenIdle<T>(gate: IdleGate, fn: () => Promise<T>): Promise<T> {
+  for (;;) {
+    // Boxed: a promise returned from inside the lock would be awaited there.
+    const r = await gate.lock.run(async () => {
+      const busy = gate.claims.any() ?? gate.inflight.any();
+      return busy ? { busy } : { busy: null, value: await fn() };
+    });
+    if (!r.busy) return r.value as T;
+    await r.busy;
+  }
+}
