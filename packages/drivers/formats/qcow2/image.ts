@@ -24,7 +24,7 @@
  * @module
  */
 
-import { BlockError, type IoVector, type Node } from "@blockgraph/core";
+import type { BlockError, IoVector, Node } from "@blockgraph/core";
 import { type Extent, extentIn, extentInExt } from "./extent.ts";
 import {
   COPIED_HI,
@@ -48,14 +48,7 @@ import type { DiscardType, Qcow2RuntimeOptions } from "./runtime_options.ts";
 import { MetadataMap, type WriteKind } from "./overlap.ts";
 import { Refcounts, type RefcountTablePlace } from "./refcount.ts";
 import type { SnapshotEntry } from "./snapshot_table.ts";
-
-/** Where an image's corruption is reported. */
-export interface CorruptionSink {
-  /** The graph's event bus emitter. */
-  emit(name: string, data: Record<string, unknown>): void;
-  /** The node's name, for the event. */
-  nodeName: string;
-}
+import { Corruption, type CorruptionSink } from "./corruption.ts";
 
 /** An open qcow2 image's state. */
 export class Qcow2Image implements MetaIo {
@@ -106,7 +99,6 @@ export class Qcow2Image implements MetaIo {
   readonly claims: ClusterClaims = new ClusterClaims();
   /** Host clusters with in-place guest writes in flight (frees wait for them). */
   readonly inflight: InflightWrites = new InflightWrites();
-  /** Whether the image may be written. */
   /** Whether the image may be written (a reopen may change it). */
   writable: boolean;
   /** Read-write after a reopen: autoclear bits must be cleared before the first write. */
@@ -138,16 +130,13 @@ export class Qcow2Image implements MetaIo {
   };
   /** The `cache-clean-interval` timer of the L2 and refcount caches. */
   readonly cleaner: CacheCleaner = new CacheCleaner(this.lock, () => [this.l2, this.refcounts]);
-  /** Set once corruption was found in a writable image: all I/O fails from then on. */
-  broken = false;
   /**
    * Allocating writes zero the untouched rest of new clusters with a write-zeroes (cleared
    * once the image file answers ENOTSUP: then they copy zeros).
    */
   zeroCowAllowed = true;
-  #warned = false;
-  #marking: Promise<void> | null = null;
-  readonly #sink: CorruptionSink;
+  /** Corruption found in the image, and what it stopped. */
+  readonly #corruption: Corruption;
   /** Clusters to free once nothing on disk names them any more. */
   readonly frees: FreeQueue = new FreeQueue(this);
 
@@ -173,7 +162,7 @@ export class Qcow2Image implements MetaIo {
     this.file = file;
     this.header = header;
     this.writable = writable;
-    this.#sink = sink;
+    this.#corruption = new Corruption(sink, header, file);
     this.cs = 2 ** header.clusterBits;
     this.extL2 = (header.incompatible & BigInt(Incompat.EXTL2)) !== 0n;
     this.l2Stride = this.extL2 ? 16 : 8;
@@ -300,60 +289,27 @@ export class Qcow2Image implements MetaIo {
     return this.file.flush();
   }
 
+  /** Set once corruption was found in a writable image: all I/O fails from then on. */
+  get broken(): boolean {
+    return this.#corruption.broken;
+  }
+
   /**
-   * QEMU's `qcow2_signal_corruption`: on a writable image, marks it corrupt (incompatible
-   * bit 1), emits a fatal BLOCK_IMAGE_CORRUPTED and stops all I/O; on a read-only one,
-   * reports once. Returns the EIO error for the request to fail with.
+   * QEMU's `qcow2_signal_corruption` (corruption.ts): marks a writable image corrupt and
+   * stops its I/O, reports a read-only one once. Returns the EIO error to fail with.
    */
   corrupt(message: string, offset?: number, size?: number): Error {
-    const fatal = this.writable;
-    if (fatal && !this.broken) {
-      console.error(
-        `qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`,
-      );
-      this.broken = true;
-      this.header.incompatible |= BigInt(Incompat.CORRUPT);
-      this.#marking = this.#writeFeatureBits().catch(() => {});
-      this.#emit(message, offset, size, true);
-    } else if (!fatal && !this.#warned) {
-      console.error(
-        `qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`,
-      );
-      this.#warned = true;
-      this.#emit(message, offset, size, false);
-    }
-    return new BlockError("EIO", `qcow2: ${message}`, offset === undefined ? {} : { offset });
-  }
-
-  #emit(msg: string, offset: number | undefined, size: number | undefined, fatal: boolean): void {
-    const data: Record<string, unknown> = { device: "", "node-name": this.#sink.nodeName, msg };
-    if (offset !== undefined) data.offset = offset;
-    if (size !== undefined) data.size = size;
-    data.fatal = fatal;
-    this.#sink.emit("BLOCK_IMAGE_CORRUPTED", data);
-  }
-
-  /** Writes the incompatible feature bits (v3) straight to the header and flushes. */
-  async #writeFeatureBits(): Promise<void> {
-    if (this.header.version < 3) return;
-    const buf = new Uint8Array(8);
-    viewOf(buf).setBigUint64(0, this.header.incompatible);
-    await this.file.write(72, buf);
-    await this.file.flush();
+    return this.#corruption.signal(message, this.writable, offset, size);
   }
 
   /** Waits for a corrupt marking in progress (before close). */
-  async settle(): Promise<void> {
-    if (this.#marking) await this.#marking;
+  settle(): Promise<void> {
+    return this.#corruption.settle();
   }
 
   /** The error every request gets once the image was found corrupt. */
   brokenError(): BlockError {
-    return new BlockError(
-      "EIO",
-      `Node '${this.#sink.nodeName}' is corrupted: the qcow2 image was marked corrupt and ` +
-        "refuses further I/O",
-    );
+    return this.#corruption.brokenError();
   }
 
   // ------------------------------------------------------------------ mapping
