@@ -294,6 +294,11 @@ export class Qcow2Image implements MetaIo {
     return this.#corruption.broken;
   }
 
+  /** Stops all I/O without marking anything on disk (what a crash leaves, in tests). */
+  set broken(broken: boolean) {
+    this.#corruption.broken = broken;
+  }
+
   /**
    * QEMU's `qcow2_signal_corruption` (corruption.ts): marks a writable image corrupt and
    * stops its I/O, reports a read-only one once. Returns the EIO error to fail with.
