@@ -133,36 +133,57 @@ Deno.test("nbd client against nbdkit's delay filter: slow replies overlap and ne
   });
 });
 
-Deno.test("nbd client with reconnect-delay rides out an nbdkit restart", async () => {
+/**
+ * An nbd node with `reconnect-delay` over a fresh nbdkit: a first write, the server gone for
+ * `idleMs`, a write started, the server back 300 ms later; `after` runs once that write is
+ * done.
+ */
+async function serverComesBack(
+  prefix: string,
+  reconnectDelay: number,
+  idleMs: number,
+  after: (node: Node) => Promise<void>,
+): Promise<void> {
   await ensurePeers(["nbdkit"]);
-  const dir = await Deno.makeTempDir({ prefix: "nbdkit-reconnect-" });
+  const dir = await Deno.makeTempDir({ prefix });
   const sock = `${dir}/nbdkit.sock`;
   const args = ["memory", `${SIZE}`];
   let peer = await nbdkit(sock, args);
   const graph = new Graph({ registry: defaultRegistry() });
   try {
     const node = await graph.open(
-      { driver: "nbd", "server.type": "unix", "server.path": sock, "reconnect-delay": 5 },
+      {
+        driver: "nbd",
+        "server.type": "unix",
+        "server.path": sock,
+        "reconnect-delay": reconnectDelay,
+      },
       "test",
     );
     await node.write(0, pattern(4096, 1));
     await peer.stop();
     await Deno.remove(sock).catch(() => {});
-    // A request while the server is gone waits for the reconnect instead of failing.
+    if (idleMs > 0) await new Promise((r) => setTimeout(r, idleMs));
     const pending = node.write(8192, pattern(4096, 2));
     await new Promise((r) => setTimeout(r, 300));
     peer = await nbdkit(sock, args);
     await pending;
-    const got = new Uint8Array(4096);
-    await node.read(8192, got);
-    assertBytesEqual(got, pattern(4096, 2), "written after the reconnect");
+    await after(node);
     await node.unref("test");
   } finally {
     await graph.closeAll();
     await peer.stop();
     await Deno.remove(dir, { recursive: true });
   }
-});
+}
+
+// A request while the server is gone waits for the reconnect instead of failing.
+Deno.test("nbd client with reconnect-delay rides out an nbdkit restart", () =>
+  serverComesBack("nbdkit-reconnect-", 5, 0, async (node) => {
+    const got = new Uint8Array(4096);
+    await node.read(8192, got);
+    assertBytesEqual(got, pattern(4096, 2), "written after the reconnect");
+  }));
 
 Deno.test("nbd client without reconnect-delay fails fast with EIO when nbdkit goes away", async () => {
   await ensurePeers(["nbdkit"]);
@@ -193,35 +214,10 @@ Deno.test("nbd client without reconnect-delay fails fast with EIO when nbdkit go
   }
 });
 
-Deno.test("reconnect-delay counts from the first request after the loss, as QEMU's", async () => {
-  await ensurePeers(["nbdkit"]);
-  const dir = await Deno.makeTempDir({ prefix: "nbdkit-idle-loss-" });
-  const sock = `${dir}/nbdkit.sock`;
-  const args = ["memory", `${SIZE}`];
-  let peer = await nbdkit(sock, args);
-  const graph = new Graph({ registry: defaultRegistry() });
-  try {
-    const node = await graph.open(
-      { driver: "nbd", "server.type": "unix", "server.path": sock, "reconnect-delay": 1 },
-      "test",
-    );
-    await node.write(0, pattern(4096, 1));
-    await peer.stop();
-    await Deno.remove(sock).catch(() => {});
-    // Idle for longer than reconnect-delay: the request that finds the connection gone still
-    // waits up to reconnect-delay for the server.
-    await new Promise((r) => setTimeout(r, 1500));
-    const pending = node.write(8192, pattern(4096, 2));
-    await new Promise((r) => setTimeout(r, 300));
-    peer = await nbdkit(sock, args);
-    await pending;
-    await node.unref("test");
-  } finally {
-    await graph.closeAll();
-    await peer.stop();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+// Idle for longer than reconnect-delay: the request that finds the connection gone still
+// waits up to reconnect-delay for the server.
+Deno.test("reconnect-delay counts from the first request after the loss, as QEMU's", () =>
+  serverComesBack("nbdkit-idle-loss-", 1, 1500, () => Promise.resolve()));
 
 Deno.test("without reconnect-delay a request in flight when the connection drops fails, as QEMU's", async () => {
   await withNbdkit(["--filter=delay", "memory", `${SIZE}`, "delay-read=500ms"], async (node) => {
