@@ -164,3 +164,14 @@ Deno.test("checkBundle refuses a bundle that uses import.meta, saying which and 
   assert(refused("if (import.meta.main) a(); if (import.meta.main) b();").includes("main (2)"));
   assert(refused("const m = import.meta;").includes("import.meta (1)"));
 });
+
+Deno.test("checkBundle refuses a bundle that imports a Node module at start-up, not one that imports it where used", () => {
+  checkBundle('const zlib = () => import("node:zlib");\nconst s = "from \\"node:fs\\"";');
+  let message = "";
+  try {
+    checkBundle('// x\nimport { Buffer } from "node:buffer";\nimport * as fs from "node:fs";\n');
+  } catch (e) {
+    message = (e as Error).message;
+  }
+  assert(message.startsWith("The bundle imports node:buffer, node:fs at start-up"), message);
+});

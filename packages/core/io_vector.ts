@@ -8,8 +8,6 @@
  * @module
  */
 
-import { Buffer } from "node:buffer";
-
 const ZERO_CHUNK = new Uint8Array(64 * 1024);
 
 /** An ordered list of buffers that together hold a request's data. */
@@ -185,12 +183,33 @@ export function isZeroBuffer(
 /** From this many bytes on, {@link sameBytesAt} compares natively. */
 const NATIVE_COMPARE = 2048;
 
+/** `node:buffer`'s Buffer once loaded, for its native compare. */
+type NodeBuffer = typeof import("node:buffer").Buffer;
+let nativeBuffer: NodeBuffer | null = null;
+let nativeLoading: Promise<void> | null = null;
+
+/**
+ * Loads what {@link sameBytesAt} compares long ranges with (`node:buffer`), once; resolves
+ * when it is there (or could not be loaded: the word loop then stays). Until then long
+ * compares run in the word loop. A caller about to compare much (`img compare`) may await it
+ * first; the first long compare starts it otherwise. `node:buffer` is not imported with this
+ * module because importing it costs about 4.5 ms (it pulls in much of Deno's Node layer),
+ * which every command paid at start-up, `img info` included.
+ */
+export function nativeCompareReady(): Promise<void> {
+  return nativeLoading ??= import("node:buffer").then((m) => {
+    nativeBuffer = m.Buffer;
+  }, () => {});
+}
+
 /**
  * Whether `length` bytes of `a` from `aOffset` equal those of `b` from `bOffset`, without
  * allocating views. Long ranges are compared natively (`memcmp`, through `node:buffer`: about
  * 40 GB/s on cached 2 MiB buffers, where a loop over 32-bit words makes 7 GB/s and one over
  * bytes 1.8 GB/s); short ones, where the native call's cost would dominate, in a loop over
- * words when both sides are 4-byte aligned, else over bytes.
+ * words when both sides are 4-byte aligned, else over bytes. `node:buffer` is imported at the
+ * first long compare, which with those before the import completes (the next turn of the
+ * event loop) runs in the word loop.
  */
 export function sameBytesAt(
   a: Uint8Array,
@@ -202,7 +221,11 @@ export function sameBytesAt(
   const i = a.byteOffset + aOffset;
   const j = b.byteOffset + bOffset;
   if (length >= NATIVE_COMPARE) {
-    return Buffer.from(a.buffer, i, length).equals(Buffer.from(b.buffer, j, length));
+    const native = nativeBuffer;
+    if (native !== null) {
+      return native.from(a.buffer, i, length).equals(native.from(b.buffer, j, length));
+    }
+    void nativeCompareReady();
   }
   if (((i | j | length) & 3) === 0) {
     const wa = wordsOf(a.buffer);

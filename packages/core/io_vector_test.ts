@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
-import { IoVector, isZeroBuffer, sameBytes, sameBytesAt } from "./io_vector.ts";
+import { IoVector, isZeroBuffer, nativeCompareReady, sameBytes, sameBytesAt } from "./io_vector.ts";
 
 Deno.test("isZeroBuffer finds one non-zero byte anywhere in any range of any view", () => {
   const backing = new Uint8Array(96);
@@ -23,7 +23,14 @@ Deno.test("isZeroBuffer finds one non-zero byte anywhere in any range of any vie
   assert(isZeroBuffer(backing, 10, 0), "an empty range is zero");
 });
 
-Deno.test("sameBytes and sameBytesAt find one differing byte, short or long, aligned or not", () => {
+Deno.test("sameBytes and sameBytesAt find one differing byte, short or long, aligned or not", async () => {
+  // Long ranges in the loops until node:buffer has loaded, then natively.
+  checkSameBytes();
+  await nativeCompareReady();
+  checkSameBytes();
+});
+
+function checkSameBytes(): void {
   // Lengths on both sides of the native threshold; offsets aligned (words) and not (bytes).
   for (const length of [0, 1, 92, 512, 2047, 2048, 5000]) {
     for (const [da, db] of [[0, 4], [1, 7], [8, 8]] as const) {
@@ -44,7 +51,7 @@ Deno.test("sameBytes and sameBytesAt find one differing byte, short or long, ali
       }
     }
   }
-});
+}
 
 Deno.test("isZeroBuffer sees a buffer grown after it was first scanned", () => {
   const buffer = new ArrayBuffer(64, { maxByteLength: 256 });

@@ -55,7 +55,7 @@ export { EventBus } from "./events.ts";
 export type { BlockEvent, EventListener } from "./events.ts";
 export { Graph, isWellFormedName } from "./graph.ts";
 export type { GraphJob, GraphOptions } from "./graph.ts";
-export { IoVector, isZeroBuffer, sameBytes, sameBytesAt } from "./io_vector.ts";
+export { IoVector, isZeroBuffer, nativeCompareReady, sameBytes, sameBytesAt } from "./io_vector.ts";
 export { DEFAULT_FLAGS, Node } from "./node.ts";
 export type { NodeFlags } from "./node.ts";
 export {

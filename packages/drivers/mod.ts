@@ -38,6 +38,7 @@ export { nullDriver, NullInstance } from "./protocols/null.ts";
 export { nbdDriver, NbdInstance } from "./protocols/nbd/driver.ts";
 export { parseNbdFilename } from "./protocols/nbd/filename.ts";
 export { allocateIoMemory, type IoMemory } from "./io/io_memory.ts";
+export { zeroTimeout } from "./io/loop_turn.ts";
 
 /**
  * A new registry holding every driver of this package.

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { zeroTimeout } from "@blockgraph/drivers";
+
 /** The standard streams of one command run. */
 export interface CliIo {
   /** Writes text to standard output. */
@@ -69,11 +71,10 @@ export function denoIo(): CliIo {
   const buffered = !Deno.stdout.isTerminal();
   let held: string[] = [];
   let heldLength = 0;
-  let timer: ReturnType<typeof setTimeout> | null = null;
+  // A zero timeout is armed; it flushes whatever is held when it runs.
+  let armed = false;
   let broken = false;
   const flush = () => {
-    if (timer !== null) clearTimeout(timer);
-    timer = null;
     if (broken) throw new Deno.errors.BrokenPipe("standard output was closed");
     if (heldLength === 0) return;
     const text = held.join("");
@@ -87,7 +88,7 @@ export function denoIo(): CliIo {
     }
   };
   const flushLater = () => {
-    timer = null;
+    armed = false;
     try {
       flush();
     } catch (e) {
@@ -102,7 +103,10 @@ export function denoIo(): CliIo {
       held.push(text);
       heldLength += text.length;
       if (heldLength >= OUT_BUFFER) flush();
-      else timer ??= setTimeout(flushLater, 0);
+      else if (!armed) {
+        armed = true;
+        zeroTimeout(flushLater);
+      }
     },
     err: (text) => {
       if (heldLength > 0) flush();

@@ -12,6 +12,7 @@ import {
   BlockStatusFlags,
   type Graph,
   isZeroBuffer,
+  nativeCompareReady,
   sameBytes,
   sameBytesAt,
   strerror,
@@ -214,6 +215,8 @@ async function compareSides(
   io: CliIo,
   prog: Progress,
 ): Promise<number> {
+  // Every buffer is compared natively, from the first.
+  await nativeCompareReady();
   // Aligned native memory, in huge pages: copies out of the page cache run faster into it.
   const mem = [allocateIoMemory(IO_BUF_SIZE), allocateIoMemory(IO_BUF_SIZE)];
   const buf1 = mem[0]!.bytes;

@@ -50,8 +50,12 @@ const onTurn = (): void => {
 const CHEAP_LOAD_TIMEOUTS = 256;
 let timeouts = 0;
 
-/** Calls `then` once timers next run (see above for which timer). */
-function zeroTimeout(then: () => void): void {
+/**
+ * Calls `then` once timers next run (see above for which timer), without loading Node's timers
+ * at a short command's start: the CLI's buffered standard output flushes through it. It
+ * cannot be cancelled; a caller that no longer needs the call ignores it.
+ */
+export function zeroTimeout(then: () => void): void {
   if (timeouts < CHEAP_LOAD_TIMEOUTS) {
     timeouts++;
     AbortSignal.timeout(0).addEventListener("abort", then);

@@ -3,6 +3,11 @@
  * under the metadata lock, the clean L2 tables and refcount blocks nobody used since the
  * previous tick are dropped, so an idle image gives its cache memory back.
  *
+ * QEMU arms the timer at open; ours is armed when the first table or block is loaded into a
+ * cache ({@link CacheCleaner.wake}), as ticks before then have nothing to drop. The first
+ * timer a process arms loads Deno's Node timers (about 7 ms), which a short command that
+ * never loads one (`img info`) then does not pay.
+ *
  * @module
  */
 
@@ -22,6 +27,8 @@ export class CacheCleaner {
   readonly #lock: Mutex;
   readonly #caches: () => readonly CleanableCache[];
   #interval = 0;
+  /** Whether a cache has loaded anything: the timer runs from then on (see above). */
+  #woken = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #cleaning: Promise<void> | null = null;
 
@@ -42,7 +49,16 @@ export class CacheCleaner {
       this.stop();
       this.#interval = seconds;
     }
-    if (this.#interval > 0 && this.#timer === undefined) this.#arm(this.#interval * 1000);
+    if (this.#woken && this.#interval > 0 && this.#timer === undefined) {
+      this.#arm(this.#interval * 1000);
+    }
+  }
+
+  /** Records that a cache has loaded a table or block, and arms the timer the first time. */
+  wake(): void {
+    if (this.#woken) return;
+    this.#woken = true;
+    this.setInterval(this.#interval);
   }
 
   /** Stops the timer (close; a reopen that changes the interval). */

@@ -27,3 +27,20 @@ Deno.test("CacheCleaner cleans under the lock, joins a tick still waiting, and r
   assertEquals(cleaner.interval, 0);
   cleaner.stop();
 });
+
+Deno.test("CacheCleaner arms its timer when a cache first loads something, not before", async () => {
+  let calls = 0;
+  const cleaner = new CacheCleaner(new Mutex(), () => [{ cleanUnused: () => ++calls }]);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  // A 20 ms interval (the option takes whole seconds; the class takes any).
+  cleaner.setInterval(0.02);
+  await sleep(100);
+  assertEquals(calls, 0, "no tick before a cache has loaded anything");
+  cleaner.wake();
+  for (let waited = 0; calls === 0 && waited < 5000; waited += 10) await sleep(10);
+  cleaner.stop();
+  assertEquals(calls > 0, true, "ticks once woken");
+  const after = calls;
+  await sleep(100);
+  assertEquals(calls, after, "no tick after stop");
+});

@@ -227,6 +227,7 @@ export class Qcow2Image implements MetaIo {
       this.#refcountCacheBlocks,
     );
     this.freeByte = 0;
+    rc.onBlockLoaded = () => this.cleaner.wake();
     rc.onFreed = (c) => {
       if (Math.floor(this.freeByte / this.cs) === c) this.freeByte = 0;
     };
@@ -333,6 +334,7 @@ export class Qcow2Image implements MetaIo {
       );
     }
     const buf = new Uint8Array(this.cs);
+    this.cleaner.wake();
     await this.read(offset, buf);
     return buf;
   }

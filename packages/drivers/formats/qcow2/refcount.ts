@@ -108,6 +108,8 @@ export class Refcounts {
   reserved: ReadonlySet<number> = new Set();
   /** Called when the refcount of cluster `c` drops to zero (it may be allocated again). */
   onFreed: (c: number) => void = () => {};
+  /** Called when a refcount block is read into the cache (the cleaning timer starts). */
+  onBlockLoaded: () => void = () => {};
   /** Called after the table moved (the header must point to it). */
   onTableMoved: (place: RefcountTablePlace) => Promise<void> = () => Promise.resolve();
   /**
@@ -200,6 +202,7 @@ export class Refcounts {
       );
     }
     const buf = new Uint8Array(this.#cs);
+    this.onBlockLoaded();
     await this.#io.read(off, buf);
     // Another caller may have loaded it meanwhile: keep theirs (it may be dirty).
     const again = this.#blocks.get(i);
