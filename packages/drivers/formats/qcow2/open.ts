@@ -76,12 +76,17 @@ async function readRefTable(
   const buf = new Uint8Array(h.refcountTableClusters * cs);
   await file.read(h.refcountTableOffset, buf);
   const view = viewOf(buf);
-  const table: number[] = [];
+  const n = buf.length / 8;
+  // Most entries of a table sized for growth are zero: they are skipped a word pair at a time
+  // (this loop runs cold, once per open; decoding every entry took `img info` about 2 ms).
+  const words = new Uint32Array(buf.buffer, buf.byteOffset, n * 2);
+  const table: number[] = new Array<number>(n).fill(0);
   const reserved = new Set<number>();
-  for (let i = 0; i < buf.length / 8; i++) {
+  for (let i = 0; i < n; i++) {
+    if ((words[2 * i]! | words[2 * i + 1]!) === 0) continue;
     const raw = getU64(view, i * 8);
     const low = view.getUint32(i * 8 + 4) % REFT_OFFSET_ALIGN;
-    table.push(raw - (raw % REFT_OFFSET_ALIGN));
+    table[i] = raw - (raw % REFT_OFFSET_ALIGN);
     if (low !== 0) reserved.add(i);
   }
   return { table, reserved };

@@ -140,7 +140,7 @@ export class Refcounts {
     this.#table = table;
     this.#place = place;
     this.endCluster = Math.ceil(fileLength / this.#cs);
-    for (const off of table) if (off !== 0) map.addRefblock(off);
+    for (let i = 0; i < table.length; i++) if (table[i] !== 0) map.addRefblock(table[i]!);
   }
 
   /** The refcount table's entries (offsets of refcount blocks, 0 for none). */
