@@ -339,7 +339,7 @@ export function dirtyPages(fd: number, offset: number, bytes: number): number | 
   // struct cachestat: nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted.
   const stat = new BigUint64Array(5);
   const rc = socketLibc().cachestat(
-    BigInt(SYS_CACHESTAT),
+    SYS_CACHESTAT,
     fd,
     new Uint8Array(range.buffer),
     new Uint8Array(stat.buffer),

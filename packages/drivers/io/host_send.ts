@@ -29,7 +29,7 @@
 
 import { BlockError, errnoCode, strerror } from "@blockgraph/core";
 import { lastErrno } from "./libc.ts";
-import { MSG, POLL, socketLibc, SYS_CACHESTAT } from "./socket_libc.ts";
+import { MAX_SEND, MSG, POLL, socketLibc, SYS_CACHESTAT } from "./socket_libc.ts";
 
 const EINTR = 4;
 const EAGAIN = 11;
@@ -79,7 +79,7 @@ export function rangeCached(fd: number, offset: number, bytes: number): boolean 
   }
   setU64(range, 0, offset);
   setU64(range, 2, bytes);
-  if (lib.cachestat(SYS_CACHESTAT as unknown as bigint, fd, rangeBytes, cstatBytes, 0) !== 0) {
+  if (lib.cachestat(SYS_CACHESTAT, fd, rangeBytes, cstatBytes, 0) !== 0) {
     if (lastErrno() === ENOSYS) cachestatWorks = false;
     return false;
   }
@@ -121,7 +121,7 @@ export function sendNow(sock: number, data: Uint8Array, flags = NOW_FLAGS): numb
   let p = 0;
   while (p < data.length) {
     const rest = p === 0 ? data : data.subarray(p);
-    const n = Number(lib.send(sock, rest, rest.length as unknown as bigint, flags));
+    const n = Number(lib.send(sock, rest, Math.min(rest.length, MAX_SEND), flags));
     if (n >= 0) p += n;
     else if (!retry("send")) break;
   }
@@ -155,7 +155,7 @@ function advance(
   }
   while (p < total) {
     setU64(fileOffset, 0, offset + p - hl);
-    const n = Number(lib.sendfile(sock, fd, fileOffsetBytes, (total - p) as unknown as bigint));
+    const n = Number(lib.sendfile(sock, fd, fileOffsetBytes, Math.min(total - p, MAX_SEND)));
     if (n > 0) p += n;
     else if (n < 0) {
       if (!retry("sendfile")) return p;

@@ -27,6 +27,8 @@ export const IOVEC_SIZE = 16;
 export class NativeIovec {
   /** The address of the first iovec, for the kernel. */
   readonly addr: number;
+  /** The iovecs' memory, for a call that takes them as a buffer. */
+  readonly bytes: Uint8Array;
   /** How many iovecs the array holds at most. */
   readonly capacity: number;
   /** How many iovecs the current request uses. */
@@ -44,6 +46,7 @@ export class NativeIovec {
       throw new RangeError("iovec memory smaller than its capacity");
     }
     this.addr = addr;
+    this.bytes = bytes;
     this.capacity = capacity;
     this.#words = new Uint32Array(bytes.buffer, bytes.byteOffset, capacity * 4);
   }

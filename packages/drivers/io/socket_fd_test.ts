@@ -6,7 +6,7 @@ import { MSG, socketLibc } from "./socket_libc.ts";
 /** Sends `text` on descriptor `fd` and checks that `peer` is who receives it. */
 async function assertSocketOf(fd: number, peer: Deno.Conn, text: string): Promise<void> {
   const bytes = new TextEncoder().encode(text);
-  const n = Number(socketLibc().send(fd, bytes, BigInt(bytes.length), MSG.NOSIGNAL));
+  const n = Number(socketLibc().send(fd, bytes, bytes.length, MSG.NOSIGNAL));
   assertEquals(n, bytes.length, `sent on fd ${fd}`);
   const got = new Uint8Array(bytes.length);
   let at = 0;

@@ -32,11 +32,23 @@ export const POLL = {
   OUT: 0x4,
 } as const;
 
+/**
+ * The largest count the calls below take: their `size_t` counts are declared `u32`. V8's fast
+ * calls take a 64-bit parameter only as a BigInt: given a number, code optimized around the
+ * call is thrown away at the call ("not a BigInt") and optimized again, over and over (NBD
+ * 4 KiB reads on a unix socket: `sendNow` and four callers inlining it deoptimized 29 times
+ * in 100k requests, a loop of 200k sends 797 -> 624 ms with a `u32` count). A count in a
+ * register is zero-extended to the `size_t` the C library reads (writing a 32-bit register
+ * clears the upper half, on x86-64 and arm64 alike); callers send at most this much per call
+ * and loop for the rest.
+ */
+export const MAX_SEND = 0x7fffffff;
+
 const SYMBOLS = {
-  /** `send(fd, buf, len, flags)`. */
-  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
-  /** `sendfile(out_fd, in_fd, off_t *offset, count)`. */
-  sendfile: { parameters: ["i32", "i32", "buffer", "usize"], result: "isize" },
+  /** `send(fd, buf, len, flags)`; `len` at most {@link MAX_SEND}. */
+  send: { parameters: ["i32", "buffer", "u32", "i32"], result: "isize" },
+  /** `sendfile(out_fd, in_fd, off_t *offset, count)`; `count` at most {@link MAX_SEND}. */
+  sendfile: { parameters: ["i32", "i32", "buffer", "u32"], result: "isize" },
   /** `poll(fds, nfds, timeout)` on a pool thread. */
   pollWait: {
     name: "poll",
@@ -51,7 +63,8 @@ const SYMBOLS = {
   /** `cachestat(fd, range, cstat, flags)` through `syscall` (glibc has no wrapper). */
   cachestat: {
     name: "syscall",
-    parameters: ["i64", "u32", "buffer", "buffer", "u32"],
+    // The number as `u32`, as `libc.ts` passes io_uring's (see MAX_SEND for why not i64).
+    parameters: ["u32", "u32", "buffer", "buffer", "u32"],
     result: "i32",
   },
 } as const satisfies Deno.ForeignLibraryInterface;

@@ -197,7 +197,7 @@ class UringEngine {
       return Promise.reject(BlockError.from(e, { offset, op: OP_NAMES[op] ?? "io" }));
     }
     if (inline) {
-      const p = this.#inline.write(fd, slot.iov.addr, count, offset);
+      const p = this.#inline.write(fd, slot.iov.bytes, count, offset);
       slot.iov.release(this.#pool);
       this.#free.push(slot);
       return p;

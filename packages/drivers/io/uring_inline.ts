@@ -58,15 +58,15 @@ export class InlineWrites {
   }
 
   /**
-   * Writes `count` iovecs at native address `iovAddr` to `fd` at `offset` with pwritev; a
-   * write slower than `SYNC_SLOW_MS` sends the next ones to the ring for `SYNC_COOL_MS`.
-   * Called right after {@link InlineWrites.when} answered INLINE_NOW: its clock reading is the
-   * start time, so a write reads the clock once rather than twice.
+   * Writes the first `count` iovecs of `iov` (native memory) to `fd` at `offset` with
+   * pwritev; a write slower than `SYNC_SLOW_MS` sends the next ones to the ring for
+   * `SYNC_COOL_MS`. Called right after {@link InlineWrites.when} answered INLINE_NOW: its clock
+   * reading is the start time, so a write reads the clock once rather than twice.
    */
-  write(fd: number, iovAddr: number, count: number, offset: number): Promise<number> {
+  write(fd: number, iov: Uint8Array, count: number, offset: number): Promise<number> {
     const t0 = this.#checkedAt;
-    // Deno takes numbers for i64 parameters (its types say bigint only).
-    const rc = libc().pwritev(fd, iovAddr as unknown as bigint, count, offset as unknown as bigint);
+    // The offset as a BigInt, as the fast call wants it (see `pwritev` in `libc.ts`).
+    const rc = libc().pwritev(fd, iov, count, BigInt(offset));
     const errno = rc < 0 ? lastErrno() : 0;
     const t1 = performance.now();
     if (t1 - t0 > SYNC_SLOW_MS) this.#offUntil = t1 + SYNC_COOL_MS;

@@ -42,6 +42,8 @@ export const IOSQE_ASYNC = 16;
 export const SETUP_COOP_TASKRUN = (1 << 8) | (1 << 9);
 /** IORING_SQ_TASKRUN: completion work is pending; an enter with GETEVENTS runs it. */
 const SQ_TASKRUN = 2;
+/** sizeof(struct io_uring_getevents_arg), the last argument of an EXT_ARG enter. */
+const EXT_ARG_SIZE = 24n;
 
 const FEAT_SINGLE_MMAP = 1;
 const OFF_SQ_RING = 0n;
@@ -279,8 +281,8 @@ export class Ring {
       minComplete,
       ENTER_GETEVENTS | ENTER_EXT_ARG,
       a.ptr,
-      // Deno takes numbers for 64-bit parameters (its types say bigint only).
-      24 as unknown as bigint,
+      // A BigInt constant: a number here would deoptimize the caller (`pwritev` in `libc.ts`).
+      EXT_ARG_SIZE,
     );
     return rc < 0 ? -lastErrno() : rc;
   }

@@ -191,8 +191,7 @@ function allocateFirstBlock(fd: number, size: number): void {
     const v = new DataView(iov.buffer);
     v.setBigUint64(0, BigInt(viewAddress(zeros)), true);
     v.setBigUint64(8, BigInt(n), true);
-    // Deno takes numbers for i64 parameters (its types say bigint only).
-    libc().pwritev(fd, viewAddress(iov) as unknown as bigint, 1, 0 as unknown as bigint);
+    libc().pwritev(fd, iov, 1, 0n);
   } catch {
     // No FFI here: the block stays a hole.
   }
