@@ -187,6 +187,7 @@ export async function loadBitmaps(image: Qcow2Image, node: Node): Promise<void> 
     st.entries = parseDirectory(dir, count, image.cs, image.file.getLength());
     st.dirOffset = dirOffset;
     st.dirSize = dirSize;
+    image.map.setRange("bitmap directory", dirOffset, dirSize);
     for (const e of st.entries) {
       const inUse = (e.flags & BME_IN_USE) !== 0;
       const hb = new HBitmap(h.size, 2 ** e.granularityBits);
@@ -231,7 +232,7 @@ async function markInUse(image: Qcow2Image, st: BitmapState): Promise<void> {
   if (dir.length !== st.dirSize) throw corruptDirectory("its size changed while marking it");
   h.autoclear &= ~bit;
   await image.writeHeader();
-  await image.write("data", st.dirOffset, dir);
+  await image.write("bitmap directory", st.dirOffset, dir);
   await image.flush();
   st.entries = entries;
   h.autoclear |= bit;
@@ -299,6 +300,9 @@ async function writeDirectory(
   st.dirSize = dir.length;
   await image.write("qcow2_header", 0, header);
   await image.flush();
+  // The header names the new directory: from here it is the one writes must keep off (the
+  // old one's clusters are freed below).
+  image.map.setRange("bitmap directory", dirOffset, dir.length);
   for (const f of free) await image.refcounts.update(f.offset / cs, f.count, -1);
   await image.refcounts.writeback();
 }

@@ -2,7 +2,7 @@
  * Overlap checks: where the metadata of an image lies, so that no write (metadata or guest
  * data) lands on a structure it must not touch. Covers QEMU's "cached" template: the
  * header, the active L1 table, the refcount table, every refcount block, every active L2
- * table, the snapshot table and the snapshots' L1 tables. The node's `overlap-check` option
+ * table, the snapshot table, the snapshots' L1 tables and the bitmap directory. The node's `overlap-check` option
  * (runtime_options.ts) turns the check of each kind of structure on or off (`mask`).
  *
  * @module
@@ -19,7 +19,8 @@ export type WriteKind =
   | "refcount table"
   | "refcount block"
   | "snapshot table"
-  | "inactive L1 table";
+  | "inactive L1 table"
+  | "bitmap directory";
 
 interface Range {
   name: string;
@@ -36,6 +37,7 @@ const BITS: Readonly<Record<string, number>> = {
   "refcount table": Overlap.REFCOUNT_TABLE,
   "snapshot table": Overlap.SNAPSHOT_TABLE,
   "inactive L1 table": Overlap.INACTIVE_L1,
+  "bitmap directory": Overlap.BITMAP_DIRECTORY,
 };
 
 function bitOf(name: string): number {
