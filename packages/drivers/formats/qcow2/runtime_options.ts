@@ -54,7 +54,7 @@ const OVERLAP_SWITCHES: readonly [string, number, string][] = [
   ["snapshot-table", Overlap.SNAPSHOT_TABLE, "the snapshot table"],
   ["inactive-l1", Overlap.INACTIVE_L1, "an inactive L1 table"],
   ["inactive-l2", Overlap.INACTIVE_L2, "an inactive L2 table (not checked here)"],
-  ["bitmap-directory", Overlap.BITMAP_DIRECTORY, "the bitmap directory (not checked here)"],
+  ["bitmap-directory", Overlap.BITMAP_DIRECTORY, "the bitmap directory"],
 ];
 
 /**
