@@ -113,3 +113,48 @@ Deno.test("qcow2 interop: a guest write pointed at metadata fails and marks the 
       assertEquals(results[0]!.err.includes(said), true, `${name}: ${results[0]!.err}`);
     }
   }));
+
+Deno.test("qcow2 interop: overlap-check=all also keeps guest writes off a snapshot's L2 table, the default does not, as qemu-io", () =>
+  withDir(async (dir) => {
+    const base = `${dir}/base.qcow2`;
+    await must("qemu-img", ["create", "-q", "-f", "qcow2", base, "1G"]);
+    // The snapshot shares the first L2 table; the write after it copies the table, so the
+    // old one belongs to the snapshot alone.
+    await must("qemu-io", ["-f", "qcow2", "-c", "write -P 1 0 64k", base]);
+    await must("qemu-img", ["snapshot", "-c", "s1", base]);
+    await must("qemu-io", ["-f", "qcow2", "-c", "write -P 3 0 64k", base]);
+    const l = await layout(base);
+    const f = await Deno.readFile(base);
+    const snapshotL2 = Number(
+      new DataView(f.buffer).getBigUint64(l.snapshotL1) & 0x00fffffffffffe00n,
+    );
+    if (snapshotL2 === 0 || snapshotL2 === l.l2[0]) throw new Error("no L2 table of its own");
+    for (const check of ["all", "cached"]) {
+      const results = [];
+      for (const who of ["qemu", "ours"]) {
+        const path = `${dir}/${who}.qcow2`;
+        await Deno.copyFile(base, path);
+        const file = await Deno.open(path, { write: true });
+        const entry = new Uint8Array(8);
+        new DataView(entry.buffer).setBigUint64(0, (1n << 63n) | BigInt(snapshotL2));
+        await file.seek(l.l2[0], Deno.SeekMode.Start);
+        await file.write(entry);
+        file.close();
+        const opts = `driver=qcow2,file.filename=${path},overlap-check=${check}`;
+        const args = ["--image-opts", "-c", "write -P 2 0 4k", opts];
+        const r = who === "qemu"
+          ? await runPeer("qemu-io", args)
+          : await runPeer(Deno.execPath(), ["run", "-A", MAIN, "io", ...args]);
+        const info = await run("qemu-img", ["info", "--output=json", "-U", path]);
+        const corrupt = /"corrupt": true/.test(info.out);
+        results.push({
+          code: r.code,
+          out: r.out.replace(/^\S+ \S*, \d+ ops; .*\n/gm, ""),
+          err: r.err.replaceAll(path, "IMG"),
+          corrupt,
+        });
+      }
+      assertEquals(results[1], results[0], `overlap-check=${check}`);
+      assertEquals(results[0]!.corrupt, check === "all", `overlap-check=${check}: corrupt`);
+    }
+  }));

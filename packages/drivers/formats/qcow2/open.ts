@@ -26,7 +26,7 @@ import { backingFormat, dataFileName, parseHeader, type Qcow2Header } from "./he
 import { Qcow2Image } from "./image.ts";
 import { Qcow2Instance } from "./instance.ts";
 import { readRuntimeOptions } from "./runtime_options.ts";
-import { mapSnapshots } from "./snapshot.ts";
+import { inactiveL2Clusters, mapSnapshots } from "./snapshot.ts";
 import { readSnapshotTable } from "./snapshot_table.ts";
 
 /** Bits 0..8 of a refcount table entry are reserved: offsets are multiples of this. */
@@ -261,6 +261,7 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   image.snapshots = snaps.entries;
   image.snapshotsBytes = snaps.bytes;
   mapSnapshots(image);
+  image.map.setInactiveL2(await inactiveL2Clusters(image));
   if (writable && !checkOpen && (h.incompatible & BigInt(Incompat.DIRTY))) {
     await repairDirty(image);
   }

@@ -2,7 +2,10 @@
  * Overlap checks: where the metadata of an image lies, so that no write (metadata or guest
  * data) lands on a structure it must not touch. Covers QEMU's "cached" template: the
  * header, the active L1 table, the refcount table, every refcount block, every active L2
- * table, the snapshot table, the snapshots' L1 tables and the bitmap directory. The node's `overlap-check` option
+ * table, the snapshot table, the snapshots' L1 tables and the bitmap directory; and, in the
+ * `all` template, the snapshots' L2 tables (QEMU reads the snapshots' L1 tables at every check;
+ * here they are read when the check is switched on and when the snapshots change:
+ * `mapInactiveL2` in snapshot.ts). The node's `overlap-check` option
  * (runtime_options.ts) turns the check of each kind of structure on or off (`mask`).
  *
  * @module
@@ -54,6 +57,8 @@ export class MetadataMap {
   readonly #l2 = new Set<number>();
   /** Cluster indices of refcount blocks. */
   readonly #refblocks = new Set<number>();
+  /** Cluster indices of the snapshots' L2 tables (kept only while the check is on). */
+  #inactiveL2 = new Set<number>();
   /**
    * The structures `check` protects, as {@link Overlap} bits (QEMU's `overlap_check`); the
    * default is QEMU's "cached" template.
@@ -96,6 +101,11 @@ export class MetadataMap {
     this.#refblocks.clear();
   }
 
+  /** Replaces the snapshots' L2 tables, as cluster indices. */
+  setInactiveL2(clusters: Iterable<number>): void {
+    this.#inactiveL2 = new Set(clusters);
+  }
+
   /** Records a refcount block at `offset`. */
   addRefblock(offset: number): void {
     this.#refblocks.add(offset / this.#cs);
@@ -121,9 +131,21 @@ export class MetadataMap {
     }
     const l2 = kind !== "active L2 table" && (mask & Overlap.ACTIVE_L2) !== 0;
     const rb = kind !== "refcount block" && (mask & Overlap.REFCOUNT_BLOCK) !== 0;
-    if (!l2 && !rb) return null;
     const first = Math.floor(offset / this.#cs);
     const last = Math.floor((end - 1) / this.#cs);
+    if ((mask & Overlap.INACTIVE_L2) !== 0 && this.#inactiveL2.size > 0) {
+      // QEMU's order: active structures first, inactive L2 tables last.
+      const hit = this.#checkClusters(first, last, l2, rb);
+      if (hit) return hit;
+      for (const c of this.#inactiveL2) if (c >= first && c <= last) return "inactive L2 table";
+      return null;
+    }
+    return this.#checkClusters(first, last, l2, rb);
+  }
+
+  /** The active L2 table (`l2`) or refcount block (`rb`) among clusters `first..last`. */
+  #checkClusters(first: number, last: number, l2: boolean, rb: boolean): string | null {
+    if (!l2 && !rb) return null;
     if (last - first > this.#l2.size + this.#refblocks.size) {
       if (l2) {
         for (const c of this.#l2) if (c >= first && c <= last) return "active L2 table";

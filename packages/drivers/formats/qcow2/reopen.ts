@@ -13,6 +13,7 @@ import { reopenBitmapsRo } from "./bitmaps.ts";
 import { Incompat } from "./format.ts";
 import type { Qcow2Image } from "./image.ts";
 import { readRuntimeOptions } from "./runtime_options.ts";
+import { inactiveL2Clusters } from "./snapshot.ts";
 
 /**
  * A reopen of the qcow2 node `node` (QEMU's `qcow2_reopen_prepare`): the runtime options
@@ -48,12 +49,15 @@ export async function reopenQcow2(
     bitmapsRo = await idle(() => reopenBitmapsRo(image, node));
   }
   const handle = await prepareReopen(image, readOnly, idle);
+  // The snapshots' L2 tables, read now if the new options check them.
+  const inactiveL2 = await idle(() => inactiveL2Clusters(image, runtime.overlapCheck));
   return {
     commit: () => {
       handle.commit();
       bitmapsRo();
       // Read again: the node's new discard mode is the default of pass-discard-request.
       image.applyOptions(read());
+      image.map.setInactiveL2(inactiveL2);
     },
     abort: () => handle.abort(),
   };

@@ -53,7 +53,7 @@ const OVERLAP_SWITCHES: readonly [string, number, string][] = [
   ["refcount-block", Overlap.REFCOUNT_BLOCK, "a refcount block"],
   ["snapshot-table", Overlap.SNAPSHOT_TABLE, "the snapshot table"],
   ["inactive-l1", Overlap.INACTIVE_L1, "an inactive L1 table"],
-  ["inactive-l2", Overlap.INACTIVE_L2, "an inactive L2 table (not checked here)"],
+  ["inactive-l2", Overlap.INACTIVE_L2, "an inactive L2 table"],
   ["bitmap-directory", Overlap.BITMAP_DIRECTORY, "the bitmap directory"],
 ];
 

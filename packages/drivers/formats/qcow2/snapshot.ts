@@ -15,9 +15,28 @@ import { BlockError } from "@blockgraph/core";
 import { MAX_L1_BYTES, MAX_SNAPSHOTS, setU64, viewOf } from "./format.ts";
 import { validateTable } from "./header.ts";
 import type { Qcow2Image } from "./image.ts";
+import { Overlap } from "./runtime_options.ts";
 import { growL1, truncateImage } from "./resize.ts";
 import { findSnapshot, serializeSnapshotTable, type SnapshotEntry } from "./snapshot_table.ts";
 import { adjustTree, type L1Table, readL1, serializeL1 } from "./tree.ts";
+
+/**
+ * Records the snapshots' L2 tables in the overlap map when its `inactive-l2` check is on (the
+ * `all` template), reading every snapshot's L1 table; otherwise forgets them. `mask` is the
+ * check's (a reopen passes the one it is about to apply).
+ */
+export async function inactiveL2Clusters(
+  image: Qcow2Image,
+  mask: number = image.map.mask,
+): Promise<number[]> {
+  const out: number[] = [];
+  if ((mask & Overlap.INACTIVE_L2) === 0) return out;
+  for (const s of image.snapshots) {
+    const t = await readL1(image, s.l1TableOffset, s.l1Size);
+    for (const off of t.offsets) if (off !== 0) out.push(Math.floor(off / image.cs));
+  }
+  return out;
+}
 
 /** Records the snapshot table's place and the snapshots' L1 tables in the overlap map. */
 export function mapSnapshots(image: Qcow2Image): void {
@@ -56,6 +75,7 @@ export async function writeSnapshotTable(
   image.snapshots = entries;
   image.snapshotsBytes = data.length;
   mapSnapshots(image);
+  image.map.setInactiveL2(await inactiveL2Clusters(image));
   if (old.bytes > 0) {
     // Freed with a discard to the file, as QEMU's pass-discard-snapshot (on by default).
     image.frees.add(old.offset, Math.ceil(old.bytes / cs), "snapshot");
