@@ -2,7 +2,8 @@
  * `blockgraph img bitmap` and `img convert --bitmaps` against qemu-img 7.2: the same command
  * on two copies of the same images (whose bitmaps qemu-img made) gives the same output,
  * errors and exit status; afterwards `qemu-img info` lists the same bitmaps, `qemu-img
- * check` finds no errors, and the stored bits are the same.
+ * check` finds no errors, the stored bits are the same, and so is the image files' layout
+ * (`qemu-img map -f raw`).
  *
  * @module
  */
@@ -40,21 +41,29 @@ async function makeImages(dir: string): Promise<void> {
 
 const IMAGES = ["a.qcow2", "s.qcow2", "t.qcow2", "iu.qcow2", "v2.qcow2"];
 
-/** What qemu-img info and check say of every qcow2 image, and the bits we load from it. */
-async function state(dir: string, names = IMAGES): Promise<unknown> {
+/**
+ * What qemu-img info and check say of every qcow2 image, and the bits we load from it; with
+ * `layout`, also where the file's clusters are (`qemu-img map -f raw`, holes included: QEMU
+ * writes a bitmap table at its own size and discards a freed bitmap's data). A conversion's
+ * layout is each tool's own choice.
+ */
+async function state(dir: string, names = IMAGES, layout = false): Promise<unknown> {
   const out: Record<string, unknown> = {};
   for (const name of names) {
     const info = JSON.parse(
       (await runPeer("qemu-img", ["info", "--output=json", name], { cwd: dir })).out,
     );
     const check = await runPeer("qemu-img", ["check", name], { cwd: dir });
-    // Where the bitmap clusters go is each tool's own choice.
     const verdict = check.out.split("\n")[0];
     assertEquals([name, verdict], [name, "No errors were found on the image."]);
+    const map = layout
+      ? (await runPeer("qemu-img", ["map", "--output=json", "-f", "raw", name], { cwd: dir })).out
+      : null;
     out[name] = {
       bitmaps: info["format-specific"].data.bitmaps,
       verdict,
       bits: await bits(dir, name),
+      map,
     };
   }
   return out;
@@ -149,7 +158,10 @@ Deno.test("img bitmap changes qemu-img's bitmaps as qemu-img bitmap does", () =>
     // QEMU's generated node names carry a random part.
     const norm = (r: PeerResult) => ({ ...r, err: r.err.replace(/#block\d+/g, "#blockN") });
     assertEquals({ args, ...norm(mine) }, { args, ...norm(theirs) });
-    assertEquals({ args, state: await state(b) }, { args, state: await state(a) });
+    assertEquals({ args, state: await state(b, IMAGES, true) }, {
+      args,
+      state: await state(a, IMAGES, true),
+    });
   }));
 
 const CONVERT_CASES: string[][] = [

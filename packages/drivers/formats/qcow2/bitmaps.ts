@@ -59,6 +59,7 @@ import {
 } from "./format.ts";
 import { serializeHeader } from "./header.ts";
 import type { Qcow2Image } from "./image.ts";
+import type { DiscardType } from "./runtime_options.ts";
 
 /** Bitmap table entry: reserved bits 1..8. */
 const BTE_RESERVED_LO = 0x1fe;
@@ -80,6 +81,12 @@ interface BitmapState {
 interface Clusters {
   offset: number;
   count: number;
+  /**
+   * How they are discarded in the file once freed, as QEMU frees them: a bitmap's data
+   * clusters always (QCOW2_DISCARD_ALWAYS), its table and an old directory as `other`
+   * (pass-discard-other, off by default). Clusters a failed store allocated: not freed this way.
+   */
+  discard?: DiscardType;
 }
 
 const states = new WeakMap<Qcow2Image, BitmapState>();
@@ -294,7 +301,9 @@ async function writeDirectory(
     const err = BlockError.from(e);
     throw new BlockError(err.code, `Failed to update bitmap extension: ${strerror(err.code)}`);
   }
-  if (st.dirSize > 0) free.unshift({ offset: st.dirOffset, count: Math.ceil(st.dirSize / cs) });
+  if (st.dirSize > 0) {
+    free.unshift({ offset: st.dirOffset, count: Math.ceil(st.dirSize / cs), discard: "other" });
+  }
   st.entries = entries;
   st.dirOffset = dirOffset;
   st.dirSize = dir.length;
@@ -303,14 +312,21 @@ async function writeDirectory(
   // The header names the new directory: from here it is the one writes must keep off (the
   // old one's clusters are freed below).
   image.map.setRange("bitmap directory", dirOffset, dir.length);
-  for (const f of free) await image.refcounts.update(f.offset / cs, f.count, -1);
+  for (const f of free) image.frees.add(f.offset, f.count, f.discard ?? "other");
+  await image.frees.commit();
   await image.refcounts.writeback();
 }
 
 /** The clusters (table and data) an on-disk bitmap holds. */
 async function clustersOf(image: Qcow2Image, e: BitmapDirEntry): Promise<Clusters[]> {
-  const out = [{ offset: e.tableOffset, count: Math.ceil((e.tableSize * 8) / image.cs) }];
-  for (const t of await readTable(image, e)) if (t > 1) out.push({ offset: t, count: 1 });
+  const out: Clusters[] = [{
+    offset: e.tableOffset,
+    count: Math.ceil((e.tableSize * 8) / image.cs),
+    discard: "other",
+  }];
+  for (const t of await readTable(image, e)) {
+    if (t > 1) out.push({ offset: t, count: 1, discard: "always" });
+  }
   return out;
 }
 
@@ -344,7 +360,8 @@ async function writeBitmap(
   }
   const tableOffset = await image.refcounts.alloc(table.length / cs);
   fresh.push({ offset: tableOffset, count: table.length / cs });
-  await image.write("data", tableOffset, table);
+  // Its own size, as QEMU writes it: the rest of the cluster stays a hole in the file.
+  await image.write("data", tableOffset, table.subarray(0, tableSize * 8));
   return {
     tableOffset,
     tableSize,
