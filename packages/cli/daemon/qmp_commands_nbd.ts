@@ -253,11 +253,12 @@ export const nbdCommands: readonly QmpCommand[] = [
   {
     name: "block-export-del",
     args: { id: "str", "*mode": ["safe", "hard"] },
-    async run(args, { daemon }) {
+    run(args, { daemon }) {
       const id = args.id as string;
       const server = daemon.nbd;
       if (!server?.exportById(id)) throw genericError(`Export '${id}' is not found`);
-      await server.deleteExport(id, args.mode === "hard");
+      // The reply goes before the deletion's end and its event, as QEMU's does.
+      server.requestDelete(id, args.mode === "hard").catch(() => {});
       return {};
     },
   },

@@ -139,6 +139,8 @@ Deno.test("block-export-add/-del: serving a node, BLOCK_EXPORT_DELETED, safe and
   );
   const before = q.events.length;
   await q.ok("block-export-del", { id: "e0", mode: "hard" });
+  // The reply comes first, then the event once the export is gone, as in QEMU.
+  assertEquals(q.events.slice(before).map((e) => e.event), [], "no event before the reply");
   assertEquals((await q.waitEvent("BLOCK_EXPORT_DELETED", before)).data, { id: "e0" });
   assertEquals((await q.fails("block-export-del", { id: "e0" })).desc, "Export 'e0' is not found");
   assertEquals(await q.ok("query-block-exports"), []);

@@ -17,6 +17,7 @@ import {
   type Node,
   Perm,
 } from "@blockgraph/core";
+import { zeroTimeout } from "@blockgraph/drivers";
 import { DataRuns } from "./extents.ts";
 import {
   type BlockSizes,
@@ -299,7 +300,11 @@ export class NbdExport {
     const graph = this.backend.graph;
     if (this.#ownsBackend) await this.backend.unref();
     for (const fn of [...this.#onDeleted]) fn(this);
-    if (!this.#quiet) graph.events.emit("BLOCK_EXPORT_DELETED", { id: this.id });
+    if (this.#quiet) return;
+    // From a later task, as QEMU emits it from a bottom half: after the reply of the command
+    // that deleted the export.
+    await new Promise<void>((r) => zeroTimeout(r));
+    graph.events.emit("BLOCK_EXPORT_DELETED", { id: this.id });
   }
 }
 

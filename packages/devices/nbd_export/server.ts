@@ -238,16 +238,25 @@ export class NbdServer implements ExportLookup {
   }
 
   /**
-   * block-export-del: deletes the export with `id`. Without `force` an export with clients
-   * is refused (QEMU's mode=safe); with it the clients are disconnected (mode=hard).
+   * block-export-del (QEMU's `qmp_block_export_del`): starts deleting the export with `id`
+   * and returns at once, with a promise of the deletion (its `BLOCK_EXPORT_DELETED` event
+   * comes later, after the command's reply, as QEMU's does). Throws when there is no such
+   * export, when it is already being deleted, and without `force` when it has clients
+   * (QEMU's mode=safe); with `force` the clients are disconnected (mode=hard).
    */
-  async deleteExport(id: string, force = false): Promise<void> {
+  requestDelete(id: string, force = false): Promise<void> {
     const exp = this.#exports.get(id);
     if (!exp) throw new BlockError("ENOENT", `Export '${id}' is not found`);
+    if (exp.shuttingDown) throw new BlockError("EBUSY", `Export '${id}' is already shutting down`);
     if (!force && exp.clientCount > 0) {
       throw new BlockError("EBUSY", `export '${id}' still in use`);
     }
-    await exp.delete();
+    return exp.delete();
+  }
+
+  /** {@link NbdServer.requestDelete}, resolving once the export is deleted. */
+  async deleteExport(id: string, force = false): Promise<void> {
+    await this.requestDelete(id, force);
   }
 
   /** The export called `name`, if served. */
