@@ -60,6 +60,51 @@ async function layout(path: string): Promise<Layout> {
   };
 }
 
+/** What one tool did: exit code, output (timing lines aside), errors, the corrupt bit after. */
+interface Outcome {
+  code: number;
+  out: string;
+  err: string;
+  corrupt: boolean;
+}
+
+/**
+ * Copies `base` for qemu-io and for ours, points guest cluster 0's L2 entry (at `entryAt`) to
+ * the cluster at `target`, COPIED (written in place), and runs `io` (the image's path to
+ * qemu-io's arguments) in each; their outcomes, qemu-io's first.
+ */
+async function writeOnto(
+  dir: string,
+  base: string,
+  entryAt: number,
+  target: number,
+  io: (path: string) => string[],
+): Promise<Outcome[]> {
+  const results: Outcome[] = [];
+  for (const who of ["qemu", "ours"]) {
+    const path = `${dir}/${who}.qcow2`;
+    await Deno.copyFile(base, path);
+    const f = await Deno.open(path, { write: true });
+    const entry = new Uint8Array(8);
+    new DataView(entry.buffer).setBigUint64(0, (1n << 63n) | BigInt(target));
+    await f.seek(entryAt, Deno.SeekMode.Start);
+    await f.write(entry);
+    f.close();
+    const args = io(path);
+    const r = who === "qemu"
+      ? await runPeer("qemu-io", args)
+      : await runPeer(Deno.execPath(), ["run", "-A", MAIN, "io", ...args]);
+    const info = await run("qemu-img", ["info", "--output=json", "-U", path]);
+    results.push({
+      code: r.code,
+      out: r.out.replace(/^\S+ \S*, \d+ ops; .*\n/gm, ""),
+      err: r.err.replaceAll(path, "IMG"),
+      corrupt: /"corrupt": true/.test(info.out),
+    });
+  }
+  return results;
+}
+
 Deno.test("qcow2 interop: a guest write pointed at metadata fails and marks the image corrupt, as qemu-io", () =>
   withDir(async (dir) => {
     const base = `${dir}/base.qcow2`;
@@ -88,25 +133,13 @@ Deno.test("qcow2 interop: a guest write pointed at metadata fails and marks the 
     ];
     for (const [name, offset] of targets) {
       if (offset === 0 || offset % CS !== 0) throw new Error(`${name}: no cluster (${offset})`);
-      const results = [];
-      for (const who of ["qemu", "ours"]) {
-        const path = `${dir}/${who}.qcow2`;
-        await Deno.copyFile(base, path);
-        // Guest cluster 0's L2 entry: the structure's cluster, COPIED (written in place).
-        const f = await Deno.open(path, { write: true });
-        const entry = new Uint8Array(8);
-        new DataView(entry.buffer).setBigUint64(0, (1n << 63n) | BigInt(offset));
-        await f.seek(l.l2[0], Deno.SeekMode.Start);
-        await f.write(entry);
-        f.close();
-        const args = ["-f", "qcow2", "-c", "write -P 2 0 4k", path];
-        const r = who === "qemu"
-          ? await runPeer("qemu-io", args)
-          : await runPeer(Deno.execPath(), ["run", "-A", MAIN, "io", ...args]);
-        const info = await run("qemu-img", ["info", "--output=json", "-U", path]);
-        const corrupt = /"corrupt": true/.test(info.out);
-        results.push({ code: r.code, out: r.out, err: r.err.replaceAll(path, "IMG"), corrupt });
-      }
+      const results = await writeOnto(dir, base, l.l2[0], offset, (path) => [
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 2 0 4k",
+        path,
+      ]);
       assertEquals(results[1], results[0], `a write onto the ${name}`);
       assertEquals(results[0]!.corrupt, true, `${name}: marked corrupt`);
       const said = `Preventing invalid write on metadata (overlaps with ${name})`;
@@ -130,30 +163,12 @@ Deno.test("qcow2 interop: overlap-check=all also keeps guest writes off a snapsh
     );
     if (snapshotL2 === 0 || snapshotL2 === l.l2[0]) throw new Error("no L2 table of its own");
     for (const check of ["all", "cached"]) {
-      const results = [];
-      for (const who of ["qemu", "ours"]) {
-        const path = `${dir}/${who}.qcow2`;
-        await Deno.copyFile(base, path);
-        const file = await Deno.open(path, { write: true });
-        const entry = new Uint8Array(8);
-        new DataView(entry.buffer).setBigUint64(0, (1n << 63n) | BigInt(snapshotL2));
-        await file.seek(l.l2[0], Deno.SeekMode.Start);
-        await file.write(entry);
-        file.close();
-        const opts = `driver=qcow2,file.filename=${path},overlap-check=${check}`;
-        const args = ["--image-opts", "-c", "write -P 2 0 4k", opts];
-        const r = who === "qemu"
-          ? await runPeer("qemu-io", args)
-          : await runPeer(Deno.execPath(), ["run", "-A", MAIN, "io", ...args]);
-        const info = await run("qemu-img", ["info", "--output=json", "-U", path]);
-        const corrupt = /"corrupt": true/.test(info.out);
-        results.push({
-          code: r.code,
-          out: r.out.replace(/^\S+ \S*, \d+ ops; .*\n/gm, ""),
-          err: r.err.replaceAll(path, "IMG"),
-          corrupt,
-        });
-      }
+      const results = await writeOnto(dir, base, l.l2[0], snapshotL2, (path) => [
+        "--image-opts",
+        "-c",
+        "write -P 2 0 4k",
+        `driver=qcow2,file.filename=${path},overlap-check=${check}`,
+      ]);
       assertEquals(results[1], results[0], `overlap-check=${check}`);
       assertEquals(results[0]!.corrupt, check === "all", `overlap-check=${check}: corrupt`);
     }
