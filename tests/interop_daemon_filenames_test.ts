@@ -119,3 +119,27 @@ async function nodeInfos(q: TestQmpClient, dir: string): Promise<unknown[]> {
 
 Deno.test("query-named-block-nodes reports each node's ImageInfo as qemu-storage-daemon does", () =>
   sameAsQsd("qcow2", nodeInfos));
+
+/**
+ * The order query-named-block-nodes lists nodes in (newest first): a format node's `file`
+ * opened with it comes just after it (QEMU opens it first), the backing file it finds in its
+ * header before it. Generated names are shown as `#`.
+ */
+async function order(q: TestQmpClient, dir: string): Promise<unknown[]> {
+  for (const b of blockdevs(dir)) await q.ok("blockdev-add", b);
+  await q.ok("blockdev-add", {
+    driver: "qcow2",
+    "node-name": "t1",
+    "read-only": true,
+    file: { driver: "file", "node-name": "t1f", filename: `${dir}/top.qcow2` },
+  });
+  const out = [];
+  for (const flat of [false, true]) {
+    const nodes = await q.ok("query-named-block-nodes", { flat }) as { "node-name": string }[];
+    out.push(nodes.map((n) => n["node-name"].startsWith("#") ? "#" : n["node-name"]));
+  }
+  return out;
+}
+
+Deno.test("query-named-block-nodes lists nodes in qemu-storage-daemon's order", () =>
+  sameAsQsd("raw", order));

@@ -141,6 +141,16 @@ export class Graph {
     this.ledgerAdd(node, holder);
   }
 
+  /**
+   * Moves `node` after every node registered so far, as QEMU lists a format node after the
+   * `file` child it opens first (`bdrv_open_inherit` opens it before the node's own open
+   * names the node): `query-named-block-nodes` then lists nodes in QEMU's order.
+   */
+  requeueNode(node: Node): void {
+    if (!this.#nodes.delete(node)) return;
+    this.#nodes.add(node);
+  }
+
   /** Forgets a node whose open failed before it was usable. */
   unregisterNode(node: Node): void {
     this.#nodes.delete(node);

@@ -252,7 +252,12 @@ export async function openNode(
         throw new BlockError("EINVAL", `Parameter '${childName}' expects a node name or an object`);
       }
       try {
-        return attachDuringOpen(node, target, childName, role);
+        const edge = attachDuringOpen(node, target, childName, role);
+        // QEMU opens a format or filter node's `file` before naming the node itself.
+        if (childName === "file" && driver.kind !== "protocol" && node.children.length === 1) {
+          graph.requeueNode(node);
+        }
+        return edge;
       } finally {
         await target.unref(refHolder);
       }
