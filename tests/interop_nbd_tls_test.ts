@@ -7,7 +7,14 @@
 import { BlockError, Graph } from "@blockgraph/core";
 import { defaultRegistry } from "@blockgraph/drivers";
 import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/drivers/conformance";
-import { loadX509Creds } from "@blockgraph/drivers/nbd";
+import {
+  decodeOptionReplyHeader,
+  encodeOption,
+  loadX509Creds,
+  Opt,
+  WireReader,
+  WireWriter,
+} from "@blockgraph/drivers/nbd";
 import { NbdServer } from "@blockgraph/devices";
 import { ensurePeers } from "./peers.ts";
 import { runPeer } from "./peer_run.ts";
@@ -169,4 +176,43 @@ Deno.test("nbd driver over TLS against qemu-nbd --tls-creds", async () => {
     await pki.remove();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/**
+ * What a server with TLS answers a plain client's options before STARTTLS: each option's
+ * reply (type and message) and whether the connection then ends.
+ */
+async function beforeTls(port: number): Promise<string[]> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const reader = new WireReader(conn);
+  const writer = new WireWriter(conn);
+  const seen: string[] = [];
+  try {
+    await reader.readBytes(18);
+    writer.copy(new Uint8Array([0, 0, 0, 3]));
+    for (const option of [Opt.LIST, Opt.INFO, 99, Opt.ABORT]) {
+      writer.copy(encodeOption(option));
+      const h = decodeOptionReplyHeader(await reader.readBytes(20));
+      const text = new TextDecoder().decode(await reader.readBytes(h.length));
+      seen.push(`${option}: ${h.type.toString(16)} ${text}`);
+    }
+    seen.push(`closed: ${!(await reader.need(1).catch(() => false))}`);
+  } finally {
+    conn.close();
+  }
+  return seen;
+}
+
+Deno.test("NBD server with tls-creds answers options before STARTTLS as qemu-nbd --tls-creds, ABORT included", async () => {
+  await withTlsExport(async (port, pki) => {
+    const mine = await beforeTls(port);
+    const image = `${pki.dir}/disk.raw`;
+    await Deno.writeFile(image, new Uint8Array(SIZE));
+    const q = await spawnTlsQemuNbd(pki, image);
+    try {
+      assertEquals(mine.join("\n"), (await beforeTls(q.port)).join("\n"), "replies before TLS");
+    } finally {
+      await q.server.stop();
+    }
+  });
 });

@@ -123,10 +123,15 @@ export async function serverHandshake(
     if (!header || header.length > NBD_MAX_OPTION_SIZE) return null;
     const { option, length } = header;
     const data = await reader.readBytes(length);
-    if (!tlsDone && option !== Opt.STARTTLS && option !== Opt.ABORT) {
+    if (!tlsDone && option !== Opt.STARTTLS) {
       // NBD_OPT_EXPORT_NAME cannot be refused: the connection ends instead.
       if (option === Opt.EXPORT_NAME || !fixed) return null;
       fail(option, Rep.ERR_TLS_REQD, `Option 0x${option.toString(16)} not permitted before TLS`);
+      // ABORT too is refused before TLS, as QEMU does, and then the connection ends.
+      if (option === Opt.ABORT) {
+        await writer.idle();
+        return null;
+      }
       continue;
     }
     if (option === Opt.EXPORT_NAME) {
