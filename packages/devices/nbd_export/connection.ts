@@ -293,8 +293,23 @@ export class ServerConnection implements ExportClient {
       if (this.#closing) return;
       const slot = this.#free.pop() ?? new Slot(this.#handlers);
       const h = slot.header;
-      // A bad magic means the stream is out of step: nothing after it can be trusted.
-      if (!decodeRequest(reader.view, reader.pos, h)) return;
+      // A bad magic means the stream is out of step: nothing after it can be trusted. The
+      // client is told (EINVAL, to the cookie where one would be), then the connection ends,
+      // as qemu-nbd does.
+      if (!decodeRequest(reader.view, reader.pos, h)) {
+        const v = reader.view;
+        h.cookieHi = v.getUint32(reader.pos + 8);
+        h.cookieLo = v.getUint32(reader.pos + 12);
+        const magic = v.getUint32(reader.pos).toString(16);
+        replyError(
+          this.#writer,
+          this.#structured,
+          h,
+          NbdErrno.EINVAL,
+          `invalid magic (got 0x${magic})`,
+        );
+        return;
+      }
       reader.consume(REQUEST_SIZE);
       if (h.type === Cmd.DISC) return;
       if (h.type === Cmd.WRITE) {

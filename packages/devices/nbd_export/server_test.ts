@@ -297,7 +297,14 @@ Deno.test("NbdServer ends a connection on bad magic or an oversized write, servi
   await withServer(async ({ sock }) => {
     const good = await raw(sock);
     const bad = await raw(sock);
-    bad.writer.copy(new Uint8Array(28).fill(0x41));
+    // A request with its magic wrong: answered to its cookie, as qemu-nbd does.
+    const garbage = new Uint8Array(28).fill(0x41);
+    new DataView(garbage.buffer).setUint32(8, 7);
+    bad.writer.copy(garbage);
+    assertEquals(
+      await expectError(bad, 22, "bad magic is answered EINVAL"),
+      "invalid magic (got 0x41414141)",
+    );
     assert(await closedByServer(bad), "bad magic closes the connection");
     const big = await raw(sock);
     send(big, Cmd.WRITE, 0, 0, (32 << 20) + 1);
