@@ -29,6 +29,8 @@ export class CacheCleaner {
   #interval = 0;
   /** Whether a cache has loaded anything: the timer runs from then on (see above). */
   #woken = false;
+  /** The image is closing: the timer is never armed again. */
+  #disposed = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #cleaning: Promise<void> | null = null;
 
@@ -49,7 +51,7 @@ export class CacheCleaner {
       this.stop();
       this.#interval = seconds;
     }
-    if (this.#woken && this.#interval > 0 && this.#timer === undefined) {
+    if (this.#woken && !this.#disposed && this.#interval > 0 && this.#timer === undefined) {
       this.#arm(this.#interval * 1000);
     }
   }
@@ -61,7 +63,16 @@ export class CacheCleaner {
     this.setInterval(this.#interval);
   }
 
-  /** Stops the timer (close; a reopen that changes the interval). */
+  /**
+   * Stops the timer for good (the image is closing): loads the close itself makes (storing
+   * bitmaps, writing caches back) arm nothing.
+   */
+  dispose(): void {
+    this.#disposed = true;
+    this.stop();
+  }
+
+  /** Stops the timer (a reopen that changes the interval; {@link CacheCleaner.dispose}). */
   stop(): void {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;

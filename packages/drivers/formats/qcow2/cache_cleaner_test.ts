@@ -43,4 +43,12 @@ Deno.test("CacheCleaner arms its timer when a cache first loads something, not b
   const after = calls;
   await sleep(100);
   assertEquals(calls, after, "no tick after stop");
+  // Closing: a load during the close (bitmaps stored, caches written back) arms nothing.
+  const closing = new CacheCleaner(new Mutex(), () => [{ cleanUnused: () => ++calls }]);
+  closing.setInterval(0.02);
+  closing.dispose();
+  closing.wake();
+  closing.setInterval(0.03);
+  await sleep(100);
+  assertEquals(calls, after, "no tick once disposed");
 });

@@ -558,7 +558,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   /** Writes back the caches (unless the image was found corrupt); a clean close ends dirt. */
   async close(): Promise<void> {
     const image = this.image;
-    image.cleaner.stop();
+    image.cleaner.dispose();
     if (image.writable && !image.broken) {
       await image.lock.run(async () => {
         await storeBitmapsAtClose(image, this.#node);
