@@ -512,6 +512,10 @@ function cases(): string[][] {
     ["create", "-f", "qcow2", "-o", "compat=0.10,data_file=d.raw,refcount_bits=8", "x.qcow2", "1M"],
     ["create", "-f", "qcow2", "-o", "cluster_size=3k,compat=0.10,extended_l2=on", "x.qcow2", "1M"],
     ["convert", "--target-image-opts", "-o", "help", "r.raw", "x"],
+    // Progress steps over the data only, and 100% again at the end.
+    ["convert", "-p", "-O", "qcow2", "j.qcow2", "x.qcow2"],
+    ["convert", "-p", "-O", "raw", "jb.raw", "x.raw"],
+    ["convert", "-p", "-O", "qcow2", "q.qcow2", "x.qcow2"],
     ["convert", "-O", "qcow2", "-o", "cluster_size=4k,,", "r.raw", "x.qcow2"],
     ["convert", "-O", "qcow2", "-o", "backing_fmt=qcow2", "r.raw", "x.qcow2"],
     ["amend", "-o", "size=2M", "q.qcow2"],

@@ -431,6 +431,8 @@ export async function imgConvert(
         rate: a.rate,
         // Unless a dirty bitmap records the writes: then it ends as qemu-img's does.
         skipTargetZeros: !recordsWrites(target.node),
+        // qemu-img's progress steps: over the data only (a walk first, only with -p).
+        progressData: a.progress,
       }, progress);
       await target.node.flush();
     } catch (e) {
@@ -443,11 +445,16 @@ export async function imgConvert(
       );
       return 1;
     }
-    progress.end();
     if (a.bitmaps) {
       const ok = copyBitmaps(graph, io, sources[0]!.node, target.node, a.skipBrokenBitmaps);
-      if (!ok) return 1;
+      if (!ok) {
+        progress.end();
+        return 1;
+      }
     }
+    // qemu-img ends a successful conversion with 100% (again, when the copy reached it).
+    progress.print(100, 0);
+    progress.end();
     return 0;
   } finally {
     for (const s of sources) await s.backend.unref();
