@@ -1,152 +1,25 @@
 /**
  * The NBD server under abuse and lifecycle changes: malformed requests, read-only exports,
  * clients that vanish, 64 clients at once, export deletion and medium removal, the
- * connection limit, and the client's reconnection.
+ * connection limit, replies to clients that stop reading, and sendfile replies. The
+ * handshake's tests are in `handshake_test.ts`, the client's reconnection in
+ * `client_reconnect_test.ts`; the fixture is `testing_server.ts`.
  */
-import {
-  type Backend,
-  type BlockDriver,
-  BlockError,
-  Graph,
-  type Node,
-  Perm,
-} from "@blockgraph/core";
-import { defaultRegistry, type NbdInstance } from "@blockgraph/drivers";
+import { type Backend, type BlockDriver, BlockError, Graph, Perm } from "@blockgraph/core";
+import { defaultRegistry } from "@blockgraph/drivers";
 import { assert, assertBytesEqual, assertEquals, pattern } from "@blockgraph/drivers/conformance";
-import {
-  clientHandshake,
-  Cmd,
-  CmdFlags,
-  decodeOptionReplyHeader,
-  encodeInfoRequest,
-  encodeMetaContextRequest,
-  encodeOption,
-  encodeRequest,
-  type ExportInfo,
-  newRequestHeader,
-  Opt,
-  Rep,
-  ReplyType,
-  WireReader,
-  WireWriter,
-} from "@blockgraph/drivers/nbd";
+import { Cmd, CmdFlags, encodeRequest, newRequestHeader, ReplyType } from "@blockgraph/drivers/nbd";
 import { cachestatAvailable, hostSendCounters } from "@blockgraph/drivers/nbd";
 import { NbdExport } from "./export.ts";
-import { NbdServer } from "./server.ts";
-
-const SIZE = 8 << 20;
-
-interface Fixture {
-  graph: Graph;
-  node: Node;
-  server: NbdServer;
-  sock: string;
-}
-
-async function withServer(
-  fn: (f: Fixture) => Promise<void>,
-  opts: { writable?: boolean; maxConnections?: number; driver?: BlockDriver; file?: string } = {},
-): Promise<void> {
-  const registry = defaultRegistry();
-  if (opts.driver) registry.register(opts.driver);
-  const graph = new Graph({ registry });
-  const node = await graph.open(
-    opts.file ? { driver: "file", filename: opts.file, "node-name": "disk" } : {
-      driver: opts.driver?.name ?? "memory",
-      size: SIZE,
-      discard: "unmap",
-      "node-name": "disk",
-    },
-    "test",
-  );
-  const dir = await Deno.makeTempDir({ prefix: "nbd-server-" });
-  const sock = `${dir}/nbd.sock`;
-  const server = new NbdServer({
-    addr: { type: "unix", path: sock },
-    maxConnections: opts.maxConnections ?? 0,
-  });
-  server.start();
-  await server.addExport(graph, {
-    id: "e0",
-    "node-name": "disk",
-    name: "disk",
-    writable: opts.writable ?? true,
-  });
-  try {
-    await fn({ graph, node, server, sock });
-  } finally {
-    await server.stop();
-    await node.unref("test");
-    await graph.closeAll();
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-interface Raw {
-  conn: Deno.Conn;
-  reader: WireReader;
-  writer: WireWriter;
-  info: ExportInfo;
-}
-
-async function raw(sock: string, name = "disk"): Promise<Raw> {
-  const conn = await Deno.connect({ transport: "unix", path: sock });
-  const reader = new WireReader(conn);
-  const writer = new WireWriter(conn);
-  const info = await clientHandshake(reader, writer, name);
-  return { conn, reader, writer, info };
-}
-
-let cookie = 1;
-function send(
-  r: Raw,
-  type: number,
-  flags: number,
-  offset: number,
-  length: number,
-  data?: Uint8Array,
-) {
-  const h = newRequestHeader();
-  Object.assign(h, { type, flags, offset, length, cookieHi: 7, cookieLo: cookie++ });
-  const at = r.writer.claim(28);
-  encodeRequest(r.writer.view, at, h);
-  if (data) r.writer.copy(data);
-  return h.cookieLo;
-}
-
-/** Reads one structured chunk: its cookie, type, flags and payload. */
-async function chunk(
-  r: Raw,
-): Promise<{ cookie: number; type: number; flags: number; data: Uint8Array }> {
-  const head = await r.reader.readBytes(20);
-  const v = new DataView(head.buffer);
-  assertEquals(v.getUint32(0), 0x668e33ef, "structured reply magic");
-  assertEquals(v.getUint32(8), 7, "cookie high half echoed");
-  return {
-    cookie: v.getUint32(12),
-    type: v.getUint16(6),
-    flags: v.getUint16(4),
-    data: await r.reader.readBytes(v.getUint32(16)),
-  };
-}
-
-/** Reads an error chunk with `errno`; returns its message. */
-async function expectError(r: Raw, errno: number, what: string): Promise<string> {
-  const c = await chunk(r);
-  assertEquals(c.type, ReplyType.ERROR, `${what}: chunk type`);
-  const v = new DataView(c.data.buffer);
-  assertEquals(v.getUint32(0), errno, `${what}: error value`);
-  return new TextDecoder().decode(c.data.subarray(6, 6 + v.getUint16(4)));
-}
-
-/** Whether the server closed the connection (a read sees the end of the stream). */
-async function closedByServer(r: Raw): Promise<boolean> {
-  try {
-    return !(await r.reader.need(1));
-  } catch {
-    return true;
-  }
-}
+import {
+  chunk,
+  closedByServer,
+  expectError,
+  raw,
+  send,
+  SIZE,
+  withServer,
+} from "./testing_server.ts";
 
 Deno.test("NbdServer answers bad requests with the protocol's errors and keeps serving", async () => {
   await withServer(async ({ sock }) => {
@@ -403,106 +276,6 @@ Deno.test("NbdExport goes away when the medium under it is removed (iotest 140)"
   });
 });
 
-/**
- * A raw client in the option phase of `sock`: the greeting read, the fixed newstyle and
- * no-zeroes client flags sent.
- */
-async function optionPhase(sock: string) {
-  const conn = await Deno.connect({ transport: "unix", path: sock });
-  const reader = new WireReader(conn);
-  const writer = new WireWriter(conn);
-  await reader.readBytes(18);
-  writer.copy(new Uint8Array([0, 0, 0, 3]));
-  return { conn, reader, writer };
-}
-
-Deno.test("NbdServer handshake: LIST, unknown exports, options out of order", async () => {
-  await withServer(async ({ sock }) => {
-    const { conn, reader, writer } = await optionPhase(sock);
-    const reply = async () => {
-      const h = decodeOptionReplyHeader(await reader.readBytes(20));
-      await reader.readBytes(h.length);
-      return h.type;
-    };
-    writer.copy(encodeOption(Opt.LIST));
-    assertEquals([await reply(), await reply()].join(), `${Rep.SERVER},${Rep.ACK}`, "LIST");
-    writer.copy(encodeOption(Opt.SET_META_CONTEXT, new Uint8Array(8)));
-    assertEquals(await reply(), Rep.ERR_INVALID, "meta context before structured replies");
-    writer.copy(encodeOption(Opt.STRUCTURED_REPLY));
-    assertEquals(await reply(), Rep.ACK, "structured replies");
-    writer.copy(encodeOption(Opt.STRUCTURED_REPLY));
-    assertEquals(await reply(), Rep.ERR_INVALID, "structured replies twice");
-    writer.copy(encodeOption(Opt.INFO, encodeInfoRequest("nope", [])));
-    assertEquals(await reply(), Rep.ERR_UNKNOWN, "INFO of an unknown export");
-    writer.copy(encodeOption(Opt.STARTTLS));
-    assertEquals(await reply(), Rep.ERR_POLICY, "STARTTLS without TLS");
-    writer.copy(encodeOption(99, new Uint8Array(5)));
-    assertEquals(await reply(), Rep.ERR_UNSUP, "unknown option");
-    writer.copy(encodeOption(Opt.ABORT));
-    assertEquals(await reply(), Rep.ACK, "ABORT");
-    assertEquals(await reader.need(1).catch(() => false), false, "closed after ABORT");
-    conn.close();
-  });
-});
-
-Deno.test("NbdServer option errors in QEMU 7.2's words; LIST_META_CONTEXT without structured replies", async () => {
-  await withServer(async ({ sock }) => {
-    const { conn, reader, writer } = await optionPhase(sock);
-    const reply = async () => {
-      const h = decodeOptionReplyHeader(await reader.readBytes(20));
-      const data = await reader.readBytes(h.length);
-      return h.type >= 0x80000000
-        ? `${h.type - 0x80000000} ${new TextDecoder().decode(data)}`
-        : `${h.type} ${data.length}`;
-    };
-    const ask = async (option: number, data?: Uint8Array) => {
-      writer.copy(encodeOption(option, data));
-      return await reply();
-    };
-    const meta = (name: string, q: string[]) => encodeMetaContextRequest(name, q);
-    assertEquals(await ask(Opt.LIST, new Uint8Array(1)), "3 option 'list' has unexpected length");
-    assertEquals(await ask(Opt.STARTTLS), "2 TLS not configured");
-    assertEquals(
-      await ask(Opt.STRUCTURED_REPLY, new Uint8Array(1)),
-      "3 option 'structured reply' has unexpected length",
-    );
-    assertEquals(await ask(Opt.GO, new Uint8Array(3)), "3 Inconsistent lengths in option go");
-    assertEquals(await ask(Opt.INFO, encodeInfoRequest("zz", [])), "6 export 'zz' not present");
-    assertEquals(
-      await ask(Opt.SET_META_CONTEXT, meta("disk", ["base:allocation"])),
-      "3 request option 'set meta context' when structured reply is not negotiated",
-    );
-    // Listing is answered without structured replies, each context with id 0 (QEMU 7.2).
-    writer.copy(encodeOption(Opt.LIST_META_CONTEXT, meta("disk", [])));
-    const h = decodeOptionReplyHeader(await reader.readBytes(20));
-    assertEquals(h.type, Rep.META_CONTEXT);
-    assertEquals(new DataView((await reader.readBytes(h.length)).buffer).getUint32(0), 0);
-    assertEquals(await reply(), `${Rep.ACK} 0`);
-    assertEquals(await ask(Opt.STRUCTURED_REPLY), `${Rep.ACK} 0`);
-    assertEquals(
-      await ask(Opt.STRUCTURED_REPLY),
-      "3 structured reply already negotiated",
-    );
-    assertEquals(
-      await ask(Opt.SET_META_CONTEXT, new Uint8Array(6)),
-      "3 Inconsistent lengths in option set meta context",
-    );
-    assertEquals(
-      await ask(Opt.SET_META_CONTEXT, meta("zz", ["base:allocation"])),
-      "6 export 'zz' not present",
-    );
-    assertEquals(await ask(99, new Uint8Array(5)), "1 Unsupported option 99 (<unknown>)");
-    assertEquals(await ask(4), "1 Unsupported option 4 (peek export)");
-    // STARTTLS with data: refused, and the connection ends.
-    assertEquals(
-      await ask(Opt.STARTTLS, new Uint8Array(1)),
-      "3 option 'starttls' has unexpected length",
-    );
-    assertEquals(await reader.need(1).catch(() => false), false, "closed after a bad STARTTLS");
-    conn.close();
-  });
-});
-
 Deno.test("NbdServer maxConnections holds further clients until one leaves", async () => {
   await withServer(async ({ sock, server }) => {
     const first = await raw(sock);
@@ -517,44 +290,6 @@ Deno.test("NbdServer maxConnections holds further clients until one leaves", asy
     assertEquals(server.connectionCount, 1, "one connection");
     s.conn.close();
   }, { maxConnections: 1 });
-});
-
-Deno.test("nbd client reconnects within reconnect-delay and requests go through", async () => {
-  await withServer(async ({ sock }) => {
-    const graph = new Graph({ registry: defaultRegistry() });
-    const n = await graph.open(
-      { driver: "nbd", server: { type: "unix", path: sock }, export: "disk", "reconnect-delay": 5 },
-      "t",
-    );
-    const client = (n.instance as NbdInstance).client;
-    await n.write(0, pattern(4096, 9));
-    client.breakConnection();
-    const got = new Uint8Array(4096);
-    await n.read(0, got);
-    assertBytesEqual(got, pattern(4096, 9), "read after the reconnect");
-    assert(client.connected, "connected again");
-    await n.unref("t");
-    await graph.closeAll();
-  });
-});
-
-Deno.test("nbd client fails requests with EIO once the server is gone", async () => {
-  let node: Node | null = null;
-  const graph = new Graph({ registry: defaultRegistry() });
-  await withServer(async ({ sock, server }) => {
-    node = await graph.open(
-      { driver: "nbd", server: { type: "unix", path: sock }, export: "disk", "reconnect-delay": 1 },
-      "t",
-    );
-    await server.stop();
-  });
-  const started = Date.now();
-  let code = "";
-  await node!.read(0, new Uint8Array(512)).catch((e: BlockError) => (code = e.code));
-  assertEquals(code, "EIO", "read without a server");
-  assert(Date.now() - started < 3000, "failed within the reconnect delay");
-  await node!.unref("t");
-  await graph.closeAll();
 });
 
 Deno.test("NbdServer replies stay whole when they fill the send queue of a client not reading", async () => {
