@@ -14,6 +14,7 @@ import {
   COPIED_HI,
   copiedEntry,
   entryOffset,
+  hex,
   Incompat,
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
@@ -23,6 +24,7 @@ import { backingFormat, serializeHeader, setBackingFormat, setDataFileName } fro
 import { classify } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
 import { Imrt, writeRefcountStructure } from "./rebuild.ts";
+import { readL1 } from "./tree.ts";
 
 /** The options `amend` changes, as qemu-img names them. */
 export const QCOW2_AMEND_OPTIONS = [
@@ -137,14 +139,7 @@ class AmendSteps {
 async function l1Tables(image: Qcow2Image): Promise<number[][]> {
   const out: number[][] = [image.l1.slice()];
   for (const sn of image.snapshots) {
-    const buf = new Uint8Array(sn.l1Size * 8);
-    if (buf.length > 0) await image.read(sn.l1TableOffset, buf);
-    const view = viewOf(buf);
-    const l1: number[] = [];
-    for (let i = 0; i < sn.l1Size; i++) {
-      l1.push(entryOffset(view.getUint32(i * 8), view.getUint32(i * 8 + 4)));
-    }
-    out.push(l1);
+    out.push((await readL1(image, sn.l1TableOffset, sn.l1Size)).offsets);
   }
   return out;
 }
@@ -152,15 +147,11 @@ async function l1Tables(image: Qcow2Image): Promise<number[][]> {
 /** Reads the L2 table at `l2Off`, after checking that it is where an L2 table can be. */
 async function readL2(image: Qcow2Image, l2Off: number): Promise<Uint8Array> {
   if (l2Off % image.cs !== 0) {
-    throw image.corrupt(`L2 table offset ${hexOf(l2Off)} unaligned`, l2Off, image.cs);
+    throw image.corrupt(`L2 table offset ${hex(l2Off)} unaligned`, l2Off, image.cs);
   }
   const table = new Uint8Array(image.cs);
   await image.read(l2Off, table);
   return table;
-}
-
-function hexOf(n: number): string {
-  return `0x${n.toString(16)}`;
 }
 
 /** Whether any L2 table, the active image's or a snapshot's, holds a compressed cluster. */
@@ -202,9 +193,12 @@ async function expandZeroClusters(
   const total = tables.reduce((n, l1) => n + l1.length, 0);
   const zeros = new Uint8Array(cs);
   let visited = 0;
+  // A table several L1 tables name is expanded once: it is changed in place for all of them.
+  const seen = new Set<number>();
   for (const l1 of tables) {
     for (const l2Off of l1) {
-      if (l2Off !== 0) {
+      if (l2Off !== 0 && !seen.has(l2Off)) {
+        seen.add(l2Off);
         const table = await readL2(image, l2Off);
         const view = viewOf(table);
         const shared = await image.refcounts.get(l2Off / cs);
@@ -219,9 +213,9 @@ async function expandZeroClusters(
           let host = kind === "zero-alloc" ? entryOffset(hi, lo) : 0;
           if (host % cs !== 0) {
             throw image.corrupt(
-              `Cluster allocation offset ${hexOf(host)} unaligned (L2 offset: ${
-                hexOf(l2Off)
-              }, L2 index: ${hexOf(j)})`,
+              `Cluster allocation offset ${hex(host)} unaligned (L2 offset: ${
+                hex(l2Off)
+              }, L2 index: ${hex(j)})`,
             );
           }
           if (host !== 0 && await image.refcounts.get(host / cs) > shared) {
