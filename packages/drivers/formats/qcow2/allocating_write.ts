@@ -82,9 +82,9 @@ async function writeWithCow(
   if (
     (offset > gStart || gEnd > offset + bytes) && image.zeroCowAllowed &&
     (ext.kind === "zero" || ext.kind === "zero-alloc" ||
-      (ext.kind === "unallocated" &&
+      (ext.kind === "unallocated" && (backing === null ||
         await unallocatedBelow(backing, gStart, offset - gStart) &&
-        await unallocatedBelow(backing, offset + bytes, gEnd - offset - bytes))) &&
+          await unallocatedBelow(backing, offset + bytes, gEnd - offset - bytes)))) &&
     await zeroClusters(image, target, gEnd - gStart)
   ) {
     await image.writeData(target + (offset - gStart), bytes, qiov, qiovOffset);
@@ -109,11 +109,11 @@ async function writeWithCow(
  * there, as in QEMU.
  */
 async function unallocatedBelow(
-  backing: Node | null,
+  backing: Node,
   offset: number,
   bytes: number,
 ): Promise<boolean> {
-  if (bytes === 0 || backing === null) return true;
+  if (bytes === 0) return true;
   if (offset + bytes > backing.getLength()) return false;
   const r = await isAllocatedAbove(backing, null, offset, bytes);
   return !r.allocated && r.pnum === bytes;

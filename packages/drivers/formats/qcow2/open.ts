@@ -254,7 +254,7 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
     { nodeName: node.name, emit: (name, data) => node.graph.events.emit(name, data) },
     runtime.refcountCacheBlocks,
   );
-  // Everything but the cleaning timer, which starts once the open can no longer fail.
+  // Everything but the cleaning timer, which starts once the open can no longer fail (below).
   image.applyOptions({ ...runtime, cacheCleanInterval: 0 });
   image.refcounts.reserved = refTable.reserved;
   if (hasDataFile) await openDataFile(ctx, image, file);
@@ -272,6 +272,7 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   // Bitmaps (autoclear bit 0) are kept; the other autoclear bits are cleared on read/write.
   await loadBitmaps(image, node);
   const instance = new Qcow2Instance(node, image);
-  image.applyOptions(runtime);
+  // The rest of the options applied above; the timer only now.
+  image.cleaner.setInterval(runtime.cacheCleanInterval);
   return instance;
 }

@@ -133,26 +133,18 @@ export class MetadataMap {
     const rb = kind !== "refcount block" && (mask & Overlap.REFCOUNT_BLOCK) !== 0;
     const first = Math.floor(offset / this.#cs);
     const last = Math.floor((end - 1) / this.#cs);
-    if ((mask & Overlap.INACTIVE_L2) !== 0 && this.#inactiveL2.size > 0) {
-      // QEMU's order: active structures first, inactive L2 tables last.
-      const hit = this.#checkClusters(first, last, l2, rb);
-      if (hit) return hit;
-      for (const c of this.#inactiveL2) if (c >= first && c <= last) return "inactive L2 table";
-      return null;
-    }
-    return this.#checkClusters(first, last, l2, rb);
+    // QEMU's order: active structures first, inactive L2 tables last.
+    const hit = this.#checkClusters(first, last, l2, rb);
+    if (hit !== null || (mask & Overlap.INACTIVE_L2) === 0) return hit;
+    return inClusters(this.#inactiveL2, first, last) ? "inactive L2 table" : null;
   }
 
   /** The active L2 table (`l2`) or refcount block (`rb`) among clusters `first..last`. */
   #checkClusters(first: number, last: number, l2: boolean, rb: boolean): string | null {
     if (!l2 && !rb) return null;
     if (last - first > this.#l2.size + this.#refblocks.size) {
-      if (l2) {
-        for (const c of this.#l2) if (c >= first && c <= last) return "active L2 table";
-      }
-      if (rb) {
-        for (const c of this.#refblocks) if (c >= first && c <= last) return "refcount block";
-      }
+      if (l2 && inClusters(this.#l2, first, last)) return "active L2 table";
+      if (rb && inClusters(this.#refblocks, first, last)) return "refcount block";
       return null;
     }
     for (let c = first; c <= last; c++) {
@@ -166,4 +158,18 @@ export class MetadataMap {
   get clusterBits(): number {
     return this.#clusterBits;
   }
+}
+
+/**
+ * Whether `set` holds a cluster index in `first..last`: looked up one by one for a short range,
+ * the set walked when the range is longer than the set.
+ */
+function inClusters(set: ReadonlySet<number>, first: number, last: number): boolean {
+  if (set.size === 0) return false;
+  if (last - first > set.size) {
+    for (const c of set) if (c >= first && c <= last) return true;
+    return false;
+  }
+  for (let c = first; c <= last; c++) if (set.has(c)) return true;
+  return false;
 }

@@ -12,7 +12,7 @@ import { BlockError, type Node, type OptionValues, type ReopenHandle } from "@bl
 import { reopenBitmapsRo } from "./bitmaps.ts";
 import { Incompat } from "./format.ts";
 import type { Qcow2Image } from "./image.ts";
-import { readRuntimeOptions } from "./runtime_options.ts";
+import { Overlap, readRuntimeOptions } from "./runtime_options.ts";
 import { inactiveL2Clusters } from "./snapshot.ts";
 
 /**
@@ -50,7 +50,9 @@ export async function reopenQcow2(
   }
   const handle = await prepareReopen(image, readOnly, idle);
   // The snapshots' L2 tables, read now if the new options check them.
-  const inactiveL2 = await idle(() => inactiveL2Clusters(image, runtime.overlapCheck));
+  const inactiveL2 = (runtime.overlapCheck & Overlap.INACTIVE_L2) !== 0
+    ? await idle(() => inactiveL2Clusters(image, runtime.overlapCheck))
+    : [];
   return {
     commit: () => {
       handle.commit();
