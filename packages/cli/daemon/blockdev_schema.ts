@@ -10,7 +10,14 @@
  */
 
 import type { DriverRegistry, OptionSpec } from "@blockgraph/core";
-import { type ArgsSchema, type ArgType, checkArgs, type CheckOptions } from "./qmp_args.ts";
+import {
+  type ArgsSchema,
+  type ArgType,
+  bareName,
+  checkArgs,
+  type CheckOptions,
+  isObject,
+} from "./qmp_args.ts";
 import { genericError } from "./qmp_error.ts";
 
 const ON_OFF_AUTO = ["on", "off", "auto"];
@@ -31,15 +38,11 @@ function ref(registry: DriverRegistry, nullable: boolean): ArgType {
   return {
     check(value, path, opts) {
       if (typeof value === "string" || (nullable && value === null)) return value;
-      if (typeof value === "object" && value !== null && !Array.isArray(value)) {
-        return checkBlockdevOptions(registry, value as Record<string, unknown>, {
-          ...opts,
-          prefix: `${path}.`,
-        });
+      if (isObject(value)) {
+        return checkBlockdevOptions(registry, value, { ...opts, prefix: `${path}.` });
       }
-      const name = path.slice(path.lastIndexOf(".") + 1);
       throw genericError(
-        `Invalid parameter type for '${name}', expected: ${
+        `Invalid parameter type for '${bareName(path)}', expected: ${
           nullable ? "BlockdevRefOrNull" : "BlockdevRef"
         }`,
       );
@@ -75,8 +78,8 @@ const OVERLAP_CHECKS: ArgType = {
       }
       return value;
     }
-    if (typeof value === "object" && value !== null && !Array.isArray(value)) {
-      return checkArgs(value as Record<string, unknown>, OVERLAP_FLAGS, {
+    if (isObject(value)) {
+      return checkArgs(value, OVERLAP_FLAGS, {
         ...opts,
         prefix: `${path}.`,
       });

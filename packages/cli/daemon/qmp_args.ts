@@ -55,7 +55,8 @@ function typeName(t: ArgType): string {
   return "list" in t ? "array" : "object";
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
+/** Whether `v` is a JSON object (not null, not an array). */
+export function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
@@ -65,7 +66,7 @@ const UINT_MAX: Record<string, number> = { uint16: 0xffff, uint32: 0xffffffff };
  * The member's own name, as QEMU's visitors name it in some messages (enum values, unsigned
  * ranges) where others give the whole path: `type` for `addr.type`, `null` in a list.
  */
-function bareName(path: string): string {
+export function bareName(path: string): string {
   if (path.endsWith("]")) return "null";
   return path.slice(path.lastIndexOf(".") + 1);
 }

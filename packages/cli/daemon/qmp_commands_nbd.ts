@@ -6,7 +6,7 @@
  * @module
  */
 
-import { BlockError } from "@blockgraph/core";
+import { BlockError, isWellFormedName } from "@blockgraph/core";
 import { NbdServer, type NbdServerAddress } from "@blockgraph/devices";
 import type { X509Creds } from "@blockgraph/drivers/nbd";
 import type { Daemon, QmpCommand } from "./daemon.ts";
@@ -38,14 +38,9 @@ export function parseSocketAddress(
   opts: CheckOptions & { legacy: boolean },
 ): NbdServerAddress {
   const prefix = opts.prefix ?? "addr.";
-  const type = addr.type;
-  if (type === undefined) throw genericError(`Parameter '${prefix}type' is missing`);
-  if (typeof type !== "string") {
-    throw genericError(`Invalid parameter type for '${prefix}type', expected: string`);
-  }
-  if (!ADDRESS_TYPES.includes(type)) {
-    throw genericError(`Parameter 'type' does not accept value '${type}'`);
-  }
+  // The member that picks the union's branch, checked as QEMU's visitor checks an enum.
+  const type = checkArgs({ type: addr.type }, { type: ADDRESS_TYPES }, { ...opts, prefix })
+    .type as string;
   let members: Record<string, unknown>;
   let at = prefix;
   if (opts.legacy) {
@@ -173,11 +168,6 @@ const EXPORT_TYPE_ARGS: Readonly<Record<string, ArgsSchema>> = {
   },
 };
 
-/** QEMU's id_wellformed: a letter, then letters, digits, '-', '.' and '_'. */
-function idWellformed(id: string): boolean {
-  return /^[A-Za-z][A-Za-z0-9._-]*$/.test(id);
-}
-
 /**
  * block-export-add (and `--export`): an NBD export of a node on the running server. The
  * checks come in QEMU 7.2's order (blk_exp_add, then nbd_export_create).
@@ -193,7 +183,7 @@ export async function blockExportAdd(
     ? undefined
     : checkBitmapList(a.bitmaps, "bitmaps", opts.keyval ?? false);
   const id = a.id as string;
-  if (!idWellformed(id)) throw genericError("Invalid block export id");
+  if (!isWellFormedName(id)) throw genericError("Invalid block export id");
   if (daemon.nbd?.exportById(id)) {
     throw genericError(`Block export id '${id}' is already in use`);
   }

@@ -26,6 +26,7 @@ import {
   NBD_MAX_OPTION_SIZE,
   Opt,
   OPTION_REQUEST_SIZE,
+  optionName,
   Rep,
   utf8,
   type WireReader,
@@ -62,24 +63,6 @@ export interface ExportLookup {
 }
 
 const ALL_CLIENT_FLAGS = ClientFlags.FIXED_NEWSTYLE | ClientFlags.NO_ZEROES;
-
-/** QEMU's names of the options (nbd_opt_lookup), for its error messages. */
-const OPTION_NAMES: Readonly<Record<number, string>> = {
-  1: "export name",
-  2: "abort",
-  3: "list",
-  4: "peek export",
-  5: "starttls",
-  6: "info",
-  7: "go",
-  8: "structured reply",
-  9: "list meta context",
-  10: "set meta context",
-};
-
-function optionName(option: number): string {
-  return OPTION_NAMES[option] ?? "<unknown>";
-}
 
 /**
  * Runs the handshake. Resolves to what was settled when the client entered transmission, or

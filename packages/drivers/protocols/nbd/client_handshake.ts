@@ -26,6 +26,7 @@ import {
   META_BASE_ALLOCATION,
   NBD_MAX_BUFFER_SIZE,
   Opt,
+  optionName,
   Rep,
   REP_ERR,
 } from "./constants.ts";
@@ -69,19 +70,6 @@ async function readReply(
   return { type: h.type, data: await reader.readBytes(h.length) };
 }
 
-/** QEMU's names of options, in its messages (`option 7 (go)`). */
-const OPTION_NAMES: Record<number, string> = {
-  [Opt.EXPORT_NAME]: "export name",
-  [Opt.ABORT]: "abort",
-  [Opt.LIST]: "list",
-  [Opt.STARTTLS]: "starttls",
-  [Opt.INFO]: "info",
-  [Opt.GO]: "go",
-  [Opt.STRUCTURED_REPLY]: "structured reply",
-  [Opt.LIST_META_CONTEXT]: "list meta context",
-  [Opt.SET_META_CONTEXT]: "set meta context",
-};
-
 /**
  * The error an option's error reply means, in QEMU's words: the reply type says what went
  * wrong, and the server's own text follows as a hint (`server reported: ...`).
@@ -93,7 +81,7 @@ function replyError(option: number, type: number, data: Uint8Array): BlockError 
   } catch {
     text = "";
   }
-  const opt = `option ${option} (${OPTION_NAMES[option] ?? "<unknown>"})`;
+  const opt = `option ${option} (${optionName(option)})`;
   let code: ErrorCode = "EIO";
   let message: string;
   let hint = "";

@@ -78,6 +78,25 @@ export const Opt = {
   EXTENDED_HEADERS: 11,
 } as const;
 
+/** QEMU's names of the options (`nbd_opt_lookup`), as its messages give them. */
+const OPTION_NAMES: Readonly<Record<number, string>> = {
+  [Opt.EXPORT_NAME]: "export name",
+  [Opt.ABORT]: "abort",
+  [Opt.LIST]: "list",
+  [Opt.PEEK_EXPORT]: "peek export",
+  [Opt.STARTTLS]: "starttls",
+  [Opt.INFO]: "info",
+  [Opt.GO]: "go",
+  [Opt.STRUCTURED_REPLY]: "structured reply",
+  [Opt.LIST_META_CONTEXT]: "list meta context",
+  [Opt.SET_META_CONTEXT]: "set meta context",
+};
+
+/** QEMU's name of option `option` (`<unknown>` for one it does not know). */
+export function optionName(option: number): string {
+  return OPTION_NAMES[option] ?? "<unknown>";
+}
+
 /** Bit 31 marks an option reply as an error. */
 export const REP_ERR = 0x80000000;
 
