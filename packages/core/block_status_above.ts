@@ -6,7 +6,7 @@
  */
 
 import { type BlockStatus, BlockStatusFlags } from "./driver.ts";
-import { blockStatus, blockStatusNow, promised } from "./block_status.ts";
+import { blockStatusNow, promised } from "./block_status.ts";
 import type { Node } from "./node.ts";
 
 /** The chain's answer for a range: the answering layer's status, and which layer that is. */
@@ -155,7 +155,9 @@ export async function isAllocatedAbove(
       if (n === top) return { allocated: false, pnum: bytes, depth: 0 };
       return { allocated: true, pnum, depth: depth + 1 };
     }
-    const st = await blockStatus(n, offset, Math.min(pnum, len - offset), false);
+    // A layer that answers at once (a cached L2 table, raw) is not waited for.
+    const now = blockStatusNow(n, offset, Math.min(pnum, len - offset), false);
+    const st = now instanceof Promise ? await now : now;
     if (st.status & ALLOCATED) {
       return { allocated: true, pnum: st.pnum, depth: depth + 1 };
     }

@@ -106,6 +106,8 @@ export class NbdClient {
   /** What the handshake said about the export. */
   info: ExportInfo;
   readonly #options: NbdClientOptions;
+  /** The context read as base:allocation is qemu:allocation-depth (fixed at open). */
+  readonly #depthContext: boolean;
   #session: Session | null;
   readonly #inFlight = new Map<number, Pending>();
   #waiting: Pending[] = [];
@@ -121,6 +123,7 @@ export class NbdClient {
 
   private constructor(options: NbdClientOptions, info: ExportInfo, session: Session) {
     this.#options = options;
+    this.#depthContext = options.metaContext === "qemu:allocation-depth";
     this.info = info;
     this.#session = session;
     void this.#receive(session);
@@ -282,7 +285,7 @@ export class NbdClient {
       if (v.getUint32(0) === this.info.baseAllocationId && !p.extent) {
         let flags = v.getUint32(8);
         // qemu:allocation-depth read as base:allocation: depths past 2 count as 2 (QEMU's).
-        if (this.#options.metaContext === "qemu:allocation-depth" && flags > 2) flags = 2;
+        if (this.#depthContext && flags > 2) flags = 2;
         p.extent = { length: v.getUint32(4), flags };
       }
     } else if (type & REPLY_TYPE_ERROR_BIT) {

@@ -55,6 +55,8 @@ export class NbdInstance implements DriverInstance {
   /** NBD_CMD_FLUSH hands the writes to the server: sent under cache.no-flush too, as QEMU's. */
   readonly flushesToOs = true;
   readonly #node: Node;
+  /** The longest block status or discard asked for: INT_MAX, in whole alignment units. */
+  readonly #maxStatus: number;
 
   /** Wraps a connected client for `node`. */
   constructor(node: Node, client: NbdClient) {
@@ -70,13 +72,14 @@ export class NbdInstance implements DriverInstance {
       ? 1
       : 512;
     const max = Math.floor(info.maxBlock / align) * align;
+    this.#maxStatus = Math.floor(INT_MAX / align) * align;
     this.limits = {
       requestAlignment: align,
       maxTransfer: max,
       optTransfer: info.preferredBlock,
       // Write zeroes is split as writes are; discards at INT_MAX (QEMU 7.2's limits).
       maxPwriteZeroes: max,
-      maxPdiscard: Math.floor(INT_MAX / align) * align,
+      maxPdiscard: this.#maxStatus,
     };
     const fua = info.flags & TransmissionFlags.SEND_FUA ? ReqFlags.FUA : 0;
     this.supportedWriteFlags = fua;
@@ -164,8 +167,7 @@ export class NbdInstance implements DriverInstance {
     const size = this.client.info.size;
     // The tail of the last sector, past the server's size: zeros, and no offset to map.
     if (offset >= size) return { status: BlockStatusFlags.ZERO, pnum: bytes };
-    const align = this.limits.requestAlignment!;
-    const len = Math.min(bytes, size - offset, Math.floor(INT_MAX / align) * align);
+    const len = Math.min(bytes, size - offset, this.#maxStatus);
     const e = await this.client.request(Cmd.BLOCK_STATUS, CmdFlags.REQ_ONE, offset, len, null, 0);
     if (!e || e.length === 0) {
       throw new BlockError("EIO", "The NBD server answered block status with an empty extent");
