@@ -15,17 +15,21 @@
  * through (0–1 round trips); a zero `setTimeout` lets I/O through but idles about 1 ms a hop
  * (Deno's timers have millisecond resolution, and nested ones are clamped); a nonblocking
  * FFI call (`getpid` on a pool thread) costs about 30–60 µs and lets both through. So the hop
- * is the FFI call, and the marker that sees a turn is a zero timeout, which runs only when the
- * loop has really polled.
+ * is the FFI call. The marker that sees a turn was a zero timeout, which runs only when the
+ * loop has really polled; it is now an `Atomics.waitAsync` that times out at once, which V8
+ * ends from a task the loop runs once a turn (see `armMarker`): the flood test below it
+ * (`loop_turn_test.ts`) gives the same timer ticks and round trips with either, and a cold
+ * `img convert` spent about 8 ms of its JavaScript thread arming and firing the timeouts.
  *
- * The zero timeouts start as `AbortSignal.timeout(0)` and become `setTimeout` once the process
+ * {@link zeroTimeout} (the CLI's output flush, events sent after a reply, a turn that must
+ * let timers run) starts as `AbortSignal.timeout(0)` and becomes `setTimeout` once the process
  * has armed {@link CHEAP_LOAD_TIMEOUTS} of them. In Deno 2.9 the global `setTimeout` is Node's:
  * its first call loads Node's timers and what they import, 6-8 ms of a command's start-up,
  * where `AbortSignal.timeout` loads in about 2.5 ms; but each AbortSignal timeout costs about
  * 4 µs more when it fires (it makes a DOMException for its reason): arm and fire 5.5 µs
  * against 2.5 µs. A short command (`img info`) then never loads Node's timers, and a long run
- * (a convert, a daemon) pays the load once for the cheaper timer. Either keeps the process
- * alive until it runs, which for a zero timeout is the next turn.
+ * (a daemon) pays the load once for the cheaper timer. Either keeps the process alive until
+ * it runs, which for a zero timeout is the next turn; the marker does not.
  *
  * @module
  */
@@ -45,6 +49,21 @@ let calls = 0;
 const onTurn = (): void => {
   armed = false;
 };
+
+/** The cell the marker waits on; it never changes, so every wait ends by timing out. */
+const markerCell = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Arms the marker: `Atomics.waitAsync` with a timeout of a nanosecond, which V8 ends from a
+ * task the event loop runs at its next turn (never inside a chain of microtasks), at about
+ * 4 µs against 10-13 µs for an `AbortSignal` timeout and 7 µs for `setTimeout`, and without
+ * loading Node's timers. A chain arms one; an `img convert` arms about 200.
+ */
+function armMarker(): void {
+  const r = Atomics.waitAsync(markerCell, 0, 0, 1e-6);
+  if (r.async) r.value.then(onTurn);
+  else zeroTimeout(onTurn);
+}
 
 /** Zero timeouts made with `AbortSignal.timeout` before `setTimeout` takes over (see above). */
 const CHEAP_LOAD_TIMEOUTS = 256;
@@ -73,7 +92,7 @@ export function sinceTurn(now: number = performance.now()): number {
     chainStart = now;
     armedAt = now;
     armed = true;
-    zeroTimeout(onTurn);
+    armMarker();
   }
   return now - chainStart;
 }

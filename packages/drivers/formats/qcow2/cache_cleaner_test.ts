@@ -52,3 +52,24 @@ Deno.test("CacheCleaner arms its timer when a cache first loads something, not b
   await sleep(100);
   assertEquals(calls, after, "no tick once disposed");
 });
+
+Deno.test("CacheCleaner's timer does not keep the process running", async () => {
+  // A process whose only pending work is a woken cleaner with a 30 s interval exits at once.
+  const url = (f: string) => new URL(f, import.meta.url).href;
+  const code = `
+    import { CacheCleaner } from "${url("./cache_cleaner.ts")}";
+    import { Mutex } from "${url("./locks.ts")}";
+    const c = new CacheCleaner(new Mutex(), () => []);
+    c.setInterval(30);
+    c.wake();
+  `;
+  const t0 = performance.now();
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--no-config", code],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const ms = performance.now() - t0;
+  assertEquals(out.success, true, new TextDecoder().decode(out.stderr));
+  assertEquals(ms < 15_000, true, `the process took ${ms} ms to exit`);
+});
