@@ -20,6 +20,18 @@
  * (qemu-img's "Run completed in", nbdcopy's wall time) and the CPU is the server's
  * (`/proc/PID/stat` user+system over the client's run only).
  *
+ * The `qemu-img bench` cases measure the servers' steady state, as fio's `ramp_time` does:
+ * before the timed run, each server (ours and the peer alike) serves an untimed run of the
+ * same workload of {@link warmupRequests} requests (`BENCH_NBD_WARMUP`, default 10000; 0
+ * times a fresh server, as before session 14), and a write case then drops the file from the
+ * page cache again. Why: our daemon's JavaScript is compiled while it serves its first
+ * requests (about 150 optimizing compilations in the first 30k 4 KiB writes, 80 ms of V8's
+ * worker threads on a 2-core machine where the client needs a core too), which a daemon pays
+ * once and a 30k-request run would otherwise pay every time. The warm-up moves little
+ * (session 14, NBD TCP 4 KiB writes against nbdkit: 0.74x fresh, 0.72x after 10k, 0.83x
+ * after 40k: V8 is still optimizing after 10k); nbdcopy (below) still measures a fresh
+ * server, as a one-shot export sees it.
+ *
  * @module
  */
 
@@ -89,12 +101,22 @@ function cpuOf(pid: number): number {
   return (Number(f[11]) + Number(f[12])) * TICK_MICROS;
 }
 
-/** Runs `client` against a fresh `kind` server; the server's CPU over the client's run. */
+/** The untimed requests a `qemu-img bench` case sends each server before its run (see above). */
+export function warmupRequests(scale: number): number {
+  const n = Number(Deno.env.get("BENCH_NBD_WARMUP") ?? 10_000);
+  return Number.isFinite(n) && n > 0 ? Math.max(1, Math.round(n * scale)) : 0;
+}
+
+/**
+ * Runs `client` against a fresh `kind` server, after `warmup` (untimed) when given; the
+ * server's CPU over the client's run.
+ */
 async function withServer(
   kind: ServerKind,
   file: string,
   transport: Transport,
   client: (uri: string, opts: string) => Promise<{ requests: number; seconds: number }>,
+  warmup?: (uri: string, opts: string) => Promise<unknown>,
 ): Promise<Measurement> {
   const dir = await Deno.makeTempDir({ prefix: "bench-nbd-" });
   const w: Where = { transport, sock: `${dir}/nbd.sock` };
@@ -117,6 +139,7 @@ async function withServer(
     const opts = transport === "unix"
       ? `driver=nbd,server.type=unix,server.path=${w.sock},export=${EXPORT}`
       : `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${PORT},export=${EXPORT}`;
+    if (warmup) await warmup(uri, opts);
     const cpu0 = cpuOf(child.pid);
     const r = await client(uri, opts);
     return { ...r, cpuMicros: cpuOf(child.pid) - cpu0 };
@@ -145,26 +168,40 @@ interface Workload {
   random: boolean;
 }
 
-function qemuImgBench(kind: ServerKind, file: string, t: Transport, wl: Workload): Runner {
+function qemuImgBench(
+  kind: ServerKind,
+  file: string,
+  t: Transport,
+  wl: Workload,
+  warm: number,
+): Runner {
+  const args = (count: number, opts: string) => [
+    "bench",
+    "--image-opts",
+    "-c",
+    String(count),
+    "-d",
+    String(wl.depth),
+    "-s",
+    String(wl.bs),
+    ...(wl.random ? ["-S", String(RANDOM_STRIDE)] : []),
+    ...(wl.write ? ["-w"] : []),
+    opts,
+  ];
+  const warmup = warm > 0
+    ? async (_uri: string, opts: string) => {
+      await output("qemu-img", args(warm, opts));
+      // The timed run starts from the same page-cache state as without the warm-up.
+      if (wl.write) await dropFromCache(file);
+    }
+    : undefined;
   return () =>
     withServer(kind, file, t, async (_uri, opts) => {
-      const text = await output("qemu-img", [
-        "bench",
-        "--image-opts",
-        "-c",
-        String(wl.count),
-        "-d",
-        String(wl.depth),
-        "-s",
-        String(wl.bs),
-        ...(wl.random ? ["-S", String(RANDOM_STRIDE)] : []),
-        ...(wl.write ? ["-w"] : []),
-        opts,
-      ]);
+      const text = await output("qemu-img", args(wl.count, opts));
       const m = /Run completed in ([\d.]+) seconds/.exec(text);
       if (!m) throw new Error(`qemu-img bench printed no time: ${text}`);
       return { requests: wl.count, seconds: Number(m[1]) };
-    });
+    }, warmup);
 }
 
 /**
@@ -187,6 +224,7 @@ function nbdcopy(kind: ServerKind, file: string, t: Transport, size: number): Ru
  */
 export function nbdCases(path: string, size: number, scale: number): BenchCase[] {
   const n = (base: number) => Math.max(1, Math.round(base * scale));
+  const warm = warmupRequests(scale);
   const workloads: Workload[] = [
     {
       name: "4k randread QD32",
@@ -211,8 +249,8 @@ export function nbdCases(path: string, size: number, scale: number): BenchCase[]
     for (const wl of workloads) {
       out.push({
         name: `NBD ${t} ${wl.name}`,
-        ours: qemuImgBench("ours", path, t, wl),
-        peers: [{ name: peer, run: qemuImgBench(peer, path, t, wl), target: { iops: 1.0 } }],
+        ours: qemuImgBench("ours", path, t, wl, warm),
+        peers: [{ name: peer, run: qemuImgBench(peer, path, t, wl, warm), target: { iops: 1.0 } }],
         // Writes start from an empty cache (the previous run's dirty pages written back,
         // untimed), so no run pays for another's; reads from a warm one.
         ...(wl.write

@@ -13,7 +13,9 @@
  * near 10 minutes), `BENCH_SCALE` (multiplies every request count, default 1), `BENCH_DIR`
  * (where the 1 GiB test files go, default the system's temp directory; it must be on a real
  * disk, not tmpfs, for the O_DIRECT cases), `BENCH_CASES` (comma-separated substrings: run
- * only the cases whose name contains one of them, e.g. `BENCH_CASES=convert,QD1`).
+ * only the cases whose name contains one of them, e.g. `BENCH_CASES=convert,QD1`),
+ * `BENCH_NBD_WARMUP` (untimed requests each NBD server serves before a `qemu-img bench` run,
+ * default 10000; 0: time fresh servers, see `nbd_cases.ts`).
  *
  * @module
  */
