@@ -13,6 +13,7 @@ import {
   type OptionValues,
   validateOptions,
 } from "@blockgraph/core";
+import { createParams } from "@blockgraph/drivers";
 import { DEFAULT_CACHE, openImage } from "../common/open_image.ts";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
@@ -20,6 +21,13 @@ import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
 import { accumulateOptions, createOptionsHelp, hasHelpOption } from "./img_options.ts";
 import { imgCommonOption } from "./img_help.ts";
+import {
+  ENCRYPTION_KEYS,
+  encryptionOptionError,
+  encryptionRefusal,
+  encryptionRequest,
+  isEncryptionKey,
+} from "./create_encryption.ts";
 
 function sizeTypeError(key: string): string {
   return `Parameter '${key}' expects a non-negative number below 2^64\n` +
@@ -39,6 +47,7 @@ function createSchema(fmt: BlockDriver, proto: BlockDriver | null): OptionSchema
 /** Options that QEMU lists in the "Formatting" line with their defaults, in its order. */
 const FORMATTING_ORDER: Record<string, [string, string | undefined][]> = {
   qcow2: [
+    ...ENCRYPTION_KEYS.map((k): [string, string | undefined] => [k, undefined]),
     ["cluster_size", "65536"],
     ["extended_l2", "off"],
     ["preallocation", undefined],
@@ -132,7 +141,14 @@ export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): 
   const schema = createSchema(fmt, fmt.kind === "protocol" ? null : proto);
   const given: Record<string, string> = {};
   const values: OptionValues = {};
+  const encryption: Record<string, string> = {};
   for (const [key, value] of Object.entries(req.options)) {
+    if (fmt.name === "qcow2" && isEncryptionKey(key)) {
+      const error = encryptionOptionError(key, value);
+      if (error !== null) return fail(error);
+      encryption[key] = given[key] = value;
+      continue;
+    }
     const spec = schema[key];
     if (!spec) return fail(`Invalid parameter '${key}'`);
     // QemuOpts checks sizes, numbers and booleans as it parses; the driver checks the rest.
@@ -206,6 +222,26 @@ export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): 
         ? `Parameter '${key.replaceAll("_", "-")}' does not accept value '${v}'`
         : `invalid parameter value: ${v}`,
     );
+  }
+  const encrypt = encryptionRequest(encryption);
+  if (encrypt !== null) {
+    if ("error" in encrypt) return failCreate(encrypt.error);
+    // The image's own checks come first in QEMU, then the encryption's.
+    try {
+      const all = validateOptions(fmt.createOptions ?? {}, { ...values, filename }, fmt.name);
+      createParams(all, values.size as number);
+    } catch (e) {
+      return failCreate(BlockError.from(e).message);
+    }
+    const secret = encryption["encrypt.key-secret"];
+    if (secret !== undefined) {
+      const type = graph.objects.get(secret)?.["qom-type"];
+      if (type === undefined) return failCreate(`No secret with id '${secret}'`);
+      if (type !== "secret" && type !== "secret_keyring") {
+        return failCreate(`Object with id '${secret}' is not a secret`);
+      }
+    }
+    return failCreate(encryptionRefusal(encrypt));
   }
   try {
     await fmt.create({ ...values, filename }, graph.registry, {

@@ -4,7 +4,8 @@
  * qemu-img 7.2 prints for a format: its create (or amend) options sorted by name, then,
  * given a filename, the protocol's. Types and descriptions come from the drivers' option
  * schemas; options QEMU lists that blockgraph's drivers do not take (encryption) are listed
- * with QEMU's words so the list stays the one scripts know, and are refused when given.
+ * with QEMU's words so the list stays the one scripts know (`create_encryption.ts` checks them
+ * when given, and refuses to encrypt).
  *
  * @module
  */

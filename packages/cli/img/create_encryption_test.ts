@@ -1,0 +1,61 @@
+import { deepStrictEqual as assertEquals } from "node:assert";
+import {
+  encryptionOptionError,
+  encryptionRefusal,
+  encryptionRequest,
+} from "./create_encryption.ts";
+
+Deno.test("encryption options: QemuOpts' checks of booleans and numbers", () => {
+  assertEquals(encryptionOptionError("encryption", "off"), null);
+  assertEquals(
+    encryptionOptionError("encryption", "yes"),
+    "Parameter 'encryption' expects 'on' or 'off'",
+  );
+  assertEquals(encryptionOptionError("encrypt.iter-time", "0x10"), null);
+  assertEquals(
+    encryptionOptionError("encrypt.iter-time", "-1"),
+    "Parameter 'encrypt.iter-time' expects a number",
+  );
+  assertEquals(encryptionOptionError("encrypt.format", "anything"), null);
+});
+
+Deno.test("encryption options: what they ask for, or QEMU's error, in QEMU's order", () => {
+  assertEquals(encryptionRequest({}), null);
+  assertEquals(encryptionRequest({ encryption: "off" }), null);
+  assertEquals(encryptionRequest({ encryption: "on" }), { format: "qcow", keySecret: false });
+  assertEquals(encryptionRequest({ "encrypt.format": "aes", "encrypt.key-secret": "s" }), {
+    format: "qcow",
+    keySecret: true,
+  });
+  assertEquals(encryptionRequest({ encryption: "on", "encrypt.format": "luks" }), {
+    error: "'encrypt.format' and its alias 'encryption' can't be used at the same time",
+  });
+  assertEquals(encryptionRequest({ "encrypt.hash-alg": "sha256" }), {
+    error: "Parameter 'encrypt.format' is missing",
+  });
+  assertEquals(encryptionRequest({ "encrypt.format": "" }), {
+    error: "Parameter 'format' does not accept value ''",
+  });
+  assertEquals(encryptionRequest({ "encrypt.format": "qcow", "encrypt.iter-time": "10" }), {
+    error: "Parameter 'encrypt.iter-time' is unexpected",
+  });
+  assertEquals(encryptionRequest({ "encrypt.format": "luks", "encrypt.cipher-mode": "gcm" }), {
+    error: "Parameter 'cipher-mode' does not accept value 'gcm'",
+  });
+  assertEquals(
+    encryptionRequest({ "encrypt.format": "luks", "encrypt.cipher-alg": "twofish-256" }),
+    { format: "luks", keySecret: false },
+  );
+});
+
+Deno.test("encryption that passes every check is refused, QEMU's way without a key secret", () => {
+  assertEquals(
+    encryptionRefusal({ format: "luks", keySecret: false }),
+    "Parameter 'encrypt.key-secret' is required for cipher",
+  );
+  assertEquals(
+    encryptionRefusal({ format: "qcow", keySecret: true }),
+    "Encrypted qcow2 images (encrypt.format=aes) cannot be created: blockgraph does not " +
+      "implement qcow2 encryption",
+  );
+});
