@@ -301,6 +301,31 @@ function cases(): string[][] {
     ["convert", "-O", "qcow2", "-o", "encrypt.format=luks", "r.raw", "x.qcow2"],
     ["convert", "-O", "qcow2", "-o", "encryption=off", "r.raw", "x.qcow2"],
   );
+  // --image-opts strings: a first element without '=' is the implied `file` (a node reference
+  // when it is a string), later ones short-form booleans with QEMU's warning, and an unknown
+  // nested option is named by its flattened key.
+  for (
+    const o of [
+      "r.raw",
+      "r.raw,driver=raw",
+      "file=r.raw",
+      "r.raw,,x",
+      "foo=bar",
+      "driver=raw,file.filename=r.raw,r.raw",
+      "driver=raw,file.filename=r.raw,noflag",
+      "driver=raw,file.filename=r.raw,a.b.c=1",
+    ]
+  ) out.push(["info", "--image-opts", o]);
+  // dd's --image-opts names the input by its options; the output stays a filename.
+  const ddIn = "if=driver=raw,file.filename=r.raw";
+  out.push(
+    ["dd", "--image-opts", ddIn, "of=x.raw", "bs=64k", "count=2"],
+    ["dd", "--image-opts", "-f", "raw", ddIn, "of=x.raw"],
+    ["dd", "--image-opts", "if=r.raw", "of=x.raw"],
+    ["dd", "--image-opts", "if=driver=qcow2,file.filename=r.raw", "of=x.raw"],
+    ["dd", "--image-opts", "-O", "qcow2", "if=driver=qcow2,file.filename=q.qcow2", "of=x.qcow2"],
+    ["dd", "--image-opts", "-U", ddIn, "of=x.raw", "bs=4k", "skip=2"],
+  );
   // -o help and option lists.
   for (const sub of ["create", "convert"]) {
     const fmtFlag = sub === "create" ? "-f" : "-O";

@@ -100,7 +100,12 @@ export function validateOptions(
     }
     const spec = schema[key];
     if (!spec) {
-      throw new BlockError("EINVAL", unknownMessage(key));
+      // QEMU checks what is left of the flattened options: a nested unknown is named by its
+      // first leaf (`r.raw` of `{r: {raw: "on"}}`).
+      const leaf = typeof value === "object" && value !== null && !Array.isArray(value)
+        ? Object.keys(flatten(value as OptionValues, `${key}.`))[0]
+        : undefined;
+      throw new BlockError("EINVAL", unknownMessage(leaf ?? key));
     }
     out[key] = convert(key, spec, value);
   }

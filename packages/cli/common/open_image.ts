@@ -215,6 +215,9 @@ export async function openImage(
       protoOpts = completeFile(graph, fileOpt as OptionValues, req);
     } else if (named !== null) {
       protoOpts = completeFile(graph, protocolOptions(graph, named), req);
+    } else if (typeof fileOpt === "string" && !graph.findNode(fileOpt)) {
+      // A string names an existing node, as a child reference does (QEMU's message).
+      throw new BlockError("ENOENT", `Cannot find device='${fileOpt}' nor node-name='${fileOpt}'`);
     } else {
       throw new BlockError("EINVAL", "Must specify either driver or file");
     }

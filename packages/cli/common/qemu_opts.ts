@@ -15,23 +15,50 @@ export interface ParsedOpts {
 }
 
 /**
- * Parses a QemuOpts string.
+ * Parses a QemuOpts string. With `implied` (the option list's implied name: `file` for
+ * qemu-img's `--image-opts`), a first element without `=` is that option's value, as
+ * QemuOpts reads `foo.qcow2,driver=qcow2` as `file=foo.qcow2,driver=qcow2`; a later one is a
+ * short-form boolean.
  *
  * @example
  * ```ts
  * import { parseQemuOpts } from "./qemu_opts.ts";
  * const r = parseQemuOpts("driver=raw,file.filename=a,,b");
  * console.assert(r.values["file.filename"] === "a,b");
+ * console.assert(parseQemuOpts("a.raw,driver=raw", "file").values.file === "a.raw");
  * ```
  */
-export function parseQemuOpts(text: string): ParsedOpts {
+export function parseQemuOpts(text: string, implied?: string): ParsedOpts {
   const values: Record<string, string> = {};
   const warnings: string[] = [];
   let i = 0;
+  /** The value from `i` to the next single comma (`,,` is a comma); steps past that comma. */
+  const readValue = (): string => {
+    let value = "";
+    while (i < text.length) {
+      if (text[i] === ",") {
+        if (text[i + 1] === ",") {
+          value += ",";
+          i += 2;
+          continue;
+        }
+        break;
+      }
+      value += text[i++];
+    }
+    i++;
+    return value;
+  };
   while (i < text.length) {
+    const start = i;
     let key = "";
     while (i < text.length && text[i] !== "=" && text[i] !== ",") key += text[i++];
     if (text[i] !== "=") {
+      if (start === 0 && implied !== undefined) {
+        i = 0;
+        values[implied] = readValue();
+        continue;
+      }
       // A bare word: a short-form boolean.
       i++;
       if (key.startsWith("no") && key.length > 2) {
@@ -49,20 +76,7 @@ export function parseQemuOpts(text: string): ParsedOpts {
       continue;
     }
     i++;
-    let value = "";
-    while (i < text.length) {
-      if (text[i] === ",") {
-        if (text[i + 1] === ",") {
-          value += ",";
-          i += 2;
-          continue;
-        }
-        break;
-      }
-      value += text[i++];
-    }
-    i++;
-    values[key] = value;
+    values[key] = readValue();
   }
   return { values, warnings };
 }

@@ -160,7 +160,13 @@ export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<Open
     imgError(io, "Could not open '': The 'file' block driver requires a file name");
     return null;
   }
-  const options: OptionValues = o.imageOpts ? unflatten(parseQemuOpts(o.filename).values) : {};
+  let options: OptionValues = {};
+  if (o.imageOpts) {
+    // qemu-img parses the string with `file` as the implied first option.
+    const parsed = parseQemuOpts(o.filename, "file");
+    for (const w of parsed.warnings) imgError(io, w);
+    options = unflatten(parsed.values);
+  }
   try {
     return await openImage(graph, {
       filename: o.imageOpts ? null : o.filename,

@@ -187,12 +187,14 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
   let format: string | undefined;
   let outFmt = "raw";
   let forceShare = false;
+  let imageOpts = false;
   for (const o of r.options) {
     const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
     if (o.key === "f") format = o.value!;
     else if (o.key === "O") outFmt = o.value!;
     else if (o.key === "U") forceShare = true;
+    else if (o.key === "image-opts") imageOpts = true;
   }
   if (r.error) return imgOptionError(io, r.error);
   const dd: Record<string, string> = {};
@@ -221,7 +223,14 @@ export async function imgDd(graph: Graph, args: readonly string[], io: CliIo): P
     imgError(io, "Must specify both input and output files");
     return 1;
   }
-  const src = await imgOpen(graph, io, { filename: dd.if, format, readOnly: true, forceShare });
+  // --image-opts applies to the input only: qemu-img 7.2 creates and opens `of=` by its name.
+  const src = await imgOpen(graph, io, {
+    filename: dd.if,
+    format,
+    imageOpts,
+    readOnly: true,
+    forceShare,
+  });
   if (!src) return 1;
   try {
     const outDrv = graph.registry.find(outFmt);
