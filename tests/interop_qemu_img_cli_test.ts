@@ -274,29 +274,13 @@ function cases(): string[][] {
       "encrypt.format=aes,lazy_refcounts=on,cluster_size=3k",
     ]
   ) out.push(["create", "-f", "qcow2", "-o", o, "x.qcow2", "1M"]);
+  const withObject = (
+    object: string,
+    o: string,
+  ) => ["create", "--object", object, "-f", "qcow2", "-o", o, "x.qcow2", "1M"];
   out.push(
-    [
-      "create",
-      "--object",
-      "secret,id=s1,data=x",
-      "-f",
-      "qcow2",
-      "-o",
-      "encrypt.format=luks,encrypt.key-secret=s0",
-      "x.qcow2",
-      "1M",
-    ],
-    [
-      "create",
-      "--object",
-      "authz-simple,id=a0,identity=x",
-      "-f",
-      "qcow2",
-      "-o",
-      "encrypt.format=aes,encrypt.key-secret=a0",
-      "x.qcow2",
-      "1M",
-    ],
+    withObject("secret,id=s1,data=x", "encrypt.format=luks,encrypt.key-secret=s0"),
+    withObject("authz-simple,id=a0,identity=x", "encrypt.format=aes,encrypt.key-secret=a0"),
     ["create", "-f", "raw", "-o", "encryption=on", "x.raw", "1M"],
     ["convert", "-O", "qcow2", "-o", "encrypt.format=luks", "r.raw", "x.qcow2"],
     ["convert", "-O", "qcow2", "-o", "encryption=off", "r.raw", "x.qcow2"],

@@ -16,21 +16,9 @@ import { qcow2Of } from "./image_facts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
 import { Progress } from "./progress.ts";
+import { ENCRYPTION_KEYS } from "./create_encryption.ts";
 
-/**
- * qcow2's encryption options in QEMU 7.2: those only create takes (we create no encrypted
- * images, so our schema lacks them), and those amend takes to manage LUKS key slots.
- */
-const ENCRYPT_CREATE_ONLY = new Set([
-  "encryption",
-  "encrypt.format",
-  "encrypt.key-secret",
-  "encrypt.cipher-alg",
-  "encrypt.cipher-mode",
-  "encrypt.ivgen-alg",
-  "encrypt.ivgen-hash-alg",
-  "encrypt.hash-alg",
-]);
+/** qcow2's encryption options in QEMU 7.2 that amend takes, to manage LUKS key slots. */
 const ENCRYPT_AMEND = new Set([
   "encrypt.new-secret",
   "encrypt.old-secret",
@@ -38,6 +26,8 @@ const ENCRYPT_AMEND = new Set([
   "encrypt.keyslot",
   "encrypt.iter-time",
 ]);
+/** Those only create takes (`create_encryption.ts`; our amend schema lacks them). */
+const ENCRYPT_CREATE_ONLY = new Set(ENCRYPTION_KEYS.filter((k) => !ENCRYPT_AMEND.has(k)));
 
 /**
  * What QemuOpts finds wrong in amend options before the driver sees them: names amend does
