@@ -300,6 +300,46 @@ function cases(): string[][] {
       "driver=raw,file.filename=r.raw,a.b.c=1",
     ]
   ) out.push(["info", "--image-opts", o]);
+  // measure's encryption options: only a LUKS header counts. The LUKS sizes themselves are in
+  // create_encryption_test.ts: qemu-img 7.2 sets up real LUKS crypto to get them, which fails
+  // on some runs ("Unable to get accurate CPU usage").
+  for (
+    const o of [
+      "encryption=bogus",
+      "encrypt.iter-time=abc",
+      "encrypt.format=luks,encrypt.cipher-alg=bogus",
+      "encrypt.format=aes,encrypt.cipher-alg=bogus",
+      "encrypt.format=luks,encrypt.key-secret=nosuch",
+      "encrypt.format=bogus",
+      "encrypt.key-secret=s0",
+      "encryption=on,encrypt.format=luks",
+      "encryption=off",
+    ]
+  ) out.push(["measure", "-O", "qcow2", "--size", "1G", "-o", o]);
+  out.push(
+    ["measure", "-O", "raw", "--size", "1G", "-o", "encryption=off"],
+    [
+      "measure",
+      "--object",
+      "authz-simple,id=a0,identity=x",
+      "-O",
+      "qcow2",
+      "-o",
+      "encrypt.format=luks,encrypt.key-secret=a0",
+      "q.qcow2",
+    ],
+    [
+      "measure",
+      "--object",
+      "secret,id=s0,data=x",
+      "-O",
+      "qcow2",
+      "--size",
+      "1G",
+      "-o",
+      "encrypt.format=luks,encrypt.key-secret=s0,encrypt.cipher-alg=des",
+    ],
+  );
   // dd's --image-opts names the input by its options; the output stays a filename.
   const ddIn = "if=driver=raw,file.filename=r.raw";
   out.push(

@@ -17,6 +17,7 @@ import { creatableFormat, imgCvtnum, imgError, imgOpen, imgOutputFormat } from "
 import { imgCommonOption, imgHelp } from "./img_help.ts";
 import { accumulateOptions } from "./img_options.ts";
 import { supportsPersistentBitmaps } from "./image_facts.ts";
+import { encryptionOptionError, isEncryptionKey, luksHeaderBytes } from "./create_encryption.ts";
 
 const up = (n: number, a: number) => Math.ceil(n / a) * a;
 
@@ -161,11 +162,19 @@ export async function imgMeasure(
   const opts = optText === undefined ? {} : parseQemuOpts(optText).values;
   // The format's create options and the file protocol's, as QEMU parses them.
   const known = { ...drv.createOptions, ...graph.registry.find("file")?.createOptions };
-  const unknown = Object.keys(opts).find((k) => k === "filename" || !(k in known));
-  if (unknown !== undefined) {
-    imgError(io, `Invalid parameter '${unknown}'`);
-    imgError(io, `Invalid options for file format '${outFmt}'`);
-    return 1;
+  const qcow2 = outFmt === "qcow2";
+  for (const [k, v] of Object.entries(opts)) {
+    // qcow2's encryption options are create options QEMU knows (`create_encryption.ts`).
+    const problem = k === "filename" || !(k in known || (qcow2 && isEncryptionKey(k)))
+      ? `Invalid parameter '${k}'`
+      : qcow2 && isEncryptionKey(k)
+      ? encryptionOptionError(k, v)
+      : null;
+    if (problem !== null) {
+      imgError(io, problem);
+      imgError(io, `Invalid options for file format '${outFmt}'`);
+      return 1;
+    }
   }
   const cs = opts.cluster_size ? imgCvtnum(io, "cluster size", opts.cluster_size) : 65536;
   if (cs === null) return 1;
@@ -177,6 +186,16 @@ export async function imgMeasure(
       "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
     );
     return 1;
+  }
+  // A LUKS header goes in front of the data (QEMU counts no other encryption option here).
+  let luks = 0;
+  if (qcow2 && opts["encrypt.format"] === "luks") {
+    const header = luksHeaderBytes(opts, (id) => graph.objects.get(id)?.["qom-type"]);
+    if (typeof header !== "number") {
+      imgError(io, header.error);
+      return 1;
+    }
+    luks = up(header, cs);
   }
   // QEMU's qcow2_measure: full and falloc preallocation count every cluster as data.
   const prealloc = opts.preallocation === "full" || opts.preallocation === "falloc";
@@ -195,7 +214,7 @@ export async function imgMeasure(
       if (outFmt === "raw") info = { required: len, "fully-allocated": len };
       else {
         const virt = up(len, cs);
-        const full = qcow2FullSize(virt, cs, order, extendedL2);
+        const full = luks + qcow2FullSize(virt, cs, order, extendedL2);
         const required = opts.backing_file || prealloc ? virt : await dataBytes(image.node, cs);
         info = { required: full - virt + required, "fully-allocated": full };
         // Bitmaps only when both the source and the target format could store them.
@@ -212,7 +231,7 @@ export async function imgMeasure(
     info = { required: n, "fully-allocated": n };
   } else {
     const virt = up(size!, cs);
-    const full = qcow2FullSize(virt, cs, order, extendedL2);
+    const full = luks + qcow2FullSize(virt, cs, order, extendedL2);
     info = { required: full - virt + (prealloc ? virt : 0), "fully-allocated": full };
   }
   if (fmtOut === "json") io.out(qdictJson(info));
