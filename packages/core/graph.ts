@@ -85,13 +85,14 @@ export class Graph {
 
   /**
    * Opens a node (and any inline children) from blockdev-add style options. The caller
-   * holds the one reference of the result, recorded under `holder`.
+   * holds the one reference of the result, recorded under `holder`. With `how.noIo` the node
+   * and all it opens are for their metadata only (`NodeFlags.noIo`, `img info`).
    */
-  open(options: OptionValues, holder = "caller"): Promise<Node> {
+  open(options: OptionValues, holder = "caller", how: { noIo?: boolean } = {}): Promise<Node> {
     if (this.#closingAll || this.#closedAll) {
       return Promise.reject(new BlockError("ESHUTDOWN", "The block graph has been closed"));
     }
-    return openNode(this, options, holder, null);
+    return openNode(this, options, holder, null, null, how.noIo ?? false);
   }
 
   /** Every open node. */

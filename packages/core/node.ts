@@ -45,6 +45,12 @@ export interface NodeFlags {
   detectZeroes: "off" | "on" | "unmap";
   /** Share every permission with other users, even those it would not (`force-share`). */
   forceShare: boolean;
+  /**
+   * No guest data will be read or written: the node is opened for its metadata only, as
+   * QEMU's `BDRV_O_NO_IO` (which `qemu-img info` uses). A format may then open what it could
+   * not serve (a qcow2 whose data is encrypted). Not an option: see `Graph.open`.
+   */
+  noIo: boolean;
 }
 
 /** Default flags of a node opened with no common options. */
@@ -56,6 +62,7 @@ export const DEFAULT_FLAGS: Readonly<NodeFlags> = Object.freeze({
   discard: "ignore",
   detectZeroes: "off",
   forceShare: false,
+  noIo: false,
 });
 
 /**

@@ -63,6 +63,7 @@ export function parseFlags(options: OptionValues, inherited: Inherited | null): 
     flags.cacheDirect = inherited.flags.cacheDirect;
     flags.cacheNoFlush = inherited.flags.cacheNoFlush;
     flags.forceShare = inherited.flags.forceShare;
+    flags.noIo = inherited.flags.noIo;
     // Lower layers pass discards down by default.
     if (inherited.parentKind === "format") flags.discard = "unmap";
     else flags.discard = inherited.flags.discard;
@@ -140,6 +141,7 @@ export async function openNode(
   holder: string,
   inherited: Inherited | null,
   openingFor: Node | null = null,
+  noIo = false,
 ): Promise<Node> {
   const options: OptionValues = { ...raw };
   let driverName = options["driver"];
@@ -157,6 +159,7 @@ export async function openNode(
   }
   const driver = graph.registry.get(driverName);
   const flags = parseFlags(options, inherited);
+  if (noIo) flags.noIo = true;
 
   let name: string;
   let autoNamed = false;
@@ -213,7 +216,7 @@ export async function openNode(
     },
     attachChild: (child: Node, childName: string, role: number) =>
       attachDuringOpen(node, child, childName, role),
-    openNamed: (o: OptionValues, h: string) => openNode(graph, o, h, null, node),
+    openNamed: (o: OptionValues, h: string) => openNode(graph, o, h, null, node, flags.noIo),
     childOption: (childName: string) => {
       if (!childSpecs.has(childName)) return "absent";
       return childSpecs.get(childName) === null ? "none" : "given";

@@ -95,6 +95,11 @@ export interface OpenRequest {
   readonly noBacking?: boolean;
   /** Open for a consistency check (`check-open`, where the format takes it). */
   readonly forCheck?: boolean;
+  /**
+   * Open for the metadata only, as `qemu-img info` opens images (QEMU's `BDRV_O_NO_IO`): a
+   * qcow2 whose data is encrypted then opens.
+   */
+  readonly noIo?: boolean;
 }
 
 /** An opened image. */
@@ -270,7 +275,7 @@ export async function openImage(
   }
   let node: Node;
   try {
-    node = await graph.open(top, "open");
+    node = await graph.open(top, "open", { noIo: req.noIo ?? false });
   } finally {
     if (probeNode) await probeNode.unref("probe");
   }

@@ -138,6 +138,8 @@ export interface ImgOpen {
    * writes ({@link BULK_WRITE_BEHIND}).
    */
   readonly bulkWrite?: boolean;
+  /** Open for the metadata only (`img info`; see `OpenRequest.noIo`). */
+  readonly noIo?: boolean;
   /** What precedes the reason when the open fails (default `Could not open 'filename': `). */
   readonly failurePrefix?: string;
 }
@@ -179,6 +181,7 @@ export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<Open
       noShare: o.noShare ?? false,
       noBacking: o.noBacking ?? false,
       forCheck: o.forCheck ?? false,
+      noIo: o.noIo ?? false,
       writeBehind: o.bulkWrite && !cache.direct && !cache.noFlush ? BULK_WRITE_BEHIND : 0,
     }, (text) => io.err(text));
   } catch (e) {

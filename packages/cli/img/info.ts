@@ -83,6 +83,8 @@ export async function imageInfo(node: Node): Promise<Record<string, unknown>> {
   if (specific && Object.keys(specific).length > 0) {
     info["format-specific"] = { type: node.driver.name, data: specific };
   }
+  // QEMU's `bdrv_is_encrypted`, shown only when true.
+  if (specific?.encrypt !== undefined) info.encrypted = true;
   return info;
 }
 
@@ -127,6 +129,7 @@ export function humanInfo(info: Record<string, unknown>, snapshots: Qcow2Snapsho
   let out = `image: ${info.filename}\nfile format: ${info.format}\n` +
     `virtual size: ${sizeToStr(size)} (${size} bytes)\n` +
     `disk size: ${actual === undefined ? "unavailable" : sizeToStr(actual)}\n`;
+  if (info.encrypted === true) out += "encrypted: yes\n";
   if (info["cluster-size"] !== undefined) out += `cluster_size: ${info["cluster-size"]}\n`;
   if (info["dirty-flag"] === true) out += "cleanly shut down: no\n";
   const backing = info["backing-filename"] as string | undefined;
@@ -196,6 +199,7 @@ export async function imgInfo(graph: Graph, args: readonly string[], io: CliIo):
       readOnly: true,
       forceShare,
       noBacking: true,
+      noIo: true,
     });
     if (!image) return 1;
     try {

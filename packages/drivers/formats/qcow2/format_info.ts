@@ -22,6 +22,7 @@ export function qcow2FormatInfo(image: Qcow2Image): FormatSpecificInfo {
     info["lazy-refcounts"] = (h.compatible & BigInt(COMPAT_LAZY_REFCOUNTS)) !== 0n;
   }
   info["refcount-bits"] = 2 ** h.refcountOrder;
+  if (image.encryption) info.encrypt = image.encryption;
   const bitmaps = bitmapInfo(image);
   if (bitmaps) info.bitmaps = bitmaps;
   const dataFile = dataFileName(h);

@@ -24,7 +24,7 @@
  * @module
  */
 
-import type { BlockError, IoVector, Node } from "@blockgraph/core";
+import type { BlockError, FormatSpecificInfo, IoVector, Node } from "@blockgraph/core";
 import { type Extent, extentIn, extentInExt } from "./extent.ts";
 import {
   COPIED_HI,
@@ -107,6 +107,11 @@ export class Qcow2Image implements MetaIo {
   snapshots: SnapshotEntry[] = [];
   /** The snapshot table's length in bytes. */
   snapshotsBytes = 0;
+  /**
+   * An encrypted image's `encrypt` facts (`encryption_info.ts`), or null. Such an image is
+   * open for its metadata only: its data is never read or written.
+   */
+  encryption: FormatSpecificInfo | null = null;
   /**
    * Refcount updates are deferred behind the dirty bit (compat 1.1 lazy_refcounts): while
    * writable, with `useLazy`.

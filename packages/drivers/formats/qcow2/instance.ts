@@ -103,6 +103,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
 
   #check(offset: number, bytes: number, write: boolean): void {
     if (this.image.broken) throw this.image.brokenError();
+    if (this.image.encryption) {
+      throw new BlockError("ENOTSUP", "qcow2: the data of an encrypted image cannot be read");
+    }
     const size = this.image.header.size;
     if (offset > size || bytes > size - offset) {
       throw new BlockError(

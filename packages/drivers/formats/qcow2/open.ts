@@ -19,6 +19,7 @@ import {
   type OptionValues,
   parseJsonFilename,
 } from "@blockgraph/core";
+import { readEncryptionInfo } from "./encryption_info.ts";
 import { loadBitmaps } from "./bitmaps.ts";
 import { checkOnce } from "./check.ts";
 import { AUTOCLEAR_DATA_FILE_RAW, getU64, hex, Incompat, viewOf } from "./format.ts";
@@ -201,7 +202,8 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   const h = parseHeader(await readFirstCluster(file));
   const writable = !ctx.readOnly;
   const cs = 2 ** h.clusterBits;
-  if (h.cryptMethod !== 0) {
+  // Encrypted data cannot be served; the metadata can be shown (`img info`).
+  if (h.cryptMethod !== 0 && (writable || !ctx.node.flags.noIo)) {
     throw new BlockError(
       "ENOTSUP",
       `qcow2: encrypted images (crypt method ${h.cryptMethod}) are not supported`,
@@ -258,6 +260,7 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   image.applyOptions({ ...runtime, cacheCleanInterval: 0 });
   image.refcounts.reserved = refTable.reserved;
   if (hasDataFile) await openDataFile(ctx, image, file);
+  if (h.cryptMethod !== 0) image.encryption = await readEncryptionInfo(file, h);
   image.snapshots = snaps.entries;
   image.snapshotsBytes = snaps.bytes;
   mapSnapshots(image);
