@@ -15,6 +15,7 @@ import { deepStrictEqual as assertEquals } from "node:assert";
 import { runOurImg } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
 import { type PeerResult, runPeer } from "./peer_run.ts";
+import { encryptionCases, imageOptsCases } from "./qemu_img_cli_option_cases.ts";
 
 /**
  * Small images: a raw, a qcow2, an overlay on it, a compat=0.10 qcow2, a qcow2 with a
@@ -243,113 +244,7 @@ function cases(): string[][] {
       [sub, "--object", "authz-simple,id=a0", ...valid],
     );
   }
-  // qcow2's encryption options, checked as qemu-img checks them (`create_encryption.ts`);
-  // left out: the lists with which qemu-img goes on to encrypt (a key secret that exists and
-  // options it takes), which blockgraph refuses.
-  for (
-    const o of [
-      "encrypt.format=aes",
-      "encryption=on",
-      "encryption=off",
-      "encryption=bogus",
-      "encrypt.format=luks",
-      "encrypt.format=qcow",
-      "encrypt.format=bogus",
-      "encrypt.format=",
-      "encrypt.format=aes,encrypt.key-secret=sec0",
-      "encrypt.format=luks,encrypt.key-secret=sec0",
-      "encrypt.key-secret=sec0",
-      "encrypt.cipher-alg=aes-128",
-      "encrypt.format=aes,encrypt.cipher-alg=aes-128",
-      "encrypt.format=aes,encrypt.iter-time=10",
-      "encrypt.format=luks,encrypt.cipher-alg=bogus",
-      "encrypt.format=luks,encrypt.cipher-mode=bogus",
-      "encrypt.format=luks,encrypt.ivgen-alg=bogus",
-      "encrypt.format=luks,encrypt.hash-alg=sha3",
-      "encrypt.format=luks,encrypt.iter-time=abc",
-      "encryption=on,encrypt.format=luks",
-      "encryption=off,encrypt.format=luks",
-      "compat=0.10,encrypt.format=luks",
-      "compat=0.10,lazy_refcounts=on,encrypt.format=aes",
-      "encrypt.format=aes,lazy_refcounts=on,cluster_size=3k",
-    ]
-  ) out.push(["create", "-f", "qcow2", "-o", o, "x.qcow2", "1M"]);
-  const withObject = (
-    object: string,
-    o: string,
-  ) => ["create", "--object", object, "-f", "qcow2", "-o", o, "x.qcow2", "1M"];
-  out.push(
-    withObject("secret,id=s1,data=x", "encrypt.format=luks,encrypt.key-secret=s0"),
-    withObject("authz-simple,id=a0,identity=x", "encrypt.format=aes,encrypt.key-secret=a0"),
-    ["create", "-f", "raw", "-o", "encryption=on", "x.raw", "1M"],
-    ["convert", "-O", "qcow2", "-o", "encrypt.format=luks", "r.raw", "x.qcow2"],
-    ["convert", "-O", "qcow2", "-o", "encryption=off", "r.raw", "x.qcow2"],
-  );
-  // --image-opts strings: a first element without '=' is the implied `file` (a node reference
-  // when it is a string), later ones short-form booleans with QEMU's warning, and an unknown
-  // nested option is named by its flattened key.
-  for (
-    const o of [
-      "r.raw",
-      "r.raw,driver=raw",
-      "file=r.raw",
-      "r.raw,,x",
-      "foo=bar",
-      "driver=raw,file.filename=r.raw,r.raw",
-      "driver=raw,file.filename=r.raw,noflag",
-      "driver=raw,file.filename=r.raw,a.b.c=1",
-    ]
-  ) out.push(["info", "--image-opts", o]);
-  // measure's encryption options: only a LUKS header counts. The LUKS sizes themselves are in
-  // create_encryption_test.ts: qemu-img 7.2 sets up real LUKS crypto to get them, which fails
-  // on some runs ("Unable to get accurate CPU usage").
-  for (
-    const o of [
-      "encryption=bogus",
-      "encrypt.iter-time=abc",
-      "encrypt.format=luks,encrypt.cipher-alg=bogus",
-      "encrypt.format=aes,encrypt.cipher-alg=bogus",
-      "encrypt.format=luks,encrypt.key-secret=nosuch",
-      "encrypt.format=bogus",
-      "encrypt.key-secret=s0",
-      "encryption=on,encrypt.format=luks",
-      "encryption=off",
-    ]
-  ) out.push(["measure", "-O", "qcow2", "--size", "1G", "-o", o]);
-  out.push(
-    ["measure", "-O", "raw", "--size", "1G", "-o", "encryption=off"],
-    [
-      "measure",
-      "--object",
-      "authz-simple,id=a0,identity=x",
-      "-O",
-      "qcow2",
-      "-o",
-      "encrypt.format=luks,encrypt.key-secret=a0",
-      "q.qcow2",
-    ],
-    [
-      "measure",
-      "--object",
-      "secret,id=s0,data=x",
-      "-O",
-      "qcow2",
-      "--size",
-      "1G",
-      "-o",
-      "encrypt.format=luks,encrypt.key-secret=s0,encrypt.cipher-alg=des",
-    ],
-  );
-  // dd's --image-opts names the input by its options; the output stays a filename.
-  const ddIn = "if=driver=raw,file.filename=r.raw";
-  out.push(
-    ["dd", "--image-opts", ddIn, "of=x.raw", "bs=64k", "count=2"],
-    ["dd", "--image-opts", "-f", "raw", ddIn, "of=x.raw"],
-    ["dd", "--image-opts", "if=r.raw", "of=x.raw"],
-    ["dd", "--image-opts", "if=driver=qcow2,file.filename=r.raw", "of=x.raw"],
-    ["dd", "--image-opts", "-O", "qcow2", "if=driver=qcow2,file.filename=q.qcow2", "of=x.qcow2"],
-    ["dd", "--image-opts", "-U", ddIn, "of=x.raw", "bs=4k", "skip=2"],
-  );
+  out.push(...encryptionCases(), ...imageOptsCases());
   // -o help and option lists.
   for (const sub of ["create", "convert"]) {
     const fmtFlag = sub === "create" ? "-f" : "-O";
