@@ -310,6 +310,19 @@ function add(objects: UserObjects, io: CliIo, text: string): string | null | und
   return null;
 }
 
+/**
+ * What QEMU's `qcrypto_secret_lookup` finds wrong with `id` as the name of a secret (a
+ * `keyid`, an `encrypt.key-secret`), or null when it names one.
+ */
+export function secretLookupFailure(objects: UserObjects, id: string): string | null {
+  const type = objects.get(id)?.["qom-type"];
+  if (type === undefined) return `No secret with id '${id}'`;
+  if (type !== "secret" && type !== "secret_keyring") {
+    return `Object with id '${id}' is not a secret`;
+  }
+  return null;
+}
+
 /** What completing an object of `type` finds wrong (QEMU's `complete` methods), or null. */
 function completeFailure(
   type: string,
@@ -331,14 +344,7 @@ function completeFailure(
           return readFailure(opts.file, e);
         }
       }
-      if (opts.keyid !== undefined) {
-        const key = objects.get(opts.keyid);
-        if (!key) return `No secret with id '${opts.keyid}'`;
-        if (key["qom-type"] !== "secret" && key["qom-type"] !== "secret_keyring") {
-          return `Object with id '${opts.keyid}' is not a secret`;
-        }
-      }
-      return null;
+      return opts.keyid === undefined ? null : secretLookupFailure(objects, opts.keyid);
     }
     case "tls-cipher-suites":
       return opts.priority === undefined ? "'priority' property is not set" : null;

@@ -196,13 +196,9 @@ function statusFailure(side: Side): string {
   return `Sector allocation test failed for ${side.name}`;
 }
 
-async function statusOf(io: CliIo, side: Side, offset: number, bytes: number) {
-  try {
-    return await chainStatus(side.image.node, offset, bytes);
-  } catch {
-    imgError(io, statusFailure(side));
-    return null;
-  }
+/** The block status of `side` from `offset` to its end, or null when asking fails. */
+function statusOf(side: Side, offset: number) {
+  return chainStatus(side.image.node, offset, side.size - offset).catch(() => null);
 }
 
 /** Chunks read ahead of the comparison (each holds up to two buffers of {@link IO_BUF_SIZE}). */
@@ -256,9 +252,9 @@ async function compareSides(
       status: 3,
       error: statusFailure(side),
     });
-    const s1 = await chainStatus(a.image.node, offset, a.size - offset).catch(() => null);
+    const s1 = await statusOf(a, offset);
     if (!s1) return failed(a);
-    const s2 = await chainStatus(b.image.node, offset, b.size - offset).catch(() => null);
+    const s2 = await statusOf(b, offset);
     if (!s2) return failed(b);
     const alloc1 = (s1.status & BlockStatusFlags.ALLOCATED) !== 0;
     const alloc2 = (s2.status & BlockStatusFlags.ALLOCATED) !== 0;
@@ -325,8 +321,11 @@ async function compareSides(
       say("Warning: Image size mismatch!\n");
       const over = a.size > b.size ? a : b;
       while (offset < progressBase) {
-        const s = await statusOf(io, over, offset, progressBase - offset);
-        if (!s) return 3;
+        const s = await statusOf(over, offset);
+        if (!s) {
+          imgError(io, statusFailure(over));
+          return 3;
+        }
         let chunk = s.pnum;
         if (s.status & BlockStatusFlags.ALLOCATED) {
           chunk = Math.min(chunk, IO_BUF_SIZE);

@@ -17,6 +17,7 @@ import { createParams } from "@blockgraph/drivers";
 import { DEFAULT_CACHE, openImage } from "../common/open_image.ts";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
+import { secretLookupFailure } from "../common/object_option.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
 import { accumulateOptions, createOptionsHelp, hasHelpOption } from "./img_options.ts";
@@ -234,14 +235,8 @@ export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): 
       return failCreate(BlockError.from(e).message);
     }
     const secret = encryption["encrypt.key-secret"];
-    if (secret !== undefined) {
-      const type = graph.objects.get(secret)?.["qom-type"];
-      if (type === undefined) return failCreate(`No secret with id '${secret}'`);
-      if (type !== "secret" && type !== "secret_keyring") {
-        return failCreate(`Object with id '${secret}' is not a secret`);
-      }
-    }
-    return failCreate(encryptionRefusal(encrypt));
+    const lookup = secret === undefined ? null : secretLookupFailure(graph.objects, secret);
+    return failCreate(lookup ?? encryptionRefusal(encrypt));
   }
   try {
     await fmt.create({ ...values, filename }, graph.registry, {

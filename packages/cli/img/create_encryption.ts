@@ -148,7 +148,7 @@ const LUKS_HEADER_SECTORS = 4096 / LUKS_SECTOR;
  * (`encrypt.cipher-alg`, default aes-256; `encrypt.cipher-mode`, default xts, which doubles
  * the key): 4 KiB of header, then 8 key slots of key bytes x 4000 stripes each, every slot
  * rounded up to 4 KiB. Or the error QEMU reports for the options (QAPI's checks, the key
- * secret, a cipher its crypto library refuses).
+ * secret as `secretFailure` judges it, a cipher its crypto library refuses).
  *
  * qemu-img 7.2's `measure` gets this number by setting up a real LUKS header, PBKDF timing
  * included: it fails with "Unable to get accurate CPU usage" on some runs and machines, and
@@ -156,7 +156,7 @@ const LUKS_HEADER_SECTORS = 4096 / LUKS_SECTOR;
  */
 export function luksHeaderBytes(
   options: Readonly<Record<string, string>>,
-  secretType: (id: string) => string | undefined,
+  secretFailure: (id: string) => string | null,
 ): number | { error: string } {
   const members: Record<string, string> = { "encrypt.format": "luks" };
   for (const k of ENCRYPTION_KEYS.slice(2)) if (options[k] !== undefined) members[k] = options[k];
@@ -166,11 +166,8 @@ export function luksHeaderBytes(
   if (secret === undefined) {
     return { error: "Parameter 'encrypt.key-secret' is required for cipher" };
   }
-  const type = secretType(secret);
-  if (type === undefined) return { error: `No secret with id '${secret}'` };
-  if (type !== "secret" && type !== "secret_keyring") {
-    return { error: `Object with id '${secret}' is not a secret` };
-  }
+  const failure = secretFailure(secret);
+  if (failure !== null) return { error: failure };
   const alg = options["encrypt.cipher-alg"] ?? "aes-256";
   const mode = options["encrypt.cipher-mode"] ?? "xts";
   const keyBytes = LUKS_KEY_BYTES[alg];

@@ -1,4 +1,6 @@
 import { deepStrictEqual as assertEquals } from "node:assert";
+import { UserObjects } from "@blockgraph/core";
+import { secretLookupFailure } from "../common/object_option.ts";
 import {
   encryptionOptionError,
   encryptionRefusal,
@@ -62,9 +64,10 @@ Deno.test("encryption that passes every check is refused, QEMU's way without a k
 });
 
 Deno.test("LUKS header sizes as qemu-img 7.2 measures them, computed", () => {
-  const secret = (
-    id: string,
-  ) => (id === "s0" ? "secret" : id === "a0" ? "authz-simple" : undefined);
+  const objects = new UserObjects();
+  objects.add({ "qom-type": "secret", id: "s0", data: "x" });
+  objects.add({ "qom-type": "authz-simple", id: "a0", identity: "x" });
+  const secret = (id: string) => secretLookupFailure(objects, id);
   const luks = (extra: Record<string, string>) =>
     luksHeaderBytes({ "encrypt.key-secret": "s0", ...extra }, secret);
   // qemu-img measure -O qcow2 --size 1G with 64 KiB clusters reports 393216 bytes plus these

@@ -10,6 +10,7 @@
 import { BlockStatusFlags, type Graph, type Node } from "@blockgraph/core";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt, glibcMessage } from "../common/getopt.ts";
+import { secretLookupFailure } from "../common/object_option.ts";
 import { qdictJson } from "../common/qdict_json.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { chainStatus } from "./chain_status.ts";
@@ -165,9 +166,10 @@ export async function imgMeasure(
   const qcow2 = outFmt === "qcow2";
   for (const [k, v] of Object.entries(opts)) {
     // qcow2's encryption options are create options QEMU knows (`create_encryption.ts`).
-    const problem = k === "filename" || !(k in known || (qcow2 && isEncryptionKey(k)))
+    const encryption = qcow2 && isEncryptionKey(k);
+    const problem = k === "filename" || !(encryption || k in known)
       ? `Invalid parameter '${k}'`
-      : qcow2 && isEncryptionKey(k)
+      : encryption
       ? encryptionOptionError(k, v)
       : null;
     if (problem !== null) {
@@ -190,7 +192,7 @@ export async function imgMeasure(
   // A LUKS header goes in front of the data (QEMU counts no other encryption option here).
   let luks = 0;
   if (qcow2 && opts["encrypt.format"] === "luks") {
-    const header = luksHeaderBytes(opts, (id) => graph.objects.get(id)?.["qom-type"]);
+    const header = luksHeaderBytes(opts, (id) => secretLookupFailure(graph.objects, id));
     if (typeof header !== "number") {
       imgError(io, header.error);
       return 1;
