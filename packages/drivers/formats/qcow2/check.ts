@@ -31,6 +31,7 @@ import {
   type Qcow2RepairMode,
   zeroCounts,
 } from "./check_result.ts";
+import { luksHeaderRegion } from "./encryption.ts";
 
 const L1_RESERVED_HI = 0x7f000000;
 const L1_RESERVED_LO = 0x1ff;
@@ -322,6 +323,10 @@ class Pass {
     for (const s of image.snapshots) await this.l1(s.l1TableOffset, s.l1Size, false, fix);
     this.inc(h.snapshotsOffset, image.snapshotsBytes);
     this.inc(h.refcountTableOffset, h.refcountTableClusters * image.cs);
+    if (h.cryptMethod === 2) {
+      const luks = luksHeaderRegion(h);
+      this.inc(luks.offset, luks.length);
+    }
     await this.bitmaps();
     await this.refblocks(fix);
   }

@@ -23,19 +23,25 @@ export function compressedWithDataFile(image: Qcow2Image, offset: number): Error
   );
 }
 
-/** The block status of `ext`, which starts at guest `offset`. */
+/**
+ * The block status of `ext`, which starts at guest `offset`. The host offset of an encrypted
+ * image's data is not reported (as QEMU does not): its bytes there are not the guest's.
+ */
 export function extentStatus(image: Qcow2Image, ext: Extent, offset: number): BlockStatus {
   const file = image.data;
+  const mapped = image.encryption === null;
   switch (ext.kind) {
     case "normal":
     case "zero-alloc": {
       const what = ext.kind === "normal" ? BlockStatusFlags.DATA : BlockStatusFlags.ZERO;
+      if (!mapped) return { status: what, pnum: ext.bytes };
       return { status: what | BlockStatusFlags.OFFSET_VALID, pnum: ext.bytes, map: ext.host, file };
     }
     case "zero":
       return { status: BlockStatusFlags.ZERO, pnum: ext.bytes };
     case "unallocated-alloc":
       // Reads go to the backing file, but the host cluster is there (QEMU reports it).
+      if (!mapped) return { status: 0, pnum: ext.bytes };
       return { status: BlockStatusFlags.OFFSET_VALID, pnum: ext.bytes, map: ext.host, file };
     case "compressed":
       if (image.external) throw compressedWithDataFile(image, offset);

@@ -49,6 +49,7 @@ import { MetadataMap, type WriteKind } from "./overlap.ts";
 import { Refcounts, type RefcountTablePlace } from "./refcount.ts";
 import type { SnapshotEntry } from "./snapshot_table.ts";
 import { Corruption, type CorruptionSink } from "./corruption.ts";
+import type { Qcow2Crypto } from "./encryption.ts";
 
 /** An open qcow2 image's state. */
 export class Qcow2Image implements MetaIo {
@@ -107,11 +108,13 @@ export class Qcow2Image implements MetaIo {
   snapshots: SnapshotEntry[] = [];
   /** The snapshot table's length in bytes. */
   snapshotsBytes = 0;
-  /**
-   * An encrypted image's `encrypt` facts (`encryption_info.ts`), or null. Such an image is
-   * open for its metadata only: its data is never read or written.
-   */
+  /** An encrypted image's `encrypt` facts (`encryption_info.ts`), or null. */
   encryption: FormatSpecificInfo | null = null;
+  /**
+   * An encrypted image's data cipher (`encryption.ts`), or null: also null for an encrypted
+   * image opened for its metadata only, whose data is then never read or written.
+   */
+  crypto: Qcow2Crypto | null = null;
   /**
    * Refcount updates are deferred behind the dirty bit (compat 1.1 lazy_refcounts): while
    * writable, with `useLazy`.

@@ -28,6 +28,8 @@ import {
   ReqFlags,
   strerror,
 } from "@blockgraph/core";
+import { CRYPT_SECTOR } from "../../crypto/sector_cipher.ts";
+import { cryptSector } from "./encryption.ts";
 
 import { amendImage, type AmendProgress, changeBackingFile } from "./amend.ts";
 import { checkImage } from "./check.ts";
@@ -89,6 +91,8 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     this.image = image;
     this.#prealloc = new MetadataPreallocation(image);
     this.limits = { pwriteZeroesAlignment: image.sc, pdiscardAlignment: image.cs };
+    // Encrypted data is read in whole sectors of the cipher (QEMU's request_alignment).
+    if (image.crypto) this.limits = { ...this.limits, requestAlignment: CRYPT_SECTOR };
     this.supportedWriteFlags = image.external ? 0 : ReqFlags.WRITE_COMPRESSED;
   }
 
@@ -103,8 +107,12 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
 
   #check(offset: number, bytes: number, write: boolean): void {
     if (this.image.broken) throw this.image.brokenError();
-    if (this.image.encryption) {
-      throw new BlockError("ENOTSUP", "qcow2: the data of an encrypted image cannot be read");
+    if (this.image.encryption && !this.image.crypto) {
+      throw new BlockError(
+        "ENOTSUP",
+        "qcow2: the image was opened without its key (encrypt.key-secret): its data cannot " +
+          "be read",
+      );
     }
     const size = this.image.header.size;
     if (offset > size || bytes > size - offset) {
@@ -127,7 +135,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     } catch (e) {
       return Promise.reject(e);
     }
-    const host = cachedDataOffset(this.image, offset, bytes);
+    const host = this.image.crypto ? -1 : cachedDataOffset(this.image, offset, bytes);
     if (host >= 0) return this.image.data.preadv(host, bytes, qiov, qiovOffset);
     return this.#preadvExtents(offset, bytes, qiov, qiovOffset);
   }
@@ -141,7 +149,9 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
    */
   preadHost(offset: number, bytes: number, sink: HostReadSink): Promise<boolean> {
     const size = this.image.header.size;
-    if (this.image.broken || offset > size || bytes > size - offset) return HOST_READ_DECLINED;
+    if (this.image.broken || this.image.crypto || offset > size || bytes > size - offset) {
+      return HOST_READ_DECLINED;
+    }
     const host = contiguousDataOffset(this.image, offset, bytes);
     if (host < 0) return HOST_READ_DECLINED;
     return this.image.data.preadHost(host, bytes, sink);
@@ -173,9 +183,20 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     qiovOffset: number,
   ): Promise<void> {
     switch (ext.kind) {
-      case "normal":
-        await this.image.data.preadv(ext.host, bytes, qiov, qiovOffset);
+      case "normal": {
+        const crypto = this.image.crypto;
+        if (!crypto) {
+          await this.image.data.preadv(ext.host, bytes, qiov, qiovOffset);
+          return;
+        }
+        // Whole sectors (the node's alignment), decrypted in a buffer of their own.
+        const host = ext.host;
+        const buf = new Uint8Array(bytes);
+        await this.image.data.read(host, buf);
+        crypto.cipher.decrypt(buf, cryptSector(crypto, host, offset));
+        qiov.copyFrom(qiovOffset, buf, 0, bytes);
         return;
+      }
       case "zero":
       case "zero-alloc":
         qiov.fill(qiovOffset, bytes, 0);

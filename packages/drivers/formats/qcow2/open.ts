@@ -19,6 +19,7 @@ import {
   type OptionValues,
   parseJsonFilename,
 } from "@blockgraph/core";
+import { checkEncryptOptions, openEncryption } from "./encryption.ts";
 import { readEncryptionInfo } from "./encryption_info.ts";
 import { loadBitmaps } from "./bitmaps.ts";
 import { checkOnce } from "./check.ts";
@@ -202,13 +203,7 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   const h = parseHeader(await readFirstCluster(file));
   const writable = !ctx.readOnly;
   const cs = 2 ** h.clusterBits;
-  // Encrypted data cannot be served; the metadata can be shown (`img info`).
-  if (h.cryptMethod !== 0 && (writable || !ctx.node.flags.noIo)) {
-    throw new BlockError(
-      "ENOTSUP",
-      `qcow2: encrypted images (crypt method ${h.cryptMethod}) are not supported`,
-    );
-  }
+  checkEncryptOptions(h, options);
   const hasDataFile = (h.incompatible & BigInt(Incompat.DATA_FILE)) !== 0n;
   if ((h.autoclear & BigInt(AUTOCLEAR_DATA_FILE_RAW)) !== 0n && !hasDataFile) {
     throw new BlockError("EINVAL", "data-file-raw requires a data file");
@@ -260,7 +255,13 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   image.applyOptions({ ...runtime, cacheCleanInterval: 0 });
   image.refcounts.reserved = refTable.reserved;
   if (hasDataFile) await openDataFile(ctx, image, file);
-  if (h.cryptMethod !== 0) image.encryption = await readEncryptionInfo(file, h);
+  if (h.cryptMethod !== 0) {
+    image.encryption = await readEncryptionInfo(file, h);
+    // The metadata of an encrypted image opens without a key (`img info`); its data needs one.
+    if (!ctx.node.flags.noIo) {
+      image.crypto = await openEncryption(node, file, h, options, writable);
+    }
+  }
   image.snapshots = snaps.entries;
   image.snapshotsBytes = snaps.bytes;
   mapSnapshots(image);

@@ -126,6 +126,14 @@ export const QCOW2_RUNTIME_OPTIONS: OptionSchema = {
     description: "Clean unused cache entries after this time (in seconds; 0: never; " +
       "default 600)",
   },
+  "encrypt.format": {
+    type: "string",
+    description: "The image's encryption format (aes, luks), checked against its header",
+  },
+  "encrypt.key-secret": {
+    type: "string",
+    description: "ID of the secret that unlocks an encrypted image (its password)",
+  },
 };
 
 /** The runtime options `readRuntimeOptions` read. */

@@ -1,0 +1,219 @@
+/**
+ * Sector encryption as dm-crypt, LUKS and qcow2 use it: a block cipher in a mode (`xts`,
+ * `cbc`, `ecb`) over sectors of 512 bytes, each with its own IV from an IV generator
+ * (`plain`: the sector number's low 32 bits; `plain64`: all 64; `essiv`: the sector number
+ * encrypted with a hash of the key). Only AES is here (128, 192 and 256-bit keys; XTS takes
+ * two such keys): the C library of Deno's `node:crypto` has no other block cipher, and QEMU
+ * writes AES unless told otherwise.
+ *
+ * Deno's `node:crypto` has AES in ECB and CBC but not XTS; XTS is built on ECB: the tweaks of
+ * a whole request are computed first (one ECB call encrypts every sector's IV, then the
+ * doubling in GF(2^128) runs in JavaScript), and the data then takes one ECB call between two
+ * XORs, whatever its length. CBC decryption is one ECB call too (each plaintext block is the
+ * decrypted block XOR the ciphertext block before it); CBC encryption is chained, one call
+ * per sector. `node:crypto` must have been loaded (`loadNodeCrypto`) before a cipher is made.
+ *
+ * @module
+ */
+
+import type { Cipher, Decipher } from "node:crypto";
+import { BlockError } from "@blockgraph/core";
+import { nodeCrypto } from "./node_crypto.ts";
+
+/** The sector size of LUKS and qcow2 encryption. */
+export const CRYPT_SECTOR = 512;
+const BLOCK = 16;
+
+/** A cipher mode. */
+export type CipherMode = "xts" | "cbc" | "ecb";
+/** An IV generator. */
+export type IvGenAlg = "plain" | "plain64" | "essiv";
+
+/** What a {@link SectorCipher} is made of. */
+export interface SectorCipherSpec {
+  /** The block cipher: `aes` (the only one available). */
+  readonly alg: string;
+  /** The mode. */
+  readonly mode: CipherMode;
+  /** The IV generator (ignored by `ecb`). */
+  readonly ivgen: IvGenAlg;
+  /** ESSIV's hash (`sha256`, ...). */
+  readonly ivHash?: string;
+  /** The key (XTS: both halves). */
+  readonly key: Uint8Array;
+}
+
+/** An ECB transform with a fixed key, reused for every call (ECB keeps no state). */
+type Ecb = (data: Uint8Array) => Uint8Array;
+
+function aesName(keyBytes: number): string {
+  if (keyBytes !== 16 && keyBytes !== 24 && keyBytes !== 32) {
+    throw new BlockError("EINVAL", `Invalid AES key length ${keyBytes} bytes`);
+  }
+  return `aes-${keyBytes * 8}-ecb`;
+}
+
+function ecb(key: Uint8Array, encrypt: boolean): Ecb {
+  const name = aesName(key.length);
+  const crypto = nodeCrypto();
+  const c: Cipher | Decipher = encrypt
+    ? crypto.createCipheriv(name, key, null)
+    : crypto.createDecipheriv(name, key, null);
+  c.setAutoPadding(false);
+  return (data) => {
+    const out = c.update(data);
+    return new Uint8Array(out.buffer, out.byteOffset, out.length);
+  };
+}
+
+function xorInto(dst: Uint8Array, a: Uint8Array, b: Uint8Array): void {
+  for (let i = 0; i < dst.length; i++) dst[i] = a[i]! ^ b[i]!;
+}
+
+/**
+ * A sector cipher: encrypts and decrypts whole sectors in place, numbered from the sector
+ * given (the IV of sector `n` depends on `n` alone).
+ */
+export class SectorCipher {
+  readonly #mode: CipherMode;
+  readonly #ivgen: IvGenAlg;
+  readonly #enc: Ecb;
+  readonly #dec: Ecb;
+  /** XTS: the tweak key's encryption; ESSIV: the IV key's. */
+  readonly #ivEnc: Ecb | null;
+  readonly #key: Uint8Array;
+
+  /** Makes the cipher; an algorithm, mode or IV generator it does not have is refused. */
+  constructor(spec: SectorCipherSpec) {
+    if (spec.alg !== "aes") {
+      throw new BlockError("ENOTSUP", `Cipher algorithm '${spec.alg}' is not supported`);
+    }
+    if (spec.mode !== "xts" && spec.mode !== "cbc" && spec.mode !== "ecb") {
+      throw new BlockError("ENOTSUP", `Cipher mode '${spec.mode}' is not supported`);
+    }
+    if (spec.ivgen !== "plain" && spec.ivgen !== "plain64" && spec.ivgen !== "essiv") {
+      throw new BlockError("ENOTSUP", `IV generator '${spec.ivgen}' is not supported`);
+    }
+    this.#mode = spec.mode;
+    this.#ivgen = spec.ivgen;
+    let key = spec.key;
+    let ivEnc: Ecb | null = null;
+    if (spec.mode === "xts") {
+      const half = key.length / 2;
+      ivEnc = ecb(key.subarray(half), true);
+      key = key.subarray(0, half);
+    } else if (spec.ivgen === "essiv" && spec.mode !== "ecb") {
+      const hash = spec.ivHash ?? "sha256";
+      let digest: Uint8Array;
+      try {
+        digest = nodeCrypto().createHash(hash).update(key).digest();
+      } catch {
+        throw new BlockError("ENOTSUP", `Hash algorithm '${hash}' is not supported`);
+      }
+      ivEnc = ecb(digest, true);
+    }
+    this.#key = key.slice();
+    this.#enc = ecb(key, true);
+    this.#dec = ecb(key, false);
+    this.#ivEnc = ivEnc;
+  }
+
+  /** The IVs of `count` sectors from `sector`, 16 bytes each (before ESSIV or XTS's cipher). */
+  #ivs(sector: number, count: number): Uint8Array {
+    const ivs = new Uint8Array(count * BLOCK);
+    const v = new DataView(ivs.buffer);
+    for (let i = 0; i < count; i++) {
+      const n = sector + i;
+      v.setUint32(i * BLOCK, n % 0x100000000, true);
+      if (this.#ivgen !== "plain") v.setUint32(i * BLOCK + 4, Math.floor(n / 0x100000000), true);
+    }
+    return this.#ivEnc ? this.#ivEnc(ivs) : ivs;
+  }
+
+  #check(buf: Uint8Array): number {
+    if (buf.length % CRYPT_SECTOR !== 0) {
+      throw new BlockError("EINVAL", `Length ${buf.length} is not a multiple of the sector size`);
+    }
+    return buf.length / CRYPT_SECTOR;
+  }
+
+  /** XTS's tweak of every 16-byte block of `count` sectors from `sector`. */
+  #tweaks(sector: number, count: number): Uint8Array {
+    const first = this.#ivs(sector, count);
+    const t = new Uint8Array(count * CRYPT_SECTOR);
+    for (let s = 0; s < count; s++) {
+      let at = s * CRYPT_SECTOR;
+      t.set(first.subarray(s * BLOCK, s * BLOCK + BLOCK), at);
+      for (let j = 1; j < CRYPT_SECTOR / BLOCK; j++, at += BLOCK) {
+        // The previous tweak times x in GF(2^128), little-endian bytes.
+        const carry = t[at + 15]! >> 7;
+        for (let k = 15; k > 0; k--) {
+          t[at + BLOCK + k] = ((t[at + k]! << 1) | (t[at + k - 1]! >> 7)) & 0xff;
+        }
+        t[at + BLOCK] = ((t[at]! << 1) & 0xff) ^ (carry ? 0x87 : 0);
+      }
+    }
+    return t;
+  }
+
+  /** Encrypts `buf` (whole sectors, the first numbered `sector`) in place. */
+  encrypt(buf: Uint8Array, sector: number): void {
+    const count = this.#check(buf);
+    if (count === 0) return;
+    switch (this.#mode) {
+      case "ecb":
+        buf.set(this.#enc(buf));
+        return;
+      case "xts": {
+        const t = this.#tweaks(sector, count);
+        xorInto(buf, buf, t);
+        xorInto(buf, this.#enc(buf), t);
+        return;
+      }
+      case "cbc": {
+        const ivs = this.#ivs(sector, count);
+        const name = `${aesName(this.#key.length).slice(0, -3)}cbc`;
+        for (let s = 0; s < count; s++) {
+          const c = nodeCrypto().createCipheriv(
+            name,
+            this.#key,
+            ivs.subarray(s * BLOCK, s * BLOCK + BLOCK),
+          );
+          c.setAutoPadding(false);
+          const part = buf.subarray(s * CRYPT_SECTOR, (s + 1) * CRYPT_SECTOR);
+          part.set(c.update(part));
+        }
+      }
+    }
+  }
+
+  /** Decrypts `buf` (whole sectors, the first numbered `sector`) in place. */
+  decrypt(buf: Uint8Array, sector: number): void {
+    const count = this.#check(buf);
+    if (count === 0) return;
+    switch (this.#mode) {
+      case "ecb":
+        buf.set(this.#dec(buf));
+        return;
+      case "xts": {
+        const t = this.#tweaks(sector, count);
+        xorInto(buf, buf, t);
+        xorInto(buf, this.#dec(buf), t);
+        return;
+      }
+      case "cbc": {
+        const ivs = this.#ivs(sector, count);
+        const plain = this.#dec(buf);
+        // Each block XOR the ciphertext block before it (the sector's IV for its first).
+        for (let s = 0; s < count; s++) {
+          const at = s * CRYPT_SECTOR;
+          for (let i = 0; i < BLOCK; i++) plain[at + i] = plain[at + i]! ^ ivs[s * BLOCK + i]!;
+          for (let i = at + BLOCK; i < at + CRYPT_SECTOR; i++) {
+            plain[i] = plain[i]! ^ buf[i - BLOCK]!;
+          }
+        }
+        buf.set(plain);
+      }
+    }
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * The encryption of a qcow2 image's data, set up at open: the `encrypt.format` and
+ * `encrypt.key-secret` runtime options checked against the header as QEMU 7.2's
+ * `qcow2_update_options_prepare` and `qcrypto_block_open` check them (with their messages),
+ * then the key:
+ *
+ * - LUKS (crypt method 2): the LUKS header the "full disk encryption header pointer" extension
+ *   names is unlocked with the secret's password (`crypto/luks_unlock.ts`). Sectors are
+ *   numbered by their offset in the image file (QEMU's `crypt_physical_offset`), so a cluster's
+ *   data decrypts wherever a guest offset maps it.
+ * - The old AES method (crypt method 1): AES-128-CBC whose key is the password's first 16
+ *   bytes (zero-padded), sectors numbered by guest offset.
+ *
+ * An image opened for its metadata only (`NodeFlags.noIo`, `img info`) needs no key. Writing
+ * is not supported yet: a read/write open of an encrypted image is refused, so nothing is ever
+ * written unencrypted into one.
+ *
+ * @module
+ */
+
+import { BlockError, type Node, type OptionValues } from "@blockgraph/core";
+import { luksCipher, parseLuksHeader } from "../../crypto/luks_header.ts";
+import { unlockLuks } from "../../crypto/luks_unlock.ts";
+import { loadNodeCrypto } from "../../crypto/node_crypto.ts";
+import { secretPassword } from "../../crypto/secret.ts";
+import { CRYPT_SECTOR, SectorCipher } from "../../crypto/sector_cipher.ts";
+import { Ext } from "./format.ts";
+import type { Qcow2Header } from "./header.ts";
+
+/** An open image's data cipher. */
+export interface Qcow2Crypto {
+  /** Decrypts and encrypts whole sectors. */
+  readonly cipher: SectorCipher;
+  /** Sectors are numbered by host offset (LUKS), else by guest offset (AES). */
+  readonly physical: boolean;
+}
+
+/** The header's method as `encrypt.format` names it. */
+const FORMATS: Readonly<Record<number, string>> = { 1: "aes", 2: "luks" };
+
+/** Where the LUKS header of `h` lies in the file: the crypto header extension's offset and length. */
+export function luksHeaderRegion(h: Qcow2Header): { offset: number; length: number } {
+  const ext = h.extensions.find((e) => e.type === Ext.CRYPTO_HEADER);
+  if (!ext || ext.data.length < 16) {
+    throw new BlockError("EINVAL", "qcow2: LUKS encryption without a crypto header extension");
+  }
+  const v = new DataView(ext.data.buffer, ext.data.byteOffset, ext.data.length);
+  return { offset: Number(v.getBigUint64(0)), length: Number(v.getBigUint64(8)) };
+}
+
+/**
+ * Checks `encrypt.format` against the header (QEMU's order and messages), for every open,
+ * metadata-only ones included.
+ */
+export function checkEncryptOptions(h: Qcow2Header, options: OptionValues): void {
+  const fmt = options["encrypt.format"] as string | undefined;
+  const method = h.cryptMethod;
+  if (method === 0) {
+    if (fmt !== undefined) {
+      throw new BlockError(
+        "EINVAL",
+        `No encryption in image header, but options specified format '${fmt}'`,
+      );
+    }
+    return;
+  }
+  const name = FORMATS[method];
+  if (name === undefined) {
+    throw new BlockError("EINVAL", `Unsupported encryption method ${method}`);
+  }
+  if (fmt !== undefined && fmt !== name) {
+    throw new BlockError(
+      "EINVAL",
+      `Header reported '${name}' encryption format but options specify '${fmt}'`,
+    );
+  }
+}
+
+/**
+ * The data cipher of an encrypted image opened for its data: the key from the secret
+ * `encrypt.key-secret` names. Without that option: QEMU's "Parameter 'encrypt.key-secret' is
+ * required for cipher"; a wrong password: "Invalid password, cannot unlock any keyslot".
+ */
+export async function openEncryption(
+  node: Node,
+  file: Node,
+  h: Qcow2Header,
+  options: OptionValues,
+  writable: boolean,
+): Promise<Qcow2Crypto> {
+  const secret = options["encrypt.key-secret"] as string | undefined;
+  if (secret === undefined) {
+    throw new BlockError("EINVAL", "Parameter 'encrypt.key-secret' is required for cipher");
+  }
+  if (writable) {
+    throw new BlockError(
+      "ENOTSUP",
+      "qcow2: writing encrypted images is not supported; open the image read-only",
+    );
+  }
+  const password = await secretPassword(node.graph.objects, secret);
+  await loadNodeCrypto();
+  if (h.cryptMethod === 1) {
+    const key = new Uint8Array(16);
+    key.set(password.subarray(0, 16));
+    return {
+      cipher: new SectorCipher({ alg: "aes", mode: "cbc", ivgen: "plain64", key }),
+      physical: false,
+    };
+  }
+  const region = luksHeaderRegion(h);
+  const read = async (offset: number, bytes: number): Promise<Uint8Array> => {
+    if (offset + bytes > region.length || region.offset + offset + bytes > file.getLength()) {
+      throw new BlockError(
+        "EINVAL",
+        `qcow2: LUKS key material at offset ${region.offset + offset} (${bytes} bytes) is ` +
+          "outside the LUKS header area",
+      );
+    }
+    const b = new Uint8Array(bytes);
+    await file.read(region.offset + offset, b);
+    return b;
+  };
+  const header = parseLuksHeader(await read(0, 592));
+  luksCipher(header);
+  return { cipher: await unlockLuks(header, password, read), physical: true };
+}
+
+/** The sector number of the data at `host` (file) / `guest` offset under `crypto`. */
+export function cryptSector(crypto: Qcow2Crypto, host: number, guest: number): number {
+  return (crypto.physical ? host : guest) / CRYPT_SECTOR;
+}
