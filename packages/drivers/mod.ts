@@ -39,6 +39,7 @@ export { nbdDriver, NbdInstance } from "./protocols/nbd/driver.ts";
 export { parseNbdFilename } from "./protocols/nbd/filename.ts";
 export { allocateIoMemory, type IoMemory } from "./io/io_memory.ts";
 export { zeroTimeout } from "./io/loop_turn.ts";
+export { secretBytes, secretPassword } from "./crypto/secret.ts";
 
 /**
  * A new registry holding every driver of this package.

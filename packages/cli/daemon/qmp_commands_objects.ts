@@ -1,5 +1,7 @@
 /**
- * User-creatable objects, as far as NBD needs them: QEMU's `tls-creds-x509` (`--object
+ * User-creatable objects, as far as NBD and encrypted images need them: `secret` (`--object
+ * secret,id=ID,data=...|file=...[,format=base64][,keyid=ID,iv=...]`), named by a qcow2 node's
+ * `encrypt.key-secret`; QEMU's `tls-creds-x509` (`--object
  * tls-creds-x509,id=ID,endpoint=server|client,dir=DIR[,verify-peer=on|off]`, QMP `object-add`
  * and `object-del`), named by `tls-creds` on the NBD server and on `nbd` nodes, and
  * `authz-simple` (`--object authz-simple,id=ID,identity=DN`), named by the server's
@@ -12,6 +14,7 @@
  */
 
 import type { UserObject } from "@blockgraph/core";
+import { secretBytes } from "@blockgraph/drivers";
 import { findX509Creds, loadX509Creds, type X509Creds } from "@blockgraph/drivers/nbd";
 import type { Daemon, QmpCommand } from "./daemon.ts";
 import { type ArgsSchema, checkArgs, type CheckOptions } from "./qmp_args.ts";
@@ -27,8 +30,39 @@ const X509_ARGS: ArgsSchema = {
 
 const AUTHZ_ARGS: ArgsSchema = { "qom-type": "str", id: "str", identity: "str" };
 
+const SECRET_ARGS: ArgsSchema = {
+  "qom-type": "str",
+  id: "str",
+  "*data": "str",
+  "*file": "str",
+  "*format": ["raw", "base64"],
+  "*keyid": "str",
+  "*iv": "str",
+};
+
 /**
- * object-add (and `--object`): `tls-creds-x509` and `authz-simple` objects exist here. The
+ * A `secret` object, checked as QEMU completes one (its messages): `data` or `file`, not both,
+ * then its value decoded or decrypted, so a bad one fails here rather than at first use.
+ */
+async function addSecret(daemon: Daemon, a: Record<string, unknown>): Promise<void> {
+  if (a.data !== undefined && a.file !== undefined) {
+    throw genericError("'file' and 'data' are mutually exclusive");
+  }
+  if (a.data === undefined && a.file === undefined) {
+    throw genericError("Either 'file' or 'data' must be provided");
+  }
+  const objects = daemon.graph.objects;
+  objects.add(a as UserObject);
+  try {
+    await secretBytes(objects, a.id as string);
+  } catch (e) {
+    objects.delete(a.id as string);
+    throw genericError((e as Error).message);
+  }
+}
+
+/**
+ * object-add (and `--object`): `secret`, `tls-creds-x509` and `authz-simple` objects exist here. The
  * object is checked as QEMU creates it (x509 credentials' files are loaded) and goes into the
  * graph's objects.
  */
@@ -38,9 +72,14 @@ export async function objectAdd(
   opts: CheckOptions = {},
 ): Promise<void> {
   const type = args["qom-type"];
-  if (type !== undefined && type !== "tls-creds-x509" && type !== "authz-simple") {
+  if (
+    type !== undefined && type !== "tls-creds-x509" && type !== "authz-simple" &&
+    type !== "secret"
+  ) {
     throw genericError(
-      `Invalid parameter '${String(type)}': only tls-creds-x509 and authz-simple are supported`,
+      `Invalid parameter '${
+        String(type)
+      }': only secret, tls-creds-x509 and authz-simple are supported`,
     );
   }
   const objects = daemon.graph.objects;
@@ -54,6 +93,11 @@ export async function objectAdd(
     duplicate(a.id as string);
     objects.add(a as UserObject);
     return;
+  }
+  if (type === "secret") {
+    const a = checkArgs(args, SECRET_ARGS, opts);
+    duplicate(a.id as string);
+    return await addSecret(daemon, a);
   }
   const a = checkArgs(args, X509_ARGS, opts);
   const id = a.id as string;

@@ -121,9 +121,21 @@ Deno.test("daemon TLS options are refused with QEMU's messages", async () => {
       /Unable to access credentials .*none\/ca-cert.pem: No such file or directory/,
     );
     await rejects(
-      () => apply(daemon, ["--object", "secret,id=s0,data=x"]),
-      /only tls-creds-x509 and authz-simple are supported/,
+      () => apply(daemon, ["--object", "iothread,id=io0"]),
+      /only secret, tls-creds-x509 and authz-simple are supported/,
     );
+    // Secrets (a qcow2 node's encrypt.key-secret), checked as QEMU completes them.
+    await apply(daemon, ["--object", "secret,id=s0,data=pass"]);
+    assertEquals(daemon.graph.objects.get("s0")?.data, "pass");
+    await rejects(
+      () => apply(daemon, ["--object", "secret,id=s1,data=x,file=/nonexistent"]),
+      /'file' and 'data' are mutually exclusive/,
+    );
+    await rejects(
+      () => apply(daemon, ["--object", "secret,id=s2,data=x,keyid=nope,iv=AAAA"]),
+      /No secret with id 'nope'/,
+    );
+    assertEquals(daemon.graph.objects.has("s2"), false);
     assertEquals(daemon.nbd, null);
   } finally {
     await daemon.shutdown();
