@@ -11,9 +11,10 @@
  * - The old AES method (crypt method 1): AES-128-CBC whose key is the password's first 16
  *   bytes (zero-padded), sectors numbered by guest offset.
  *
- * An image opened for its metadata only (`NodeFlags.noIo`, `img info`) needs no key. Writing
- * is not supported yet: a read/write open of an encrypted image is refused, so nothing is ever
- * written unencrypted into one.
+ * An image opened for its metadata only (`NodeFlags.noIo`, `img info`) needs no key. Writes
+ * (LUKS only) are encrypted on their way to the data file (`Qcow2Image.writeData`, the one
+ * place guest data is written), sectors numbered by host offset as reads number them; the
+ * old AES method, which QEMU keeps for reading old images, opens read-only.
  *
  * @module
  */
@@ -92,10 +93,11 @@ export async function openEncryption(
   if (secret === undefined) {
     throw new BlockError("EINVAL", "Parameter 'encrypt.key-secret' is required for cipher");
   }
-  if (writable) {
+  if (writable && h.cryptMethod === 1) {
     throw new BlockError(
       "ENOTSUP",
-      "qcow2: writing encrypted images is not supported; open the image read-only",
+      "qcow2: writing images encrypted with the old AES method is not supported; open the " +
+        "image read-only, or convert it to LUKS",
     );
   }
   const password = await secretPassword(node.graph.objects, secret);

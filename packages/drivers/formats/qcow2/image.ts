@@ -24,7 +24,7 @@
  * @module
  */
 
-import type { BlockError, FormatSpecificInfo, IoVector, Node } from "@blockgraph/core";
+import { type BlockError, type FormatSpecificInfo, IoVector, type Node } from "@blockgraph/core";
 import { type Extent, extentIn, extentInExt } from "./extent.ts";
 import {
   COPIED_HI,
@@ -50,6 +50,7 @@ import { Refcounts, type RefcountTablePlace } from "./refcount.ts";
 import type { SnapshotEntry } from "./snapshot_table.ts";
 import { Corruption, type CorruptionSink } from "./corruption.ts";
 import type { Qcow2Crypto } from "./encryption.ts";
+import { CRYPT_SECTOR } from "../../crypto/sector_cipher.ts";
 
 /** An open qcow2 image's state. */
 export class Qcow2Image implements MetaIo {
@@ -287,10 +288,23 @@ export class Qcow2Image implements MetaIo {
     return err ? Promise.reject(err) : this.file.write(offset, buf);
   }
 
-  /** Writes guest data to the data file (the image file after the overlap check). */
+  /**
+   * Writes guest data to the data file (the image file after the overlap check), encrypted
+   * when the image is.
+   */
   writeData(offset: number, bytes: number, qiov: IoVector, qiovOffset: number): Promise<void> {
     const err = this.external ? null : this.overlapError("data", offset, bytes);
-    return err ? Promise.reject(err) : this.data.pwritev(offset, bytes, qiov, qiovOffset);
+    if (err) return Promise.reject(err);
+    const crypto = this.crypto;
+    if (crypto === null) return this.data.pwritev(offset, bytes, qiov, qiovOffset);
+    // Encrypted in a copy (the caller's buffers stay as they were), by host offset (LUKS).
+    const buf = qiov.toBuffer(qiovOffset, bytes);
+    try {
+      crypto.cipher.encrypt(buf, offset / CRYPT_SECTOR);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.data.pwritev(offset, bytes, IoVector.of(buf), 0);
   }
 
   /** Flushes the image file. */

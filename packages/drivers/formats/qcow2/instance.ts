@@ -230,6 +230,13 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     this.#check(offset, bytes, true);
     if (this.image.autoclearPending) await this.#clearAutoclear();
     if (flags & ReqFlags.WRITE_COMPRESSED) {
+      if (this.image.crypto) {
+        throw new BlockError(
+          "ENOTSUP",
+          "Compressed writes are not supported in an encrypted image",
+          { offset },
+        );
+      }
       if (this.image.external) {
         throw new BlockError(
           "ENOTSUP",

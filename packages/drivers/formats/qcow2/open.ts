@@ -259,7 +259,15 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
     image.encryption = await readEncryptionInfo(file, h);
     // The metadata of an encrypted image opens without a key (`img info`); its data needs one.
     if (!ctx.node.flags.noIo) {
-      image.crypto = await openEncryption(node, file, h, options, writable);
+      image.crypto = await openEncryption(node, file, h, options, writable && !hasDataFile);
+      if (writable && hasDataFile) {
+        throw new BlockError(
+          "ENOTSUP",
+          "qcow2: writing an encrypted image with an external data file is not supported",
+        );
+      }
+      // New clusters' untouched parts are written encrypted, never zeroed in the file.
+      image.zeroCowAllowed = false;
     }
   }
   image.snapshots = snaps.entries;
