@@ -274,6 +274,12 @@ Deno.test("what blockgraph writes into a LUKS image, qemu-io reads back and qemu
   });
 });
 
+/** `img convert` of `opts` with password `password` as secret s0, to `out.FMT` in `fmt`. */
+function convertWith(password: string, opts: string, fmt: string): string[] {
+  const secret = `secret,id=s0,data=${password}`;
+  return ["convert", "--object", secret, "--image-opts", opts, "-O", fmt, `out.${fmt}`];
+}
+
 Deno.test("encrypted qcow2 images without their key, with a wrong one, and a broken LUKS header", async () => {
   await ensurePeers(["qemu-img"]);
   await withDir(async (dir) => {
@@ -285,36 +291,9 @@ Deno.test("encrypted qcow2 images without their key, with a wrong one, and a bro
         ["map", "luks.qcow2"],
         ["convert", "-O", "raw", "luks.qcow2", "out.raw"],
         ["compare", "luks.qcow2", "luks.qcow2"],
-        [
-          "convert",
-          "--object",
-          "secret,id=s0,data=nope",
-          "--image-opts",
-          keyed("luks.qcow2"),
-          "-O",
-          "raw",
-          "out.raw",
-        ],
-        [
-          "convert",
-          "--object",
-          "secret,id=s0,data=pass",
-          "--image-opts",
-          `${keyed("luks.qcow2")},encrypt.format=aes`,
-          "-O",
-          "raw",
-          "out.raw",
-        ],
-        [
-          "convert",
-          "--object",
-          "secret,id=s0,data=pass",
-          "--image-opts",
-          "driver=raw,file.filename=plain.raw",
-          "-O",
-          "qcow2",
-          "out.qcow2",
-        ],
+        convertWith("nope", keyed("luks.qcow2"), "raw"),
+        convertWith("pass", `${keyed("luks.qcow2")},encrypt.format=aes`, "raw"),
+        convertWith("pass", "driver=raw,file.filename=plain.raw", "qcow2"),
         ["info", "--image-opts", "driver=qcow2,file.filename=plain.raw,encrypt.format=luks"],
       ]
     ) {
