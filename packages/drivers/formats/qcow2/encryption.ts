@@ -19,7 +19,7 @@
  * @module
  */
 
-import { BlockError, type Node, type OptionValues } from "@blockgraph/core";
+import { BlockError, type IoVector, type Node, type OptionValues } from "@blockgraph/core";
 import { luksCipher, parseLuksHeader } from "../../crypto/luks_header.ts";
 import { unlockLuks } from "../../crypto/luks_unlock.ts";
 import { loadNodeCrypto } from "../../crypto/node_crypto.ts";
@@ -128,7 +128,47 @@ export async function openEncryption(
   return { cipher: await unlockLuks(header, password, read), physical: true };
 }
 
-/** The sector number of the data at `host` (file) / `guest` offset under `crypto`. */
-export function cryptSector(crypto: Qcow2Crypto, host: number, guest: number): number {
-  return (crypto.physical ? host : guest) / CRYPT_SECTOR;
+/**
+ * Refuses I/O on an encrypted image that it cannot take: any data when the image was opened
+ * without its key (`crypto` null: metadata only), a compressed write (compressed clusters are
+ * never encrypted, as in QEMU).
+ */
+export function checkEncryptedIo(
+  crypto: Qcow2Crypto | null,
+  compressed: boolean,
+  offset: number,
+): void {
+  if (!crypto) {
+    throw new BlockError(
+      "ENOTSUP",
+      "qcow2: the image was opened without its key (encrypt.key-secret): its data cannot be read",
+      { offset },
+    );
+  }
+  if (compressed) {
+    throw new BlockError(
+      "ENOTSUP",
+      "Compressed writes are not supported in an encrypted image",
+      { offset },
+    );
+  }
+}
+
+/**
+ * Reads `bytes` of encrypted data at `host` in `data` (guest `guest`; whole sectors, the node's
+ * alignment) into `qiov` at `qiovOffset`, decrypted in a buffer of its own.
+ */
+export async function readDecrypted(
+  data: Node,
+  crypto: Qcow2Crypto,
+  host: number,
+  guest: number,
+  bytes: number,
+  qiov: IoVector,
+  qiovOffset: number,
+): Promise<void> {
+  const buf = new Uint8Array(bytes);
+  await data.read(host, buf);
+  crypto.cipher.decrypt(buf, (crypto.physical ? host : guest) / CRYPT_SECTOR);
+  qiov.copyFrom(qiovOffset, buf, 0, bytes);
 }

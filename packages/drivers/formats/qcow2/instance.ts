@@ -29,7 +29,7 @@ import {
   strerror,
 } from "@blockgraph/core";
 import { CRYPT_SECTOR } from "../../crypto/sector_cipher.ts";
-import { cryptSector } from "./encryption.ts";
+import { checkEncryptedIo, readDecrypted } from "./encryption.ts";
 
 import { amendImage, type AmendProgress, changeBackingFile } from "./amend.ts";
 import { checkImage } from "./check.ts";
@@ -107,13 +107,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
 
   #check(offset: number, bytes: number, write: boolean): void {
     if (this.image.broken) throw this.image.brokenError();
-    if (this.image.encryption && !this.image.crypto) {
-      throw new BlockError(
-        "ENOTSUP",
-        "qcow2: the image was opened without its key (encrypt.key-secret): its data cannot " +
-          "be read",
-      );
-    }
+    if (this.image.encryption) checkEncryptedIo(this.image.crypto, false, offset);
     const size = this.image.header.size;
     if (offset > size || bytes > size - offset) {
       throw new BlockError(
@@ -183,20 +177,21 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     qiovOffset: number,
   ): Promise<void> {
     switch (ext.kind) {
-      case "normal": {
-        const crypto = this.image.crypto;
-        if (!crypto) {
+      case "normal":
+        if (this.image.crypto) {
+          await readDecrypted(
+            this.image.data,
+            this.image.crypto,
+            ext.host,
+            offset,
+            bytes,
+            qiov,
+            qiovOffset,
+          );
+        } else {
           await this.image.data.preadv(ext.host, bytes, qiov, qiovOffset);
-          return;
         }
-        // Whole sectors (the node's alignment), decrypted in a buffer of their own.
-        const host = ext.host;
-        const buf = new Uint8Array(bytes);
-        await this.image.data.read(host, buf);
-        crypto.cipher.decrypt(buf, cryptSector(crypto, host, offset));
-        qiov.copyFrom(qiovOffset, buf, 0, bytes);
         return;
-      }
       case "zero":
       case "zero-alloc":
         qiov.fill(qiovOffset, bytes, 0);
@@ -230,13 +225,7 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
     this.#check(offset, bytes, true);
     if (this.image.autoclearPending) await this.#clearAutoclear();
     if (flags & ReqFlags.WRITE_COMPRESSED) {
-      if (this.image.crypto) {
-        throw new BlockError(
-          "ENOTSUP",
-          "Compressed writes are not supported in an encrypted image",
-          { offset },
-        );
-      }
+      if (this.image.encryption) checkEncryptedIo(this.image.crypto, true, offset);
       if (this.image.external) {
         throw new BlockError(
           "ENOTSUP",
