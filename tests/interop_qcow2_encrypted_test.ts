@@ -20,7 +20,9 @@ import { expect, withDir } from "./interop_qcow2_helpers.ts";
 
 /**
  * qemu-img creates LUKS images after timing its key derivation, which fails now and then
- * ("Unable to get accurate CPU usage"): a few tries.
+ * ("Unable to get accurate CPU usage": 6 and 8 tries in 20 here, loaded and idle): up to 25
+ * tries, each a fraction of a second, so that a run of failures is out of reach (5 tries
+ * failed one full-suite run in about 15 images).
  */
 async function createEncrypted(
   dir: string,
@@ -30,7 +32,7 @@ async function createEncrypted(
   size = "1M",
 ): Promise<void> {
   let last = "";
-  for (let i = 0; i < 5; i++) {
+  for (let i = 0; i < 25; i++) {
     const r = await runPeer("qemu-img", [
       "create",
       "-q",

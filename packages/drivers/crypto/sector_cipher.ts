@@ -66,7 +66,19 @@ function ecb(key: Uint8Array, encrypt: boolean): Ecb {
   };
 }
 
+function words(b: Uint8Array): Int32Array | null {
+  return b.byteOffset % 4 === 0 && b.length % 4 === 0
+    ? new Int32Array(b.buffer, b.byteOffset, b.length / 4)
+    : null;
+}
+
+/** `dst = a ^ b`, a word at a time where the three are aligned (a byte at a time otherwise). */
 function xorInto(dst: Uint8Array, a: Uint8Array, b: Uint8Array): void {
+  const [d, x, y] = [words(dst), words(a), words(b)];
+  if (d && x && y) {
+    for (let i = 0; i < d.length; i++) d[i] = x[i]! ^ y[i]!;
+    return;
+  }
   for (let i = 0; i < dst.length; i++) dst[i] = a[i]! ^ b[i]!;
 }
 
@@ -141,16 +153,23 @@ export class SectorCipher {
   #tweaks(sector: number, count: number): Uint8Array {
     const first = this.#ivs(sector, count);
     const t = new Uint8Array(count * CRYPT_SECTOR);
+    // 32-bit words in the machine's order: little-endian on every platform Deno runs on,
+    // which is the byte order XTS multiplies in.
+    const w = new Uint32Array(t.buffer);
     for (let s = 0; s < count; s++) {
-      let at = s * CRYPT_SECTOR;
-      t.set(first.subarray(s * BLOCK, s * BLOCK + BLOCK), at);
-      for (let j = 1; j < CRYPT_SECTOR / BLOCK; j++, at += BLOCK) {
-        // The previous tweak times x in GF(2^128), little-endian bytes.
-        const carry = t[at + 15]! >> 7;
-        for (let k = 15; k > 0; k--) {
-          t[at + BLOCK + k] = ((t[at + k]! << 1) | (t[at + k - 1]! >> 7)) & 0xff;
-        }
-        t[at + BLOCK] = ((t[at]! << 1) & 0xff) ^ (carry ? 0x87 : 0);
+      t.set(first.subarray(s * BLOCK, s * BLOCK + BLOCK), s * CRYPT_SECTOR);
+      let a = w[s * 128]!, b = w[s * 128 + 1]!, c = w[s * 128 + 2]!, d = w[s * 128 + 3]!;
+      for (let at = s * 128 + 4; at < (s + 1) * 128; at += 4) {
+        // The previous tweak times x in GF(2^128).
+        const carry = d >>> 31;
+        d = ((d << 1) | (c >>> 31)) >>> 0;
+        c = ((c << 1) | (b >>> 31)) >>> 0;
+        b = ((b << 1) | (a >>> 31)) >>> 0;
+        a = ((a << 1) ^ (carry ? 0x87 : 0)) >>> 0;
+        w[at] = a;
+        w[at + 1] = b;
+        w[at + 2] = c;
+        w[at + 3] = d;
       }
     }
     return t;
