@@ -40,6 +40,7 @@ export { parseNbdFilename } from "./protocols/nbd/filename.ts";
 export { allocateIoMemory, type IoMemory } from "./io/io_memory.ts";
 export { zeroTimeout } from "./io/loop_turn.ts";
 export { secretBytes, secretPassword } from "./crypto/secret.ts";
+export { luksPayloadOffset } from "./crypto/luks_header.ts";
 
 /**
  * A new registry holding every driver of this package.

@@ -323,6 +323,30 @@ export function secretLookupFailure(objects: UserObjects, id: string): string | 
   return null;
 }
 
+/**
+ * What completing a `secret` finds wrong (QEMU's messages), or null: `data` and `file` both
+ * or neither, a file that cannot be read, a `keyid` that names no secret.
+ */
+export function secretFailure(
+  opts: Readonly<Record<string, unknown>>,
+  objects: UserObjects,
+): string | null {
+  if (opts.data !== undefined && opts.file !== undefined) {
+    return "'file' and 'data' are mutually exclusive";
+  }
+  if (opts.data === undefined && opts.file === undefined) {
+    return "Either 'file' or 'data' must be provided";
+  }
+  if (typeof opts.file === "string") {
+    try {
+      Deno.readFileSync(opts.file);
+    } catch (e) {
+      return readFailure(opts.file, e);
+    }
+  }
+  return typeof opts.keyid === "string" ? secretLookupFailure(objects, opts.keyid) : null;
+}
+
 /** What completing an object of `type` finds wrong (QEMU's `complete` methods), or null. */
 function completeFailure(
   type: string,
@@ -330,22 +354,8 @@ function completeFailure(
   objects: UserObjects,
 ): string | null {
   switch (type) {
-    case "secret": {
-      if (opts.data !== undefined && opts.file !== undefined) {
-        return "'file' and 'data' are mutually exclusive";
-      }
-      if (opts.data === undefined && opts.file === undefined) {
-        return "Either 'file' or 'data' must be provided";
-      }
-      if (opts.file !== undefined) {
-        try {
-          Deno.readFileSync(opts.file);
-        } catch (e) {
-          return readFailure(opts.file, e);
-        }
-      }
-      return opts.keyid === undefined ? null : secretLookupFailure(objects, opts.keyid);
-    }
+    case "secret":
+      return secretFailure(opts, objects);
     case "tls-cipher-suites":
       return opts.priority === undefined ? "'priority' property is not set" : null;
     case "tls-creds-psk":

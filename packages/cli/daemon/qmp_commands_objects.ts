@@ -16,6 +16,7 @@
 import type { UserObject } from "@blockgraph/core";
 import { secretBytes } from "@blockgraph/drivers";
 import { findX509Creds, loadX509Creds, type X509Creds } from "@blockgraph/drivers/nbd";
+import { secretFailure } from "../common/object_option.ts";
 import type { Daemon, QmpCommand } from "./daemon.ts";
 import { type ArgsSchema, checkArgs, type CheckOptions } from "./qmp_args.ts";
 import { genericError } from "./qmp_error.ts";
@@ -41,17 +42,13 @@ const SECRET_ARGS: ArgsSchema = {
 };
 
 /**
- * A `secret` object, checked as QEMU completes one (its messages): `data` or `file`, not both,
- * then its value decoded or decrypted, so a bad one fails here rather than at first use.
+ * A `secret` object, checked as QEMU completes one (`--object`'s checks and messages), then
+ * its value decoded or decrypted, so a bad one fails here rather than at first use.
  */
 async function addSecret(daemon: Daemon, a: Record<string, unknown>): Promise<void> {
-  if (a.data !== undefined && a.file !== undefined) {
-    throw genericError("'file' and 'data' are mutually exclusive");
-  }
-  if (a.data === undefined && a.file === undefined) {
-    throw genericError("Either 'file' or 'data' must be provided");
-  }
   const objects = daemon.graph.objects;
+  const failure = secretFailure(a, objects);
+  if (failure !== null) throw genericError(failure);
   objects.add(a as UserObject);
   try {
     await secretBytes(objects, a.id as string);

@@ -22,6 +22,8 @@
  * @module
  */
 
+import { luksPayloadOffset } from "@blockgraph/drivers";
+
 /** The options, in the order QEMU's "Formatting" line prints them (before all others). */
 export const ENCRYPTION_KEYS: readonly string[] = [
   "encryption",
@@ -137,12 +139,6 @@ const LUKS_KEY_BYTES: Readonly<Record<string, number>> = {
   "twofish-256": 32,
 };
 
-/** LUKS's sector, key-slot count, anti-forensic stripes and header area (the LUKS spec). */
-const LUKS_SECTOR = 512;
-const LUKS_SLOTS = 8;
-const LUKS_STRIPES = 4000;
-const LUKS_HEADER_SECTORS = 4096 / LUKS_SECTOR;
-
 /**
  * The bytes a LUKS header takes in front of the encrypted payload for `options`' cipher
  * (`encrypt.cipher-alg`, default aes-256; `encrypt.cipher-mode`, default xts, which doubles
@@ -174,10 +170,5 @@ export function luksHeaderBytes(
   if (keyBytes === undefined) return { error: `Algorithm '${alg}' not supported` };
   // XTS needs a 16-byte cipher block; CAST5's is 8.
   if (mode === "xts" && alg === "cast5-128") return { error: "Unsupported cipher mode xts" };
-  const masterKey = keyBytes * (mode === "xts" ? 2 : 1);
-  const slotSectors = Math.ceil(
-    Math.ceil(masterKey * LUKS_STRIPES / LUKS_SECTOR) /
-      LUKS_HEADER_SECTORS,
-  ) * LUKS_HEADER_SECTORS;
-  return (LUKS_HEADER_SECTORS + LUKS_SLOTS * slotSectors) * LUKS_SECTOR;
+  return luksPayloadOffset(keyBytes * (mode === "xts" ? 2 : 1));
 }

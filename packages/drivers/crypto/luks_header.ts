@@ -32,6 +32,18 @@ const SLOT_AT = 208;
 const SLOT_BYTES = 48;
 /** The number of key slots. */
 export const LUKS_SLOTS = 8;
+/** The header's area before the first key slot, and the unit key slots are rounded up to. */
+const LUKS_ALIGN_BYTES = 4096;
+
+/**
+ * The bytes a LUKS volume's header takes in front of its payload for a master key of
+ * `keyBytes` (XTS: both halves), as QEMU and cryptsetup lay it out: 4 KiB of header, then
+ * eight key slots of `keyBytes` x 4000 stripes, each rounded up to 4 KiB.
+ */
+export function luksPayloadOffset(keyBytes: number): number {
+  const slot = Math.ceil(keyBytes * LUKS_STRIPES / LUKS_ALIGN_BYTES) * LUKS_ALIGN_BYTES;
+  return LUKS_ALIGN_BYTES + LUKS_SLOTS * slot;
+}
 
 /** One key slot. */
 export interface LuksKeySlot {

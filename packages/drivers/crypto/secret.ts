@@ -40,11 +40,12 @@ function loadRaw(obj: Record<string, unknown>): Uint8Array {
  * The bytes of secret `id` among `objects`. A missing object: "No secret with id 'ID'";
  * another type: "Object with id 'ID' is not a secret" (EINVAL).
  */
-export async function secretBytes(
-  objects: UserObjects,
-  id: string,
-  depth = 0,
-): Promise<Uint8Array> {
+export function secretBytes(objects: UserObjects, id: string): Promise<Uint8Array> {
+  return lookup(objects, id, 0);
+}
+
+/** {@link secretBytes}, `depth` secrets deep in a chain of `keyid`s. */
+async function lookup(objects: UserObjects, id: string, depth: number): Promise<Uint8Array> {
   const obj = objects.get(id);
   if (!obj) throw new BlockError("EINVAL", `No secret with id '${id}'`);
   if (obj["qom-type"] !== "secret") {
@@ -56,7 +57,7 @@ export async function secretBytes(
     return base64 ? decodeBase64(new TextDecoder().decode(raw)) : raw;
   }
   if (depth > 8) throw new BlockError("ELOOP", `Secret '${id}' is encrypted with itself`);
-  const key = await secretBytes(objects, String(obj.keyid), depth + 1);
+  const key = await lookup(objects, String(obj.keyid), depth + 1);
   if (key.length !== 32) throw new BlockError("EINVAL", "Key should be 32 bytes in length");
   if (typeof obj.iv !== "string") {
     throw new BlockError("EINVAL", "IV is required to decrypt secret");

@@ -20,7 +20,7 @@
  */
 
 import { BlockError, type IoVector, type Node, type OptionValues } from "@blockgraph/core";
-import { luksCipher, parseLuksHeader } from "../../crypto/luks_header.ts";
+import { LUKS_HEADER_BYTES, type LuksHeader, parseLuksHeader } from "../../crypto/luks_header.ts";
 import { unlockLuks } from "../../crypto/luks_unlock.ts";
 import { loadNodeCrypto } from "../../crypto/node_crypto.ts";
 import { secretPassword } from "../../crypto/secret.ts";
@@ -47,6 +47,35 @@ export function luksHeaderRegion(h: Qcow2Header): { offset: number; length: numb
   }
   const v = new DataView(ext.data.buffer, ext.data.byteOffset, ext.data.length);
   return { offset: Number(v.getBigUint64(0)), length: Number(v.getBigUint64(8)) };
+}
+
+/** A LUKS image's LUKS header and the region of the file it heads. */
+export interface LuksRegion {
+  /** Where the region starts in the image file. */
+  readonly offset: number;
+  /** Its length (the crypto header extension's). */
+  readonly length: number;
+  /** The parsed header. */
+  readonly header: LuksHeader;
+}
+
+/**
+ * The LUKS header of a LUKS image (crypt method 2), read through `file`; null for the old AES
+ * method. One missing, outside the file or not LUKS is refused with the structure and offset
+ * named ("Volume is not in LUKS format" as QEMU).
+ */
+export async function readLuksHeader(file: Node, h: Qcow2Header): Promise<LuksRegion | null> {
+  if (h.cryptMethod !== 2) return null;
+  const { offset, length } = luksHeaderRegion(h);
+  if (length < LUKS_HEADER_BYTES || offset + LUKS_HEADER_BYTES > file.getLength()) {
+    throw new BlockError(
+      "EINVAL",
+      `qcow2: the LUKS header at offset ${offset} (${length} bytes) is outside the image file`,
+    );
+  }
+  const b = new Uint8Array(LUKS_HEADER_BYTES);
+  await file.read(offset, b);
+  return { offset, length, header: parseLuksHeader(b) };
 }
 
 /**
@@ -77,32 +106,47 @@ export function checkEncryptOptions(h: Qcow2Header, options: OptionValues): void
   }
 }
 
+/** How an encrypted image is opened for its data. */
+export interface EncryptionOpen {
+  /** The image file (where the LUKS header is). */
+  readonly file: Node;
+  /** Its LUKS header ({@link readLuksHeader}); null for the old AES method. */
+  readonly luks: LuksRegion | null;
+  /** The node's options (`encrypt.key-secret`). */
+  readonly options: OptionValues;
+  /** Opened read/write. */
+  readonly writable: boolean;
+  /** The image has an external data file. */
+  readonly dataFile: boolean;
+}
+
 /**
  * The data cipher of an encrypted image opened for its data: the key from the secret
  * `encrypt.key-secret` names. Without that option: QEMU's "Parameter 'encrypt.key-secret' is
- * required for cipher"; a wrong password: "Invalid password, cannot unlock any keyslot".
+ * required for cipher"; a wrong password: "Invalid password, cannot unlock any keyslot". What
+ * cannot be written is refused before the key is tried (a LUKS slot costs its PBKDF2 time).
  */
-export async function openEncryption(
-  node: Node,
-  file: Node,
-  h: Qcow2Header,
-  options: OptionValues,
-  writable: boolean,
-): Promise<Qcow2Crypto> {
-  const secret = options["encrypt.key-secret"] as string | undefined;
+export async function openEncryption(node: Node, o: EncryptionOpen): Promise<Qcow2Crypto> {
+  const secret = o.options["encrypt.key-secret"] as string | undefined;
   if (secret === undefined) {
     throw new BlockError("EINVAL", "Parameter 'encrypt.key-secret' is required for cipher");
   }
-  if (writable && h.cryptMethod === 1) {
+  if (o.writable && o.luks === null) {
     throw new BlockError(
       "ENOTSUP",
       "qcow2: writing images encrypted with the old AES method is not supported; open the " +
         "image read-only, or convert it to LUKS",
     );
   }
+  if (o.writable && o.dataFile) {
+    throw new BlockError(
+      "ENOTSUP",
+      "qcow2: writing an encrypted image with an external data file is not supported",
+    );
+  }
   const password = await secretPassword(node.graph.objects, secret);
   await loadNodeCrypto();
-  if (h.cryptMethod === 1) {
+  if (o.luks === null) {
     const key = new Uint8Array(16);
     key.set(password.subarray(0, 16));
     return {
@@ -110,7 +154,7 @@ export async function openEncryption(
       physical: false,
     };
   }
-  const region = luksHeaderRegion(h);
+  const { file, luks: region } = o;
   const read = async (offset: number, bytes: number): Promise<Uint8Array> => {
     if (offset + bytes > region.length || region.offset + offset + bytes > file.getLength()) {
       throw new BlockError(
@@ -123,9 +167,7 @@ export async function openEncryption(
     await file.read(region.offset + offset, b);
     return b;
   };
-  const header = parseLuksHeader(await read(0, 592));
-  luksCipher(header);
-  return { cipher: await unlockLuks(header, password, read), physical: true };
+  return { cipher: await unlockLuks(region.header, password, read), physical: true };
 }
 
 /**

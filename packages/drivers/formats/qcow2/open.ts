@@ -19,8 +19,8 @@ import {
   type OptionValues,
   parseJsonFilename,
 } from "@blockgraph/core";
-import { checkEncryptOptions, openEncryption } from "./encryption.ts";
-import { readEncryptionInfo } from "./encryption_info.ts";
+import { checkEncryptOptions, openEncryption, readLuksHeader } from "./encryption.ts";
+import { encryptionInfo } from "./encryption_info.ts";
 import { loadBitmaps } from "./bitmaps.ts";
 import { checkOnce } from "./check.ts";
 import { AUTOCLEAR_DATA_FILE_RAW, getU64, hex, Incompat, viewOf } from "./format.ts";
@@ -256,16 +256,12 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   image.refcounts.reserved = refTable.reserved;
   if (hasDataFile) await openDataFile(ctx, image, file);
   if (h.cryptMethod !== 0) {
-    image.encryption = await readEncryptionInfo(file, h);
+    const luks = await readLuksHeader(file, h);
+    image.encryption = encryptionInfo(luks?.header ?? null);
     // The metadata of an encrypted image opens without a key (`img info`); its data needs one.
     if (!ctx.node.flags.noIo) {
-      image.crypto = await openEncryption(node, file, h, options, writable && !hasDataFile);
-      if (writable && hasDataFile) {
-        throw new BlockError(
-          "ENOTSUP",
-          "qcow2: writing an encrypted image with an external data file is not supported",
-        );
-      }
+      const dataFile = hasDataFile;
+      image.crypto = await openEncryption(node, { file, luks, options, writable, dataFile });
       // New clusters' untouched parts are written encrypted, never zeroed in the file.
       image.zeroCowAllowed = false;
     }
