@@ -175,34 +175,31 @@ export class SectorCipher {
     return t;
   }
 
+  /** ECB and XTS, the same both ways but for the block transform `ecb`. */
+  #blockwise(buf: Uint8Array, sector: number, count: number, ecb: Ecb): void {
+    if (this.#mode === "ecb") {
+      buf.set(ecb(buf));
+      return;
+    }
+    const t = this.#tweaks(sector, count);
+    xorInto(buf, buf, t);
+    xorInto(buf, ecb(buf), t);
+  }
+
   /** Encrypts `buf` (whole sectors, the first numbered `sector`) in place. */
   encrypt(buf: Uint8Array, sector: number): void {
     const count = this.#check(buf);
     if (count === 0) return;
-    switch (this.#mode) {
-      case "ecb":
-        buf.set(this.#enc(buf));
-        return;
-      case "xts": {
-        const t = this.#tweaks(sector, count);
-        xorInto(buf, buf, t);
-        xorInto(buf, this.#enc(buf), t);
-        return;
-      }
-      case "cbc": {
-        const ivs = this.#ivs(sector, count);
-        const name = `${aesName(this.#key.length).slice(0, -3)}cbc`;
-        for (let s = 0; s < count; s++) {
-          const c = nodeCrypto().createCipheriv(
-            name,
-            this.#key,
-            ivs.subarray(s * BLOCK, s * BLOCK + BLOCK),
-          );
-          c.setAutoPadding(false);
-          const part = buf.subarray(s * CRYPT_SECTOR, (s + 1) * CRYPT_SECTOR);
-          part.set(c.update(part));
-        }
-      }
+    if (this.#mode !== "cbc") return this.#blockwise(buf, sector, count, this.#enc);
+    // CBC chains each block to the one before: one cipher per sector, from its IV.
+    const ivs = this.#ivs(sector, count);
+    const name = `${aesName(this.#key.length).slice(0, -3)}cbc`;
+    for (let s = 0; s < count; s++) {
+      const iv = ivs.subarray(s * BLOCK, s * BLOCK + BLOCK);
+      const c = nodeCrypto().createCipheriv(name, this.#key, iv);
+      c.setAutoPadding(false);
+      const part = buf.subarray(s * CRYPT_SECTOR, (s + 1) * CRYPT_SECTOR);
+      part.set(c.update(part));
     }
   }
 
@@ -210,29 +207,15 @@ export class SectorCipher {
   decrypt(buf: Uint8Array, sector: number): void {
     const count = this.#check(buf);
     if (count === 0) return;
-    switch (this.#mode) {
-      case "ecb":
-        buf.set(this.#dec(buf));
-        return;
-      case "xts": {
-        const t = this.#tweaks(sector, count);
-        xorInto(buf, buf, t);
-        xorInto(buf, this.#dec(buf), t);
-        return;
-      }
-      case "cbc": {
-        const ivs = this.#ivs(sector, count);
-        const plain = this.#dec(buf);
-        // Each block XOR the ciphertext block before it (the sector's IV for its first).
-        for (let s = 0; s < count; s++) {
-          const at = s * CRYPT_SECTOR;
-          for (let i = 0; i < BLOCK; i++) plain[at + i] = plain[at + i]! ^ ivs[s * BLOCK + i]!;
-          for (let i = at + BLOCK; i < at + CRYPT_SECTOR; i++) {
-            plain[i] = plain[i]! ^ buf[i - BLOCK]!;
-          }
-        }
-        buf.set(plain);
-      }
+    if (this.#mode !== "cbc") return this.#blockwise(buf, sector, count, this.#dec);
+    const ivs = this.#ivs(sector, count);
+    const plain = this.#dec(buf);
+    // Each block XOR the ciphertext block before it (the sector's IV for its first).
+    for (let s = 0; s < count; s++) {
+      const at = s * CRYPT_SECTOR;
+      for (let i = 0; i < BLOCK; i++) plain[at + i] = plain[at + i]! ^ ivs[s * BLOCK + i]!;
+      for (let i = at + BLOCK; i < at + CRYPT_SECTOR; i++) plain[i] = plain[i]! ^ buf[i - BLOCK]!;
     }
+    buf.set(plain);
   }
 }
