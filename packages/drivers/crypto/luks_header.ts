@@ -33,7 +33,7 @@ const SLOT_BYTES = 48;
 /** The number of key slots. */
 export const LUKS_SLOTS = 8;
 /** The header's area before the first key slot, and the unit key slots are rounded up to. */
-const LUKS_ALIGN_BYTES = 4096;
+export const LUKS_ALIGN_BYTES = 4096;
 
 /**
  * The bytes a LUKS volume's header takes in front of its payload for a master key of
@@ -41,8 +41,12 @@ const LUKS_ALIGN_BYTES = 4096;
  * eight key slots of `keyBytes` x 4000 stripes, each rounded up to 4 KiB.
  */
 export function luksPayloadOffset(keyBytes: number): number {
-  const slot = Math.ceil(keyBytes * LUKS_STRIPES / LUKS_ALIGN_BYTES) * LUKS_ALIGN_BYTES;
-  return LUKS_ALIGN_BYTES + LUKS_SLOTS * slot;
+  return LUKS_ALIGN_BYTES + LUKS_SLOTS * luksSlotBytes(keyBytes);
+}
+
+/** The bytes each key slot's material takes for a master key of `keyBytes`, rounded to 4 KiB. */
+export function luksSlotBytes(keyBytes: number): number {
+  return Math.ceil(keyBytes * LUKS_STRIPES / LUKS_ALIGN_BYTES) * LUKS_ALIGN_BYTES;
 }
 
 /** One key slot. */
@@ -139,6 +143,38 @@ export function parseLuksHeader(b: Uint8Array): LuksHeader {
     slots,
   };
   return header;
+}
+
+/** Writes `value` as NUL-padded ASCII of `len` bytes at `at`. */
+function setText(b: Uint8Array, at: number, len: number, value: string): void {
+  if (value.length >= len) throw new BlockError("EINVAL", `LUKS header field '${value}' too long`);
+  for (let i = 0; i < value.length; i++) b[at + i] = value.charCodeAt(i);
+}
+
+/** The {@link LUKS_HEADER_BYTES} of header `h` (LUKS version 1), as {@link parseLuksHeader} reads them. */
+export function serializeLuksHeader(h: LuksHeader): Uint8Array {
+  const b = new Uint8Array(LUKS_HEADER_BYTES);
+  const d = new DataView(b.buffer);
+  b.set(LUKS_MAGIC, 0);
+  d.setUint16(6, 1);
+  setText(b, 8, 32, h.cipherName);
+  setText(b, 40, 32, h.cipherMode);
+  setText(b, 72, 32, h.hashSpec);
+  d.setUint32(104, h.payloadOffset);
+  d.setUint32(108, h.keyBytes);
+  b.set(h.mkDigest.subarray(0, LUKS_DIGEST_BYTES), 112);
+  b.set(h.mkSalt.subarray(0, LUKS_SALT_BYTES), 132);
+  d.setUint32(164, h.mkIterations);
+  setText(b, 168, 40, h.uuid);
+  h.slots.forEach((s, i) => {
+    const at = SLOT_AT + i * SLOT_BYTES;
+    d.setUint32(at, s.active ? LUKS_SLOT_ACTIVE : LUKS_SLOT_INACTIVE);
+    d.setUint32(at + 4, s.iterations);
+    b.set(s.salt.subarray(0, LUKS_SALT_BYTES), at + 8);
+    d.setUint32(at + 40, s.keyOffset);
+    d.setUint32(at + 44, s.stripes);
+  });
+  return b;
 }
 
 /**

@@ -5,8 +5,8 @@
  * into a candidate master key, which is the master key when its own PBKDF2 matches the
  * header's digest. The payload cipher is then the volume's cipher keyed with it.
  *
- * The key derivations run on a pool thread (`node:crypto`'s `pbkdf2`): a slot QEMU wrote with
- * its default `iter-time` of 2 s costs about that long to try, and the event loop goes on
+ * The key derivations run off the JavaScript thread (`pbkdf2.ts`): a slot QEMU wrote with its
+ * default `iter-time` of 2 s costs about that long to try, and the event loop goes on
  * meanwhile.
  *
  * @module
@@ -15,27 +15,9 @@
 import { BlockError } from "@blockgraph/core";
 import { afMerge } from "./af_split.ts";
 import { LUKS_DIGEST_BYTES, luksCipher, type LuksHeader } from "./luks_header.ts";
-import { loadNodeCrypto, nodeCrypto } from "./node_crypto.ts";
+import { loadNodeCrypto } from "./node_crypto.ts";
+import { pbkdf2 } from "./pbkdf2.ts";
 import { CRYPT_SECTOR, SectorCipher } from "./sector_cipher.ts";
-
-function derive(
-  password: Uint8Array,
-  salt: Uint8Array,
-  iterations: number,
-  bytes: number,
-  hash: string,
-): Promise<Uint8Array> {
-  return new Promise((resolve, reject) => {
-    try {
-      nodeCrypto().pbkdf2(password, salt, iterations, bytes, hash, (err, key) => {
-        if (err) reject(new BlockError("ENOTSUP", `Hash algorithm '${hash}' is not supported`));
-        else resolve(new Uint8Array(key.buffer, key.byteOffset, key.length));
-      });
-    } catch {
-      reject(new BlockError("ENOTSUP", `Hash algorithm '${hash}' is not supported`));
-    }
-  });
-}
 
 function equal(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
@@ -60,17 +42,11 @@ export async function unlockLuks(
   const materialBytes = Math.ceil(splitBytes / CRYPT_SECTOR) * CRYPT_SECTOR;
   for (const slot of h.slots) {
     if (!slot.active) continue;
-    const slotKey = await derive(password, slot.salt, slot.iterations, h.keyBytes, h.hashSpec);
+    const slotKey = await pbkdf2(h.hashSpec, password, slot.salt, slot.iterations, h.keyBytes);
     const material = await read(slot.keyOffset * CRYPT_SECTOR, materialBytes);
     new SectorCipher({ ...spec, key: slotKey }).decrypt(material, 0);
     const candidate = afMerge(h.hashSpec, h.keyBytes, slot.stripes, material);
-    const digest = await derive(
-      candidate,
-      h.mkSalt,
-      h.mkIterations,
-      LUKS_DIGEST_BYTES,
-      h.hashSpec,
-    );
+    const digest = await pbkdf2(h.hashSpec, candidate, h.mkSalt, h.mkIterations, LUKS_DIGEST_BYTES);
     if (equal(digest, h.mkDigest)) return new SectorCipher({ ...spec, key: candidate });
   }
   throw new BlockError("EACCES", "Invalid password, cannot unlock any keyslot");

@@ -10,8 +10,10 @@
  * a whole request are computed first (one ECB call encrypts every sector's IV, then the
  * doubling in GF(2^128) runs in JavaScript), and the data then takes one ECB call between two
  * XORs, whatever its length. CBC decryption is one ECB call too (each plaintext block is the
- * decrypted block XOR the ciphertext block before it); CBC encryption is chained, one call
- * per sector. `node:crypto` must have been loaded (`loadNodeCrypto`) before a cipher is made.
+ * decrypted block XOR the ciphertext block before it); CBC encryption is chained, one ECB
+ * call per 16-byte block position, each taking that block of every sector (Deno has no
+ * `aes-192-cbc`). `node:crypto` must have been loaded (`loadNodeCrypto`) before a cipher is
+ * made.
  *
  * @module
  */
@@ -93,7 +95,6 @@ export class SectorCipher {
   readonly #dec: Ecb;
   /** XTS: the tweak key's encryption; ESSIV: the IV key's. */
   readonly #ivEnc: Ecb | null;
-  readonly #key: Uint8Array;
 
   /** Makes the cipher; an algorithm, mode or IV generator it does not have is refused. */
   constructor(spec: SectorCipherSpec) {
@@ -124,7 +125,6 @@ export class SectorCipher {
       }
       ivEnc = ecb(digest, true);
     }
-    this.#key = key.slice();
     this.#enc = ecb(key, true);
     this.#dec = ecb(key, false);
     this.#ivEnc = ivEnc;
@@ -191,15 +191,21 @@ export class SectorCipher {
     const count = this.#check(buf);
     if (count === 0) return;
     if (this.#mode !== "cbc") return this.#blockwise(buf, sector, count, this.#enc);
-    // CBC chains each block to the one before: one cipher per sector, from its IV.
-    const ivs = this.#ivs(sector, count);
-    const name = `${aesName(this.#key.length).slice(0, -3)}cbc`;
-    for (let s = 0; s < count; s++) {
-      const iv = ivs.subarray(s * BLOCK, s * BLOCK + BLOCK);
-      const c = nodeCrypto().createCipheriv(name, this.#key, iv);
-      c.setAutoPadding(false);
-      const part = buf.subarray(s * CRYPT_SECTOR, (s + 1) * CRYPT_SECTOR);
-      part.set(c.update(part));
+    // CBC chains each block to the one before it, so a sector's blocks go in turn; the same
+    // block of every sector goes in one ECB call (32 calls, whatever the length).
+    let prev = this.#ivs(sector, count);
+    const column = new Uint8Array(count * BLOCK);
+    for (let at = 0; at < CRYPT_SECTOR; at += BLOCK) {
+      for (let s = 0; s < count; s++) {
+        const from = s * CRYPT_SECTOR + at;
+        for (let i = 0; i < BLOCK; i++) {
+          column[s * BLOCK + i] = buf[from + i]! ^ prev[s * BLOCK + i]!;
+        }
+      }
+      prev = this.#enc(column);
+      for (let s = 0; s < count; s++) {
+        buf.set(prev.subarray(s * BLOCK, s * BLOCK + BLOCK), s * CRYPT_SECTOR + at);
+      }
     }
   }
 
