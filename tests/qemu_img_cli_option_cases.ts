@@ -12,7 +12,7 @@ export function encryptionCases(): string[][] {
   const out: string[][] = [];
   // qcow2's encryption options, checked as qemu-img checks them (`create_encryption.ts`);
   // left out: the lists with which qemu-img goes on to encrypt (a key secret that exists and
-  // options it takes), which blockgraph refuses.
+  // options it takes): images made so are checked in `interop_qcow2_encrypted_test.ts`.
   for (
     const o of [
       "encrypt.format=aes",

@@ -397,6 +397,11 @@ export async function imgConvert(
       cache: a.cache,
       noBacking: a.backing === undefined,
       bulkWrite: true,
+      // The image just created opens with the key its create options named (qemu-img's
+      // `img_add_key_secrets`: every `-o` option whose name ends in `key-secret`).
+      options: a.skipCreate ? {} : Object.fromEntries(
+        Object.entries(a.options).filter(([k]) => k.endsWith("key-secret")),
+      ),
     });
     if (!target) return 1;
     if (a.bitmaps && !supportsPersistentBitmaps(target.node)) {

@@ -13,11 +13,9 @@ import {
   type OptionValues,
   validateOptions,
 } from "@blockgraph/core";
-import { createParams } from "@blockgraph/drivers";
 import { DEFAULT_CACHE, openImage } from "../common/open_image.ts";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
-import { secretLookupFailure } from "../common/object_option.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
 import { accumulateOptions, createOptionsHelp, hasHelpOption } from "./img_options.ts";
@@ -25,8 +23,8 @@ import { imgCommonOption } from "./img_help.ts";
 import {
   ENCRYPTION_KEYS,
   encryptionOptionError,
-  encryptionRefusal,
   encryptionRequest,
+  encryptionValues,
   isEncryptionKey,
 } from "./create_encryption.ts";
 
@@ -225,21 +223,9 @@ export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): 
     );
   }
   const encrypt = encryptionRequest(encryption);
-  if (encrypt !== null) {
-    if ("error" in encrypt) return failCreate(encrypt.error);
-    // The image's own checks come first in QEMU, then the encryption's.
-    try {
-      const all = validateOptions(fmt.createOptions ?? {}, { ...values, filename }, fmt.name);
-      createParams(all, values.size as number);
-    } catch (e) {
-      return failCreate(BlockError.from(e).message);
-    }
-    const secret = encryption["encrypt.key-secret"];
-    const lookup = secret === undefined ? null : secretLookupFailure(graph.objects, secret);
-    return failCreate(lookup ?? encryptionRefusal(encrypt));
-  }
+  if (encrypt !== null && "error" in encrypt) return failCreate(encrypt.error);
   try {
-    await fmt.create({ ...values, filename }, graph.registry, {
+    await fmt.create({ ...values, ...encryptionValues(encryption), filename }, graph.registry, {
       warn: (message) => imgError(io, `warning: ${message}`),
       objects: graph.objects,
     });

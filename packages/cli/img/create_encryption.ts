@@ -1,27 +1,23 @@
 /**
- * qcow2's encryption create options (`encryption`, `encrypt.*`) as qemu-img 7.2 checks them,
- * for an `img create` (or a `convert` target) that blockgraph's qcow2 cannot honour: it does
- * not encrypt.
- *
- * The options are still parsed and checked as QEMU does, in its order, so that a script gets
- * the answer it would get from qemu-img wherever the answer is an error:
+ * qcow2's encryption create options (`encryption`, `encrypt.*`) as qemu-img 7.2 checks them
+ * before its qcow2 driver sees them, for an `img create` or a `convert` target:
  * - as QemuOpts parses them, before the "Formatting" line: `encryption` is a boolean and
  *   `encrypt.iter-time` a number;
  * - as qcow2's create turns them into QAPI options: `encryption=on` is `encrypt.format=qcow`
  *   and may not come with `encrypt.format`; `aes` is `qcow`; the other `encrypt.*` options
  *   need a format, the qcow format takes only `encrypt.key-secret`, and LUKS checks its
- *   algorithm names;
- * - then the image's own checks (cluster size, compat, ...), and only then the encryption
- *   itself: without `encrypt.key-secret` QEMU's "required for cipher" error, with one ours
- *   (blockgraph does not encrypt images).
+ *   algorithm names.
  *
- * `encryption=off` asks for nothing and is accepted, as QEMU accepts it. Unlike QEMU, which
- * creates the file before it fails and then deletes it, nothing is created or truncated.
- * `img measure` takes the same options and counts a LUKS header ({@link luksHeaderBytes}).
+ * The driver then makes the image's own checks (cluster size, compat, ...) and only then the
+ * encryption's (`formats/qcow2/create_encryption.ts` in the drivers: the key secret, the
+ * cipher, the LUKS header), all before any file is created: unlike QEMU, which creates the
+ * file before it fails and then deletes it, a refusal leaves nothing behind. `img measure`
+ * takes the same options and counts a LUKS header ({@link luksHeaderBytes}).
  *
  * @module
  */
 
+import type { OptionValues } from "@blockgraph/core";
 import { luksPayloadOffset } from "@blockgraph/drivers";
 
 /** The options, in the order QEMU's "Formatting" line prints them (before all others). */
@@ -116,13 +112,25 @@ export function encryptionRequest(
   return { format, keySecret: options["encrypt.key-secret"] !== undefined };
 }
 
-/** Why an encryption request that passed every check still fails here. */
-export function encryptionRefusal(request: { format: string; keySecret: boolean }): string {
-  return request.keySecret
-    ? `Encrypted qcow2 images (encrypt.format=${
-      request.format === "qcow" ? "aes" : request.format
-    }) cannot be created: blockgraph does not implement qcow2 encryption`
-    : "Parameter 'encrypt.key-secret' is required for cipher";
+/**
+ * The encryption options as the qcow2 driver takes them (`ENCRYPT_CREATE_OPTIONS`): the text
+ * as given, but `encryption` a boolean and `encrypt.iter-time` a number.
+ */
+export function encryptionValues(options: Readonly<Record<string, string>>): OptionValues {
+  const out: OptionValues = {};
+  for (const [key, value] of Object.entries(options)) {
+    if (key === "encryption") out[key] = value === "on";
+    else if (key === "encrypt.iter-time") out[key] = parseQemuNumber(value);
+    else out[key] = value;
+  }
+  return out;
+}
+
+/** An unsigned number as `qemu_strtou64` reads it: decimal, octal (leading 0) or hex. */
+function parseQemuNumber(text: string): number {
+  if (/^0[xX]/.test(text)) return parseInt(text.slice(2), 16);
+  if (/^0[0-7]+$/.test(text)) return parseInt(text, 8);
+  return Number(text);
 }
 
 /** Key bytes of LUKS's ciphers (`qcrypto_cipher_get_key_len`). */

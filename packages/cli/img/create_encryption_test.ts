@@ -3,8 +3,8 @@ import { UserObjects } from "@blockgraph/core";
 import { secretLookupFailure } from "../common/object_option.ts";
 import {
   encryptionOptionError,
-  encryptionRefusal,
   encryptionRequest,
+  encryptionValues,
   luksHeaderBytes,
 } from "./create_encryption.ts";
 
@@ -51,16 +51,22 @@ Deno.test("encryption options: what they ask for, or QEMU's error, in QEMU's ord
   );
 });
 
-Deno.test("encryption that passes every check is refused, QEMU's way without a key secret", () => {
+Deno.test("encryption options go to the driver with QemuOpts' booleans and numbers", () => {
   assertEquals(
-    encryptionRefusal({ format: "luks", keySecret: false }),
-    "Parameter 'encrypt.key-secret' is required for cipher",
+    encryptionValues({
+      encryption: "off",
+      "encrypt.format": "luks",
+      "encrypt.iter-time": "0x10",
+      "encrypt.key-secret": "s",
+    }),
+    {
+      encryption: false,
+      "encrypt.format": "luks",
+      "encrypt.iter-time": 16,
+      "encrypt.key-secret": "s",
+    },
   );
-  assertEquals(
-    encryptionRefusal({ format: "qcow", keySecret: true }),
-    "Encrypted qcow2 images (encrypt.format=aes) cannot be created: blockgraph does not " +
-      "implement qcow2 encryption",
-  );
+  assertEquals(encryptionValues({ "encrypt.iter-time": "010" }), { "encrypt.iter-time": 8 });
 });
 
 Deno.test("LUKS header sizes as qemu-img 7.2 measures them, computed", () => {

@@ -142,6 +142,8 @@ export interface ImgOpen {
   readonly noIo?: boolean;
   /** What precedes the reason when the open fails (default `Could not open 'filename': `). */
   readonly failurePrefix?: string;
+  /** Further options of the top node (a new `convert` target's `encrypt.key-secret`). */
+  readonly options?: OptionValues;
 }
 
 /**
@@ -162,12 +164,12 @@ export async function imgOpen(graph: Graph, io: CliIo, o: ImgOpen): Promise<Open
     imgError(io, "Could not open '': The 'file' block driver requires a file name");
     return null;
   }
-  let options: OptionValues = {};
+  let options: OptionValues = { ...o.options };
   if (o.imageOpts) {
     // qemu-img parses the string with `file` as the implied first option.
     const parsed = parseQemuOpts(o.filename, "file");
     for (const w of parsed.warnings) imgError(io, w);
-    options = unflatten(parsed.values);
+    options = { ...options, ...unflatten(parsed.values) };
   }
   try {
     return await openImage(graph, {

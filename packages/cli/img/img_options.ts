@@ -3,9 +3,8 @@
  * lists qemu-img refuses ("Invalid option list"), `-o help` / `-o ?`, and the option help
  * qemu-img 7.2 prints for a format: its create (or amend) options sorted by name, then,
  * given a filename, the protocol's. Types and descriptions come from the drivers' option
- * schemas; options QEMU lists that blockgraph's drivers do not take (encryption) are listed
- * with QEMU's words so the list stays the one scripts know (`create_encryption.ts` checks them
- * when given, and refuses to encrypt).
+ * schemas; amend options QEMU lists that blockgraph's qcow2 does not take (LUKS key slots)
+ * are listed with QEMU's words so the list stays the one scripts know.
  *
  * @module
  */
@@ -72,42 +71,6 @@ const TYPE_NAMES: Record<OptionSpec["type"], string> = {
   enum: "str",
 };
 
-/** Options QEMU's drivers list that blockgraph's do not take, in QEMU's words. */
-const QEMU_ONLY: Record<string, readonly HelpEntry[]> = {
-  qcow2: [
-    { name: "encrypt.cipher-alg", type: "str", description: "Name of encryption cipher algorithm" },
-    { name: "encrypt.cipher-mode", type: "str", description: "Name of encryption cipher mode" },
-    {
-      name: "encrypt.format",
-      type: "str",
-      description: "Encrypt the image, format choices: 'aes', 'luks'",
-    },
-    { name: "encrypt.hash-alg", type: "str", description: "Name of encryption hash algorithm" },
-    {
-      name: "encrypt.iter-time",
-      type: "num",
-      description: "Time to spend in PBKDF in milliseconds",
-    },
-    { name: "encrypt.ivgen-alg", type: "str", description: "Name of IV generator algorithm" },
-    {
-      name: "encrypt.ivgen-hash-alg",
-      type: "str",
-      description: "Name of IV generator hash algorithm",
-    },
-    {
-      name: "encrypt.key-secret",
-      type: "str",
-      description: "ID of secret providing qcow AES key or LUKS passphrase",
-    },
-    {
-      name: "encryption",
-      type: "bool (on/off)",
-      description:
-        "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
-    },
-  ],
-};
-
 /** qcow2's amend options QEMU lists that blockgraph's qcow2 does not take (LUKS keyslots). */
 const QEMU_ONLY_AMEND: readonly HelpEntry[] = [
   {
@@ -151,12 +114,7 @@ function ownCreateOptions(drv: BlockDriver): HelpEntry[] {
     if (name === "filename" || passed.includes(name)) continue;
     out.push({ name, type: TYPE_NAMES[spec.type], description: spec.description });
   }
-  return [...out, ...(QEMU_ONLY[drv.name] ?? [])];
-}
-
-/** Whether `name` is an option QEMU lists for `drv` that blockgraph does not implement. */
-export function isQemuOnlyCreateOption(drv: BlockDriver, name: string): boolean {
-  return (QEMU_ONLY[drv.name] ?? []).some((e) => e.name === name);
+  return out;
 }
 
 /** QEMU's `qemu_opts_print_help` without the defaults: sorted by name, aligned at 24. */

@@ -15,7 +15,8 @@ function unlock(region: Uint8Array, password: string) {
 for (
   const [alg, mode, ivgen] of [
     ["aes-256", "xts", "plain64"],
-    ["aes-192", "cbc", "essiv"],
+    ["aes-192", "xts", "plain64"],
+    ["aes-128", "cbc", "essiv"],
     ["aes-128", "ecb", "plain"],
   ] as const
 ) {
@@ -60,6 +61,10 @@ Deno.test("createLuks refuses a cipher it cannot make before deriving anything",
     /Cipher algorithm 'twofish-256' is not supported/,
   );
   await assertRejects(createLuks({ cipherMode: "ctr" }, enc("x")), /Cipher mode 'ctr'/);
+  await assertRejects(
+    createLuks({ cipherAlg: "aes-192", cipherMode: "cbc" }, enc("x")),
+    /Cipher aes-192 in mode cbc is not supported: its key material \(96000 bytes\)/,
+  );
   await assertRejects(createLuks({ hashAlg: "whirlpool" }, enc("x")), /Hash algorithm 'whirlpool'/);
 });
 

@@ -28,15 +28,17 @@ import {
   V3_HEADER_LENGTH,
   viewOf,
 } from "./format.ts";
-import { Incompat, QCOW2_MAGIC } from "./format.ts";
+import { Ext, Incompat, QCOW2_MAGIC } from "./format.ts";
 import { type Qcow2Header, serializeHeader, setBackingFormat, setDataFileName } from "./header.ts";
 import type { Qcow2Image } from "./image.ts";
 import type { Qcow2Instance } from "./instance.ts";
 import { resolveBackingName } from "./open.ts";
+import { ENCRYPT_CREATE_OPTIONS, newImageEncryption } from "./create_encryption.ts";
 import { preallocate } from "./resize.ts";
 
 /** The options `create` takes, as qemu-img names them. */
 export const QCOW2_CREATE_OPTIONS: OptionSchema = {
+  ...ENCRYPT_CREATE_OPTIONS,
   filename: { type: "string", description: "File name of the image", required: true },
   size: { type: "size", description: "Virtual disk size" },
   compat: { type: "string", description: "Compatibility level (v2 [0.10] or v3 [1.1])" },
@@ -103,6 +105,9 @@ export interface Qcow2CreateParams {
   /** Sets the data-file-raw autoclear bit (needs `dataFile`). */
   dataFileRaw?: boolean;
 }
+
+/** The header's crypt method of LUKS. */
+const CRYPT_LUKS = 2;
 
 function fail(message: string): never {
   throw new BlockError("EINVAL", message);
@@ -216,9 +221,14 @@ function setOne(block: Uint8Array, idx: number, bits: number): void {
 /**
  * Writes an empty image into `node` (a protocol node): header and extensions in cluster 0,
  * the refcount table from cluster 1, the refcount blocks, then a zeroed L1 table (none for
- * an empty disk, as QEMU's), all with refcount 1.
+ * an empty disk, as QEMU's), all with refcount 1. An encrypted image's `luks` region (LUKS
+ * header and key material) follows the L1 table, where QEMU's allocation puts it.
  */
-export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<void> {
+export async function formatQcow2(
+  node: Node,
+  p: Qcow2CreateParams,
+  luks?: Uint8Array,
+): Promise<void> {
   const cs = p.clusterSize;
   const clusterBits = Math.log2(cs);
   const l1Size = Math.ceil(Math.ceil(p.size / cs) / (cs / (p.extendedL2 ? 16 : 8)));
@@ -226,25 +236,27 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
   if (p.extendedL2) incompatible |= Incompat.EXTL2;
   if (p.dataFile !== undefined) incompatible |= Incompat.DATA_FILE;
   const l1Clusters = Math.ceil((l1Size * 8) / cs);
+  const luksClusters = luks === undefined ? 0 : Math.ceil(luks.length / cs);
   const perBlock = (cs * 8) / p.refcountBits;
   let rtc = 1;
   let nb = 1;
   for (;;) {
-    const total = 1 + rtc + nb + l1Clusters;
+    const total = 1 + rtc + nb + l1Clusters + luksClusters;
     const nb2 = Math.ceil(total / perBlock);
     const rtc2 = Math.max(1, Math.ceil((nb2 * 8) / cs));
     if (nb2 === nb && rtc2 === rtc) break;
     nb = nb2;
     rtc = rtc2;
   }
-  const total = 1 + rtc + nb + l1Clusters;
+  const total = 1 + rtc + nb + l1Clusters + luksClusters;
+  const luksAt = (1 + rtc + nb + l1Clusters) * cs;
   const h: Qcow2Header = {
     version: p.version,
     backingFileOffset: 0,
     backingFileSize: 0,
     clusterBits,
     size: p.size,
-    cryptMethod: 0,
+    cryptMethod: luks === undefined ? 0 : CRYPT_LUKS,
     l1Size,
     l1TableOffset: l1Size === 0 ? 0 : (1 + rtc + nb) * cs,
     refcountTableOffset: cs,
@@ -263,6 +275,12 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
   };
   setBackingFormat(h, p.backingFormat);
   if (p.dataFile !== undefined) setDataFileName(h, p.dataFile);
+  if (luks !== undefined) {
+    const pointer = new Uint8Array(16);
+    setU64(viewOf(pointer), 0, luksAt);
+    setU64(viewOf(pointer), 8, luks.length);
+    h.extensions.push({ type: Ext.CRYPTO_HEADER, data: pointer });
+  }
   // serializeHeader adds QEMU's feature name table (v3 with clusters over 4 KiB).
   const image = new Uint8Array(total * cs);
   image.set(serializeHeader(h), 0);
@@ -275,7 +293,12 @@ export async function formatQcow2(node: Node, p: Qcow2CreateParams): Promise<voi
   }
   // The L1 table is written as far as its entries go, as QEMU's qcow2_grow_l1_table does:
   // the file ends right after them (a 1 GiB image: 3 clusters and 16 bytes).
-  await node.write(0, image.subarray(0, (1 + rtc + nb) * cs + l1Size * 8));
+  if (luks === undefined) {
+    await node.write(0, image.subarray(0, (1 + rtc + nb) * cs + l1Size * 8));
+  } else {
+    image.set(luks, luksAt);
+    await node.write(0, image);
+  }
   await node.flush();
 }
 
@@ -359,6 +382,12 @@ export async function createQcow2(
     }
   }
   const params = createParams(options, backingSize);
+  // Made before any file is: a refused encryption leaves nothing behind.
+  const luks = await newImageEncryption(options, ctx?.objects, {
+    version: params.version,
+    dataFile: params.dataFile !== undefined,
+    preallocation: prealloc,
+  });
   if (params.dataFile !== undefined) {
     // The data file takes the virtual size and the preallocation (QEMU creates it first).
     const dataName = resolveBackingName(params.dataFile, filename);
@@ -371,9 +400,12 @@ export async function createQcow2(
     // The protocol from the filename, parsed as it parses it (an nbd:// URI).
     const node = await graph.open({ filename }, "create");
     try {
-      await formatQcow2(node, params);
+      await formatQcow2(node, params, luks ?? undefined);
       if (prealloc !== "off" || params.dataFileRaw) {
-        const q = await graph.open({ driver: "qcow2", file: node.name }, "create");
+        // Preallocation writes metadata only: an encrypted image needs no key for it.
+        const q = await graph.open({ driver: "qcow2", file: node.name }, "create", {
+          noIo: luks !== null,
+        });
         try {
           const mode = (prealloc === "off" ? "metadata" : prealloc) as PreallocMode;
           await preallocateMetadata((q.instance as Qcow2Instance).image, mode);

@@ -214,3 +214,18 @@ export async function readDecrypted(
   crypto.cipher.decrypt(buf, (crypto.physical ? host : guest) / CRYPT_SECTOR);
   qiov.copyFrom(qiovOffset, buf, 0, bytes);
 }
+
+/**
+ * Refuses preallocating (`mode` not `off`) an encrypted image of `version` 2: preallocated
+ * clusters must read as zeros, which an encrypted cluster never written does not hold (it
+ * decrypts to garbage); version 3 allocates them with the zero flag, version 2 has none.
+ */
+export function checkEncryptedPrealloc(encrypted: boolean, version: number, mode: string): void {
+  if (encrypted && version < 3 && mode !== "off") {
+    throw new BlockError(
+      "ENOTSUP",
+      "Preallocation of an encrypted image needs compat=1.1 (version 2 has no zero flag, " +
+        "and preallocated clusters would read as garbage)",
+    );
+  }
+}

@@ -14,7 +14,8 @@ import { allocDataLocked } from "./data_alloc.ts";
 import { BlockError, type PreallocMode, strerror } from "@blockgraph/core";
 import { zeroClusterStep } from "./cluster_ops.ts";
 import { zeroSubclusterStep } from "./subcluster_ops.ts";
-import { copiedEntry, MAX_L1_BYTES, setU64, viewOf } from "./format.ts";
+import { copiedEntry, MAX_L1_BYTES, setU64, viewOf, ZERO_LO } from "./format.ts";
+import { checkEncryptedPrealloc } from "./encryption.ts";
 import { classify } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
 import { serializeL1 } from "./tree.ts";
@@ -59,6 +60,10 @@ export async function growL1(image: Qcow2Image, size: number): Promise<void> {
  */
 export async function preallocateRange(image: Qcow2Image, from: number, to: number): Promise<void> {
   const cs = image.cs;
+  // An encrypted cluster never written holds no encryption of zeros: it is allocated with the
+  // zero flag (extended L2 entries leave its subclusters unallocated, which read as zeros or
+  // the backing file's data).
+  const zeroFlag = image.header.cryptMethod !== 0 && !image.extL2;
   for (let g = from; g < to;) {
     const n = Math.min(to - g, image.l2Entries - (g % image.l2Entries));
     await image.l2ForWrite(Math.floor(g / image.l2Entries));
@@ -77,8 +82,8 @@ export async function preallocateRange(image: Qcow2Image, from: number, to: numb
       }
       const host = await allocDataLocked(image, g + k, run);
       for (let j = 0; j < run; j++) {
-        const off = host + j * cs;
-        await image.setEntry(g + k + j, ...copiedEntry(off));
+        const [hi, lo] = copiedEntry(host + j * cs);
+        await image.setEntry(g + k + j, hi, zeroFlag ? (lo | ZERO_LO) >>> 0 : lo);
       }
       k += run;
     }
@@ -123,6 +128,7 @@ export async function preallocate(
   mode: PreallocMode,
 ): Promise<void> {
   const cs = image.cs;
+  checkEncryptedPrealloc(image.header.cryptMethod !== 0, image.header.version, mode);
   const fileMode = mode === "metadata" || image.external ? "off" : mode;
   if (fileMode !== "off") {
     const reserve = (image.refcounts.endCluster + preallocBound(image, from, to)) * cs;
