@@ -15,7 +15,6 @@
  */
 
 import { BlockError } from "@blockgraph/core";
-import { afSplit } from "./af_split.ts";
 import {
   LUKS_ALIGN_BYTES,
   LUKS_DIGEST_BYTES,
@@ -28,12 +27,9 @@ import {
   luksSlotBytes,
   serializeLuksHeader,
 } from "./luks_header.ts";
-import { loadNodeCrypto } from "./node_crypto.ts";
+import { DEFAULT_ITER_TIME, fillKeyslot, luksIterations } from "./luks_keyslots.ts";
 import { pbkdf2, pbkdf2DigestBytes, pbkdf2Rate } from "./pbkdf2.ts";
-import { CRYPT_SECTOR, SectorCipher } from "./sector_cipher.ts";
-
-/** QEMU's lower bound of both iteration counts. */
-const MIN_ITERATIONS = 1000;
+import { CRYPT_SECTOR } from "./sector_cipher.ts";
 
 /** What a new volume is encrypted with: QEMU's `encrypt.*` create options (defaults as QEMU's). */
 export interface LuksCreateOptions {
@@ -97,44 +93,28 @@ function cipherOf(o: LuksCreateOptions) {
   return { mode, ivgen, ivHash, keyBytes } as const;
 }
 
-function iterations(perSecond: number, ms: number, divisor = 1): number {
-  const n = Math.floor((perSecond * ms) / 1000 / divisor);
-  if (n > 0xffffffff) throw new BlockError("EINVAL", "Too many pbkdf iterations for LUKS format");
-  return Math.max(n, MIN_ITERATIONS);
-}
-
 /** Makes the header of a new volume whose only key slot opens with `password`. */
 export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Promise<NewLuks> {
   const c = cipherOf(o);
   const hash = o.hashAlg ?? "sha256";
-  const digest = pbkdf2DigestBytes(hash);
+  // Hashes checked before anything is derived.
+  pbkdf2DigestBytes(hash);
   if (c.ivHash !== undefined) pbkdf2DigestBytes(c.ivHash);
-  await loadNodeCrypto();
-  const spec = {
-    alg: "aes",
-    mode: c.mode,
-    ivgen: c.ivgen,
-    ...(c.ivHash === undefined ? {} : { ivHash: c.ivHash }),
-  };
   const masterKey = random(c.keyBytes);
-  const iterTime = o.iterTime ?? 2000;
+  const iterTime = o.iterTime ?? DEFAULT_ITER_TIME;
   const perBlock = await pbkdf2Rate(hash);
-  const blocks = (bytes: number) => Math.ceil(bytes / digest);
   const mkSalt = random(LUKS_SALT_BYTES);
   // QEMU divides the master key's share by 8, as cryptsetup does.
-  const mkIterations = iterations(perBlock / blocks(LUKS_DIGEST_BYTES), iterTime, 8);
+  const mkIterations = luksIterations(perBlock, hash, LUKS_DIGEST_BYTES, iterTime, 8);
   const mkDigest = await pbkdf2(hash, masterKey, mkSalt, mkIterations, LUKS_DIGEST_BYTES);
-  const slotSalt = random(LUKS_SALT_BYTES);
-  const slotIterations = iterations(perBlock / blocks(c.keyBytes), iterTime);
-  const slotKey = await pbkdf2(hash, password, slotSalt, slotIterations, c.keyBytes);
   const payload = luksPayloadOffset(c.keyBytes);
   const slotSectors = luksSlotBytes(c.keyBytes) / CRYPT_SECTOR;
   const slots: LuksKeySlot[] = [];
   for (let i = 0; i < LUKS_SLOTS; i++) {
     slots.push({
-      active: i === 0,
-      iterations: i === 0 ? slotIterations : 0,
-      salt: i === 0 ? slotSalt : new Uint8Array(LUKS_SALT_BYTES),
+      active: false,
+      iterations: 0,
+      salt: new Uint8Array(LUKS_SALT_BYTES),
       keyOffset: LUKS_ALIGN_BYTES / CRYPT_SECTOR + i * slotSectors,
       stripes: LUKS_STRIPES,
     });
@@ -154,10 +134,11 @@ export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Pr
     uuid: crypto.randomUUID(),
     slots,
   };
+  const iterations = luksIterations(perBlock, hash, c.keyBytes, iterTime);
+  const filled = await fillKeyslot(header, 0, masterKey, password, iterations);
+  slots[0] = filled.slot;
   const region = new Uint8Array(payload);
   region.set(serializeLuksHeader(header), 0);
-  const material = afSplit(hash, masterKey, LUKS_STRIPES);
-  new SectorCipher({ ...spec, key: slotKey }).encrypt(material, 0);
-  region.set(material, slots[0]!.keyOffset * CRYPT_SECTOR);
+  region.set(filled.material, filled.slot.keyOffset * CRYPT_SECTOR);
   return { header, region };
 }

@@ -44,7 +44,7 @@ for (
     ]);
     assertEquals(header.slots[0]!.iterations >= 1000 && header.mkIterations >= 1000, true);
     // The data cipher round-trips a sector (the master key was recovered).
-    const cipher = await unlock(region, "secret");
+    const { cipher } = await unlock(region, "secret");
     const data = crypto.getRandomValues(new Uint8Array(1024));
     const copy = data.slice();
     cipher.encrypt(copy, 7);

@@ -14,7 +14,7 @@
 
 import { BlockError } from "@blockgraph/core";
 import { afMerge } from "./af_split.ts";
-import { LUKS_DIGEST_BYTES, luksCipher, type LuksHeader } from "./luks_header.ts";
+import { LUKS_DIGEST_BYTES, LUKS_STRIPES, luksCipher, type LuksHeader } from "./luks_header.ts";
 import { loadNodeCrypto } from "./node_crypto.ts";
 import { pbkdf2 } from "./pbkdf2.ts";
 import { CRYPT_SECTOR, SectorCipher } from "./sector_cipher.ts";
@@ -26,28 +26,58 @@ function equal(a: Uint8Array, b: Uint8Array): boolean {
   return diff === 0;
 }
 
+/** Reads a volume's bytes: `bytes` from `offset`, counted from the start of its header. */
+export type LuksRead = (offset: number, bytes: number) => Promise<Uint8Array>;
+
+/** The bytes of a key slot's material in volume `h`: its split key, in whole sectors. */
+export function luksMaterialBytes(h: LuksHeader): number {
+  return Math.ceil((h.keyBytes * LUKS_STRIPES) / CRYPT_SECTOR) * CRYPT_SECTOR;
+}
+
 /**
- * The payload cipher of the volume `h` describes, unlocked with `password`; `read(offset,
- * bytes)` reads the volume's bytes from the start of its header. A password no slot takes:
- * EACCES with QEMU's "Invalid password, cannot unlock any keyslot".
+ * The master key that key slot `index` of volume `h` holds for `password`, or null when the
+ * password is not the slot's (or the slot is inactive).
+ */
+export async function openKeyslot(
+  h: LuksHeader,
+  index: number,
+  password: Uint8Array,
+  read: LuksRead,
+): Promise<Uint8Array | null> {
+  const slot = h.slots[index];
+  if (!slot?.active) return null;
+  const spec = luksCipher(h);
+  await loadNodeCrypto();
+  const slotKey = await pbkdf2(h.hashSpec, password, slot.salt, slot.iterations, h.keyBytes);
+  const material = await read(slot.keyOffset * CRYPT_SECTOR, luksMaterialBytes(h));
+  new SectorCipher({ ...spec, key: slotKey }).decrypt(material, 0);
+  const candidate = afMerge(h.hashSpec, h.keyBytes, slot.stripes, material);
+  const digest = await pbkdf2(h.hashSpec, candidate, h.mkSalt, h.mkIterations, LUKS_DIGEST_BYTES);
+  return equal(digest, h.mkDigest) ? candidate : null;
+}
+
+/** An unlocked volume. */
+export interface UnlockedLuks {
+  /** The payload cipher. */
+  readonly cipher: SectorCipher;
+  /** The master key (to add key slots). */
+  readonly masterKey: Uint8Array;
+}
+
+/**
+ * The payload cipher of the volume `h` describes, unlocked with `password`; `read` reads the
+ * volume. A password no slot takes: EACCES with QEMU's "Invalid password, cannot unlock any
+ * keyslot".
  */
 export async function unlockLuks(
   h: LuksHeader,
   password: Uint8Array,
-  read: (offset: number, bytes: number) => Promise<Uint8Array>,
-): Promise<SectorCipher> {
+  read: LuksRead,
+): Promise<UnlockedLuks> {
   const spec = luksCipher(h);
-  await loadNodeCrypto();
-  const splitBytes = h.keyBytes * (h.slots.find((s) => s.active)?.stripes ?? 0);
-  const materialBytes = Math.ceil(splitBytes / CRYPT_SECTOR) * CRYPT_SECTOR;
-  for (const slot of h.slots) {
-    if (!slot.active) continue;
-    const slotKey = await pbkdf2(h.hashSpec, password, slot.salt, slot.iterations, h.keyBytes);
-    const material = await read(slot.keyOffset * CRYPT_SECTOR, materialBytes);
-    new SectorCipher({ ...spec, key: slotKey }).decrypt(material, 0);
-    const candidate = afMerge(h.hashSpec, h.keyBytes, slot.stripes, material);
-    const digest = await pbkdf2(h.hashSpec, candidate, h.mkSalt, h.mkIterations, LUKS_DIGEST_BYTES);
-    if (equal(digest, h.mkDigest)) return new SectorCipher({ ...spec, key: candidate });
+  for (let i = 0; i < h.slots.length; i++) {
+    const masterKey = await openKeyslot(h, i, password, read);
+    if (masterKey) return { cipher: new SectorCipher({ ...spec, key: masterKey }), masterKey };
   }
   throw new BlockError("EACCES", "Invalid password, cannot unlock any keyslot");
 }

@@ -50,7 +50,7 @@ Deno.test("a LUKS volume unlocks with its password, and not with another", async
   const want = data.slice();
   new SectorCipher({ alg: "aes", mode: "cbc", ivgen: "essiv", ivHash: "sha256", key: mk })
     .encrypt(data, 77);
-  const cipher = await unlockLuks(h, new TextEncoder().encode("right"), read);
+  const { cipher } = await unlockLuks(h, new TextEncoder().encode("right"), read);
   cipher.decrypt(data, 77);
   assertEquals(data, want);
   await assertRejects(
