@@ -3,8 +3,7 @@
  * lists qemu-img refuses ("Invalid option list"), `-o help` / `-o ?`, and the option help
  * qemu-img 7.2 prints for a format: its create (or amend) options sorted by name, then,
  * given a filename, the protocol's. Types and descriptions come from the drivers' option
- * schemas; amend options QEMU lists that blockgraph's qcow2 does not take (LUKS key slots)
- * are listed with QEMU's words so the list stays the one scripts know.
+ * schemas, and those of amend alone (LUKS key slots) from QEMU's words.
  *
  * @module
  */
@@ -71,8 +70,8 @@ const TYPE_NAMES: Record<OptionSpec["type"], string> = {
   enum: "str",
 };
 
-/** qcow2's amend options QEMU lists that blockgraph's qcow2 does not take (LUKS keyslots). */
-const QEMU_ONLY_AMEND: readonly HelpEntry[] = [
+/** qcow2's amend options that create does not take (LUKS key slots), in QEMU's words. */
+const AMEND_ONLY: readonly HelpEntry[] = [
   {
     name: "encrypt.iter-time",
     type: "num",
@@ -184,10 +183,12 @@ export function amendOptionsHelp(graph: Graph, io: CliIo, fmtName: string): numb
     imgError(io, `Format driver '${fmtName}' does not support option amendment`);
     return 1;
   }
-  const entries: HelpEntry[] = [...QEMU_ONLY_AMEND];
+  const entries: HelpEntry[] = [...AMEND_ONLY];
   for (const name of QCOW2_AMEND_OPTIONS) {
     const spec = drv.createOptions?.[name];
-    if (spec) entries.push({ name, type: TYPE_NAMES[spec.type], description: spec.description });
+    if (spec && !entries.some((e) => e.name === name)) {
+      entries.push({ name, type: TYPE_NAMES[spec.type], description: spec.description });
+    }
   }
   io.out(`Amend options for '${fmtName}':\n`);
   printEntries(io, entries);

@@ -18,16 +18,10 @@ import { imgCommonOption } from "./img_help.ts";
 import { Progress } from "./progress.ts";
 import { ENCRYPTION_KEYS } from "./create_encryption.ts";
 
-/** qcow2's encryption options in QEMU 7.2 that amend takes, to manage LUKS key slots. */
-const ENCRYPT_AMEND = new Set([
-  "encrypt.new-secret",
-  "encrypt.old-secret",
-  "encrypt.state",
-  "encrypt.keyslot",
-  "encrypt.iter-time",
-]);
-/** Those only create takes (`create_encryption.ts`; our amend schema lacks them). */
-const ENCRYPT_CREATE_ONLY = new Set(ENCRYPTION_KEYS.filter((k) => !ENCRYPT_AMEND.has(k)));
+/** qcow2's encryption options only create takes (amend takes those of LUKS key slots). */
+const ENCRYPT_CREATE_ONLY = new Set(
+  ENCRYPTION_KEYS.filter((k) => !(QCOW2_AMEND_OPTIONS as readonly string[]).includes(k)),
+);
 
 /**
  * What QemuOpts finds wrong in amend options before the driver sees them: names amend does
@@ -36,7 +30,7 @@ const ENCRYPT_CREATE_ONLY = new Set(ENCRYPTION_KEYS.filter((k) => !ENCRYPT_AMEND
 function amendOptionError(create: OptionSchema, opts: Record<string, string>): string | null {
   for (const [key, value] of Object.entries(opts)) {
     const spec = create[key];
-    if (ENCRYPT_AMEND.has(key)) continue;
+    if (key.startsWith("encrypt.") && !ENCRYPT_CREATE_ONLY.has(key)) continue;
     if (!(QCOW2_AMEND_OPTIONS as readonly string[]).includes(key)) {
       return `Invalid parameter '${key}'` +
         (spec || ENCRYPT_CREATE_ONLY.has(key)
@@ -70,6 +64,7 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
   let optText: string | undefined;
   let progress = false;
   let quiet = false;
+  let force = false;
   for (const o of r.options) {
     const stop = imgCommonOption(graph, io, o);
     if (stop !== null) return stop;
@@ -82,6 +77,7 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
     else if (o.key === "image-opts") imageOpts = true;
     else if (o.key === "p") progress = true;
     else if (o.key === "q") quiet = true;
+    else if (o.key === "force") force = true;
   }
   if (r.error) return imgOptionError(io, r.error);
   if (optText === undefined) return imgErrorExit(io, "Must specify options (-o)");
@@ -94,6 +90,7 @@ export async function imgAmend(graph: Graph, args: readonly string[], io: CliIo)
       imageOpts,
       optText,
       operands: r.operands,
+      force,
     });
   } finally {
     prog.end();
@@ -111,6 +108,8 @@ async function amend(
     imageOpts: boolean;
     optText: string;
     operands: readonly string[];
+    /** `--force`: overwrite an active key slot, erase the last one. */
+    force: boolean;
   },
 ): Promise<number> {
   const { format, cache, imageOpts, optText } = a;
@@ -146,10 +145,7 @@ async function amend(
     prog.print(0, 0);
     let failure: string | null = null;
     try {
-      if (Object.keys(opts).some((k) => ENCRYPT_AMEND.has(k))) {
-        throw new BlockError("EINVAL", "Can't amend encryption options - encryption not present");
-      }
-      await q.amend(opts, (done, total) => prog.print(100 * done / total, 0));
+      await q.amend(opts, (done, total) => prog.print(100 * done / total, 0), a.force);
     } catch (e) {
       failure = BlockError.from(e).message;
     }

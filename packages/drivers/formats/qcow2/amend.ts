@@ -1,8 +1,9 @@
 /**
  * `amend` (QEMU's `qcow2_amend_options`): compat upgrade and downgrade, lazy refcounts,
  * refcount width (the refcount structure is rewritten in the new width), size, the backing
- * file name and format, and the external data file's name; QEMU's errors for the rest
- * (extended L2 entries and data-file-raw are fixed at creation).
+ * file name and format, the external data file's name, and a LUKS image's key slots
+ * (`encrypt.*`: `encryption.ts`); QEMU's errors for the rest (extended L2 entries and
+ * data-file-raw are fixed at creation).
  *
  * @module
  */
@@ -25,6 +26,7 @@ import { classify } from "./extent.ts";
 import type { Qcow2Image } from "./image.ts";
 import { Imrt, writeRefcountStructure } from "./rebuild.ts";
 import { readL1 } from "./tree.ts";
+import { amendEncryption } from "./encryption.ts";
 
 /** The options `amend` changes, as qemu-img names them. */
 export const QCOW2_AMEND_OPTIONS = [
@@ -36,6 +38,11 @@ export const QCOW2_AMEND_OPTIONS = [
   "backing_fmt",
   "data_file",
   "data_file_raw",
+  "encrypt.state",
+  "encrypt.keyslot",
+  "encrypt.new-secret",
+  "encrypt.old-secret",
+  "encrypt.iter-time",
 ] as const;
 
 /** A boolean option, given as a boolean or as qemu-img's text (`on`, `off`). */
@@ -357,14 +364,19 @@ export async function amendImage(
   options: OptionValues,
   backing: boolean,
   progress?: AmendProgress,
+  force = false,
 ): Promise<AmendRest> {
   if (!image.writable) throw new BlockError("EACCES", "Image is read-only");
+  let keyslots = false;
   for (const k of Object.keys(options)) {
     if (options[k] === undefined) continue;
     if (!(QCOW2_AMEND_OPTIONS as readonly string[]).includes(k)) {
       einval(`Invalid parameter '${k}'\nThis option is only supported for image creation`);
     }
+    keyslots ||= k.startsWith("encrypt.");
   }
+  // Key slots first: a refusal there changes nothing else.
+  if (keyslots) await amendEncryption(image, options, force);
   const h = image.header;
   const oldVersion = h.version;
   // The options in QEMU's order (its amend option list), each checked as it comes.

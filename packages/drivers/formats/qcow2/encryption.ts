@@ -21,12 +21,15 @@
 
 import { BlockError, type IoVector, type Node, type OptionValues } from "@blockgraph/core";
 import { LUKS_HEADER_BYTES, type LuksHeader, parseLuksHeader } from "../../crypto/luks_header.ts";
-import { unlockLuks } from "../../crypto/luks_unlock.ts";
+import { changeKeyslots, type KeyslotChange } from "../../crypto/luks_keyslots.ts";
+import { type LuksRead, unlockLuks } from "../../crypto/luks_unlock.ts";
 import { loadNodeCrypto } from "../../crypto/node_crypto.ts";
 import { secretPassword } from "../../crypto/secret.ts";
 import { CRYPT_SECTOR, SectorCipher } from "../../crypto/sector_cipher.ts";
 import { Ext } from "./format.ts";
 import type { Qcow2Header } from "./header.ts";
+import type { Qcow2Image } from "./image.ts";
+import { encryptionInfo } from "./encryption_info.ts";
 
 /** An open image's data cipher. */
 export interface Qcow2Crypto {
@@ -34,6 +37,8 @@ export interface Qcow2Crypto {
   readonly cipher: SectorCipher;
   /** Sectors are numbered by host offset (LUKS), else by guest offset (AES). */
   readonly physical: boolean;
+  /** LUKS: the header's region and the master key (for key slot changes). */
+  luks?: { region: LuksRegion; readonly masterKey: Uint8Array };
 }
 
 /** The header's method as `encrypt.format` names it. */
@@ -120,6 +125,22 @@ export interface EncryptionOpen {
   readonly dataFile: boolean;
 }
 
+/** Reads the LUKS region of an image file, refusing what lies outside it. */
+function luksReader(file: Node, region: LuksRegion): LuksRead {
+  return async (offset, bytes) => {
+    if (offset + bytes > region.length || region.offset + offset + bytes > file.getLength()) {
+      throw new BlockError(
+        "EINVAL",
+        `qcow2: LUKS key material at offset ${region.offset + offset} (${bytes} bytes) is ` +
+          "outside the LUKS header area",
+      );
+    }
+    const b = new Uint8Array(bytes);
+    await file.read(region.offset + offset, b);
+    return b;
+  };
+}
+
 /**
  * The data cipher of an encrypted image opened for its data: the key from the secret
  * `encrypt.key-secret` names. Without that option: QEMU's "Parameter 'encrypt.key-secret' is
@@ -155,19 +176,9 @@ export async function openEncryption(node: Node, o: EncryptionOpen): Promise<Qco
     };
   }
   const { file, luks: region } = o;
-  const read = async (offset: number, bytes: number): Promise<Uint8Array> => {
-    if (offset + bytes > region.length || region.offset + offset + bytes > file.getLength()) {
-      throw new BlockError(
-        "EINVAL",
-        `qcow2: LUKS key material at offset ${region.offset + offset} (${bytes} bytes) is ` +
-          "outside the LUKS header area",
-      );
-    }
-    const b = new Uint8Array(bytes);
-    await file.read(region.offset + offset, b);
-    return b;
-  };
-  return { cipher: await unlockLuks(region.header, password, read), physical: true };
+  const read = luksReader(file, region);
+  const { cipher, masterKey } = await unlockLuks(region.header, password, read);
+  return { cipher, physical: true, luks: { region, masterKey } };
 }
 
 /**
@@ -228,4 +239,64 @@ export function checkEncryptedPrealloc(encrypted: boolean, version: number, mode
         "and preallocated clusters would read as garbage)",
     );
   }
+}
+
+/** The key slot options of `qemu-img amend` (after `encrypt.`), as QEMU's QAPI reads them. */
+function keyslotChange(options: OptionValues): KeyslotChange {
+  const get = (k: string) => options[`encrypt.${k}`];
+  const state = get("state");
+  if (state === undefined) throw new BlockError("EINVAL", "Parameter 'state' is missing");
+  if (state !== "active" && state !== "inactive") {
+    throw new BlockError("EINVAL", `Parameter 'state' does not accept value '${state}'`);
+  }
+  const num = (k: string) => {
+    const v = get(k);
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n)) {
+      throw new BlockError("EINVAL", `Parameter 'encrypt.${k}' expects a number`);
+    }
+    return n;
+  };
+  const str = (k: string) => get(k) === undefined ? undefined : String(get(k));
+  return {
+    state,
+    keyslot: num("keyslot"),
+    iterTime: num("iter-time"),
+    newSecret: str("new-secret"),
+    oldSecret: str("old-secret"),
+  };
+}
+
+/**
+ * Changes the key slots of `image` as the `encrypt.*` amend options say (QEMU 7.2's
+ * `qcow2_amend_options` and `qcrypto_block_luks_amend_options`, with their messages): only on
+ * a LUKS image opened with its key; `force` overwrites an active slot or erases the last one.
+ */
+export async function amendEncryption(
+  image: Qcow2Image,
+  options: OptionValues,
+  force: boolean,
+): Promise<void> {
+  const luks = image.crypto?.luks;
+  if (image.header.cryptMethod === 0 || !image.crypto) {
+    throw new BlockError("EINVAL", "Can't amend encryption options - encryption not present");
+  }
+  if (!luks) throw new BlockError("ENOTSUP", "Only LUKS encryption options can be amended");
+  const change = keyslotChange(options);
+  const { region } = luks;
+  const header = await changeKeyslots(
+    {
+      header: region.header,
+      masterKey: luks.masterKey,
+      read: luksReader(image.file, region),
+      write: (offset, data) => image.write("crypto header", region.offset + offset, data),
+      flush: () => image.flush(),
+    },
+    change,
+    force,
+    (id) => secretPassword(image.file.graph.objects, id),
+  );
+  luks.region = { ...region, header };
+  image.encryption = encryptionInfo(header);
 }

@@ -533,15 +533,16 @@ export class Qcow2Instance implements DriverInstance, DirtyBitmapStore {
   }
 
   /**
-   * `qemu-img amend -o`: compat, lazy_refcounts, refcount_bits, size, data_file; backing_file
-   * and backing_fmt only as they are (QEMU 7.2 refuses changing them: see
-   * {@link Qcow2Instance.changeBackingFile}); any other option fails with QEMU's message.
+   * `qemu-img amend -o`: compat, lazy_refcounts, refcount_bits, size, data_file, LUKS key
+   * slots (`force`: `--force`); backing_file and backing_fmt only as they are (QEMU 7.2
+   * refuses changing them: see {@link Qcow2Instance.changeBackingFile}); any other option
+   * fails with QEMU's message.
    * `progress` hears how far the work has come (`done` of `total`), as QEMU's status
    * callback.
    */
-  async amend(options: OptionValues, progress?: AmendProgress): Promise<void> {
+  async amend(options: OptionValues, progress?: AmendProgress, force = false): Promise<void> {
     const backed = this.#backing() !== null;
-    const rest = await this.#idle(() => amendImage(this.image, options, backed, progress));
+    const rest = await this.#idle(() => amendImage(this.image, options, backed, progress, force));
     // The size as a resize does it (QEMU's amend calls blk_truncate): its checks, and zeros
     // where a longer backing file would show.
     if (rest.size) await this.truncate(rest.size, false, "off");

@@ -23,7 +23,8 @@ export type WriteKind =
   | "refcount block"
   | "snapshot table"
   | "inactive L1 table"
-  | "bitmap directory";
+  | "bitmap directory"
+  | "crypto header";
 
 interface Range {
   name: string;
