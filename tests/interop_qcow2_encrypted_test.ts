@@ -540,3 +540,43 @@ Deno.test("img amend changes LUKS key slots as qemu-img amend does", async () =>
     expect(chk.code === 0, chk.out + chk.err);
   });
 });
+
+Deno.test("a data cluster mapped onto the LUKS header is refused and marks the image corrupt", async () => {
+  await ensurePeers(["qemu-img"]);
+  await withDir(async (dir) => {
+    const secret = ["--object", "secret,id=s0,data=pass"];
+    const opts = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10";
+    await runOurImg(["create", "-q", ...secret, "-f", "qcow2", "-o", opts, "c.qcow2", "1M"], dir);
+    await runOurIo([...secret, "--image-opts", keyed("c.qcow2"), "-c", "write 0 64k"], dir);
+    // Guest cluster 0's L2 entry pointed at cluster 4, where the LUKS header starts.
+    const file = await Deno.open(`${dir}/c.qcow2`, { read: true, write: true });
+    try {
+      const head = new Uint8Array(48);
+      await file.read(head);
+      const l1 = Number(new DataView(head.buffer).getBigUint64(40));
+      const entry = new Uint8Array(8);
+      await file.seek(l1, Deno.SeekMode.Start);
+      await file.read(entry);
+      const l2 = Number(new DataView(entry.buffer).getBigUint64(0) & 0x00fffffffffffe00n);
+      new DataView(entry.buffer).setBigUint64(0, (1n << 63n) | BigInt(4 * 65536));
+      await file.seek(l2, Deno.SeekMode.Start);
+      await file.write(entry);
+    } finally {
+      file.close();
+    }
+    const w = await runOurIo(
+      [...secret, "--image-opts", keyed("c.qcow2"), "-c", "write 0 4k"],
+      dir,
+    );
+    // Refused (the event says "overlaps with crypto header"): without the check the write
+    // went through and overwrote the LUKS header, and no password opened the image again.
+    expect(w.out.includes("write failed: Input/output error"), w.out + w.err);
+    // The key still opens the image (read-only: it is marked corrupt).
+    const info = await runPeer("qemu-img", ["info", "c.qcow2"], { cwd: dir });
+    expect(info.out.includes("corrupt: true"), info.out);
+    const r = await runPeer("qemu-img", ["check", ...secret, "--image-opts", keyed("c.qcow2")], {
+      cwd: dir,
+    });
+    expect(!r.err.includes("Invalid password") && !r.err.includes("LUKS"), r.err);
+  });
+});

@@ -257,6 +257,7 @@ export async function openQcow2(ctx: OpenContext, options: OptionValues): Promis
   if (hasDataFile) await openDataFile(ctx, image, file);
   if (h.cryptMethod !== 0) {
     const luks = await readLuksHeader(file, h);
+    if (luks) image.map.setRange("crypto header", luks.offset, luks.length);
     image.encryption = encryptionInfo(luks?.header ?? null);
     // The metadata of an encrypted image opens without a key (`img info`); its data needs one.
     if (!ctx.node.flags.noIo) {

@@ -2,7 +2,8 @@
  * Overlap checks: where the metadata of an image lies, so that no write (metadata or guest
  * data) lands on a structure it must not touch. Covers QEMU's "cached" template: the
  * header, the active L1 table, the refcount table, every refcount block, every active L2
- * table, the snapshot table, the snapshots' L1 tables and the bitmap directory; and, in the
+ * table, the snapshot table, the snapshots' L1 tables and the bitmap directory, and beyond
+ * QEMU, a LUKS image's crypto header (its key material); and, in the
  * `all` template, the snapshots' L2 tables (QEMU reads the snapshots' L1 tables at every check;
  * here they are read when the check is switched on and when the snapshots change:
  * `mapInactiveL2` in snapshot.ts). The node's `overlap-check` option
@@ -42,6 +43,9 @@ const BITS: Readonly<Record<string, number>> = {
   "snapshot table": Overlap.SNAPSHOT_TABLE,
   "inactive L1 table": Overlap.INACTIVE_L1,
   "bitmap directory": Overlap.BITMAP_DIRECTORY,
+  // QEMU has no overlap-check bit for a LUKS image's key material (nor checks it): it is
+  // checked with the main header, so that no write can destroy the key.
+  "crypto header": Overlap.MAIN_HEADER,
 };
 
 function bitOf(name: string): number {
