@@ -17,7 +17,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert";
 import { runOurImg, runOurIo } from "./cli_run.ts";
 import { ensurePeers } from "./peers.ts";
-import { runPeer } from "./peer_run.ts";
+import { type PeerResult, runPeer } from "./peer_run.ts";
 import { expect, withDir } from "./interop_qcow2_helpers.ts";
 
 /**
@@ -106,6 +106,44 @@ function keyed(name: string): string {
   return `driver=qcow2,file.filename=${name},encrypt.key-secret=s0`;
 }
 
+/** Secret `s0`, password "pass", as `--object`. */
+const SECRET = ["--object", "secret,id=s0,data=pass"];
+
+/**
+ * Runs qemu-io (`"qemu-io"`) or our io (`"ours"`) with `commands` on image `name` opened with
+ * secret `s0`, `extra` options before the image.
+ */
+function keyedIo(
+  who: "qemu-io" | "ours",
+  dir: string,
+  name: string,
+  commands: string[],
+  extra: string[] = [],
+): Promise<PeerResult> {
+  const args = [...SECRET, ...extra, "--image-opts", keyed(name)];
+  for (const c of commands) args.push("-c", c);
+  return who === "ours" ? runOurIo(args, dir) : runPeer("qemu-io", args, { cwd: dir });
+}
+
+/** {@link keyedIo}, which must succeed with every pattern verified. */
+async function expectIo(
+  who: "qemu-io" | "ours",
+  dir: string,
+  name: string,
+  commands: string[],
+  extra: string[] = [],
+): Promise<void> {
+  const r = await keyedIo(who, dir, name, commands, extra);
+  expect(r.code === 0 && !r.out.includes("verification failed"), `${name}: ${r.out}${r.err}`);
+}
+
+/** `qemu-img check` of image `name` (opened with secret `s0` among `secrets`) finds it clean. */
+async function expectClean(dir: string, name: string, secrets = SECRET): Promise<void> {
+  const args = ["check", ...secrets, "--image-opts", keyed(name)];
+  const r = await runPeer("qemu-img", args, { cwd: dir });
+  expect(r.code === 0, `${name}: ${r.out}${r.err}`);
+}
+
 Deno.test("encrypted qcow2 data reads as qemu-img reads it, with the key", async () => {
   await ensurePeers(["qemu-img", "qemu-io"]);
   await withDir(async (dir) => {
@@ -123,27 +161,18 @@ Deno.test("encrypted qcow2 data reads as qemu-img reads it, with the key", async
         "encrypt.cipher-mode=cbc,encrypt.ivgen-alg=plain,encrypt.hash-alg=sha1",
       ],
     ];
-    const secret = ["--object", "secret,id=s0,data=pass"];
     for (const [name, opts] of images) {
       await createEncrypted(dir, name, opts);
       // Data in the middle of a cluster, across a cluster boundary and a lone sector.
-      const w = await runPeer("qemu-io", [
-        ...secret,
-        "--image-opts",
-        keyed(name),
-        "-c",
+      await expectIo("qemu-io", dir, name, [
         "write -P 0xab 0 64k",
-        "-c",
         "write -P 0x11 65536 4k",
-        "-c",
         "write -P 0x33 520192 8192",
-        "-c",
         "write -P 0x22 1048064 512",
-      ], { cwd: dir });
-      expect(w.code === 0, w.err);
+      ]);
       const theirs = await runPeer("qemu-img", [
         "convert",
-        ...secret,
+        ...SECRET,
         "--image-opts",
         keyed(name),
         "-O",
@@ -153,7 +182,7 @@ Deno.test("encrypted qcow2 data reads as qemu-img reads it, with the key", async
       expect(theirs.code === 0, theirs.err);
       const mine = await runOurImg([
         "convert",
-        ...secret,
+        ...SECRET,
         "--image-opts",
         keyed(name),
         "-O",
@@ -166,28 +195,20 @@ Deno.test("encrypted qcow2 data reads as qemu-img reads it, with the key", async
       expect(a.some((x) => x !== 0), `${name}: qemu-img read zeros`);
       expect(a.length === b.length && a.every((x, i) => x === b[i]), `${name}: data differs`);
       // Unaligned reads go through whole sectors.
-      const io = await runOurIo([
-        ...secret,
+      await expectIo("ours", dir, name, ["read -P 0x11 65536 4k", "read -P 0x22 1048100 100"], [
         "-r",
-        "--image-opts",
-        keyed(name),
-        "-c",
-        "read -P 0x11 65536 4k",
-        "-c",
-        "read -P 0x22 1048100 100",
-      ], dir);
-      expect(io.code === 0 && !io.out.includes("Pattern verification failed"), io.out + io.err);
+      ]);
       for (
         const args of [
           [
             "compare",
-            ...secret,
+            ...SECRET,
             "--image-opts",
             keyed(name),
             `driver=raw,file.filename=${name}.q.raw`,
           ],
-          ["check", ...secret, "--image-opts", keyed(name)],
-          ["map", "--output=json", ...secret, "--image-opts", keyed(name)],
+          ["check", ...SECRET, "--image-opts", keyed(name)],
+          ["map", "--output=json", ...SECRET, "--image-opts", keyed(name)],
         ]
       ) {
         const q = await runPeer("qemu-img", args, { cwd: dir });
@@ -201,7 +222,6 @@ Deno.test("encrypted qcow2 data reads as qemu-img reads it, with the key", async
 Deno.test("what blockgraph writes into a LUKS image, qemu-io reads back and qemu-img checks", async () => {
   await ensurePeers(["qemu-img", "qemu-io"]);
   await withDir(async (dir) => {
-    const secret = ["--object", "secret,id=s0,data=pass"];
     await Deno.writeFile(`${dir}/base.raw`, new Uint8Array(4 << 20).fill(0x42));
     const images: [string, string][] = [
       ["plain.qcow2", "encrypt.format=luks,encrypt.iter-time=10"],
@@ -217,49 +237,27 @@ Deno.test("what blockgraph writes into a LUKS image, qemu-io reads back and qemu
       await createEncrypted(dir, name, opts, backing, "4M");
       // A new cluster's head and tail (from the backing file or zeros), a whole cluster, an
       // overwrite in place, an unaligned write, zeroes.
-      const w = await runOurIo([
-        ...secret,
-        "--image-opts",
-        keyed(name),
-        "-c",
+      await expectIo("ours", dir, name, [
         "write -P 0x99 70000 3000",
-        "-c",
         "write -P 0x77 262144 131072",
-        "-c",
         "write -P 0x66 270000 100",
-        "-c",
         "write -z 1048576 65536",
-      ], dir);
-      expect(w.code === 0, `${name}: ${w.err}`);
+      ]);
       const old = backed ? "0x42" : "0";
-      const r = await runPeer("qemu-io", [
-        ...secret,
-        "--image-opts",
-        keyed(name),
-        "-c",
+      await expectIo("qemu-io", dir, name, [
         `read -P ${old} 0 70000`,
-        "-c",
         "read -P 0x99 70000 3000",
-        "-c",
         `read -P ${old} 73000 189144`,
-        "-c",
         "read -P 0x77 262144 7856",
-        "-c",
         "read -P 0x66 270000 100",
-        "-c",
         "read -P 0x77 270100 123116",
-        "-c",
         "read -P 0 1048576 65536",
-      ], { cwd: dir });
-      expect(r.code === 0 && !r.out.includes("verification failed"), `${name}: ${r.out}`);
-      const chk = await runPeer("qemu-img", ["check", ...secret, "--image-opts", keyed(name)], {
-        cwd: dir,
-      });
-      expect(chk.code === 0, `${name}: ${chk.out}${chk.err}`);
+      ]);
+      await expectClean(dir, name);
     }
     // Compressed clusters are never encrypted: refused, as the old AES method is for writing.
     const comp = await runOurIo([
-      ...secret,
+      ...SECRET,
       "--image-opts",
       keyed("plain.qcow2"),
       "-c",
@@ -271,7 +269,7 @@ Deno.test("what blockgraph writes into a LUKS image, qemu-io reads back and qemu
     );
     await createEncrypted(dir, "aes.qcow2", "encrypt.format=aes");
     const aes = await runOurIo(
-      [...secret, "--image-opts", keyed("aes.qcow2"), "-c", "write 0 512"],
+      [...SECRET, "--image-opts", keyed("aes.qcow2"), "-c", "write 0 512"],
       dir,
     );
     expect(aes.code !== 0 && aes.err.includes("old AES method is not supported"), aes.err);
@@ -341,7 +339,6 @@ Deno.test("encrypted qcow2 images without their key, with a wrong one, and a bro
 Deno.test("LUKS images blockgraph creates: qemu-img reads, writes and checks them", async () => {
   await ensurePeers(["qemu-img", "qemu-io"]);
   await withDir(async (dir) => {
-    const secret = ["--object", "secret,id=s0,data=pass"];
     const images: [string, string][] = [
       ["xts.qcow2", ""],
       ["sha512.qcow2", ",encrypt.cipher-alg=aes-128,encrypt.hash-alg=sha512,cluster_size=4k"],
@@ -355,57 +352,30 @@ Deno.test("LUKS images blockgraph creates: qemu-img reads, writes and checks the
     for (const [name, extra] of images) {
       const opts = `encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10${extra}`;
       const c = await runOurImg(
-        ["create", "-q", ...secret, "-f", "qcow2", "-o", opts, name, "4M"],
+        ["create", "-q", ...SECRET, "-f", "qcow2", "-o", opts, name, "4M"],
         dir,
       );
       expect(c.code === 0, `${name}: ${c.err}`);
       // qemu-img shows the LUKS header as blockgraph does.
-      for (const args of [["info", name], ["check", ...secret, "--image-opts", keyed(name)]]) {
+      for (const args of [["info", name], ["check", ...SECRET, "--image-opts", keyed(name)]]) {
         const theirs = await runPeer("qemu-img", args, { cwd: dir });
         assertEquals({ args, ...(await runOurImg(args, dir)) }, { args, ...theirs });
         expect(theirs.code === 0, `${name}: ${theirs.out}${theirs.err}`);
       }
       // A new image reads as zeros (preallocated clusters too) in both.
-      const zero = ["-c", "read -P 0 0 4M"];
-      const qz = await runPeer("qemu-io", [...secret, "--image-opts", keyed(name), ...zero], {
-        cwd: dir,
-      });
-      expect(qz.code === 0 && !qz.out.includes("verification failed"), `${name}: ${qz.out}`);
+      await expectIo("qemu-io", dir, name, ["read -P 0 0 4M"]);
       // qemu-io writes what blockgraph reads, and the other way round.
-      const qw = await runPeer("qemu-io", [
-        ...secret,
-        "--image-opts",
-        keyed(name),
-        "-c",
-        "write -P 0x5a 100000 70000",
-      ], { cwd: dir });
-      expect(qw.code === 0, qw.err);
-      const ours = await runOurIo([
-        ...secret,
-        "--image-opts",
-        keyed(name),
-        "-c",
+      await expectIo("qemu-io", dir, name, ["write -P 0x5a 100000 70000"]);
+      await expectIo("ours", dir, name, [
         "read -P 0x5a 100000 70000",
-        "-c",
         "write -P 0xc3 1000000 5000",
-      ], dir);
-      expect(ours.code === 0 && !ours.out.includes("verification failed"), ours.out + ours.err);
-      const qr = await runPeer("qemu-io", [
-        ...secret,
-        "--image-opts",
-        keyed(name),
-        "-c",
+      ]);
+      await expectIo("qemu-io", dir, name, [
         "read -P 0 0 100000",
-        "-c",
         "read -P 0xc3 1000000 5000",
-        "-c",
         "read -P 0 1005000 3189304",
-      ], { cwd: dir });
-      expect(qr.code === 0 && !qr.out.includes("verification failed"), `${name}: ${qr.out}`);
-      const chk = await runPeer("qemu-img", ["check", ...secret, "--image-opts", keyed(name)], {
-        cwd: dir,
-      });
-      expect(chk.code === 0, `${name}: ${chk.out}${chk.err}`);
+      ]);
+      await expectClean(dir, name);
     }
     // convert into a new LUKS image: the key secret opens the target it creates.
     const raw = new Uint8Array(3 << 20);
@@ -414,7 +384,7 @@ Deno.test("LUKS images blockgraph creates: qemu-img reads, writes and checks the
     await Deno.writeFile(`${dir}/src.raw`, raw);
     const cv = await runOurImg([
       "convert",
-      ...secret,
+      ...SECRET,
       "-O",
       "qcow2",
       "-o",
@@ -425,7 +395,7 @@ Deno.test("LUKS images blockgraph creates: qemu-img reads, writes and checks the
     expect(cv.code === 0, cv.err);
     const cmp = await runPeer("qemu-img", [
       "compare",
-      ...secret,
+      ...SECRET,
       "--image-opts",
       "driver=raw,file.filename=src.raw",
       keyed("enc.qcow2"),
@@ -444,7 +414,7 @@ Deno.test("LUKS images blockgraph creates: qemu-img reads, writes and checks the
     ) {
       const r = await runOurImg([
         "create",
-        ...secret,
+        ...SECRET,
         "-f",
         "qcow2",
         "-o",
@@ -534,20 +504,16 @@ Deno.test("img amend changes LUKS key slots as qemu-img amend does", async () =>
       ], { cwd: dir });
       expect((r.code === 0) === works, `${id}: ${r.out}${r.err}`);
     }
-    const chk = await runPeer("qemu-img", ["check", ...secrets, "--image-opts", keyed("b.qcow2")], {
-      cwd: dir,
-    });
-    expect(chk.code === 0, chk.out + chk.err);
+    await expectClean(dir, "b.qcow2", secrets);
   });
 });
 
 Deno.test("a data cluster mapped onto the LUKS header is refused and marks the image corrupt", async () => {
   await ensurePeers(["qemu-img"]);
   await withDir(async (dir) => {
-    const secret = ["--object", "secret,id=s0,data=pass"];
     const opts = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10";
-    await runOurImg(["create", "-q", ...secret, "-f", "qcow2", "-o", opts, "c.qcow2", "1M"], dir);
-    await runOurIo([...secret, "--image-opts", keyed("c.qcow2"), "-c", "write 0 64k"], dir);
+    await runOurImg(["create", "-q", ...SECRET, "-f", "qcow2", "-o", opts, "c.qcow2", "1M"], dir);
+    await keyedIo("ours", dir, "c.qcow2", ["write 0 64k"]);
     // Guest cluster 0's L2 entry pointed at cluster 4, where the LUKS header starts.
     const file = await Deno.open(`${dir}/c.qcow2`, { read: true, write: true });
     try {
@@ -564,17 +530,14 @@ Deno.test("a data cluster mapped onto the LUKS header is refused and marks the i
     } finally {
       file.close();
     }
-    const w = await runOurIo(
-      [...secret, "--image-opts", keyed("c.qcow2"), "-c", "write 0 4k"],
-      dir,
-    );
+    const w = await keyedIo("ours", dir, "c.qcow2", ["write 0 4k"]);
     // Refused (the event says "overlaps with crypto header"): without the check the write
     // went through and overwrote the LUKS header, and no password opened the image again.
     expect(w.out.includes("write failed: Input/output error"), w.out + w.err);
     // The key still opens the image (read-only: it is marked corrupt).
     const info = await runPeer("qemu-img", ["info", "c.qcow2"], { cwd: dir });
     expect(info.out.includes("corrupt: true"), info.out);
-    const r = await runPeer("qemu-img", ["check", ...secret, "--image-opts", keyed("c.qcow2")], {
+    const r = await runPeer("qemu-img", ["check", ...SECRET, "--image-opts", keyed("c.qcow2")], {
       cwd: dir,
     });
     expect(!r.err.includes("Invalid password") && !r.err.includes("LUKS"), r.err);
