@@ -16,6 +16,9 @@ import { nullDriver } from "./protocols/null.ts";
 
 export {
   createParams,
+  ENCRYPTION_KEYS,
+  type EncryptionRequest,
+  encryptionRequest,
   formatQcow2,
   QCOW2_AMEND_OPTIONS,
   type Qcow2CheckResult,

@@ -20,13 +20,8 @@ import { parseQemuOpts } from "../common/qemu_opts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOptionError } from "./img_common.ts";
 import { accumulateOptions, createOptionsHelp, hasHelpOption } from "./img_options.ts";
 import { imgCommonOption } from "./img_help.ts";
-import {
-  ENCRYPTION_KEYS,
-  encryptionOptionError,
-  encryptionRequest,
-  encryptionValues,
-  isEncryptionKey,
-} from "./create_encryption.ts";
+import { ENCRYPTION_KEYS } from "@blockgraph/drivers";
+import { encryptionOptionError, encryptionValues, isEncryptionKey } from "./create_encryption.ts";
 
 function sizeTypeError(key: string): string {
   return `Parameter '${key}' expects a non-negative number below 2^64\n` +
@@ -222,8 +217,6 @@ export async function createImage(graph: Graph, io: CliIo, req: CreateRequest): 
         : `invalid parameter value: ${v}`,
     );
   }
-  const encrypt = encryptionRequest(encryption);
-  if (encrypt !== null && "error" in encrypt) return failCreate(encrypt.error);
   try {
     await fmt.create({ ...values, ...encryptionValues(encryption), filename }, graph.registry, {
       warn: (message) => imgError(io, `warning: ${message}`),

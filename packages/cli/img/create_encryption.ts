@@ -1,59 +1,18 @@
 /**
- * qcow2's encryption create options (`encryption`, `encrypt.*`) as qemu-img 7.2 checks them
- * before its qcow2 driver sees them, for an `img create` or a `convert` target:
- * - as QemuOpts parses them, before the "Formatting" line: `encryption` is a boolean and
- *   `encrypt.iter-time` a number;
- * - as qcow2's create turns them into QAPI options: `encryption=on` is `encrypt.format=qcow`
- *   and may not come with `encrypt.format`; `aes` is `qcow`; the other `encrypt.*` options
- *   need a format, the qcow format takes only `encrypt.key-secret`, and LUKS checks its
- *   algorithm names.
- *
- * The driver then makes the image's own checks (cluster size, compat, ...) and only then the
- * encryption's (`formats/qcow2/create_encryption.ts` in the drivers: the key secret, the
- * cipher, the LUKS header), all before any file is created: unlike QEMU, which creates the
- * file before it fails and then deletes it, a refusal leaves nothing behind. `img measure`
- * takes the same options and counts a LUKS header ({@link luksHeaderBytes}).
+ * qcow2's encryption create options (`encryption`, `encrypt.*`) on qemu-img's side of the
+ * driver, for an `img create` or a `convert` target: QemuOpts' checks as it parses them,
+ * before the "Formatting" line (`encryption` is a boolean and `encrypt.iter-time` a number),
+ * and the values the driver takes. The qcow2 driver makes the rest of QEMU's checks, in its
+ * order (`formats/qcow2/create_encryption.ts` in the drivers: QAPI's, the image's own, then
+ * the key secret and the cipher), all before any file is created: unlike QEMU, which creates
+ * the file before it fails and then deletes it, a refusal leaves nothing behind. `img
+ * measure` takes the same options and counts a LUKS header ({@link luksHeaderBytes}).
  *
  * @module
  */
 
 import type { OptionValues } from "@blockgraph/core";
-import { luksPayloadOffset } from "@blockgraph/drivers";
-
-/** The options, in the order QEMU's "Formatting" line prints them (before all others). */
-export const ENCRYPTION_KEYS: readonly string[] = [
-  "encryption",
-  "encrypt.format",
-  "encrypt.key-secret",
-  "encrypt.cipher-alg",
-  "encrypt.cipher-mode",
-  "encrypt.ivgen-alg",
-  "encrypt.ivgen-hash-alg",
-  "encrypt.hash-alg",
-  "encrypt.iter-time",
-];
-
-/** QEMU 7.2's names for LUKS's enumerated members (`qapi/crypto.json`). */
-const LUKS_ENUMS: Readonly<Record<string, readonly string[]>> = {
-  "cipher-alg": [
-    "aes-128",
-    "aes-192",
-    "aes-256",
-    "des",
-    "3des",
-    "cast5-128",
-    "serpent-128",
-    "serpent-192",
-    "serpent-256",
-    "twofish-128",
-    "twofish-192",
-    "twofish-256",
-  ],
-  "cipher-mode": ["ecb", "cbc", "xts", "ctr"],
-  "ivgen-alg": ["plain", "plain64", "essiv"],
-  "ivgen-hash-alg": ["md5", "sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160"],
-  "hash-alg": ["md5", "sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160"],
-};
+import { ENCRYPTION_KEYS, encryptionRequest, luksPayloadOffset } from "@blockgraph/drivers";
 
 /** Whether `key` is one of qcow2's encryption create options. */
 export function isEncryptionKey(key: string): boolean {
@@ -72,44 +31,6 @@ export function encryptionOptionError(key: string, value: string): string | null
     return "Parameter 'encrypt.iter-time' expects a number";
   }
   return null;
-}
-
-/**
- * The encryption `options` ask for, after QAPI's checks: `null` for none, the format
- * (`qcow` or `luks`) and whether a key secret is named, or the error QEMU reports.
- */
-export function encryptionRequest(
-  options: Readonly<Record<string, string>>,
-): { format: "qcow" | "luks"; keySecret: boolean } | { error: string } | null {
-  const legacy = options["encryption"];
-  let format = options["encrypt.format"];
-  if (legacy === "on") {
-    if (format !== undefined) {
-      return {
-        error: "'encrypt.format' and its alias 'encryption' can't be used at the same time",
-      };
-    }
-    format = "qcow";
-  }
-  const members = ENCRYPTION_KEYS.slice(2).filter((k) => options[k] !== undefined);
-  if (format === undefined) {
-    return members.length > 0 ? { error: "Parameter 'encrypt.format' is missing" } : null;
-  }
-  if (format === "aes") format = "qcow";
-  if (format !== "qcow" && format !== "luks") {
-    return { error: `Parameter 'format' does not accept value '${format}'` };
-  }
-  for (const key of members) {
-    const member = key.slice("encrypt.".length);
-    if (format === "qcow" && member !== "key-secret") {
-      return { error: `Parameter '${key}' is unexpected` };
-    }
-    const allowed = LUKS_ENUMS[member];
-    if (allowed && !allowed.includes(options[key]!)) {
-      return { error: `Parameter '${member}' does not accept value '${options[key]}'` };
-    }
-  }
-  return { format, keySecret: options["encrypt.key-secret"] !== undefined };
 }
 
 /**

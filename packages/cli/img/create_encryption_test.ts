@@ -1,12 +1,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert";
 import { UserObjects } from "@blockgraph/core";
 import { secretLookupFailure } from "../common/object_option.ts";
-import {
-  encryptionOptionError,
-  encryptionRequest,
-  encryptionValues,
-  luksHeaderBytes,
-} from "./create_encryption.ts";
+import { encryptionOptionError, encryptionValues, luksHeaderBytes } from "./create_encryption.ts";
 
 Deno.test("encryption options: QemuOpts' checks of booleans and numbers", () => {
   assertEquals(encryptionOptionError("encryption", "off"), null);
@@ -20,35 +15,6 @@ Deno.test("encryption options: QemuOpts' checks of booleans and numbers", () => 
     "Parameter 'encrypt.iter-time' expects a number",
   );
   assertEquals(encryptionOptionError("encrypt.format", "anything"), null);
-});
-
-Deno.test("encryption options: what they ask for, or QEMU's error, in QEMU's order", () => {
-  assertEquals(encryptionRequest({}), null);
-  assertEquals(encryptionRequest({ encryption: "off" }), null);
-  assertEquals(encryptionRequest({ encryption: "on" }), { format: "qcow", keySecret: false });
-  assertEquals(encryptionRequest({ "encrypt.format": "aes", "encrypt.key-secret": "s" }), {
-    format: "qcow",
-    keySecret: true,
-  });
-  assertEquals(encryptionRequest({ encryption: "on", "encrypt.format": "luks" }), {
-    error: "'encrypt.format' and its alias 'encryption' can't be used at the same time",
-  });
-  assertEquals(encryptionRequest({ "encrypt.hash-alg": "sha256" }), {
-    error: "Parameter 'encrypt.format' is missing",
-  });
-  assertEquals(encryptionRequest({ "encrypt.format": "" }), {
-    error: "Parameter 'format' does not accept value ''",
-  });
-  assertEquals(encryptionRequest({ "encrypt.format": "qcow", "encrypt.iter-time": "10" }), {
-    error: "Parameter 'encrypt.iter-time' is unexpected",
-  });
-  assertEquals(encryptionRequest({ "encrypt.format": "luks", "encrypt.cipher-mode": "gcm" }), {
-    error: "Parameter 'cipher-mode' does not accept value 'gcm'",
-  });
-  assertEquals(
-    encryptionRequest({ "encrypt.format": "luks", "encrypt.cipher-alg": "twofish-256" }),
-    { format: "luks", keySecret: false },
-  );
 });
 
 Deno.test("encryption options go to the driver with QemuOpts' booleans and numbers", () => {

@@ -6,7 +6,7 @@
  */
 
 import { BlockError, type Graph, type OptionSchema, parseBool, parseSize } from "@blockgraph/core";
-import { QCOW2_AMEND_OPTIONS } from "@blockgraph/drivers";
+import { ENCRYPTION_KEYS, QCOW2_AMEND_OPTIONS } from "@blockgraph/drivers";
 import type { CliIo } from "../common/cli_io.ts";
 import { getopt } from "../common/getopt.ts";
 import { parseQemuOpts } from "../common/qemu_opts.ts";
@@ -16,7 +16,6 @@ import { qcow2Of } from "./image_facts.ts";
 import { imgCvtnum, imgError, imgErrorExit, imgOpen, imgOptionError } from "./img_common.ts";
 import { imgCommonOption } from "./img_help.ts";
 import { Progress } from "./progress.ts";
-import { ENCRYPTION_KEYS } from "./create_encryption.ts";
 
 /** qcow2's encryption options only create takes (amend takes those of LUKS key slots). */
 const ENCRYPT_CREATE_ONLY = new Set(

@@ -33,7 +33,11 @@ import { type Qcow2Header, serializeHeader, setBackingFormat, setDataFileName } 
 import type { Qcow2Image } from "./image.ts";
 import type { Qcow2Instance } from "./instance.ts";
 import { resolveBackingName } from "./open.ts";
-import { ENCRYPT_CREATE_OPTIONS, newImageEncryption } from "./create_encryption.ts";
+import {
+  ENCRYPT_CREATE_OPTIONS,
+  encryptionRequest,
+  newImageEncryption,
+} from "./create_encryption.ts";
 import { preallocate } from "./resize.ts";
 
 /** The options `create` takes, as qemu-img names them. */
@@ -381,9 +385,12 @@ export async function createQcow2(
       await g.closeAll();
     }
   }
+  // QEMU checks the encryption options as QAPI ones first, then the image's own.
+  const request = encryptionRequest(options);
+  if (request !== null && "error" in request) fail(request.error);
   const params = createParams(options, backingSize);
   // Made before any file is: a refused encryption leaves nothing behind.
-  const luks = await newImageEncryption(options, ctx?.objects, {
+  const luks = await newImageEncryption(request, options, ctx?.objects, {
     version: params.version,
     dataFile: params.dataFile !== undefined,
     preallocation: prealloc,

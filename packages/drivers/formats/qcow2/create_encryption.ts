@@ -28,10 +28,10 @@ export const ENCRYPT_CREATE_OPTIONS: OptionSchema = {
     type: "bool",
     description: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
   },
+  // Checked by encryptionRequest, with QAPI's message.
   "encrypt.format": {
-    type: "enum",
+    type: "string",
     description: "Encrypt the image, format choices: 'aes', 'luks'",
-    values: ["aes", "qcow", "luks"],
   },
   "encrypt.key-secret": {
     type: "string",
@@ -48,6 +48,79 @@ export const ENCRYPT_CREATE_OPTIONS: OptionSchema = {
   "encrypt.iter-time": { type: "int", description: "Time to spend in PBKDF in milliseconds" },
 };
 
+/** The encryption create options' names, in QEMU's order. */
+export const ENCRYPTION_KEYS: readonly string[] = Object.keys(ENCRYPT_CREATE_OPTIONS);
+
+/** What a create asks to encrypt with. */
+export interface EncryptionRequest {
+  /** `qcow` (the old AES method, also named `aes`) or `luks`. */
+  readonly format: "qcow" | "luks";
+  /** `encrypt.key-secret` is given. */
+  readonly keySecret: boolean;
+}
+
+/** QEMU 7.2's names for LUKS's enumerated members (`qapi/crypto.json`). */
+const LUKS_ENUMS: Readonly<Record<string, readonly string[]>> = {
+  "cipher-alg": [
+    "aes-128",
+    "aes-192",
+    "aes-256",
+    "des",
+    "3des",
+    "cast5-128",
+    "serpent-128",
+    "serpent-192",
+    "serpent-256",
+    "twofish-128",
+    "twofish-192",
+    "twofish-256",
+  ],
+  "cipher-mode": ["ecb", "cbc", "xts", "ctr"],
+  "ivgen-alg": ["plain", "plain64", "essiv"],
+  "ivgen-hash-alg": ["md5", "sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160"],
+  "hash-alg": ["md5", "sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160"],
+};
+
+/**
+ * The encryption `options` ask for, after QAPI's checks (QEMU makes them as qcow2's create
+ * turns its options into QAPI ones, before the image's own checks): `null` for none, the
+ * format (`qcow` or `luks`) and whether a key secret is named, or the error QEMU reports.
+ * Values are text as typed, or (`encryption`) a boolean.
+ */
+export function encryptionRequest(
+  options: Readonly<Record<string, unknown>>,
+): EncryptionRequest | { error: string } | null {
+  const legacy = options["encryption"];
+  let format = options["encrypt.format"] as string | undefined;
+  if (legacy === "on" || legacy === true) {
+    if (format !== undefined) {
+      return {
+        error: "'encrypt.format' and its alias 'encryption' can't be used at the same time",
+      };
+    }
+    format = "qcow";
+  }
+  const members = ENCRYPTION_KEYS.slice(2).filter((k) => options[k] !== undefined);
+  if (format === undefined) {
+    return members.length > 0 ? { error: "Parameter 'encrypt.format' is missing" } : null;
+  }
+  if (format === "aes") format = "qcow";
+  if (format !== "qcow" && format !== "luks") {
+    return { error: `Parameter 'format' does not accept value '${format}'` };
+  }
+  for (const key of members) {
+    const member = key.slice("encrypt.".length);
+    if (format === "qcow" && member !== "key-secret") {
+      return { error: `Parameter '${key}' is unexpected` };
+    }
+    const allowed = LUKS_ENUMS[member];
+    if (allowed && !allowed.includes(String(options[key]))) {
+      return { error: `Parameter '${member}' does not accept value '${options[key]}'` };
+    }
+  }
+  return { format, keySecret: options["encrypt.key-secret"] !== undefined };
+}
+
 /** What the new image must be like for its encryption. */
 export interface EncryptedImageShape {
   /** qcow2 version. */
@@ -59,38 +132,23 @@ export interface EncryptedImageShape {
 }
 
 /**
- * The LUKS region (header and key material) of a new image that `options` ask to encrypt,
- * the password from the secret `encrypt.key-secret` names among `objects`; null when they ask
- * for no encryption. Errors carry QEMU's messages where QEMU has one.
+ * The LUKS region (header and key material) of a new image whose `options` make `request`
+ * ({@link encryptionRequest}), the password from the secret `encrypt.key-secret` names among
+ * `objects`; null for no encryption. Errors carry QEMU's messages where QEMU has one.
  */
 export async function newImageEncryption(
+  request: EncryptionRequest | null,
   options: OptionValues,
   objects: UserObjects | undefined,
   shape: EncryptedImageShape,
 ): Promise<Uint8Array | null> {
-  const members = Object.keys(ENCRYPT_CREATE_OPTIONS).filter(
-    (k) => k.startsWith("encrypt.") && options[k] !== undefined,
-  );
-  let format = options["encrypt.format"] as string | undefined;
-  if (options.encryption === true) {
-    if (format !== undefined) {
-      throw new BlockError(
-        "EINVAL",
-        "'encrypt.format' and its alias 'encryption' can't be used at the same time",
-      );
-    }
-    format = "qcow";
-  }
-  if (format === undefined) {
-    if (members.length > 0) throw new BlockError("EINVAL", "Parameter 'encrypt.format' is missing");
-    return null;
-  }
+  if (request === null) return null;
   const secret = options["encrypt.key-secret"] as string | undefined;
   if (secret === undefined) {
     throw new BlockError("EINVAL", "Parameter 'encrypt.key-secret' is required for cipher");
   }
   const password = await secretPassword(objects ?? new UserObjects(), secret);
-  if (format !== "luks") {
+  if (request.format !== "luks") {
     throw new BlockError(
       "ENOTSUP",
       "Creating images encrypted with the old AES method (encrypt.format=aes) is not " +

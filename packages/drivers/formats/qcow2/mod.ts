@@ -15,6 +15,7 @@ export { Qcow2Instance } from "./instance.ts";
 export type { Qcow2CheckResult, Qcow2RepairMode } from "./check_result.ts";
 export type { Qcow2Snapshot } from "./snapshot_table.ts";
 export { QCOW2_AMEND_OPTIONS } from "./amend.ts";
+export { ENCRYPTION_KEYS, type EncryptionRequest, encryptionRequest } from "./create_encryption.ts";
 export type { AmendProgress } from "./amend.ts";
 
 /**
