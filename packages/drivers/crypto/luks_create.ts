@@ -27,7 +27,7 @@ import {
   luksSlotBytes,
   serializeLuksHeader,
 } from "./luks_header.ts";
-import { DEFAULT_ITER_TIME, fillKeyslot, luksIterations } from "./luks_keyslots.ts";
+import { DEFAULT_ITER_TIME, fillKeyslot, luksIterations, randomBytes } from "./luks_keyslots.ts";
 import { pbkdf2, pbkdf2DigestBytes, pbkdf2Rate } from "./pbkdf2.ts";
 import { CRYPT_SECTOR } from "./sector_cipher.ts";
 
@@ -53,12 +53,6 @@ export interface NewLuks {
   readonly header: LuksHeader;
   /** Header and key material: the {@link luksPayloadOffset} bytes before the payload. */
   readonly region: Uint8Array;
-}
-
-function random(bytes: number): Uint8Array {
-  const b = new Uint8Array(bytes);
-  crypto.getRandomValues(b);
-  return b;
 }
 
 /** The options' cipher, checked: refused as QEMU refuses it, or as blockgraph cannot make it. */
@@ -100,10 +94,10 @@ export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Pr
   // Hashes checked before anything is derived.
   pbkdf2DigestBytes(hash);
   if (c.ivHash !== undefined) pbkdf2DigestBytes(c.ivHash);
-  const masterKey = random(c.keyBytes);
+  const masterKey = randomBytes(c.keyBytes);
   const iterTime = o.iterTime ?? DEFAULT_ITER_TIME;
   const perBlock = await pbkdf2Rate(hash);
-  const mkSalt = random(LUKS_SALT_BYTES);
+  const mkSalt = randomBytes(LUKS_SALT_BYTES);
   // QEMU divides the master key's share by 8, as cryptsetup does.
   const mkIterations = luksIterations(perBlock, hash, LUKS_DIGEST_BYTES, iterTime, 8);
   const mkDigest = await pbkdf2(hash, masterKey, mkSalt, mkIterations, LUKS_DIGEST_BYTES);

@@ -11,7 +11,7 @@
  */
 
 import { BlockError } from "@blockgraph/core";
-import type { CipherMode, IvGenAlg } from "./sector_cipher.ts";
+import { type CipherMode, CRYPT_SECTOR, type IvGenAlg } from "./sector_cipher.ts";
 
 /** LUKS's magic: "LUKS" then 0xBA 0xBE. */
 export const LUKS_MAGIC: readonly number[] = [0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe];
@@ -42,6 +42,11 @@ export const LUKS_ALIGN_BYTES = 4096;
  */
 export function luksPayloadOffset(keyBytes: number): number {
   return LUKS_ALIGN_BYTES + LUKS_SLOTS * luksSlotBytes(keyBytes);
+}
+
+/** The bytes of a key slot's material in volume `h`: its split key, in whole sectors. */
+export function luksMaterialBytes(h: LuksHeader): number {
+  return Math.ceil((h.keyBytes * LUKS_STRIPES) / CRYPT_SECTOR) * CRYPT_SECTOR;
 }
 
 /** The bytes each key slot's material takes for a master key of `keyBytes`, rounded to 4 KiB. */

@@ -18,9 +18,10 @@ import {
   luksCipher,
   type LuksHeader,
   type LuksKeySlot,
+  luksMaterialBytes,
   serializeLuksHeader,
 } from "./luks_header.ts";
-import { luksMaterialBytes, type LuksRead, openKeyslot } from "./luks_unlock.ts";
+import { type LuksRead, openKeyslot } from "./luks_unlock.ts";
 import { loadNodeCrypto } from "./node_crypto.ts";
 import { pbkdf2, pbkdf2DigestBytes, pbkdf2Rate } from "./pbkdf2.ts";
 import { CRYPT_SECTOR, SectorCipher } from "./sector_cipher.ts";
@@ -48,7 +49,8 @@ export function luksIterations(
   return Math.max(n, MIN_ITERATIONS);
 }
 
-function randomBytes(bytes: number): Uint8Array {
+/** `bytes` random bytes (from the system's generator, 64 KiB at a time as it allows). */
+export function randomBytes(bytes: number): Uint8Array {
   const b = new Uint8Array(bytes);
   for (let at = 0; at < bytes; at += 65536) {
     crypto.getRandomValues(b.subarray(at, Math.min(at + 65536, bytes)));

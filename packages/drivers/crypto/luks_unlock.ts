@@ -14,7 +14,12 @@
 
 import { BlockError } from "@blockgraph/core";
 import { afMerge } from "./af_split.ts";
-import { LUKS_DIGEST_BYTES, LUKS_STRIPES, luksCipher, type LuksHeader } from "./luks_header.ts";
+import {
+  LUKS_DIGEST_BYTES,
+  luksCipher,
+  type LuksHeader,
+  luksMaterialBytes,
+} from "./luks_header.ts";
 import { loadNodeCrypto } from "./node_crypto.ts";
 import { pbkdf2 } from "./pbkdf2.ts";
 import { CRYPT_SECTOR, SectorCipher } from "./sector_cipher.ts";
@@ -28,11 +33,6 @@ function equal(a: Uint8Array, b: Uint8Array): boolean {
 
 /** Reads a volume's bytes: `bytes` from `offset`, counted from the start of its header. */
 export type LuksRead = (offset: number, bytes: number) => Promise<Uint8Array>;
-
-/** The bytes of a key slot's material in volume `h`: its split key, in whole sectors. */
-export function luksMaterialBytes(h: LuksHeader): number {
-  return Math.ceil((h.keyBytes * LUKS_STRIPES) / CRYPT_SECTOR) * CRYPT_SECTOR;
-}
 
 /**
  * The master key that key slot `index` of volume `h` holds for `password`, or null when the
