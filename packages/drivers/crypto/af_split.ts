@@ -12,14 +12,7 @@
 
 import { BlockError } from "@blockgraph/core";
 import { nodeCrypto } from "./node_crypto.ts";
-
-function digestLength(hash: string): number {
-  try {
-    return nodeCrypto().createHash(hash).digest().length;
-  } catch {
-    throw new BlockError("ENOTSUP", `Hash algorithm '${hash}' is not supported`);
-  }
-}
+import { hashDigestBytes } from "./pbkdf2.ts";
 
 function diffuse(hash: string, digestLen: number, block: Uint8Array): void {
   const iv = new Uint8Array(4);
@@ -42,7 +35,7 @@ export function afMerge(
   if (material.length < blockLen * stripes) {
     throw new BlockError("EINVAL", "LUKS key material is shorter than its stripes");
   }
-  const digestLen = digestLength(hash);
+  const digestLen = hashDigestBytes(hash);
   const acc = new Uint8Array(blockLen);
   for (let s = 0; s < stripes - 1; s++) {
     const at = s * blockLen;
@@ -57,7 +50,7 @@ export function afMerge(
 /** `key` split into `stripes` blocks: random ones, then the one that merges back to `key`. */
 export function afSplit(hash: string, key: Uint8Array, stripes: number): Uint8Array {
   const n = key.length;
-  const digestLen = digestLength(hash);
+  const digestLen = hashDigestBytes(hash);
   const out = new Uint8Array(n * stripes);
   const random = out.subarray(0, n * (stripes - 1));
   for (let at = 0; at < random.length; at += 65536) {

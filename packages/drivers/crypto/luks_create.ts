@@ -28,7 +28,7 @@ import {
   serializeLuksHeader,
 } from "./luks_header.ts";
 import { DEFAULT_ITER_TIME, fillKeyslot, luksIterations, randomBytes } from "./luks_keyslots.ts";
-import { pbkdf2, pbkdf2DigestBytes, pbkdf2Rate } from "./pbkdf2.ts";
+import { hashDigestBytes, pbkdf2, pbkdf2Rate } from "./pbkdf2.ts";
 import { CRYPT_SECTOR } from "./sector_cipher.ts";
 
 /** What a new volume is encrypted with: QEMU's `encrypt.*` create options (defaults as QEMU's). */
@@ -92,8 +92,8 @@ export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Pr
   const c = cipherOf(o);
   const hash = o.hashAlg ?? "sha256";
   // Hashes checked before anything is derived.
-  pbkdf2DigestBytes(hash);
-  if (c.ivHash !== undefined) pbkdf2DigestBytes(c.ivHash);
+  hashDigestBytes(hash);
+  if (c.ivHash !== undefined) hashDigestBytes(c.ivHash);
   const masterKey = randomBytes(c.keyBytes);
   const iterTime = o.iterTime ?? DEFAULT_ITER_TIME;
   const perBlock = await pbkdf2Rate(hash);

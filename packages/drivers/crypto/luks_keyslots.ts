@@ -23,7 +23,7 @@ import {
 } from "./luks_header.ts";
 import { type LuksRead, openKeyslot } from "./luks_unlock.ts";
 import { loadNodeCrypto } from "./node_crypto.ts";
-import { pbkdf2, pbkdf2DigestBytes, pbkdf2Rate } from "./pbkdf2.ts";
+import { hashDigestBytes, pbkdf2, pbkdf2Rate } from "./pbkdf2.ts";
 import { CRYPT_SECTOR, SectorCipher } from "./sector_cipher.ts";
 
 /** QEMU's lower bound of iteration counts. */
@@ -43,7 +43,7 @@ export function luksIterations(
   ms: number,
   divisor = 1,
 ): number {
-  const perSecond = perBlock / Math.ceil(bytes / pbkdf2DigestBytes(hash));
+  const perSecond = perBlock / Math.ceil(bytes / hashDigestBytes(hash));
   const n = Math.floor((perSecond * ms) / 1000 / divisor);
   if (n > 0xffffffff) throw new BlockError("EINVAL", "Too many pbkdf iterations for LUKS format");
   return Math.max(n, MIN_ITERATIONS);

@@ -70,8 +70,11 @@ function unsupported(hash: string): BlockError {
   return new BlockError("ENOTSUP", `Hash algorithm '${hash}' is not supported`);
 }
 
-/** The digest length of `hash`, one of the hashes LUKS names; ENOTSUP for another. */
-export function pbkdf2DigestBytes(hash: string): number {
+/**
+ * The digest length of `hash`, one of the hashes LUKS names (for PBKDF2 and the AF
+ * splitter); ENOTSUP for another.
+ */
+export function hashDigestBytes(hash: string): number {
   const bytes = NETTLE[hash]?.digest ?? OTHER_DIGESTS[hash];
   if (bytes === undefined) throw unsupported(hash);
   return bytes;
@@ -85,7 +88,7 @@ export async function pbkdf2(
   iterations: number,
   bytes: number,
 ): Promise<Uint8Array> {
-  pbkdf2DigestBytes(hash);
+  hashDigestBytes(hash);
   const out = new Uint8Array(bytes);
   const fn = nettleFunctions()?.[hash];
   if (fn) {
@@ -119,7 +122,7 @@ const MEASURE_MS = 100;
  * a microsecond wall clock needs less.
  */
 export async function pbkdf2Rate(hash: string): Promise<number> {
-  const digest = pbkdf2DigestBytes(hash);
+  const digest = hashDigestBytes(hash);
   const password = new Uint8Array(32);
   const salt = new Uint8Array(32);
   crypto.getRandomValues(password);
