@@ -46,6 +46,11 @@ const TIMED_COOL_MS = 10;
  * Submit as soon as this many SQEs are queued rather than once per microtask round: the
  * device queue stays staggered (4 KiB random reads at depth 32, medians of 5 alternating
  * rounds against fio: one enter per round 0.76x fio, per 4 SQEs 0.92x, per 2 SQEs 0.96x).
+ * Against `qemu-img bench` on a qcow2 (session 17, 8 alternating rounds of 100k 4 KiB
+ * O_DIRECT reads at depth 32): per 2 SQEs 0.916-0.929x, per SQE 0.938-0.944x, per 4 0.912x,
+ * once per round 0.79x; reaping a half instead of a quarter 0.912x. qemu-img makes one
+ * io_uring_enter per request and waits (ppoll) about 6k times in 100k requests; the device
+ * is the limit here (qemu-img's own rate moves within noise from depth 16 to 48).
  */
 const SUBMIT_BATCH = 2;
 /**

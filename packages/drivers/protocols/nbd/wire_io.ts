@@ -34,6 +34,14 @@ export class UnexpectedEof extends Error {
 /**
  * A receive buffer over a connection. Callers look at `buf[pos..pos+available)` after
  * {@link WireReader.need} and advance with {@link WireReader.consume}.
+ *
+ * It reads with Deno's `read`, even where the socket's descriptor is known. Tried (session
+ * 17, NBD 4 KiB random writes at depth 32 over TCP, 100k requests, 6 alternating rounds): a
+ * nonblocking recv(2) over FFI first, Deno's read only when nothing was waiting, was slower
+ * in every round (about 7%): half the tries found nothing (twice the recv calls) and the
+ * epoll waits saved did not pay for them. Sending each writer run with send(2) instead of
+ * Deno's write made more and smaller sends (35-40k against 22-26k), as nothing gathers
+ * replies while a write is under way.
  */
 export class WireReader {
   /** The receive buffer. */
