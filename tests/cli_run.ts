@@ -48,13 +48,18 @@ export async function mustOurIo(args: string[]): Promise<string> {
 const STATS = /^\S+ \S*, \d+ ops; .*\n/gm;
 
 /**
- * Runs qemu-`tool` and our `tool` with `args`: the same exit status and output, qemu-io's
- * timing lines aside.
+ * Runs qemu-`tool` and our `tool` with `args` (in folder `cwd`, by default this process's):
+ * the same exit status and output, qemu-io's timing lines aside. Returns what ours printed.
  */
-export async function sameAsQemu(tool: "io" | "img", args: string[]): Promise<void> {
-  const theirs = await runPeer(`qemu-${tool}`, args);
-  const ours = await (tool === "io" ? runOurIo(args) : runOurImg(args));
+export async function sameAsQemu(
+  tool: "io" | "img",
+  args: string[],
+  cwd?: string,
+): Promise<PeerResult> {
+  const theirs = await runPeer(`qemu-${tool}`, args, cwd === undefined ? {} : { cwd });
+  const ours = await (tool === "io" ? runOurIo(args, cwd) : runOurImg(args, cwd));
   theirs.out = theirs.out.replace(STATS, "");
   ours.out = ours.out.replace(STATS, "");
   assertEquals(ours, theirs, `${tool} ${args.join(" ")}`);
+  return ours;
 }
