@@ -29,8 +29,24 @@
  * worker threads on a 2-core machine where the client needs a core too), which a daemon pays
  * once and a 30k-request run would otherwise pay every time. The warm-up moves little
  * (session 14, NBD TCP 4 KiB writes against nbdkit: 0.74x fresh, 0.72x after 10k, 0.83x
- * after 40k: V8 is still optimizing after 10k); nbdcopy (below) still measures a fresh
- * server, as a one-shot export sees it.
+ * after 40k: V8 is still optimizing after 10k; session 18: 0.84x after 40k, the same as after
+ * 10k); nbdcopy (below) still measures a fresh server, as a one-shot export sees it.
+ *
+ * Where the TCP write case's gap lies (session 18: `qemu-img bench -w -c 100000 -d 32 -s 4096`
+ * over TCP after 20k untimed writes, the file kept in the cache, 3 alternating rounds):
+ * - ours on the file: 1.82-2.06 s;
+ * - ours on `null-co`, which writes nothing: 1.50-1.81 s;
+ * - nbdkit's file plugin: 1.86-1.97 s;
+ * - nbdkit's null plugin: 1.52-1.75 s.
+ *
+ * So when the pages are already cached, the two servers are level, and even a write that cost
+ * nothing would gain us only 10-20%. `qemu-img bench` itself needs one of the machine's two
+ * cores. The gap in this case comes from its cold cache. There, each 4 KiB write copies into a
+ * page the kernel has to allocate:
+ * - nbdkit does that on its worker threads, beside the socket work;
+ * - we do it on the JS thread, which also does our socket work.
+ *
+ * Handing the write to io-wq costs more than it moves (see `SYNC_WRITES` in `uring_tuning.ts`).
  *
  * @module
  */

@@ -101,7 +101,9 @@ export const COOP_TASKRUN = true;
  * randwrite 0.96x -> 1.27x qemu-nbd, page-cache randwrite 0.64x -> 0.70x fio at 1.32x -> 0.99x
  * its CPU, loop lag p99 5.9 ms, max 7.6 ms. A loop of 2M 4 KiB pwrites over a cached 1 GiB
  * file took 2 µs a write and at most 0.38 ms; 1M into new pages of a sparse 4 GiB file, at
- * most 0.37 ms.
+ * most 0.37 ms. Session 18 checked it again where inline writes cost the most, writing into
+ * pages that are not yet in the cache. The bench case drops the file from the cache before each
+ * run. Over 5 rounds: 0.84x nbdkit inline, 0.57x through io-wq (`syncWrites:false`).
  *
  * What can stall a page-cache write: dirty throttling (pauses of up to 200 ms; commit 3aa06d1
  * saw a 126 ms loop lag when these writes ran with no dirty check), a lock another request on
